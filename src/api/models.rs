@@ -1,0 +1,357 @@
+//! `/models`: upload (raw body or multipart, streamed), list, read, tensor inventory, delete.
+//!
+//! The upload handler turns the request body into a stream per file and hands each to
+//! `store::ingest`; nothing here buffers a file. The model becomes visible only after every file
+//! passed validation and the catalog transaction committed.
+
+use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Path, Query, Request, State};
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Deserialize;
+use uuid::Uuid;
+
+use crate::api::Page;
+use crate::app::AppState;
+use crate::auth::Caller;
+use crate::error::{ApiError, ApiResult};
+use crate::store::ingest::{self, FileKind, IngestError, IngestedFile};
+use crate::store::models::{self, Model, Owner, PlanError, TensorEntry};
+
+/// Most files one multipart upload may carry.
+const MAX_FILES_PER_UPLOAD: usize = 512;
+
+/// Routes of the models resource.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route(
+            "/models",
+            get(list_models)
+                .post(upload_model)
+                // Uploads are streamed and capped by `Limits::max_upload` instead.
+                .layer(DefaultBodyLimit::disable()),
+        )
+        .route("/models/{id}", get(get_model).delete(delete_model))
+        .route("/models/{id}/tensors", get(list_tensors))
+}
+
+#[derive(Debug, Deserialize)]
+struct UploadQuery {
+    name: Option<String>,
+}
+
+/// Uploads a model: `application/octet-stream` (one safetensors file, `?name=`) or
+/// `multipart/form-data` with one or more file parts (a sharded checkpoint with its index and
+/// config). 201 with the model.
+async fn upload_model(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(query): Query<UploadQuery>,
+    request: Request,
+) -> ApiResult<impl IntoResponse> {
+    if let Some(name) = &query.name {
+        check_model_name(name)?;
+    }
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(len) = declared
+        && len > state.limits.max_upload
+    {
+        return Err(too_large(state.limits.max_upload));
+    }
+    let content_type = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/octet-stream")
+        .to_ascii_lowercase();
+    let (files, part_name) = if content_type.starts_with("multipart/form-data") {
+        receive_multipart(&state, request).await?
+    } else if content_type.starts_with("application/octet-stream") {
+        (
+            vec![receive_raw(&state, query.name.as_deref(), request).await?],
+            None,
+        )
+    } else {
+        return Err(ApiError::unsupported(
+            "unsupported_media_type",
+            format!(
+                "Content-Type {content_type:?} is not accepted: send the file as application/octet-stream (with ?name=) or as multipart/form-data file parts"
+            ),
+        ));
+    };
+    let name = query
+        .name
+        .or(part_name)
+        .unwrap_or_else(|| default_model_name(&files));
+    check_model_name(&name)?;
+    let plan = models::plan(files).map_err(plan_error)?;
+    let owner = Owner {
+        team_id: caller.team_id,
+        token_id: Some(caller.token_id),
+    };
+    let model = models::create(&state.db, &state.blobs, owner, &name, plan).await?;
+    let location = format!("/api/v1/models/{}", model.id);
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, location)],
+        Json(model),
+    ))
+}
+
+async fn receive_raw(
+    state: &AppState,
+    name: Option<&str>,
+    request: Request,
+) -> ApiResult<IngestedFile> {
+    // The body is always treated as safetensors; a pickle-style name is refused before reading.
+    if let Some(name) = name {
+        ingest::refuse_foreign_name(name).map_err(|e| ingest_error(e, state.limits.max_upload))?;
+    }
+    let mut budget = state.limits.max_upload;
+    let body = request.into_body().into_data_stream();
+    ingest::ingest(
+        &state.blobs,
+        "model.safetensors".to_owned(),
+        FileKind::Safetensors,
+        body,
+        &mut budget,
+        state.limits.max_upload,
+        state.limits.upload_idle,
+    )
+    .await
+    .map_err(|e| ingest_error(e, state.limits.max_upload))
+}
+
+async fn receive_multipart(
+    state: &AppState,
+    request: Request,
+) -> ApiResult<(Vec<IngestedFile>, Option<String>)> {
+    let limit = state.limits.max_upload;
+    let mut multipart = Multipart::from_request(request, state)
+        .await
+        .map_err(|e| ApiError::bad_request("bad_multipart", e.body_text()))?;
+    let mut budget = limit;
+    let mut files = Vec::new();
+    let mut model_name = None;
+    loop {
+        let field = match multipart.next_field().await {
+            Ok(Some(field)) => field,
+            Ok(None) => break,
+            Err(err) => return Err(multipart_error(err, limit)),
+        };
+        let Some(file_name) = field.file_name().map(str::to_owned) else {
+            if field.name() == Some("name") {
+                let text = field.text().await.map_err(|e| multipart_error(e, limit))?;
+                check_model_name(&text)?;
+                model_name = Some(text);
+                continue;
+            }
+            return Err(ApiError::bad_request(
+                "bad_multipart",
+                format!(
+                    "unexpected form field {:?}: send files as parts with a filename, and optionally a \"name\" field",
+                    field.name().unwrap_or("")
+                ),
+            ));
+        };
+        if files.len() == MAX_FILES_PER_UPLOAD {
+            return Err(ApiError::bad_request(
+                "too_many_files",
+                format!("at most {MAX_FILES_PER_UPLOAD} files per upload"),
+            ));
+        }
+        let kind = ingest::classify(&file_name).map_err(|e| ingest_error(e, limit))?;
+        let file = ingest::ingest(
+            &state.blobs,
+            file_name,
+            kind,
+            field,
+            &mut budget,
+            limit,
+            state.limits.upload_idle,
+        )
+        .await
+        .map_err(|e| ingest_error(e, limit))?;
+        files.push(file);
+    }
+    if files.is_empty() {
+        return Err(ApiError::bad_request(
+            "no_files",
+            "the multipart body has no file parts (use a part named \"file\" with a filename)",
+        ));
+    }
+    Ok((files, model_name))
+}
+
+fn default_model_name(files: &[IngestedFile]) -> String {
+    files
+        .iter()
+        .find(|f| f.kind == FileKind::Safetensors)
+        .map(|f| {
+            let stem = f.name.trim_end_matches(".safetensors");
+            // Shards are named model-00001-of-0000N: the model is "model".
+            match stem.split_once("-0") {
+                Some((base, _)) if stem.contains("-of-") => base.to_owned(),
+                _ => stem.to_owned(),
+            }
+        })
+        .unwrap_or_else(|| "model".to_owned())
+}
+
+fn check_model_name(name: &str) -> ApiResult<()> {
+    if name.trim().is_empty() || name.len() > 255 || name.chars().any(char::is_control) {
+        return Err(ApiError::bad_request(
+            "bad_name",
+            "a model name needs 1-255 characters and no control characters",
+        ));
+    }
+    Ok(())
+}
+
+fn too_large(limit: u64) -> ApiError {
+    ApiError::too_large(format!(
+        "the upload exceeds this server's limit of {limit} bytes (SQUEEZE_MAX_UPLOAD)"
+    ))
+    .with("limit", limit)
+}
+
+fn multipart_error(err: axum::extract::multipart::MultipartError, limit: u64) -> ApiError {
+    if err.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        too_large(limit)
+    } else {
+        ApiError::bad_request("bad_multipart", err.body_text())
+    }
+}
+
+fn ingest_error(err: IngestError, limit: u64) -> ApiError {
+    match err {
+        IngestError::TooLarge { .. } => too_large(limit),
+        IngestError::Invalid { name, source } => {
+            let code = source.code();
+            let tensor = source.tensor().map(str::to_owned);
+            let mut problem =
+                ApiError::unprocessable(code, format!("{name}: {source}")).with("file", name);
+            if let Some(tensor) = tensor {
+                problem = problem.with("tensor", tensor);
+            }
+            problem
+        }
+        IngestError::BadName(_) => ApiError::bad_request("bad_file_name", err.to_string()),
+        IngestError::Unsupported { .. } => {
+            ApiError::unsupported("unsupported_format", err.to_string())
+        }
+        IngestError::BadJson { .. } => ApiError::unprocessable("bad_json", err.to_string()),
+        IngestError::SideFileTooLarge { .. } => ApiError::too_large(err.to_string()),
+        IngestError::Body(_) => ApiError::bad_request("body_read_failed", err.to_string()),
+        IngestError::Idle(_) => {
+            ApiError::new(StatusCode::REQUEST_TIMEOUT, "upload_idle", err.to_string())
+        }
+        IngestError::Io(io) if io.raw_os_error() == Some(libc::ENOSPC) => ApiError::new(
+            StatusCode::INSUFFICIENT_STORAGE,
+            "no_space",
+            "the server's storage is full; nothing was kept",
+        ),
+        IngestError::Io(io) => ApiError::internal(format_args!("upload storage: {io}")),
+    }
+}
+
+fn plan_error(err: PlanError) -> ApiError {
+    let code = err.code();
+    let problem = ApiError::unprocessable(code, err.to_string());
+    match &err {
+        PlanError::IndexMismatch { tensor, .. } | PlanError::DuplicateTensor { tensor, .. } => {
+            problem.with("tensor", tensor.clone())
+        }
+        _ => problem,
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct ListQuery {
+    limit: Option<i64>,
+    cursor: Option<String>,
+}
+
+fn page_limit(requested: Option<i64>, default: i64, max: i64) -> ApiResult<i64> {
+    match requested {
+        None => Ok(default),
+        Some(n) if (1..=max).contains(&n) => Ok(n),
+        Some(n) => Err(ApiError::bad_request(
+            "bad_limit",
+            format!("limit {n} is out of range 1..={max}"),
+        )),
+    }
+}
+
+/// The team's models, newest first.
+async fn list_models(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(query): Query<ListQuery>,
+) -> ApiResult<Json<Page<Model>>> {
+    let limit = page_limit(query.limit, 50, 100)?;
+    let cursor = match query.cursor.as_deref() {
+        None | Some("") => None,
+        Some(c) => Some(Uuid::parse_str(c).map_err(|_| {
+            ApiError::bad_request("bad_cursor", "cursor is not one this API issued")
+        })?),
+    };
+    let items = models::list(&state.db, caller.team_id, limit, cursor).await?;
+    let next_cursor = (items.len() as i64 == limit)
+        .then(|| items.last().map(|m| m.id.to_string()))
+        .flatten();
+    Ok(Json(Page { items, next_cursor }))
+}
+
+/// One model.
+async fn get_model(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<Uuid>,
+) -> ApiResult<Json<Model>> {
+    models::get(&state.db, caller.team_id, id)
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found("model", id))
+}
+
+/// The model's tensors by name.
+async fn list_tensors(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<Uuid>,
+    Query(query): Query<ListQuery>,
+) -> ApiResult<Json<Page<TensorEntry>>> {
+    let limit = page_limit(query.limit, 1000, 10_000)?;
+    let items = models::tensors(
+        &state.db,
+        caller.team_id,
+        id,
+        limit,
+        query.cursor.as_deref(),
+    )
+    .await?
+    .ok_or_else(|| ApiError::not_found("model", id))?;
+    let next_cursor = (items.len() as i64 == limit)
+        .then(|| items.last().map(|t| t.name.clone()))
+        .flatten();
+    Ok(Json(Page { items, next_cursor }))
+}
+
+/// Deletes a model and, when no other model shares them, its files.
+async fn delete_model(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<Uuid>,
+) -> ApiResult<StatusCode> {
+    if models::delete(&state.db, &state.blobs, caller.team_id, id).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found("model", id))
+    }
+}

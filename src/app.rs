@@ -1,0 +1,272 @@
+//! The one startup path, shared by `main` and the tests: open the database (or the private
+//! cluster), migrate, bootstrap the admin token, open the blob store, build the router with its
+//! middleware, bind the listener, and serve until a shutdown signal.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+use axum::body::Body;
+use axum::extract::FromRef;
+use axum::http::{Request, Response, StatusCode, header};
+use axum::middleware;
+use axum::response::IntoResponse;
+use sqlx::PgPool;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::services::ServeDir;
+use tower_http::trace::TraceLayer;
+
+use crate::config::ServeArgs;
+use crate::error::{ApiError, PROBLEM_JSON};
+use crate::store::blobs::BlobStore;
+use crate::store::db::{ClusterPolicy, Database};
+use crate::{api, auth};
+
+/// Limits applied to uploads.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest request body for an upload.
+    pub max_upload: u64,
+    /// Longest wait for the next chunk of an upload.
+    pub upload_idle: Duration,
+}
+
+/// State shared by all handlers.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    /// Database pool.
+    pub db: PgPool,
+    /// Uploaded files.
+    pub blobs: BlobStore,
+    /// Upload limits.
+    pub limits: Arc<Limits>,
+}
+
+impl FromRef<AppState> for PgPool {
+    fn from_ref(state: &AppState) -> PgPool {
+        state.db.clone()
+    }
+}
+
+/// A built, bound, not yet serving application.
+pub struct Application {
+    listener: tokio::net::TcpListener,
+    router: Router,
+    database: Database,
+    state: AppState,
+    login_url: String,
+    admin_token_file: Option<PathBuf>,
+    grace: Duration,
+}
+
+impl Application {
+    /// Everything `serve` does before accepting connections.
+    pub async fn build(args: ServeArgs) -> anyhow::Result<Application> {
+        let data_dir = &args.db.data_dir;
+        std::fs::create_dir_all(data_dir)
+            .with_context(|| format!("creating the data folder {}", data_dir.display()))?;
+        let database = Database::open(
+            args.db.database_url.as_deref(),
+            data_dir,
+            ClusterPolicy::StopOnExit,
+            16,
+        )
+        .await?;
+        database.migrate().await?;
+        let blobs = BlobStore::open(&data_dir.join("blobs")).context("opening the blob store")?;
+        match blobs.sweep_stale(Duration::from_secs(3600)) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(files = n, "removed stale temp files"),
+            Err(err) => tracing::warn!(error = %err, "could not sweep temp files"),
+        }
+        let boot = auth::bootstrap(&database.pool, data_dir, args.admin_token.as_deref()).await?;
+        let listener = tokio::net::TcpListener::bind(args.addr)
+            .await
+            .with_context(|| format!("binding {}", args.addr))?;
+        let local = listener.local_addr()?;
+        let state = AppState {
+            db: database.pool.clone(),
+            blobs,
+            limits: Arc::new(Limits {
+                max_upload: args.max_upload,
+                upload_idle: Duration::from_secs(args.upload_idle_secs),
+            }),
+        };
+        let static_dir = args.static_dir.clone().unwrap_or_else(default_static_dir);
+        Ok(Application {
+            listener,
+            router: router(state.clone(), &static_dir),
+            database,
+            login_url: format!("http://{}/#login={}", browsable(local), boot.login_code),
+            admin_token_file: boot.admin_token_file,
+            state,
+            grace: Duration::from_secs(args.shutdown_grace_secs),
+        })
+    }
+
+    /// The bound address (the real port when 0 was asked for).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    /// The single-use dashboard sign-in URL issued at this start.
+    pub fn login_url(&self) -> &str {
+        &self.login_url
+    }
+
+    /// Where a freshly generated admin token was written (first start only).
+    pub fn admin_token_file(&self) -> Option<&Path> {
+        self.admin_token_file.as_deref()
+    }
+
+    /// Handler state (tests use it to reach the pool and the blob store).
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until `shutdown` completes, lets running requests finish within the grace
+    /// period, then closes the pool and stops the private cluster.
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<()>();
+        let shutdown = async move {
+            shutdown.await;
+            tracing::info!("shutting down: no new connections");
+            let _ = signalled_tx.send(());
+        };
+        let serve = axum::serve(self.listener, self.router).with_graceful_shutdown(shutdown);
+        let grace = self.grace;
+        tokio::select! {
+            result = serve => result.context("serving HTTP")?,
+            _ = async {
+                if signalled_rx.await.is_ok() {
+                    tokio::time::sleep(grace).await;
+                } else {
+                    std::future::pending::<()>().await;
+                }
+            } => tracing::warn!(grace_secs = grace.as_secs(), "requests still running after the grace period; closing"),
+        }
+        self.database.close().await
+    }
+}
+
+/// `./static` when run from the repository, else the folder next to the sources it was built from.
+fn default_static_dir() -> PathBuf {
+    let local = PathBuf::from("static");
+    if local.join("index.html").is_file() {
+        local
+    } else {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("static")
+    }
+}
+
+/// An address a browser can open: a wildcard bind is reached through loopback.
+fn browsable(addr: SocketAddr) -> SocketAddr {
+    if addr.ip().is_unspecified() {
+        let ip = if addr.is_ipv4() {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        } else {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        };
+        SocketAddr::new(ip, addr.port())
+    } else {
+        addr
+    }
+}
+
+/// The router with its middleware: request ids, tracing, panic capture, problem+json for every
+/// error including the framework's own rejections.
+pub fn router(state: AppState, static_dir: &Path) -> Router {
+    let dashboard = ServeDir::new(static_dir).append_index_html_on_directories(true);
+    Router::new()
+        .merge(api::health::router())
+        .nest("/api/v1", api::router())
+        .fallback_service(dashboard)
+        .with_state(state)
+        .layer(middleware::map_response(problem_for_every_error))
+        .layer(CatchPanicLayer::custom(|_panic: Box<dyn std::any::Any + Send>| {
+            ApiError::internal("a handler panicked").into_response()
+        }))
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(|request: &Request<Body>| {
+                    let request_id = request
+                        .headers()
+                        .get("x-request-id")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("-");
+                    tracing::info_span!("request", method = %request.method(), path = %request.uri().path(), request_id)
+                })
+                // Server errors are logged once, where they are made (`ApiError::internal`).
+                .on_failure(()),
+        )
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+}
+
+/// Rewrites any error response that is not already problem+json (framework rejections, 404 of
+/// unknown paths, 405) into one, so clients see one error shape everywhere.
+async fn problem_for_every_error(response: Response<Body>) -> Response<Body> {
+    let status = response.status();
+    let is_problem = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(PROBLEM_JSON.as_bytes()));
+    if status.as_u16() < 400 || is_problem {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 4096)
+        .await
+        .ok()
+        .and_then(|b| String::from_utf8(b.to_vec()).ok())
+        .map(|t| t.trim().to_owned())
+        .filter(|t| !t.is_empty());
+    let reason = status.canonical_reason().unwrap_or("error").to_owned();
+    let (code, detail) = match status {
+        StatusCode::NOT_FOUND => ("not_found", "no such resource".to_owned()),
+        StatusCode::METHOD_NOT_ALLOWED => (
+            "method_not_allowed",
+            "method not allowed on this resource".to_owned(),
+        ),
+        StatusCode::PAYLOAD_TOO_LARGE => ("payload_too_large", text.unwrap_or(reason)),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => ("unsupported_media_type", text.unwrap_or(reason)),
+        s if s.is_server_error() => ("internal", "internal server error".to_owned()),
+        _ => ("bad_request", text.unwrap_or(reason)),
+    };
+    let mut problem = ApiError::new(status, code, detail).into_response();
+    for (name, value) in &parts.headers {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            problem.headers_mut().append(name.clone(), value.clone());
+        }
+    }
+    problem
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
+}

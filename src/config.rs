@@ -1,0 +1,187 @@
+//! Command line and configuration: every setting is a flag with a `SQUEEZE_*` environment
+//! equivalent (plus `DATABASE_URL`), parsed once by clap into typed structs.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use uuid::Uuid;
+
+/// squeeze: compression as a service for ML models.
+#[derive(Debug, Parser)]
+#[command(name = "squeeze", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Log format.
+    #[arg(long, env = "SQUEEZE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the HTTP API and dashboard.
+    Serve(ServeArgs),
+    /// Apply database migrations and exit.
+    Migrate(DbArgs),
+    /// Create, list and revoke API tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// List the tensors of a safetensors file (validating it as an upload would be).
+    Inspect(InspectArgs),
+}
+
+/// Where the database is.
+#[derive(Debug, Clone, Args)]
+pub struct DbArgs {
+    /// PostgreSQL URL. Without it, a private cluster is created and run in <data-dir>/postgres.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// Folder for the private database, uploaded models and artifacts.
+    #[arg(long, env = "SQUEEZE_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+}
+
+/// `squeeze serve`.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address to listen on; port 0 picks a free port (the bound address is printed).
+    #[arg(long, env = "SQUEEZE_ADDR", default_value = "127.0.0.1:8080")]
+    pub addr: SocketAddr,
+    /// Database location.
+    #[command(flatten)]
+    pub db: DbArgs,
+    /// Largest upload accepted, in bytes or with a unit (e.g. 500MiB, 64GiB).
+    #[arg(long, env = "SQUEEZE_MAX_UPLOAD", default_value = "64GiB", value_parser = parse_size)]
+    pub max_upload: u64,
+    /// Seconds an upload may stall before it is dropped.
+    #[arg(long, env = "SQUEEZE_UPLOAD_IDLE_SECS", default_value_t = 60)]
+    pub upload_idle_secs: u64,
+    /// A token of your choosing for the default team's admin (environment only, so it stays out
+    /// of process listings).
+    #[arg(skip = std::env::var("SQUEEZE_ADMIN_TOKEN").ok().filter(|t| !t.is_empty()))]
+    pub admin_token: Option<String>,
+    /// Folder of the dashboard's static files (default: ./static, else the one built in).
+    #[arg(long, env = "SQUEEZE_STATIC_DIR")]
+    pub static_dir: Option<PathBuf>,
+    /// Seconds to let running requests finish after SIGTERM or Ctrl-C.
+    #[arg(long, env = "SQUEEZE_SHUTDOWN_GRACE_SECS", default_value_t = 30)]
+    pub shutdown_grace_secs: u64,
+}
+
+/// `squeeze token ...`.
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a token for a team (creating the team if needed); prints the secret once.
+    Create {
+        /// Team name.
+        #[arg(long)]
+        team: String,
+        /// A label to tell tokens apart.
+        #[arg(long, default_value = "cli")]
+        name: String,
+        /// Allow the token to administer the team.
+        #[arg(long)]
+        admin: bool,
+        /// Database location.
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// List tokens (never their secrets).
+    List {
+        /// Only this team's tokens.
+        #[arg(long)]
+        team: Option<String>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Database location.
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// Revoke a token by id; it stops working at once.
+    Revoke {
+        /// Token id (from `squeeze token list`).
+        id: Uuid,
+        /// Database location.
+        #[command(flatten)]
+        db: DbArgs,
+    },
+}
+
+/// `squeeze inspect`.
+#[derive(Debug, Clone, Args)]
+pub struct InspectArgs {
+    /// A .safetensors file.
+    pub file: PathBuf,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Parses a byte size: a plain number, or a number with B, KB, MB, GB, TB (powers of 1000) or
+/// KiB, MiB, GiB, TiB (powers of 1024).
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size (examples: 1048576, 500MiB, 64GiB)"))?;
+    let scale: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kb" => 1e3,
+        "m" | "mb" => 1e6,
+        "g" | "gb" => 1e9,
+        "t" | "tb" => 1e12,
+        "kib" => 1024.0,
+        "mib" => 1024.0 * 1024.0,
+        "gib" => 1024.0 * 1024.0 * 1024.0,
+        "tib" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
+        other => {
+            return Err(format!(
+                "unknown size unit {other:?} (use B, KB, MB, GB, TB, KiB, MiB, GiB, TiB)"
+            ));
+        }
+    };
+    let bytes = number * scale;
+    if !bytes.is_finite() || bytes < 1.0 || bytes > u64::MAX as f64 {
+        return Err(format!("{text:?} is out of range"));
+    }
+    Ok(bytes as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_accept_decimal_and_binary_units() {
+        assert_eq!(parse_size("1024").unwrap(), 1024);
+        assert_eq!(parse_size("2KiB").unwrap(), 2048);
+        assert_eq!(parse_size("1.5 GB").unwrap(), 1_500_000_000);
+        assert_eq!(parse_size("64GiB").unwrap(), 64 << 30);
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("5 parsecs").is_err());
+        assert!(parse_size("0").is_err());
+    }
+
+    #[test]
+    fn the_cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,862 @@
+//! safetensors headers, parsed as hostile input.
+//!
+//! Owns the rules a safetensors file must satisfy before any byte of it is trusted: every check
+//! the reference crate makes (header size cap, UTF-8, schema, contiguous offsets from zero,
+//! `shape × dtype = bytes`, no trailing bytes) plus a few it does not (duplicate tensor names,
+//! a tensor-count cap, offsets and shapes in checked arithmetic). Validation works on a stream,
+//! so an upload is checked as it arrives and memory stays bounded by the header size.
+//! No I/O beyond `std::io::Read` on local files, no async, no database.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::io::Read;
+
+use serde::Deserialize;
+use serde::de::{self, DeserializeSeed, MapAccess, Visitor};
+
+/// Largest header accepted, in bytes (the reference reader's limit).
+pub const MAX_HEADER_BYTES: u64 = 100_000_000;
+/// Largest number of tensors accepted in one file.
+pub const MAX_TENSORS: usize = 1 << 18;
+
+/// Element types of the safetensors format.
+#[allow(non_camel_case_types, clippy::upper_case_acronyms)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Dtype {
+    BOOL,
+    F4,
+    F6_E2M3,
+    F6_E3M2,
+    U8,
+    I8,
+    F8_E5M2,
+    F8_E4M3,
+    F8_E8M0,
+    F8_E4M3FNUZ,
+    F8_E5M2FNUZ,
+    I16,
+    U16,
+    F16,
+    BF16,
+    I32,
+    U32,
+    F32,
+    C64,
+    F64,
+    I64,
+    U64,
+}
+
+impl Dtype {
+    const ALL: [Dtype; 22] = [
+        Dtype::BOOL,
+        Dtype::F4,
+        Dtype::F6_E2M3,
+        Dtype::F6_E3M2,
+        Dtype::U8,
+        Dtype::I8,
+        Dtype::F8_E5M2,
+        Dtype::F8_E4M3,
+        Dtype::F8_E8M0,
+        Dtype::F8_E4M3FNUZ,
+        Dtype::F8_E5M2FNUZ,
+        Dtype::I16,
+        Dtype::U16,
+        Dtype::F16,
+        Dtype::BF16,
+        Dtype::I32,
+        Dtype::U32,
+        Dtype::F32,
+        Dtype::C64,
+        Dtype::F64,
+        Dtype::I64,
+        Dtype::U64,
+    ];
+
+    /// The code as written in headers.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Dtype::BOOL => "BOOL",
+            Dtype::F4 => "F4",
+            Dtype::F6_E2M3 => "F6_E2M3",
+            Dtype::F6_E3M2 => "F6_E3M2",
+            Dtype::U8 => "U8",
+            Dtype::I8 => "I8",
+            Dtype::F8_E5M2 => "F8_E5M2",
+            Dtype::F8_E4M3 => "F8_E4M3",
+            Dtype::F8_E8M0 => "F8_E8M0",
+            Dtype::F8_E4M3FNUZ => "F8_E4M3FNUZ",
+            Dtype::F8_E5M2FNUZ => "F8_E5M2FNUZ",
+            Dtype::I16 => "I16",
+            Dtype::U16 => "U16",
+            Dtype::F16 => "F16",
+            Dtype::BF16 => "BF16",
+            Dtype::I32 => "I32",
+            Dtype::U32 => "U32",
+            Dtype::F32 => "F32",
+            Dtype::C64 => "C64",
+            Dtype::F64 => "F64",
+            Dtype::I64 => "I64",
+            Dtype::U64 => "U64",
+        }
+    }
+
+    /// Parses a header dtype code; `None` for anything unknown.
+    pub fn parse(code: &str) -> Option<Dtype> {
+        Self::ALL.into_iter().find(|d| d.as_str() == code)
+    }
+
+    /// Bits per element.
+    pub fn bits(self) -> u64 {
+        match self {
+            Dtype::F4 => 4,
+            Dtype::F6_E2M3 | Dtype::F6_E3M2 => 6,
+            Dtype::BOOL
+            | Dtype::U8
+            | Dtype::I8
+            | Dtype::F8_E5M2
+            | Dtype::F8_E4M3
+            | Dtype::F8_E8M0
+            | Dtype::F8_E4M3FNUZ
+            | Dtype::F8_E5M2FNUZ => 8,
+            Dtype::I16 | Dtype::U16 | Dtype::F16 | Dtype::BF16 => 16,
+            Dtype::I32 | Dtype::U32 | Dtype::F32 => 32,
+            Dtype::C64 | Dtype::F64 | Dtype::I64 | Dtype::U64 => 64,
+        }
+    }
+}
+
+impl fmt::Display for Dtype {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One tensor's entry, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TensorInfo {
+    /// Tensor name as written in the header.
+    pub name: String,
+    /// Element type.
+    pub dtype: Dtype,
+    /// Dimensions, outermost first.
+    pub shape: Vec<u64>,
+    /// Byte range relative to the start of the data section.
+    pub begin: u64,
+    /// One past the last byte, relative to the start of the data section.
+    pub end: u64,
+}
+
+impl TensorInfo {
+    /// Number of elements (checked at validation, so it cannot overflow here).
+    pub fn elements(&self) -> u64 {
+        self.shape.iter().product()
+    }
+
+    /// Byte length of the tensor's data.
+    pub fn bytes(&self) -> u64 {
+        self.end - self.begin
+    }
+}
+
+/// A validated header: tensors sorted by offset, plus the optional string metadata.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Header {
+    /// Length of the JSON header in bytes (the first 8 bytes of the file).
+    pub header_len: u64,
+    /// `__metadata__`, when present.
+    pub metadata: Option<BTreeMap<String, String>>,
+    /// Tensors in data order.
+    pub tensors: Vec<TensorInfo>,
+}
+
+impl Header {
+    /// Byte offset of the data section within the file.
+    pub fn data_start(&self) -> u64 {
+        8 + self.header_len
+    }
+
+    /// Length of the data section.
+    pub fn data_len(&self) -> u64 {
+        self.tensors.last().map_or(0, |t| t.end)
+    }
+
+    /// Exact length the whole file must have.
+    pub fn file_len(&self) -> u64 {
+        self.data_start() + self.data_len()
+    }
+
+    /// Checks that the file is exactly as long as the header says.
+    pub fn check_file_len(&self, actual: u64) -> Result<(), SafetensorsError> {
+        let expected = self.file_len();
+        match actual.cmp(&expected) {
+            std::cmp::Ordering::Equal => Ok(()),
+            std::cmp::Ordering::Less => Err(SafetensorsError::Truncated { expected, actual }),
+            std::cmp::Ordering::Greater => {
+                Err(SafetensorsError::TrailingBytes { expected, actual })
+            }
+        }
+    }
+}
+
+/// A file that is recognisably some other format, which we refuse to read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ForeignFormat {
+    /// A raw Python pickle stream.
+    Pickle,
+    /// A zip archive (PyTorch `.pt`/`.bin` checkpoints are zip files holding `data.pkl`).
+    Zip,
+    /// gzip, 7z, tar and other archives.
+    Archive,
+    /// A NumPy `.npy` file.
+    Numpy,
+    /// A GGUF file.
+    Gguf,
+    /// HDF5 (Keras `.h5`).
+    Hdf5,
+}
+
+impl ForeignFormat {
+    /// Name for messages.
+    pub fn describe(self) -> &'static str {
+        match self {
+            ForeignFormat::Pickle => "a Python pickle",
+            ForeignFormat::Zip => "a zip archive (PyTorch checkpoints are zipped pickles)",
+            ForeignFormat::Archive => "a compressed archive",
+            ForeignFormat::Numpy => "a NumPy .npy file",
+            ForeignFormat::Gguf => "a GGUF file",
+            ForeignFormat::Hdf5 => "an HDF5 file",
+        }
+    }
+
+    /// True for formats that execute code when loaded.
+    pub fn is_pickle_based(self) -> bool {
+        matches!(self, ForeignFormat::Pickle | ForeignFormat::Zip)
+    }
+}
+
+/// Everything that can be wrong with a safetensors file. Each variant has a stable `code()`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SafetensorsError {
+    #[error("the file is empty")]
+    Empty,
+    #[error("the file is {len} bytes; a safetensors file starts with an 8-byte header length")]
+    HeaderTooSmall { len: u64 },
+    #[error("the header length {len} exceeds the limit of {MAX_HEADER_BYTES} bytes")]
+    HeaderTooLarge { len: u64 },
+    #[error("the header length {header_len} runs past the end of the {file_len}-byte file")]
+    HeaderPastEnd { header_len: u64, file_len: u64 },
+    #[error("the header is not valid UTF-8 (byte {at})")]
+    HeaderNotUtf8 { at: usize },
+    #[error("the header is not a valid safetensors JSON object: {reason}")]
+    HeaderNotJson { reason: String },
+    #[error("tensor name {name:?} appears more than once")]
+    DuplicateTensor { name: String },
+    #[error("__metadata__ value for key {key:?} is not a string")]
+    MetadataNotString { key: String },
+    #[error("tensor {name:?} has unknown dtype {dtype:?}")]
+    UnknownDtype { name: String, dtype: String },
+    #[error("tensor {name:?}: shape product overflows")]
+    ShapeOverflow { name: String },
+    #[error("tensor {name:?}: {elements} elements of {dtype} do not fill whole bytes")]
+    MisalignedTensor {
+        name: String,
+        elements: u64,
+        dtype: Dtype,
+    },
+    #[error("tensor {name:?}: data_offsets end {end} is before begin {begin}")]
+    OffsetsReversed { name: String, begin: u64, end: u64 },
+    #[error("tensor {name:?} starts at {begin} but the previous tensor ends at {expected}: a gap")]
+    OffsetGap {
+        name: String,
+        begin: u64,
+        expected: u64,
+    },
+    #[error(
+        "tensor {name:?} starts at {begin} but the previous tensor ends at {expected}: overlapping data"
+    )]
+    OffsetOverlap {
+        name: String,
+        begin: u64,
+        expected: u64,
+    },
+    #[error(
+        "tensor {name:?}: shape {shape:?} of {dtype} needs {expected} bytes but data_offsets give {actual}"
+    )]
+    SizeMismatch {
+        name: String,
+        dtype: Dtype,
+        shape: Vec<u64>,
+        expected: u64,
+        actual: u64,
+    },
+    #[error("the header lists {count} tensors; the limit is {MAX_TENSORS}")]
+    TooManyTensors { count: usize },
+    #[error("the header lists no tensors")]
+    NoTensors,
+    #[error("the file is truncated: the header promises {expected} bytes, the file has {actual}")]
+    Truncated { expected: u64, actual: u64 },
+    #[error(
+        "the file has trailing bytes: the header accounts for {expected} bytes, the file has {actual}"
+    )]
+    TrailingBytes { expected: u64, actual: u64 },
+    #[error("this is {}, not safetensors", .0.describe())]
+    Foreign(ForeignFormat),
+}
+
+impl SafetensorsError {
+    /// A stable snake_case code, part of the API contract.
+    pub fn code(&self) -> &'static str {
+        match self {
+            SafetensorsError::Empty => "empty_file",
+            SafetensorsError::HeaderTooSmall { .. } => "header_too_small",
+            SafetensorsError::HeaderTooLarge { .. } => "header_too_large",
+            SafetensorsError::HeaderPastEnd { .. } => "header_past_end",
+            SafetensorsError::HeaderNotUtf8 { .. } => "header_not_utf8",
+            SafetensorsError::HeaderNotJson { .. } => "header_not_json",
+            SafetensorsError::DuplicateTensor { .. } => "duplicate_tensor",
+            SafetensorsError::MetadataNotString { .. } => "metadata_not_string",
+            SafetensorsError::UnknownDtype { .. } => "unknown_dtype",
+            SafetensorsError::ShapeOverflow { .. } => "shape_overflow",
+            SafetensorsError::MisalignedTensor { .. } => "misaligned_tensor",
+            SafetensorsError::OffsetsReversed { .. } => "offsets_reversed",
+            SafetensorsError::OffsetGap { .. } => "offset_gap",
+            SafetensorsError::OffsetOverlap { .. } => "offset_overlap",
+            SafetensorsError::SizeMismatch { .. } => "size_mismatch",
+            SafetensorsError::TooManyTensors { .. } => "too_many_tensors",
+            SafetensorsError::NoTensors => "no_tensors",
+            SafetensorsError::Truncated { .. } => "truncated",
+            SafetensorsError::TrailingBytes { .. } => "trailing_bytes",
+            SafetensorsError::Foreign(_) => "unsupported_format",
+        }
+    }
+
+    /// The tensor the defect concerns, when there is one.
+    pub fn tensor(&self) -> Option<&str> {
+        match self {
+            SafetensorsError::DuplicateTensor { name }
+            | SafetensorsError::UnknownDtype { name, .. }
+            | SafetensorsError::ShapeOverflow { name }
+            | SafetensorsError::MisalignedTensor { name, .. }
+            | SafetensorsError::OffsetsReversed { name, .. }
+            | SafetensorsError::OffsetGap { name, .. }
+            | SafetensorsError::OffsetOverlap { name, .. }
+            | SafetensorsError::SizeMismatch { name, .. } => Some(name),
+            _ => None,
+        }
+    }
+}
+
+/// Recognises formats we refuse by their leading bytes. Call only after the bytes failed to look
+/// like a safetensors prefix (see [`looks_like_safetensors`]).
+pub fn sniff_foreign(prefix: &[u8]) -> Option<ForeignFormat> {
+    const MAGICS: &[(&[u8], ForeignFormat)] = &[
+        (b"PK\x03\x04", ForeignFormat::Zip),
+        (b"PK\x05\x06", ForeignFormat::Zip),
+        (b"\x1f\x8b", ForeignFormat::Archive),
+        (b"7z\xbc\xaf\x27\x1c", ForeignFormat::Archive),
+        (b"BZh", ForeignFormat::Archive),
+        (b"\xfd7zXZ\x00", ForeignFormat::Archive),
+        (b"\x28\xb5\x2f\xfd", ForeignFormat::Archive),
+        (b"\x93NUMPY", ForeignFormat::Numpy),
+        (b"GGUF", ForeignFormat::Gguf),
+        (b"\x89HDF\r\n\x1a\n", ForeignFormat::Hdf5),
+    ];
+    if let Some((_, format)) = MAGICS.iter().find(|(magic, _)| prefix.starts_with(magic)) {
+        return Some(*format);
+    }
+    // Pickle protocol 2+ opens with PROTO (0x80) and the protocol number.
+    if prefix.len() >= 2 && prefix[0] == 0x80 && (2..=5).contains(&prefix[1]) {
+        return Some(ForeignFormat::Pickle);
+    }
+    // Protocol 0/1 pickles of a dict or list (`(dp0`, `}q`, `]q`): no safetensors header starts so.
+    if prefix.len() >= 2 && matches!(&prefix[..2], b"(d" | b"}q" | b"]q" | b"(l") {
+        return Some(ForeignFormat::Pickle);
+    }
+    None
+}
+
+/// Whether the first bytes can begin a safetensors file: a header length within the cap,
+/// followed (when present) by the opening of a JSON object.
+pub fn looks_like_safetensors(prefix: &[u8]) -> bool {
+    let Some(len_bytes) = prefix.get(..8) else {
+        return true;
+    };
+    let header_len = u64::from_le_bytes(len_bytes.try_into().expect("8 bytes"));
+    if header_len > MAX_HEADER_BYTES {
+        return false;
+    }
+    match prefix.get(8) {
+        None => true,
+        Some(b) => matches!(b, b'{' | b' ' | b'\t' | b'\n' | b'\r'),
+    }
+}
+
+/// Parses and validates a header's JSON bytes. The file length is checked separately with
+/// [`Header::check_file_len`].
+pub fn parse_header(json: &[u8]) -> Result<Header, SafetensorsError> {
+    if let Err(err) = std::str::from_utf8(json) {
+        return Err(SafetensorsError::HeaderNotUtf8 {
+            at: err.valid_up_to(),
+        });
+    }
+    let mut defect = None;
+    let seed = HeaderSeed {
+        defect: &mut defect,
+    };
+    let mut de = serde_json::Deserializer::from_slice(json);
+    let parsed = seed.deserialize(&mut de).and_then(|raw| {
+        de.end()?;
+        Ok(raw)
+    });
+    let raw = match parsed {
+        Ok(raw) => raw,
+        Err(err) => {
+            return Err(defect.unwrap_or_else(|| SafetensorsError::HeaderNotJson {
+                reason: err.to_string(),
+            }));
+        }
+    };
+    validate_entries(json.len() as u64, raw)
+}
+
+#[derive(Deserialize)]
+struct RawTensor {
+    dtype: String,
+    shape: Vec<u64>,
+    data_offsets: (u64, u64),
+}
+
+struct RawHeader {
+    metadata: Option<BTreeMap<String, String>>,
+    tensors: Vec<(String, RawTensor)>,
+}
+
+/// Deserialises the top-level object keeping every entry, so duplicates are seen rather than
+/// silently overwritten, and records the first structural defect for a precise error.
+struct HeaderSeed<'a> {
+    defect: &'a mut Option<SafetensorsError>,
+}
+
+impl<'de> DeserializeSeed<'de> for HeaderSeed<'_> {
+    type Value = RawHeader;
+
+    fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<RawHeader, D::Error> {
+        deserializer.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for HeaderSeed<'_> {
+    type Value = RawHeader;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON object of tensor entries")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawHeader, A::Error> {
+        let mut seen = HashSet::new();
+        let mut metadata = None;
+        let mut tensors = Vec::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if !seen.insert(key.clone()) {
+                *self.defect = Some(SafetensorsError::DuplicateTensor { name: key.clone() });
+                return Err(de::Error::custom("duplicate key"));
+            }
+            if key == "__metadata__" {
+                let values: BTreeMap<String, serde_json::Value> = map.next_value()?;
+                let mut strings = BTreeMap::new();
+                for (k, v) in values {
+                    match v {
+                        serde_json::Value::String(s) => {
+                            strings.insert(k, s);
+                        }
+                        _ => {
+                            *self.defect = Some(SafetensorsError::MetadataNotString { key: k });
+                            return Err(de::Error::custom("non-string metadata"));
+                        }
+                    }
+                }
+                metadata = Some(strings);
+                continue;
+            }
+            if tensors.len() >= MAX_TENSORS {
+                *self.defect = Some(SafetensorsError::TooManyTensors {
+                    count: tensors.len() + 1,
+                });
+                return Err(de::Error::custom("too many tensors"));
+            }
+            let entry: RawTensor = map
+                .next_value()
+                .map_err(|e| de::Error::custom(format_args!("tensor {key:?}: {e}")))?;
+            tensors.push((key, entry));
+        }
+        Ok(RawHeader { metadata, tensors })
+    }
+}
+
+fn validate_entries(header_len: u64, raw: RawHeader) -> Result<Header, SafetensorsError> {
+    let mut tensors = Vec::with_capacity(raw.tensors.len());
+    for (name, entry) in raw.tensors {
+        let Some(dtype) = Dtype::parse(&entry.dtype) else {
+            return Err(SafetensorsError::UnknownDtype {
+                name,
+                dtype: entry.dtype,
+            });
+        };
+        let (begin, end) = entry.data_offsets;
+        if end < begin {
+            return Err(SafetensorsError::OffsetsReversed { name, begin, end });
+        }
+        let Some(elements) = entry
+            .shape
+            .iter()
+            .try_fold(1u64, |acc, &d| acc.checked_mul(d))
+        else {
+            return Err(SafetensorsError::ShapeOverflow { name });
+        };
+        let Some(bits) = elements.checked_mul(dtype.bits()) else {
+            return Err(SafetensorsError::ShapeOverflow { name });
+        };
+        if bits % 8 != 0 {
+            return Err(SafetensorsError::MisalignedTensor {
+                name,
+                elements,
+                dtype,
+            });
+        }
+        if bits / 8 != end - begin {
+            return Err(SafetensorsError::SizeMismatch {
+                name,
+                dtype,
+                shape: entry.shape,
+                expected: bits / 8,
+                actual: end - begin,
+            });
+        }
+        tensors.push(TensorInfo {
+            name,
+            dtype,
+            shape: entry.shape,
+            begin,
+            end,
+        });
+    }
+    tensors.sort_by(|a, b| (a.begin, a.end, &a.name).cmp(&(b.begin, b.end, &b.name)));
+    let mut expected = 0u64;
+    for t in &tensors {
+        if t.begin > expected {
+            return Err(SafetensorsError::OffsetGap {
+                name: t.name.clone(),
+                begin: t.begin,
+                expected,
+            });
+        }
+        if t.begin < expected {
+            return Err(SafetensorsError::OffsetOverlap {
+                name: t.name.clone(),
+                begin: t.begin,
+                expected,
+            });
+        }
+        expected = t.end;
+    }
+    Ok(Header {
+        header_len,
+        metadata: raw.metadata,
+        tensors,
+    })
+}
+
+/// Validates a safetensors byte stream as it passes, holding at most the header in memory.
+#[derive(Debug, Default)]
+pub struct StreamValidator {
+    prefix: Vec<u8>,
+    header_len: Option<u64>,
+    header: Option<Header>,
+    seen: u64,
+}
+
+impl StreamValidator {
+    /// A validator that has seen nothing.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Bytes seen so far.
+    pub fn seen(&self) -> u64 {
+        self.seen
+    }
+
+    /// The header, once it has arrived and passed validation.
+    pub fn header(&self) -> Option<&Header> {
+        self.header.as_ref()
+    }
+
+    /// Feeds the next chunk. Fails as soon as the bytes seen prove the file bad.
+    pub fn feed(&mut self, chunk: &[u8]) -> Result<(), SafetensorsError> {
+        self.seen += chunk.len() as u64;
+        let mut rest = chunk;
+        while self.header.is_none() && !rest.is_empty() {
+            // Nine bytes tell a header length followed by `{` from the formats we sniff for.
+            let wanted = self.header_len.map_or(9, |len| 8 + len as usize);
+            let take = rest.len().min(wanted.saturating_sub(self.prefix.len()));
+            self.prefix.extend_from_slice(&rest[..take]);
+            rest = &rest[take..];
+            if self.header_len.is_none() && self.prefix.len() >= 9 {
+                self.decide_header_len()?;
+            }
+            self.parse_when_complete()?;
+        }
+        if let Some(header) = &self.header
+            && self.seen > header.file_len()
+        {
+            return Err(SafetensorsError::TrailingBytes {
+                expected: header.file_len(),
+                actual: self.seen,
+            });
+        }
+        Ok(())
+    }
+
+    fn decide_header_len(&mut self) -> Result<(), SafetensorsError> {
+        if !looks_like_safetensors(&self.prefix)
+            && let Some(foreign) = sniff_foreign(&self.prefix)
+        {
+            return Err(SafetensorsError::Foreign(foreign));
+        }
+        let len = u64::from_le_bytes(self.prefix[..8].try_into().expect("8 bytes"));
+        if len > MAX_HEADER_BYTES {
+            return Err(SafetensorsError::HeaderTooLarge { len });
+        }
+        self.header_len = Some(len);
+        let full = 8 + len as usize;
+        if self.prefix.len() > full {
+            self.prefix.truncate(full);
+        } else {
+            self.prefix.reserve_exact(full - self.prefix.len());
+        }
+        Ok(())
+    }
+
+    fn parse_when_complete(&mut self) -> Result<(), SafetensorsError> {
+        let Some(len) = self.header_len else {
+            return Ok(());
+        };
+        if self.header.is_none() && self.prefix.len() as u64 == 8 + len {
+            let header = parse_header(&self.prefix[8..])?;
+            if header.tensors.is_empty() {
+                return Err(SafetensorsError::NoTensors);
+            }
+            self.header = Some(header);
+            self.prefix = Vec::new();
+        }
+        Ok(())
+    }
+
+    /// Ends the stream: the file must be complete and exactly as long as its header says.
+    pub fn finish(mut self) -> Result<Header, SafetensorsError> {
+        if self.seen == 0 {
+            return Err(SafetensorsError::Empty);
+        }
+        if self.header.is_none() && self.header_len.is_none() {
+            if self.seen < 8 {
+                return Err(match sniff_foreign(&self.prefix) {
+                    Some(foreign) => SafetensorsError::Foreign(foreign),
+                    None => SafetensorsError::HeaderTooSmall { len: self.seen },
+                });
+            }
+            self.decide_header_len()?;
+            self.parse_when_complete()?;
+        }
+        let Some(header) = self.header else {
+            return Err(SafetensorsError::HeaderPastEnd {
+                header_len: self.header_len.unwrap_or_default(),
+                file_len: self.seen,
+            });
+        };
+        header.check_file_len(self.seen)?;
+        Ok(header)
+    }
+}
+
+/// Reads and validates the header of a local file without reading its tensor data.
+pub fn read_header(path: &std::path::Path) -> Result<Header, ReadError> {
+    let mut file = std::fs::File::open(path)?;
+    let file_len = file.metadata()?.len();
+    let mut validator = StreamValidator::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    while validator.header().is_none() {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        validator.feed(&buf[..n])?;
+    }
+    let header = match validator.header.take() {
+        Some(header) => header,
+        None => validator.finish()?,
+    };
+    header.check_file_len(file_len)?;
+    Ok(header)
+}
+
+/// Reading a local safetensors file failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Invalid(#[from] SafetensorsError),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(header: &str, data_len: usize) -> Vec<u8> {
+        let mut out = (header.len() as u64).to_le_bytes().to_vec();
+        out.extend_from_slice(header.as_bytes());
+        out.extend(std::iter::repeat_n(0u8, data_len));
+        out
+    }
+
+    fn validate(bytes: &[u8], chunk: usize) -> Result<Header, SafetensorsError> {
+        let mut v = StreamValidator::new();
+        for piece in bytes.chunks(chunk.max(1)) {
+            v.feed(piece)?;
+        }
+        v.finish()
+    }
+
+    #[test]
+    fn accepts_a_valid_file_in_any_chunking() {
+        let bytes = file(
+            r#"{"__metadata__":{"format":"pt"},"b":{"dtype":"BF16","shape":[2,3],"data_offsets":[16,28]},"a":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}}"#,
+            28,
+        );
+        for chunk in [1, 3, 8, 9, 100, 10_000] {
+            let h = validate(&bytes, chunk).unwrap();
+            assert_eq!(h.tensors[0].name, "a");
+            assert_eq!(h.tensors[1].shape, vec![2, 3]);
+            assert_eq!(h.file_len(), bytes.len() as u64);
+            assert_eq!(h.metadata.as_ref().unwrap()["format"], "pt");
+        }
+    }
+
+    #[test]
+    fn each_defect_has_its_own_code() {
+        let one = r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#;
+        let cases: Vec<(Vec<u8>, &str)> = vec![
+            (vec![], "empty_file"),
+            (vec![1, 2], "header_too_small"),
+            ((1u64 << 40).to_le_bytes().to_vec(), "header_too_large"),
+            (
+                [&100u64.to_le_bytes()[..], b"{}"].concat(),
+                "header_past_end",
+            ),
+            (file("\u{7b}\"a\u{7d}", 0), "header_not_json"),
+            (
+                [&4u64.to_le_bytes()[..], &[0xff, 0xfe, 0xfd, 0xfc]].concat(),
+                "header_not_utf8",
+            ),
+            (file(one, 8), "trailing_bytes"),
+            (file(one, 2), "truncated"),
+            (file("{}", 0), "no_tensors"),
+            (
+                file(
+                    r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}"#,
+                    8,
+                ),
+                "duplicate_tensor",
+            ),
+            (
+                file(
+                    r#"{"__metadata__":{"k":1},"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#,
+                    4,
+                ),
+                "metadata_not_string",
+            ),
+            (
+                file(
+                    r#"{"a":{"dtype":"F99","shape":[1],"data_offsets":[0,4]}}"#,
+                    4,
+                ),
+                "unknown_dtype",
+            ),
+            (
+                file(
+                    r#"{"a":{"dtype":"F32","shape":[8589934592,8589934592],"data_offsets":[0,4]}}"#,
+                    4,
+                ),
+                "shape_overflow",
+            ),
+            (
+                file(
+                    r#"{"a":{"dtype":"F4","shape":[3],"data_offsets":[0,1]}}"#,
+                    1,
+                ),
+                "misaligned_tensor",
+            ),
+            (
+                file(
+                    r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[4,0]}}"#,
+                    4,
+                ),
+                "offsets_reversed",
+            ),
+            (
+                file(
+                    r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}"#,
+                    8,
+                ),
+                "offset_gap",
+            ),
+            (
+                file(
+                    r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}}"#,
+                    12,
+                ),
+                "offset_overlap",
+            ),
+            (
+                file(
+                    r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,4]}}"#,
+                    4,
+                ),
+                "size_mismatch",
+            ),
+            (
+                [&[0x80, 0x04, 0x95][..], &[0u8; 64]].concat(),
+                "unsupported_format",
+            ),
+            (
+                [&b"PK\x03\x04"[..], &[0u8; 64]].concat(),
+                "unsupported_format",
+            ),
+        ];
+        for (bytes, code) in cases {
+            for chunk in [1, 7, 4096] {
+                let err = validate(&bytes, chunk).expect_err(code);
+                assert_eq!(err.code(), code, "chunk {chunk}: {err}");
+            }
+        }
+    }
+
+    #[test]
+    fn whitespace_around_the_json_is_accepted_but_nul_is_not() {
+        let padded = r#"  {"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}}   "#;
+        assert!(validate(&file(padded, 1), 64).is_ok());
+        let nul = "{\"a\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[0,1]}}\0";
+        assert_eq!(
+            validate(&file(nul, 1), 64).unwrap_err().code(),
+            "header_not_json"
+        );
+    }
+
+    #[test]
+    fn zero_size_and_scalar_tensors_are_valid() {
+        let h = r#"{"s":{"dtype":"F32","shape":[],"data_offsets":[0,4]},"z":{"dtype":"F32","shape":[0,3],"data_offsets":[4,4]}}"#;
+        let header = validate(&file(h, 4), 5).unwrap();
+        assert_eq!(header.tensors.len(), 2);
+    }
+}

@@ -1,0 +1,13 @@
+//! squeeze: compression as a service for ML models.
+//!
+//! See ARCHITECTURE.md for the map. The library holds everything; `main.rs` only parses the
+//! command line and dispatches to [`cli`].
+
+pub mod api;
+pub mod app;
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod formats;
+pub mod store;

@@ -1,0 +1,276 @@
+//! Content-addressed blob files under `<data-dir>/blobs`, and the `blobs` table that counts
+//! their references.
+//!
+//! A blob is written to `tmp/` while it streams in (hashed on the fly), fsynced, and only then
+//! renamed to `sha256/<aa>/<digest>`; readers therefore never see a partial file. The row in
+//! `blobs` is the lock that orders an upload publishing a digest against a delete removing the
+//! same digest: both take the row lock before touching the file, and a delete moves the file to
+//! `trash/` inside its transaction so that it can be put back if the transaction fails.
+
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use sha2::{Digest, Sha256};
+use sqlx::PgConnection;
+
+/// The blob directory tree.
+#[derive(Debug, Clone)]
+pub struct BlobStore {
+    root: PathBuf,
+}
+
+impl BlobStore {
+    /// Opens (creating if needed) the tree at `root`, private to the service's user.
+    pub fn open(root: &Path) -> io::Result<Self> {
+        for sub in ["tmp", "sha256", "trash"] {
+            create_private_dir(&root.join(sub))?;
+        }
+        Ok(Self {
+            root: root.to_path_buf(),
+        })
+    }
+
+    /// Where the blob with this hex digest lives once published.
+    pub fn path(&self, sha256: &str) -> PathBuf {
+        self.root.join("sha256").join(&sha256[..2]).join(sha256)
+    }
+
+    /// The folder holding in-flight uploads.
+    pub fn temp_dir(&self) -> PathBuf {
+        self.root.join("tmp")
+    }
+
+    /// A new temp file; it is deleted when dropped unless published.
+    pub fn create_temp(&self) -> io::Result<TempBlob> {
+        let path = self
+            .temp_dir()
+            .join(format!("{}.part", uuid::Uuid::new_v4().simple()));
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)?;
+        Ok(TempBlob {
+            file,
+            hasher: Sha256::new(),
+            len: 0,
+            guard: RemoveOnDrop(Some(path)),
+        })
+    }
+
+    /// Deletes temp files untouched for `age` (left by a crash); an upload in progress writes
+    /// continuously, so it is never that old.
+    pub fn sweep_stale(&self, age: Duration) -> io::Result<usize> {
+        let mut removed = 0;
+        for dir in [self.temp_dir(), self.root.join("trash")] {
+            for entry in std::fs::read_dir(dir)? {
+                let entry = entry?;
+                let modified = entry.metadata()?.modified()?;
+                if SystemTime::now()
+                    .duration_since(modified)
+                    .is_ok_and(|d| d > age)
+                {
+                    std::fs::remove_file(entry.path())?;
+                    removed += 1;
+                }
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Number of files in `tmp/` (tests assert that failed uploads leave none).
+    pub fn temp_file_count(&self) -> io::Result<usize> {
+        Ok(std::fs::read_dir(self.temp_dir())?.count())
+    }
+}
+
+fn create_private_dir(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// Removes a path when dropped, unless disarmed.
+#[derive(Debug)]
+struct RemoveOnDrop(Option<PathBuf>);
+
+impl RemoveOnDrop {
+    fn path(&self) -> &Path {
+        self.0.as_deref().expect("armed")
+    }
+
+    fn disarm(&mut self) -> PathBuf {
+        self.0.take().expect("armed")
+    }
+}
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        if let Some(path) = self.0.take() {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// A blob being written: bytes are hashed as they are written.
+#[derive(Debug)]
+pub struct TempBlob {
+    file: std::fs::File,
+    hasher: Sha256,
+    len: u64,
+    guard: RemoveOnDrop,
+}
+
+impl TempBlob {
+    /// Appends bytes.
+    pub fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.hasher.update(bytes);
+        self.file.write_all(bytes)?;
+        self.len += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Bytes written so far.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// True when nothing was written.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Flushes to stable storage and fixes the digest.
+    pub fn seal(self) -> io::Result<SealedBlob> {
+        self.file.sync_all()?;
+        Ok(SealedBlob {
+            sha256: hex::encode(self.hasher.finalize()),
+            len: self.len,
+            guard: self.guard,
+        })
+    }
+}
+
+/// A complete, fsynced temp file with a known digest, not yet published.
+#[derive(Debug)]
+pub struct SealedBlob {
+    /// Hex sha256 of the content.
+    pub sha256: String,
+    /// Length in bytes.
+    pub len: u64,
+    guard: RemoveOnDrop,
+}
+
+impl SealedBlob {
+    /// The temp file's path (for reading it back before publication).
+    pub fn temp_path(&self) -> &Path {
+        self.guard.path()
+    }
+}
+
+/// Takes a reference on a blob for the caller's transaction and makes sure its file is in place.
+/// Call for each blob in ascending digest order (consistent lock order between transactions).
+pub async fn acquire(
+    conn: &mut PgConnection,
+    store: &BlobStore,
+    mut blob: SealedBlob,
+) -> anyhow::Result<()> {
+    // The upsert takes the row lock: a concurrent release of the same digest either finished
+    // (and the row is new) or waits for us.
+    sqlx::query(
+        "insert into blobs (sha256, bytes, refs) values ($1, $2, 1)
+         on conflict (sha256) do update set refs = blobs.refs + 1",
+    )
+    .bind(&blob.sha256)
+    .bind(blob.len as i64)
+    .execute(&mut *conn)
+    .await?;
+    let target = store.path(&blob.sha256);
+    let temp = blob.guard.disarm();
+    tokio::task::spawn_blocking(move || -> io::Result<()> {
+        let parent = target.parent().expect("blob paths have a parent");
+        create_private_dir(parent)?;
+        // Same content either way: replacing an existing file is harmless and repairs a
+        // missing one.
+        std::fs::rename(&temp, &target).inspect_err(|_| {
+            let _ = std::fs::remove_file(&temp);
+        })?;
+        sync_dir(parent)
+    })
+    .await??;
+    Ok(())
+}
+
+/// Files moved aside by [`release`]; purge them after commit, restore them on rollback.
+#[derive(Debug, Default)]
+#[must_use = "purge after commit or restore after a failed commit"]
+pub struct Released {
+    moved: Vec<(PathBuf, PathBuf)>,
+}
+
+impl Released {
+    /// The transaction committed: the files go for good.
+    pub fn purge(self) {
+        for (_, trash) in self.moved {
+            if let Err(err) = std::fs::remove_file(&trash) {
+                tracing::warn!(path = %trash.display(), error = %err, "could not remove released blob");
+            }
+        }
+    }
+
+    /// The transaction failed: the files go back.
+    pub fn restore(self) {
+        for (home, trash) in self.moved {
+            if let Err(err) = std::fs::rename(&trash, &home) {
+                tracing::error!(path = %home.display(), error = %err, "could not restore blob");
+            }
+        }
+    }
+}
+
+/// Drops one reference per digest (one entry per reference held) in the caller's transaction;
+/// blobs left with none lose their row and their file is moved to the trash.
+pub async fn release(
+    conn: &mut PgConnection,
+    store: &BlobStore,
+    mut digests: Vec<String>,
+) -> anyhow::Result<Released> {
+    digests.sort();
+    let mut released = Released::default();
+    for sha in digests {
+        let left: Option<i32> =
+            sqlx::query_scalar("update blobs set refs = refs - 1 where sha256 = $1 returning refs")
+                .bind(&sha)
+                .fetch_optional(&mut *conn)
+                .await?;
+        if left != Some(0) {
+            continue;
+        }
+        sqlx::query("delete from blobs where sha256 = $1 and refs = 0")
+            .bind(&sha)
+            .execute(&mut *conn)
+            .await?;
+        let home = store.path(&sha);
+        let trash = store
+            .root
+            .join("trash")
+            .join(format!("{sha}.{}", uuid::Uuid::new_v4().simple()));
+        match std::fs::rename(&home, &trash) {
+            Ok(()) => released.moved.push((home, trash)),
+            Err(err) if err.kind() == io::ErrorKind::NotFound => {
+                tracing::warn!(sha256 = %sha, "released blob had no file");
+            }
+            Err(err) => {
+                released.restore();
+                return Err(err.into());
+            }
+        }
+    }
+    Ok(released)
+}
