@@ -48,7 +48,7 @@ impl Database {
             None => {
                 let dir = data_dir.to_path_buf();
                 let cluster = tokio::task::spawn_blocking(move || Cluster::ensure(&dir)).await??;
-                tracing::info!(url = %cluster.url(), started = cluster.started_here(), "private PostgreSQL ready");
+                tracing::info!(url = %cluster.url(embedded::DB_NAME), started = cluster.started_here(), "private PostgreSQL ready");
                 ensure_database(&cluster).await?;
                 (
                     cluster.connect_options(embedded::DB_NAME),

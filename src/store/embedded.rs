@@ -274,10 +274,10 @@ impl Cluster {
             .database(database)
     }
 
-    /// A libpq-style URL for the cluster's database (for logs and for people with psql).
-    pub fn url(&self) -> String {
+    /// A libpq-style URL for a database of the cluster (for logs, psql, and `DATABASE_URL`).
+    pub fn url(&self, database: &str) -> String {
         format!(
-            "postgresql://{DB_NAME}@/{DB_NAME}?host={}",
+            "postgresql://{DB_NAME}@localhost/{database}?host={}",
             self.socket_dir.display()
         )
     }

@@ -1,0 +1,10 @@
+//! API tests: a real server on port 0 over real HTTP, against a fresh PostgreSQL database each.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod auth;
+mod errors;
+mod helpers;
+mod malformed;
+mod uploads;

@@ -1,0 +1,117 @@
+//! Helpers shared by the integration test binaries: a real PostgreSQL for the run (the server
+//! named by `SQUEEZE_TEST_DATABASE_URL`, else a private cluster started with squeeze's own
+//! launcher and stopped when the test process exits), a fresh database per test, and a
+//! safetensors writer independent of the code under test.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use sha2::{Digest, Sha256};
+use sqlx::ConnectOptions;
+use squeeze::store::embedded::Cluster;
+
+static CLUSTER: OnceLock<Cluster> = OnceLock::new();
+
+extern "C" fn stop_test_cluster() {
+    if let Some(cluster) = CLUSTER.get() {
+        let _ = cluster.stop();
+    }
+}
+
+/// URL of the server to create test databases in, with `{db}` where the database name goes.
+fn server_url_template() -> String {
+    if let Ok(url) = std::env::var("SQUEEZE_TEST_DATABASE_URL") {
+        let (base, query) = match url.split_once('?') {
+            Some((b, q)) => (b.to_owned(), format!("?{q}")),
+            None => (url.clone(), String::new()),
+        };
+        let root = base.rsplit_once('/').map_or(base.as_str(), |(r, _)| r);
+        return format!("{root}/{{db}}{query}");
+    }
+    let cluster = CLUSTER.get_or_init(|| {
+        let name = std::env::current_exe()
+            .ok()
+            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .unwrap_or_else(|| "tests".into());
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("pg-{name}"));
+        let cluster = Cluster::ensure(&dir).expect("starting the test PostgreSQL cluster");
+        // SAFETY: registering a plain extern "C" function with no captured state.
+        unsafe { libc::atexit(stop_test_cluster) };
+        cluster
+    });
+    cluster.url("{db}")
+}
+
+/// A URL for a new, empty database of its own.
+pub async fn fresh_database_url() -> String {
+    let template = server_url_template();
+    let admin: sqlx::postgres::PgConnectOptions = template
+        .replace("{db}", "postgres")
+        .parse()
+        .expect("admin URL parses");
+    let mut conn = admin.connect().await.expect("connecting to the test server");
+    let name = format!("squeeze_test_{}", uuid::Uuid::new_v4().simple());
+    sqlx::query(sqlx::AssertSqlSafe(format!("create database {name}")))
+        .execute(&mut conn)
+        .await
+        .expect("creating a test database");
+    template.replace("{db}", &name)
+}
+
+/// Bytes of a safetensors file: `(name, dtype, shape, data)` in that order, with the header
+/// padded to 8 bytes as the reference writer does.
+pub fn safetensors(tensors: &[(&str, &str, &[u64], Vec<u8>)]) -> Vec<u8> {
+    let mut header = serde_json::Map::new();
+    header.insert("__metadata__".into(), serde_json::json!({"format": "pt"}));
+    let mut offset = 0usize;
+    for (name, dtype, shape, data) in tensors {
+        header.insert(
+            (*name).into(),
+            serde_json::json!({"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + data.len()]}),
+        );
+        offset += data.len();
+    }
+    let mut json = serde_json::to_vec(&header).unwrap();
+    while json.len() % 8 != 0 {
+        json.push(b' ');
+    }
+    let mut out = (json.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(&json);
+    for (_, _, _, data) in tensors {
+        out.extend_from_slice(data);
+    }
+    out
+}
+
+/// Deterministic pseudo-random bytes (xorshift), so files differ between seeds.
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect()
+}
+
+/// A small two-tensor model file.
+pub fn small_model(seed: u64) -> Vec<u8> {
+    safetensors(&[
+        ("layers.0.weight", "BF16", &[16, 32], noise(16 * 32 * 2, seed)),
+        ("layers.0.bias", "F32", &[16], noise(16 * 4, seed + 1)),
+    ])
+}
+
+/// Hex sha256.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// The `squeeze` binary under test.
+pub fn squeeze_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_squeeze"))
+}
