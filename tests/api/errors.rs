@@ -12,7 +12,12 @@ async fn framework_rejections_are_problem_json_too() {
         (app.get("/api/v1/models/not-a-uuid").await, 400),
         (app.get("/api/v1/models?limit=abc").await, 400),
         (
-            app.client.put(app.url("/api/v1/models")).header("authorization", app.bearer()).send().await.unwrap(),
+            app.client
+                .put(app.url("/api/v1/models"))
+                .header("authorization", app.bearer())
+                .send()
+                .await
+                .unwrap(),
             405,
         ),
         (
@@ -54,14 +59,27 @@ async fn framework_rejections_are_problem_json_too() {
         assert!(response.headers().contains_key("x-request-id"), "{url}");
         let problem: Value = response.json().await.unwrap();
         assert_eq!(problem["status"], status, "{url}");
-        assert!(problem["type"].as_str().unwrap().starts_with("urn:squeeze:problem:"));
+        assert!(
+            problem["type"]
+                .as_str()
+                .unwrap()
+                .starts_with("urn:squeeze:problem:")
+        );
     }
 }
 
 #[tokio::test]
 async fn health_and_readiness_answer_without_a_token() {
     let app = spawn_app().await;
-    let health: Value = app.client.get(app.url("/healthz")).send().await.unwrap().json().await.unwrap();
+    let health: Value = app
+        .client
+        .get(app.url("/healthz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(health["status"], "ok");
     let ready = app.client.get(app.url("/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), 200);

@@ -22,41 +22,262 @@ fn corpus() -> Vec<(&'static str, &'static str, Vec<u8>, u16, &'static str)> {
     let good = small_model(1);
     let one = r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#;
     let mut zip_with_pickle = b"PK\x03\x04\x14\x00\x00\x00\x08\x00".to_vec();
-    zip_with_pickle.extend_from_slice(b"\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x11\x00\x00\x00archive/data.pkl");
+    zip_with_pickle.extend_from_slice(
+        b"\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x11\x00\x00\x00archive/data.pkl",
+    );
     zip_with_pickle.extend(noise(64, 3));
     vec![
         ("empty body", "x.safetensors", vec![], 422, "empty_file"),
-        ("two bytes", "x.safetensors", vec![1, 2], 422, "header_too_small"),
-        ("seven bytes", "x.safetensors", vec![0; 7], 422, "header_too_small"),
-        ("header length past the end", "x.safetensors", with_len(1_000_000, b"{}"), 422, "header_past_end"),
-        ("huge header length", "x.safetensors", with_len(1 << 62, b"{}"), 422, "header_too_large"),
-        ("header over the 100 MB cap", "x.safetensors", with_len(100_000_001, b"{ "), 422, "header_too_large"),
-        ("non-UTF-8 header", "x.safetensors", with_len(4, &[0x7b, 0xff, 0xfe, 0x7d]), 422, "header_not_utf8"),
-        ("not JSON", "x.safetensors", with_len(8, b"{notjson"), 422, "header_not_json"),
-        ("JSON array, not object", "x.safetensors", raw("[1,2,3]", 0), 422, "header_not_json"),
-        ("tensor entry missing offsets", "x.safetensors", raw(r#"{"a":{"dtype":"F32","shape":[1]}}"#, 4), 422, "header_not_json"),
-        ("negative offset", "x.safetensors", raw(r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[-4,0]}}"#, 4), 422, "header_not_json"),
-        ("NUL after the JSON", "x.safetensors", raw("{\"a\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[0,1]}}\0", 1), 422, "header_not_json"),
-        ("truncated data", "x.safetensors", good[..good.len() - 10].to_vec(), 422, "truncated"),
-        ("trailing bytes", "x.safetensors", [good.clone(), vec![0; 16]].concat(), 422, "trailing_bytes"),
-        ("overlapping offsets", "x.safetensors", raw(r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}}"#, 12), 422, "offset_overlap"),
-        ("gap between tensors", "x.safetensors", raw(r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"b":{"dtype":"F32","shape":[1],"data_offsets":[8,12]}}"#, 12), 422, "offset_gap"),
-        ("end before begin", "x.safetensors", raw(r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[4,0]}}"#, 4), 422, "offsets_reversed"),
-        ("dtype times shape is not the byte count", "x.safetensors", raw(r#"{"a":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}}"#, 8), 422, "size_mismatch"),
-        ("shape product overflow", "x.safetensors", raw(r#"{"a":{"dtype":"F32","shape":[4294967296,4294967296],"data_offsets":[0,4]}}"#, 4), 422, "shape_overflow"),
-        ("unknown dtype", "x.safetensors", raw(r#"{"a":{"dtype":"F99","shape":[1],"data_offsets":[0,4]}}"#, 4), 422, "unknown_dtype"),
-        ("duplicate tensor names", "x.safetensors", raw(r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}"#, 8), 422, "duplicate_tensor"),
-        ("non-string metadata", "x.safetensors", raw(r#"{"__metadata__":{"format":["pt"]},"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#, 8), 422, "metadata_not_string"),
-        ("sub-byte dtype not filling bytes", "x.safetensors", raw(r#"{"a":{"dtype":"F4","shape":[3],"data_offsets":[0,1]}}"#, 1), 422, "misaligned_tensor"),
-        ("no tensors", "x.safetensors", raw("{}", 0), 422, "no_tensors"),
-        ("one tensor, one byte short", "x.safetensors", raw(one, 7), 422, "truncated"),
-        ("raw pickle (protocol 4)", "model.safetensors", [&[0x80, 0x04, 0x95][..], &noise(64, 1)].concat(), 415, "unsupported_format"),
-        ("raw pickle (protocol 2)", "weights", [&[0x80, 0x02, b'}', b'q'][..], &noise(64, 2)].concat(), 415, "unsupported_format"),
-        ("zip with data.pkl renamed .safetensors", "model.safetensors", zip_with_pickle, 415, "unsupported_format"),
-        ("pytorch_model.bin by name", "pytorch_model.bin", good.clone(), 415, "unsupported_format"),
-        ("checkpoint.pt by name", "checkpoint.pt", noise(128, 4), 415, "unsupported_format"),
-        ("gzip archive", "x.safetensors", [&[0x1f, 0x8b, 0x08][..], &noise(64, 5)].concat(), 415, "unsupported_format"),
-        ("numpy file", "x.safetensors", [&b"\x93NUMPY\x01\x00"[..], &noise(64, 6)].concat(), 415, "unsupported_format"),
+        (
+            "two bytes",
+            "x.safetensors",
+            vec![1, 2],
+            422,
+            "header_too_small",
+        ),
+        (
+            "seven bytes",
+            "x.safetensors",
+            vec![0; 7],
+            422,
+            "header_too_small",
+        ),
+        (
+            "header length past the end",
+            "x.safetensors",
+            with_len(1_000_000, b"{}"),
+            422,
+            "header_past_end",
+        ),
+        (
+            "huge header length",
+            "x.safetensors",
+            with_len(1 << 62, b"{}"),
+            422,
+            "header_too_large",
+        ),
+        (
+            "header over the 100 MB cap",
+            "x.safetensors",
+            with_len(100_000_001, b"{ "),
+            422,
+            "header_too_large",
+        ),
+        (
+            "non-UTF-8 header",
+            "x.safetensors",
+            with_len(4, &[0x7b, 0xff, 0xfe, 0x7d]),
+            422,
+            "header_not_utf8",
+        ),
+        (
+            "not JSON",
+            "x.safetensors",
+            with_len(8, b"{notjson"),
+            422,
+            "header_not_json",
+        ),
+        (
+            "JSON array, not object",
+            "x.safetensors",
+            raw("[1,2,3]", 0),
+            422,
+            "header_not_json",
+        ),
+        (
+            "tensor entry missing offsets",
+            "x.safetensors",
+            raw(r#"{"a":{"dtype":"F32","shape":[1]}}"#, 4),
+            422,
+            "header_not_json",
+        ),
+        (
+            "negative offset",
+            "x.safetensors",
+            raw(
+                r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[-4,0]}}"#,
+                4,
+            ),
+            422,
+            "header_not_json",
+        ),
+        (
+            "NUL after the JSON",
+            "x.safetensors",
+            raw(
+                "{\"a\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[0,1]}}\0",
+                1,
+            ),
+            422,
+            "header_not_json",
+        ),
+        (
+            "truncated data",
+            "x.safetensors",
+            good[..good.len() - 10].to_vec(),
+            422,
+            "truncated",
+        ),
+        (
+            "trailing bytes",
+            "x.safetensors",
+            [good.clone(), vec![0; 16]].concat(),
+            422,
+            "trailing_bytes",
+        ),
+        (
+            "overlapping offsets",
+            "x.safetensors",
+            raw(
+                r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}}"#,
+                12,
+            ),
+            422,
+            "offset_overlap",
+        ),
+        (
+            "gap between tensors",
+            "x.safetensors",
+            raw(
+                r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"b":{"dtype":"F32","shape":[1],"data_offsets":[8,12]}}"#,
+                12,
+            ),
+            422,
+            "offset_gap",
+        ),
+        (
+            "end before begin",
+            "x.safetensors",
+            raw(
+                r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[4,0]}}"#,
+                4,
+            ),
+            422,
+            "offsets_reversed",
+        ),
+        (
+            "dtype times shape is not the byte count",
+            "x.safetensors",
+            raw(
+                r#"{"a":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}}"#,
+                8,
+            ),
+            422,
+            "size_mismatch",
+        ),
+        (
+            "shape product overflow",
+            "x.safetensors",
+            raw(
+                r#"{"a":{"dtype":"F32","shape":[4294967296,4294967296],"data_offsets":[0,4]}}"#,
+                4,
+            ),
+            422,
+            "shape_overflow",
+        ),
+        (
+            "unknown dtype",
+            "x.safetensors",
+            raw(
+                r#"{"a":{"dtype":"F99","shape":[1],"data_offsets":[0,4]}}"#,
+                4,
+            ),
+            422,
+            "unknown_dtype",
+        ),
+        (
+            "duplicate tensor names",
+            "x.safetensors",
+            raw(
+                r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}"#,
+                8,
+            ),
+            422,
+            "duplicate_tensor",
+        ),
+        (
+            "non-string metadata",
+            "x.safetensors",
+            raw(
+                r#"{"__metadata__":{"format":["pt"]},"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#,
+                8,
+            ),
+            422,
+            "metadata_not_string",
+        ),
+        (
+            "sub-byte dtype not filling bytes",
+            "x.safetensors",
+            raw(
+                r#"{"a":{"dtype":"F4","shape":[3],"data_offsets":[0,1]}}"#,
+                1,
+            ),
+            422,
+            "misaligned_tensor",
+        ),
+        (
+            "no tensors",
+            "x.safetensors",
+            raw("{}", 0),
+            422,
+            "no_tensors",
+        ),
+        (
+            "one tensor, one byte short",
+            "x.safetensors",
+            raw(one, 7),
+            422,
+            "truncated",
+        ),
+        (
+            "raw pickle (protocol 4)",
+            "model.safetensors",
+            [&[0x80, 0x04, 0x95][..], &noise(64, 1)].concat(),
+            415,
+            "unsupported_format",
+        ),
+        (
+            "raw pickle (protocol 2)",
+            "weights",
+            [&[0x80, 0x02, b'}', b'q'][..], &noise(64, 2)].concat(),
+            415,
+            "unsupported_format",
+        ),
+        (
+            "zip with data.pkl renamed .safetensors",
+            "model.safetensors",
+            zip_with_pickle,
+            415,
+            "unsupported_format",
+        ),
+        (
+            "pytorch_model.bin by name",
+            "pytorch_model.bin",
+            good.clone(),
+            415,
+            "unsupported_format",
+        ),
+        (
+            "checkpoint.pt by name",
+            "checkpoint.pt",
+            noise(128, 4),
+            415,
+            "unsupported_format",
+        ),
+        (
+            "gzip archive",
+            "x.safetensors",
+            [&[0x1f, 0x8b, 0x08][..], &noise(64, 5)].concat(),
+            415,
+            "unsupported_format",
+        ),
+        (
+            "numpy file",
+            "x.safetensors",
+            [&b"\x93NUMPY\x01\x00"[..], &noise(64, 6)].concat(),
+            415,
+            "unsupported_format",
+        ),
     ]
 }
 
@@ -74,7 +295,10 @@ async fn every_crafted_file_is_refused_with_its_code_and_nothing_is_kept() {
         assert_eq!(problem["status"], status, "{case}");
         assert!(!problem["detail"].as_str().unwrap().is_empty(), "{case}");
     }
-    assert!(app.model_ids().await.is_empty(), "a refused upload became visible");
+    assert!(
+        app.model_ids().await.is_empty(),
+        "a refused upload became visible"
+    );
     app.assert_no_temp_files().await;
     assert_eq!(app.get("/readyz").await.status(), 200);
     // The server still takes a good file afterwards.
@@ -84,7 +308,10 @@ async fn every_crafted_file_is_refused_with_its_code_and_nothing_is_kept() {
 #[tokio::test]
 async fn a_refusal_names_the_tensor_at_fault() {
     let app = spawn_app().await;
-    let body = raw(r#"{"ok":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"bad.weight":{"dtype":"F32","shape":[3],"data_offsets":[4,12]}}"#, 12);
+    let body = raw(
+        r#"{"ok":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"bad.weight":{"dtype":"F32","shape":[3],"data_offsets":[4,12]}}"#,
+        12,
+    );
     let response = app.upload("x.safetensors", body).await;
     assert_eq!(response.status(), 422);
     let problem: Value = response.json().await.unwrap();
@@ -96,10 +323,18 @@ async fn a_refusal_names_the_tensor_at_fault() {
 #[tokio::test]
 async fn a_pickle_refusal_says_how_to_convert() {
     let app = spawn_app().await;
-    let response = app.upload("pytorch_model.bin", vec![0x80, 0x04, 0x95, 0, 0, 0, 0, 0, 0]).await;
+    let response = app
+        .upload(
+            "pytorch_model.bin",
+            vec![0x80, 0x04, 0x95, 0, 0, 0, 0, 0, 0],
+        )
+        .await;
     assert_eq!(response.status(), 415);
     let problem: Value = response.json().await.unwrap();
-    assert!(problem["detail"].as_str().unwrap().contains("safetensors"), "{problem}");
+    assert!(
+        problem["detail"].as_str().unwrap().contains("safetensors"),
+        "{problem}"
+    );
 }
 
 #[tokio::test]
@@ -107,13 +342,24 @@ async fn bad_side_files_in_a_multipart_upload_are_refused() {
     let app = spawn_app().await;
     for (file_name, body, status, code) in [
         ("config.json", b"{not json".to_vec(), 422, "bad_json"),
-        ("../../etc/passwd.safetensors", small_model(1), 400, "bad_file_name"),
+        (
+            "../../etc/passwd.safetensors",
+            small_model(1),
+            400,
+            "bad_file_name",
+        ),
         ("weights.pkl", vec![0x80, 0x04], 415, "unsupported_format"),
         ("run.sh", b"#!/bin/sh".to_vec(), 415, "unsupported_format"),
     ] {
         let form = reqwest::multipart::Form::new()
-            .part("file", reqwest::multipart::Part::bytes(small_model(1)).file_name("model.safetensors"))
-            .part("file", reqwest::multipart::Part::bytes(body).file_name(file_name));
+            .part(
+                "file",
+                reqwest::multipart::Part::bytes(small_model(1)).file_name("model.safetensors"),
+            )
+            .part(
+                "file",
+                reqwest::multipart::Part::bytes(body).file_name(file_name),
+            );
         let response = app
             .client
             .post(app.url("/api/v1/models"))

@@ -15,8 +15,18 @@ use crate::helpers::{Options, is_problem, spawn_app, spawn_app_with};
 async fn a_raw_upload_reports_the_digest_inventory_and_sizes_the_client_wrote() {
     let app = spawn_app().await;
     let file = safetensors(&[
-        ("model.embed.weight", "F16", &[64, 48], noise(64 * 48 * 2, 1)),
-        ("model.layers.0.mlp.weight", "BF16", &[96, 64], noise(96 * 64 * 2, 2)),
+        (
+            "model.embed.weight",
+            "F16",
+            &[64, 48],
+            noise(64 * 48 * 2, 1),
+        ),
+        (
+            "model.layers.0.mlp.weight",
+            "BF16",
+            &[96, 64],
+            noise(96 * 64 * 2, 2),
+        ),
         ("model.norm.weight", "F32", &[64], noise(64 * 4, 3)),
         ("scalar", "I64", &[], noise(8, 4)),
     ]);
@@ -29,16 +39,27 @@ async fn a_raw_upload_reports_the_digest_inventory_and_sizes_the_client_wrote() 
     assert_eq!(model["bytes"], file.len() as u64);
     assert_eq!(model["tensor_count"], 4);
     assert_eq!(model["parameters"], 64 * 48 + 96 * 64 + 64 + 1);
-    assert_eq!(model["tensor_bytes"], 64 * 48 * 2 + 96 * 64 * 2 + 64 * 4 + 8);
+    assert_eq!(
+        model["tensor_bytes"],
+        64 * 48 * 2 + 96 * 64 * 2 + 64 * 4 + 8
+    );
     assert_eq!(model["dtypes"]["BF16"], 96 * 64);
-    assert_eq!(location, format!("/api/v1/models/{}", model["id"].as_str().unwrap()));
+    assert_eq!(
+        location,
+        format!("/api/v1/models/{}", model["id"].as_str().unwrap())
+    );
 
     let tensors = app.json(&format!("{location}/tensors")).await;
     let items = tensors["items"].as_array().unwrap();
     let names: Vec<&str> = items.iter().map(|t| t["name"].as_str().unwrap()).collect();
     assert_eq!(
         names,
-        ["model.embed.weight", "model.layers.0.mlp.weight", "model.norm.weight", "scalar"]
+        [
+            "model.embed.weight",
+            "model.layers.0.mlp.weight",
+            "model.norm.weight",
+            "scalar"
+        ]
     );
     assert_eq!(items[1]["dtype"], "BF16");
     assert_eq!(items[1]["shape"], serde_json::json!([96, 64]));
@@ -47,7 +68,10 @@ async fn a_raw_upload_reports_the_digest_inventory_and_sizes_the_client_wrote() 
     let stored = std::fs::read(app.state.blobs.path(&sha256_hex(&file))).unwrap();
     assert_eq!(stored, file);
     let offset = items[1]["offset"].as_u64().unwrap() as usize;
-    assert_eq!(stored[offset..offset + 96 * 64 * 2], noise(96 * 64 * 2, 2)[..]);
+    assert_eq!(
+        stored[offset..offset + 96 * 64 * 2],
+        noise(96 * 64 * 2, 2)[..]
+    );
 
     let fetched = app.json(&location).await;
     assert_eq!(fetched["sha256"], model["sha256"]);
@@ -59,7 +83,10 @@ async fn a_raw_upload_reports_the_digest_inventory_and_sizes_the_client_wrote() 
 async fn a_multipart_upload_is_accepted_as_a_browser_sends_it() {
     let app = spawn_app().await;
     let file = small_model(7);
-    let form = Form::new().part("file", Part::bytes(file.clone()).file_name("browser.safetensors"));
+    let form = Form::new().part(
+        "file",
+        Part::bytes(file.clone()).file_name("browser.safetensors"),
+    );
     let response = app
         .client
         .post(app.url("/api/v1/models"))
@@ -80,7 +107,10 @@ fn shard_index(map: &[(&str, &str)]) -> Vec<u8> {
         .iter()
         .map(|(t, f)| ((*t).to_owned(), Value::from(*f)))
         .collect();
-    serde_json::to_vec(&serde_json::json!({"metadata": {"total_size": 0}, "weight_map": weight_map})).unwrap()
+    serde_json::to_vec(
+        &serde_json::json!({"metadata": {"total_size": 0}, "weight_map": weight_map}),
+    )
+    .unwrap()
 }
 
 fn sharded_form(index: Vec<u8>) -> Form {
@@ -89,14 +119,30 @@ fn sharded_form(index: Vec<u8>) -> Form {
         ("b.weight", "F32", &[8], noise(32, 2)),
     ]);
     let shard2 = safetensors(&[("c.weight", "BF16", &[4, 8], noise(64, 3))]);
-    let config = br#"{"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 8}"#;
+    let config =
+        br#"{"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 8}"#;
     Form::new()
         .text("name", "sharded-llama")
-        .part("file", Part::bytes(shard1).file_name("model-00001-of-00002.safetensors"))
-        .part("file", Part::bytes(shard2).file_name("model-00002-of-00002.safetensors"))
-        .part("file", Part::bytes(index).file_name("model.safetensors.index.json"))
-        .part("file", Part::bytes(config.to_vec()).file_name("config.json"))
-        .part("file", Part::bytes(b"{\"version\": \"1.0\"}".to_vec()).file_name("tokenizer.json"))
+        .part(
+            "file",
+            Part::bytes(shard1).file_name("model-00001-of-00002.safetensors"),
+        )
+        .part(
+            "file",
+            Part::bytes(shard2).file_name("model-00002-of-00002.safetensors"),
+        )
+        .part(
+            "file",
+            Part::bytes(index).file_name("model.safetensors.index.json"),
+        )
+        .part(
+            "file",
+            Part::bytes(config.to_vec()).file_name("config.json"),
+        )
+        .part(
+            "file",
+            Part::bytes(b"{\"version\": \"1.0\"}".to_vec()).file_name("tokenizer.json"),
+        )
 }
 
 #[tokio::test]
@@ -123,13 +169,21 @@ async fn a_sharded_checkpoint_uploads_as_one_model_with_all_its_tensors() {
     assert_eq!(model["tensor_count"], 3);
     assert_eq!(model["files"].as_array().unwrap().len(), 5);
     let tensors = app
-        .json(&format!("/api/v1/models/{}/tensors", model["id"].as_str().unwrap()))
+        .json(&format!(
+            "/api/v1/models/{}/tensors",
+            model["id"].as_str().unwrap()
+        ))
         .await;
     let by_file: Vec<(String, String)> = tensors["items"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|t| (t["name"].as_str().unwrap().to_owned(), t["file"].as_str().unwrap().to_owned()))
+        .map(|t| {
+            (
+                t["name"].as_str().unwrap().to_owned(),
+                t["file"].as_str().unwrap().to_owned(),
+            )
+        })
         .collect();
     assert_eq!(
         by_file,
@@ -170,8 +224,14 @@ async fn an_index_that_disagrees_with_the_shards_is_refused_and_nothing_is_kept(
     }
     // Two shards and no index at all.
     let form = Form::new()
-        .part("file", Part::bytes(small_model(1)).file_name("a.safetensors"))
-        .part("file", Part::bytes(small_model(2)).file_name("b.safetensors"));
+        .part(
+            "file",
+            Part::bytes(small_model(1)).file_name("a.safetensors"),
+        )
+        .part(
+            "file",
+            Part::bytes(small_model(2)).file_name("b.safetensors"),
+        );
     let response = app
         .client
         .post(app.url("/api/v1/models"))
@@ -200,13 +260,16 @@ async fn uploads_over_the_cap_get_413_whether_declared_or_streamed() {
     assert_eq!(response.status(), 413);
     assert!(is_problem(&response));
     // Streamed without a length (chunked): refused when the count crosses the cap.
-    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = big.chunks(8192).map(|c| Ok(c.to_vec())).collect();
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        big.chunks(8192).map(|c| Ok(c.to_vec())).collect();
     let response = app
         .client
         .post(app.url("/api/v1/models?name=big"))
         .header(AUTHORIZATION, app.bearer())
         .header("content-type", "application/octet-stream")
-        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(chunks)))
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+            chunks,
+        )))
         .send()
         .await;
     match response {
@@ -269,7 +332,12 @@ async fn deleting_a_model_keeps_blobs_other_models_share_and_removes_the_rest() 
     };
     assert_eq!(delete(first["id"].as_str().unwrap().to_owned()).await, 204);
     assert!(blob.is_file(), "the second model still uses the file");
-    assert_eq!(app.get(&format!("/api/v1/models/{}", first["id"].as_str().unwrap())).await.status(), 404);
+    assert_eq!(
+        app.get(&format!("/api/v1/models/{}", first["id"].as_str().unwrap()))
+            .await
+            .status(),
+        404
+    );
     assert_eq!(delete(second["id"].as_str().unwrap().to_owned()).await, 204);
     assert!(!blob.exists(), "no model uses the file any more");
     assert_eq!(delete(second["id"].as_str().unwrap().to_owned()).await, 404);
@@ -282,18 +350,33 @@ async fn deleting_a_model_keeps_blobs_other_models_share_and_removes_the_rest() 
 async fn model_lists_page_with_a_cursor_newest_first() {
     let app = spawn_app().await;
     for seed in 0..5 {
-        assert_eq!(app.upload(&format!("m{seed}"), small_model(seed)).await.status(), 201);
+        assert_eq!(
+            app.upload(&format!("m{seed}"), small_model(seed))
+                .await
+                .status(),
+            201
+        );
     }
     let first = app.json("/api/v1/models?limit=2").await;
     let names = |page: &Value| -> Vec<String> {
-        page["items"].as_array().unwrap().iter().map(|m| m["name"].as_str().unwrap().to_owned()).collect()
+        page["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["name"].as_str().unwrap().to_owned())
+            .collect()
     };
     assert_eq!(names(&first), ["m4", "m3"]);
     let cursor = first["next_cursor"].as_str().unwrap();
-    let second = app.json(&format!("/api/v1/models?limit=2&cursor={cursor}")).await;
+    let second = app
+        .json(&format!("/api/v1/models?limit=2&cursor={cursor}"))
+        .await;
     assert_eq!(names(&second), ["m2", "m1"]);
     let third = app
-        .json(&format!("/api/v1/models?limit=2&cursor={}", second["next_cursor"].as_str().unwrap()))
+        .json(&format!(
+            "/api/v1/models?limit=2&cursor={}",
+            second["next_cursor"].as_str().unwrap()
+        ))
         .await;
     assert_eq!(names(&third), ["m0"]);
     assert!(third["next_cursor"].is_null());

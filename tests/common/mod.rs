@@ -51,7 +51,10 @@ pub async fn fresh_database_url() -> String {
         .replace("{db}", "postgres")
         .parse()
         .expect("admin URL parses");
-    let mut conn = admin.connect().await.expect("connecting to the test server");
+    let mut conn = admin
+        .connect()
+        .await
+        .expect("connecting to the test server");
     let name = format!("squeeze_test_{}", uuid::Uuid::new_v4().simple());
     sqlx::query(sqlx::AssertSqlSafe(format!("create database {name}")))
         .execute(&mut conn)
@@ -74,7 +77,7 @@ pub fn safetensors(tensors: &[(&str, &str, &[u64], Vec<u8>)]) -> Vec<u8> {
         offset += data.len();
     }
     let mut json = serde_json::to_vec(&header).unwrap();
-    while json.len() % 8 != 0 {
+    while !json.len().is_multiple_of(8) {
         json.push(b' ');
     }
     let mut out = (json.len() as u64).to_le_bytes().to_vec();
@@ -101,7 +104,12 @@ pub fn noise(len: usize, seed: u64) -> Vec<u8> {
 /// A small two-tensor model file.
 pub fn small_model(seed: u64) -> Vec<u8> {
     safetensors(&[
-        ("layers.0.weight", "BF16", &[16, 32], noise(16 * 32 * 2, seed)),
+        (
+            "layers.0.weight",
+            "BF16",
+            &[16, 32],
+            noise(16 * 32 * 2, seed),
+        ),
         ("layers.0.bias", "F32", &[16], noise(16 * 4, seed + 1)),
     ])
 }
@@ -111,7 +119,10 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
-/// The `squeeze` binary under test.
+/// The `squeeze` binary under test: `SQUEEZE_BIN` (e.g. a release build, for measuring), else
+/// the one cargo built for this test run.
 pub fn squeeze_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_squeeze"))
+    std::env::var_os("SQUEEZE_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_squeeze")))
 }

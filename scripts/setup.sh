@@ -1,0 +1,48 @@
+# Shared by scripts/serve and scripts/test: install what a fresh Debian/Ubuntu machine lacks.
+# Sourced, not run.
+
+# Runs a command as root (directly, or through sudo when available).
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"
+  elif command -v sudo >/dev/null 2>&1; then sudo "$@"
+  else echo "need root to run: $*" >&2; return 1
+  fi
+}
+
+# The folder holding initdb and pg_ctl, if any (the same search squeeze itself makes).
+postgres_bindir() {
+  for dir in ${SQUEEZE_PG_BINDIR:-} $(command -v pg_ctl >/dev/null 2>&1 && dirname "$(command -v pg_ctl)") \
+             $(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -t/ -k4 -n -r) /usr/pgsql-*/bin /usr/local/pgsql/bin; do
+    if [ -x "$dir/initdb" ] && [ -x "$dir/pg_ctl" ]; then echo "$dir"; return 0; fi
+  done
+  return 1
+}
+
+ensure_postgres_binaries() {
+  if postgres_bindir >/dev/null; then return 0; fi
+  echo "==> installing the PostgreSQL server binaries (initdb, pg_ctl)"
+  if command -v apt-get >/dev/null 2>&1; then
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+  elif command -v dnf >/dev/null 2>&1; then
+    as_root dnf install -y postgresql-server
+  elif command -v brew >/dev/null 2>&1; then
+    brew install postgresql
+  else
+    echo "cannot install PostgreSQL here: install its server binaries (initdb, pg_ctl) or set DATABASE_URL" >&2
+    return 1
+  fi
+  postgres_bindir >/dev/null || { echo "PostgreSQL binaries still not found after installing" >&2; return 1; }
+}
+
+ensure_rust() {
+  if ! command -v cargo >/dev/null 2>&1; then
+    echo "cargo not found: install Rust from https://rustup.rs (squeeze needs Rust 1.94 or newer)" >&2
+    return 1
+  fi
+  if command -v rustup >/dev/null 2>&1; then
+    for component in rustfmt clippy; do
+      rustup component list --installed 2>/dev/null | grep -q "^$component" || rustup component add "$component"
+    done
+  fi
+}

@@ -1,0 +1,104 @@
+//! `token`, `migrate` and `inspect` from the command line.
+
+use crate::common::{noise, safetensors};
+use crate::{cluster_running, data_dir, squeeze};
+
+#[test]
+fn token_commands_create_list_and_revoke_and_leave_the_cluster_as_found() {
+    let dir = data_dir();
+    let d = dir.path().to_str().unwrap();
+    let (status, stdout, stderr) = squeeze(&["migrate", "--data-dir", d]);
+    assert!(status.success(), "{stderr}");
+    assert!(stdout.contains("migrations applied"));
+    assert!(
+        !cluster_running(dir.path()),
+        "a helper stops the cluster it started"
+    );
+
+    let (status, stdout, stderr) = squeeze(&[
+        "token",
+        "create",
+        "--team",
+        "ml-team",
+        "--name",
+        "ci",
+        "--data-dir",
+        d,
+    ]);
+    assert!(status.success(), "{stderr}");
+    let token = stdout.trim();
+    assert!(token.starts_with("sqz_") && token.len() == 47, "{stdout}");
+    let id = stderr
+        .split_whitespace()
+        .find(|w| uuid::Uuid::parse_str(w).is_ok())
+        .expect("the id is printed")
+        .to_owned();
+
+    let (status, listing, _) = squeeze(&["token", "list", "--data-dir", d]);
+    assert!(status.success());
+    assert!(
+        listing.contains(&id) && listing.contains("ml-team") && listing.contains("active"),
+        "{listing}"
+    );
+    assert!(
+        !listing.contains(&token[12..]),
+        "list must never print secrets"
+    );
+
+    let (status, stdout, _) = squeeze(&["token", "revoke", &id, "--data-dir", d]);
+    assert!(status.success());
+    assert!(stdout.contains("revoked"));
+    let (_, listing, _) = squeeze(&["token", "list", "--json", "--data-dir", d]);
+    let rows: serde_json::Value = serde_json::from_str(&listing).unwrap();
+    assert!(rows[0]["revoked_at"].is_string());
+
+    let (status, _, stderr) = squeeze(&["token", "revoke", &id, "--data-dir", d]);
+    assert!(!status.success());
+    assert_eq!(stderr.trim().lines().count(), 1, "one-line error: {stderr}");
+    let (status, _, stderr) = squeeze(&["token", "create", "--team", "Bad Name", "--data-dir", d]);
+    assert!(!status.success());
+    assert!(stderr.contains("team name"), "{stderr}");
+    assert!(!cluster_running(dir.path()));
+}
+
+#[test]
+fn inspect_lists_tensors_and_totals_and_refuses_bad_files_in_one_line() {
+    let dir = data_dir();
+    let path = dir.path().join("m.safetensors");
+    std::fs::write(
+        &path,
+        safetensors(&[
+            ("layers.0.weight", "BF16", &[32, 16], noise(1024, 1)),
+            ("layers.0.bias", "F32", &[32], noise(128, 2)),
+        ]),
+    )
+    .unwrap();
+    let (status, stdout, stderr) = squeeze(&["inspect", path.to_str().unwrap()]);
+    assert!(status.success(), "{stderr}");
+    assert!(
+        stdout.contains("layers.0.weight")
+            && stdout.contains("BF16")
+            && stdout.contains("[32, 16]")
+    );
+    assert!(
+        stdout.contains("2 tensors, 544 parameters, 1152 bytes of tensor data"),
+        "{stdout}"
+    );
+
+    let (status, stdout, _) = squeeze(&["inspect", "--json", path.to_str().unwrap()]);
+    assert!(status.success());
+    let json: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(json["tensors"][0]["shape"], serde_json::json!([32, 16]));
+
+    let bad = dir.path().join("bad.safetensors");
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes.extend_from_slice(b"extra");
+    std::fs::write(&bad, bytes).unwrap();
+    let (status, _, stderr) = squeeze(&["inspect", bad.to_str().unwrap()]);
+    assert!(!status.success());
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("trailing bytes"), "{stderr}");
+    let (status, _, stderr) = squeeze(&["inspect", "/nonexistent.safetensors"]);
+    assert!(!status.success());
+    assert!(stderr.contains("No such file"), "{stderr}");
+}

@@ -1,0 +1,125 @@
+//! Tests of the `squeeze` binary as people and scripts run it: `serve` with its private
+//! PostgreSQL, the token commands, `inspect`, and a multi-gigabyte upload's memory profile.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod commands;
+mod embedded;
+mod upload_memory;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running `squeeze serve`.
+pub struct Server {
+    pub child: Child,
+    pub base: String,
+    pub stdout_lines: Vec<String>,
+}
+
+impl Server {
+    /// Starts `squeeze serve` on a free port with `data_dir` and no DATABASE_URL.
+    pub fn start(data_dir: &Path, env: &[(&str, &str)]) -> Server {
+        let mut cmd = Command::new(common::squeeze_bin());
+        cmd.args(["serve", "--addr", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .env_remove("DATABASE_URL")
+            .env("SQUEEZE_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("squeeze serve starts");
+        let stdout = child.stdout.take().unwrap();
+        let mut reader = BufReader::new(stdout);
+        let mut lines = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(90);
+        let mut base = None;
+        while base.is_none() || lines.len() < 2 {
+            assert!(
+                Instant::now() < deadline,
+                "serve did not print its address: {lines:?}"
+            );
+            let mut line = String::new();
+            if reader.read_line(&mut line).unwrap() == 0 {
+                panic!("serve exited early: {lines:?}");
+            }
+            if let Some(url) = line.trim().strip_prefix("squeeze listening on ") {
+                base = Some(url.to_owned());
+            }
+            lines.push(line.trim().to_owned());
+        }
+        // Keep draining stdout so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in reader.lines() {});
+        Server {
+            child,
+            base: base.unwrap(),
+            stdout_lines: lines,
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        // SAFETY: signalling a child process we own.
+        unsafe { libc::kill(self.pid(), libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "serve did not exit after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// Runs `squeeze` with arguments, without DATABASE_URL; returns (status, stdout, stderr).
+pub fn squeeze(args: &[&str]) -> (std::process::ExitStatus, String, String) {
+    let out = Command::new(common::squeeze_bin())
+        .args(args)
+        .env_remove("DATABASE_URL")
+        .env("SQUEEZE_LOG", "warn")
+        .output()
+        .expect("squeeze runs");
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Whether a postmaster is running for the cluster in `data_dir`.
+pub fn cluster_running(data_dir: &Path) -> bool {
+    let pid_file = data_dir.join("postgres").join("postmaster.pid");
+    let Ok(text) = std::fs::read_to_string(pid_file) else {
+        return false;
+    };
+    let Some(pid) = text
+        .lines()
+        .next()
+        .and_then(|l| l.trim().parse::<i32>().ok())
+    else {
+        return false;
+    };
+    // SAFETY: signal 0 only checks that the process exists.
+    unsafe { libc::kill(pid, 0) == 0 }
+}
+
+/// A temp data folder.
+pub fn data_dir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("sqz-cli-")
+        .tempdir()
+        .unwrap()
+}
