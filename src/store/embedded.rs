@@ -100,7 +100,18 @@ fn one_line(out: &Output) -> String {
 /// Finds `initdb` and `pg_ctl`: `SQUEEZE_PG_BINDIR`, then `PATH`, then the places distributions
 /// install them (Debian keeps them off `PATH`, under `/usr/lib/postgresql/<major>/bin`).
 pub fn locate_binaries() -> Result<PathBuf, EmbeddedError> {
-    let has_both = |dir: &Path| dir.join("initdb").is_file() && dir.join("pg_ctl").is_file();
+    first_with_binaries(search_path())
+}
+
+/// The first folder holding both `initdb` and `pg_ctl`.
+fn first_with_binaries(candidates: Vec<PathBuf>) -> Result<PathBuf, EmbeddedError> {
+    candidates
+        .into_iter()
+        .find(|dir| dir.join("initdb").is_file() && dir.join("pg_ctl").is_file())
+        .ok_or(EmbeddedError::NoBinaries)
+}
+
+fn search_path() -> Vec<PathBuf> {
     let mut candidates: Vec<PathBuf> = Vec::new();
     if let Some(dir) = std::env::var_os("SQUEEZE_PG_BINDIR") {
         candidates.push(dir.into());
@@ -139,9 +150,6 @@ pub fn locate_binaries() -> Result<PathBuf, EmbeddedError> {
         .map(PathBuf::from),
     );
     candidates
-        .into_iter()
-        .find(|dir| has_both(dir))
-        .ok_or(EmbeddedError::NoBinaries)
 }
 
 /// uid and gid of the `postgres` system user, read from /etc/passwd.
@@ -352,4 +360,49 @@ fn write_settings(pgdata: &Path, socket_dir: &Path, runner: &Runner) -> Result<(
     std::fs::write(&path, settings)?;
     runner.chown(&path)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_binaries_give_one_line_that_says_what_to_install() {
+        let empty = tempfile::tempdir().unwrap();
+        let err = first_with_binaries(vec![empty.path().to_path_buf()]).unwrap_err();
+        let message = err.to_string();
+        assert_eq!(message.lines().count(), 1, "{message}");
+        assert!(message.contains("apt-get install postgresql"), "{message}");
+        assert!(message.contains("DATABASE_URL"), "{message}");
+    }
+
+    #[test]
+    fn a_folder_needs_both_initdb_and_pg_ctl() {
+        let half = tempfile::tempdir().unwrap();
+        std::fs::write(half.path().join("initdb"), "").unwrap();
+        let full = tempfile::tempdir().unwrap();
+        std::fs::write(full.path().join("initdb"), "").unwrap();
+        std::fs::write(full.path().join("pg_ctl"), "").unwrap();
+        let found = first_with_binaries(vec![half.path().to_path_buf(), full.path().to_path_buf()])
+            .unwrap();
+        assert_eq!(found, full.path());
+    }
+
+    #[test]
+    fn long_data_paths_put_the_socket_in_a_short_private_folder() {
+        let runner = Runner {
+            bindir: PathBuf::new(),
+            run_as: None,
+        };
+        let short = Path::new("/tmp/x/postgres");
+        assert_eq!(socket_dir_for(short, &runner).unwrap(), short);
+        let long = PathBuf::from(format!("/tmp/{}/postgres", "d".repeat(120)));
+        let dir = socket_dir_for(&long, &runner).unwrap();
+        assert!(dir.as_os_str().len() < 60, "{}", dir.display());
+        assert_eq!(
+            dir,
+            socket_dir_for(&long, &runner).unwrap(),
+            "stable across runs"
+        );
+    }
 }

@@ -6,6 +6,7 @@ mod common;
 
 mod commands;
 mod embedded;
+mod reference;
 mod upload_memory;
 
 use std::io::{BufRead, BufReader};
