@@ -23,8 +23,10 @@ use tower_http::trace::TraceLayer;
 
 use crate::config::ServeArgs;
 use crate::error::{ApiError, PROBLEM_JSON};
+use crate::jobs::events::JobEvents;
 use crate::store::blobs::BlobStore;
 use crate::store::db::{ClusterPolicy, Database};
+use crate::worker::{WorkerConfig, WorkerPool};
 use crate::{api, auth};
 
 /// Limits applied to uploads.
@@ -45,6 +47,8 @@ pub struct AppState {
     pub blobs: BlobStore,
     /// Upload limits.
     pub limits: Arc<Limits>,
+    /// Job change notifications.
+    pub events: JobEvents,
 }
 
 impl FromRef<AppState> for PgPool {
@@ -62,6 +66,7 @@ pub struct Application {
     login_url: String,
     admin_token_file: Option<PathBuf>,
     grace: Duration,
+    workers: WorkerPool,
 }
 
 impl Application {
@@ -96,7 +101,16 @@ impl Application {
                 max_upload: args.max_upload,
                 upload_idle: Duration::from_secs(args.upload_idle_secs),
             }),
+            events: JobEvents::start(database.pool.clone()),
         };
+        let workers = WorkerPool::start(
+            database.pool.clone(),
+            state.blobs.clone(),
+            WorkerConfig {
+                count: args.workers,
+                ..WorkerConfig::default()
+            },
+        );
         let static_dir = args.static_dir.clone().unwrap_or_else(default_static_dir);
         Ok(Application {
             listener,
@@ -106,6 +120,7 @@ impl Application {
             admin_token_file: boot.admin_token_file,
             state,
             grace: Duration::from_secs(args.shutdown_grace_secs),
+            workers,
         })
     }
 
@@ -155,6 +170,7 @@ impl Application {
                 }
             } => tracing::warn!(grace_secs = grace.as_secs(), "requests still running after the grace period; closing"),
         }
+        self.workers.shutdown().await;
         self.database.close().await
     }
 }

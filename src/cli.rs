@@ -7,7 +7,9 @@ use anyhow::Context;
 
 use crate::app::{self, Application};
 use crate::auth::tokens;
-use crate::config::{Command, DbArgs, InspectArgs, LogFormat, ServeArgs, TokenCommand};
+use crate::config::{
+    Command, CompressArgs, DbArgs, InspectArgs, LogFormat, ServeArgs, TokenCommand, WorkerArgs,
+};
 use crate::formats::safetensors;
 use crate::store::db::{ClusterPolicy, Database};
 
@@ -45,6 +47,8 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Token(cmd) => token(cmd).await,
         Command::Inspect(args) => inspect(&args),
+        Command::Worker(args) => worker(args).await,
+        Command::Compress(args) => compress(args).await,
     }
 }
 
@@ -193,6 +197,152 @@ fn inspect(args: &InspectArgs) -> anyhow::Result<()> {
         params,
         header.data_len(),
         header.file_len()
+    );
+    Ok(())
+}
+
+async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
+    let database = open(&args.db).await?;
+    database.migrate().await?;
+    let blobs = crate::store::blobs::BlobStore::open(&args.db.data_dir.join("blobs"))
+        .context("opening the blob store")?;
+    let pool = crate::worker::WorkerPool::start(
+        database.pool.clone(),
+        blobs,
+        crate::worker::WorkerConfig {
+            count: args.workers.max(1),
+            grace: std::time::Duration::from_secs(args.shutdown_grace_secs),
+            ..Default::default()
+        },
+    );
+    tracing::info!(workers = args.workers.max(1), "workers running");
+    app::shutdown_signal().await;
+    tracing::info!("stopping: no new jobs; running jobs finish or are handed back");
+    pool.shutdown().await;
+    database.close().await
+}
+
+/// The model files of a local path: one .safetensors file (named model.safetensors in the
+/// output, as an upload would be), or a folder in the Hugging Face layout.
+fn local_inputs(path: &std::path::Path) -> anyhow::Result<Vec<crate::worker::pipeline::InputFile>> {
+    use crate::store::ingest::{FileKind, classify};
+    use crate::worker::pipeline::{InputFile, InputKind};
+    if path.is_file() {
+        return Ok(vec![InputFile {
+            name: "model.safetensors".into(),
+            kind: InputKind::Weights,
+            path: path.to_path_buf(),
+        }]);
+    }
+    let mut inputs = Vec::new();
+    for entry in std::fs::read_dir(path).with_context(|| format!("reading {}", path.display()))? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !entry.file_type()?.is_file() {
+            continue;
+        }
+        match classify(&name) {
+            Ok(kind) => inputs.push(InputFile {
+                kind: if kind == FileKind::Safetensors {
+                    InputKind::Weights
+                } else {
+                    InputKind::Other
+                },
+                path: entry.path(),
+                name,
+            }),
+            Err(err) => tracing::warn!(file = %name, reason = %err, "skipped"),
+        }
+    }
+    inputs.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(inputs)
+}
+
+fn file_sha256(path: &std::path::Path) -> std::io::Result<String> {
+    use sha2::Digest;
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            return Ok(hex::encode(hasher.finalize()));
+        }
+        hasher.update(&buf[..n]);
+    }
+}
+
+async fn compress(args: CompressArgs) -> anyhow::Result<()> {
+    use crate::jobs::recipe::{self, Recipe};
+    let recipe: Recipe = match (&args.recipe, &args.preset) {
+        (Some(path), _) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            serde_json::from_str(&text)
+                .with_context(|| format!("{} is not a valid recipe", path.display()))?
+        }
+        (None, Some(name)) => recipe::preset(name)?,
+        (None, None) => anyhow::bail!("give --recipe FILE or --preset NAME"),
+    };
+    let inputs = local_inputs(&args.input)?;
+    std::fs::create_dir_all(&args.output)
+        .with_context(|| format!("creating {}", args.output.display()))?;
+    let outcome = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+        let mut digests = Vec::new();
+        for input in &inputs {
+            digests.push(format!("{}  {}\n", file_sha256(&input.path)?, input.name));
+        }
+        let model_sha = if inputs.len() == 1 {
+            digests[0][..64].to_owned()
+        } else {
+            use sha2::Digest;
+            hex::encode(sha2::Sha256::digest(digests.concat()))
+        };
+        let cancel = crate::compress::Cancel::new();
+        crate::worker::cpu_pool()
+            .install(|| {
+                crate::worker::pipeline::run(
+                    &inputs,
+                    &recipe,
+                    &model_sha,
+                    &args.output,
+                    &cancel,
+                    &mut |_| {},
+                )
+            })
+            .map_err(anyhow::Error::from)
+    })
+    .await??;
+    let s = &outcome.summary;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &serde_json::json!({"summary": s, "files": outcome.files, "tensors": outcome.tensors})
+            )?
+        );
+        return Ok(());
+    }
+    for f in &outcome.files {
+        println!("{:<40} {:>14} bytes  sha256 {}", f.name, f.bytes, f.sha256);
+    }
+    println!(
+        "{} of {} tensors compressed; {} -> {} bytes (ratio {:.2}, {:.2} bits/weight); sparsity {:.1}%; relative error mean {:.2e}, worst {:.2e}{}; {:.2} s",
+        s.compressed_tensors,
+        outcome.tensors.len(),
+        s.bytes_in,
+        s.bytes_out,
+        s.ratio,
+        s.bits_per_weight,
+        s.sparsity * 100.0,
+        s.mean_rel_error,
+        s.worst_rel_error,
+        s.worst_tensor
+            .as_ref()
+            .map(|t| format!(" ({t})"))
+            .unwrap_or_default(),
+        s.wall_seconds
     );
     Ok(())
 }

@@ -38,6 +38,10 @@ pub enum Command {
     /// Create, list and revoke API tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Run compression workers against the database and data folder of a server.
+    Worker(WorkerArgs),
+    /// Run a recipe on local files: no server, no database.
+    Compress(CompressArgs),
     /// List the tensors of a safetensors file (validating it as an upload would be).
     Inspect(InspectArgs),
 }
@@ -78,6 +82,42 @@ pub struct ServeArgs {
     /// Seconds to let running requests finish after SIGTERM or Ctrl-C.
     #[arg(long, env = "SQUEEZE_SHUTDOWN_GRACE_SECS", default_value_t = 30)]
     pub shutdown_grace_secs: u64,
+    /// Compression workers in this process (0: API only, run `squeeze worker` elsewhere).
+    #[arg(long, env = "SQUEEZE_WORKERS", default_value_t = 1)]
+    pub workers: usize,
+}
+
+/// `squeeze worker`.
+#[derive(Debug, Clone, Args)]
+pub struct WorkerArgs {
+    /// Database and data folder (the same as the server's).
+    #[command(flatten)]
+    pub db: DbArgs,
+    /// Concurrent jobs.
+    #[arg(long, env = "SQUEEZE_WORKERS", default_value_t = 1)]
+    pub workers: usize,
+    /// Seconds running jobs may continue after SIGTERM before they are handed back.
+    #[arg(long, env = "SQUEEZE_SHUTDOWN_GRACE_SECS", default_value_t = 20)]
+    pub shutdown_grace_secs: u64,
+}
+
+/// `squeeze compress`.
+#[derive(Debug, Clone, Args)]
+pub struct CompressArgs {
+    /// A recipe JSON file.
+    #[arg(long, conflicts_with = "preset", required_unless_present = "preset")]
+    pub recipe: Option<PathBuf>,
+    /// A built-in preset (see GET /api/v1/presets).
+    #[arg(long)]
+    pub preset: Option<String>,
+    /// The model: a .safetensors file, or a folder with shards, index and config.
+    pub input: PathBuf,
+    /// Folder for the artifact files (created if needed).
+    #[arg(short = 'o', long = "output")]
+    pub output: PathBuf,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `squeeze token ...`.

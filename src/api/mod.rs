@@ -2,6 +2,7 @@
 //! function of the owning module, map the result. Errors are `ApiError` (problem+json).
 
 pub mod health;
+pub mod jobs;
 pub mod models;
 pub mod session;
 
@@ -14,6 +15,7 @@ use crate::error::ApiError;
 pub fn router() -> Router<AppState> {
     Router::new()
         .merge(models::router())
+        .merge(jobs::router())
         .merge(session::router())
         .fallback(|| async {
             ApiError::new(

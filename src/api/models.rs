@@ -17,7 +17,7 @@ use crate::app::AppState;
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::store::ingest::{self, FileKind, IngestError, IngestedFile};
-use crate::store::models::{self, Model, Owner, PlanError, TensorEntry};
+use crate::store::models::{self, Deleted, Model, Owner, PlanError, TensorEntry};
 
 /// Most files one multipart upload may carry.
 const MAX_FILES_PER_UPLOAD: usize = 512;
@@ -349,9 +349,14 @@ async fn delete_model(
     caller: Caller,
     Path(id): Path<Uuid>,
 ) -> ApiResult<StatusCode> {
-    if models::delete(&state.db, &state.blobs, caller.team_id, id).await? {
-        Ok(StatusCode::NO_CONTENT)
-    } else {
-        Err(ApiError::not_found("model", id))
+    match models::delete(&state.db, &state.blobs, caller.team_id, id).await? {
+        Deleted::Yes => Ok(StatusCode::NO_CONTENT),
+        Deleted::NotFound => Err(ApiError::not_found("model", id)),
+        Deleted::InUse => Err(ApiError::conflict(
+            "model_in_use",
+            format!(
+                "model {id} is used by queued or running jobs; cancel them or wait for them to finish"
+            ),
+        )),
     }
 }

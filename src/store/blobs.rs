@@ -58,19 +58,22 @@ impl BlobStore {
         })
     }
 
-    /// Deletes temp files untouched for `age` (left by a crash); an upload in progress writes
-    /// continuously, so it is never that old.
+    /// Deletes temp files and job folders untouched for `age` (left by a crash); work in progress
+    /// writes continuously, so it is never that old.
     pub fn sweep_stale(&self, age: Duration) -> io::Result<usize> {
         let mut removed = 0;
         for dir in [self.temp_dir(), self.root.join("trash")] {
             for entry in std::fs::read_dir(dir)? {
-                let entry = entry?;
-                let modified = entry.metadata()?.modified()?;
-                if SystemTime::now()
-                    .duration_since(modified)
-                    .is_ok_and(|d| d > age)
-                {
-                    std::fs::remove_file(entry.path())?;
+                let path = entry?.path();
+                let idle = SystemTime::now()
+                    .duration_since(newest_mtime(&path)?)
+                    .unwrap_or_default();
+                if idle > age {
+                    if path.is_dir() {
+                        std::fs::remove_dir_all(&path)?;
+                    } else {
+                        std::fs::remove_file(&path)?;
+                    }
                     removed += 1;
                 }
             }
@@ -78,10 +81,37 @@ impl BlobStore {
         Ok(removed)
     }
 
+    /// Takes a finished file (inside the temp folder, so publishing is a rename) whose digest and
+    /// length the writer computed.
+    pub fn adopt(&self, path: &Path, sha256: &str, len: u64) -> io::Result<SealedBlob> {
+        if !path.starts_with(self.temp_dir()) {
+            return Err(io::Error::other(format!(
+                "{} is outside the blob store's temp folder",
+                path.display()
+            )));
+        }
+        Ok(SealedBlob {
+            sha256: sha256.to_owned(),
+            len,
+            guard: RemoveOnDrop(Some(path.to_path_buf())),
+        })
+    }
+
     /// Number of files in `tmp/` (tests assert that failed uploads leave none).
     pub fn temp_file_count(&self) -> io::Result<usize> {
         Ok(std::fs::read_dir(self.temp_dir())?.count())
     }
+}
+
+/// The latest modification time of a file, or of anything inside a folder.
+fn newest_mtime(path: &Path) -> io::Result<SystemTime> {
+    let mut newest = std::fs::metadata(path)?.modified()?;
+    if path.is_dir() {
+        for entry in std::fs::read_dir(path)? {
+            newest = newest.max(newest_mtime(&entry?.path())?);
+        }
+    }
+    Ok(newest)
 }
 
 fn create_private_dir(dir: &Path) -> io::Result<()> {

@@ -469,6 +469,71 @@ async fn files_of(pool: &PgPool, ids: &[Uuid]) -> sqlx::Result<Vec<ModelFile>> {
     .await
 }
 
+/// A model file to read for processing.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct StoredFile {
+    /// Name in the model folder.
+    pub name: String,
+    /// `safetensors`, `index`, `config` or `side`.
+    pub kind: String,
+    /// Blob digest.
+    pub sha256: String,
+}
+
+/// Every file of a model (any team: workers act on jobs already scoped at submission).
+pub async fn files_for_processing(pool: &PgPool, id: Uuid) -> sqlx::Result<Vec<StoredFile>> {
+    sqlx::query_as("select name, kind, blob_sha256 as sha256 from model_files where model_id = $1 order by name")
+        .bind(id)
+        .fetch_all(pool)
+        .await
+}
+
+/// The tensor inventory of one of the team's models, for recipe validation; `None` when the
+/// team has no such model.
+pub async fn tensor_metas(
+    pool: &PgPool,
+    team_id: Uuid,
+    id: Uuid,
+) -> sqlx::Result<Option<(String, Vec<crate::jobs::recipe::TensorMeta>)>> {
+    let sha: Option<String> =
+        sqlx::query_scalar("select sha256 from models where id = $1 and team_id = $2")
+            .bind(id)
+            .bind(team_id)
+            .fetch_optional(pool)
+            .await?;
+    let Some(sha) = sha else {
+        return Ok(None);
+    };
+    let rows: Vec<(String, String, Json<Vec<u64>>)> = sqlx::query_as(
+        "select name, dtype, shape from model_tensors where model_id = $1 order by name",
+    )
+    .bind(id)
+    .fetch_all(pool)
+    .await?;
+    let metas = rows
+        .into_iter()
+        .filter_map(|(name, dtype, shape)| {
+            Some(crate::jobs::recipe::TensorMeta {
+                name,
+                dtype: crate::formats::safetensors::Dtype::parse(&dtype)?,
+                shape: shape.0,
+            })
+        })
+        .collect();
+    Ok(Some((sha, metas)))
+}
+
+/// What a delete did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deleted {
+    /// The model and its unshared files are gone.
+    Yes,
+    /// The team has no such model.
+    NotFound,
+    /// Queued or running jobs still need it.
+    InUse,
+}
+
 /// A page of a model's tensors by name, or `None` when the team has no such model.
 pub async fn tensors(
     pool: &PgPool,
@@ -499,13 +564,13 @@ pub async fn tensors(
     Ok(Some(rows))
 }
 
-/// Deletes one of the team's models and releases its blobs. `false` when there is no such model.
+/// Deletes one of the team's models and releases its blobs, unless jobs still need it.
 pub async fn delete(
     pool: &PgPool,
     store: &BlobStore,
     team_id: Uuid,
     id: Uuid,
-) -> anyhow::Result<bool> {
+) -> anyhow::Result<Deleted> {
     let mut tx = pool.begin().await?;
     let found: Option<Uuid> =
         sqlx::query_scalar("select id from models where id = $1 and team_id = $2 for update")
@@ -514,7 +579,10 @@ pub async fn delete(
             .fetch_optional(&mut *tx)
             .await?;
     if found.is_none() {
-        return Ok(false);
+        return Ok(Deleted::NotFound);
+    }
+    if crate::jobs::queue::model_in_use(&mut tx, id).await? {
+        return Ok(Deleted::InUse);
     }
     let digests: Vec<String> =
         sqlx::query_scalar("delete from model_files where model_id = $1 returning blob_sha256")
@@ -529,7 +597,7 @@ pub async fn delete(
     match tx.commit().await {
         Ok(()) => {
             released.purge();
-            Ok(true)
+            Ok(Deleted::Yes)
         }
         Err(err) => {
             released.restore();

@@ -22,6 +22,7 @@ pub struct TestApp {
 pub struct Options {
     pub max_upload: u64,
     pub upload_idle: Duration,
+    pub workers: usize,
 }
 
 impl Default for Options {
@@ -29,6 +30,7 @@ impl Default for Options {
         Options {
             max_upload: 1 << 30,
             upload_idle: Duration::from_secs(60),
+            workers: 1,
         }
     }
 }
@@ -38,6 +40,9 @@ pub async fn spawn_app() -> TestApp {
 }
 
 pub async fn spawn_app_with(options: Options) -> TestApp {
+    if std::env::var_os("TEST_LOG").is_some() {
+        squeeze::cli::init_tracing(squeeze::config::LogFormat::Text);
+    }
     let data_dir = tempfile::tempdir().unwrap();
     let token = squeeze::auth::tokens::generate();
     let args = ServeArgs {
@@ -51,6 +56,7 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
         admin_token: Some(token.clone()),
         static_dir: None,
         shutdown_grace_secs: 1,
+        workers: options.workers,
     };
     let app = Application::build(args).await.expect("the app builds");
     let base = format!("http://{}", app.local_addr());

@@ -6,5 +6,6 @@ mod common;
 mod auth;
 mod errors;
 mod helpers;
+mod jobs;
 mod malformed;
 mod uploads;

@@ -1,0 +1,471 @@
+//! `/jobs` and `/presets`: submit (idempotent), list, read, cancel, follow (Server-Sent Events),
+//! per-tensor report, artifact files (streamed, with ETag and Range).
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures_util::Stream;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use uuid::Uuid;
+
+use crate::api::Page;
+use crate::app::AppState;
+use crate::auth::Caller;
+use crate::error::{ApiError, ApiResult};
+use crate::jobs::queue::{self, Job, JobFile, JobFilter, NewJob, SubmitError};
+use crate::jobs::recipe::{self, Preset, Recipe, RecipeError};
+use crate::store::models;
+use crate::worker::pipeline::{Summary, TensorReport};
+
+/// Attempts a job gets unless the request says otherwise.
+const DEFAULT_MAX_ATTEMPTS: i32 = 3;
+
+/// Routes of the jobs resource.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/presets", get(list_presets))
+        .route("/jobs", post(submit_job).get(list_jobs))
+        .route("/jobs/{id}", get(get_job))
+        .route("/jobs/{id}/cancel", post(cancel_job))
+        .route("/jobs/{id}/events", get(job_events))
+        .route("/jobs/{id}/report", get(job_report))
+        .route("/jobs/{id}/files", get(list_files))
+        .route("/jobs/{id}/files/{name}", get(download_file))
+}
+
+/// The built-in recipes.
+async fn list_presets(_caller: Caller) -> Json<Page<Preset>> {
+    Json(Page {
+        items: recipe::presets(),
+        next_cursor: None,
+    })
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SubmitRequest {
+    model_id: Uuid,
+    name: Option<String>,
+    recipe: Option<serde_json::Value>,
+    preset: Option<String>,
+    max_attempts: Option<i32>,
+}
+
+fn recipe_error(err: RecipeError) -> ApiError {
+    let tensor = err.tensor().map(str::to_owned);
+    let problem = ApiError::unprocessable(err.code(), err.to_string());
+    match tensor {
+        Some(t) => problem.with("tensor", t),
+        None => problem,
+    }
+}
+
+/// Submits a job: `{model_id, name?, recipe | preset, max_attempts?}`. With `Idempotency-Key`,
+/// the same key and body return the same job; the same key with another body is a 422.
+async fn submit_job(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<(StatusCode, Json<Job>)> {
+    let request: SubmitRequest = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::unprocessable(
+            "bad_request_body",
+            format!("the job request is not valid: {e}"),
+        )
+    })?;
+    let key = match headers.get("idempotency-key") {
+        None => None,
+        Some(v) => {
+            let key = v
+                .to_str()
+                .ok()
+                .filter(|k| !k.is_empty() && k.len() <= 255)
+                .ok_or_else(|| {
+                    ApiError::bad_request(
+                        "bad_idempotency_key",
+                        "Idempotency-Key must be 1-255 visible ASCII characters",
+                    )
+                })?;
+            Some(key.to_owned())
+        }
+    };
+    let recipe: Recipe = match (request.recipe, request.preset.as_deref()) {
+        (Some(recipe), None) => serde_json::from_value(recipe).map_err(|e| {
+            ApiError::unprocessable("bad_recipe", format!("the recipe is not valid: {e}"))
+        })?,
+        (None, Some(name)) => recipe::preset(name).map_err(recipe_error)?,
+        _ => {
+            return Err(ApiError::unprocessable(
+                "recipe_or_preset",
+                "give exactly one of \"recipe\" and \"preset\"",
+            ));
+        }
+    };
+    let max_attempts = request.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS);
+    if !(1..=20).contains(&max_attempts) {
+        return Err(ApiError::unprocessable(
+            "bad_max_attempts",
+            "max_attempts must be between 1 and 20",
+        ));
+    }
+    if request.name.as_ref().is_some_and(|n| n.len() > 255) {
+        return Err(ApiError::unprocessable(
+            "bad_name",
+            "a job name has at most 255 characters",
+        ));
+    }
+    let (model_sha256, tensors) = models::tensor_metas(&state.db, caller.team_id, request.model_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("model", request.model_id))?;
+    recipe.validate(&tensors).map_err(recipe_error)?;
+    let new = NewJob {
+        team_id: caller.team_id,
+        created_by: Some(caller.token_id),
+        model_id: request.model_id,
+        model_sha256,
+        name: request.name,
+        recipe: serde_json::to_value(&recipe).expect("a recipe serialises"),
+        max_attempts,
+        idempotency: key.map(|k| (k, Sha256::digest(&body).to_vec())),
+    };
+    match queue::submit(&state.db, new).await {
+        Ok((job, _replayed)) => Ok((StatusCode::ACCEPTED, Json(job))),
+        Err(SubmitError::KeyReused(key)) => Err(ApiError::unprocessable(
+            "idempotency_key_reused",
+            format!("Idempotency-Key {key:?} was already used with a different request body"),
+        )),
+        Err(SubmitError::Db(err)) => Err(err.into()),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct ListQuery {
+    model_id: Option<Uuid>,
+    state: Option<String>,
+    limit: Option<i64>,
+    cursor: Option<Uuid>,
+}
+
+/// The team's jobs, newest first; filter by `model_id` and `state`.
+async fn list_jobs(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(q): Query<ListQuery>,
+) -> ApiResult<Json<Page<Job>>> {
+    let limit = q.limit.unwrap_or(50);
+    if !(1..=100).contains(&limit) {
+        return Err(ApiError::bad_request(
+            "bad_limit",
+            format!("limit {limit} is out of range 1..=100"),
+        ));
+    }
+    if let Some(s) = &q.state
+        && !["queued", "running", "succeeded", "failed", "canceled"].contains(&s.as_str())
+    {
+        return Err(ApiError::bad_request(
+            "bad_state",
+            format!("state {s:?} is not one of queued, running, succeeded, failed, canceled"),
+        ));
+    }
+    let filter = JobFilter {
+        model_id: q.model_id,
+        state: q.state,
+    };
+    let items = queue::list(&state.db, caller.team_id, &filter, limit, q.cursor).await?;
+    let next_cursor = (items.len() as i64 == limit)
+        .then(|| items.last().map(|j| j.id.to_string()))
+        .flatten();
+    Ok(Json(Page { items, next_cursor }))
+}
+
+async fn job_of(state: &AppState, caller: &Caller, id: Uuid) -> ApiResult<Job> {
+    queue::get(&state.db, caller.team_id, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("job", id))
+}
+
+/// One job: state, attempt, progress, timings, error, result summary.
+async fn get_job(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<Uuid>,
+) -> ApiResult<Json<Job>> {
+    Ok(Json(job_of(&state, &caller, id).await?))
+}
+
+/// Cancels a queued job at once, a running one within a second or two; a finished job is
+/// returned unchanged.
+async fn cancel_job(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<Uuid>,
+) -> ApiResult<(StatusCode, Json<Job>)> {
+    let job = queue::cancel(&state.db, caller.team_id, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("job", id))?;
+    Ok((StatusCode::ACCEPTED, Json(job)))
+}
+
+struct Follow {
+    state: AppState,
+    team_id: Uuid,
+    id: Uuid,
+    events: tokio::sync::broadcast::Receiver<Uuid>,
+    first: Option<Job>,
+    last: Option<(String, serde_json::Value)>,
+    done: bool,
+    sequence: u64,
+}
+
+impl Follow {
+    /// Waits for a notification about this job, or a second, whichever comes first.
+    async fn wait(&mut self) {
+        let id = self.id;
+        let events = &mut self.events;
+        let notified = async {
+            loop {
+                match events.recv().await {
+                    Ok(changed) if changed == id => return,
+                    Ok(_) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => return,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                        std::future::pending::<()>().await
+                    }
+                }
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(1), notified).await;
+    }
+}
+
+/// Server-Sent Events: the job now (`state`), then an event at each change of state (`state`)
+/// or progress (`progress`), each carrying the whole job; the stream ends after a final state.
+async fn job_events(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<Uuid>,
+) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
+    let first = job_of(&state, &caller, id).await?;
+    let follow = Follow {
+        events: state.events.subscribe(),
+        state,
+        team_id: caller.team_id,
+        id,
+        first: Some(first),
+        last: None,
+        done: false,
+        sequence: 0,
+    };
+    let stream = futures_util::stream::unfold(follow, |mut f| async move {
+        if f.done {
+            return None;
+        }
+        loop {
+            let job = match f.first.take() {
+                Some(job) => job,
+                None => {
+                    f.wait().await;
+                    match queue::get(&f.state.db, f.team_id, f.id).await {
+                        Ok(Some(job)) => job,
+                        _ => return None,
+                    }
+                }
+            };
+            let progress = serde_json::to_value(&job.progress.0).unwrap_or_default();
+            let key = (job.state.clone(), progress);
+            if f.last.as_ref() == Some(&key) {
+                continue;
+            }
+            let kind = if f.last.as_ref().map(|l| &l.0) == Some(&job.state) {
+                "progress"
+            } else {
+                "state"
+            };
+            f.last = Some(key);
+            f.done = job.is_terminal();
+            f.sequence += 1;
+            let event = Event::default()
+                .event(kind)
+                .id(f.sequence.to_string())
+                .json_data(&job)
+                .unwrap_or_else(|_| Event::default().comment("unserialisable job"));
+            return Some((Ok(event), f));
+        }
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
+#[derive(serde::Serialize)]
+struct Report {
+    job_id: Uuid,
+    state: String,
+    summary: Option<Summary>,
+    tensors: Vec<TensorReport>,
+}
+
+/// Per-tensor metrics (empty until the job succeeds) and the summary.
+async fn job_report(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<Uuid>,
+) -> ApiResult<Json<Report>> {
+    let job = job_of(&state, &caller, id).await?;
+    let tensors = queue::report(&state.db, caller.team_id, id)
+        .await?
+        .unwrap_or_default();
+    Ok(Json(Report {
+        job_id: id,
+        state: job.state,
+        summary: job.result.map(|r| r.0),
+        tensors,
+    }))
+}
+
+/// The artifact files of a succeeded job.
+async fn list_files(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<Uuid>,
+) -> ApiResult<Json<Page<JobFile>>> {
+    let items = queue::files(&state.db, caller.team_id, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("job", id))?;
+    Ok(Json(Page {
+        items,
+        next_cursor: None,
+    }))
+}
+
+/// A byte range request, resolved against the file length.
+fn parse_range(value: &str, len: u64) -> Option<(u64, u64)> {
+    let spec = value.strip_prefix("bytes=")?.trim();
+    if spec.contains(',') {
+        return None;
+    }
+    let (start, end) = spec.split_once('-')?;
+    let (start, end) = match (start.trim(), end.trim()) {
+        ("", suffix) => {
+            let n: u64 = suffix.parse().ok()?;
+            if n == 0 {
+                return None;
+            }
+            (len.saturating_sub(n), len.checked_sub(1)?)
+        }
+        (s, "") => (s.parse().ok()?, len.checked_sub(1)?),
+        (s, e) => (
+            s.parse().ok()?,
+            e.parse::<u64>().ok()?.min(len.checked_sub(1)?),
+        ),
+    };
+    (start <= end && start < len).then_some((start, end))
+}
+
+/// Streams one artifact file. ETag is the sha256; `If-None-Match` gives 304; a single `Range`
+/// gives 206 (or 416 when unsatisfiable).
+async fn download_file(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((id, name)): Path<(Uuid, String)>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let file = queue::files(&state.db, caller.team_id, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("job", id))?
+        .into_iter()
+        .find(|f| f.name == name)
+        .ok_or_else(|| ApiError::not_found("file", &name))?;
+    let etag = format!("\"{}\"", file.sha256);
+    let len = file.bytes as u64;
+    let mut response_headers = HeaderMap::new();
+    response_headers.insert(
+        header::ETAG,
+        HeaderValue::from_str(&etag).expect("hex is a valid header"),
+    );
+    response_headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    if headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"))
+    {
+        return Ok((StatusCode::NOT_MODIFIED, response_headers).into_response());
+    }
+    let content_type = if name.ends_with(".json") {
+        "application/json"
+    } else {
+        "application/octet-stream"
+    };
+    response_headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    if let Ok(disposition) = HeaderValue::from_str(&format!("attachment; filename=\"{name}\"")) {
+        response_headers.insert(header::CONTENT_DISPOSITION, disposition);
+    }
+    let (status, start, count) = match headers.get(header::RANGE).and_then(|v| v.to_str().ok()) {
+        None => (StatusCode::OK, 0, len),
+        Some(range) => match parse_range(range, len) {
+            Some((start, end)) => {
+                let value = format!("bytes {start}-{end}/{len}");
+                response_headers.insert(
+                    header::CONTENT_RANGE,
+                    HeaderValue::from_str(&value).expect("ascii"),
+                );
+                (StatusCode::PARTIAL_CONTENT, start, end - start + 1)
+            }
+            None => {
+                let value = format!("bytes */{len}");
+                response_headers.insert(
+                    header::CONTENT_RANGE,
+                    HeaderValue::from_str(&value).expect("ascii"),
+                );
+                let problem = ApiError::new(
+                    StatusCode::RANGE_NOT_SATISFIABLE,
+                    "range_not_satisfiable",
+                    format!("the file has {len} bytes"),
+                );
+                let mut response = problem.into_response();
+                response.headers_mut().extend(response_headers);
+                return Ok(response);
+            }
+        },
+    };
+    let mut handle = tokio::fs::File::open(state.blobs.path(&file.sha256))
+        .await
+        .map_err(|e| {
+            ApiError::internal(format_args!("artifact {} of job {id}: {e}", file.sha256))
+        })?;
+    handle
+        .seek(std::io::SeekFrom::Start(start))
+        .await
+        .map_err(ApiError::internal)?;
+    response_headers.insert(header::CONTENT_LENGTH, HeaderValue::from(count));
+    let body = Body::from_stream(tokio_util::io::ReaderStream::with_capacity(
+        handle.take(count),
+        256 * 1024,
+    ));
+    Ok((status, response_headers, body).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_range;
+
+    #[test]
+    fn ranges_follow_rfc_9110() {
+        assert_eq!(parse_range("bytes=0-9", 100), Some((0, 9)));
+        assert_eq!(parse_range("bytes=90-", 100), Some((90, 99)));
+        assert_eq!(parse_range("bytes=-10", 100), Some((90, 99)));
+        assert_eq!(parse_range("bytes=50-500", 100), Some((50, 99)));
+        assert_eq!(parse_range("bytes=100-", 100), None);
+        assert_eq!(parse_range("bytes=9-3", 100), None);
+        assert_eq!(parse_range("bytes=0-1,5-6", 100), None);
+        assert_eq!(parse_range("items=0-1", 100), None);
+    }
+}

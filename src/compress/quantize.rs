@@ -1,0 +1,260 @@
+//! Integer quantization with the conventions of compressed-tensors (the format vLLM and
+//! transformers load), so codes and scales can be written unchanged:
+//! the observed range is widened to include zero; symmetric scale = max|x| / ((qmax − qmin) / 2),
+//! asymmetric scale = (max − min) / (qmax − qmin) with zero-point round(qmin − min / scale) clamped
+//! to the code range; a zero scale becomes f32::EPSILON; q = round_half_even(clamp(x / scale + zp));
+//! x̂ = (q − zp) · scale. Reference: compressed-tensors `quantization/utils/helpers.py` and
+//! `lifecycle/forward_helpers.py` (see shared/reference/formats.md §2.3).
+
+use serde::{Deserialize, Serialize};
+
+/// How many values share one scale.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Granularity {
+    /// One scale for the whole tensor.
+    Tensor,
+    /// One scale per output row.
+    Channel,
+    /// One scale per `n` consecutive values of a row.
+    Group(usize),
+}
+
+/// An integer scheme: bit width, symmetry and granularity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IntScheme {
+    /// 2 to 8.
+    pub bits: u8,
+    /// Zero-point fixed at 0 when true.
+    pub symmetric: bool,
+    /// Scale sharing.
+    pub granularity: Granularity,
+}
+
+/// Scale and zero-point of one group of values.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct QParams {
+    /// Step between codes.
+    pub scale: f32,
+    /// The code that represents 0.
+    pub zero_point: i32,
+}
+
+impl IntScheme {
+    /// Smallest code.
+    pub fn qmin(&self) -> i32 {
+        -(1 << (self.bits - 1))
+    }
+
+    /// Largest code.
+    pub fn qmax(&self) -> i32 {
+        (1 << (self.bits - 1)) - 1
+    }
+
+    /// Parameters for values observed in `[min, max]`.
+    pub fn params(&self, min: f32, max: f32) -> QParams {
+        let (qmin, qmax) = (self.qmin() as f32, self.qmax() as f32);
+        let min = min.min(0.0);
+        let max = max.max(0.0);
+        let (mut scale, zero_point) = if self.symmetric {
+            (max.abs().max(min.abs()) / ((qmax - qmin) / 2.0), 0)
+        } else {
+            ((max - min) / (qmax - qmin), 0)
+        };
+        if scale == 0.0 || !scale.is_finite() {
+            scale = f32::EPSILON;
+        }
+        let zero_point = if self.symmetric {
+            zero_point
+        } else {
+            (qmin - min / scale).clamp(qmin, qmax).round_ties_even() as i32
+        };
+        QParams { scale, zero_point }
+    }
+
+    /// The code for `x`.
+    #[inline]
+    pub fn quantize(&self, x: f32, p: QParams) -> i32 {
+        let v = x / p.scale + p.zero_point as f32;
+        v.clamp(self.qmin() as f32, self.qmax() as f32)
+            .round_ties_even() as i32
+    }
+
+    /// The value a code stands for.
+    #[inline]
+    pub fn dequantize(q: i32, p: QParams) -> f32 {
+        (q - p.zero_point) as f32 * p.scale
+    }
+
+    /// Values per scale along a row of `cols` values.
+    pub fn group_len(&self, cols: usize) -> usize {
+        match self.granularity {
+            Granularity::Tensor | Granularity::Channel => cols,
+            Granularity::Group(n) => n,
+        }
+    }
+
+    /// Replaces each value of whole rows by its quantized-then-dequantized value. `tensor` gives
+    /// the parameters for per-tensor granularity (from the whole tensor's range). Returns the
+    /// parameters used, one per group in row-major order.
+    pub fn fake_quantize_rows(
+        &self,
+        rows: &mut [f32],
+        cols: usize,
+        tensor: Option<QParams>,
+    ) -> Vec<QParams> {
+        let group = self.group_len(cols);
+        let mut used = Vec::with_capacity(rows.len() / group.max(1));
+        for values in rows.chunks_mut(group) {
+            let p = match (self.granularity, tensor) {
+                (Granularity::Tensor, Some(p)) => p,
+                _ => {
+                    let (min, max) = min_max(values);
+                    self.params(min, max)
+                }
+            };
+            for v in values.iter_mut() {
+                *v = Self::dequantize(self.quantize(*v, p), p);
+            }
+            used.push(p);
+        }
+        used
+    }
+}
+
+/// Smallest and largest of the values (NaNs ignored).
+pub fn min_max(values: &[f32]) -> (f32, f32) {
+    values
+        .iter()
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| {
+            (lo.min(v), hi.max(v))
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scheme(bits: u8, symmetric: bool, granularity: Granularity) -> IntScheme {
+        IntScheme {
+            bits,
+            symmetric,
+            granularity,
+        }
+    }
+
+    /// The scalar f64 reference of the convention, written independently of the kernel.
+    fn reference(values: &[f64], bits: u8, symmetric: bool) -> Vec<f64> {
+        let qmin = -(2f64.powi(bits as i32 - 1));
+        let qmax = 2f64.powi(bits as i32 - 1) - 1.0;
+        let lo = values.iter().cloned().fold(0.0, f64::min);
+        let hi = values.iter().cloned().fold(0.0, f64::max);
+        let (scale, zp) = if symmetric {
+            (lo.abs().max(hi.abs()) / ((qmax - qmin) / 2.0), 0.0)
+        } else {
+            let s = (hi - lo) / (qmax - qmin);
+            (s, (qmin - lo / s).clamp(qmin, qmax).round_ties_even())
+        };
+        values
+            .iter()
+            .map(|x| ((x / scale + zp).clamp(qmin, qmax).round_ties_even() - zp) * scale)
+            .collect()
+    }
+
+    #[test]
+    fn int8_symmetric_divides_the_range_by_127_5() {
+        let s = scheme(8, true, Granularity::Channel);
+        let p = s.params(-1.0, 0.5);
+        assert_eq!(p.zero_point, 0);
+        assert!((p.scale - 1.0 / 127.5).abs() < 1e-9);
+        assert_eq!(s.quantize(1.0, p), 127, "clamped at qmax");
+        assert_eq!(s.quantize(-1.1, p), -128, "clamped at qmin");
+        let p4 = scheme(4, true, Granularity::Channel).params(-3.0, 1.0);
+        assert!((p4.scale - 3.0 / 7.5).abs() < 1e-7);
+    }
+
+    #[test]
+    fn ties_round_to_even_codes() {
+        let s = scheme(8, true, Granularity::Tensor);
+        let p = QParams {
+            scale: 1.0,
+            zero_point: 0,
+        };
+        assert_eq!(s.quantize(2.5, p), 2);
+        assert_eq!(s.quantize(3.5, p), 4);
+        assert_eq!(s.quantize(-2.5, p), -2);
+    }
+
+    #[test]
+    fn zero_stays_exactly_zero_in_every_scheme() {
+        for symmetric in [true, false] {
+            for bits in [2, 3, 4, 8] {
+                let s = scheme(bits, symmetric, Granularity::Channel);
+                let mut row = vec![0.3f32, -0.7, 0.0, 1.9, 0.0, -0.01];
+                s.fake_quantize_rows(&mut row, 6, None);
+                assert_eq!(row[2], 0.0);
+                assert_eq!(row[4], 0.0);
+            }
+        }
+    }
+
+    #[test]
+    fn all_zero_groups_get_an_epsilon_scale_not_nan() {
+        let s = scheme(4, false, Granularity::Group(4));
+        let mut row = vec![0f32; 8];
+        let used = s.fake_quantize_rows(&mut row, 8, None);
+        assert!(used.iter().all(|p| p.scale == f32::EPSILON));
+        assert!(row.iter().all(|v| *v == 0.0));
+    }
+
+    #[test]
+    fn kernel_matches_the_f64_reference_per_group() {
+        let mut state = 12345u64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % 20001) as f32 / 10000.0 - 1.0
+        };
+        for bits in 2..=8u8 {
+            for symmetric in [true, false] {
+                let cols = 64;
+                let group = 16;
+                let values: Vec<f32> = (0..cols * 3).map(|_| next()).collect();
+                let mut got = values.clone();
+                scheme(bits, symmetric, Granularity::Group(group))
+                    .fake_quantize_rows(&mut got, cols, None);
+                for (g, chunk) in got.chunks(group).zip(values.chunks(group)) {
+                    let want = reference(
+                        &chunk.iter().map(|&v| f64::from(v)).collect::<Vec<_>>(),
+                        bits,
+                        symmetric,
+                    );
+                    let (lo, hi) = min_max(chunk);
+                    let (lo, hi) = (lo.min(0.0), hi.max(0.0));
+                    let range = if symmetric {
+                        2.0 * lo.abs().max(hi.abs())
+                    } else {
+                        hi - lo
+                    };
+                    let step = range / (2f32.powi(bits as i32) - 1.0);
+                    for (a, b) in g.iter().zip(&want) {
+                        // f32 versus f64 arithmetic may flip a code sitting on a rounding boundary.
+                        assert!(
+                            (f64::from(*a) - b).abs() <= f64::from(step) * 1.001 + 1e-6,
+                            "bits {bits} sym {symmetric}: {a} vs {b}"
+                        );
+                    }
+                    let exact = g
+                        .iter()
+                        .zip(&want)
+                        .filter(|(a, b)| (f64::from(**a) - **b).abs() < 1e-5)
+                        .count();
+                    assert!(
+                        exact >= group - 1,
+                        "bits {bits} sym {symmetric}: only {exact} of {group} match exactly"
+                    );
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,615 @@
+//! Recipes: what a job does to a model (stages, which tensors, output format), their JSON form
+//! (the names are part of the API contract: add fields, never rename), the built-in presets, and
+//! validation against a model's actual tensors at submission time.
+
+use regex::Regex;
+use serde::{Deserialize, Serialize};
+
+use crate::compress::quantize::{Granularity, IntScheme};
+use crate::formats::dtype;
+use crate::formats::safetensors::Dtype;
+
+/// A compression recipe.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Recipe {
+    /// Applied in order to every selected tensor.
+    pub stages: Vec<Stage>,
+    /// Tensors to compress: exact names, or `re:` followed by a regular expression matched from
+    /// the start of the name. Default: every floating-point tensor of two or more dimensions.
+    #[serde(default = "default_targets")]
+    pub targets: Vec<String>,
+    /// Tensors to leave as they are, in the same syntax; wins over `targets`.
+    #[serde(default)]
+    pub ignore: Vec<String>,
+    /// Output format.
+    #[serde(default)]
+    pub format: OutputFormat,
+}
+
+fn default_targets() -> Vec<String> {
+    vec!["re:.*".to_owned()]
+}
+
+/// One step of a recipe.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Stage {
+    /// Zero weights.
+    Prune(Prune),
+    /// Map weights to fewer bits.
+    Quantize(Quantize),
+}
+
+/// Pruning methods.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "method", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Prune {
+    /// Zero the smallest-magnitude fraction `sparsity` of each tensor.
+    Magnitude {
+        /// Fraction in [0, 1).
+        sparsity: f64,
+        /// `tensor`: a threshold per tensor.
+        #[serde(default)]
+        scope: PruneScope,
+    },
+}
+
+/// Where a magnitude threshold applies.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PruneScope {
+    /// Each tensor gets its own threshold.
+    #[default]
+    Tensor,
+}
+
+/// Quantization schemes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "scheme", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Quantize {
+    /// Integer codes with scales (and zero-points when asymmetric).
+    Int {
+        /// 2 to 8.
+        bits: u8,
+        /// Zero-point fixed at 0.
+        #[serde(default = "yes")]
+        symmetric: bool,
+        /// `tensor`, `channel` (one scale per output row) or `group`.
+        #[serde(default)]
+        granularity: GranularityName,
+        /// Values per scale along a row, for `group`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        group_size: Option<usize>,
+    },
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Scale sharing, by name.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GranularityName {
+    /// One scale for the tensor.
+    Tensor,
+    /// One scale per output row.
+    #[default]
+    Channel,
+    /// One scale per `group_size` values.
+    Group,
+}
+
+/// What the job writes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OutputFormat {
+    /// Dense safetensors in the input's dtypes, values dequantized/masked: any loader reads it.
+    #[default]
+    Safetensors,
+}
+
+impl Quantize {
+    /// The integer scheme this stage describes (after validation).
+    pub fn int_scheme(&self) -> IntScheme {
+        match *self {
+            Quantize::Int {
+                bits,
+                symmetric,
+                granularity,
+                group_size,
+            } => IntScheme {
+                bits,
+                symmetric,
+                granularity: match granularity {
+                    GranularityName::Tensor => Granularity::Tensor,
+                    GranularityName::Channel => Granularity::Channel,
+                    GranularityName::Group => Granularity::Group(group_size.unwrap_or(0)),
+                },
+            },
+        }
+    }
+}
+
+impl Stage {
+    /// A short description for reports ("int4 sym g128", "prune 50%").
+    pub fn describe(&self) -> String {
+        match self {
+            Stage::Prune(Prune::Magnitude { sparsity, .. }) => {
+                format!("magnitude prune {:.0}%", sparsity * 100.0)
+            }
+            Stage::Quantize(q) => {
+                let s = q.int_scheme();
+                let g = match s.granularity {
+                    Granularity::Tensor => "per tensor".to_owned(),
+                    Granularity::Channel => "per channel".to_owned(),
+                    Granularity::Group(n) => format!("group {n}"),
+                };
+                format!(
+                    "int{} {} {g}",
+                    s.bits,
+                    if s.symmetric { "sym" } else { "asym" }
+                )
+            }
+        }
+    }
+}
+
+/// The facts about a tensor that validation needs.
+#[derive(Debug, Clone)]
+pub struct TensorMeta {
+    /// Name.
+    pub name: String,
+    /// Element type.
+    pub dtype: Dtype,
+    /// Dimensions.
+    pub shape: Vec<u64>,
+}
+
+impl TensorMeta {
+    /// Length of a row: the product of all dimensions but the first (the whole tensor if 1-D).
+    pub fn row_len(&self) -> u64 {
+        if self.shape.len() <= 1 {
+            self.shape.iter().product()
+        } else {
+            self.shape[1..].iter().product()
+        }
+    }
+}
+
+/// Why a recipe cannot run on a model. Every message names the rule and, where there is one,
+/// the tensor.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum RecipeError {
+    #[error("a recipe needs at least one stage")]
+    NoStages,
+    #[error("stage {stage}: bits must be between 2 and 8, not {bits}")]
+    Bits { stage: usize, bits: u8 },
+    #[error("stage {stage}: sparsity must be in [0, 1), not {sparsity}")]
+    Sparsity { stage: usize, sparsity: f64 },
+    #[error("stage {stage}: granularity \"group\" needs a group_size of at least 1")]
+    GroupSizeMissing { stage: usize },
+    #[error("stage {stage}: group_size is only meaningful with granularity \"group\"")]
+    GroupSizeUnused { stage: usize },
+    #[error(
+        "stage {stage}: group_size {group_size} does not divide the row length {row} of tensor {tensor:?}"
+    )]
+    GroupSize {
+        stage: usize,
+        group_size: usize,
+        row: u64,
+        tensor: String,
+    },
+    #[error("pattern {pattern:?} is not a valid regular expression: {reason}")]
+    BadPattern { pattern: String, reason: String },
+    #[error("target {pattern:?} matches no tensor of this model")]
+    TargetMatchesNothing { pattern: String },
+    #[error("tensor {tensor:?} is {dtype}; only F32, F16 and BF16 tensors can be compressed")]
+    NotFloat { tensor: String, dtype: Dtype },
+    #[error("the recipe selects no tensor of this model")]
+    NothingSelected,
+    #[error("unknown preset {0:?}; GET /api/v1/presets lists them")]
+    UnknownPreset(String),
+}
+
+impl RecipeError {
+    /// The tensor the error is about, if any.
+    pub fn tensor(&self) -> Option<&str> {
+        match self {
+            RecipeError::GroupSize { tensor, .. } | RecipeError::NotFloat { tensor, .. } => {
+                Some(tensor)
+            }
+            _ => None,
+        }
+    }
+
+    /// A stable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            RecipeError::NoStages => "no_stages",
+            RecipeError::Bits { .. } => "bits_out_of_range",
+            RecipeError::Sparsity { .. } => "sparsity_out_of_range",
+            RecipeError::GroupSizeMissing { .. } | RecipeError::GroupSizeUnused { .. } => {
+                "bad_group_size"
+            }
+            RecipeError::GroupSize { .. } => "group_size_does_not_divide_row",
+            RecipeError::BadPattern { .. } => "bad_pattern",
+            RecipeError::TargetMatchesNothing { .. } => "target_matches_nothing",
+            RecipeError::NotFloat { .. } => "not_float",
+            RecipeError::NothingSelected => "nothing_selected",
+            RecipeError::UnknownPreset(_) => "unknown_preset",
+        }
+    }
+}
+
+/// A compiled `targets`/`ignore` pattern.
+#[derive(Debug, Clone)]
+enum Pattern {
+    Exact(String),
+    Regex(Regex),
+}
+
+impl Pattern {
+    fn compile(text: &str) -> Result<Pattern, RecipeError> {
+        match text.strip_prefix("re:") {
+            Some(re) => Regex::new(&format!("^(?:{re})"))
+                .map(Pattern::Regex)
+                .map_err(|e| RecipeError::BadPattern {
+                    pattern: text.to_owned(),
+                    reason: e.to_string(),
+                }),
+            None => Ok(Pattern::Exact(text.to_owned())),
+        }
+    }
+
+    fn matches(&self, name: &str) -> bool {
+        match self {
+            Pattern::Exact(exact) => exact == name,
+            Pattern::Regex(re) => re.is_match(name),
+        }
+    }
+
+    fn is_exact(&self) -> bool {
+        matches!(self, Pattern::Exact(_))
+    }
+}
+
+/// Which tensors a recipe compresses.
+#[derive(Debug, Clone)]
+pub struct Selection {
+    targets: Vec<Pattern>,
+    ignore: Vec<Pattern>,
+}
+
+impl Selection {
+    /// Whether the tensor is compressed: a target matches it, no ignore does, it is a float, and
+    /// it has two or more dimensions unless a target names it exactly.
+    pub fn selects(&self, name: &str, dtype: Dtype, ndim: usize) -> bool {
+        if self.ignore.iter().any(|p| p.matches(name)) || !dtype::is_float(dtype) {
+            return false;
+        }
+        self.targets
+            .iter()
+            .any(|p| p.matches(name) && (ndim >= 2 || p.is_exact()))
+    }
+}
+
+impl Recipe {
+    /// Compiles the tensor selection.
+    pub fn selection(&self) -> Result<Selection, RecipeError> {
+        Ok(Selection {
+            targets: self
+                .targets
+                .iter()
+                .map(|t| Pattern::compile(t))
+                .collect::<Result<_, _>>()?,
+            ignore: self
+                .ignore
+                .iter()
+                .map(|t| Pattern::compile(t))
+                .collect::<Result<_, _>>()?,
+        })
+    }
+
+    /// Checks every rule against the model's tensors; returns the names that will be compressed.
+    pub fn validate(&self, tensors: &[TensorMeta]) -> Result<Vec<String>, RecipeError> {
+        if self.stages.is_empty() {
+            return Err(RecipeError::NoStages);
+        }
+        for (i, stage) in self.stages.iter().enumerate() {
+            let stage_no = i + 1;
+            match stage {
+                Stage::Prune(Prune::Magnitude { sparsity, .. }) => {
+                    if !(0.0..1.0).contains(sparsity) {
+                        return Err(RecipeError::Sparsity {
+                            stage: stage_no,
+                            sparsity: *sparsity,
+                        });
+                    }
+                }
+                Stage::Quantize(Quantize::Int {
+                    bits,
+                    granularity,
+                    group_size,
+                    ..
+                }) => {
+                    if !(2..=8).contains(bits) {
+                        return Err(RecipeError::Bits {
+                            stage: stage_no,
+                            bits: *bits,
+                        });
+                    }
+                    match (granularity, group_size) {
+                        (GranularityName::Group, None | Some(0)) => {
+                            return Err(RecipeError::GroupSizeMissing { stage: stage_no });
+                        }
+                        (GranularityName::Tensor | GranularityName::Channel, Some(_)) => {
+                            return Err(RecipeError::GroupSizeUnused { stage: stage_no });
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+        let selection = self.selection()?;
+        for (text, pattern) in self.targets.iter().zip(&selection.targets) {
+            let hit = tensors.iter().find(|t| pattern.matches(&t.name));
+            match hit {
+                None => {
+                    return Err(RecipeError::TargetMatchesNothing {
+                        pattern: text.clone(),
+                    });
+                }
+                Some(t) if pattern.is_exact() && !dtype::is_float(t.dtype) => {
+                    return Err(RecipeError::NotFloat {
+                        tensor: t.name.clone(),
+                        dtype: t.dtype,
+                    });
+                }
+                _ => {}
+            }
+        }
+        let selected: Vec<&TensorMeta> = tensors
+            .iter()
+            .filter(|t| selection.selects(&t.name, t.dtype, t.shape.len()))
+            .collect();
+        if selected.is_empty() {
+            return Err(RecipeError::NothingSelected);
+        }
+        for (i, stage) in self.stages.iter().enumerate() {
+            if let Stage::Quantize(q) = stage
+                && let Granularity::Group(n) = q.int_scheme().granularity
+            {
+                for t in &selected {
+                    if t.row_len() % n as u64 != 0 {
+                        return Err(RecipeError::GroupSize {
+                            stage: i + 1,
+                            group_size: n,
+                            row: t.row_len(),
+                            tensor: t.name.clone(),
+                        });
+                    }
+                }
+            }
+        }
+        Ok(selected.into_iter().map(|t| t.name.clone()).collect())
+    }
+}
+
+/// A named, built-in recipe.
+#[derive(Debug, Clone, Serialize)]
+pub struct Preset {
+    /// Name to pass as `preset`.
+    pub name: &'static str,
+    /// What it does.
+    pub description: &'static str,
+    /// The recipe.
+    pub recipe: Recipe,
+}
+
+fn int(
+    bits: u8,
+    symmetric: bool,
+    granularity: GranularityName,
+    group_size: Option<usize>,
+) -> Stage {
+    Stage::Quantize(Quantize::Int {
+        bits,
+        symmetric,
+        granularity,
+        group_size,
+    })
+}
+
+fn recipe(stages: Vec<Stage>) -> Recipe {
+    Recipe {
+        stages,
+        targets: default_targets(),
+        ignore: Vec::new(),
+        format: OutputFormat::Safetensors,
+    }
+}
+
+/// The built-in presets.
+pub fn presets() -> Vec<Preset> {
+    let prune50 = Stage::Prune(Prune::Magnitude {
+        sparsity: 0.5,
+        scope: PruneScope::Tensor,
+    });
+    vec![
+        Preset {
+            name: "int8",
+            description: "8-bit integer weights, symmetric, one scale per output channel",
+            recipe: recipe(vec![int(8, true, GranularityName::Channel, None)]),
+        },
+        Preset {
+            name: "int8-tensor",
+            description: "8-bit integer weights, symmetric, one scale per tensor",
+            recipe: recipe(vec![int(8, true, GranularityName::Tensor, None)]),
+        },
+        Preset {
+            name: "w4-g128",
+            description: "4-bit integer weights, symmetric, one scale per 128 values of a row",
+            recipe: recipe(vec![int(4, true, GranularityName::Group, Some(128))]),
+        },
+        Preset {
+            name: "w4-g128-asym",
+            description: "4-bit integer weights with zero-points, one scale per 128 values",
+            recipe: recipe(vec![int(4, false, GranularityName::Group, Some(128))]),
+        },
+        Preset {
+            name: "prune-50",
+            description: "zero the 50% smallest-magnitude weights of each tensor",
+            recipe: recipe(vec![prune50.clone()]),
+        },
+        Preset {
+            name: "prune-50-int8",
+            description: "magnitude pruning to 50%, then int8 per channel (the zeros stay exact)",
+            recipe: recipe(vec![prune50, int(8, true, GranularityName::Channel, None)]),
+        },
+    ]
+}
+
+/// The preset with this name.
+pub fn preset(name: &str) -> Result<Recipe, RecipeError> {
+    presets()
+        .into_iter()
+        .find(|p| p.name == name)
+        .map(|p| p.recipe)
+        .ok_or_else(|| RecipeError::UnknownPreset(name.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn model() -> Vec<TensorMeta> {
+        let t = |name: &str, dtype, shape: &[u64]| TensorMeta {
+            name: name.into(),
+            dtype,
+            shape: shape.to_vec(),
+        };
+        vec![
+            t("layers.0.mlp.weight", Dtype::BF16, &[256, 512]),
+            t("layers.1.mlp.weight", Dtype::BF16, &[256, 384]),
+            t("norm.weight", Dtype::F32, &[512]),
+            t("ids", Dtype::I64, &[4, 4]),
+        ]
+    }
+
+    fn parse(json: &str) -> Recipe {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn the_design_example_parses_and_round_trips() {
+        let r = parse(
+            r#"{"stages": [{"prune": {"method": "magnitude", "sparsity": 0.5, "scope": "tensor"}},
+                           {"quantize": {"scheme": "int", "bits": 4, "symmetric": true, "granularity": "group", "group_size": 128}}],
+                "targets": ["re:.*\\.weight$"], "ignore": ["lm_head.weight"], "format": "safetensors"}"#,
+        );
+        let again: Recipe = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
+        assert_eq!(r, again);
+        assert_eq!(
+            r.validate(&model()).unwrap(),
+            ["layers.0.mlp.weight", "layers.1.mlp.weight"]
+        );
+    }
+
+    #[test]
+    fn by_default_only_float_tensors_of_two_or_more_dimensions_are_selected() {
+        let r = parse(r#"{"stages": [{"quantize": {"scheme": "int", "bits": 8}}]}"#);
+        assert_eq!(
+            r.validate(&model()).unwrap(),
+            ["layers.0.mlp.weight", "layers.1.mlp.weight"]
+        );
+        let named = parse(
+            r#"{"stages": [{"quantize": {"scheme": "int", "bits": 8}}], "targets": ["norm.weight"]}"#,
+        );
+        assert_eq!(named.validate(&model()).unwrap(), ["norm.weight"]);
+    }
+
+    #[test]
+    fn rules_that_cannot_hold_name_the_tensor_and_the_rule() {
+        let group = parse(
+            r#"{"stages": [{"quantize": {"scheme": "int", "bits": 4, "granularity": "group", "group_size": 256}}]}"#,
+        );
+        let err = group.validate(&model()).unwrap_err();
+        assert_eq!(err.code(), "group_size_does_not_divide_row");
+        assert_eq!(err.tensor(), Some("layers.1.mlp.weight"));
+        let cases = [
+            (r#"{"stages": []}"#, "no_stages"),
+            (
+                r#"{"stages": [{"quantize": {"scheme": "int", "bits": 9}}]}"#,
+                "bits_out_of_range",
+            ),
+            (
+                r#"{"stages": [{"quantize": {"scheme": "int", "bits": 1}}]}"#,
+                "bits_out_of_range",
+            ),
+            (
+                r#"{"stages": [{"prune": {"method": "magnitude", "sparsity": 1.0}}]}"#,
+                "sparsity_out_of_range",
+            ),
+            (
+                r#"{"stages": [{"prune": {"method": "magnitude", "sparsity": -0.1}}]}"#,
+                "sparsity_out_of_range",
+            ),
+            (
+                r#"{"stages": [{"quantize": {"scheme": "int", "bits": 4, "granularity": "group"}}]}"#,
+                "bad_group_size",
+            ),
+            (
+                r#"{"stages": [{"quantize": {"scheme": "int", "bits": 4, "group_size": 64}}]}"#,
+                "bad_group_size",
+            ),
+            (
+                r#"{"stages": [{"quantize": {"scheme": "int", "bits": 8}}], "targets": ["nope"]}"#,
+                "target_matches_nothing",
+            ),
+            (
+                r#"{"stages": [{"quantize": {"scheme": "int", "bits": 8}}], "targets": ["re:("]}"#,
+                "bad_pattern",
+            ),
+            (
+                r#"{"stages": [{"quantize": {"scheme": "int", "bits": 8}}], "targets": ["ids"]}"#,
+                "not_float",
+            ),
+            (
+                r#"{"stages": [{"quantize": {"scheme": "int", "bits": 8}}], "ignore": ["re:layers"]}"#,
+                "nothing_selected",
+            ),
+        ];
+        for (json, code) in cases {
+            assert_eq!(
+                parse(json).validate(&model()).unwrap_err().code(),
+                code,
+                "{json}"
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_stages_fields_and_formats_are_parse_errors() {
+        for json in [
+            r#"{"stages": [{"smash": {}}]}"#,
+            r#"{"stages": [{"quantize": {"scheme": "int", "bits": 8, "colour": "red"}}]}"#,
+            r#"{"stages": [{"quantize": {"scheme": "int8"}}]}"#,
+            r#"{"stages": [], "format": "onnx"}"#,
+        ] {
+            assert!(serde_json::from_str::<Recipe>(json).is_err(), "{json}");
+        }
+    }
+
+    #[test]
+    fn every_preset_validates_on_a_typical_model() {
+        for p in presets() {
+            p.recipe
+                .validate(&model())
+                .unwrap_or_else(|e| panic!("{}: {e}", p.name));
+        }
+        assert!(preset("int8").is_ok());
+        assert_eq!(preset("int3").unwrap_err().code(), "unknown_preset");
+    }
+}

@@ -1,0 +1,397 @@
+//! Workers: the claim loop, the lease keeper (heartbeat and progress), cancellation, the rescuer
+//! of expired leases, graceful shutdown, and the one rayon pool on which all CPU work runs.
+//!
+//! A worker is a tokio task that claims a job, then hands the pipeline to the rayon pool and
+//! waits on a oneshot; it never computes on a tokio thread. While the pipeline runs, a keeper
+//! renews the lease and writes progress (a few times a second, fenced by attempt); when the lease
+//! is lost or the user cancels, it sets the kernel's cancel flag, which the kernels check between
+//! chunks. Idle workers sleep until NOTIFY on `squeeze_job_queued` or a poll interval.
+
+pub mod pipeline;
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use sqlx::PgPool;
+use sqlx::postgres::PgListener;
+use tokio::sync::{Notify, watch};
+use tracing::Instrument;
+use uuid::Uuid;
+
+use crate::compress::Cancel;
+use crate::jobs::queue::{self, Artifact, Claimed, Lease};
+use crate::jobs::recipe::Recipe;
+use crate::store::blobs::BlobStore;
+use crate::store::models;
+use pipeline::{InputFile, InputKind, PipelineError, Progress};
+
+/// How workers behave.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// Number of concurrent jobs in this process.
+    pub count: usize,
+    /// Lease length; renewed every third of it.
+    pub lease: Duration,
+    /// Longest sleep between polls when no NOTIFY arrives.
+    pub poll: Duration,
+    /// How long running jobs may continue after shutdown is asked before they are handed back.
+    pub grace: Duration,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            count: 1,
+            lease: Duration::from_secs(30),
+            poll: Duration::from_secs(2),
+            grace: Duration::from_secs(20),
+        }
+    }
+}
+
+/// The process's pool for CPU work; every kernel runs here.
+pub fn cpu_pool() -> &'static rayon::ThreadPool {
+    static POOL: OnceLock<rayon::ThreadPool> = OnceLock::new();
+    POOL.get_or_init(|| {
+        let threads = std::env::var("SQUEEZE_THREADS")
+            .ok()
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(0);
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("squeeze-cpu-{i}"))
+            .build()
+            .expect("the CPU pool starts")
+    })
+}
+
+/// Running workers; dropping it does not stop them, [`WorkerPool::shutdown`] does.
+pub struct WorkerPool {
+    stop: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl WorkerPool {
+    /// Starts `config.count` workers, the wake-up listener and the lease rescuer.
+    pub fn start(db: PgPool, blobs: BlobStore, config: WorkerConfig) -> WorkerPool {
+        let (stop, stopped) = watch::channel(false);
+        let wake = Arc::new(Notify::new());
+        let mut tasks = Vec::new();
+        if config.count > 0 {
+            tasks.push(tokio::spawn(listen_for_work(
+                db.clone(),
+                wake.clone(),
+                stopped.clone(),
+            )));
+            tasks.push(tokio::spawn(rescue_loop(
+                db.clone(),
+                config.lease,
+                stopped.clone(),
+            )));
+        }
+        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into());
+        for n in 0..config.count {
+            let worker = Worker {
+                name: format!("{host}:{}:{n}", std::process::id()),
+                db: db.clone(),
+                blobs: blobs.clone(),
+                config: config.clone(),
+                wake: wake.clone(),
+                stopped: stopped.clone(),
+            };
+            tasks.push(tokio::spawn(worker.run()));
+        }
+        WorkerPool { stop, tasks }
+    }
+
+    /// Stops claiming; running jobs finish within the grace period or are handed back.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+async fn listen_for_work(db: PgPool, wake: Arc<Notify>, mut stopped: watch::Receiver<bool>) {
+    let mut backoff = Duration::from_millis(200);
+    while !*stopped.borrow() {
+        let listener = async {
+            let mut listener = PgListener::connect_with(&db).await?;
+            listener.listen(queue::QUEUED_CHANNEL).await?;
+            // Anything queued while we were not listening.
+            wake.notify_waiters();
+            loop {
+                listener.recv().await?;
+                wake.notify_waiters();
+            }
+            #[allow(unreachable_code)]
+            Ok::<(), sqlx::Error>(())
+        };
+        tokio::select! {
+            result = listener => {
+                if let Err(err) = result {
+                    tracing::warn!(error = %err, "job wake-up listener lost; polling until it reconnects");
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+            _ = stopped.changed() => break,
+        }
+    }
+}
+
+async fn rescue_loop(db: PgPool, lease: Duration, mut stopped: watch::Receiver<bool>) {
+    let every = (lease / 2).max(Duration::from_millis(200));
+    loop {
+        match queue::rescue_expired(&db, 500).await {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(
+                jobs = n,
+                "requeued jobs whose worker stopped renewing its lease"
+            ),
+            Err(err) => tracing::warn!(error = %err, "lease rescue failed"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stopped.changed() => break,
+        }
+    }
+}
+
+struct Worker {
+    name: String,
+    db: PgPool,
+    blobs: BlobStore,
+    config: WorkerConfig,
+    wake: Arc<Notify>,
+    stopped: watch::Receiver<bool>,
+}
+
+/// How an attempt ended, as far as the queue is concerned.
+enum Ending {
+    Succeeded,
+    Failed { error: String, retryable: bool },
+    Canceled,
+    HandedBack,
+    Lost,
+}
+
+impl Worker {
+    async fn run(mut self) {
+        while !*self.stopped.borrow() {
+            let wake = self.wake.clone();
+            let waiting = wake.notified();
+            match queue::claim(&self.db, &self.name, self.config.lease).await {
+                Ok(Some(job)) => {
+                    let span = tracing::info_span!("job", job.id = %job.id, attempt = job.attempt);
+                    self.run_job(job).instrument(span).await;
+                    continue;
+                }
+                Ok(None) => {}
+                Err(err) => tracing::warn!(error = %err, "claim failed"),
+            }
+            tokio::select! {
+                _ = waiting => {}
+                _ = tokio::time::sleep(self.config.poll) => {}
+                _ = self.stopped.changed() => {}
+            }
+        }
+    }
+
+    async fn run_job(&mut self, job: Claimed) {
+        let started = Instant::now();
+        tracing::info!("started");
+        let ending = match self.attempt(&job).await {
+            Ok(ending) => ending,
+            Err(err) => Ending::Failed {
+                error: format!("{err:#}"),
+                retryable: true,
+            },
+        };
+        let recorded = match &ending {
+            Ending::Succeeded | Ending::Lost => Ok(true),
+            Ending::Failed { error, retryable } => {
+                queue::fail(&self.db, job.id, job.attempt, error, *retryable).await
+            }
+            Ending::Canceled => queue::mark_canceled(&self.db, job.id, job.attempt).await,
+            Ending::HandedBack => queue::hand_back(&self.db, job.id, job.attempt).await,
+        };
+        let outcome = match ending {
+            Ending::Succeeded => "succeeded",
+            Ending::Failed { .. } => "failed",
+            Ending::Canceled => "canceled",
+            Ending::HandedBack => "handed back",
+            Ending::Lost => "lost its lease",
+        };
+        match recorded {
+            Ok(true) => tracing::info!(
+                outcome,
+                seconds = started.elapsed().as_secs_f64(),
+                "finished"
+            ),
+            Ok(false) => tracing::warn!(
+                outcome,
+                "finished, but the lease had moved on: nothing recorded"
+            ),
+            Err(err) => {
+                tracing::error!(outcome, error = %err, "could not record the outcome; the rescuer will retry the job")
+            }
+        }
+    }
+
+    async fn attempt(&mut self, job: &Claimed) -> anyhow::Result<Ending> {
+        let recipe: Recipe = match serde_json::from_value(job.recipe.0.clone()) {
+            Ok(recipe) => recipe,
+            Err(err) => {
+                return Ok(Ending::Failed {
+                    error: format!("the stored recipe is not valid: {err}"),
+                    retryable: false,
+                });
+            }
+        };
+        let Some(model_id) = job.model_id else {
+            return Ok(Ending::Failed {
+                error: "the model was deleted".into(),
+                retryable: false,
+            });
+        };
+        let inputs: Vec<InputFile> = models::files_for_processing(&self.db, model_id)
+            .await?
+            .into_iter()
+            .map(|f| InputFile {
+                kind: if f.kind == "safetensors" {
+                    InputKind::Weights
+                } else {
+                    InputKind::Other
+                },
+                path: self.blobs.path(&f.sha256),
+                name: f.name,
+            })
+            .collect();
+        let work_dir = self.work_dir(job.id, job.attempt)?;
+
+        let cancel = Cancel::new();
+        let progress = Arc::new(Mutex::new(None::<Progress>));
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        {
+            let cancel = cancel.clone();
+            let progress = progress.clone();
+            let work_dir = work_dir.clone();
+            let sha = job.model_sha256.clone();
+            let span = tracing::Span::current();
+            cpu_pool().spawn(move || {
+                let _entered = span.enter();
+                let result = pipeline::run(&inputs, &recipe, &sha, &work_dir, &cancel, &mut |p| {
+                    *progress.lock().expect("progress lock") = Some(p.clone());
+                });
+                let _ = done_tx.send(result);
+            });
+        }
+
+        // Keep the lease and publish progress until the pipeline returns.
+        let mut done_rx = done_rx;
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        let renew_every = self.config.lease / 3;
+        let mut last_renew = Instant::now();
+        let mut last_progress: Option<Progress> = None;
+        let mut stop_reason: Option<Ending> = None;
+        let mut grace_deadline: Option<Instant> = None;
+        let result = loop {
+            tokio::select! {
+                result = &mut done_rx => break result.map_err(|_| anyhow::anyhow!("the pipeline thread stopped"))?,
+                _ = tick.tick() => {}
+            }
+            if *self.stopped.borrow() && stop_reason.is_none() {
+                let deadline =
+                    *grace_deadline.get_or_insert_with(|| Instant::now() + self.config.grace);
+                if Instant::now() >= deadline {
+                    stop_reason = Some(Ending::HandedBack);
+                    cancel.cancel();
+                }
+            }
+            let current = progress.lock().expect("progress lock").clone();
+            let changed = current.is_some() && current != last_progress;
+            if changed || last_renew.elapsed() >= renew_every {
+                match queue::heartbeat(
+                    &self.db,
+                    job.id,
+                    job.attempt,
+                    self.config.lease,
+                    current.as_ref().filter(|_| changed),
+                )
+                .await
+                {
+                    Ok(Lease::Held) => {}
+                    Ok(Lease::CancelRequested) => {
+                        if stop_reason.is_none() {
+                            stop_reason = Some(Ending::Canceled);
+                        }
+                        cancel.cancel();
+                    }
+                    Ok(Lease::Lost) => {
+                        stop_reason = Some(Ending::Lost);
+                        cancel.cancel();
+                    }
+                    // A database hiccup: keep working; the lease outlasts a few failed renewals.
+                    Err(err) => tracing::warn!(error = %err, "heartbeat failed"),
+                }
+                last_renew = Instant::now();
+                last_progress = current;
+            }
+        };
+        let ending = match result {
+            Ok(outcome) => {
+                let mut artifacts = Vec::with_capacity(outcome.files.len());
+                for file in &outcome.files {
+                    artifacts.push(Artifact {
+                        name: file.name.clone(),
+                        blob: self.blobs.adopt(&file.path, &file.sha256, file.bytes)?,
+                    });
+                }
+                let published = queue::complete(
+                    &self.db,
+                    &self.blobs,
+                    job.id,
+                    job.attempt,
+                    artifacts,
+                    &outcome.tensors,
+                    &outcome.summary,
+                )
+                .await?;
+                if published {
+                    Ending::Succeeded
+                } else {
+                    Ending::Lost
+                }
+            }
+            Err(PipelineError::Canceled) => stop_reason.unwrap_or(Ending::Canceled),
+            Err(PipelineError::Input(error)) => Ending::Failed {
+                error,
+                retryable: false,
+            },
+            Err(PipelineError::Io(err)) => Ending::Failed {
+                error: format!("I/O error: {err}"),
+                retryable: true,
+            },
+        };
+        let _ = std::fs::remove_dir_all(&work_dir);
+        Ok(ending)
+    }
+
+    /// A fresh folder for this attempt's outputs, inside the blob store's temp folder (same file
+    /// system, so publishing is a rename); folders of earlier attempts of the job are removed.
+    fn work_dir(&self, id: Uuid, attempt: i32) -> std::io::Result<PathBuf> {
+        let tmp = self.blobs.temp_dir();
+        let prefix = format!("job-{id}.");
+        for entry in std::fs::read_dir(&tmp)?.flatten() {
+            if entry.file_name().to_string_lossy().starts_with(&prefix) {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+        let dir = tmp.join(format!("{prefix}{attempt}"));
+        std::fs::create_dir_all(&dir)?;
+        Ok(dir)
+    }
+}

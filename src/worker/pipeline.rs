@@ -1,0 +1,685 @@
+//! The pipeline: runs a recipe over a model's files and writes the artifact set into a folder,
+//! with the per-tensor metrics and the summary. Shared by the workers and `squeeze compress`;
+//! no database, no async. Call it inside the worker's rayon pool: chunks of a tensor run in
+//! parallel there.
+//!
+//! Memory stays at a few tensors whatever the model size: each tensor is mapped on its own and
+//! unmapped when done (so its pages leave the process), transformed in row chunks, and written
+//! out before the next one. Stages that need a whole-tensor statistic (a magnitude threshold, a
+//! per-tensor range) get it from extra read passes over the chunks, never from a full copy.
+
+use std::fs::File;
+use std::io::{self, BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use rayon::prelude::*;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::compress::prune::{MagnitudeCut, prune_count};
+use crate::compress::quantize::{Granularity, QParams, min_max};
+use crate::compress::{Cancel, Canceled};
+use crate::formats::dtype;
+use crate::formats::safetensors::{self, Header, TensorInfo};
+use crate::jobs::recipe::{Prune, Recipe, Stage, TensorMeta};
+
+/// Values per chunk (whole rows are kept together).
+const CHUNK_VALUES: usize = 1 << 16;
+
+/// What a model file is to the pipeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InputKind {
+    /// Weights: transformed.
+    Weights,
+    /// Anything else (config, index, tokenizer): copied.
+    Other,
+}
+
+/// One file of the model.
+#[derive(Debug, Clone)]
+pub struct InputFile {
+    /// Name in the model folder.
+    pub name: String,
+    /// Weights or other.
+    pub kind: InputKind,
+    /// Where its bytes are.
+    pub path: PathBuf,
+}
+
+/// One file of the artifact set.
+#[derive(Debug, Clone, Serialize)]
+pub struct OutputFile {
+    /// Name in the artifact folder.
+    pub name: String,
+    /// Where it was written.
+    #[serde(skip)]
+    pub path: PathBuf,
+    /// Size.
+    pub bytes: u64,
+    /// Content digest.
+    pub sha256: String,
+}
+
+/// Metrics of one tensor, measured against the original weights.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct TensorReport {
+    /// Tensor name.
+    pub name: String,
+    /// What was done to it ("int8 sym per channel", "unchanged").
+    pub scheme: String,
+    /// Stored dtype.
+    pub dtype: String,
+    /// Dimensions.
+    #[sqlx(json)]
+    pub shape: Vec<u64>,
+    /// Bytes before.
+    pub bytes_in: i64,
+    /// Bytes after.
+    pub bytes_out: i64,
+    /// Fraction of exact zeros after.
+    pub sparsity: f64,
+    /// ‖W − Ŵ‖ / ‖W‖ (Frobenius).
+    pub rel_error: f64,
+    /// 10·log10(‖W‖² / ‖W − Ŵ‖²); null when the error is zero.
+    pub sqnr_db: Option<f64>,
+    /// Cosine similarity of W and Ŵ as vectors; null when either is all zero.
+    pub cosine: Option<f64>,
+    /// max |W − Ŵ|.
+    pub max_abs_error: f64,
+}
+
+/// The figures of a whole job.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct Summary {
+    /// Output format.
+    pub format: String,
+    /// Bytes of the model's files.
+    pub bytes_in: u64,
+    /// Bytes of the artifact's model files (recipe.json excluded).
+    pub bytes_out: u64,
+    /// bytes_in / bytes_out.
+    pub ratio: f64,
+    /// Bits on disk per parameter of the output's weight files.
+    pub bits_per_weight: f64,
+    /// Parameters in the model.
+    pub parameters: u64,
+    /// Parameters in compressed tensors.
+    pub compressed_parameters: u64,
+    /// Tensors compressed.
+    pub compressed_tensors: usize,
+    /// Fraction of exact zeros over the compressed tensors.
+    pub sparsity: f64,
+    /// Mean relative error over compressed tensors.
+    pub mean_rel_error: f64,
+    /// Worst relative error.
+    pub worst_rel_error: f64,
+    /// Where the worst error is.
+    pub worst_tensor: Option<String>,
+    /// Wall time of the pipeline.
+    pub wall_seconds: f64,
+    /// Input bytes of weights per second.
+    pub throughput_bytes_per_s: f64,
+    /// Peak resident memory of the process that ran it.
+    pub peak_rss_bytes: Option<u64>,
+    /// squeeze version that produced it.
+    pub squeeze_version: String,
+}
+
+/// Counters reported while running.
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize, PartialEq)]
+#[serde(default)]
+pub struct Progress {
+    /// Tensors finished.
+    pub tensors_done: u64,
+    /// Tensors in the model.
+    pub tensors_total: u64,
+    /// Weight bytes finished.
+    pub bytes_done: u64,
+    /// Weight bytes in the model.
+    pub bytes_total: u64,
+}
+
+/// What a run produced.
+#[derive(Debug)]
+pub struct Outcome {
+    /// Artifact files, in name order.
+    pub files: Vec<OutputFile>,
+    /// Metrics of every tensor, in name order.
+    pub tensors: Vec<TensorReport>,
+    /// The summary.
+    pub summary: Summary,
+}
+
+/// Why a run stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error("canceled")]
+    Canceled,
+    /// The input or the recipe is bad: retrying cannot help.
+    #[error("{0}")]
+    Input(String),
+    /// Reading or writing failed: another attempt may succeed.
+    #[error("I/O: {0}")]
+    Io(#[from] io::Error),
+}
+
+impl From<Canceled> for PipelineError {
+    fn from(_: Canceled) -> Self {
+        PipelineError::Canceled
+    }
+}
+
+/// A file written through a hasher, published by rename when finished.
+struct HashingFile {
+    out: BufWriter<File>,
+    hasher: Sha256,
+    bytes: u64,
+    temp: PathBuf,
+    path: PathBuf,
+}
+
+impl HashingFile {
+    fn create(dir: &Path, name: &str) -> io::Result<HashingFile> {
+        let path = dir.join(name);
+        let temp = dir.join(format!(".{name}.part"));
+        Ok(HashingFile {
+            out: BufWriter::with_capacity(1 << 20, File::create(&temp)?),
+            hasher: Sha256::new(),
+            bytes: 0,
+            temp,
+            path,
+        })
+    }
+
+    fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.hasher.update(bytes);
+        self.bytes += bytes.len() as u64;
+        self.out.write_all(bytes)
+    }
+
+    fn finish(self, name: &str) -> io::Result<OutputFile> {
+        let file = self.out.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()?;
+        std::fs::rename(&self.temp, &self.path)?;
+        Ok(OutputFile {
+            name: name.to_owned(),
+            path: self.path,
+            bytes: self.bytes,
+            sha256: hex::encode(self.hasher.finalize()),
+        })
+    }
+}
+
+/// Runs `recipe` over the model and writes the artifact set into `out_dir` (which must exist).
+pub fn run(
+    inputs: &[InputFile],
+    recipe: &Recipe,
+    model_sha256: &str,
+    out_dir: &Path,
+    cancel: &Cancel,
+    progress: &mut dyn FnMut(&Progress),
+) -> Result<Outcome, PipelineError> {
+    let started = Instant::now();
+    let mut weights: Vec<(&InputFile, Header)> = Vec::new();
+    for input in inputs.iter().filter(|i| i.kind == InputKind::Weights) {
+        let header = safetensors::read_header(&input.path)
+            .map_err(|e| PipelineError::Input(format!("{}: {e}", input.name)))?;
+        weights.push((input, header));
+    }
+    if weights.is_empty() {
+        return Err(PipelineError::Input("the model has no weight files".into()));
+    }
+    let metas: Vec<TensorMeta> = weights
+        .iter()
+        .flat_map(|(_, h)| h.tensors.iter())
+        .map(|t| TensorMeta {
+            name: t.name.clone(),
+            dtype: t.dtype,
+            shape: t.shape.clone(),
+        })
+        .collect();
+    recipe
+        .validate(&metas)
+        .map_err(|e| PipelineError::Input(e.to_string()))?;
+    let selection = recipe
+        .selection()
+        .map_err(|e| PipelineError::Input(e.to_string()))?;
+
+    let mut state = Progress {
+        tensors_total: metas.len() as u64,
+        bytes_total: weights.iter().map(|(_, h)| h.data_len()).sum(),
+        ..Progress::default()
+    };
+    progress(&state);
+    let scheme = recipe
+        .stages
+        .iter()
+        .map(Stage::describe)
+        .collect::<Vec<_>>()
+        .join(" + ");
+
+    let mut files = Vec::new();
+    let mut reports = Vec::new();
+    for (input, header) in &weights {
+        let mut out = HashingFile::create(out_dir, &input.name)?;
+        out.write(&header_bytes(header))?;
+        let file = File::open(&input.path)?;
+        for t in &header.tensors {
+            cancel.check()?;
+            let offset = header.data_start() + t.begin;
+            let data = map_range(&file, offset, t.bytes())?;
+            let bytes = data.bytes();
+            let selected = selection.selects(&t.name, t.dtype, t.shape.len());
+            let report = if selected {
+                let (transformed, report) = transform(bytes, t, &recipe.stages, &scheme, cancel)?;
+                out.write(&transformed)?;
+                report
+            } else {
+                out.write(bytes)?;
+                unchanged(t)
+            };
+            reports.push(report);
+            state.tensors_done += 1;
+            state.bytes_done += t.bytes();
+            progress(&state);
+        }
+        files.push(out.finish(&input.name)?);
+    }
+    for input in inputs.iter().filter(|i| i.kind == InputKind::Other) {
+        cancel.check()?;
+        let mut out = HashingFile::create(out_dir, &input.name)?;
+        out.write(&std::fs::read(&input.path)?)?;
+        files.push(out.finish(&input.name)?);
+    }
+    let bytes_out: u64 = files.iter().map(|f| f.bytes).sum();
+    let weight_bytes_out: u64 = files
+        .iter()
+        .filter(|f| weights.iter().any(|(w, _)| w.name == f.name))
+        .map(|f| f.bytes)
+        .sum();
+    let provenance = serde_json::json!({
+        "recipe": recipe,
+        "model_sha256": model_sha256,
+        "squeeze_version": env!("CARGO_PKG_VERSION"),
+    });
+    let mut out = HashingFile::create(out_dir, "recipe.json")?;
+    out.write(&serde_json::to_vec_pretty(&provenance).expect("JSON serialises"))?;
+    files.push(out.finish("recipe.json")?);
+    files.sort_by(|a, b| a.name.cmp(&b.name));
+    reports.sort_by(|a, b| a.name.cmp(&b.name));
+
+    let bytes_in: u64 = inputs
+        .iter()
+        .map(|i| std::fs::metadata(&i.path).map(|m| m.len()))
+        .sum::<io::Result<u64>>()?;
+    let summary = summarize(
+        &reports,
+        &metas,
+        bytes_in,
+        bytes_out,
+        weight_bytes_out,
+        started,
+        state.bytes_total,
+        recipe,
+    );
+    Ok(Outcome {
+        files,
+        tensors: reports,
+        summary,
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn summarize(
+    reports: &[TensorReport],
+    metas: &[TensorMeta],
+    bytes_in: u64,
+    bytes_out: u64,
+    weight_bytes_out: u64,
+    started: Instant,
+    weight_bytes_in: u64,
+    recipe: &Recipe,
+) -> Summary {
+    let parameters: u64 = metas.iter().map(|m| m.shape.iter().product::<u64>()).sum();
+    let compressed: Vec<(&TensorReport, u64)> = reports
+        .iter()
+        .filter(|r| r.scheme != UNCHANGED)
+        .map(|r| (r, r.shape.iter().product::<u64>()))
+        .collect();
+    let compressed_parameters: u64 = compressed.iter().map(|(_, n)| n).sum();
+    let zeros: f64 = compressed.iter().map(|(r, n)| r.sparsity * *n as f64).sum();
+    let worst = compressed
+        .iter()
+        .max_by(|a, b| a.0.rel_error.total_cmp(&b.0.rel_error));
+    let wall = started.elapsed().as_secs_f64();
+    Summary {
+        format: serde_json::to_value(recipe.format)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default(),
+        bytes_in,
+        bytes_out,
+        ratio: bytes_in as f64 / bytes_out.max(1) as f64,
+        bits_per_weight: weight_bytes_out as f64 * 8.0 / parameters.max(1) as f64,
+        parameters,
+        compressed_parameters,
+        compressed_tensors: compressed.len(),
+        sparsity: zeros / compressed_parameters.max(1) as f64,
+        mean_rel_error: compressed.iter().map(|(r, _)| r.rel_error).sum::<f64>()
+            / compressed.len().max(1) as f64,
+        worst_rel_error: worst.map_or(0.0, |(r, _)| r.rel_error),
+        worst_tensor: worst.map(|(r, _)| r.name.clone()),
+        wall_seconds: wall,
+        throughput_bytes_per_s: weight_bytes_in as f64 / wall.max(1e-9),
+        peak_rss_bytes: peak_rss_bytes(),
+        squeeze_version: env!("CARGO_PKG_VERSION").to_owned(),
+    }
+}
+
+/// Peak resident set of this process (Linux `VmHWM`).
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
+}
+
+const UNCHANGED: &str = "unchanged";
+
+fn unchanged(t: &TensorInfo) -> TensorReport {
+    TensorReport {
+        name: t.name.clone(),
+        scheme: UNCHANGED.to_owned(),
+        dtype: t.dtype.as_str().to_owned(),
+        shape: t.shape.clone(),
+        bytes_in: t.bytes() as i64,
+        bytes_out: t.bytes() as i64,
+        sparsity: 0.0,
+        rel_error: 0.0,
+        sqnr_db: None,
+        cosine: Some(1.0),
+        max_abs_error: 0.0,
+    }
+}
+
+/// A safetensors header for the same tensors, laid out as the reference writer does:
+/// `__metadata__` first (with `format: pt`, which transformers requires), entries in data
+/// order, padded with spaces to a multiple of 8 bytes.
+fn header_bytes(header: &Header) -> Vec<u8> {
+    let mut json = String::from("{");
+    let mut metadata = header.metadata.clone().unwrap_or_default();
+    metadata
+        .entry("format".to_owned())
+        .or_insert_with(|| "pt".to_owned());
+    json.push_str("\"__metadata__\":");
+    json.push_str(&serde_json::to_string(&metadata).expect("strings serialise"));
+    for t in &header.tensors {
+        json.push(',');
+        json.push_str(&serde_json::to_string(&t.name).expect("a string serialises"));
+        json.push_str(&format!(
+            ":{{\"dtype\":\"{}\",\"shape\":{},\"data_offsets\":[{},{}]}}",
+            t.dtype.as_str(),
+            serde_json::to_string(&t.shape).expect("numbers serialise"),
+            t.begin,
+            t.end
+        ));
+    }
+    json.push('}');
+    while !json.len().is_multiple_of(8) {
+        json.push(' ');
+    }
+    let mut out = (json.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(json.as_bytes());
+    out
+}
+
+/// A read-only view of one tensor's bytes, mapped on its own so that dropping it releases the
+/// pages from the process.
+struct MappedRange {
+    map: Option<memmap2::Mmap>,
+    skip: usize,
+    len: usize,
+}
+
+impl MappedRange {
+    fn bytes(&self) -> &[u8] {
+        match &self.map {
+            Some(map) => &map[self.skip..self.skip + self.len],
+            None => &[],
+        }
+    }
+}
+
+fn map_range(file: &File, offset: u64, len: u64) -> io::Result<MappedRange> {
+    if len == 0 {
+        return Ok(MappedRange {
+            map: None,
+            skip: 0,
+            len: 0,
+        });
+    }
+    let page = 4096u64;
+    let aligned = offset - offset % page;
+    let skip = (offset - aligned) as usize;
+    // SAFETY: model files are content-addressed blobs that are never modified in place (they are
+    // replaced only by rename), so the mapped bytes cannot change under us.
+    let map = unsafe {
+        memmap2::MmapOptions::new()
+            .offset(aligned)
+            .len(skip + len as usize)
+            .map(file)?
+    };
+    Ok(MappedRange {
+        map: Some(map),
+        skip,
+        len: len as usize,
+    })
+}
+
+/// Whole-tensor facts a stage needs before its chunks can run.
+enum StageGlobal {
+    Cut(MagnitudeCut),
+    TensorParams(QParams),
+    None,
+}
+
+/// Layout of a tensor as rows × cols and its chunks of whole rows.
+#[derive(Clone, Copy)]
+struct Layout {
+    cols: usize,
+    rows: usize,
+    rows_per_chunk: usize,
+    width: usize,
+}
+
+impl Layout {
+    fn of(t: &TensorInfo) -> Layout {
+        let total = t.elements() as usize;
+        let cols = if t.shape.len() <= 1 {
+            total.max(1)
+        } else {
+            (t.shape[1..].iter().product::<u64>() as usize).max(1)
+        };
+        let rows = total / cols;
+        Layout {
+            cols,
+            rows,
+            rows_per_chunk: (CHUNK_VALUES / cols).max(1),
+            width: dtype::float_width(t.dtype),
+        }
+    }
+
+    fn chunks(&self) -> usize {
+        self.rows.div_ceil(self.rows_per_chunk)
+    }
+
+    fn chunk_values(&self, c: usize) -> std::ops::Range<usize> {
+        let first = c * self.rows_per_chunk;
+        let last = ((c + 1) * self.rows_per_chunk).min(self.rows);
+        first * self.cols..last * self.cols
+    }
+}
+
+fn apply_stages(
+    stages: &[Stage],
+    globals: &[StageGlobal],
+    chunk: usize,
+    values: &mut [f32],
+    cols: usize,
+) {
+    for (stage, global) in stages.iter().zip(globals) {
+        match (stage, global) {
+            (Stage::Prune(Prune::Magnitude { .. }), StageGlobal::Cut(cut)) => {
+                cut.apply(chunk, values);
+            }
+            (Stage::Quantize(q), global) => {
+                let tensor = match global {
+                    StageGlobal::TensorParams(p) => Some(*p),
+                    _ => None,
+                };
+                q.int_scheme().fake_quantize_rows(values, cols, tensor);
+            }
+            _ => unreachable!("every prune stage has its cut"),
+        }
+    }
+}
+
+/// Partial sums for the fidelity metrics of one chunk.
+#[derive(Default, Clone, Copy)]
+struct Sums {
+    orig_sq: f64,
+    out_sq: f64,
+    err_sq: f64,
+    dot: f64,
+    max_abs: f64,
+    zeros: u64,
+    count: u64,
+}
+
+impl Sums {
+    fn add(&mut self, original: &[f32], output: &[f32]) {
+        for (&a, &b) in original.iter().zip(output) {
+            let (a, b) = (f64::from(a), f64::from(b));
+            let e = a - b;
+            self.orig_sq += a * a;
+            self.out_sq += b * b;
+            self.err_sq += e * e;
+            self.dot += a * b;
+            self.max_abs = self.max_abs.max(e.abs());
+            self.zeros += u64::from(b == 0.0);
+        }
+        self.count += original.len() as u64;
+    }
+
+    fn merge(mut self, o: Sums) -> Sums {
+        self.orig_sq += o.orig_sq;
+        self.out_sq += o.out_sq;
+        self.err_sq += o.err_sq;
+        self.dot += o.dot;
+        self.max_abs = self.max_abs.max(o.max_abs);
+        self.zeros += o.zeros;
+        self.count += o.count;
+        self
+    }
+}
+
+fn transform(
+    bytes: &[u8],
+    t: &TensorInfo,
+    stages: &[Stage],
+    scheme: &str,
+    cancel: &Cancel,
+) -> Result<(Vec<u8>, TensorReport), PipelineError> {
+    let layout = Layout::of(t);
+    let decode_chunk = |c: usize, buf: &mut Vec<f32>| {
+        let range = layout.chunk_values(c);
+        buf.resize(range.len(), 0.0);
+        dtype::decode(
+            t.dtype,
+            &bytes[range.start * layout.width..range.end * layout.width],
+            buf,
+        );
+    };
+    let mut globals: Vec<StageGlobal> = Vec::with_capacity(stages.len());
+    for (i, stage) in stages.iter().enumerate() {
+        let visit = |c: usize, sink: &mut dyn FnMut(&[f32])| {
+            let mut buf = Vec::new();
+            decode_chunk(c, &mut buf);
+            apply_stages(&stages[..i], &globals, c, &mut buf, layout.cols);
+            sink(&buf);
+        };
+        let global = match stage {
+            Stage::Prune(Prune::Magnitude { sparsity, .. }) => {
+                let k = prune_count(t.elements(), *sparsity);
+                StageGlobal::Cut(MagnitudeCut::select(layout.chunks(), k, visit, cancel)?)
+            }
+            Stage::Quantize(q) if q.int_scheme().granularity == Granularity::Tensor => {
+                let (min, max) = (0..layout.chunks())
+                    .into_par_iter()
+                    .map(|c| {
+                        let mut range = (f32::INFINITY, f32::NEG_INFINITY);
+                        visit(c, &mut |v: &[f32]| {
+                            let (lo, hi) = min_max(v);
+                            range = (range.0.min(lo), range.1.max(hi));
+                        });
+                        range
+                    })
+                    .reduce(
+                        || (f32::INFINITY, f32::NEG_INFINITY),
+                        |a, b| (a.0.min(b.0), a.1.max(b.1)),
+                    );
+                StageGlobal::TensorParams(q.int_scheme().params(min, max))
+            }
+            Stage::Quantize(_) => StageGlobal::None,
+        };
+        globals.push(global);
+    }
+
+    let mut out = vec![0u8; bytes.len()];
+    let chunk_bytes = layout.rows_per_chunk * layout.cols * layout.width;
+    let sums = out
+        .par_chunks_mut(chunk_bytes.max(1))
+        .enumerate()
+        .map(|(c, out_chunk)| -> Result<Sums, Canceled> {
+            cancel.check()?;
+            let mut original = Vec::new();
+            decode_chunk(c, &mut original);
+            let mut values = original.clone();
+            apply_stages(stages, &globals, c, &mut values, layout.cols);
+            dtype::encode(t.dtype, &values, out_chunk);
+            // Measure what is stored, after rounding to the output dtype.
+            dtype::decode(t.dtype, out_chunk, &mut values);
+            let mut sums = Sums::default();
+            sums.add(&original, &values);
+            Ok(sums)
+        })
+        .try_reduce(Sums::default, |a, b| Ok(a.merge(b)))?;
+    let rel_error = if sums.orig_sq > 0.0 {
+        (sums.err_sq / sums.orig_sq).sqrt()
+    } else {
+        sums.err_sq.sqrt()
+    };
+    let report = TensorReport {
+        name: t.name.clone(),
+        scheme: scheme.to_owned(),
+        dtype: t.dtype.as_str().to_owned(),
+        shape: t.shape.clone(),
+        bytes_in: t.bytes() as i64,
+        bytes_out: out.len() as i64,
+        sparsity: sums.zeros as f64 / sums.count.max(1) as f64,
+        rel_error,
+        sqnr_db: (sums.err_sq > 0.0 && sums.orig_sq > 0.0)
+            .then(|| 10.0 * (sums.orig_sq / sums.err_sq).log10()),
+        cosine: (sums.orig_sq > 0.0 && sums.out_sq > 0.0)
+            .then(|| sums.dot / (sums.orig_sq.sqrt() * sums.out_sq.sqrt())),
+        max_abs_error: sums.max_abs,
+    };
+    Ok((out, report))
+}

@@ -1,0 +1,589 @@
+//! Jobs over HTTP: submit, follow, download, compare with an independent computation; the
+//! queue's promises (exactly once, fencing, rescue, retries, cancellation, idempotency).
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use squeeze::jobs::queue::{self, Lease};
+
+use crate::common::safetensors;
+use crate::helpers::{Options, TestApp, is_problem, spawn_app, spawn_app_with};
+
+/// BF16 bits of an f32, round to nearest even (written here, independently of the service).
+fn bf16(x: f32) -> u16 {
+    let bits = x.to_bits();
+    ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16) as u16
+}
+
+fn from_bf16(b: u16) -> f32 {
+    f32::from_bits(u32::from(b) << 16)
+}
+
+/// A model with two BF16 matrices (one with an outlier) and an F32 norm, plus its values.
+fn model(rows: usize, cols: usize) -> (Vec<u8>, Vec<(String, Vec<f32>)>) {
+    let mut state = 7u64;
+    let mut next = || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        ((state % 20_001) as f32 / 10_000.0 - 1.0) * 0.05
+    };
+    let mut values = Vec::new();
+    let mut tensors = Vec::new();
+    for layer in 0..2 {
+        let mut w: Vec<f32> = (0..rows * cols).map(|_| from_bf16(bf16(next()))).collect();
+        w[3 * cols + 5] = from_bf16(bf16(1.5));
+        let bytes: Vec<u8> = w.iter().flat_map(|v| bf16(*v).to_le_bytes()).collect();
+        values.push((format!("layers.{layer}.mlp.weight"), w));
+        tensors.push((format!("layers.{layer}.mlp.weight"), bytes));
+    }
+    let norm: Vec<f32> = (0..cols).map(|i| 1.0 + i as f32 * 1e-3).collect();
+    let norm_bytes: Vec<u8> = norm.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let shape = [rows as u64, cols as u64];
+    let file = safetensors(&[
+        (&tensors[0].0, "BF16", &shape, tensors[0].1.clone()),
+        (&tensors[1].0, "BF16", &shape, tensors[1].1.clone()),
+        ("norm.weight", "F32", &[cols as u64], norm_bytes),
+    ]);
+    values.push(("norm.weight".into(), norm));
+    (file, values)
+}
+
+/// Tensors of a safetensors file as f32, read by a parser written here.
+fn read_tensors(bytes: &[u8]) -> Vec<(String, Vec<f32>)> {
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Map<String, Value> = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let data = &bytes[8 + n..];
+    let mut out = Vec::new();
+    for (name, info) in header {
+        if name == "__metadata__" {
+            continue;
+        }
+        let (b, e) = (
+            info["data_offsets"][0].as_u64().unwrap() as usize,
+            info["data_offsets"][1].as_u64().unwrap() as usize,
+        );
+        let raw = &data[b..e];
+        let values = match info["dtype"].as_str().unwrap() {
+            "BF16" => raw
+                .chunks_exact(2)
+                .map(|c| from_bf16(u16::from_le_bytes([c[0], c[1]])))
+                .collect(),
+            "F32" => raw
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                .collect(),
+            other => panic!("unexpected dtype {other}"),
+        };
+        out.push((name, values));
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+async fn upload_model(
+    app: &TestApp,
+    rows: usize,
+    cols: usize,
+) -> (String, Vec<(String, Vec<f32>)>) {
+    let (file, values) = model(rows, cols);
+    let response = app.upload("model", file).await;
+    assert_eq!(response.status(), 201);
+    let m: Value = response.json().await.unwrap();
+    (m["id"].as_str().unwrap().to_owned(), values)
+}
+
+async fn submit(app: &TestApp, body: Value, key: Option<&str>) -> reqwest::Response {
+    let mut request = app
+        .client
+        .post(app.url("/api/v1/jobs"))
+        .header("authorization", app.bearer())
+        .json(&body);
+    if let Some(key) = key {
+        request = request.header("idempotency-key", key);
+    }
+    request.send().await.unwrap()
+}
+
+async fn wait_final(app: &TestApp, id: &str) -> Value {
+    for _ in 0..600 {
+        let job = app.json(&format!("/api/v1/jobs/{id}")).await;
+        if ["succeeded", "failed", "canceled"].contains(&job["state"].as_str().unwrap()) {
+            return job;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("job {id} did not finish");
+}
+
+#[tokio::test]
+async fn a_job_runs_end_to_end_and_its_artifact_matches_an_independent_int8_computation() {
+    let app = spawn_app().await;
+    let (model_id, values) = upload_model(&app, 64, 256).await;
+    let recipe = json!({"stages": [{"quantize": {"scheme": "int", "bits": 8, "symmetric": true, "granularity": "channel"}}], "format": "safetensors"});
+    let body = json!({"model_id": model_id, "recipe": recipe, "name": "int8"});
+    let first = submit(&app, body.clone(), Some("k1")).await;
+    assert_eq!(first.status(), 202);
+    let job: Value = first.json().await.unwrap();
+    let id = job["id"].as_str().unwrap().to_owned();
+    let again: Value = submit(&app, body.clone(), Some("k1"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(again["id"], job["id"], "same key and body: same job");
+    let other = submit(
+        &app,
+        json!({"model_id": model_id, "preset": "int8"}),
+        Some("k1"),
+    )
+    .await;
+    assert_eq!(other.status(), 422);
+    assert!(is_problem(&other));
+
+    // Follow the events to the end.
+    let mut events = app
+        .client
+        .get(app.url(&format!("/api/v1/jobs/{id}/events")))
+        .header("authorization", app.bearer())
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        events.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
+    let mut text = String::new();
+    while let Some(chunk) = tokio::time::timeout(Duration::from_secs(60), events.chunk())
+        .await
+        .unwrap()
+        .unwrap()
+    {
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    let last_data = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .next_back()
+        .unwrap();
+    let last: Value = serde_json::from_str(last_data.trim()).unwrap();
+    assert_eq!(last["state"], "succeeded", "{text}");
+    assert!(text.contains("event: state"));
+
+    let job = app.json(&format!("/api/v1/jobs/{id}")).await;
+    assert_eq!(job["attempt"], 1);
+    assert_eq!(job["result"]["compressed_tensors"], 2);
+    let response = app
+        .get(&format!("/api/v1/jobs/{id}/files/model.safetensors"))
+        .await;
+    assert_eq!(response.status(), 200);
+    let etag = response.headers()["etag"].to_str().unwrap().to_owned();
+    let artifact = response.bytes().await.unwrap();
+    let got = read_tensors(&artifact);
+    for ((name, original), (got_name, got_values)) in values.iter().zip(&got) {
+        assert_eq!(name, got_name);
+        if name == "norm.weight" {
+            assert_eq!(original, got_values, "1-D tensors stay as they are");
+            continue;
+        }
+        for (row, (o, g)) in original.chunks(256).zip(got_values.chunks(256)).enumerate() {
+            let amax = o.iter().fold(0f64, |m, v| m.max(f64::from(v.abs())));
+            let scale = amax / 127.5;
+            for (x, y) in o.iter().zip(g) {
+                let q = (f64::from(*x) / scale)
+                    .round_ties_even()
+                    .clamp(-128.0, 127.0);
+                let want = f64::from(from_bf16(bf16((q * scale) as f32)));
+                // Same code, or a neighbour where f32 and f64 disagree on a tie.
+                assert!(
+                    (want - f64::from(*y)).abs() <= scale * 1.01,
+                    "{name} row {row}: {x} -> {y}, want {want}"
+                );
+            }
+        }
+    }
+
+    let report = app.json(&format!("/api/v1/jobs/{id}/report")).await;
+    let rows = report["tensors"].as_array().unwrap();
+    assert_eq!(rows.len(), 3);
+    let row = rows
+        .iter()
+        .find(|r| r["name"] == "layers.0.mlp.weight")
+        .unwrap();
+    assert!(row["rel_error"].as_f64().unwrap() > 0.0 && row["rel_error"].as_f64().unwrap() < 0.02);
+    assert!(row["sqnr_db"].as_f64().unwrap() > 30.0);
+    let files = app.json(&format!("/api/v1/jobs/{id}/files")).await;
+    let names: Vec<&str> = files["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["model.safetensors", "recipe.json"]);
+
+    // ETag and Range.
+    let cached = app
+        .client
+        .get(app.url(&format!("/api/v1/jobs/{id}/files/model.safetensors")))
+        .header("authorization", app.bearer())
+        .header("if-none-match", &etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cached.status(), 304);
+    let part = app
+        .client
+        .get(app.url(&format!("/api/v1/jobs/{id}/files/model.safetensors")))
+        .header("authorization", app.bearer())
+        .header("range", "bytes=8-15")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(part.status(), 206);
+    assert_eq!(part.bytes().await.unwrap()[..], artifact[8..16]);
+    app.assert_no_temp_files().await;
+}
+
+#[tokio::test]
+async fn prune_then_quantize_keeps_the_zeros_and_reaches_the_sparsity() {
+    let app = spawn_app().await;
+    let (model_id, _) = upload_model(&app, 32, 128).await;
+    let job: Value = submit(
+        &app,
+        json!({"model_id": model_id, "preset": "prune-50-int8"}),
+        None,
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    let job = wait_final(&app, job["id"].as_str().unwrap()).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    let sparsity = job["result"]["sparsity"].as_f64().unwrap();
+    assert!((sparsity - 0.5).abs() < 0.01, "{sparsity}");
+    let artifact = app
+        .get(&format!(
+            "/api/v1/jobs/{}/files/model.safetensors",
+            job["id"].as_str().unwrap()
+        ))
+        .await
+        .bytes()
+        .await
+        .unwrap();
+    for (name, values) in read_tensors(&artifact) {
+        if name.ends_with("mlp.weight") {
+            let zeros = values.iter().filter(|v| **v == 0.0).count();
+            assert!(zeros >= values.len() / 2, "{name}: {zeros} zeros");
+        }
+    }
+}
+
+#[tokio::test]
+async fn bad_recipes_are_refused_at_submission_naming_the_rule() {
+    let app = spawn_app().await;
+    let (model_id, _) = upload_model(&app, 16, 96).await;
+    let cases = [
+        (
+            json!({"model_id": model_id, "recipe": {"stages": [{"quantize": {"scheme": "int", "bits": 4, "granularity": "group", "group_size": 64}}]}}),
+            "group_size_does_not_divide_row",
+        ),
+        (
+            json!({"model_id": model_id, "recipe": {"stages": [{"quantize": {"scheme": "int", "bits": 12}}]}}),
+            "bits_out_of_range",
+        ),
+        (
+            json!({"model_id": model_id, "recipe": {"stages": [{"prune": {"method": "magnitude", "sparsity": 1.5}}]}}),
+            "sparsity_out_of_range",
+        ),
+        (
+            json!({"model_id": model_id, "recipe": {"stages": [{"teleport": {}}]}}),
+            "bad_recipe",
+        ),
+        (
+            json!({"model_id": model_id, "recipe": {"stages": [{"quantize": {"scheme": "int", "bits": 8}}], "targets": ["missing.weight"]}}),
+            "target_matches_nothing",
+        ),
+        (
+            json!({"model_id": model_id, "preset": "int1"}),
+            "unknown_preset",
+        ),
+        (json!({"model_id": model_id}), "recipe_or_preset"),
+    ];
+    for (body, code) in cases {
+        let response = submit(&app, body.clone(), None).await;
+        assert_eq!(response.status(), 422, "{body}");
+        assert!(is_problem(&response));
+        let problem: Value = response.json().await.unwrap();
+        assert_eq!(problem["code"], code, "{problem}");
+    }
+    let first: Value = submit(&app, json!({"model_id": model_id, "recipe": {"stages": [{"quantize": {"scheme": "int", "bits": 4, "granularity": "group", "group_size": 64}}]}}), None).await.json().await.unwrap();
+    assert_eq!(first["tensor"], "layers.0.mlp.weight");
+    let missing = submit(
+        &app,
+        json!({"model_id": uuid::Uuid::now_v7(), "preset": "int8"}),
+        None,
+    )
+    .await;
+    assert_eq!(missing.status(), 404);
+    let listed = app.json("/api/v1/jobs").await;
+    assert!(
+        listed["items"].as_array().unwrap().is_empty(),
+        "refused jobs are not queued"
+    );
+}
+
+#[tokio::test]
+async fn a_queued_job_canceled_never_starts_and_other_teams_cannot_see_jobs() {
+    let app = spawn_app_with(Options {
+        workers: 0,
+        ..Options::default()
+    })
+    .await;
+    let (model_id, _) = upload_model(&app, 16, 64).await;
+    let job: Value = submit(&app, json!({"model_id": model_id, "preset": "int8"}), None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = job["id"].as_str().unwrap();
+    assert_eq!(job["state"], "queued");
+    let other = app.token_of("team-b").await;
+    assert_eq!(
+        app.get_as(&other, &format!("/api/v1/jobs/{id}"))
+            .await
+            .status(),
+        404
+    );
+    let canceled = app
+        .client
+        .post(app.url(&format!("/api/v1/jobs/{id}/cancel")))
+        .header("authorization", app.bearer())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(canceled.status(), 202);
+    let canceled: Value = canceled.json().await.unwrap();
+    assert_eq!(canceled["state"], "canceled");
+    assert!(
+        queue::claim(&app.state.db, "test", Duration::from_secs(5))
+            .await
+            .unwrap()
+            .is_none(),
+        "a canceled job is never claimed"
+    );
+    let deleted = app
+        .client
+        .delete(app.url(&format!("/api/v1/models/{model_id}")))
+        .header("authorization", app.bearer())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        deleted.status(),
+        204,
+        "no active job uses the model any more"
+    );
+}
+
+#[tokio::test]
+async fn a_stale_worker_is_fenced_and_an_expired_lease_is_rescued() {
+    let app = spawn_app_with(Options {
+        workers: 0,
+        ..Options::default()
+    })
+    .await;
+    let db = &app.state.db;
+    let (model_id, _) = upload_model(&app, 16, 64).await;
+    let job: Value = submit(&app, json!({"model_id": model_id, "preset": "int8"}), None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id: uuid::Uuid = job["id"].as_str().unwrap().parse().unwrap();
+    let stale = queue::claim(db, "stale", Duration::from_millis(100))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stale.attempt, 1);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(queue::rescue_expired(db, 100).await.unwrap(), 1);
+    let fresh = queue::claim(db, "fresh", Duration::from_secs(30))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((fresh.id, fresh.attempt), (id, 2));
+    // Everything the stale attempt tries is refused.
+    assert_eq!(
+        queue::heartbeat(db, id, 1, Duration::from_secs(30), None)
+            .await
+            .unwrap(),
+        Lease::Lost
+    );
+    assert!(!queue::fail(db, id, 1, "stale", true).await.unwrap());
+    assert!(!queue::mark_canceled(db, id, 1).await.unwrap());
+    assert!(!queue::hand_back(db, id, 1).await.unwrap());
+    let summary: squeeze::worker::pipeline::Summary = serde_json::from_value(json!({
+        "format": "safetensors", "bytes_in": 1, "bytes_out": 1, "ratio": 1.0, "bits_per_weight": 16.0,
+        "parameters": 1, "compressed_parameters": 1, "compressed_tensors": 1, "sparsity": 0.0,
+        "mean_rel_error": 0.0, "worst_rel_error": 0.0, "worst_tensor": null, "wall_seconds": 0.0,
+        "throughput_bytes_per_s": 0.0, "peak_rss_bytes": null, "squeeze_version": "test"
+    }))
+    .unwrap();
+    assert!(
+        !queue::complete(db, &app.state.blobs, id, 1, Vec::new(), &[], &summary)
+            .await
+            .unwrap()
+    );
+    // The current attempt still owns it.
+    assert_eq!(
+        queue::heartbeat(db, id, 2, Duration::from_secs(30), None)
+            .await
+            .unwrap(),
+        Lease::Held
+    );
+    let job = app.json(&format!("/api/v1/jobs/{id}")).await;
+    assert_eq!(job["state"], "running");
+    assert_eq!(job["attempt"], 2);
+}
+
+#[tokio::test]
+async fn retries_back_off_stop_at_the_maximum_and_bad_input_fails_at_once() {
+    let app = spawn_app_with(Options {
+        workers: 0,
+        ..Options::default()
+    })
+    .await;
+    let db = &app.state.db;
+    let (model_id, _) = upload_model(&app, 16, 64).await;
+    let job: Value = submit(
+        &app,
+        json!({"model_id": model_id, "preset": "int8", "max_attempts": 2}),
+        None,
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    let id: uuid::Uuid = job["id"].as_str().unwrap().parse().unwrap();
+    let first = queue::claim(db, "w", Duration::from_secs(30))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        queue::fail(db, id, first.attempt, "disk hiccup", true)
+            .await
+            .unwrap()
+    );
+    let job = app.json(&format!("/api/v1/jobs/{id}")).await;
+    assert_eq!(job["state"], "queued");
+    assert_eq!(job["error"], "disk hiccup");
+    let delay = chrono::DateTime::parse_from_rfc3339(job["run_at"].as_str().unwrap()).unwrap()
+        - chrono::DateTime::parse_from_rfc3339(job["updated_at"].as_str().unwrap()).unwrap();
+    let delay = delay.num_milliseconds();
+    assert!(
+        (1700..=2300).contains(&delay),
+        "first retry after 2 s ± 10 %, got {delay} ms"
+    );
+    assert!(
+        queue::claim(db, "w", Duration::from_secs(30))
+            .await
+            .unwrap()
+            .is_none(),
+        "not before its time"
+    );
+    sqlx::query("update jobs set run_at = now() where id = $1")
+        .bind(id)
+        .execute(db)
+        .await
+        .unwrap();
+    let second = queue::claim(db, "w", Duration::from_secs(30))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(second.attempt, 2);
+    assert!(
+        queue::fail(db, id, 2, "disk hiccup again", true)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        app.json(&format!("/api/v1/jobs/{id}")).await["state"],
+        "failed",
+        "attempts spent"
+    );
+
+    let job: Value = submit(&app, json!({"model_id": model_id, "preset": "int8"}), None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id: uuid::Uuid = job["id"].as_str().unwrap().parse().unwrap();
+    let claimed = queue::claim(db, "w", Duration::from_secs(30))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        queue::fail(db, id, claimed.attempt, "the model file is invalid", false)
+            .await
+            .unwrap()
+    );
+    let job = app.json(&format!("/api/v1/jobs/{id}")).await;
+    assert_eq!(
+        (
+            job["state"].as_str().unwrap(),
+            job["attempt"].as_i64().unwrap()
+        ),
+        ("failed", 1)
+    );
+    assert!(
+        squeeze::jobs::queue::backoff(20).as_secs_f64() <= 330.0,
+        "backoff is capped at 5 minutes + 10 %"
+    );
+}
+
+#[tokio::test]
+async fn four_workers_run_every_job_exactly_once() {
+    let app = spawn_app_with(Options {
+        workers: 4,
+        ..Options::default()
+    })
+    .await;
+    let (model_id, _) = upload_model(&app, 8, 32).await;
+    let mut ids = Vec::new();
+    for _ in 0..24 {
+        let job: Value = submit(&app, json!({"model_id": model_id, "preset": "int8"}), None)
+            .await
+            .json()
+            .await
+            .unwrap();
+        ids.push(job["id"].as_str().unwrap().to_owned());
+    }
+    for id in &ids {
+        let job = wait_final(&app, id).await;
+        assert_eq!(job["state"], "succeeded", "{job}");
+        assert_eq!(job["attempt"], 1, "each job ran once");
+    }
+    let file_rows: i64 = sqlx::query_scalar("select count(*) from job_files")
+        .fetch_one(&app.state.db)
+        .await
+        .unwrap();
+    assert_eq!(file_rows, 24 * 2, "one artifact set per job");
+    let models = app.json("/api/v1/jobs?state=succeeded&limit=100").await;
+    assert_eq!(models["items"].as_array().unwrap().len(), 24);
+    app.assert_no_temp_files().await;
+}
+
+#[tokio::test]
+async fn presets_are_listed() {
+    let app = spawn_app().await;
+    let presets = app.json("/api/v1/presets").await;
+    let names: Vec<&str> = presets["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert!(names.contains(&"int8") && names.contains(&"w4-g128") && names.contains(&"prune-50"));
+}
