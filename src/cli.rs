@@ -212,6 +212,7 @@ async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
         crate::worker::WorkerConfig {
             count: args.workers.max(1),
             grace: std::time::Duration::from_secs(args.shutdown_grace_secs),
+            lease: std::time::Duration::from_secs(args.lease_secs.max(1)),
             ..Default::default()
         },
     );

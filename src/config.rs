@@ -99,6 +99,10 @@ pub struct WorkerArgs {
     /// Seconds running jobs may continue after SIGTERM before they are handed back.
     #[arg(long, env = "SQUEEZE_SHUTDOWN_GRACE_SECS", default_value_t = 20)]
     pub shutdown_grace_secs: u64,
+    /// Seconds a claimed job stays ours without a heartbeat; a crashed worker's jobs are
+    /// requeued after it.
+    #[arg(long, env = "SQUEEZE_LEASE_SECS", default_value_t = 30)]
+    pub lease_secs: u64,
 }
 
 /// `squeeze compress`.

@@ -8,6 +8,7 @@ mod commands;
 mod embedded;
 mod reference;
 mod upload_memory;
+mod workers;
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;

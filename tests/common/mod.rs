@@ -128,3 +128,29 @@ pub fn squeeze_bin() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_squeeze")))
 }
+
+/// A model of `count` BF16 matrices `rows × cols` with small finite values.
+pub fn bf16_model(count: usize, rows: usize, cols: usize, seed: u64) -> Vec<u8> {
+    let tensors: Vec<(String, Vec<u8>)> = (0..count)
+        .map(|i| {
+            let bytes: Vec<u8> = noise(rows * cols * 2, seed + i as u64)
+                .chunks_exact(2)
+                .flat_map(|pair| {
+                    // Sign, exponent 2^-8..2^-1, random mantissa: finite, weight-like.
+                    let exponent = 119 + u16::from(pair[1] % 8);
+                    let bits = (u16::from(pair[1] & 0x80) << 8)
+                        | (exponent << 7)
+                        | u16::from(pair[0] & 0x7F);
+                    bits.to_le_bytes()
+                })
+                .collect();
+            (format!("layers.{i}.weight"), bytes)
+        })
+        .collect();
+    let shape = [rows as u64, cols as u64];
+    let entries: Vec<(&str, &str, &[u64], Vec<u8>)> = tensors
+        .iter()
+        .map(|(name, bytes)| (name.as_str(), "BF16", &shape[..], bytes.clone()))
+        .collect();
+    safetensors(&entries)
+}
