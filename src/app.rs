@@ -49,6 +49,8 @@ pub struct AppState {
     pub limits: Arc<Limits>,
     /// Job change notifications.
     pub events: JobEvents,
+    /// Workers running in this process.
+    pub worker_count: usize,
 }
 
 impl FromRef<AppState> for PgPool {
@@ -102,6 +104,7 @@ impl Application {
                 upload_idle: Duration::from_secs(args.upload_idle_secs),
             }),
             events: JobEvents::start(database.pool.clone()),
+            worker_count: args.workers,
         };
         let workers = WorkerPool::start(
             database.pool.clone(),
@@ -205,6 +208,7 @@ pub fn router(state: AppState, static_dir: &Path) -> Router {
     let dashboard = ServeDir::new(static_dir).append_index_html_on_directories(true);
     Router::new()
         .merge(api::health::router())
+        .merge(api::metrics::router())
         .nest("/api/v1", api::router())
         .fallback_service(dashboard)
         .with_state(state)

@@ -3,6 +3,7 @@
 
 pub mod health;
 pub mod jobs;
+pub mod metrics;
 pub mod models;
 pub mod session;
 

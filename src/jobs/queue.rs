@@ -584,3 +584,47 @@ pub async fn files(pool: &PgPool, team_id: Uuid, id: Uuid) -> sqlx::Result<Optio
     .await?;
     Ok(Some(rows))
 }
+
+/// Whole-service job figures for monitoring (all teams together; counts only).
+#[derive(Debug, Clone, Default, sqlx::FromRow)]
+pub struct QueueStats {
+    /// Jobs per state: queued, running, succeeded, failed, canceled.
+    pub queued: i64,
+    /// Running.
+    pub running: i64,
+    /// Succeeded.
+    pub succeeded: i64,
+    /// Failed.
+    pub failed: i64,
+    /// Canceled.
+    pub canceled: i64,
+    /// Queued jobs whose time has come.
+    pub ready: i64,
+    /// Sum and count of run times of succeeded jobs, in seconds.
+    pub duration_sum: f64,
+    /// Sum of waits from submission to first start, in seconds.
+    pub wait_sum: f64,
+    /// Jobs that have started at least once.
+    pub started: i64,
+    /// Input weight bytes of succeeded jobs.
+    pub bytes_processed: f64,
+}
+
+/// Counts for `/metrics`.
+pub async fn stats(pool: &PgPool) -> sqlx::Result<QueueStats> {
+    sqlx::query_as(
+        "select count(*) filter (where state = 'queued') as queued,
+                count(*) filter (where state = 'running') as running,
+                count(*) filter (where state = 'succeeded') as succeeded,
+                count(*) filter (where state = 'failed') as failed,
+                count(*) filter (where state = 'canceled') as canceled,
+                count(*) filter (where state = 'queued' and run_at <= now()) as ready,
+                coalesce(sum(extract(epoch from finished_at - started_at)) filter (where state = 'succeeded'), 0)::float8 as duration_sum,
+                coalesce(sum(extract(epoch from started_at - created_at)) filter (where started_at is not null), 0)::float8 as wait_sum,
+                count(*) filter (where started_at is not null) as started,
+                coalesce(sum((result->>'bytes_in')::float8) filter (where state = 'succeeded'), 0)::float8 as bytes_processed
+         from jobs",
+    )
+    .fetch_one(pool)
+    .await
+}

@@ -14,6 +14,9 @@ use tokio::sync::mpsc;
 use crate::formats::safetensors::{ForeignFormat, Header, SafetensorsError, StreamValidator};
 use crate::store::blobs::{BlobStore, SealedBlob};
 
+/// Bytes received by uploads since the process started (for `/metrics`).
+pub static UPLOADED_BYTES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// Largest side file (config, tokenizer, index) accepted.
 pub const MAX_SIDE_FILE_BYTES: u64 = 64 << 20;
 /// Bytes gathered before handing a buffer to the writer thread.
@@ -182,6 +185,7 @@ where
             break;
         };
         *budget = left;
+        UPLOADED_BYTES.fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::Relaxed);
         pending.extend_from_slice(&chunk);
         if pending.len() >= WRITE_CHUNK && tx.send(pending.split().freeze()).await.is_err() {
             // The writer stopped: it found the file bad. Its error is the answer.

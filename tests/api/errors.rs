@@ -92,3 +92,39 @@ async fn the_dashboard_is_served_at_the_root() {
     assert_eq!(page.status(), 200);
     assert!(page.text().await.unwrap().contains("squeeze"));
 }
+
+#[tokio::test]
+async fn metrics_are_exposed_for_prometheus() {
+    let app = spawn_app().await;
+    assert_eq!(
+        app.upload("m", crate::common::small_model(1))
+            .await
+            .status(),
+        201
+    );
+    let text = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for name in [
+        "squeeze_jobs{state=\"queued\"}",
+        "squeeze_queue_depth",
+        "squeeze_job_duration_seconds_count",
+        "squeeze_upload_bytes_total",
+        "squeeze_workers 1",
+    ] {
+        assert!(text.contains(name), "{name} missing:\n{text}");
+    }
+    let uploaded: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("squeeze_upload_bytes_total "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(uploaded >= crate::common::small_model(1).len() as f64);
+}
