@@ -49,6 +49,16 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         Command::Inspect(args) => inspect(&args),
         Command::Worker(args) => worker(args).await,
         Command::Compress(args) => compress(args).await,
+        Command::Bench(crate::config::BenchCommand::Pipeline {
+            size,
+            preset,
+            work_dir,
+        }) => {
+            tokio::task::spawn_blocking(move || {
+                crate::bench::pipeline_bench(size, &preset, &work_dir)
+            })
+            .await?
+        }
     }
 }
 

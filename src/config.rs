@@ -42,6 +42,9 @@ pub enum Command {
     Worker(WorkerArgs),
     /// Run a recipe on local files: no server, no database.
     Compress(CompressArgs),
+    /// Measure performance against a baseline taken in the same run.
+    #[command(subcommand)]
+    Bench(BenchCommand),
     /// List the tensors of a safetensors file (validating it as an upload would be).
     Inspect(InspectArgs),
 }
@@ -161,6 +164,23 @@ pub enum TokenCommand {
         /// Database location.
         #[command(flatten)]
         db: DbArgs,
+    },
+}
+
+/// `squeeze bench ...`.
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Pipeline throughput on a synthetic BF16 model, next to memcpy bandwidth.
+    Pipeline {
+        /// Model size, e.g. 1GiB.
+        #[arg(long, default_value = "1GiB", value_parser = parse_size)]
+        size: u64,
+        /// Preset to run.
+        #[arg(long, default_value = "int8")]
+        preset: String,
+        /// Folder for the temporary input and output.
+        #[arg(long, default_value = "./data/bench")]
+        work_dir: PathBuf,
     },
 }
 

@@ -102,3 +102,76 @@ fn inspect_lists_tensors_and_totals_and_refuses_bad_files_in_one_line() {
     assert!(!status.success());
     assert!(stderr.contains("No such file"), "{stderr}");
 }
+
+#[test]
+fn compress_runs_offline_and_refuses_bad_input_in_one_line() {
+    let dir = data_dir();
+    let model = dir.path().join("m.safetensors");
+    std::fs::write(&model, crate::common::bf16_model(2, 16, 64, 3)).unwrap();
+    let out = dir.path().join("out");
+    let (status, stdout, stderr) = squeeze(&[
+        "compress",
+        "--preset",
+        "prune-50-int8",
+        model.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert!(status.success(), "{stderr}");
+    assert!(stdout.contains("2 of 2 tensors compressed"), "{stdout}");
+    assert!(stdout.contains("sparsity 50.0%"), "{stdout}");
+    let (status, inspected, _) =
+        squeeze(&["inspect", out.join("model.safetensors").to_str().unwrap()]);
+    assert!(status.success());
+    assert!(inspected.contains("layers.1.weight"));
+    let provenance: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("recipe.json")).unwrap()).unwrap();
+    assert_eq!(
+        provenance["model_sha256"],
+        crate::common::sha256_hex(&std::fs::read(&model).unwrap())
+    );
+
+    let recipe = dir.path().join("bad.json");
+    std::fs::write(&recipe, r#"{"stages": [{"quantize": {"scheme": "int", "bits": 4, "granularity": "group", "group_size": 48}}]}"#).unwrap();
+    let (status, _, stderr) = squeeze(&[
+        "compress",
+        "--recipe",
+        recipe.to_str().unwrap(),
+        model.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert!(!status.success());
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("group_size 48 does not divide"), "{stderr}");
+    let (status, _, stderr) = squeeze(&[
+        "compress",
+        "--preset",
+        "nope",
+        model.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert!(!status.success());
+    assert!(stderr.contains("unknown preset"), "{stderr}");
+}
+
+#[test]
+fn the_pipeline_benchmark_reports_throughput_against_memcpy() {
+    let dir = data_dir();
+    let (status, stdout, stderr) = squeeze(&[
+        "bench",
+        "pipeline",
+        "--size",
+        "32MiB",
+        "--work-dir",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert!(status.success(), "{stderr}");
+    assert!(
+        stdout.contains("GB/s of input")
+            && stdout.contains("memcpy")
+            && stdout.contains("peak RSS"),
+        "{stdout}"
+    );
+}
