@@ -17,7 +17,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use uuid::Uuid;
 
-use crate::api::Page;
+use crate::api::{Page, page_limit};
 use crate::app::AppState;
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
@@ -162,13 +162,7 @@ async fn list_jobs(
     caller: Caller,
     Query(q): Query<ListQuery>,
 ) -> ApiResult<Json<Page<Job>>> {
-    let limit = q.limit.unwrap_or(50);
-    if !(1..=100).contains(&limit) {
-        return Err(ApiError::bad_request(
-            "bad_limit",
-            format!("limit {limit} is out of range 1..=100"),
-        ));
-    }
+    let limit = page_limit(q.limit, 50, 100)?;
     if let Some(s) = &q.state
         && !["queued", "running", "succeeded", "failed", "canceled"].contains(&s.as_str())
     {

@@ -10,7 +10,7 @@ pub mod session;
 use axum::Router;
 
 use crate::app::AppState;
-use crate::error::ApiError;
+use crate::error::{ApiError, ApiResult};
 
 /// Everything under `/api/v1`.
 pub fn router() -> Router<AppState> {
@@ -34,4 +34,16 @@ pub struct Page<T> {
     pub items: Vec<T>,
     /// Pass as `cursor` to get the next page; null on the last page.
     pub next_cursor: Option<String>,
+}
+
+/// The page size a list request asked for, `default` when absent; out of `1..=max` is a 400.
+pub fn page_limit(requested: Option<i64>, default: i64, max: i64) -> ApiResult<i64> {
+    match requested {
+        None => Ok(default),
+        Some(n) if (1..=max).contains(&n) => Ok(n),
+        Some(n) => Err(ApiError::bad_request(
+            "bad_limit",
+            format!("limit {n} is out of range 1..={max}"),
+        )),
+    }
 }

@@ -12,7 +12,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use uuid::Uuid;
 
-use crate::api::Page;
+use crate::api::{Page, page_limit};
 use crate::app::AppState;
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
@@ -275,17 +275,6 @@ fn plan_error(err: PlanError) -> ApiError {
 struct ListQuery {
     limit: Option<i64>,
     cursor: Option<String>,
-}
-
-fn page_limit(requested: Option<i64>, default: i64, max: i64) -> ApiResult<i64> {
-    match requested {
-        None => Ok(default),
-        Some(n) if (1..=max).contains(&n) => Ok(n),
-        Some(n) => Err(ApiError::bad_request(
-            "bad_limit",
-            format!("limit {n} is out of range 1..={max}"),
-        )),
-    }
 }
 
 /// The team's models, newest first.

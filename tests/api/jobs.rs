@@ -587,3 +587,99 @@ async fn presets_are_listed() {
         .collect();
     assert!(names.contains(&"int8") && names.contains(&"w4-g128") && names.contains(&"prune-50"));
 }
+
+#[tokio::test]
+async fn a_sharded_model_compresses_into_the_same_shards_with_its_index_and_config() {
+    use reqwest::multipart::{Form, Part};
+    let app = spawn_app().await;
+    let shard1 = crate::common::bf16_model(2, 16, 64, 1);
+    let shard2 = safetensors(&[(
+        "head.weight",
+        "F32",
+        &[8, 64],
+        crate::common::noise(8 * 64, 9)
+            .iter()
+            .map(|b| f32::from(*b) / 255.0 - 0.5)
+            .flat_map(f32::to_le_bytes)
+            .collect(),
+    )]);
+    let index = json!({"metadata": {"total_size": 0}, "weight_map": {
+        "layers.0.weight": "model-00001-of-00002.safetensors",
+        "layers.1.weight": "model-00001-of-00002.safetensors",
+        "head.weight": "model-00002-of-00002.safetensors"}});
+    let config = br#"{"architectures": ["LlamaForCausalLM"], "model_type": "llama"}"#.to_vec();
+    let form = Form::new()
+        .part(
+            "file",
+            Part::bytes(shard1).file_name("model-00001-of-00002.safetensors"),
+        )
+        .part(
+            "file",
+            Part::bytes(shard2).file_name("model-00002-of-00002.safetensors"),
+        )
+        .part(
+            "file",
+            Part::bytes(serde_json::to_vec(&index).unwrap())
+                .file_name("model.safetensors.index.json"),
+        )
+        .part("file", Part::bytes(config.clone()).file_name("config.json"));
+    let response = app
+        .client
+        .post(app.url("/api/v1/models"))
+        .header("authorization", app.bearer())
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    let model: Value = response.json().await.unwrap();
+    let job: Value = submit(
+        &app,
+        json!({"model_id": model["id"], "preset": "int8"}),
+        None,
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    let job = wait_final(&app, job["id"].as_str().unwrap()).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(job["result"]["compressed_tensors"], 3);
+    let id = job["id"].as_str().unwrap();
+    let files = app.json(&format!("/api/v1/jobs/{id}/files")).await;
+    let names: Vec<&str> = files["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "config.json",
+            "model-00001-of-00002.safetensors",
+            "model-00002-of-00002.safetensors",
+            "model.safetensors.index.json",
+            "recipe.json"
+        ]
+    );
+    let copied = app
+        .get(&format!("/api/v1/jobs/{id}/files/config.json"))
+        .await
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(copied[..], config[..]);
+    let second = app
+        .get(&format!(
+            "/api/v1/jobs/{id}/files/model-00002-of-00002.safetensors"
+        ))
+        .await
+        .bytes()
+        .await
+        .unwrap();
+    let tensors = read_tensors(&second);
+    assert_eq!(tensors.len(), 1);
+    assert_eq!(tensors[0].0, "head.weight");
+    assert_eq!(tensors[0].1.len(), 8 * 64);
+}
