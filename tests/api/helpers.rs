@@ -101,6 +101,17 @@ impl TestApp {
             .unwrap()
     }
 
+    /// A multipart upload (as a browser sends it) with the admin token.
+    pub async fn upload_multipart(&self, form: reqwest::multipart::Form) -> reqwest::Response {
+        self.client
+            .post(self.url("/api/v1/models"))
+            .header(AUTHORIZATION, self.bearer())
+            .multipart(form)
+            .send()
+            .await
+            .unwrap()
+    }
+
     pub async fn get(&self, path: &str) -> reqwest::Response {
         self.get_as(&self.token, path).await
     }

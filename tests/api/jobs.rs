@@ -623,14 +623,7 @@ async fn a_sharded_model_compresses_into_the_same_shards_with_its_index_and_conf
                 .file_name("model.safetensors.index.json"),
         )
         .part("file", Part::bytes(config.clone()).file_name("config.json"));
-    let response = app
-        .client
-        .post(app.url("/api/v1/models"))
-        .header("authorization", app.bearer())
-        .multipart(form)
-        .send()
-        .await
-        .unwrap();
+    let response = app.upload_multipart(form).await;
     assert_eq!(response.status(), 201);
     let model: Value = response.json().await.unwrap();
     let job: Value = submit(

@@ -86,14 +86,7 @@ async fn bad_side_files_in_a_multipart_upload_are_refused() {
                 "file",
                 reqwest::multipart::Part::bytes(body).file_name(file_name),
             );
-        let response = app
-            .client
-            .post(app.url("/api/v1/models"))
-            .header("authorization", app.bearer())
-            .multipart(form)
-            .send()
-            .await
-            .unwrap();
+        let response = app.upload_multipart(form).await;
         assert_eq!(response.status().as_u16(), status, "{file_name}");
         let problem: Value = response.json().await.unwrap();
         assert_eq!(problem["code"], code, "{file_name}: {problem}");

@@ -87,14 +87,7 @@ async fn a_multipart_upload_is_accepted_as_a_browser_sends_it() {
         "file",
         Part::bytes(file.clone()).file_name("browser.safetensors"),
     );
-    let response = app
-        .client
-        .post(app.url("/api/v1/models"))
-        .header(AUTHORIZATION, app.bearer())
-        .multipart(form)
-        .send()
-        .await
-        .unwrap();
+    let response = app.upload_multipart(form).await;
     assert_eq!(response.status(), 201);
     let model: Value = response.json().await.unwrap();
     assert_eq!(model["name"], "browser");
@@ -153,14 +146,7 @@ async fn a_sharded_checkpoint_uploads_as_one_model_with_all_its_tensors() {
         ("b.weight", "model-00001-of-00002.safetensors"),
         ("c.weight", "model-00002-of-00002.safetensors"),
     ]);
-    let response = app
-        .client
-        .post(app.url("/api/v1/models"))
-        .header(AUTHORIZATION, app.bearer())
-        .multipart(sharded_form(index))
-        .send()
-        .await
-        .unwrap();
+    let response = app.upload_multipart(sharded_form(index)).await;
     assert_eq!(response.status(), 201);
     let model: Value = response.json().await.unwrap();
     assert_eq!(model["name"], "sharded-llama");
@@ -209,14 +195,7 @@ async fn an_index_that_disagrees_with_the_shards_is_refused_and_nothing_is_kept(
         ("c.weight", "model-00003-of-00003.safetensors"),
     ]);
     for (index, code) in [(wrong, "index_mismatch"), (missing_shard, "missing_shard")] {
-        let response = app
-            .client
-            .post(app.url("/api/v1/models"))
-            .header(AUTHORIZATION, app.bearer())
-            .multipart(sharded_form(index))
-            .send()
-            .await
-            .unwrap();
+        let response = app.upload_multipart(sharded_form(index)).await;
         assert_eq!(response.status(), 422);
         assert!(is_problem(&response));
         let problem: Value = response.json().await.unwrap();
@@ -232,14 +211,7 @@ async fn an_index_that_disagrees_with_the_shards_is_refused_and_nothing_is_kept(
             "file",
             Part::bytes(small_model(2)).file_name("b.safetensors"),
         );
-    let response = app
-        .client
-        .post(app.url("/api/v1/models"))
-        .header(AUTHORIZATION, app.bearer())
-        .multipart(form)
-        .send()
-        .await
-        .unwrap();
+    let response = app.upload_multipart(form).await;
     assert_eq!(response.status(), 422);
     let problem: Value = response.json().await.unwrap();
     assert_eq!(problem["code"], "missing_index");
