@@ -314,9 +314,7 @@ async fn job_report(
     Path(id): Path<Uuid>,
 ) -> ApiResult<Json<Report>> {
     let job = job_of(&state, &caller, id).await?;
-    let tensors = queue::report(&state.db, caller.team_id, id)
-        .await?
-        .unwrap_or_default();
+    let tensors = queue::report(&state.db, caller.team_id, id).await?;
     Ok(Json(Report {
         job_id: id,
         state: job.state,
@@ -331,9 +329,8 @@ async fn list_files(
     caller: Caller,
     Path(id): Path<Uuid>,
 ) -> ApiResult<Json<Page<JobFile>>> {
-    let items = queue::files(&state.db, caller.team_id, id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("job", id))?;
+    job_of(&state, &caller, id).await?;
+    let items = queue::files(&state.db, caller.team_id, id).await?;
     Ok(Json(Page {
         items,
         next_cursor: None,
@@ -372,9 +369,9 @@ async fn download_file(
     Path((id, name)): Path<(Uuid, String)>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
+    job_of(&state, &caller, id).await?;
     let file = queue::files(&state.db, caller.team_id, id)
         .await?
-        .ok_or_else(|| ApiError::not_found("job", id))?
         .into_iter()
         .find(|f| f.name == name)
         .ok_or_else(|| ApiError::not_found("file", &name))?;

@@ -540,24 +540,19 @@ pub async fn rescue_expired(pool: &PgPool, batch: i64) -> sqlx::Result<u64> {
     Ok(ids.len() as u64)
 }
 
-/// Per-tensor metrics of one of the team's jobs; `None` when there is no such job.
-pub async fn report(
-    pool: &PgPool,
-    team_id: Uuid,
-    id: Uuid,
-) -> sqlx::Result<Option<Vec<TensorReport>>> {
-    if get(pool, team_id, id).await?.is_none() {
-        return Ok(None);
-    }
-    let rows = sqlx::query_as(
-        "select name, scheme, dtype, shape, bytes_in, bytes_out, sparsity, rel_error, sqnr_db,
-                cosine, max_abs_error
-         from job_tensors where job_id = $1 order by name",
+/// Per-tensor metrics of one of the team's jobs (empty for another team's or a missing job;
+/// callers check the job itself first).
+pub async fn report(pool: &PgPool, team_id: Uuid, id: Uuid) -> sqlx::Result<Vec<TensorReport>> {
+    sqlx::query_as(
+        "select t.name, t.scheme, t.dtype, t.shape, t.bytes_in, t.bytes_out, t.sparsity,
+                t.rel_error, t.sqnr_db, t.cosine, t.max_abs_error
+         from job_tensors t join jobs j on j.id = t.job_id
+         where j.id = $1 and j.team_id = $2 order by t.name",
     )
     .bind(id)
+    .bind(team_id)
     .fetch_all(pool)
-    .await?;
-    Ok(Some(rows))
+    .await
 }
 
 /// An artifact file as listed.
@@ -571,18 +566,18 @@ pub struct JobFile {
     pub sha256: String,
 }
 
-/// Artifact files of one of the team's jobs; `None` when there is no such job.
-pub async fn files(pool: &PgPool, team_id: Uuid, id: Uuid) -> sqlx::Result<Option<Vec<JobFile>>> {
-    if get(pool, team_id, id).await?.is_none() {
-        return Ok(None);
-    }
-    let rows = sqlx::query_as(
-        "select name, bytes, blob_sha256 as sha256 from job_files where job_id = $1 order by name",
+/// Artifact files of one of the team's jobs (empty for another team's or a missing job;
+/// callers check the job itself first).
+pub async fn files(pool: &PgPool, team_id: Uuid, id: Uuid) -> sqlx::Result<Vec<JobFile>> {
+    sqlx::query_as(
+        "select f.name, f.bytes, f.blob_sha256 as sha256
+         from job_files f join jobs j on j.id = f.job_id
+         where j.id = $1 and j.team_id = $2 order by f.name",
     )
     .bind(id)
+    .bind(team_id)
     .fetch_all(pool)
-    .await?;
-    Ok(Some(rows))
+    .await
 }
 
 /// Whole-service job figures for monitoring (all teams together; counts only).
