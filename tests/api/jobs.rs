@@ -215,12 +215,7 @@ async fn a_job_runs_end_to_end_and_its_artifact_matches_an_independent_int8_comp
     assert!(row["rel_error"].as_f64().unwrap() > 0.0 && row["rel_error"].as_f64().unwrap() < 0.02);
     assert!(row["sqnr_db"].as_f64().unwrap() > 30.0);
     let files = app.json(&format!("/api/v1/jobs/{id}/files")).await;
-    let names: Vec<&str> = files["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| f["name"].as_str().unwrap())
-        .collect();
+    let names = crate::common::item_strings(&files, "name");
     assert_eq!(names, ["model.safetensors", "recipe.json"]);
 
     // ETag and Range.
@@ -579,13 +574,13 @@ async fn four_workers_run_every_job_exactly_once() {
 async fn presets_are_listed() {
     let app = spawn_app().await;
     let presets = app.json("/api/v1/presets").await;
-    let names: Vec<&str> = presets["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["name"].as_str().unwrap())
-        .collect();
-    assert!(names.contains(&"int8") && names.contains(&"w4-g128") && names.contains(&"prune-50"));
+    let names = crate::common::item_strings(&presets, "name");
+    for preset in ["int8", "w4-g128", "prune-50"] {
+        assert!(
+            names.iter().any(|n| n == preset),
+            "{preset} missing from {names:?}"
+        );
+    }
 }
 
 #[tokio::test]
@@ -640,12 +635,7 @@ async fn a_sharded_model_compresses_into_the_same_shards_with_its_index_and_conf
     assert_eq!(job["result"]["compressed_tensors"], 3);
     let id = job["id"].as_str().unwrap();
     let files = app.json(&format!("/api/v1/jobs/{id}/files")).await;
-    let names: Vec<&str> = files["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| f["name"].as_str().unwrap())
-        .collect();
+    let names = crate::common::item_strings(&files, "name");
     assert_eq!(
         names,
         [

@@ -149,12 +149,7 @@ async fn a_killed_workers_job_is_finished_by_another_with_one_artifact_set() {
     assert_eq!(job["state"], "succeeded", "{job}");
     assert_eq!(job["attempt"], 2);
     let files = client.get(&format!("/api/v1/jobs/{id}/files")).await;
-    let names: Vec<&str> = files["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| f["name"].as_str().unwrap())
-        .collect();
+    let names = crate::common::item_strings(&files, "name");
     assert_eq!(names, ["model.safetensors", "recipe.json"]);
     assert!(
         temp_entries(dir.path()).is_empty(),

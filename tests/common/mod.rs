@@ -154,3 +154,13 @@ pub fn bf16_model(count: usize, rows: usize, cols: usize, seed: u64) -> Vec<u8> 
         .collect();
     safetensors(&entries)
 }
+
+/// The `key` field of every item of a `{items: [...]}` page, in order.
+pub fn item_strings(page: &serde_json::Value, key: &str) -> Vec<String> {
+    page["items"]
+        .as_array()
+        .expect("a page has items")
+        .iter()
+        .map(|item| item[key].as_str().expect("a string field").to_owned())
+        .collect()
+}
