@@ -206,11 +206,8 @@ fn browsable(addr: SocketAddr) -> SocketAddr {
 /// error including the framework's own rejections.
 pub fn router(state: AppState, static_dir: &Path) -> Router {
     let dashboard = ServeDir::new(static_dir).append_index_html_on_directories(true);
-    Router::new()
-        .merge(api::health::router())
-        .merge(api::metrics::router())
-        .nest("/api/v1", api::router())
-        .fallback_service(dashboard)
+    let (api, _document) = api::routes().split_for_parts();
+    api.fallback_service(dashboard)
         .with_state(state)
         .layer(middleware::map_response(problem_for_every_error))
         .layer(CatchPanicLayer::custom(|_panic: Box<dyn std::any::Any + Send>| {

@@ -49,6 +49,10 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         Command::Inspect(args) => inspect(&args),
         Command::Worker(args) => worker(args).await,
         Command::Compress(args) => compress(args).await,
+        Command::Openapi => {
+            println!("{}", crate::api::openapi::document().to_pretty_json()?);
+            Ok(())
+        }
         Command::Bench(crate::config::BenchCommand::Pipeline {
             size,
             preset,

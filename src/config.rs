@@ -47,6 +47,8 @@ pub enum Command {
     Bench(BenchCommand),
     /// List the tensors of a safetensors file (validating it as an upload would be).
     Inspect(InspectArgs),
+    /// Print the OpenAPI 3.1 document of the HTTP API (as served at /api/openapi.json).
+    Openapi,
 }
 
 /// Where the database is.

@@ -25,16 +25,30 @@ pub struct ApiError {
 /// Result alias for handlers.
 pub type ApiResult<T> = Result<T, ApiError>;
 
-#[derive(Serialize)]
-struct ProblemBody<'a> {
+/// An RFC 9457 problem object, the body of every error response
+/// (`application/problem+json`). Some problems carry extra members that locate the fault:
+/// `tensor`, `file`, `limit`.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Problem<'a> {
+    /// `urn:squeeze:problem:<code>`.
     #[serde(rename = "type")]
-    kind: String,
-    title: &'a str,
-    status: u16,
-    detail: &'a str,
-    code: &'a str,
+    #[schema(example = "urn:squeeze:problem:not_found")]
+    pub kind: String,
+    /// The HTTP reason phrase.
+    #[schema(example = "Not Found")]
+    pub title: &'a str,
+    /// The HTTP status.
+    #[schema(example = 404)]
+    pub status: u16,
+    /// What went wrong, for a human.
+    #[schema(example = "model 0190d6a4-5f5e-7c1e-9a4b-1c2d3e4f5a6b not found")]
+    pub detail: &'a str,
+    /// Stable machine-readable code.
+    #[schema(example = "not_found")]
+    pub code: &'a str,
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
-    extra: Option<&'a serde_json::Map<String, serde_json::Value>>,
+    #[schema(ignore)]
+    pub extra: Option<&'a serde_json::Map<String, serde_json::Value>>,
 }
 
 impl ApiError {
@@ -146,7 +160,7 @@ impl std::error::Error for ApiError {}
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = ProblemBody {
+        let body = Problem {
             kind: format!("urn:squeeze:problem:{}", self.code),
             title: self.status.canonical_reason().unwrap_or("Error"),
             status: self.status.as_u16(),

@@ -2,31 +2,69 @@
 
 use std::time::Duration;
 
+use axum::Json;
 use axum::extract::State;
-use axum::routing::get;
-use axum::{Json, Router};
-use serde_json::{Value, json};
+use serde::Serialize;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::app::AppState;
 use crate::error::{ApiError, ApiResult};
 
 /// `/healthz` and `/readyz`.
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
 }
 
+/// A probe's answer.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ProbeStatus {
+    /// `ok` (alive) or `ready`.
+    status: &'static str,
+    /// squeeze version (liveness only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    version: Option<&'static str>,
+}
+
+/// Liveness
+///
 /// The process is up.
-async fn healthz() -> Json<Value> {
-    Json(json!({"status": "ok", "version": env!("CARGO_PKG_VERSION")}))
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "operations",
+    security(()),
+    responses((status = 200, description = "Alive", body = ProbeStatus))
+)]
+async fn healthz() -> Json<ProbeStatus> {
+    Json(ProbeStatus {
+        status: "ok",
+        version: Some(env!("CARGO_PKG_VERSION")),
+    })
 }
 
+/// Readiness
+///
 /// The process can serve: PostgreSQL answers within two seconds.
-async fn readyz(State(state): State<AppState>) -> ApiResult<Json<Value>> {
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "operations",
+    security(()),
+    responses(
+        (status = 200, description = "Ready", body = ProbeStatus),
+        (status = 503, description = "The database is not reachable"),
+    )
+)]
+async fn readyz(State(state): State<AppState>) -> ApiResult<Json<ProbeStatus>> {
     let probe = sqlx::query_scalar::<_, i32>("select 1").fetch_one(&state.db);
     match tokio::time::timeout(Duration::from_secs(2), probe).await {
-        Ok(Ok(_)) => Ok(Json(json!({"status": "ready"}))),
+        Ok(Ok(_)) => Ok(Json(ProbeStatus {
+            status: "ready",
+            version: None,
+        })),
         Ok(Err(err)) => {
             tracing::warn!(error = %err, "readiness probe failed");
             Err(ApiError::unavailable("the database is not reachable"))

@@ -4,19 +4,21 @@
 use std::convert::Infallible;
 use std::time::Duration;
 
+use axum::Json;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
 use futures_util::Stream;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
+use crate::api::openapi::Binary;
 use crate::api::{Page, page_limit};
 use crate::app::AppState;
 use crate::auth::Caller;
@@ -30,19 +32,27 @@ use crate::worker::pipeline::{Summary, TensorReport};
 const DEFAULT_MAX_ATTEMPTS: i32 = 3;
 
 /// Routes of the jobs resource.
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/presets", get(list_presets))
-        .route("/jobs", post(submit_job).get(list_jobs))
-        .route("/jobs/{id}", get(get_job))
-        .route("/jobs/{id}/cancel", post(cancel_job))
-        .route("/jobs/{id}/events", get(job_events))
-        .route("/jobs/{id}/report", get(job_report))
-        .route("/jobs/{id}/files", get(list_files))
-        .route("/jobs/{id}/files/{name}", get(download_file))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_presets))
+        .routes(routes!(submit_job, list_jobs))
+        .routes(routes!(get_job))
+        .routes(routes!(cancel_job))
+        .routes(routes!(job_events))
+        .routes(routes!(job_report))
+        .routes(routes!(list_files))
+        .routes(routes!(download_file))
 }
 
-/// The built-in recipes.
+/// List presets
+///
+/// The built-in recipes, usable by name as `preset` when submitting a job.
+#[utoipa::path(
+    get,
+    path = "/presets",
+    tag = "jobs",
+    responses((status = 200, description = "Every preset (one page)", body = Page<Preset>))
+)]
 async fn list_presets(_caller: Caller) -> Json<Page<Preset>> {
     Json(Page {
         items: recipe::presets(),
@@ -50,13 +60,21 @@ async fn list_presets(_caller: Caller) -> Json<Page<Preset>> {
     })
 }
 
-#[derive(Debug, Deserialize)]
+/// A job submission: the model and exactly one of `recipe` and `preset`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct SubmitRequest {
+    /// The model to compress.
     model_id: Uuid,
+    /// A label (at most 255 characters).
     name: Option<String>,
+    /// The recipe to run.
+    #[schema(value_type = Option<Recipe>)]
     recipe: Option<serde_json::Value>,
+    /// The name of a preset to run instead (see `GET /presets`).
     preset: Option<String>,
+    /// Attempts allowed, 1-20 (default 3); bad-input failures never retry.
+    #[schema(minimum = 1, maximum = 20)]
     max_attempts: Option<i32>,
 }
 
@@ -69,8 +87,24 @@ fn recipe_error(err: RecipeError) -> ApiError {
     }
 }
 
-/// Submits a job: `{model_id, name?, recipe | preset, max_attempts?}`. With `Idempotency-Key`,
-/// the same key and body return the same job; the same key with another body is a 422.
+/// Submit a job
+///
+/// Validates the recipe against the model's tensors and queues the job. With an
+/// `Idempotency-Key` header, the same key and body return the same job; the same key with
+/// another body is refused. Keys are per team.
+#[utoipa::path(
+    post,
+    path = "/jobs",
+    tag = "jobs",
+    params(("Idempotency-Key" = Option<String>, Header, description = "1-255 visible ASCII characters")),
+    request_body = SubmitRequest,
+    responses(
+        (status = 202, description = "Queued (or the job this key already made)", body = Job),
+        (status = 400, description = "Bad `Idempotency-Key`"),
+        (status = 404, description = "No such model in the caller's team"),
+        (status = 422, description = "The request or recipe breaks a rule (`tensor` names the tensor), or the key was used with another body"),
+    )
+)]
 async fn submit_job(
     State(state): State<AppState>,
     caller: Caller,
@@ -148,15 +182,32 @@ async fn submit_job(
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
+    /// Only jobs of this model.
     model_id: Option<Uuid>,
+    /// Only jobs in this state: queued, running, succeeded, failed or canceled.
     state: Option<String>,
+    /// Page size, 1-100 (default 50).
     limit: Option<i64>,
+    /// `next_cursor` of the previous page.
     cursor: Option<Uuid>,
 }
 
-/// The team's jobs, newest first; filter by `model_id` and `state`.
+/// List jobs
+///
+/// The team's jobs, newest first.
+#[utoipa::path(
+    get,
+    path = "/jobs",
+    tag = "jobs",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "A page of jobs", body = Page<Job>),
+        (status = 400, description = "Bad filter, `limit` or `cursor`"),
+    )
+)]
 async fn list_jobs(
     State(state): State<AppState>,
     caller: Caller,
@@ -188,7 +239,19 @@ async fn job_of(state: &AppState, caller: &Caller, id: Uuid) -> ApiResult<Job> {
         .ok_or_else(|| ApiError::not_found("job", id))
 }
 
-/// One job: state, attempt, progress, timings, error, result summary.
+/// Get a job
+///
+/// State, attempt, progress, timings, error and, once it succeeded, the result summary.
+#[utoipa::path(
+    get,
+    path = "/jobs/{id}",
+    tag = "jobs",
+    params(("id" = Uuid, Path, description = "Job id")),
+    responses(
+        (status = 200, description = "The job", body = Job),
+        (status = 404, description = "No such job in the caller's team"),
+    )
+)]
 async fn get_job(
     State(state): State<AppState>,
     caller: Caller,
@@ -197,8 +260,20 @@ async fn get_job(
     Ok(Json(job_of(&state, &caller, id).await?))
 }
 
-/// Cancels a queued job at once, a running one within a second or two; a finished job is
-/// returned unchanged.
+/// Cancel a job
+///
+/// A queued job is canceled at once and never starts; a running one stops within a second or
+/// two (`cancel_requested` is true until it has); a finished job is returned unchanged.
+#[utoipa::path(
+    post,
+    path = "/jobs/{id}/cancel",
+    tag = "jobs",
+    params(("id" = Uuid, Path, description = "Job id")),
+    responses(
+        (status = 202, description = "The job after the request", body = Job),
+        (status = 404, description = "No such job in the caller's team"),
+    )
+)]
 async fn cancel_job(
     State(state): State<AppState>,
     caller: Caller,
@@ -242,8 +317,21 @@ impl Follow {
     }
 }
 
-/// Server-Sent Events: the job now (`state`), then an event at each change of state (`state`)
-/// or progress (`progress`), each carrying the whole job; the stream ends after a final state.
+/// Follow a job
+///
+/// Server-Sent Events: the job as it is now (event `state`), then one event per change of
+/// state (`state`) or of progress (`progress`), each carrying the whole job as JSON in `data`;
+/// the stream ends after a final state.
+#[utoipa::path(
+    get,
+    path = "/jobs/{id}/events",
+    tag = "jobs",
+    params(("id" = Uuid, Path, description = "Job id")),
+    responses(
+        (status = 200, description = "An event stream whose `data` are jobs", body = Job, content_type = "text/event-stream"),
+        (status = 404, description = "No such job in the caller's team"),
+    )
+)]
 async fn job_events(
     State(state): State<AppState>,
     caller: Caller,
@@ -299,15 +387,30 @@ async fn job_events(
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }
 
-#[derive(serde::Serialize)]
+/// A job's figures: the summary and every tensor's metrics.
+#[derive(serde::Serialize, utoipa::ToSchema)]
 struct Report {
+    /// The job.
     job_id: Uuid,
+    /// Its state.
     state: String,
+    /// The summary, once it succeeded.
     summary: Option<Summary>,
+    /// Per-tensor metrics against the original weights (empty until it succeeded).
     tensors: Vec<TensorReport>,
 }
 
-/// Per-tensor metrics (empty until the job succeeds) and the summary.
+/// Get a job's report
+#[utoipa::path(
+    get,
+    path = "/jobs/{id}/report",
+    tag = "jobs",
+    params(("id" = Uuid, Path, description = "Job id")),
+    responses(
+        (status = 200, description = "The report", body = Report),
+        (status = 404, description = "No such job in the caller's team"),
+    )
+)]
 async fn job_report(
     State(state): State<AppState>,
     caller: Caller,
@@ -323,7 +426,19 @@ async fn job_report(
     }))
 }
 
-/// The artifact files of a succeeded job.
+/// List a job's artifact files
+///
+/// Empty until the job succeeded.
+#[utoipa::path(
+    get,
+    path = "/jobs/{id}/files",
+    tag = "jobs",
+    params(("id" = Uuid, Path, description = "Job id")),
+    responses(
+        (status = 200, description = "The files (one page)", body = Page<JobFile>),
+        (status = 404, description = "No such job in the caller's team"),
+    )
+)]
 async fn list_files(
     State(state): State<AppState>,
     caller: Caller,
@@ -361,8 +476,30 @@ fn parse_range(value: &str, len: u64) -> Option<(u64, u64)> {
     (start <= end && start < len).then_some((start, end))
 }
 
-/// Streams one artifact file. ETag is the sha256; `If-None-Match` gives 304; a single `Range`
-/// gives 206 (or 416 when unsatisfiable).
+/// Download an artifact file
+///
+/// Streams the file. Its ETag is its sha256: `If-None-Match` gives 304; a single byte `Range`
+/// gives 206, or 416 when it cannot be satisfied.
+#[utoipa::path(
+    get,
+    path = "/jobs/{id}/files/{name}",
+    tag = "jobs",
+    params(
+        ("id" = Uuid, Path, description = "Job id"),
+        ("name" = String, Path, description = "File name"),
+        ("Range" = Option<String>, Header, description = "One byte range, e.g. `bytes=0-1023`"),
+        ("If-None-Match" = Option<String>, Header, description = "An ETag from an earlier download"),
+    ),
+    responses(
+        (status = 200, description = "The file", body = Binary, content_type = "application/octet-stream",
+            headers(("ETag" = String, description = "The quoted sha256"))),
+        (status = 206, description = "The requested range", body = Binary, content_type = "application/octet-stream",
+            headers(("Content-Range" = String))),
+        (status = 304, description = "Unchanged since the given ETag"),
+        (status = 404, description = "No such job or file"),
+        (status = 416, description = "The range lies outside the file"),
+    )
+)]
 async fn download_file(
     State(state): State<AppState>,
     caller: Caller,

@@ -5,11 +5,11 @@
 use std::fmt::Write;
 use std::sync::atomic::Ordering;
 
-use axum::Router;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
-use axum::routing::get;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::app::AppState;
 use crate::error::ApiResult;
@@ -17,10 +17,21 @@ use crate::jobs::queue;
 use crate::store::ingest::UPLOADED_BYTES;
 
 /// `/metrics`.
-pub fn router() -> Router<AppState> {
-    Router::new().route("/metrics", get(metrics))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(metrics))
 }
 
+/// Prometheus metrics
+///
+/// Jobs by state, queue depth, claim latency, job durations, bytes processed, upload bytes,
+/// workers, in the Prometheus text format.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    security(()),
+    responses((status = 200, description = "Prometheus text exposition", body = String, content_type = "text/plain; version=0.0.4"))
+)]
 async fn metrics(State(state): State<AppState>) -> ApiResult<impl IntoResponse> {
     let s = queue::stats(&state.db).await?;
     let mut out = String::new();

@@ -5,30 +5,40 @@ pub mod health;
 pub mod jobs;
 pub mod metrics;
 pub mod models;
+pub mod openapi;
 pub mod session;
 
-use axum::Router;
+use utoipa_axum::router::OpenApiRouter;
 
 use crate::app::AppState;
 use crate::error::{ApiError, ApiResult};
 
+/// Every route of the HTTP surface except the dashboard, with its OpenAPI entries.
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(openapi::base())
+        .merge(health::router())
+        .merge(metrics::router())
+        .merge(openapi::router())
+        .nest("/api/v1", v1())
+}
+
 /// Everything under `/api/v1`.
-pub fn router() -> Router<AppState> {
-    Router::new()
+fn v1() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
         .merge(models::router())
         .merge(jobs::router())
         .merge(session::router())
         .fallback(|| async {
             ApiError::new(
                 axum::http::StatusCode::NOT_FOUND,
-                "not_found",
-                "no such API endpoint",
+                "unknown_endpoint",
+                "no such API endpoint; the API reference is at /api/docs",
             )
         })
 }
 
 /// A page of results with an opaque cursor for the next one.
-#[derive(Debug, serde::Serialize)]
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct Page<T> {
     /// This page's items.
     pub items: Vec<T>,

@@ -4,15 +4,18 @@
 //! `store::ingest`; nothing here buffers a file. The model becomes visible only after every file
 //! passed validation and the catalog transaction committed.
 
+use axum::Json;
 use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Path, Query, Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
-use axum::routing::get;
-use axum::{Json, Router};
 use serde::Deserialize;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
+use crate::api::openapi::Binary;
 use crate::api::{Page, page_limit};
+
 use crate::app::AppState;
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
@@ -23,27 +26,64 @@ use crate::store::models::{self, Deleted, Model, Owner, PlanError, TensorEntry};
 const MAX_FILES_PER_UPLOAD: usize = 512;
 
 /// Routes of the models resource.
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route(
-            "/models",
-            get(list_models)
-                .post(upload_model)
-                // Uploads are streamed and capped by `Limits::max_upload` instead.
-                .layer(DefaultBodyLimit::disable()),
-        )
-        .route("/models/{id}", get(get_model).delete(delete_model))
-        .route("/models/{id}/tensors", get(list_tensors))
+pub fn router() -> OpenApiRouter<AppState> {
+    let (schemas, paths, collection) = routes!(list_models, upload_model);
+    // Uploads are streamed and capped by `Limits::max_upload` instead.
+    let collection = collection.layer(DefaultBodyLimit::disable());
+    OpenApiRouter::new()
+        .routes((schemas, paths, collection))
+        .routes(routes!(get_model, delete_model))
+        .routes(routes!(list_tensors))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct UploadQuery {
+    /// Display name of the model (default: the file name without extension).
     name: Option<String>,
 }
 
-/// Uploads a model: `application/octet-stream` (one safetensors file, `?name=`) or
-/// `multipart/form-data` with one or more file parts (a sharded checkpoint with its index and
-/// config). 201 with the model.
+/// The multipart form of an upload.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)] // documents the form; the handler streams the parts itself
+struct UploadForm {
+    /// One or more files: `.safetensors` weights (shards with `model.safetensors.index.json`),
+    /// `config.json`, tokenizer and other small side files.
+    #[schema(value_type = Vec<String>, format = Binary)]
+    file: Vec<Vec<u8>>,
+    /// Display name of the model.
+    name: Option<String>,
+}
+
+/// Upload a model
+///
+/// Send one safetensors file as `application/octet-stream` (name it with `?name=`), or several
+/// files as `multipart/form-data` parts (a sharded checkpoint with its index, `config.json`,
+/// tokenizer files). Every file is validated while it streams; pickle, zip and other formats
+/// are refused. The model appears only when every file passed.
+#[utoipa::path(
+    post,
+    path = "/models",
+    tag = "models",
+    params(UploadQuery),
+    request_body(
+        description = "The model's files",
+        content(
+            (Binary = "application/octet-stream"),
+            (UploadForm = "multipart/form-data"),
+        )
+    ),
+    responses(
+        (status = 201, description = "The stored model", body = Model,
+            headers(("Location" = String, description = "URL of the model"))),
+        (status = 400, description = "Malformed request (bad name, bad multipart body)"),
+        (status = 408, description = "The client stopped sending"),
+        (status = 413, description = "Larger than the server's upload limit"),
+        (status = 415, description = "Not safetensors (pickle, zip, GGUF, ...)"),
+        (status = 422, description = "A file breaks the safetensors rules, or the files do not form a model (`file`, `tensor` say where)"),
+        (status = 507, description = "The server's storage is full"),
+    )
+)]
 async fn upload_model(
     State(state): State<AppState>,
     caller: Caller,
@@ -271,13 +311,28 @@ fn plan_error(err: PlanError) -> ApiError {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
+    /// Page size.
     limit: Option<i64>,
+    /// `next_cursor` of the previous page.
     cursor: Option<String>,
 }
 
-/// The team's models, newest first.
+/// List models
+///
+/// The team's models, newest first (`limit` 1-100, default 50).
+#[utoipa::path(
+    get,
+    path = "/models",
+    tag = "models",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "A page of models", body = Page<Model>),
+        (status = 400, description = "Bad `limit` or `cursor`"),
+    )
+)]
 async fn list_models(
     State(state): State<AppState>,
     caller: Caller,
@@ -297,7 +352,17 @@ async fn list_models(
     Ok(Json(Page { items, next_cursor }))
 }
 
-/// One model.
+/// Get a model
+#[utoipa::path(
+    get,
+    path = "/models/{id}",
+    tag = "models",
+    params(("id" = Uuid, Path, description = "Model id")),
+    responses(
+        (status = 200, description = "The model with its files", body = Model),
+        (status = 404, description = "No such model in the caller's team"),
+    )
+)]
 async fn get_model(
     State(state): State<AppState>,
     caller: Caller,
@@ -309,7 +374,20 @@ async fn get_model(
         .ok_or_else(|| ApiError::not_found("model", id))
 }
 
-/// The model's tensors by name.
+/// List a model's tensors
+///
+/// The tensor inventory in name order (`limit` 1-10000, default 1000).
+#[utoipa::path(
+    get,
+    path = "/models/{id}/tensors",
+    tag = "models",
+    params(("id" = Uuid, Path, description = "Model id"), ListQuery),
+    responses(
+        (status = 200, description = "A page of tensors", body = Page<TensorEntry>),
+        (status = 400, description = "Bad `limit`"),
+        (status = 404, description = "No such model in the caller's team"),
+    )
+)]
 async fn list_tensors(
     State(state): State<AppState>,
     caller: Caller,
@@ -332,7 +410,20 @@ async fn list_tensors(
     Ok(Json(Page { items, next_cursor }))
 }
 
-/// Deletes a model and, when no other model shares them, its files.
+/// Delete a model
+///
+/// Removes the model and, when no other model or artifact shares them, its files.
+#[utoipa::path(
+    delete,
+    path = "/models/{id}",
+    tag = "models",
+    params(("id" = Uuid, Path, description = "Model id")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, description = "No such model in the caller's team"),
+        (status = 409, description = "Queued or running jobs use it"),
+    )
+)]
 async fn delete_model(
     State(state): State<AppState>,
     caller: Caller,

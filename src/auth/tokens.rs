@@ -87,7 +87,7 @@ pub struct TokenRecord {
 }
 
 /// A token just created: the only moment its secret exists outside the client.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct IssuedToken {
     /// Token id.
     pub id: Uuid,
@@ -98,7 +98,7 @@ pub struct IssuedToken {
 }
 
 /// The identity behind an authenticated request.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct Identity {
     /// The token used.
     pub token_id: Uuid,

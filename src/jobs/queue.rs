@@ -26,7 +26,7 @@ pub const QUEUED_CHANNEL: &str = "squeeze_job_queued";
 pub const EVENTS_CHANNEL: &str = "squeeze_jobs";
 
 /// A job as the API returns it.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct Job {
     /// Job id.
     pub id: Uuid,
@@ -37,6 +37,7 @@ pub struct Job {
     /// sha256 of that model (kept for provenance).
     pub model_sha256: String,
     /// `queued`, `running`, `succeeded`, `failed` or `canceled`.
+    #[schema(example = "running")]
     pub state: String,
     /// Attempts started so far.
     pub attempt: i32,
@@ -45,12 +46,15 @@ pub struct Job {
     /// Cancellation was asked and the worker has not stopped yet.
     pub cancel_requested: bool,
     /// Tensors and bytes done.
+    #[schema(value_type = Progress)]
     pub progress: Json<Progress>,
     /// Why it failed, or why the last attempt failed.
     pub error: Option<String>,
     /// The summary of a succeeded job.
+    #[schema(value_type = Option<Summary>)]
     pub result: Option<Json<Summary>>,
     /// The recipe it runs.
+    #[schema(value_type = crate::jobs::recipe::Recipe)]
     pub recipe: Json<serde_json::Value>,
     /// Token name that submitted it.
     pub created_by: Option<String>,
@@ -556,7 +560,7 @@ pub async fn report(pool: &PgPool, team_id: Uuid, id: Uuid) -> sqlx::Result<Vec<
 }
 
 /// An artifact file as listed.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct JobFile {
     /// File name.
     pub name: String,

@@ -10,7 +10,7 @@ use crate::formats::dtype;
 use crate::formats::safetensors::Dtype;
 
 /// A compression recipe.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Recipe {
     /// Applied in order to every selected tensor.
@@ -32,7 +32,7 @@ fn default_targets() -> Vec<String> {
 }
 
 /// One step of a recipe.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum Stage {
     /// Zero weights.
@@ -42,12 +42,13 @@ pub enum Stage {
 }
 
 /// Pruning methods.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "method", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Prune {
     /// Zero the smallest-magnitude fraction `sparsity` of each tensor.
     Magnitude {
         /// Fraction in [0, 1).
+        #[schema(minimum = 0.0, exclusive_maximum = 1.0)]
         sparsity: f64,
         /// `tensor`: a threshold per tensor.
         #[serde(default)]
@@ -56,7 +57,7 @@ pub enum Prune {
 }
 
 /// Where a magnitude threshold applies.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum PruneScope {
     /// Each tensor gets its own threshold.
@@ -65,12 +66,13 @@ pub enum PruneScope {
 }
 
 /// Quantization schemes.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "scheme", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Quantize {
     /// Integer codes with scales (and zero-points when asymmetric).
     Int {
         /// 2 to 8.
+        #[schema(minimum = 2, maximum = 8)]
         bits: u8,
         /// Zero-point fixed at 0.
         #[serde(default = "yes")]
@@ -89,7 +91,7 @@ fn yes() -> bool {
 }
 
 /// Scale sharing, by name.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum GranularityName {
     /// One scale for the tensor.
@@ -102,7 +104,7 @@ pub enum GranularityName {
 }
 
 /// What the job writes.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum OutputFormat {
     /// Dense safetensors in the input's dtypes, values dequantized/masked: any loader reads it.
@@ -398,7 +400,7 @@ impl Recipe {
 }
 
 /// A named, built-in recipe.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Preset {
     /// Name to pass as `preset`.
     pub name: &'static str,

@@ -19,7 +19,7 @@ use crate::store::blobs::{self, BlobStore};
 use crate::store::ingest::{FileKind, IngestedFile};
 
 /// A model as the API returns it.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct Model {
     /// Model id.
     pub id: Uuid,
@@ -37,6 +37,7 @@ pub struct Model {
     /// Number of tensors.
     pub tensor_count: i32,
     /// Parameters per dtype.
+    #[schema(value_type = BTreeMap<String, u64>)]
     pub dtypes: Json<BTreeMap<String, u64>>,
     /// `architectures[0]` from config.json.
     pub architecture: Option<String>,
@@ -52,9 +53,10 @@ pub struct Model {
 }
 
 /// One stored file of a model.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct ModelFile {
     #[serde(skip)]
+    #[schema(ignore)]
     model_id: Uuid,
     /// File name as uploaded.
     pub name: String,
@@ -67,13 +69,14 @@ pub struct ModelFile {
 }
 
 /// One tensor of a model's inventory.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct TensorEntry {
     /// Tensor name.
     pub name: String,
     /// safetensors dtype code.
     pub dtype: String,
     /// Dimensions.
+    #[schema(value_type = Vec<u64>)]
     pub shape: Json<Vec<u64>>,
     /// Bytes of data.
     pub bytes: i64,

@@ -62,7 +62,7 @@ pub struct OutputFile {
 }
 
 /// Metrics of one tensor, measured against the original weights.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct TensorReport {
     /// Tensor name.
     pub name: String,
@@ -90,7 +90,7 @@ pub struct TensorReport {
 }
 
 /// The figures of a whole job.
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct Summary {
     /// Output format.
     pub format: String,
@@ -127,7 +127,7 @@ pub struct Summary {
 }
 
 /// Counters reported while running.
-#[derive(Debug, Clone, Default, Serialize, serde::Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize, PartialEq, utoipa::ToSchema)]
 #[serde(default)]
 pub struct Progress {
     /// Tensors finished.

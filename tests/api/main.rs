@@ -8,4 +8,5 @@ mod errors;
 mod helpers;
 mod jobs;
 mod malformed;
+mod openapi;
 mod uploads;

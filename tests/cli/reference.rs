@@ -2,25 +2,12 @@
 //! PyPI by scripts/test) and `squeeze inspect` must agree on which files are valid safetensors,
 //! and files written by the reference writer must read back with the same inventory.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 use crate::common::corpus::corpus;
+use crate::common::python;
 use crate::{data_dir, squeeze};
-
-/// The Python with `safetensors` and `numpy`: `SQUEEZE_TEST_PYTHON`, else the venv scripts/test
-/// makes in `target/pyvenv`.
-fn python() -> PathBuf {
-    if let Some(python) = std::env::var_os("SQUEEZE_TEST_PYTHON") {
-        return python.into();
-    }
-    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/pyvenv/bin/python");
-    assert!(
-        venv.is_file(),
-        "no Python with the reference safetensors package: run ./scripts/test (it installs one in target/pyvenv) or set SQUEEZE_TEST_PYTHON"
-    );
-    venv
-}
 
 const REFERENCE_READER: &str = r#"
 import sys, json

@@ -121,6 +121,21 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
+/// The Python with the independent reference packages (safetensors, numpy,
+/// openapi-spec-validator): `SQUEEZE_TEST_PYTHON`, else the venv scripts/test makes in
+/// `target/pyvenv`.
+pub fn python() -> PathBuf {
+    if let Some(python) = std::env::var_os("SQUEEZE_TEST_PYTHON") {
+        return python.into();
+    }
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/pyvenv/bin/python");
+    assert!(
+        venv.is_file(),
+        "no Python with the independent reference packages: run ./scripts/test (it installs them in target/pyvenv) or set SQUEEZE_TEST_PYTHON"
+    );
+    venv
+}
+
 /// The `squeeze` binary under test: `SQUEEZE_BIN` (e.g. a release build, for measuring), else
 /// the one cargo built for this test run.
 pub fn squeeze_bin() -> PathBuf {
