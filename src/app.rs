@@ -111,6 +111,7 @@ impl Application {
             state.blobs.clone(),
             WorkerConfig {
                 count: args.workers,
+                poll: Duration::from_secs(args.poll_secs.max(1)),
                 ..WorkerConfig::default()
             },
         );

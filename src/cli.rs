@@ -59,9 +59,22 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             work_dir,
         }) => {
             tokio::task::spawn_blocking(move || {
-                crate::bench::pipeline_bench(size, &preset, &work_dir)
+                crate::bench::pipeline::pipeline_bench(size, &preset, &work_dir)
             })
             .await?
+        }
+        Command::Bench(crate::config::BenchCommand::Queue {
+            jobs,
+            workers,
+            latency_samples,
+            work_dir,
+        }) => {
+            let bench = crate::bench::queue::QueueBench {
+                jobs,
+                workers,
+                latency_samples,
+            };
+            crate::bench::queue::run(&bench, &work_dir).await
         }
     }
 }
@@ -227,7 +240,7 @@ async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
             count: args.workers.max(1),
             grace: std::time::Duration::from_secs(args.shutdown_grace_secs),
             lease: std::time::Duration::from_secs(args.lease_secs.max(1)),
-            ..Default::default()
+            poll: std::time::Duration::from_secs(args.poll_secs.max(1)),
         },
     );
     tracing::info!(workers = args.workers.max(1), "workers running");

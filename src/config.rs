@@ -90,6 +90,10 @@ pub struct ServeArgs {
     /// Compression workers in this process (0: API only, run `squeeze worker` elsewhere).
     #[arg(long, env = "SQUEEZE_WORKERS", default_value_t = 1)]
     pub workers: usize,
+    /// Longest wait, in seconds, before idle workers look for queued jobs when no NOTIFY
+    /// arrives (the fallback while the LISTEN connection is down).
+    #[arg(long, env = "SQUEEZE_POLL_SECS", default_value_t = 2)]
+    pub poll_secs: u64,
 }
 
 /// `squeeze worker`.
@@ -108,6 +112,10 @@ pub struct WorkerArgs {
     /// requeued after it.
     #[arg(long, env = "SQUEEZE_LEASE_SECS", default_value_t = 30)]
     pub lease_secs: u64,
+    /// Longest wait, in seconds, before idle workers look for queued jobs when no NOTIFY
+    /// arrives (the fallback while the LISTEN connection is down).
+    #[arg(long, env = "SQUEEZE_POLL_SECS", default_value_t = 2)]
+    pub poll_secs: u64,
 }
 
 /// `squeeze compress`.
@@ -181,6 +189,22 @@ pub enum BenchCommand {
         #[arg(long, default_value = "int8")]
         preset: String,
         /// Folder for the temporary input and output.
+        #[arg(long, default_value = "./data/bench")]
+        work_dir: PathBuf,
+    },
+    /// Job queue throughput and enqueue-to-start latency, next to database round trips, on a
+    /// private PostgreSQL made for the run.
+    Queue {
+        /// Jobs for the queue throughput figure.
+        #[arg(long, default_value_t = 2000)]
+        jobs: usize,
+        /// Concurrent workers.
+        #[arg(long, default_value_t = 4)]
+        workers: usize,
+        /// Jobs submitted one at a time for the latency figure.
+        #[arg(long, default_value_t = 100)]
+        latency_samples: usize,
+        /// Folder for the temporary database and files (removed afterwards).
         #[arg(long, default_value = "./data/bench")]
         work_dir: PathBuf,
     },

@@ -114,30 +114,50 @@ impl WorkerPool {
     }
 }
 
+/// Wakes idle workers on each NOTIFY of a queued job. When the connection drops it reconnects
+/// (backing off while PostgreSQL is unreachable) and wakes the workers once listening again, so
+/// jobs queued in the gap start then rather than at the next poll.
 async fn listen_for_work(db: PgPool, wake: Arc<Notify>, mut stopped: watch::Receiver<bool>) {
-    let mut backoff = Duration::from_millis(200);
+    const FIRST_BACKOFF: Duration = Duration::from_millis(200);
+    let mut backoff = FIRST_BACKOFF;
     while !*stopped.borrow() {
-        let listener = async {
+        let listening = async {
             let mut listener = PgListener::connect_with(&db).await?;
             listener.listen(queue::QUEUED_CHANNEL).await?;
-            // Anything queued while we were not listening.
-            wake.notify_waiters();
-            loop {
-                listener.recv().await?;
-                wake.notify_waiters();
-            }
-            #[allow(unreachable_code)]
-            Ok::<(), sqlx::Error>(())
+            Ok::<_, sqlx::Error>(listener)
         };
-        tokio::select! {
-            result = listener => {
-                if let Err(err) = result {
-                    tracing::warn!(error = %err, "job wake-up listener lost; polling until it reconnects");
+        let mut listener = tokio::select! {
+            result = listening => match result {
+                Ok(listener) => listener,
+                Err(err) => {
+                    tracing::warn!(error = %err, "job wake-up listener cannot connect; workers poll meanwhile");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = stopped.changed() => break,
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                    continue;
                 }
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(10));
-            }
+            },
             _ = stopped.changed() => break,
+        };
+        backoff = FIRST_BACKOFF;
+        wake.notify_waiters();
+        loop {
+            tokio::select! {
+                received = listener.try_recv() => match received {
+                    Ok(Some(_)) => wake.notify_waiters(),
+                    Ok(None) => {
+                        tracing::warn!("job wake-up listener lost its connection; reconnecting");
+                        break;
+                    }
+                    Err(err) => {
+                        tracing::warn!(error = %err, "job wake-up listener failed; reconnecting");
+                        break;
+                    }
+                },
+                _ = stopped.changed() => return,
+            }
         }
     }
 }

@@ -90,7 +90,7 @@ pub struct TensorReport {
 }
 
 /// The figures of a whole job.
-#[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct Summary {
     /// Output format.
     pub format: String,

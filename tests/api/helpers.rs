@@ -23,6 +23,8 @@ pub struct Options {
     pub max_upload: u64,
     pub upload_idle: Duration,
     pub workers: usize,
+    /// Idle workers' poll interval (the fallback to NOTIFY).
+    pub poll_secs: u64,
 }
 
 impl Default for Options {
@@ -31,6 +33,7 @@ impl Default for Options {
             max_upload: 1 << 30,
             upload_idle: Duration::from_secs(60),
             workers: 1,
+            poll_secs: 2,
         }
     }
 }
@@ -57,6 +60,7 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
         static_dir: None,
         shutdown_grace_secs: 1,
         workers: options.workers,
+        poll_secs: options.poll_secs,
     };
     let app = Application::build(args).await.expect("the app builds");
     let base = format!("http://{}", app.local_addr());

@@ -116,6 +116,39 @@ async fn wait_final(app: &TestApp, id: &str) -> Value {
     panic!("job {id} did not finish");
 }
 
+/// Reads a job's event stream to its end: the last event's job, and the whole text.
+async fn follow_events(app: &TestApp, id: &str) -> (Value, String) {
+    let mut events = app
+        .client
+        .get(app.url(&format!("/api/v1/jobs/{id}/events")))
+        .header("authorization", app.bearer())
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        events.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
+    // Keep-alive comments arrive every 15 s, so the deadline is on the whole stream.
+    let mut text = String::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while let Some(chunk) = tokio::time::timeout_at(deadline, events.chunk())
+        .await
+        .unwrap_or_else(|_| panic!("job {id} did not finish within 60 s: {text}"))
+        .unwrap()
+    {
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    let last_data = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .next_back()
+        .unwrap();
+    (serde_json::from_str(last_data.trim()).unwrap(), text)
+}
+
 #[tokio::test]
 async fn a_job_runs_end_to_end_and_its_artifact_matches_an_independent_int8_computation() {
     let app = spawn_app().await;
@@ -141,34 +174,7 @@ async fn a_job_runs_end_to_end_and_its_artifact_matches_an_independent_int8_comp
     assert_eq!(other.status(), 422);
     assert!(is_problem(&other));
 
-    // Follow the events to the end.
-    let mut events = app
-        .client
-        .get(app.url(&format!("/api/v1/jobs/{id}/events")))
-        .header("authorization", app.bearer())
-        .send()
-        .await
-        .unwrap();
-    assert!(
-        events.headers()["content-type"]
-            .to_str()
-            .unwrap()
-            .starts_with("text/event-stream")
-    );
-    let mut text = String::new();
-    while let Some(chunk) = tokio::time::timeout(Duration::from_secs(60), events.chunk())
-        .await
-        .unwrap()
-        .unwrap()
-    {
-        text.push_str(&String::from_utf8_lossy(&chunk));
-    }
-    let last_data = text
-        .lines()
-        .filter_map(|l| l.strip_prefix("data:"))
-        .next_back()
-        .unwrap();
-    let last: Value = serde_json::from_str(last_data.trim()).unwrap();
+    let (last, text) = follow_events(&app, &id).await;
     assert_eq!(last["state"], "succeeded", "{text}");
     assert!(text.contains("event: state"));
 
@@ -665,4 +671,66 @@ async fn a_sharded_model_compresses_into_the_same_shards_with_its_index_and_conf
     assert_eq!(tensors.len(), 1);
     assert_eq!(tensors[0].0, "head.weight");
     assert_eq!(tensors[0].1.len(), 8 * 64);
+}
+
+/// LISTEN connections of this test's database.
+async fn listeners(app: &TestApp) -> i64 {
+    sqlx::query_scalar(
+        "select count(*) from pg_stat_activity
+         where datname = current_database() and query ilike 'listen %'",
+    )
+    .fetch_one(&app.state.db)
+    .await
+    .unwrap()
+}
+
+async fn wait_for_listeners(app: &TestApp, at_least: i64) {
+    for _ in 0..300 {
+        if listeners(app).await >= at_least {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("fewer than {at_least} LISTEN connections after 15 s");
+}
+
+#[tokio::test]
+async fn jobs_start_and_events_flow_after_the_listen_connections_are_killed() {
+    // Polling is effectively off: only a wake-up from the listener can start a job in time.
+    let app = spawn_app_with(Options {
+        poll_secs: 3600,
+        ..Options::default()
+    })
+    .await;
+    let (model_id, _) = upload_model(&app, 8, 32).await;
+    // The workers' wake-up listener and the event streams' listener.
+    wait_for_listeners(&app, 2).await;
+    let killed: Vec<bool> = sqlx::query_scalar(
+        "select pg_terminate_backend(pid) from pg_stat_activity
+         where datname = current_database() and query ilike 'listen %'",
+    )
+    .fetch_all(&app.state.db)
+    .await
+    .unwrap();
+    assert!(killed.len() >= 2 && killed.iter().all(|k| *k), "{killed:?}");
+
+    // Submitted at once, while the listeners are down or reconnecting.
+    let job: Value = submit(&app, json!({"model_id": model_id, "preset": "int8"}), None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = job["id"].as_str().unwrap();
+    let (last, text) = follow_events(&app, id).await;
+    assert_eq!(last["state"], "succeeded", "{text}");
+
+    // Both listeners come back, and NOTIFY wakes the workers again.
+    wait_for_listeners(&app, 2).await;
+    let job: Value = submit(&app, json!({"model_id": model_id, "preset": "int8"}), None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let job = wait_final(&app, job["id"].as_str().unwrap()).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
 }

@@ -175,3 +175,30 @@ fn the_pipeline_benchmark_reports_throughput_against_memcpy() {
         "{stdout}"
     );
 }
+
+#[test]
+fn the_queue_benchmark_reports_throughput_and_latency_and_cleans_up() {
+    let dir = data_dir();
+    let (status, stdout, stderr) = squeeze(&[
+        "bench",
+        "queue",
+        "--jobs",
+        "100",
+        "--latency-samples",
+        "10",
+        "--work-dir",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert!(status.success(), "{stderr}");
+    for expected in [
+        "round trips/s",
+        "jobs/s",
+        "p50",
+        "p99",
+        "each ran exactly once",
+    ] {
+        assert!(stdout.contains(expected), "no {expected:?} in {stdout}");
+    }
+    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert!(left.is_empty(), "the benchmark left {left:?}");
+}

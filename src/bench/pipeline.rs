@@ -1,7 +1,4 @@
-//! `squeeze bench`: measured performance, reported next to a baseline measured in the same run
-//! (this machine is shared and noisy, so absolute figures alone mean little).
-//!
-//! `pipeline` writes a synthetic BF16 model, runs the recipe through the same pipeline as jobs,
+//! `squeeze bench pipeline`: writes a synthetic BF16 model, runs the recipe through the same pipeline as jobs,
 //! measures memory-copy bandwidth, and prints input GB/s, the ratio to memcpy, and the peak RSS
 //! of the pipeline (taken before the memcpy baseline allocates its buffers).
 
@@ -32,11 +29,16 @@ pub fn memcpy_bandwidth() -> f64 {
         .fold(0.0, f64::max)
 }
 
-/// Writes a BF16 model of about `bytes` bytes: 4096-wide matrices of small finite values.
-fn write_model(path: &Path, bytes: u64) -> anyhow::Result<u64> {
-    let (rows, cols) = (4096u64, 4096u64);
+/// Writes a synthetic BF16 safetensors model: `count` matrices of `rows` × `cols` small finite
+/// values (a fixed pseudo-random sequence, so runs are comparable). Returns the bytes of tensor
+/// data.
+pub fn write_synthetic_model(
+    out: impl Write,
+    count: u64,
+    rows: u64,
+    cols: u64,
+) -> std::io::Result<u64> {
     let per = rows * cols * 2;
-    let count = (bytes / per).max(1);
     let mut header = String::from("{\"__metadata__\":{\"format\":\"pt\"}");
     for i in 0..count {
         header.push_str(&format!(
@@ -49,7 +51,7 @@ fn write_model(path: &Path, bytes: u64) -> anyhow::Result<u64> {
     while !header.len().is_multiple_of(8) {
         header.push(' ');
     }
-    let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
+    let mut out = std::io::BufWriter::new(out);
     out.write_all(&(header.len() as u64).to_le_bytes())?;
     out.write_all(header.as_bytes())?;
     let mut state = 0x9E37_79B9_7F4A_7C15u64;
@@ -79,7 +81,10 @@ pub fn pipeline_bench(size_bytes: u64, preset: &str, work_dir: &Path) -> anyhow:
     let input = work_dir.join("bench-input.safetensors");
     let out_dir = work_dir.join("bench-output");
     std::fs::create_dir_all(&out_dir)?;
-    let weights = write_model(&input, size_bytes).context("writing the synthetic model")?;
+    let (rows, cols) = (4096u64, 4096u64);
+    let count = (size_bytes / (rows * cols * 2)).max(1);
+    let weights = write_synthetic_model(std::fs::File::create(&input)?, count, rows, cols)
+        .context("writing the synthetic model")?;
     let inputs = [InputFile {
         name: "model.safetensors".into(),
         kind: InputKind::Weights,

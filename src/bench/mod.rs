@@ -1,0 +1,8 @@
+//! `squeeze bench`: measured performance, each figure printed next to a baseline measured in the
+//! same run (this machine is shared and noisy, so absolute figures alone mean little).
+//!
+//! `pipeline` measures the compression pipeline against memory-copy bandwidth; `queue` measures
+//! the job queue and the worker pool against plain database round trips.
+
+pub mod pipeline;
+pub mod queue;
