@@ -6,18 +6,8 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use squeeze::jobs::queue::{self, Lease};
 
-use crate::common::safetensors;
+use crate::common::{assert_int8_per_channel, bf16_bits, from_bf16, safetensors};
 use crate::helpers::{Options, TestApp, is_problem, spawn_app, spawn_app_with};
-
-/// BF16 bits of an f32, round to nearest even (written here, independently of the service).
-fn bf16(x: f32) -> u16 {
-    let bits = x.to_bits();
-    ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16) as u16
-}
-
-fn from_bf16(b: u16) -> f32 {
-    f32::from_bits(u32::from(b) << 16)
-}
 
 /// A model with two BF16 matrices (one with an outlier) and an F32 norm, plus its values.
 fn model(rows: usize, cols: usize) -> (Vec<u8>, Vec<(String, Vec<f32>)>) {
@@ -31,9 +21,11 @@ fn model(rows: usize, cols: usize) -> (Vec<u8>, Vec<(String, Vec<f32>)>) {
     let mut values = Vec::new();
     let mut tensors = Vec::new();
     for layer in 0..2 {
-        let mut w: Vec<f32> = (0..rows * cols).map(|_| from_bf16(bf16(next()))).collect();
-        w[3 * cols + 5] = from_bf16(bf16(1.5));
-        let bytes: Vec<u8> = w.iter().flat_map(|v| bf16(*v).to_le_bytes()).collect();
+        let mut w: Vec<f32> = (0..rows * cols)
+            .map(|_| from_bf16(bf16_bits(next())))
+            .collect();
+        w[3 * cols + 5] = from_bf16(bf16_bits(1.5));
+        let bytes: Vec<u8> = w.iter().flat_map(|v| bf16_bits(*v).to_le_bytes()).collect();
         values.push((format!("layers.{layer}.mlp.weight"), w));
         tensors.push((format!("layers.{layer}.mlp.weight"), bytes));
     }
@@ -194,21 +186,7 @@ async fn a_job_runs_end_to_end_and_its_artifact_matches_an_independent_int8_comp
             assert_eq!(original, got_values, "1-D tensors stay as they are");
             continue;
         }
-        for (row, (o, g)) in original.chunks(256).zip(got_values.chunks(256)).enumerate() {
-            let amax = o.iter().fold(0f64, |m, v| m.max(f64::from(v.abs())));
-            let scale = amax / 127.5;
-            for (x, y) in o.iter().zip(g) {
-                let q = (f64::from(*x) / scale)
-                    .round_ties_even()
-                    .clamp(-128.0, 127.0);
-                let want = f64::from(from_bf16(bf16((q * scale) as f32)));
-                // Same code, or a neighbour where f32 and f64 disagree on a tie.
-                assert!(
-                    (want - f64::from(*y)).abs() <= scale * 1.01,
-                    "{name} row {row}: {x} -> {y}, want {want}"
-                );
-            }
-        }
+        assert_int8_per_channel(name, original, got_values, 256);
     }
 
     let report = app.json(&format!("/api/v1/jobs/{id}/report")).await;

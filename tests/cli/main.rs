@@ -6,6 +6,7 @@ mod common;
 
 mod commands;
 mod embedded;
+mod large_model;
 mod reference;
 mod upload_memory;
 mod workers;
@@ -82,6 +83,17 @@ impl Server {
                 "serve did not exit after SIGTERM"
             );
             std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// A test that fails must not leave its server running: it would outlive the test binary and
+/// hold the test runner's output pipe open.
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
         }
     }
 }

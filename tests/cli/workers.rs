@@ -11,8 +11,33 @@ use serde_json::{Value, json};
 use crate::common::bf16_model;
 use crate::{Server, data_dir};
 
-fn start_worker(data: &Path, extra: &[&str]) -> Child {
-    Command::new(crate::common::squeeze_bin())
+/// A `squeeze worker` process, killed if a failing test drops it still running.
+struct WorkerProcess(Child);
+
+impl std::ops::Deref for WorkerProcess {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for WorkerProcess {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+fn start_worker(data: &Path, extra: &[&str]) -> WorkerProcess {
+    let child = Command::new(crate::common::squeeze_bin())
         .args(["worker", "--data-dir"])
         .arg(data)
         .args(extra)
@@ -21,7 +46,14 @@ fn start_worker(data: &Path, extra: &[&str]) -> Child {
         .env("SQUEEZE_THREADS", "1")
         .stdout(Stdio::null())
         .spawn()
-        .expect("squeeze worker starts")
+        .expect("squeeze worker starts");
+    WorkerProcess(child)
+}
+
+/// A model whose int8 job runs for seconds on one thread, so a test can act while it runs:
+/// many small tensors (progress shows early) totalling 128 MiB of BF16.
+fn slow_model(seed: u64) -> Vec<u8> {
+    bf16_model(128, 512, 1024, seed)
 }
 
 struct Client {
@@ -128,7 +160,7 @@ async fn a_killed_workers_job_is_finished_by_another_with_one_artifact_set() {
     let dir = data_dir();
     let server = Server::start(dir.path(), &[("SQUEEZE_WORKERS", "0")]);
     let client = Client::new(&server, dir.path());
-    let model = client.upload(bf16_model(24, 512, 1024, 1)).await;
+    let model = client.upload(slow_model(1)).await;
     let id = client.submit(&model).await;
 
     let mut first = start_worker(dir.path(), &["--lease-secs", "2"]);
@@ -166,7 +198,7 @@ async fn a_running_job_cancels_within_seconds_and_sigterm_hands_a_job_back() {
     let dir = data_dir();
     let server = Server::start(dir.path(), &[("SQUEEZE_WORKERS", "0")]);
     let client = Client::new(&server, dir.path());
-    let model = client.upload(bf16_model(24, 512, 1024, 2)).await;
+    let model = client.upload(slow_model(2)).await;
 
     let mut worker = start_worker(dir.path(), &["--shutdown-grace-secs", "0"]);
     let id = client.submit(&model).await;

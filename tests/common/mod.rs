@@ -65,18 +65,18 @@ pub async fn fresh_database_url() -> String {
     template.replace("{db}", &name)
 }
 
-/// Bytes of a safetensors file: `(name, dtype, shape, data)` in that order, with the header
-/// padded to 8 bytes as the reference writer does.
-pub fn safetensors(tensors: &[(&str, &str, &[u64], Vec<u8>)]) -> Vec<u8> {
+/// The header block (length prefix and JSON, padded to 8 bytes as the reference writer pads)
+/// of a safetensors file holding `(name, dtype, shape, data length)` in that order.
+pub fn safetensors_header(tensors: &[(&str, &str, &[u64], usize)]) -> Vec<u8> {
     let mut header = serde_json::Map::new();
     header.insert("__metadata__".into(), serde_json::json!({"format": "pt"}));
     let mut offset = 0usize;
-    for (name, dtype, shape, data) in tensors {
+    for (name, dtype, shape, len) in tensors {
         header.insert(
             (*name).into(),
-            serde_json::json!({"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + data.len()]}),
+            serde_json::json!({"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + len]}),
         );
-        offset += data.len();
+        offset += len;
     }
     let mut json = serde_json::to_vec(&header).unwrap();
     while !json.len().is_multiple_of(8) {
@@ -84,6 +84,16 @@ pub fn safetensors(tensors: &[(&str, &str, &[u64], Vec<u8>)]) -> Vec<u8> {
     }
     let mut out = (json.len() as u64).to_le_bytes().to_vec();
     out.extend_from_slice(&json);
+    out
+}
+
+/// Bytes of a safetensors file: `(name, dtype, shape, data)` in that order.
+pub fn safetensors(tensors: &[(&str, &str, &[u64], Vec<u8>)]) -> Vec<u8> {
+    let entries: Vec<(&str, &str, &[u64], usize)> = tensors
+        .iter()
+        .map(|(name, dtype, shape, data)| (*name, *dtype, *shape, data.len()))
+        .collect();
+    let mut out = safetensors_header(&entries);
     for (_, _, _, data) in tensors {
         out.extend_from_slice(data);
     }
@@ -148,18 +158,10 @@ pub fn squeeze_bin() -> PathBuf {
 pub fn bf16_model(count: usize, rows: usize, cols: usize, seed: u64) -> Vec<u8> {
     let tensors: Vec<(String, Vec<u8>)> = (0..count)
         .map(|i| {
-            let bytes: Vec<u8> = noise(rows * cols * 2, seed + i as u64)
-                .chunks_exact(2)
-                .flat_map(|pair| {
-                    // Sign, exponent 2^-8..2^-1, random mantissa: finite, weight-like.
-                    let exponent = 119 + u16::from(pair[1] % 8);
-                    let bits = (u16::from(pair[1] & 0x80) << 8)
-                        | (exponent << 7)
-                        | u16::from(pair[0] & 0x7F);
-                    bits.to_le_bytes()
-                })
-                .collect();
-            (format!("layers.{i}.weight"), bytes)
+            (
+                format!("layers.{i}.weight"),
+                weight_like_bf16(rows * cols, seed + i as u64),
+            )
         })
         .collect();
     let shape = [rows as u64, cols as u64];
@@ -168,6 +170,52 @@ pub fn bf16_model(count: usize, rows: usize, cols: usize, seed: u64) -> Vec<u8> 
         .map(|(name, bytes)| (name.as_str(), "BF16", &shape[..], bytes.clone()))
         .collect();
     safetensors(&entries)
+}
+
+/// `elements` BF16 values, little-endian: sign, exponent 2^-8..2^-1, random mantissa (finite
+/// and weight-like).
+pub fn weight_like_bf16(elements: usize, seed: u64) -> Vec<u8> {
+    noise(elements * 2, seed)
+        .chunks_exact(2)
+        .flat_map(|pair| {
+            let exponent = 119 + u16::from(pair[1] % 8);
+            let bits =
+                (u16::from(pair[1] & 0x80) << 8) | (exponent << 7) | u16::from(pair[0] & 0x7F);
+            bits.to_le_bytes()
+        })
+        .collect()
+}
+
+/// BF16 bits of an f32, round to nearest even (written here, independently of the service).
+pub fn bf16_bits(x: f32) -> u16 {
+    let bits = x.to_bits();
+    ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16) as u16
+}
+
+/// The f32 a BF16 bit pattern stands for.
+pub fn from_bf16(b: u16) -> f32 {
+    f32::from_bits(u32::from(b) << 16)
+}
+
+/// Asserts that `got` is `original` quantized to int8, symmetric, one scale per row of `cols`
+/// values (amax / 127.5, round half to even), dequantized and stored as BF16, computed here in
+/// f64. A neighbouring code is accepted where f32 and f64 disagree on a tie.
+pub fn assert_int8_per_channel(name: &str, original: &[f32], got: &[f32], cols: usize) {
+    assert_eq!(original.len(), got.len(), "{name}: length");
+    for (row, (o, g)) in original.chunks(cols).zip(got.chunks(cols)).enumerate() {
+        let amax = o.iter().fold(0f64, |m, v| m.max(f64::from(v.abs())));
+        let scale = amax / 127.5;
+        for (x, y) in o.iter().zip(g) {
+            let q = (f64::from(*x) / scale)
+                .round_ties_even()
+                .clamp(-128.0, 127.0);
+            let want = f64::from(from_bf16(bf16_bits((q * scale) as f32)));
+            assert!(
+                (want - f64::from(*y)).abs() <= scale * 1.01,
+                "{name} row {row}: {x} -> {y}, want {want}"
+            );
+        }
+    }
 }
 
 /// The `key` field of every item of a `{items: [...]}` page, in order.
