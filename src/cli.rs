@@ -63,6 +63,17 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             })
             .await?
         }
+        Command::Bench(crate::config::BenchCommand::Kernels {
+            rows,
+            cols,
+            repeats,
+            only,
+        }) => {
+            tokio::task::spawn_blocking(move || {
+                crate::bench::kernels::kernels_bench(rows, cols, repeats, only.as_deref())
+            })
+            .await?
+        }
         Command::Bench(crate::config::BenchCommand::Queue {
             jobs,
             workers,

@@ -192,6 +192,21 @@ pub enum BenchCommand {
         #[arg(long, default_value = "./data/bench")]
         work_dir: PathBuf,
     },
+    /// Every kernel on an in-memory tensor (BF16 and F32), next to memcpy bandwidth.
+    Kernels {
+        /// Rows of the tensor.
+        #[arg(long, default_value_t = 4096)]
+        rows: usize,
+        /// Columns of the tensor.
+        #[arg(long, default_value_t = 11008)]
+        cols: usize,
+        /// Runs per kernel; the fastest counts.
+        #[arg(long, default_value_t = 3)]
+        repeats: usize,
+        /// Only kernels whose name contains this.
+        #[arg(long)]
+        only: Option<String>,
+    },
     /// Job queue throughput and enqueue-to-start latency, next to database round trips, on a
     /// private PostgreSQL made for the run.
     Queue {

@@ -1,8 +1,10 @@
 //! `squeeze bench`: measured performance, each figure printed next to a baseline measured in the
 //! same run (this machine is shared and noisy, so absolute figures alone mean little).
 //!
-//! `pipeline` measures the compression pipeline against memory-copy bandwidth; `queue` measures
-//! the job queue and the worker pool against plain database round trips.
+//! `kernels` and `pipeline` measure the compression kernels (in memory) and the whole pipeline
+//! (with file I/O) against memory-copy bandwidth; `queue` measures the job queue and the worker
+//! pool against plain database round trips.
 
+pub mod kernels;
 pub mod pipeline;
 pub mod queue;

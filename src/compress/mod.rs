@@ -1,8 +1,12 @@
-//! The numeric kernels: pure functions over f32 rows. No I/O, no async, no database; the worker
-//! runs them on its rayon pool and hands them a cancel flag to check between chunks.
+//! The numeric kernels: pure functions over tensor views and f32 rows. No I/O, no async, no
+//! database; the worker runs them on its rayon pool and hands them a cancel flag to check
+//! between chunks. `tensor` drives one tensor through its steps; `simd` compiles the hot loops
+//! for the CPU at hand.
 
 pub mod prune;
 pub mod quantize;
+pub mod simd;
+pub mod tensor;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -8,6 +8,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::compress::simd::multiversion;
+
 /// How many values share one scale.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Granularity {
@@ -102,32 +104,70 @@ impl IntScheme {
         cols: usize,
         tensor: Option<QParams>,
     ) -> Vec<QParams> {
-        let group = self.group_len(cols);
-        let mut used = Vec::with_capacity(rows.len() / group.max(1));
-        for values in rows.chunks_mut(group) {
-            let p = match (self.granularity, tensor) {
-                (Granularity::Tensor, Some(p)) => p,
-                _ => {
-                    let (min, max) = min_max(values);
-                    self.params(min, max)
-                }
-            };
-            for v in values.iter_mut() {
-                *v = Self::dequantize(self.quantize(*v, p), p);
-            }
-            used.push(p);
-        }
+        let mut used = Vec::with_capacity(rows.len() / self.group_len(cols).max(1));
+        fake_quantize_groups(*self, rows, cols, tensor, &mut used);
         used
     }
 }
 
-/// Smallest and largest of the values (NaNs ignored).
-pub fn min_max(values: &[f32]) -> (f32, f32) {
-    values
-        .iter()
-        .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| {
-            (lo.min(v), hi.max(v))
-        })
+multiversion! {
+    fn fake_quantize_groups(
+        scheme: IntScheme,
+        rows: &mut [f32],
+        cols: usize,
+        tensor: Option<QParams>,
+        used: &mut Vec<QParams>,
+    ) {
+        let (qmin, qmax) = (scheme.qmin() as f32, scheme.qmax() as f32);
+        for values in rows.chunks_mut(scheme.group_len(cols)) {
+            let p = match (scheme.granularity, tensor) {
+                (Granularity::Tensor, Some(p)) => p,
+                _ => {
+                    let (min, max) = min_max_lanes(values);
+                    scheme.params(min, max)
+                }
+            };
+            let (scale, zero_point) = (p.scale, p.zero_point as f32);
+            for v in values.iter_mut() {
+                // Selects rather than `clamp` keep the loop branch-free for the vectoriser.
+                let x = *v / scale + zero_point;
+                let x = if x < qmin { qmin } else { x };
+                let x = if x > qmax { qmax } else { x };
+                *v = (x.round_ties_even() - zero_point) * scale;
+            }
+            used.push(p);
+        }
+    }
+}
+
+multiversion! {
+    /// Smallest and largest of the values (NaNs ignored; (+inf, -inf) for none).
+    pub fn min_max(values: &[f32]) -> (f32, f32) {
+        min_max_lanes(values)
+    }
+}
+
+/// [`min_max`] in eight independent lanes of compare-and-select, a shape the compiler turns
+/// into vector `minps`/`maxps`.
+#[inline(always)]
+fn min_max_lanes(values: &[f32]) -> (f32, f32) {
+    const LANES: usize = 8;
+    let mut lo = [f32::INFINITY; LANES];
+    let mut hi = [f32::NEG_INFINITY; LANES];
+    let mut chunks = values.chunks_exact(LANES);
+    for chunk in &mut chunks {
+        let chunk: &[f32; LANES] = chunk.try_into().expect("chunks_exact");
+        lo = std::array::from_fn(|i| if chunk[i] < lo[i] { chunk[i] } else { lo[i] });
+        hi = std::array::from_fn(|i| if chunk[i] > hi[i] { chunk[i] } else { hi[i] });
+    }
+    for &v in chunks.remainder() {
+        lo[0] = if v < lo[0] { v } else { lo[0] };
+        hi[0] = if v > hi[0] { v } else { hi[0] };
+    }
+    (
+        lo.iter().fold(f32::INFINITY, |a, &b| a.min(b)),
+        hi.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)),
+    )
 }
 
 #[cfg(test)]
@@ -255,6 +295,28 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    #[test]
+    fn min_max_matches_a_plain_fold_at_every_length() {
+        let mut state = 5u64;
+        let data: Vec<f32> = (0..100)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                (state % 1000) as f32 - 500.0
+            })
+            .collect();
+        for len in 0..data.len() {
+            let values = &data[..len];
+            let want = values
+                .iter()
+                .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| {
+                    (lo.min(v), hi.max(v))
+                });
+            assert_eq!(min_max(values), want, "length {len}");
         }
     }
 }

@@ -6,6 +6,7 @@ use regex::Regex;
 use serde::{Deserialize, Serialize};
 
 use crate::compress::quantize::{Granularity, IntScheme};
+use crate::compress::tensor::Step;
 use crate::formats::dtype;
 use crate::formats::safetensors::Dtype;
 
@@ -135,6 +136,16 @@ impl Quantize {
 }
 
 impl Stage {
+    /// The kernel step this stage runs (after validation).
+    pub fn step(&self) -> Step {
+        match self {
+            Stage::Prune(Prune::Magnitude { sparsity, .. }) => Step::MagnitudePrune {
+                sparsity: *sparsity,
+            },
+            Stage::Quantize(q) => Step::Int(q.int_scheme()),
+        }
+    }
+
     /// A short description for reports ("int4 sym g128", "prune 50%").
     pub fn describe(&self) -> String {
         match self {

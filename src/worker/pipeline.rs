@@ -5,27 +5,20 @@
 //!
 //! Memory stays at a few tensors whatever the model size: each tensor is mapped on its own and
 //! unmapped when done (so its pages leave the process), transformed in row chunks, and written
-//! out before the next one. Stages that need a whole-tensor statistic (a magnitude threshold, a
-//! per-tensor range) get it from extra read passes over the chunks, never from a full copy.
+//! out before the next one; `compress::tensor` does the chunked work.
 
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use rayon::prelude::*;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::compress::prune::{MagnitudeCut, prune_count};
-use crate::compress::quantize::{Granularity, QParams, min_max};
+use crate::compress::tensor::{self, Fidelity, Step, TensorView, TransformError};
 use crate::compress::{Cancel, Canceled};
-use crate::formats::dtype;
 use crate::formats::safetensors::{self, Header, TensorInfo};
-use crate::jobs::recipe::{Prune, Recipe, Stage, TensorMeta};
-
-/// Values per chunk (whole rows are kept together).
-const CHUNK_VALUES: usize = 1 << 16;
+use crate::jobs::recipe::{Recipe, Stage, TensorMeta};
 
 /// What a model file is to the pipeline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -258,9 +251,11 @@ pub fn run(
         .map(Stage::describe)
         .collect::<Vec<_>>()
         .join(" + ");
+    let steps: Vec<Step> = recipe.stages.iter().map(Stage::step).collect();
 
     let mut files = Vec::new();
     let mut reports = Vec::new();
+    let mut buffer: Vec<u8> = Vec::new();
     for (input, header) in &weights {
         let mut out = HashingFile::create(out_dir, &input.name)?;
         out.write(&header_bytes(header))?;
@@ -272,9 +267,24 @@ pub fn run(
             let bytes = data.bytes();
             let selected = selection.selects(&t.name, t.dtype, t.shape.len());
             let report = if selected {
-                let (transformed, report) = transform(bytes, t, &recipe.stages, &scheme, cancel)?;
-                out.write(&transformed)?;
-                report
+                let view = TensorView {
+                    bytes,
+                    dtype: t.dtype,
+                    shape: &t.shape,
+                };
+                // One buffer for every tensor: fresh memory would cost a page fault per 4 KiB.
+                buffer.resize(bytes.len(), 0);
+                let transformed = &mut buffer[..];
+                let fidelity = tensor::transform_into(&view, &steps, cancel, transformed).map_err(
+                    |e| match e {
+                        TransformError::Canceled => PipelineError::Canceled,
+                        TransformError::NonFinite { .. } => {
+                            PipelineError::Input(format!("tensor {:?}: {e}", t.name))
+                        }
+                    },
+                )?;
+                out.write(transformed)?;
+                report(t, &scheme, transformed.len() as u64, &fidelity)
             } else {
                 out.write(bytes)?;
                 unchanged(t)
@@ -394,18 +404,29 @@ pub fn peak_rss_bytes() -> Option<u64> {
 const UNCHANGED: &str = "unchanged";
 
 fn unchanged(t: &TensorInfo) -> TensorReport {
-    TensorReport {
-        name: t.name.clone(),
-        scheme: UNCHANGED.to_owned(),
-        dtype: t.dtype.as_str().to_owned(),
-        shape: t.shape.clone(),
-        bytes_in: t.bytes() as i64,
-        bytes_out: t.bytes() as i64,
+    let identical = Fidelity {
         sparsity: 0.0,
         rel_error: 0.0,
         sqnr_db: None,
         cosine: Some(1.0),
         max_abs_error: 0.0,
+    };
+    report(t, UNCHANGED, t.bytes(), &identical)
+}
+
+fn report(t: &TensorInfo, scheme: &str, bytes_out: u64, fidelity: &Fidelity) -> TensorReport {
+    TensorReport {
+        name: t.name.clone(),
+        scheme: scheme.to_owned(),
+        dtype: t.dtype.as_str().to_owned(),
+        shape: t.shape.clone(),
+        bytes_in: t.bytes() as i64,
+        bytes_out: bytes_out as i64,
+        sparsity: fidelity.sparsity,
+        rel_error: fidelity.rel_error,
+        sqnr_db: fidelity.sqnr_db,
+        cosine: fidelity.cosine,
+        max_abs_error: fidelity.max_abs_error,
     }
 }
 
@@ -481,205 +502,4 @@ fn map_range(file: &File, offset: u64, len: u64) -> io::Result<MappedRange> {
         skip,
         len: len as usize,
     })
-}
-
-/// Whole-tensor facts a stage needs before its chunks can run.
-enum StageGlobal {
-    Cut(MagnitudeCut),
-    TensorParams(QParams),
-    None,
-}
-
-/// Layout of a tensor as rows × cols and its chunks of whole rows.
-#[derive(Clone, Copy)]
-struct Layout {
-    cols: usize,
-    rows: usize,
-    rows_per_chunk: usize,
-    width: usize,
-}
-
-impl Layout {
-    fn of(t: &TensorInfo) -> Layout {
-        let total = t.elements() as usize;
-        let cols = if t.shape.len() <= 1 {
-            total.max(1)
-        } else {
-            (t.shape[1..].iter().product::<u64>() as usize).max(1)
-        };
-        let rows = total / cols;
-        Layout {
-            cols,
-            rows,
-            rows_per_chunk: (CHUNK_VALUES / cols).max(1),
-            width: dtype::float_width(t.dtype),
-        }
-    }
-
-    fn chunks(&self) -> usize {
-        self.rows.div_ceil(self.rows_per_chunk)
-    }
-
-    fn chunk_values(&self, c: usize) -> std::ops::Range<usize> {
-        let first = c * self.rows_per_chunk;
-        let last = ((c + 1) * self.rows_per_chunk).min(self.rows);
-        first * self.cols..last * self.cols
-    }
-}
-
-fn apply_stages(
-    stages: &[Stage],
-    globals: &[StageGlobal],
-    chunk: usize,
-    values: &mut [f32],
-    cols: usize,
-) {
-    for (stage, global) in stages.iter().zip(globals) {
-        match (stage, global) {
-            (Stage::Prune(Prune::Magnitude { .. }), StageGlobal::Cut(cut)) => {
-                cut.apply(chunk, values);
-            }
-            (Stage::Quantize(q), global) => {
-                let tensor = match global {
-                    StageGlobal::TensorParams(p) => Some(*p),
-                    _ => None,
-                };
-                q.int_scheme().fake_quantize_rows(values, cols, tensor);
-            }
-            _ => unreachable!("every prune stage has its cut"),
-        }
-    }
-}
-
-/// Partial sums for the fidelity metrics of one chunk.
-#[derive(Default, Clone, Copy)]
-struct Sums {
-    orig_sq: f64,
-    out_sq: f64,
-    err_sq: f64,
-    dot: f64,
-    max_abs: f64,
-    zeros: u64,
-    count: u64,
-}
-
-impl Sums {
-    fn add(&mut self, original: &[f32], output: &[f32]) {
-        for (&a, &b) in original.iter().zip(output) {
-            let (a, b) = (f64::from(a), f64::from(b));
-            let e = a - b;
-            self.orig_sq += a * a;
-            self.out_sq += b * b;
-            self.err_sq += e * e;
-            self.dot += a * b;
-            self.max_abs = self.max_abs.max(e.abs());
-            self.zeros += u64::from(b == 0.0);
-        }
-        self.count += original.len() as u64;
-    }
-
-    fn merge(mut self, o: Sums) -> Sums {
-        self.orig_sq += o.orig_sq;
-        self.out_sq += o.out_sq;
-        self.err_sq += o.err_sq;
-        self.dot += o.dot;
-        self.max_abs = self.max_abs.max(o.max_abs);
-        self.zeros += o.zeros;
-        self.count += o.count;
-        self
-    }
-}
-
-fn transform(
-    bytes: &[u8],
-    t: &TensorInfo,
-    stages: &[Stage],
-    scheme: &str,
-    cancel: &Cancel,
-) -> Result<(Vec<u8>, TensorReport), PipelineError> {
-    let layout = Layout::of(t);
-    let decode_chunk = |c: usize, buf: &mut Vec<f32>| {
-        let range = layout.chunk_values(c);
-        buf.resize(range.len(), 0.0);
-        dtype::decode(
-            t.dtype,
-            &bytes[range.start * layout.width..range.end * layout.width],
-            buf,
-        );
-    };
-    let mut globals: Vec<StageGlobal> = Vec::with_capacity(stages.len());
-    for (i, stage) in stages.iter().enumerate() {
-        let visit = |c: usize, sink: &mut dyn FnMut(&[f32])| {
-            let mut buf = Vec::new();
-            decode_chunk(c, &mut buf);
-            apply_stages(&stages[..i], &globals, c, &mut buf, layout.cols);
-            sink(&buf);
-        };
-        let global = match stage {
-            Stage::Prune(Prune::Magnitude { sparsity, .. }) => {
-                let k = prune_count(t.elements(), *sparsity);
-                StageGlobal::Cut(MagnitudeCut::select(layout.chunks(), k, visit, cancel)?)
-            }
-            Stage::Quantize(q) if q.int_scheme().granularity == Granularity::Tensor => {
-                let (min, max) = (0..layout.chunks())
-                    .into_par_iter()
-                    .map(|c| {
-                        let mut range = (f32::INFINITY, f32::NEG_INFINITY);
-                        visit(c, &mut |v: &[f32]| {
-                            let (lo, hi) = min_max(v);
-                            range = (range.0.min(lo), range.1.max(hi));
-                        });
-                        range
-                    })
-                    .reduce(
-                        || (f32::INFINITY, f32::NEG_INFINITY),
-                        |a, b| (a.0.min(b.0), a.1.max(b.1)),
-                    );
-                StageGlobal::TensorParams(q.int_scheme().params(min, max))
-            }
-            Stage::Quantize(_) => StageGlobal::None,
-        };
-        globals.push(global);
-    }
-
-    let mut out = vec![0u8; bytes.len()];
-    let chunk_bytes = layout.rows_per_chunk * layout.cols * layout.width;
-    let sums = out
-        .par_chunks_mut(chunk_bytes.max(1))
-        .enumerate()
-        .map(|(c, out_chunk)| -> Result<Sums, Canceled> {
-            cancel.check()?;
-            let mut original = Vec::new();
-            decode_chunk(c, &mut original);
-            let mut values = original.clone();
-            apply_stages(stages, &globals, c, &mut values, layout.cols);
-            dtype::encode(t.dtype, &values, out_chunk);
-            // Measure what is stored, after rounding to the output dtype.
-            dtype::decode(t.dtype, out_chunk, &mut values);
-            let mut sums = Sums::default();
-            sums.add(&original, &values);
-            Ok(sums)
-        })
-        .try_reduce(Sums::default, |a, b| Ok(a.merge(b)))?;
-    let rel_error = if sums.orig_sq > 0.0 {
-        (sums.err_sq / sums.orig_sq).sqrt()
-    } else {
-        sums.err_sq.sqrt()
-    };
-    let report = TensorReport {
-        name: t.name.clone(),
-        scheme: scheme.to_owned(),
-        dtype: t.dtype.as_str().to_owned(),
-        shape: t.shape.clone(),
-        bytes_in: t.bytes() as i64,
-        bytes_out: out.len() as i64,
-        sparsity: sums.zeros as f64 / sums.count.max(1) as f64,
-        rel_error,
-        sqnr_db: (sums.err_sq > 0.0 && sums.orig_sq > 0.0)
-            .then(|| 10.0 * (sums.orig_sq / sums.err_sq).log10()),
-        cosine: (sums.orig_sq > 0.0 && sums.out_sq > 0.0)
-            .then(|| sums.dot / (sums.orig_sq.sqrt() * sums.out_sq.sqrt())),
-        max_abs_error: sums.max_abs,
-    };
-    Ok((out, report))
 }

@@ -202,3 +202,122 @@ fn the_queue_benchmark_reports_throughput_and_latency_and_cleans_up() {
     let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
     assert!(left.is_empty(), "the benchmark left {left:?}");
 }
+
+/// A model whose shapes exercise every remainder path: rows of odd length, a single row, a
+/// single column, and a 3-D tensor.
+fn awkward_model() -> Vec<u8> {
+    use crate::common::{safetensors, weight_like_bf16};
+    safetensors(&[
+        (
+            "a.weight",
+            "BF16",
+            &[37, 1027],
+            weight_like_bf16(37 * 1027, 11),
+        ),
+        ("b.weight", "BF16", &[1, 4099], weight_like_bf16(4099, 12)),
+        ("c.weight", "BF16", &[515, 1], weight_like_bf16(515, 13)),
+        (
+            "d.weight",
+            "BF16",
+            &[3, 5, 256],
+            weight_like_bf16(3 * 5 * 256, 14),
+        ),
+    ])
+}
+
+#[test]
+fn the_simd_and_baseline_kernels_write_identical_bytes() {
+    let dir = data_dir();
+    let model = dir.path().join("m.safetensors");
+    std::fs::write(&model, awkward_model()).unwrap();
+    let recipes = [
+        r#"{"stages": [{"quantize": {"scheme": "int", "bits": 8}}]}"#,
+        r#"{"stages": [{"quantize": {"scheme": "int", "bits": 4, "symmetric": false, "granularity": "tensor"}}]}"#,
+        r#"{"stages": [{"prune": {"method": "magnitude", "sparsity": 0.3}}, {"quantize": {"scheme": "int", "bits": 3, "symmetric": false}}]}"#,
+    ];
+    for (n, recipe) in recipes.iter().enumerate() {
+        let recipe_file = dir.path().join(format!("r{n}.json"));
+        std::fs::write(&recipe_file, recipe).unwrap();
+        let mut digests = Vec::new();
+        for simd in ["baseline", "best"] {
+            let out = dir.path().join(format!("out-{n}-{simd}"));
+            let output = std::process::Command::new(crate::common::squeeze_bin())
+                .args(["compress", "--recipe"])
+                .arg(&recipe_file)
+                .arg(&model)
+                .arg("-o")
+                .arg(&out)
+                .env("SQUEEZE_SIMD", simd)
+                .env("SQUEEZE_LOG", "warn")
+                .output()
+                .unwrap();
+            assert!(
+                output.status.success(),
+                "{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            digests.push(crate::common::sha256_hex(
+                &std::fs::read(out.join("model.safetensors")).unwrap(),
+            ));
+        }
+        assert_eq!(digests[0], digests[1], "recipe {recipe}");
+    }
+}
+
+#[test]
+fn nan_or_infinite_weights_are_refused_in_one_line() {
+    use crate::common::safetensors;
+    let dir = data_dir();
+    let mut values: Vec<u8> = [0.5f32, -0.25, 1.0, 2.0]
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
+    values[4..8].copy_from_slice(&f32::NAN.to_le_bytes());
+    let model = dir.path().join("nan.safetensors");
+    std::fs::write(&model, safetensors(&[("w", "F32", &[2, 2], values)])).unwrap();
+    let (status, _, stderr) = squeeze(&[
+        "compress",
+        "--preset",
+        "int8",
+        model.to_str().unwrap(),
+        "-o",
+        dir.path().join("out").to_str().unwrap(),
+    ]);
+    assert!(!status.success());
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("NaN or infinite") && stderr.contains("\"w\""),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn the_kernel_benchmark_prints_a_table_against_memcpy() {
+    let (status, stdout, stderr) = squeeze(&[
+        "bench",
+        "kernels",
+        "--rows",
+        "64",
+        "--cols",
+        "1024",
+        "--repeats",
+        "1",
+    ]);
+    assert!(status.success(), "{stderr}");
+    assert!(
+        stdout.contains("memcpy") && stdout.contains("threads"),
+        "{stdout}"
+    );
+    for kernel in [
+        "int8 per channel",
+        "int4 group 128 asym",
+        "magnitude prune 50%",
+    ] {
+        for dtype in ["BF16", "F32"] {
+            assert!(
+                stdout.contains(&format!("| {kernel} | {dtype} |")),
+                "no {kernel} {dtype} row in {stdout}"
+            );
+        }
+    }
+}

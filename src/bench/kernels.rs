@@ -1,0 +1,124 @@
+//! `squeeze bench kernels`: every kernel step on one realistic in-memory tensor (default
+//! 4096 × 11008, a Llama-7B MLP projection), BF16 and F32 input, no file I/O: GB/s of input next
+//! to the memory-copy bandwidth measured in the same run, with the thread count and the SIMD
+//! level in use.
+
+use std::time::Instant;
+
+use crate::compress::Cancel;
+use crate::compress::quantize::{Granularity, IntScheme};
+use crate::compress::simd;
+use crate::compress::tensor::{self, Step, TensorView};
+use crate::formats::dtype;
+use crate::formats::safetensors::Dtype;
+
+fn int(bits: u8, symmetric: bool, granularity: Granularity) -> Step {
+    Step::Int(IntScheme {
+        bits,
+        symmetric,
+        granularity,
+    })
+}
+
+/// The kernels timed, by name.
+fn kernels() -> Vec<(&'static str, Vec<Step>)> {
+    vec![
+        ("int8 per channel", vec![int(8, true, Granularity::Channel)]),
+        ("int8 per tensor", vec![int(8, true, Granularity::Tensor)]),
+        (
+            "int8 group 128",
+            vec![int(8, true, Granularity::Group(128))],
+        ),
+        ("int4 per channel", vec![int(4, true, Granularity::Channel)]),
+        (
+            "int4 group 128",
+            vec![int(4, true, Granularity::Group(128))],
+        ),
+        (
+            "int4 group 128 asym",
+            vec![int(4, false, Granularity::Group(128))],
+        ),
+        (
+            "magnitude prune 50%",
+            vec![Step::MagnitudePrune { sparsity: 0.5 }],
+        ),
+        (
+            "prune 50% + int8",
+            vec![
+                Step::MagnitudePrune { sparsity: 0.5 },
+                int(8, true, Granularity::Channel),
+            ],
+        ),
+    ]
+}
+
+/// Input bytes of `rows × cols` weight-like values in `dtype`.
+fn tensor_bytes(rows: usize, cols: usize, dtype: Dtype) -> Vec<u8> {
+    let block = super::pipeline::weight_like_bf16_block();
+    let bf16: Vec<u8> = block
+        .iter()
+        .copied()
+        .cycle()
+        .take(rows * cols * 2)
+        .collect();
+    match dtype {
+        Dtype::BF16 => bf16,
+        _ => {
+            let mut values = vec![0f32; rows * cols];
+            dtype::decode(Dtype::BF16, &bf16, &mut values);
+            let mut out = vec![0u8; rows * cols * dtype::float_width(dtype)];
+            dtype::encode(dtype, &values, &mut out);
+            out
+        }
+    }
+}
+
+/// Runs every kernel and prints a table. The output buffer is reused across runs, as the
+/// pipeline reuses its own, so page faults of fresh memory do not count.
+pub fn kernels_bench(
+    rows: usize,
+    cols: usize,
+    repeats: usize,
+    only: Option<&str>,
+) -> anyhow::Result<()> {
+    let pool = crate::worker::cpu_pool();
+    let memcpy = super::pipeline::memcpy_bandwidth();
+    println!(
+        "kernels on a {rows} × {cols} tensor, {} threads, SIMD {}, memcpy {:.2} GB/s in the same run",
+        pool.current_num_threads(),
+        simd::level().name(),
+        memcpy / 1e9
+    );
+    println!("| kernel | input | GB/s of input | ratio to memcpy |\n|---|---|---|---|");
+    let shape = [rows as u64, cols as u64];
+    for dtype in [Dtype::BF16, Dtype::F32] {
+        let bytes = tensor_bytes(rows, cols, dtype);
+        let view = TensorView {
+            bytes: &bytes,
+            dtype,
+            shape: &shape,
+        };
+        let mut out = vec![0u8; bytes.len()];
+        for (name, steps) in kernels()
+            .into_iter()
+            .filter(|(name, _)| only.is_none_or(|o| name.contains(o)))
+        {
+            let mut best = f64::INFINITY;
+            for _ in 0..repeats.max(1) {
+                let started = Instant::now();
+                let result = pool
+                    .install(|| tensor::transform_into(&view, &steps, &Cancel::new(), &mut out));
+                let seconds = started.elapsed().as_secs_f64();
+                std::hint::black_box(result?);
+                best = best.min(seconds);
+            }
+            let rate = bytes.len() as f64 / best;
+            println!(
+                "| {name} | {dtype} | {:.2} | {:.2} |",
+                rate / 1e9,
+                rate / memcpy
+            );
+        }
+    }
+    Ok(())
+}

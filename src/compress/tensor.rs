@@ -1,0 +1,334 @@
+//! One tensor through a sequence of kernel steps: the dense in-place path (values replaced by
+//! their pruned / quantized-then-dequantized versions, stored back in the input's dtype) with the
+//! fidelity metrics of the result against the original values.
+//!
+//! The tensor is viewed as rows × cols (cols = product of all dimensions but the first) and
+//! processed in chunks of whole rows on the current rayon pool; each chunk is decoded from its
+//! stored dtype into a per-thread buffer, transformed, encoded back, and measured, so no f32 copy
+//! of the whole tensor ever exists. Steps that need a whole-tensor statistic (a magnitude
+//! threshold, a per-tensor range) get it from extra read passes over the chunks first.
+
+use std::cell::RefCell;
+
+use rayon::prelude::*;
+
+use crate::compress::prune::{MagnitudeCut, prune_count};
+use crate::compress::quantize::{Granularity, IntScheme, QParams, min_max};
+use crate::compress::simd::multiversion;
+use crate::compress::{Cancel, Canceled};
+use crate::formats::dtype;
+use crate::formats::safetensors::Dtype;
+
+/// Values per chunk, at least one whole row: small enough for a core's L2 cache.
+const CHUNK_VALUES: usize = 1 << 14;
+
+/// One kernel step, as the pipeline runs it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Step {
+    /// Zero the smallest-magnitude fraction of the tensor (exactly).
+    MagnitudePrune {
+        /// Fraction in [0, 1).
+        sparsity: f64,
+    },
+    /// Integer fake quantization.
+    Int(IntScheme),
+}
+
+/// A tensor's stored bytes and how to read them.
+#[derive(Debug, Clone, Copy)]
+pub struct TensorView<'a> {
+    /// Little-endian data, possibly unaligned (straight from an mmap).
+    pub bytes: &'a [u8],
+    /// F32, F16 or BF16.
+    pub dtype: Dtype,
+    /// Dimensions.
+    pub shape: &'a [u64],
+}
+
+/// How the stored result differs from the original values.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Fidelity {
+    /// Fraction of exact zeros in the result.
+    pub sparsity: f64,
+    /// ‖W − Ŵ‖ / ‖W‖ (‖W − Ŵ‖ when W is all zero).
+    pub rel_error: f64,
+    /// 10·log10(‖W‖² / ‖W − Ŵ‖²); None when the error or W is zero.
+    pub sqnr_db: Option<f64>,
+    /// Cosine of W and Ŵ; None when either is all zero.
+    pub cosine: Option<f64>,
+    /// max |W − Ŵ|.
+    pub max_abs_error: f64,
+}
+
+/// Why a tensor could not be transformed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TransformError {
+    /// The cancel flag was set.
+    #[error("canceled")]
+    Canceled,
+    /// Compressing NaN or infinite weights would only hide them.
+    #[error("{count} values are NaN or infinite")]
+    NonFinite {
+        /// How many.
+        count: u64,
+    },
+}
+
+impl From<Canceled> for TransformError {
+    fn from(_: Canceled) -> Self {
+        TransformError::Canceled
+    }
+}
+
+/// Layout of a tensor as rows × cols and its chunks of whole rows.
+#[derive(Clone, Copy)]
+struct Layout {
+    cols: usize,
+    rows: usize,
+    rows_per_chunk: usize,
+    width: usize,
+}
+
+impl Layout {
+    fn of(view: &TensorView) -> Layout {
+        let total: u64 = view.shape.iter().product();
+        let cols = if view.shape.len() <= 1 {
+            total.max(1) as usize
+        } else {
+            (view.shape[1..].iter().product::<u64>() as usize).max(1)
+        };
+        Layout {
+            cols,
+            rows: total as usize / cols,
+            rows_per_chunk: (CHUNK_VALUES / cols).max(1),
+            width: dtype::float_width(view.dtype),
+        }
+    }
+
+    fn chunks(&self) -> usize {
+        self.rows.div_ceil(self.rows_per_chunk)
+    }
+
+    fn chunk_values(&self, c: usize) -> std::ops::Range<usize> {
+        let first = c * self.rows_per_chunk;
+        let last = ((c + 1) * self.rows_per_chunk).min(self.rows);
+        first * self.cols..last * self.cols
+    }
+}
+
+/// Whole-tensor facts a step needs before its chunks can run.
+enum Global {
+    Cut(MagnitudeCut),
+    TensorParams(QParams),
+    None,
+}
+
+fn apply_steps(steps: &[Step], globals: &[Global], chunk: usize, values: &mut [f32], cols: usize) {
+    for (step, global) in steps.iter().zip(globals) {
+        match (step, global) {
+            (Step::MagnitudePrune { .. }, Global::Cut(cut)) => {
+                cut.apply(chunk, values);
+            }
+            (Step::Int(scheme), global) => {
+                let tensor = match global {
+                    Global::TensorParams(p) => Some(*p),
+                    _ => None,
+                };
+                scheme.fake_quantize_rows(values, cols, tensor);
+            }
+            (Step::MagnitudePrune { .. }, _) => unreachable!("every prune step has its cut"),
+        }
+    }
+}
+
+/// Partial sums for the fidelity metrics.
+#[derive(Default, Clone, Copy)]
+struct Sums {
+    orig_sq: f64,
+    out_sq: f64,
+    err_sq: f64,
+    dot: f64,
+    max_abs: f64,
+    zeros: u64,
+    non_finite: u64,
+    count: u64,
+}
+
+impl Sums {
+    fn merge(mut self, o: Sums) -> Sums {
+        self.orig_sq += o.orig_sq;
+        self.out_sq += o.out_sq;
+        self.err_sq += o.err_sq;
+        self.dot += o.dot;
+        self.max_abs = self.max_abs.max(o.max_abs);
+        self.zeros += o.zeros;
+        self.non_finite += o.non_finite;
+        self.count += o.count;
+        self
+    }
+}
+
+multiversion! {
+    /// The metric sums of one chunk. Lanes of f32 partial sums (each over at most a thousand
+    /// values) keep the loop vectorisable; they are folded into f64 per chunk, so the norms carry
+    /// a relative rounding error around 1e-5 at worst: ample for error metrics.
+    fn chunk_sums(original: &[f32], output: &[f32]) -> Sums {
+        const LANES: usize = 16;
+        let mut orig_sq = [0f32; LANES];
+        let mut out_sq = [0f32; LANES];
+        let mut err_sq = [0f32; LANES];
+        let mut dot = [0f32; LANES];
+        let mut max_abs = [0f32; LANES];
+        let mut zeros = [0u32; LANES];
+        let mut non_finite = [0u32; LANES];
+        let mut a_chunks = original.chunks_exact(LANES);
+        let mut b_chunks = output.chunks_exact(LANES);
+        for (a, b) in (&mut a_chunks).zip(&mut b_chunks) {
+            for i in 0..LANES {
+                let (x, y) = (a[i], b[i]);
+                let e = x - y;
+                orig_sq[i] += x * x;
+                out_sq[i] += y * y;
+                err_sq[i] += e * e;
+                dot[i] += x * y;
+                let ae = e.abs();
+                max_abs[i] = if ae > max_abs[i] { ae } else { max_abs[i] };
+                zeros[i] += u32::from(y == 0.0);
+                // Finite values have an exponent below all ones.
+                non_finite[i] += u32::from(x.to_bits() & 0x7F80_0000 == 0x7F80_0000);
+            }
+        }
+        for (&x, &y) in a_chunks.remainder().iter().zip(b_chunks.remainder()) {
+            let e = x - y;
+            orig_sq[0] += x * x;
+            out_sq[0] += y * y;
+            err_sq[0] += e * e;
+            dot[0] += x * y;
+            max_abs[0] = if e.abs() > max_abs[0] { e.abs() } else { max_abs[0] };
+            zeros[0] += u32::from(y == 0.0);
+            non_finite[0] += u32::from(x.to_bits() & 0x7F80_0000 == 0x7F80_0000);
+        }
+        let sum = |lanes: &[f32; LANES]| lanes.iter().map(|&v| f64::from(v)).sum::<f64>();
+        Sums {
+            orig_sq: sum(&orig_sq),
+            out_sq: sum(&out_sq),
+            err_sq: sum(&err_sq),
+            dot: sum(&dot),
+            max_abs: max_abs.iter().fold(0f64, |m, &v| m.max(f64::from(v))),
+            zeros: zeros.iter().map(|&z| u64::from(z)).sum(),
+            non_finite: non_finite.iter().map(|&z| u64::from(z)).sum(),
+            count: original.len() as u64,
+        }
+    }
+}
+
+thread_local! {
+    /// Per-thread chunk buffers (original values, working values), reused across chunks so the
+    /// hot path never allocates.
+    static BUFFERS: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// Applies `steps` in order and returns the result in the input's dtype with its fidelity.
+pub fn transform(
+    view: &TensorView,
+    steps: &[Step],
+    cancel: &Cancel,
+) -> Result<(Vec<u8>, Fidelity), TransformError> {
+    let mut out = vec![0u8; view.bytes.len()];
+    let fidelity = transform_into(view, steps, cancel, &mut out)?;
+    Ok((out, fidelity))
+}
+
+/// [`transform`] into `out`, which must be as long as the input (reusing one buffer across
+/// tensors spares the page faults of fresh memory).
+pub fn transform_into(
+    view: &TensorView,
+    steps: &[Step],
+    cancel: &Cancel,
+    out: &mut [u8],
+) -> Result<Fidelity, TransformError> {
+    assert_eq!(out.len(), view.bytes.len(), "output length");
+    let layout = Layout::of(view);
+    let decode_chunk = |c: usize, buf: &mut Vec<f32>| {
+        let range = layout.chunk_values(c);
+        buf.resize(range.len(), 0.0);
+        dtype::decode(
+            view.dtype,
+            &view.bytes[range.start * layout.width..range.end * layout.width],
+            buf,
+        );
+    };
+    let mut globals: Vec<Global> = Vec::with_capacity(steps.len());
+    for (i, step) in steps.iter().enumerate() {
+        let visit = |c: usize, sink: &mut dyn FnMut(&[f32])| {
+            BUFFERS.with_borrow_mut(|(buf, _)| {
+                decode_chunk(c, buf);
+                apply_steps(&steps[..i], &globals, c, buf, layout.cols);
+                sink(buf);
+            })
+        };
+        let global = match step {
+            Step::MagnitudePrune { sparsity } => {
+                let k = prune_count(layout.rows as u64 * layout.cols as u64, *sparsity);
+                Global::Cut(MagnitudeCut::select(layout.chunks(), k, visit, cancel)?)
+            }
+            Step::Int(scheme) if scheme.granularity == Granularity::Tensor => {
+                let (min, max) = (0..layout.chunks())
+                    .into_par_iter()
+                    .map(|c| {
+                        let mut range = (f32::INFINITY, f32::NEG_INFINITY);
+                        visit(c, &mut |v: &[f32]| {
+                            let (lo, hi) = min_max(v);
+                            range = (range.0.min(lo), range.1.max(hi));
+                        });
+                        range
+                    })
+                    .reduce(
+                        || (f32::INFINITY, f32::NEG_INFINITY),
+                        |a, b| (a.0.min(b.0), a.1.max(b.1)),
+                    );
+                Global::TensorParams(scheme.params(min, max))
+            }
+            Step::Int(_) => Global::None,
+        };
+        globals.push(global);
+    }
+
+    let chunk_bytes = layout.rows_per_chunk * layout.cols * layout.width;
+    let sums = out
+        .par_chunks_mut(chunk_bytes.max(1))
+        .enumerate()
+        .map(|(c, out_chunk)| -> Result<Sums, Canceled> {
+            cancel.check()?;
+            Ok(BUFFERS.with_borrow_mut(|(original, values)| {
+                decode_chunk(c, original);
+                values.clear();
+                values.extend_from_slice(original);
+                apply_steps(steps, &globals, c, values, layout.cols);
+                // Measure what is stored, after rounding to the output dtype.
+                dtype::encode_rounding(view.dtype, values, out_chunk);
+                chunk_sums(original, values)
+            }))
+        })
+        .try_reduce(Sums::default, |a, b| Ok(a.merge(b)))?;
+    if sums.non_finite > 0 {
+        return Err(TransformError::NonFinite {
+            count: sums.non_finite,
+        });
+    }
+    let rel_error = if sums.orig_sq > 0.0 {
+        (sums.err_sq / sums.orig_sq).sqrt()
+    } else {
+        sums.err_sq.sqrt()
+    };
+    let fidelity = Fidelity {
+        sparsity: sums.zeros as f64 / sums.count.max(1) as f64,
+        rel_error,
+        sqnr_db: (sums.err_sq > 0.0 && sums.orig_sq > 0.0)
+            .then(|| 10.0 * (sums.orig_sq / sums.err_sq).log10()),
+        cosine: (sums.orig_sq > 0.0 && sums.out_sq > 0.0)
+            .then(|| sums.dot / (sums.orig_sq.sqrt() * sums.out_sq.sqrt())),
+        max_abs_error: sums.max_abs,
+    };
+    Ok(fidelity)
+}
