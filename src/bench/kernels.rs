@@ -38,6 +38,8 @@ fn kernels() -> Vec<(&'static str, Vec<Step>)> {
             "int4 group 128 asym",
             vec![int(4, false, Granularity::Group(128))],
         ),
+        ("fp8 per channel", vec![Step::Fp8 { per_channel: true }]),
+        ("fp8 per tensor", vec![Step::Fp8 { per_channel: false }]),
         (
             "magnitude prune 50%",
             vec![Step::MagnitudePrune { sparsity: 0.5 }],

@@ -12,6 +12,7 @@ use std::cell::RefCell;
 
 use rayon::prelude::*;
 
+use crate::compress::fp8;
 use crate::compress::prune::{MagnitudeCut, prune_count};
 use crate::compress::quantize::{Granularity, IntScheme, QParams, min_max};
 use crate::compress::simd::multiversion;
@@ -32,6 +33,11 @@ pub enum Step {
     },
     /// Integer fake quantization.
     Int(IntScheme),
+    /// FP8 E4M3 fake quantization, scale absmax / 448 per output row or per tensor.
+    Fp8 {
+        /// One scale per row (else one for the tensor).
+        per_channel: bool,
+    },
 }
 
 /// A tensor's stored bytes and how to read them.
@@ -120,6 +126,7 @@ impl Layout {
 enum Global {
     Cut(MagnitudeCut),
     TensorParams(QParams),
+    TensorScale(f32),
     None,
 }
 
@@ -135,6 +142,13 @@ fn apply_steps(steps: &[Step], globals: &[Global], chunk: usize, values: &mut [f
                     _ => None,
                 };
                 scheme.fake_quantize_rows(values, cols, tensor);
+            }
+            (Step::Fp8 { .. }, Global::TensorScale(scale)) => fp8::fake_quantize(values, *scale),
+            (Step::Fp8 { .. }, _) => {
+                for row in values.chunks_mut(cols) {
+                    let (lo, hi) = min_max(row);
+                    fp8::fake_quantize(row, fp8::scale_for(lo.abs().max(hi.abs())));
+                }
             }
             (Step::MagnitudePrune { .. }, _) => unreachable!("every prune step has its cut"),
         }
@@ -228,6 +242,27 @@ thread_local! {
     static BUFFERS: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
 }
 
+/// The smallest and largest value over all chunks, as `visit` yields them.
+fn tensor_range<F>(chunks: usize, visit: &F) -> (f32, f32)
+where
+    F: Fn(usize, &mut dyn FnMut(&[f32])) + Sync,
+{
+    (0..chunks)
+        .into_par_iter()
+        .map(|c| {
+            let mut range = (f32::INFINITY, f32::NEG_INFINITY);
+            visit(c, &mut |v: &[f32]| {
+                let (lo, hi) = min_max(v);
+                range = (range.0.min(lo), range.1.max(hi));
+            });
+            range
+        })
+        .reduce(
+            || (f32::INFINITY, f32::NEG_INFINITY),
+            |a, b| (a.0.min(b.0), a.1.max(b.1)),
+        )
+}
+
 /// Applies `steps` in order and returns the result in the input's dtype with its fidelity.
 pub fn transform(
     view: &TensorView,
@@ -273,23 +308,14 @@ pub fn transform_into(
                 Global::Cut(MagnitudeCut::select(layout.chunks(), k, visit, cancel)?)
             }
             Step::Int(scheme) if scheme.granularity == Granularity::Tensor => {
-                let (min, max) = (0..layout.chunks())
-                    .into_par_iter()
-                    .map(|c| {
-                        let mut range = (f32::INFINITY, f32::NEG_INFINITY);
-                        visit(c, &mut |v: &[f32]| {
-                            let (lo, hi) = min_max(v);
-                            range = (range.0.min(lo), range.1.max(hi));
-                        });
-                        range
-                    })
-                    .reduce(
-                        || (f32::INFINITY, f32::NEG_INFINITY),
-                        |a, b| (a.0.min(b.0), a.1.max(b.1)),
-                    );
+                let (min, max) = tensor_range(layout.chunks(), &visit);
                 Global::TensorParams(scheme.params(min, max))
             }
-            Step::Int(_) => Global::None,
+            Step::Fp8 { per_channel: false } => {
+                let (min, max) = tensor_range(layout.chunks(), &visit);
+                Global::TensorScale(fp8::scale_for(min.abs().max(max.abs())))
+            }
+            Step::Int(_) | Step::Fp8 { .. } => Global::None,
         };
         globals.push(global);
     }

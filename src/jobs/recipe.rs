@@ -85,6 +85,13 @@ pub enum Quantize {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         group_size: Option<usize>,
     },
+    /// FP8 E4M3 values (the `float-quantized` format of compressed-tensors) with a symmetric
+    /// scale absmax / 448.
+    Fp8 {
+        /// `tensor` or `channel` (one scale per output row).
+        #[serde(default)]
+        granularity: GranularityName,
+    },
 }
 
 fn yes() -> bool {
@@ -115,14 +122,14 @@ pub enum OutputFormat {
 
 impl Quantize {
     /// The integer scheme this stage describes (after validation).
-    pub fn int_scheme(&self) -> IntScheme {
+    pub fn step(&self) -> Step {
         match *self {
             Quantize::Int {
                 bits,
                 symmetric,
                 granularity,
                 group_size,
-            } => IntScheme {
+            } => Step::Int(IntScheme {
                 bits,
                 symmetric,
                 granularity: match granularity {
@@ -130,6 +137,9 @@ impl Quantize {
                     GranularityName::Channel => Granularity::Channel,
                     GranularityName::Group => Granularity::Group(group_size.unwrap_or(0)),
                 },
+            }),
+            Quantize::Fp8 { granularity } => Step::Fp8 {
+                per_channel: granularity != GranularityName::Tensor,
             },
         }
     }
@@ -142,7 +152,7 @@ impl Stage {
             Stage::Prune(Prune::Magnitude { sparsity, .. }) => Step::MagnitudePrune {
                 sparsity: *sparsity,
             },
-            Stage::Quantize(q) => Step::Int(q.int_scheme()),
+            Stage::Quantize(q) => q.step(),
         }
     }
 
@@ -152,19 +162,29 @@ impl Stage {
             Stage::Prune(Prune::Magnitude { sparsity, .. }) => {
                 format!("magnitude prune {:.0}%", sparsity * 100.0)
             }
-            Stage::Quantize(q) => {
-                let s = q.int_scheme();
-                let g = match s.granularity {
-                    Granularity::Tensor => "per tensor".to_owned(),
-                    Granularity::Channel => "per channel".to_owned(),
-                    Granularity::Group(n) => format!("group {n}"),
-                };
-                format!(
-                    "int{} {} {g}",
-                    s.bits,
-                    if s.symmetric { "sym" } else { "asym" }
-                )
-            }
+            Stage::Quantize(q) => match q.step() {
+                Step::Int(s) => {
+                    let g = match s.granularity {
+                        Granularity::Tensor => "per tensor".to_owned(),
+                        Granularity::Channel => "per channel".to_owned(),
+                        Granularity::Group(n) => format!("group {n}"),
+                    };
+                    format!(
+                        "int{} {} {g}",
+                        s.bits,
+                        if s.symmetric { "sym" } else { "asym" }
+                    )
+                }
+                Step::Fp8 { per_channel } => format!(
+                    "fp8 e4m3 {}",
+                    if per_channel {
+                        "per channel"
+                    } else {
+                        "per tensor"
+                    }
+                ),
+                Step::MagnitudePrune { .. } => unreachable!("a quantize stage"),
+            },
         }
     }
 }
@@ -205,6 +225,8 @@ pub enum RecipeError {
     GroupSizeMissing { stage: usize },
     #[error("stage {stage}: group_size is only meaningful with granularity \"group\"")]
     GroupSizeUnused { stage: usize },
+    #[error("stage {stage}: fp8 takes granularity \"tensor\" or \"channel\"")]
+    Fp8Granularity { stage: usize },
     #[error(
         "stage {stage}: group_size {group_size} does not divide the row length {row} of tensor {tensor:?}"
     )]
@@ -246,6 +268,7 @@ impl RecipeError {
             RecipeError::GroupSizeMissing { .. } | RecipeError::GroupSizeUnused { .. } => {
                 "bad_group_size"
             }
+            RecipeError::Fp8Granularity { .. } => "bad_granularity",
             RecipeError::GroupSize { .. } => "group_size_does_not_divide_row",
             RecipeError::BadPattern { .. } => "bad_pattern",
             RecipeError::TargetMatchesNothing { .. } => "target_matches_nothing",
@@ -363,6 +386,11 @@ impl Recipe {
                         _ => {}
                     }
                 }
+                Stage::Quantize(Quantize::Fp8 { granularity }) => {
+                    if *granularity == GranularityName::Group {
+                        return Err(RecipeError::Fp8Granularity { stage: stage_no });
+                    }
+                }
             }
         }
         let selection = self.selection()?;
@@ -392,7 +420,10 @@ impl Recipe {
         }
         for (i, stage) in self.stages.iter().enumerate() {
             if let Stage::Quantize(q) = stage
-                && let Granularity::Group(n) = q.int_scheme().granularity
+                && let Step::Int(IntScheme {
+                    granularity: Granularity::Group(n),
+                    ..
+                }) = q.step()
             {
                 for t in &selected {
                     if t.row_len() % n as u64 != 0 {
@@ -470,6 +501,20 @@ pub fn presets() -> Vec<Preset> {
             name: "w4-g128-asym",
             description: "4-bit integer weights with zero-points, one scale per 128 values",
             recipe: recipe(vec![int(4, false, GranularityName::Group, Some(128))]),
+        },
+        Preset {
+            name: "fp8",
+            description: "FP8 E4M3 weights, one scale per output channel (absmax / 448)",
+            recipe: recipe(vec![Stage::Quantize(Quantize::Fp8 {
+                granularity: GranularityName::Channel,
+            })]),
+        },
+        Preset {
+            name: "fp8-tensor",
+            description: "FP8 E4M3 weights, one scale per tensor",
+            recipe: recipe(vec![Stage::Quantize(Quantize::Fp8 {
+                granularity: GranularityName::Tensor,
+            })]),
         },
         Preset {
             name: "prune-50",

@@ -129,3 +129,96 @@ fn files_from_the_reference_writer_read_back_with_their_inventory() {
     }
     assert_eq!(ours["bytes"], std::fs::metadata(&path).unwrap().len());
 }
+
+/// FP8 E4M3 per channel and per tensor, computed by numpy with `ml_dtypes`' float8_e4m3fn cast
+/// (an implementation no one here wrote): scale absmax / 448, clip to ±448, cast, multiply back.
+const FP8_REFERENCE: &str = r#"
+import sys
+import numpy as np
+import ml_dtypes
+from safetensors.numpy import load_file
+original = load_file(sys.argv[1])
+for preset, out_path in (("fp8", sys.argv[2]), ("fp8-tensor", sys.argv[3])):
+    got = load_file(out_path)
+    for name, w in original.items():
+        if w.ndim < 2:
+            continue
+        rows = w.reshape(w.shape[0], -1)
+        if preset == "fp8":
+            absmax = np.abs(rows).max(axis=1, keepdims=True)
+        else:
+            absmax = np.abs(rows).max(keepdims=True)
+        scale = (absmax / np.float32(448.0)).astype(np.float32)
+        scale = np.where(scale == 0, np.finfo(np.float32).eps, scale).astype(np.float32)
+        q = np.clip(rows / scale, -448, 448).astype(np.float32).astype(ml_dtypes.float8_e4m3fn)
+        want = (q.astype(np.float32) * scale).reshape(w.shape)
+        mismatches = int((want.view(np.uint32) != got[name].view(np.uint32)).sum())
+        if mismatches:
+            print(f"{preset} {name}: {mismatches} of {w.size} values differ")
+            sys.exit(1)
+print("ok")
+"#;
+
+#[test]
+fn fp8_matches_numpy_with_ml_dtypes_bit_for_bit() {
+    use crate::common::safetensors;
+    let dir = data_dir();
+    let mut state = 3u64;
+    let mut values = |n: usize, scale: f32| -> Vec<u8> {
+        (0..n)
+            .flat_map(|i| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                let v = ((state % 2_000_001) as f32 / 1e6 - 1.0) * scale;
+                // An outlier and exact zeros, as real weights have.
+                let v = if i % 997 == 0 {
+                    v * 40.0
+                } else if i % 131 == 0 {
+                    0.0
+                } else {
+                    v
+                };
+                v.to_le_bytes()
+            })
+            .collect()
+    };
+    let model = dir.path().join("m.safetensors");
+    std::fs::write(
+        &model,
+        safetensors(&[
+            ("a.weight", "F32", &[33, 517], values(33 * 517, 0.05)),
+            ("b.weight", "F32", &[4, 3, 5], values(60, 3.0)),
+            ("zero.weight", "F32", &[2, 8], vec![0u8; 64]),
+            ("tiny.weight", "F32", &[3, 7], values(21, 1e-6)),
+        ]),
+    )
+    .unwrap();
+    let mut outputs = Vec::new();
+    for preset in ["fp8", "fp8-tensor"] {
+        let out = dir.path().join(preset);
+        let (status, _, stderr) = squeeze(&[
+            "compress",
+            "--preset",
+            preset,
+            model.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+        ]);
+        assert!(status.success(), "{stderr}");
+        outputs.push(out.join("model.safetensors"));
+    }
+    let check = Command::new(python())
+        .arg("-c")
+        .arg(FP8_REFERENCE)
+        .arg(&model)
+        .args(&outputs)
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+}
