@@ -6,6 +6,7 @@
 use std::time::Instant;
 
 use crate::compress::Cancel;
+use crate::compress::gguf::BlockType;
 use crate::compress::quantize::{Granularity, IntScheme};
 use crate::compress::simd;
 use crate::compress::tensor::{self, Step, TensorView};
@@ -40,6 +41,9 @@ fn kernels() -> Vec<(&'static str, Vec<Step>)> {
         ),
         ("fp8 per channel", vec![Step::Fp8 { per_channel: true }]),
         ("fp8 per tensor", vec![Step::Fp8 { per_channel: false }]),
+        ("gguf Q8_0", vec![Step::Gguf(BlockType::Q8_0)]),
+        ("gguf Q4_0", vec![Step::Gguf(BlockType::Q4_0)]),
+        ("gguf Q5_1", vec![Step::Gguf(BlockType::Q5_1)]),
         (
             "magnitude prune 50%",
             vec![Step::MagnitudePrune { sparsity: 0.5 }],

@@ -4,6 +4,7 @@
 //! for the CPU at hand.
 
 pub mod fp8;
+pub mod gguf;
 pub mod prune;
 pub mod quantize;
 pub mod simd;

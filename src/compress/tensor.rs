@@ -13,6 +13,7 @@ use std::cell::RefCell;
 use rayon::prelude::*;
 
 use crate::compress::fp8;
+use crate::compress::gguf::{self, BlockType};
 use crate::compress::prune::{MagnitudeCut, prune_count};
 use crate::compress::quantize::{Granularity, IntScheme, QParams, min_max};
 use crate::compress::simd::multiversion;
@@ -38,6 +39,8 @@ pub enum Step {
         /// One scale per row (else one for the tensor).
         per_channel: bool,
     },
+    /// A GGUF block type, quantized and decoded back (rows are multiples of 32 values).
+    Gguf(BlockType),
 }
 
 /// A tensor's stored bytes and how to read them.
@@ -150,6 +153,7 @@ fn apply_steps(steps: &[Step], globals: &[Global], chunk: usize, values: &mut [f
                     fp8::fake_quantize(row, fp8::scale_for(lo.abs().max(hi.abs())));
                 }
             }
+            (Step::Gguf(kind), _) => gguf::fake_quantize(*kind, values),
             (Step::MagnitudePrune { .. }, _) => unreachable!("every prune step has its cut"),
         }
     }
@@ -315,7 +319,7 @@ pub fn transform_into(
                 let (min, max) = tensor_range(layout.chunks(), &visit);
                 Global::TensorScale(fp8::scale_for(min.abs().max(max.abs())))
             }
-            Step::Int(_) | Step::Fp8 { .. } => Global::None,
+            Step::Int(_) | Step::Fp8 { .. } | Step::Gguf(_) => Global::None,
         };
         globals.push(global);
     }

@@ -5,6 +5,7 @@
 use regex::Regex;
 use serde::{Deserialize, Serialize};
 
+use crate::compress::gguf::{BLOCK, BlockType};
 use crate::compress::quantize::{Granularity, IntScheme};
 use crate::compress::tensor::Step;
 use crate::formats::dtype;
@@ -92,6 +93,14 @@ pub enum Quantize {
         #[serde(default)]
         granularity: GranularityName,
     },
+    /// A llama.cpp block type, bit-exact with its reference quantizer; rows must be a multiple of
+    /// the 32-value block.
+    Gguf {
+        /// `Q8_0`, `Q4_0`, `Q4_1`, `Q5_0` or `Q5_1`.
+        #[serde(rename = "type")]
+        #[schema(value_type = String, example = "Q8_0")]
+        kind: BlockType,
+    },
 }
 
 fn yes() -> bool {
@@ -141,6 +150,7 @@ impl Quantize {
             Quantize::Fp8 { granularity } => Step::Fp8 {
                 per_channel: granularity != GranularityName::Tensor,
             },
+            Quantize::Gguf { kind } => Step::Gguf(kind),
         }
     }
 }
@@ -183,6 +193,7 @@ impl Stage {
                         "per tensor"
                     }
                 ),
+                Step::Gguf(kind) => format!("gguf {}", kind.name()),
                 Step::MagnitudePrune { .. } => unreachable!("a quantize stage"),
             },
         }
@@ -228,6 +239,15 @@ pub enum RecipeError {
     #[error("stage {stage}: fp8 takes granularity \"tensor\" or \"channel\"")]
     Fp8Granularity { stage: usize },
     #[error(
+        "stage {stage}: {kind} needs rows that are a multiple of 32 values; tensor {tensor:?} has rows of {row}"
+    )]
+    BlockSize {
+        stage: usize,
+        kind: &'static str,
+        row: u64,
+        tensor: String,
+    },
+    #[error(
         "stage {stage}: group_size {group_size} does not divide the row length {row} of tensor {tensor:?}"
     )]
     GroupSize {
@@ -252,9 +272,9 @@ impl RecipeError {
     /// The tensor the error is about, if any.
     pub fn tensor(&self) -> Option<&str> {
         match self {
-            RecipeError::GroupSize { tensor, .. } | RecipeError::NotFloat { tensor, .. } => {
-                Some(tensor)
-            }
+            RecipeError::GroupSize { tensor, .. }
+            | RecipeError::NotFloat { tensor, .. }
+            | RecipeError::BlockSize { tensor, .. } => Some(tensor),
             _ => None,
         }
     }
@@ -269,6 +289,7 @@ impl RecipeError {
                 "bad_group_size"
             }
             RecipeError::Fp8Granularity { .. } => "bad_granularity",
+            RecipeError::BlockSize { .. } => "row_not_multiple_of_block",
             RecipeError::GroupSize { .. } => "group_size_does_not_divide_row",
             RecipeError::BadPattern { .. } => "bad_pattern",
             RecipeError::TargetMatchesNothing { .. } => "target_matches_nothing",
@@ -391,6 +412,8 @@ impl Recipe {
                         return Err(RecipeError::Fp8Granularity { stage: stage_no });
                     }
                 }
+                // The row-length rule needs the tensors: checked below.
+                Stage::Quantize(Quantize::Gguf { .. }) => {}
             }
         }
         let selection = self.selection()?;
@@ -435,6 +458,16 @@ impl Recipe {
                         });
                     }
                 }
+            }
+            if let Stage::Quantize(Quantize::Gguf { kind }) = stage
+                && let Some(t) = selected.iter().find(|t| t.row_len() % BLOCK as u64 != 0)
+            {
+                return Err(RecipeError::BlockSize {
+                    stage: i + 1,
+                    kind: kind.name(),
+                    row: t.row_len(),
+                    tensor: t.name.clone(),
+                });
             }
         }
         Ok(selected.into_iter().map(|t| t.name.clone()).collect())
@@ -502,20 +535,34 @@ pub fn presets() -> Vec<Preset> {
             description: "4-bit integer weights with zero-points, one scale per 128 values",
             recipe: recipe(vec![int(4, false, GranularityName::Group, Some(128))]),
         },
-        Preset {
-            name: "fp8",
-            description: "FP8 E4M3 weights, one scale per output channel (absmax / 448)",
-            recipe: recipe(vec![Stage::Quantize(Quantize::Fp8 {
+        quantize_preset(
+            "fp8",
+            "FP8 E4M3 weights, one scale per output channel (absmax / 448)",
+            Quantize::Fp8 {
                 granularity: GranularityName::Channel,
-            })]),
-        },
-        Preset {
-            name: "fp8-tensor",
-            description: "FP8 E4M3 weights, one scale per tensor",
-            recipe: recipe(vec![Stage::Quantize(Quantize::Fp8 {
+            },
+        ),
+        quantize_preset(
+            "fp8-tensor",
+            "FP8 E4M3 weights, one scale per tensor",
+            Quantize::Fp8 {
                 granularity: GranularityName::Tensor,
-            })]),
-        },
+            },
+        ),
+        quantize_preset(
+            "q8_0",
+            "llama.cpp Q8_0: 8-bit codes, one f16 scale per 32 values",
+            Quantize::Gguf {
+                kind: BlockType::Q8_0,
+            },
+        ),
+        quantize_preset(
+            "q4_0",
+            "llama.cpp Q4_0: 4-bit codes, one f16 scale per 32 values",
+            Quantize::Gguf {
+                kind: BlockType::Q4_0,
+            },
+        ),
         Preset {
             name: "prune-50",
             description: "zero the 50% smallest-magnitude weights of each tensor",
@@ -527,6 +574,15 @@ pub fn presets() -> Vec<Preset> {
             recipe: recipe(vec![prune50, int(8, true, GranularityName::Channel, None)]),
         },
     ]
+}
+
+/// A preset of one quantize stage.
+fn quantize_preset(name: &'static str, description: &'static str, stage: Quantize) -> Preset {
+    Preset {
+        name,
+        description,
+        recipe: recipe(vec![Stage::Quantize(stage)]),
+    }
 }
 
 /// The preset with this name.
@@ -669,5 +725,34 @@ mod tests {
         }
         assert!(preset("int8").is_ok());
         assert_eq!(preset("int3").unwrap_err().code(), "unknown_preset");
+    }
+
+    #[test]
+    fn fp8_and_gguf_stages_parse_and_check_their_rules() {
+        let fp8 = parse(r#"{"stages": [{"quantize": {"scheme": "fp8"}}]}"#);
+        assert_eq!(fp8.validate(&model()).unwrap().len(), 2);
+        let grouped =
+            parse(r#"{"stages": [{"quantize": {"scheme": "fp8", "granularity": "group"}}]}"#);
+        assert_eq!(
+            grouped.validate(&model()).unwrap_err().code(),
+            "bad_granularity"
+        );
+        let q8 = parse(r#"{"stages": [{"quantize": {"scheme": "gguf", "type": "Q8_0"}}]}"#);
+        assert_eq!(q8.validate(&model()).unwrap().len(), 2);
+        let odd = vec![TensorMeta {
+            name: "odd.weight".into(),
+            dtype: Dtype::F16,
+            shape: vec![8, 100],
+        }];
+        let err = q8.validate(&odd).unwrap_err();
+        assert_eq!(err.code(), "row_not_multiple_of_block");
+        assert_eq!(err.tensor(), Some("odd.weight"));
+        assert!(err.to_string().contains("rows of 100"), "{err}");
+        assert!(
+            serde_json::from_str::<Recipe>(
+                r#"{"stages": [{"quantize": {"scheme": "gguf", "type": "Q3_X"}}]}"#
+            )
+            .is_err()
+        );
     }
 }

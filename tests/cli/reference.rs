@@ -130,6 +130,64 @@ fn files_from_the_reference_writer_read_back_with_their_inventory() {
     assert_eq!(ours["bytes"], std::fs::metadata(&path).unwrap().len());
 }
 
+/// F32 weight-like values: uniform in ±scale, with an outlier (×30, sign flipped) every 331
+/// values and an exact zero every 97, as real weights have.
+fn f32_weights(n: usize, scale: f32, seed: u64) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .flat_map(|i| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let v = ((state % 2_000_001) as f32 / 1e6 - 1.0) * scale;
+            let v = if i % 331 == 0 {
+                -v * 30.0
+            } else if i % 97 == 0 {
+                0.0
+            } else {
+                v
+            };
+            v.to_le_bytes()
+        })
+        .collect()
+}
+
+/// Writes `m.safetensors` of F32 tensors `(name, shape, scale)` filled by [`f32_weights`]
+/// (scale 0 gives an all-zero tensor).
+fn write_f32_model(dir: &std::path::Path, tensors: &[(&str, &[u64], f32)]) -> PathBuf {
+    let data: Vec<Vec<u8>> = tensors
+        .iter()
+        .enumerate()
+        .map(|(i, (_, shape, scale))| {
+            f32_weights(shape.iter().product::<u64>() as usize, *scale, i as u64 + 1)
+        })
+        .collect();
+    let entries: Vec<(&str, &str, &[u64], Vec<u8>)> = tensors
+        .iter()
+        .zip(data)
+        .map(|((name, shape, _), bytes)| (*name, "F32", *shape, bytes))
+        .collect();
+    let path = dir.join("m.safetensors");
+    std::fs::write(&path, crate::common::safetensors(&entries)).unwrap();
+    path
+}
+
+/// Runs a Python reference script from target/pyvenv with `args`; it must exit 0.
+fn run_reference(script: &str, args: &[PathBuf]) {
+    let check = Command::new(python())
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+}
+
 /// FP8 E4M3 per channel and per tensor, computed by numpy with `ml_dtypes`' float8_e4m3fn cast
 /// (an implementation no one here wrote): scale absmax / 448, clip to ±448, cast, multiply back.
 const FP8_REFERENCE: &str = r#"
@@ -161,39 +219,16 @@ print("ok")
 
 #[test]
 fn fp8_matches_numpy_with_ml_dtypes_bit_for_bit() {
-    use crate::common::safetensors;
     let dir = data_dir();
-    let mut state = 3u64;
-    let mut values = |n: usize, scale: f32| -> Vec<u8> {
-        (0..n)
-            .flat_map(|i| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                let v = ((state % 2_000_001) as f32 / 1e6 - 1.0) * scale;
-                // An outlier and exact zeros, as real weights have.
-                let v = if i % 997 == 0 {
-                    v * 40.0
-                } else if i % 131 == 0 {
-                    0.0
-                } else {
-                    v
-                };
-                v.to_le_bytes()
-            })
-            .collect()
-    };
-    let model = dir.path().join("m.safetensors");
-    std::fs::write(
-        &model,
-        safetensors(&[
-            ("a.weight", "F32", &[33, 517], values(33 * 517, 0.05)),
-            ("b.weight", "F32", &[4, 3, 5], values(60, 3.0)),
-            ("zero.weight", "F32", &[2, 8], vec![0u8; 64]),
-            ("tiny.weight", "F32", &[3, 7], values(21, 1e-6)),
-        ]),
-    )
-    .unwrap();
+    let model = write_f32_model(
+        dir.path(),
+        &[
+            ("a.weight", &[33, 517], 0.05),
+            ("b.weight", &[4, 3, 5], 3.0),
+            ("zero.weight", &[2, 8], 0.0),
+            ("tiny.weight", &[3, 7], 1e-6),
+        ],
+    );
     let mut outputs = Vec::new();
     for preset in ["fp8", "fp8-tensor"] {
         let out = dir.path().join(preset);
@@ -208,17 +243,70 @@ fn fp8_matches_numpy_with_ml_dtypes_bit_for_bit() {
         assert!(status.success(), "{stderr}");
         outputs.push(out.join("model.safetensors"));
     }
-    let check = Command::new(python())
-        .arg("-c")
-        .arg(FP8_REFERENCE)
-        .arg(&model)
-        .args(&outputs)
-        .output()
-        .unwrap();
-    assert!(
-        check.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&check.stdout),
-        String::from_utf8_lossy(&check.stderr)
+    let mut args = vec![model.clone()];
+    args.extend(outputs);
+    run_reference(FP8_REFERENCE, &args);
+}
+
+/// llama.cpp block types, computed by the `gguf` Python package (quantize, then dequantize)
+/// and compared value for value with squeeze's dense output of the same recipe.
+const GGUF_REFERENCE: &str = r#"
+import sys
+import numpy as np
+from gguf import GGMLQuantizationType, quants
+from safetensors.numpy import load_file
+original = load_file(sys.argv[1])
+for pair in sys.argv[2:]:
+    kind, path = pair.split("=", 1)
+    qtype = getattr(GGMLQuantizationType, kind)
+    got = load_file(path)
+    for name, w in original.items():
+        rows = w.reshape(w.shape[0], -1)
+        want = quants.dequantize(quants.quantize(rows, qtype), qtype).reshape(w.shape)
+        # Compared as numbers: for an all-zero block of -0.0 the package's scale is +0 where
+        # llama.cpp's C reference (and squeeze) store -0, so the decoded zeros differ in sign only.
+        mismatches = int((want.astype(np.float32) != got[name]).sum())
+        if mismatches:
+            print(f"{kind} {name}: {mismatches} of {w.size} values differ")
+            sys.exit(1)
+print("ok")
+"#;
+
+#[test]
+fn gguf_block_types_match_the_gguf_package() {
+    let dir = data_dir();
+    let model = write_f32_model(
+        dir.path(),
+        &[
+            ("a.weight", &[19, 320], 0.05),
+            ("b.weight", &[2, 3, 64], 2.0),
+            ("zero.weight", &[2, 32], 0.0),
+        ],
     );
+    let mut pairs = Vec::new();
+    for kind in ["Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1"] {
+        let recipe = dir.path().join(format!("{kind}.json"));
+        std::fs::write(
+            &recipe,
+            format!(r#"{{"stages": [{{"quantize": {{"scheme": "gguf", "type": "{kind}"}}}}]}}"#),
+        )
+        .unwrap();
+        let out = dir.path().join(kind);
+        let (status, _, stderr) = squeeze(&[
+            "compress",
+            "--recipe",
+            recipe.to_str().unwrap(),
+            model.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+        ]);
+        assert!(status.success(), "{kind}: {stderr}");
+        pairs.push(format!(
+            "{kind}={}",
+            out.join("model.safetensors").display()
+        ));
+    }
+    let mut args = vec![model.clone()];
+    args.extend(pairs.into_iter().map(PathBuf::from));
+    run_reference(GGUF_REFERENCE, &args);
 }

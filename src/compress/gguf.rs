@@ -1,0 +1,315 @@
+//! GGUF (llama.cpp) block quantization: the legacy 32-value block types Q8_0, Q4_0, Q4_1, Q5_0
+//! and Q5_1, byte for byte as `quantize_row_*_ref` in ggml-quants.c lays them out and as the
+//! `gguf` Python package computes them (shared/reference/formats.md §3.3).
+//!
+//! Rounding follows the reference exactly: the inverse scale comes from the unrounded f32 scale
+//! before the scale is stored as f16 (round to nearest even); Q8_0 rounds half away from zero
+//! (`roundf`); the 4/5-bit types add 8.5 / 16.5 / 0.5 to the scaled value and truncate. That sum
+//! is two f32 roundings (a product, then an addition), as the `gguf` package and a C build
+//! without FMA contraction compute it; a C build that contracts it into one FMA can differ in
+//! rare last-code ties.
+
+use half::f16;
+
+/// Values per block of every type here.
+pub const BLOCK: usize = 32;
+
+/// A GGUF block type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum BlockType {
+    /// 8-bit codes, one f16 scale: 34 bytes per 32 values.
+    #[serde(rename = "Q8_0")]
+    Q8_0,
+    /// 4-bit codes around 8, one f16 scale: 18 bytes.
+    #[serde(rename = "Q4_0")]
+    Q4_0,
+    /// 4-bit codes, f16 scale and minimum: 20 bytes.
+    #[serde(rename = "Q4_1")]
+    Q4_1,
+    /// 5-bit codes around 16, one f16 scale: 22 bytes.
+    #[serde(rename = "Q5_0")]
+    Q5_0,
+    /// 5-bit codes, f16 scale and minimum: 24 bytes.
+    #[serde(rename = "Q5_1")]
+    Q5_1,
+}
+
+impl BlockType {
+    /// Bytes of one block.
+    pub fn block_bytes(self) -> usize {
+        match self {
+            BlockType::Q8_0 => 34,
+            BlockType::Q4_0 => 18,
+            BlockType::Q4_1 => 20,
+            BlockType::Q5_0 => 22,
+            BlockType::Q5_1 => 24,
+        }
+    }
+
+    /// The name GGUF and llama.cpp use.
+    pub fn name(self) -> &'static str {
+        match self {
+            BlockType::Q8_0 => "Q8_0",
+            BlockType::Q4_0 => "Q4_0",
+            BlockType::Q4_1 => "Q4_1",
+            BlockType::Q5_0 => "Q5_0",
+            BlockType::Q5_1 => "Q5_1",
+        }
+    }
+}
+
+/// The value with the largest magnitude, keeping its sign (the first one on ties).
+fn signed_absmax(x: &[f32]) -> f32 {
+    let mut amax = 0f32;
+    let mut max = 0f32;
+    for &v in x {
+        if amax < v.abs() {
+            amax = v.abs();
+            max = v;
+        }
+    }
+    max
+}
+
+fn inverse(d: f32) -> f32 {
+    if d != 0.0 { 1.0 / d } else { 0.0 }
+}
+
+/// Splits 32 codes into 16 bytes: low nibble = code j, high nibble = code j + 16.
+fn pack_nibbles(codes: &[u8; BLOCK], out: &mut [u8]) {
+    for j in 0..BLOCK / 2 {
+        out[j] = (codes[j] & 0x0F) | ((codes[j + BLOCK / 2] & 0x0F) << 4);
+    }
+}
+
+/// Bit 4 of each of 32 codes, as a little-endian u32 (bit i = code i).
+fn high_bits(codes: &[u8; BLOCK]) -> [u8; 4] {
+    let mut qh = 0u32;
+    for (i, &q) in codes.iter().enumerate() {
+        qh |= u32::from((q >> 4) & 1) << i;
+    }
+    qh.to_le_bytes()
+}
+
+/// Quantizes one block of 32 values into `out` (`kind.block_bytes()` bytes).
+pub fn quantize_block(kind: BlockType, x: &[f32], out: &mut [u8]) {
+    debug_assert_eq!(x.len(), BLOCK);
+    let mut codes = [0u8; BLOCK];
+    match kind {
+        BlockType::Q8_0 => {
+            let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let d = amax / 127.0;
+            let id = inverse(d);
+            out[..2].copy_from_slice(&f16::from_f32(d).to_bits().to_le_bytes());
+            for (o, &v) in out[2..2 + BLOCK].iter_mut().zip(x) {
+                // `roundf`: half away from zero.
+                *o = (v * id).round() as i8 as u8;
+            }
+        }
+        BlockType::Q4_0 | BlockType::Q5_0 => {
+            let (levels, offset, top) = if kind == BlockType::Q4_0 {
+                (-8.0f32, 8.5f32, 15u8)
+            } else {
+                (-16.0, 16.5, 31)
+            };
+            let d = signed_absmax(x) / levels;
+            let id = inverse(d);
+            for (c, &v) in codes.iter_mut().zip(x) {
+                // Truncation toward zero of a value that is at least 0.5 here.
+                *c = ((v * id + offset) as i8 as u8).min(top);
+            }
+            out[..2].copy_from_slice(&f16::from_f32(d).to_bits().to_le_bytes());
+            if kind == BlockType::Q4_0 {
+                pack_nibbles(&codes, &mut out[2..18]);
+            } else {
+                out[2..6].copy_from_slice(&high_bits(&codes));
+                pack_nibbles(&codes, &mut out[6..22]);
+            }
+        }
+        BlockType::Q4_1 | BlockType::Q5_1 => {
+            let (steps, top) = if kind == BlockType::Q4_1 {
+                (15.0f32, 15u8)
+            } else {
+                (31.0, 31)
+            };
+            let min = x
+                .iter()
+                .fold(f32::INFINITY, |m, &v| if v < m { v } else { m });
+            let max = x
+                .iter()
+                .fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m });
+            let d = (max - min) / steps;
+            let id = inverse(d);
+            for (c, &v) in codes.iter_mut().zip(x) {
+                *c = (((v - min) * id + 0.5) as i8 as u8).min(top);
+            }
+            out[..2].copy_from_slice(&f16::from_f32(d).to_bits().to_le_bytes());
+            out[2..4].copy_from_slice(&f16::from_f32(min).to_bits().to_le_bytes());
+            if kind == BlockType::Q4_1 {
+                pack_nibbles(&codes, &mut out[4..20]);
+            } else {
+                out[4..8].copy_from_slice(&high_bits(&codes));
+                pack_nibbles(&codes, &mut out[8..24]);
+            }
+        }
+    }
+}
+
+fn f16_at(bytes: &[u8]) -> f32 {
+    f16::from_bits(u16::from_le_bytes([bytes[0], bytes[1]])).to_f32()
+}
+
+/// The 32 codes of a 4-bit payload plus optional fifth bits.
+fn unpack(qs: &[u8], qh: Option<&[u8]>) -> [u8; BLOCK] {
+    let mut codes = [0u8; BLOCK];
+    for j in 0..BLOCK / 2 {
+        codes[j] = qs[j] & 0x0F;
+        codes[j + BLOCK / 2] = qs[j] >> 4;
+    }
+    if let Some(qh) = qh {
+        let bits = u32::from_le_bytes([qh[0], qh[1], qh[2], qh[3]]);
+        for (i, c) in codes.iter_mut().enumerate() {
+            *c |= (((bits >> i) & 1) as u8) << 4;
+        }
+    }
+    codes
+}
+
+/// Decodes one block into 32 values.
+pub fn dequantize_block(kind: BlockType, block: &[u8], out: &mut [f32]) {
+    let d = f16_at(block);
+    match kind {
+        BlockType::Q8_0 => {
+            for (o, &q) in out.iter_mut().zip(&block[2..2 + BLOCK]) {
+                *o = f32::from(q as i8) * d;
+            }
+        }
+        BlockType::Q4_0 => {
+            for (o, q) in out.iter_mut().zip(unpack(&block[2..18], None)) {
+                *o = (f32::from(q) - 8.0) * d;
+            }
+        }
+        BlockType::Q5_0 => {
+            for (o, q) in out
+                .iter_mut()
+                .zip(unpack(&block[6..22], Some(&block[2..6])))
+            {
+                *o = (f32::from(q) - 16.0) * d;
+            }
+        }
+        BlockType::Q4_1 => {
+            let m = f16_at(&block[2..4]);
+            for (o, q) in out.iter_mut().zip(unpack(&block[4..20], None)) {
+                *o = f32::from(q) * d + m;
+            }
+        }
+        BlockType::Q5_1 => {
+            let m = f16_at(&block[2..4]);
+            for (o, q) in out
+                .iter_mut()
+                .zip(unpack(&block[8..24], Some(&block[4..8])))
+            {
+                *o = f32::from(q) * d + m;
+            }
+        }
+    }
+}
+
+/// Quantizes rows (length a multiple of 32) into consecutive blocks.
+pub fn quantize(kind: BlockType, values: &[f32], out: &mut [u8]) {
+    for (x, block) in values
+        .chunks_exact(BLOCK)
+        .zip(out.chunks_exact_mut(kind.block_bytes()))
+    {
+        quantize_block(kind, x, block);
+    }
+}
+
+/// Replaces values (length a multiple of 32) by what their blocks decode to.
+pub fn fake_quantize(kind: BlockType, values: &mut [f32]) {
+    let mut block = [0u8; 34];
+    for x in values.chunks_exact_mut(BLOCK) {
+        let bytes = &mut block[..kind.block_bytes()];
+        quantize_block(kind, x, bytes);
+        dequantize_block(kind, bytes, x);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ALL: [BlockType; 5] = [
+        BlockType::Q8_0,
+        BlockType::Q4_0,
+        BlockType::Q4_1,
+        BlockType::Q5_0,
+        BlockType::Q5_1,
+    ];
+
+    fn noise(n: usize, seed: u64) -> Vec<f32> {
+        let mut state = seed | 1;
+        (0..n)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                (state % 2_000_001) as f32 / 1e6 - 1.0
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_error_stays_within_half_a_step_plus_the_f16_scale_rounding() {
+        for kind in ALL {
+            let values = noise(32 * 64, 9);
+            let mut got = values.clone();
+            fake_quantize(kind, &mut got);
+            for (block, (x, y)) in values.chunks(32).zip(got.chunks(32)).enumerate() {
+                let (lo, hi) = x
+                    .iter()
+                    .fold((f32::MAX, f32::MIN), |(a, b), &v| (a.min(v), b.max(v)));
+                let levels = match kind {
+                    BlockType::Q8_0 => 254.0,
+                    BlockType::Q4_0 | BlockType::Q4_1 => 15.0,
+                    BlockType::Q5_0 | BlockType::Q5_1 => 31.0,
+                };
+                let step = (hi - lo).max(2.0 * lo.abs().max(hi.abs())) / levels;
+                // Q4_0 and Q5_0 put the signed extreme at the code range's end, so a value of the
+                // opposite sign near that magnitude is one whole step off.
+                let bound = match kind {
+                    BlockType::Q4_0 | BlockType::Q5_0 => step * 1.01,
+                    _ => step * 0.51,
+                };
+                for (a, b) in x.iter().zip(y) {
+                    assert!(
+                        (a - b).abs() <= bound + 2e-3 * a.abs().max(step),
+                        "{kind:?} block {block}: {a} -> {b} (step {step})"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn zeros_and_constant_blocks_are_exact_where_the_format_allows() {
+        for kind in ALL {
+            let mut zeros = vec![0f32; 32];
+            fake_quantize(kind, &mut zeros);
+            assert!(zeros.iter().all(|v| *v == 0.0), "{kind:?}");
+        }
+    }
+
+    #[test]
+    fn q4_0_packs_elements_j_and_j_plus_16_in_one_byte() {
+        let mut x = [0f32; 32];
+        x[0] = -8.0; // the signed absmax: d = 1
+        x[16] = 7.0;
+        let mut out = [0u8; 18];
+        quantize_block(BlockType::Q4_0, &x, &mut out);
+        assert_eq!(f16_at(&out), 1.0);
+        // code = trunc(x / d + 8.5): -8 -> 0, 7 -> 15, 0 -> 8.
+        assert_eq!(out[2], 0x0F << 4);
+        assert_eq!(out[3], 0x88);
+    }
+}
