@@ -97,6 +97,13 @@ async fn submit(app: &TestApp, body: Value, key: Option<&str>) -> reqwest::Respo
     request.send().await.unwrap()
 }
 
+/// Submits the int8 preset on a model; the job as the server returned it (202).
+async fn submit_int8(app: &TestApp, model_id: &str) -> Value {
+    let response = submit(app, json!({"model_id": model_id, "preset": "int8"}), None).await;
+    assert_eq!(response.status(), 202);
+    response.json().await.unwrap()
+}
+
 async fn wait_final(app: &TestApp, id: &str) -> Value {
     for _ in 0..600 {
         let job = app.json(&format!("/api/v1/jobs/{id}")).await;
@@ -321,11 +328,7 @@ async fn a_queued_job_canceled_never_starts_and_other_teams_cannot_see_jobs() {
     })
     .await;
     let (model_id, _) = upload_model(&app, 16, 64).await;
-    let job: Value = submit(&app, json!({"model_id": model_id, "preset": "int8"}), None)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let job: Value = submit_int8(&app, &model_id).await;
     let id = job["id"].as_str().unwrap();
     assert_eq!(job["state"], "queued");
     let other = app.token_of("team-b").await;
@@ -375,11 +378,7 @@ async fn a_stale_worker_is_fenced_and_an_expired_lease_is_rescued() {
     .await;
     let db = &app.state.db;
     let (model_id, _) = upload_model(&app, 16, 64).await;
-    let job: Value = submit(&app, json!({"model_id": model_id, "preset": "int8"}), None)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let job: Value = submit_int8(&app, &model_id).await;
     let id: uuid::Uuid = job["id"].as_str().unwrap().parse().unwrap();
     let stale = queue::claim(db, "stale", Duration::from_millis(100))
         .await
@@ -493,11 +492,7 @@ async fn retries_back_off_stop_at_the_maximum_and_bad_input_fails_at_once() {
         "attempts spent"
     );
 
-    let job: Value = submit(&app, json!({"model_id": model_id, "preset": "int8"}), None)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let job: Value = submit_int8(&app, &model_id).await;
     let id: uuid::Uuid = job["id"].as_str().unwrap().parse().unwrap();
     let claimed = queue::claim(db, "w", Duration::from_secs(30))
         .await
@@ -532,11 +527,7 @@ async fn four_workers_run_every_job_exactly_once() {
     let (model_id, _) = upload_model(&app, 8, 32).await;
     let mut ids = Vec::new();
     for _ in 0..24 {
-        let job: Value = submit(&app, json!({"model_id": model_id, "preset": "int8"}), None)
-            .await
-            .json()
-            .await
-            .unwrap();
+        let job: Value = submit_int8(&app, &model_id).await;
         ids.push(job["id"].as_str().unwrap().to_owned());
     }
     for id in &ids {
@@ -693,22 +684,14 @@ async fn jobs_start_and_events_flow_after_the_listen_connections_are_killed() {
     assert!(killed.len() >= 2 && killed.iter().all(|k| *k), "{killed:?}");
 
     // Submitted at once, while the listeners are down or reconnecting.
-    let job: Value = submit(&app, json!({"model_id": model_id, "preset": "int8"}), None)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let job: Value = submit_int8(&app, &model_id).await;
     let id = job["id"].as_str().unwrap();
     let (last, text) = follow_events(&app, id).await;
     assert_eq!(last["state"], "succeeded", "{text}");
 
     // Both listeners come back, and NOTIFY wakes the workers again.
     wait_for_listeners(&app, 2).await;
-    let job: Value = submit(&app, json!({"model_id": model_id, "preset": "int8"}), None)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let job: Value = submit_int8(&app, &model_id).await;
     let job = wait_final(&app, job["id"].as_str().unwrap()).await;
     assert_eq!(job["state"], "succeeded", "{job}");
 }
