@@ -105,8 +105,19 @@ impl IntScheme {
         tensor: Option<QParams>,
     ) -> Vec<QParams> {
         let mut used = Vec::with_capacity(rows.len() / self.group_len(cols).max(1));
-        fake_quantize_groups(*self, rows, cols, tensor, &mut used);
+        fake_quantize_groups(*self, rows, cols, tensor, Some(&mut used));
         used
+    }
+
+    /// [`Self::fake_quantize_rows`] without collecting the parameters: the hot path's form,
+    /// which allocates nothing.
+    pub fn fake_quantize_rows_in_place(
+        &self,
+        rows: &mut [f32],
+        cols: usize,
+        tensor: Option<QParams>,
+    ) {
+        fake_quantize_groups(*self, rows, cols, tensor, None);
     }
 }
 
@@ -116,8 +127,9 @@ multiversion! {
         rows: &mut [f32],
         cols: usize,
         tensor: Option<QParams>,
-        used: &mut Vec<QParams>,
+        used: Option<&mut Vec<QParams>>,
     ) {
+        let mut used = used;
         let (qmin, qmax) = (scheme.qmin() as f32, scheme.qmax() as f32);
         for values in rows.chunks_mut(scheme.group_len(cols)) {
             let p = match (scheme.granularity, tensor) {
@@ -135,7 +147,9 @@ multiversion! {
                 let x = if x > qmax { qmax } else { x };
                 *v = (x.round_ties_even() - zero_point) * scale;
             }
-            used.push(p);
+            if let Some(used) = used.as_deref_mut() {
+                used.push(p);
+            }
         }
     }
 }

@@ -144,7 +144,7 @@ fn apply_steps(steps: &[Step], globals: &[Global], chunk: usize, values: &mut [f
                     Global::TensorParams(p) => Some(*p),
                     _ => None,
                 };
-                scheme.fake_quantize_rows(values, cols, tensor);
+                scheme.fake_quantize_rows_in_place(values, cols, tensor);
             }
             (Step::Fp8 { .. }, Global::TensorScale(scale)) => fp8::fake_quantize(values, *scale),
             (Step::Fp8 { .. }, _) => {
