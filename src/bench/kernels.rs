@@ -7,7 +7,8 @@ use std::time::Instant;
 
 use crate::compress::Cancel;
 use crate::compress::gguf::BlockType;
-use crate::compress::quantize::{Granularity, IntScheme};
+use crate::compress::prune::Norm;
+use crate::compress::quantize::{Granularity, IntScheme, ScaleDtype};
 use crate::compress::simd;
 use crate::compress::tensor::{self, Step, TensorView};
 use crate::formats::dtype;
@@ -18,6 +19,7 @@ fn int(bits: u8, symmetric: bool, granularity: Granularity) -> Step {
         bits,
         symmetric,
         granularity,
+        scale_dtype: ScaleDtype::F32,
     })
 }
 
@@ -44,9 +46,18 @@ fn kernels() -> Vec<(&'static str, Vec<Step>)> {
         ("gguf Q8_0", vec![Step::Gguf(BlockType::Q8_0)]),
         ("gguf Q4_0", vec![Step::Gguf(BlockType::Q4_0)]),
         ("gguf Q5_1", vec![Step::Gguf(BlockType::Q5_1)]),
+        ("nf4", vec![Step::Nf4]),
         (
             "magnitude prune 50%",
             vec![Step::MagnitudePrune { sparsity: 0.5 }],
+        ),
+        ("2:4 prune", vec![Step::SemiStructured { n: 2, m: 4 }]),
+        (
+            "channel prune 25% L2",
+            vec![Step::ChannelPrune {
+                sparsity: 0.25,
+                norm: Norm::L2,
+            }],
         ),
         (
             "prune 50% + int8",

@@ -5,6 +5,9 @@
 
 pub mod fp8;
 pub mod gguf;
+pub mod nf4;
+#[cfg(test)]
+mod properties;
 pub mod prune;
 pub mod quantize;
 pub mod simd;

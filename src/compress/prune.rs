@@ -1,5 +1,7 @@
-//! Magnitude pruning: zero the k smallest-magnitude values exactly, over data visited in chunks,
-//! with memory independent of the data size.
+//! Pruning kernels. Magnitude pruning zeroes the k smallest-magnitude values exactly, over data
+//! visited in chunks, with memory independent of the data size; semi-structured N:M pruning keeps
+//! the N largest of every M consecutive values of a row; channel pruning zeroes whole output rows
+//! chosen by their L1 or L2 norm.
 //!
 //! The k-th smallest |x| is found by radix selection on the bits of |x| (for non-negative floats
 //! the bit pattern orders like the value): a histogram of the high 16 bits finds the bucket,
@@ -97,16 +99,7 @@ impl MagnitudeCut {
         let threshold_bits = ((bucket as u32) << 16) | offset as u32;
         let ties: Vec<u64> = (0..chunks)
             .into_par_iter()
-            .map(|i| {
-                let mut n = 0u64;
-                visit(i, &mut |values: &[f32]| {
-                    n += values
-                        .iter()
-                        .filter(|v| magnitude_bits(**v) == threshold_bits)
-                        .count() as u64;
-                });
-                n
-            })
+            .map(|i| count_around(i, &visit, threshold_bits).1)
             .collect();
         cancel.check()?;
         let mut remaining = k - below_bucket - below;
@@ -151,6 +144,197 @@ impl MagnitudeCut {
     pub fn quota(&self, chunk: usize) -> u64 {
         self.tie_quota[chunk]
     }
+}
+
+/// How many values of chunk `i` lie below the magnitude `threshold_bits`, and how many on it.
+fn count_around<F>(i: usize, visit: &F, threshold_bits: u32) -> (u64, u64)
+where
+    F: Fn(usize, &mut dyn FnMut(&[f32])) + Sync,
+{
+    let (mut below, mut on) = (0u64, 0u64);
+    visit(i, &mut |values: &[f32]| {
+        for v in values {
+            let bits = magnitude_bits(*v);
+            below += u64::from(bits < threshold_bits);
+            on += u64::from(bits == threshold_bits);
+        }
+    });
+    (below, on)
+}
+
+/// A pass of [`GlobalCut`] over every tensor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GlobalPass {
+    /// Histogram of the high 16 bits of |x|.
+    High,
+    /// Histogram of the low 16 bits inside the crossing bucket.
+    Low,
+    /// Per tensor: how many values fall below the threshold and how many on it.
+    Count,
+}
+
+/// One magnitude threshold across several tensors (global magnitude pruning), found in three
+/// passes that visit the tensors one at a time, so none is held beyond its turn. The last pass
+/// yields each tensor's number of values to prune: that tensor's own exact selection of that
+/// many reproduces the global choice (ties at the threshold go to the earlier tensors).
+#[derive(Debug, Clone)]
+pub struct GlobalCut {
+    sparsity: f64,
+    high: Vec<u64>,
+    low: Vec<u64>,
+    k: u64,
+    bucket: usize,
+    below_bucket: u64,
+    threshold_bits: u32,
+    ties_left: u64,
+}
+
+impl GlobalCut {
+    /// The passes, in order; call [`Self::finish`] after each.
+    pub const PASSES: [GlobalPass; 3] = [GlobalPass::High, GlobalPass::Low, GlobalPass::Count];
+
+    /// A cut that will prune the fraction `sparsity` of all values seen in the first pass.
+    pub fn new(sparsity: f64) -> GlobalCut {
+        GlobalCut {
+            sparsity,
+            high: vec![0; BUCKETS],
+            low: vec![0; BUCKETS],
+            k: 0,
+            bucket: 0,
+            below_bucket: 0,
+            threshold_bits: 0,
+            ties_left: 0,
+        }
+    }
+
+    /// Feeds one tensor (its chunks, through `visit`) to `pass`. Returns, in the count pass,
+    /// how many of its values to prune; 0 otherwise.
+    pub fn observe<F>(
+        &mut self,
+        pass: GlobalPass,
+        chunks: usize,
+        visit: F,
+        cancel: &Cancel,
+    ) -> Result<u64, Canceled>
+    where
+        F: Fn(usize, &mut dyn FnMut(&[f32])) + Sync,
+    {
+        let add = |total: &mut Vec<u64>, h: Vec<u64>| {
+            total.iter_mut().zip(&h).for_each(|(a, b)| *a += b);
+        };
+        match pass {
+            GlobalPass::High => {
+                let h = histogram(chunks, &visit, cancel, |bits| Some((bits >> 16) as usize))?;
+                add(&mut self.high, h);
+                Ok(0)
+            }
+            GlobalPass::Low => {
+                if self.k > 0 {
+                    let bucket = self.bucket;
+                    let h = histogram(chunks, &visit, cancel, |bits| {
+                        ((bits >> 16) as usize == bucket).then_some((bits & 0xFFFF) as usize)
+                    })?;
+                    add(&mut self.low, h);
+                }
+                Ok(0)
+            }
+            GlobalPass::Count => {
+                if self.k == 0 {
+                    return Ok(0);
+                }
+                let (below, on) = (0..chunks)
+                    .into_par_iter()
+                    .map(|i| count_around(i, &visit, self.threshold_bits))
+                    .reduce(|| (0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
+                cancel.check()?;
+                let take = on.min(self.ties_left);
+                self.ties_left -= take;
+                Ok(below + take)
+            }
+        }
+    }
+
+    /// Concludes a pass once every tensor has been observed.
+    pub fn finish(&mut self, pass: GlobalPass) {
+        match pass {
+            GlobalPass::High => {
+                let seen: u64 = self.high.iter().sum();
+                self.k = prune_count(seen, self.sparsity);
+                (self.bucket, self.below_bucket) = crossing(&self.high, self.k);
+            }
+            GlobalPass::Low => {
+                if self.k > 0 {
+                    let (offset, below) = crossing(&self.low, self.k - self.below_bucket);
+                    self.threshold_bits = ((self.bucket as u32) << 16) | offset as u32;
+                    self.ties_left = self.k - self.below_bucket - below;
+                }
+            }
+            GlobalPass::Count => {}
+        }
+    }
+}
+
+/// Semi-structured N:M pruning of values whose length is a multiple of `m`: in every run of `m`
+/// consecutive values, the `m − n` of smallest magnitude become zero (on equal magnitudes, the
+/// earlier one goes first). Existing zeros count as the smallest.
+pub fn prune_n_m(values: &mut [f32], n: usize, m: usize) {
+    debug_assert!(n < m && values.len().is_multiple_of(m));
+    let drop = m - n;
+    for group in values.chunks_exact_mut(m) {
+        let mut mask = 0u64;
+        for i in 0..m {
+            let bits = magnitude_bits(group[i]);
+            // Rank of value i: how many come before it in (magnitude, position) order.
+            let rank = (0..m)
+                .filter(|&j| {
+                    let other = magnitude_bits(group[j]);
+                    other < bits || (other == bits && j < i)
+                })
+                .count();
+            if rank < drop {
+                mask |= 1 << i;
+            }
+        }
+        for (i, v) in group.iter_mut().enumerate() {
+            if mask >> i & 1 == 1 {
+                *v = 0.0;
+            }
+        }
+    }
+}
+
+/// The norm that ranks output channels (rows) for structured pruning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Norm {
+    /// Sum of absolute values.
+    L1,
+    /// Euclidean norm.
+    #[default]
+    L2,
+}
+
+impl Norm {
+    /// The norm of `values`, accumulated in f64 (for L2, the square of the norm: it orders the
+    /// same and is what an energy sum needs).
+    pub fn measure(self, values: &[f32]) -> f64 {
+        match self {
+            Norm::L1 => values.iter().map(|v| f64::from(v.abs())).sum(),
+            Norm::L2 => values.iter().map(|&v| f64::from(v) * f64::from(v)).sum(),
+        }
+    }
+}
+
+/// The `count` indices of smallest score (on equal scores, the lower index goes first), as a
+/// mask: `true` for the indices to remove.
+pub fn weakest(scores: &[f64], count: usize) -> Vec<bool> {
+    let mut order: Vec<usize> = (0..scores.len()).collect();
+    order.sort_by(|&a, &b| scores[a].total_cmp(&scores[b]).then(a.cmp(&b)));
+    let mut mask = vec![false; scores.len()];
+    for &i in order.iter().take(count) {
+        mask[i] = true;
+    }
+    mask
 }
 
 /// Number of values to prune for a sparsity in [0, 1).
@@ -220,6 +404,90 @@ mod tests {
         let got = cut_and_apply(&data, 4, 0.2);
         assert_eq!(got.iter().filter(|v| **v == 0.0).count(), 2);
         assert_eq!(got[0], 1.0);
+    }
+
+    #[test]
+    fn a_global_cut_prunes_the_smallest_values_of_all_tensors_together() {
+        let mut state = 3u64;
+        let mut next = move |scale: f32| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            ((state % 20_001) as f32 / 10_000.0 - 1.0) * scale
+        };
+        // Tensors of different scales: a global cut prunes the small one much harder.
+        let mut tensors: Vec<Vec<f32>> = vec![
+            (0..3000).map(|_| next(0.1)).collect(),
+            (0..5000).map(|_| next(1.0)).collect(),
+            (0..1001).map(|_| next(0.5)).collect(),
+        ];
+        tensors[1][..200].fill(0.25); // ties
+        let sparsity = 0.4;
+        let mut cut = GlobalCut::new(sparsity);
+        let mut counts = Vec::new();
+        for pass in GlobalCut::PASSES {
+            for t in &tensors {
+                let chunks: Vec<&[f32]> = t.chunks(128).collect();
+                let n = cut
+                    .observe(
+                        pass,
+                        chunks.len(),
+                        |i, sink| sink(chunks[i]),
+                        &Cancel::new(),
+                    )
+                    .unwrap();
+                if pass == GlobalPass::Count {
+                    counts.push(n);
+                }
+            }
+            cut.finish(pass);
+        }
+        let all: Vec<f32> = tensors.concat();
+        let k = prune_count(all.len() as u64, sparsity) as usize;
+        assert_eq!(counts.iter().sum::<u64>() as usize, k);
+        let mut order: Vec<usize> = (0..all.len()).collect();
+        order.sort_by(|&a, &b| all[a].abs().total_cmp(&all[b].abs()).then(a.cmp(&b)));
+        let mut starts = vec![0];
+        for t in &tensors {
+            starts.push(starts.last().unwrap() + t.len());
+        }
+        for (t, &count) in counts.iter().enumerate() {
+            let want = order[..k]
+                .iter()
+                .filter(|&&i| (starts[t]..starts[t + 1]).contains(&i))
+                .count();
+            assert_eq!(count as usize, want, "tensor {t}");
+        }
+        assert!(
+            counts[0] > 2900,
+            "the small-scale tensor is pruned almost entirely"
+        );
+    }
+
+    #[test]
+    fn n_m_keeps_the_largest_of_each_group() {
+        let mut v = vec![
+            0.1f32, -0.4, 0.3, 0.2, 1.0, 1.0, 1.0, 1.0, 0.0, -0.0, 5.0, 0.0,
+        ];
+        prune_n_m(&mut v, 2, 4);
+        assert_eq!(
+            v,
+            [0.0, -0.4, 0.3, 0.0, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 5.0, 0.0]
+        );
+        let mut w: Vec<f32> = (0..16).map(|i| i as f32 - 7.5).collect();
+        prune_n_m(&mut w, 4, 8);
+        assert_eq!(w.iter().filter(|x| **x != 0.0).count(), 8);
+        assert_eq!(&w[..8], &[-7.5, -6.5, -5.5, -4.5, 0.0, 0.0, 0.0, 0.0]);
+    }
+
+    #[test]
+    fn weakest_breaks_ties_by_index() {
+        assert_eq!(
+            weakest(&[3.0, 1.0, 1.0, 0.5, 9.0], 3),
+            [false, true, true, true, false]
+        );
+        assert_eq!(Norm::L1.measure(&[-1.0, 2.0]), 3.0);
+        assert_eq!(Norm::L2.measure(&[-1.0, 2.0]), 5.0);
     }
 
     #[test]

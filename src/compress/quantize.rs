@@ -21,7 +21,49 @@ pub enum Granularity {
     Group(usize),
 }
 
-/// An integer scheme: bit width, symmetry and granularity.
+/// The precision scales are stored in. The kernel rounds each scale to it (to nearest, ties to
+/// even) before quantizing, so the stored codes and the stored scale reproduce the dequantized
+/// values exactly.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ScaleDtype {
+    /// IEEE single precision.
+    #[default]
+    F32,
+    /// IEEE half precision.
+    F16,
+    /// bfloat16.
+    Bf16,
+}
+
+impl ScaleDtype {
+    /// `scale` as stored: rounded to this precision, kept positive and finite (a scale that
+    /// underflows becomes the smallest normal value, one that overflows the largest finite one).
+    pub fn round(self, scale: f32) -> f32 {
+        let (stored, smallest, largest) = match self {
+            ScaleDtype::F32 => return scale,
+            ScaleDtype::F16 => (
+                half::f16::from_f32(scale).to_f32(),
+                half::f16::MIN_POSITIVE.to_f32(),
+                half::f16::MAX.to_f32(),
+            ),
+            ScaleDtype::Bf16 => (
+                half::bf16::from_f32(scale).to_f32(),
+                half::bf16::MIN_POSITIVE.to_f32(),
+                half::bf16::MAX.to_f32(),
+            ),
+        };
+        if stored == 0.0 {
+            smallest
+        } else if stored.is_infinite() {
+            largest
+        } else {
+            stored
+        }
+    }
+}
+
+/// An integer scheme: bit width, symmetry, granularity and scale precision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IntScheme {
     /// 2 to 8.
@@ -30,6 +72,8 @@ pub struct IntScheme {
     pub symmetric: bool,
     /// Scale sharing.
     pub granularity: Granularity,
+    /// Precision of the stored scales.
+    pub scale_dtype: ScaleDtype,
 }
 
 /// Scale and zero-point of one group of values.
@@ -65,6 +109,7 @@ impl IntScheme {
         if scale == 0.0 || !scale.is_finite() {
             scale = f32::EPSILON;
         }
+        let scale = self.scale_dtype.round(scale);
         let zero_point = if self.symmetric {
             zero_point
         } else {
@@ -193,6 +238,7 @@ mod tests {
             bits,
             symmetric,
             granularity,
+            scale_dtype: ScaleDtype::F32,
         }
     }
 
@@ -310,6 +356,39 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn scales_are_rounded_to_their_stored_precision_before_quantizing() {
+        for (dtype, ulp_bits) in [(ScaleDtype::F16, 10), (ScaleDtype::Bf16, 7)] {
+            let s = IntScheme {
+                scale_dtype: dtype,
+                ..scheme(8, false, Granularity::Channel)
+            };
+            let p = s.params(-0.3, 0.71);
+            let exact = (0.71f64 + 0.3) / 255.0;
+            assert!(
+                (f64::from(p.scale) - exact).abs() <= exact * 2f64.powi(-ulp_bits),
+                "{dtype:?}: {} vs {exact}",
+                p.scale
+            );
+            match dtype {
+                ScaleDtype::F16 => assert_eq!(half::f16::from_f32(p.scale).to_f32(), p.scale),
+                _ => assert_eq!(half::bf16::from_f32(p.scale).to_f32(), p.scale),
+            }
+            // The values are codes times the stored scale, exactly.
+            let mut row = vec![-0.3f32, 0.1, 0.5, 0.71];
+            s.fake_quantize_rows(&mut row, 4, None);
+            for v in row {
+                let code = v / p.scale + p.zero_point as f32;
+                assert_eq!(code, code.round(), "{dtype:?}: {v} is not on the grid");
+            }
+        }
+        assert_eq!(
+            ScaleDtype::F16.round(1e-9),
+            half::f16::MIN_POSITIVE.to_f32()
+        );
+        assert_eq!(ScaleDtype::F16.round(1e9), half::f16::MAX.to_f32());
     }
 
     #[test]

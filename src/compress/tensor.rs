@@ -12,12 +12,12 @@ use std::cell::RefCell;
 
 use rayon::prelude::*;
 
-use crate::compress::fp8;
 use crate::compress::gguf::{self, BlockType};
-use crate::compress::prune::{MagnitudeCut, prune_count};
+use crate::compress::prune::{self, GlobalCut, GlobalPass, MagnitudeCut, Norm, prune_count};
 use crate::compress::quantize::{Granularity, IntScheme, QParams, min_max};
 use crate::compress::simd::multiversion;
 use crate::compress::{Cancel, Canceled};
+use crate::compress::{fp8, nf4};
 use crate::formats::dtype;
 use crate::formats::safetensors::Dtype;
 
@@ -32,6 +32,25 @@ pub enum Step {
         /// Fraction in [0, 1).
         sparsity: f64,
     },
+    /// Zero the `count` smallest-magnitude values (the per-tensor share of a global threshold).
+    MagnitudePruneCount {
+        /// How many.
+        count: u64,
+    },
+    /// Keep the `n` largest of every `m` consecutive values of a row.
+    SemiStructured {
+        /// Kept per group.
+        n: u8,
+        /// Group length (divides the row).
+        m: u8,
+    },
+    /// Zero the fraction `sparsity` of whole rows (output channels) with the smallest norm.
+    ChannelPrune {
+        /// Fraction of rows in [0, 1).
+        sparsity: f64,
+        /// Ranking norm.
+        norm: Norm,
+    },
     /// Integer fake quantization.
     Int(IntScheme),
     /// FP8 E4M3 fake quantization, scale absmax / 448 per output row or per tensor.
@@ -41,6 +60,18 @@ pub enum Step {
     },
     /// A GGUF block type, quantized and decoded back (rows are multiples of 32 values).
     Gguf(BlockType),
+    /// NF4 with one absmax per 64 values of the flattened tensor.
+    Nf4,
+}
+
+impl Step {
+    /// The block, in values of the flattened tensor, that a chunk must start on (1: any row).
+    fn flat_block(&self) -> usize {
+        match self {
+            Step::Nf4 => nf4::BLOCK,
+            _ => 1,
+        }
+    }
 }
 
 /// A tensor's stored bytes and how to read them.
@@ -99,17 +130,21 @@ struct Layout {
 }
 
 impl Layout {
-    fn of(view: &TensorView) -> Layout {
+    fn of(view: &TensorView, steps: &[Step]) -> Layout {
         let total: u64 = view.shape.iter().product();
         let cols = if view.shape.len() <= 1 {
             total.max(1) as usize
         } else {
             (view.shape[1..].iter().product::<u64>() as usize).max(1)
         };
+        // Chunks start on every step's flat block: rows_per_chunk · cols is a multiple of it.
+        let block = steps.iter().map(Step::flat_block).fold(1, lcm);
+        let rows_multiple = block / gcd(block, cols);
+        let rows_per_chunk = (CHUNK_VALUES / cols).max(1).next_multiple_of(rows_multiple);
         Layout {
             cols,
             rows: total as usize / cols,
-            rows_per_chunk: (CHUNK_VALUES / cols).max(1),
+            rows_per_chunk,
             width: dtype::float_width(view.dtype),
         }
     }
@@ -123,22 +158,62 @@ impl Layout {
         let last = ((c + 1) * self.rows_per_chunk).min(self.rows);
         first * self.cols..last * self.cols
     }
+
+    /// Decodes chunk `c` of the tensor into `buf`.
+    fn decode(&self, view: &TensorView, c: usize, buf: &mut Vec<f32>) {
+        let range = self.chunk_values(c);
+        buf.resize(range.len(), 0.0);
+        dtype::decode(
+            view.dtype,
+            &view.bytes[range.start * self.width..range.end * self.width],
+            buf,
+        );
+    }
+}
+
+fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 { a } else { gcd(b, a % b) }
+}
+
+fn lcm(a: usize, b: usize) -> usize {
+    a / gcd(a, b) * b
 }
 
 /// Whole-tensor facts a step needs before its chunks can run.
 enum Global {
     Cut(MagnitudeCut),
+    /// Rows to zero, for the whole tensor.
+    Rows(Vec<bool>),
     TensorParams(QParams),
     TensorScale(f32),
     None,
 }
 
-fn apply_steps(steps: &[Step], globals: &[Global], chunk: usize, values: &mut [f32], cols: usize) {
+fn apply_steps(
+    steps: &[Step],
+    globals: &[Global],
+    chunk: usize,
+    values: &mut [f32],
+    layout: &Layout,
+) {
+    let cols = layout.cols;
     for (step, global) in steps.iter().zip(globals) {
         match (step, global) {
-            (Step::MagnitudePrune { .. }, Global::Cut(cut)) => {
+            (Step::MagnitudePrune { .. } | Step::MagnitudePruneCount { .. }, Global::Cut(cut)) => {
                 cut.apply(chunk, values);
             }
+            (Step::SemiStructured { n, m }, _) => {
+                prune::prune_n_m(values, usize::from(*n), usize::from(*m));
+            }
+            (Step::ChannelPrune { .. }, Global::Rows(mask)) => {
+                let first_row = chunk * layout.rows_per_chunk;
+                for (row, &drop) in values.chunks_mut(cols).zip(&mask[first_row..]) {
+                    if drop {
+                        row.fill(0.0);
+                    }
+                }
+            }
+            (Step::Nf4, _) => nf4::fake_quantize(values),
             (Step::Int(scheme), global) => {
                 let tensor = match global {
                     Global::TensorParams(p) => Some(*p),
@@ -154,7 +229,10 @@ fn apply_steps(steps: &[Step], globals: &[Global], chunk: usize, values: &mut [f
                 }
             }
             (Step::Gguf(kind), _) => gguf::fake_quantize(*kind, values),
-            (Step::MagnitudePrune { .. }, _) => unreachable!("every prune step has its cut"),
+            (Step::MagnitudePrune { .. } | Step::MagnitudePruneCount { .. }, _) => {
+                unreachable!("every magnitude step has its cut")
+            }
+            (Step::ChannelPrune { .. }, _) => unreachable!("every channel step has its rows"),
         }
     }
 }
@@ -267,6 +345,24 @@ where
         )
 }
 
+/// Feeds a tensor's stored values to one pass of a global magnitude cut; in the count pass,
+/// returns how many of its values to prune ([`Step::MagnitudePruneCount`]).
+pub fn observe_global(
+    view: &TensorView,
+    cut: &mut GlobalCut,
+    pass: GlobalPass,
+    cancel: &Cancel,
+) -> Result<u64, TransformError> {
+    let layout = Layout::of(view, &[]);
+    let visit = |c: usize, sink: &mut dyn FnMut(&[f32])| {
+        BUFFERS.with_borrow_mut(|(buf, _)| {
+            layout.decode(view, c, buf);
+            sink(buf);
+        })
+    };
+    Ok(cut.observe(pass, layout.chunks(), visit, cancel)?)
+}
+
 /// Applies `steps` in order and returns the result in the input's dtype with its fidelity.
 pub fn transform(
     view: &TensorView,
@@ -287,22 +383,14 @@ pub fn transform_into(
     out: &mut [u8],
 ) -> Result<Fidelity, TransformError> {
     assert_eq!(out.len(), view.bytes.len(), "output length");
-    let layout = Layout::of(view);
-    let decode_chunk = |c: usize, buf: &mut Vec<f32>| {
-        let range = layout.chunk_values(c);
-        buf.resize(range.len(), 0.0);
-        dtype::decode(
-            view.dtype,
-            &view.bytes[range.start * layout.width..range.end * layout.width],
-            buf,
-        );
-    };
+    let layout = Layout::of(view, steps);
+    let decode_chunk = |c: usize, buf: &mut Vec<f32>| layout.decode(view, c, buf);
     let mut globals: Vec<Global> = Vec::with_capacity(steps.len());
     for (i, step) in steps.iter().enumerate() {
         let visit = |c: usize, sink: &mut dyn FnMut(&[f32])| {
             BUFFERS.with_borrow_mut(|(buf, _)| {
                 decode_chunk(c, buf);
-                apply_steps(&steps[..i], &globals, c, buf, layout.cols);
+                apply_steps(&steps[..i], &globals, c, buf, &layout);
                 sink(buf);
             })
         };
@@ -310,6 +398,27 @@ pub fn transform_into(
             Step::MagnitudePrune { sparsity } => {
                 let k = prune_count(layout.rows as u64 * layout.cols as u64, *sparsity);
                 Global::Cut(MagnitudeCut::select(layout.chunks(), k, visit, cancel)?)
+            }
+            Step::MagnitudePruneCount { count } => Global::Cut(MagnitudeCut::select(
+                layout.chunks(),
+                *count,
+                visit,
+                cancel,
+            )?),
+            Step::ChannelPrune { sparsity, norm } => {
+                let scores: Vec<Vec<f64>> = (0..layout.chunks())
+                    .into_par_iter()
+                    .map(|c| {
+                        let mut norms = Vec::with_capacity(layout.rows_per_chunk);
+                        visit(c, &mut |v: &[f32]| {
+                            norms.extend(v.chunks(layout.cols).map(|row| norm.measure(row)));
+                        });
+                        norms
+                    })
+                    .collect();
+                cancel.check()?;
+                let count = prune_count(layout.rows as u64, *sparsity) as usize;
+                Global::Rows(prune::weakest(&scores.concat(), count))
             }
             Step::Int(scheme) if scheme.granularity == Granularity::Tensor => {
                 let (min, max) = tensor_range(layout.chunks(), &visit);
@@ -319,7 +428,11 @@ pub fn transform_into(
                 let (min, max) = tensor_range(layout.chunks(), &visit);
                 Global::TensorScale(fp8::scale_for(min.abs().max(max.abs())))
             }
-            Step::Int(_) | Step::Fp8 { .. } | Step::Gguf(_) => Global::None,
+            Step::Int(_)
+            | Step::Fp8 { .. }
+            | Step::Gguf(_)
+            | Step::Nf4
+            | Step::SemiStructured { .. } => Global::None,
         };
         globals.push(global);
     }
@@ -334,7 +447,7 @@ pub fn transform_into(
                 decode_chunk(c, original);
                 values.clear();
                 values.extend_from_slice(original);
-                apply_steps(steps, &globals, c, values, layout.cols);
+                apply_steps(steps, &globals, c, values, &layout);
                 // Measure what is stored, after rounding to the output dtype.
                 dtype::encode_rounding(view.dtype, values, out_chunk);
                 chunk_sums(original, values)

@@ -6,7 +6,8 @@ use regex::Regex;
 use serde::{Deserialize, Serialize};
 
 use crate::compress::gguf::{BLOCK, BlockType};
-use crate::compress::quantize::{Granularity, IntScheme};
+use crate::compress::prune::Norm;
+use crate::compress::quantize::{Granularity, IntScheme, ScaleDtype};
 use crate::compress::tensor::Step;
 use crate::formats::dtype;
 use crate::formats::safetensors::Dtype;
@@ -52,9 +53,27 @@ pub enum Prune {
         /// Fraction in [0, 1).
         #[schema(minimum = 0.0, exclusive_maximum = 1.0)]
         sparsity: f64,
-        /// `tensor`: a threshold per tensor.
+        /// `tensor`: a threshold per tensor; `global`: one threshold across all selected
+        /// tensors (must be the first stage).
         #[serde(default)]
         scope: PruneScope,
+    },
+    /// Semi-structured N:M: keep the N largest-magnitude values of every M consecutive values
+    /// along a row (the input dimension); rows must be a multiple of M.
+    SemiStructured {
+        /// `"N:M"`, e.g. `"2:4"` or `"4:8"`; 0 < N < M ≤ 64.
+        #[schema(value_type = String, example = "2:4")]
+        pattern: NmPattern,
+    },
+    /// Structured: zero whole output rows (channels) with the smallest L1 or L2 norm.
+    Channels {
+        /// Fraction of rows in [0, 1).
+        #[schema(minimum = 0.0, exclusive_maximum = 1.0)]
+        sparsity: f64,
+        /// `l1` or `l2` (default).
+        #[serde(default)]
+        #[schema(value_type = String, example = "l2")]
+        norm: Norm,
     },
 }
 
@@ -65,6 +84,47 @@ pub enum PruneScope {
     /// Each tensor gets its own threshold.
     #[default]
     Tensor,
+    /// One threshold across all selected tensors.
+    Global,
+}
+
+/// An N:M sparsity pattern, written `"N:M"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NmPattern {
+    /// Values kept per group.
+    pub n: u8,
+    /// Group length.
+    pub m: u8,
+}
+
+impl std::str::FromStr for NmPattern {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let bad = || format!("pattern {text:?} is not \"N:M\" with 0 < N < M <= 64");
+        let (n, m) = text.split_once(':').ok_or_else(bad)?;
+        let (n, m): (u8, u8) = (
+            n.trim().parse().map_err(|_| bad())?,
+            m.trim().parse().map_err(|_| bad())?,
+        );
+        if n == 0 || n >= m || m > 64 {
+            return Err(bad());
+        }
+        Ok(NmPattern { n, m })
+    }
+}
+
+impl Serialize for NmPattern {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(&format_args!("{}:{}", self.n, self.m))
+    }
+}
+
+impl<'de> Deserialize<'de> for NmPattern {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
 }
 
 /// Quantization schemes.
@@ -85,6 +145,10 @@ pub enum Quantize {
         /// Values per scale along a row, for `group`.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         group_size: Option<usize>,
+        /// Precision of the stored scales: `f32` (default), `f16` or `bf16`. Scales are rounded
+        /// to it before quantizing, so stored codes × stored scale give the dequantized values.
+        #[serde(default)]
+        scale_dtype: ScaleDtype,
     },
     /// FP8 E4M3 values (the `float-quantized` format of compressed-tensors) with a symmetric
     /// scale absmax / 448.
@@ -101,6 +165,9 @@ pub enum Quantize {
         #[schema(value_type = String, example = "Q8_0")]
         kind: BlockType,
     },
+    /// NF4 (bitsandbytes' 4-bit NormalFloat): 16 fixed levels scaled by the absmax of each block
+    /// of 64 values of the flattened tensor.
+    Nf4 {},
 }
 
 fn yes() -> bool {
@@ -138,6 +205,7 @@ impl Quantize {
                 symmetric,
                 granularity,
                 group_size,
+                scale_dtype,
             } => Step::Int(IntScheme {
                 bits,
                 symmetric,
@@ -146,56 +214,95 @@ impl Quantize {
                     GranularityName::Channel => Granularity::Channel,
                     GranularityName::Group => Granularity::Group(group_size.unwrap_or(0)),
                 },
+                scale_dtype,
             }),
             Quantize::Fp8 { granularity } => Step::Fp8 {
                 per_channel: granularity != GranularityName::Tensor,
             },
             Quantize::Gguf { kind } => Step::Gguf(kind),
+            Quantize::Nf4 {} => Step::Nf4,
         }
     }
 }
 
+/// A short description of a step for reports ("int4 sym group 128", "magnitude prune 50%").
+fn describe_step(step: Step) -> String {
+    let percent = |f: f64| format!("{:.0}%", f * 100.0);
+    match step {
+        Step::MagnitudePrune { sparsity } => format!("magnitude prune {}", percent(sparsity)),
+        Step::MagnitudePruneCount { count } => format!("magnitude prune {count} values"),
+        Step::SemiStructured { n, m } => format!("{n}:{m} prune"),
+        Step::ChannelPrune { sparsity, norm } => {
+            format!("channel prune {} by {norm:?}", percent(sparsity))
+        }
+        Step::Int(s) => {
+            let g = match s.granularity {
+                Granularity::Tensor => "per tensor".to_owned(),
+                Granularity::Channel => "per channel".to_owned(),
+                Granularity::Group(n) => format!("group {n}"),
+            };
+            let scale = match s.scale_dtype {
+                ScaleDtype::F32 => "",
+                ScaleDtype::F16 => " f16 scales",
+                ScaleDtype::Bf16 => " bf16 scales",
+            };
+            format!(
+                "int{} {} {g}{scale}",
+                s.bits,
+                if s.symmetric { "sym" } else { "asym" }
+            )
+        }
+        Step::Fp8 { per_channel } => format!(
+            "fp8 e4m3 {}",
+            if per_channel {
+                "per channel"
+            } else {
+                "per tensor"
+            }
+        ),
+        Step::Gguf(kind) => format!("gguf {}", kind.name()),
+        Step::Nf4 => "nf4 block 64".to_owned(),
+    }
+}
+
 impl Stage {
-    /// The kernel step this stage runs (after validation).
+    /// The kernel step this stage runs (after validation). A global magnitude stage becomes
+    /// per-tensor counts in the pipeline; this is its per-tensor stand-in.
     pub fn step(&self) -> Step {
         match self {
             Stage::Prune(Prune::Magnitude { sparsity, .. }) => Step::MagnitudePrune {
                 sparsity: *sparsity,
             },
+            Stage::Prune(Prune::SemiStructured { pattern }) => Step::SemiStructured {
+                n: pattern.n,
+                m: pattern.m,
+            },
+            Stage::Prune(Prune::Channels { sparsity, norm }) => Step::ChannelPrune {
+                sparsity: *sparsity,
+                norm: *norm,
+            },
             Stage::Quantize(q) => q.step(),
         }
     }
 
-    /// A short description for reports ("int4 sym g128", "prune 50%").
+    /// Whether this is a magnitude stage with one threshold across tensors.
+    pub fn is_global_prune(&self) -> bool {
+        matches!(
+            self,
+            Stage::Prune(Prune::Magnitude {
+                scope: PruneScope::Global,
+                ..
+            })
+        )
+    }
+
+    /// A short description for reports ("int4 sym group 128", "magnitude prune 50%").
     pub fn describe(&self) -> String {
-        match self {
-            Stage::Prune(Prune::Magnitude { sparsity, .. }) => {
-                format!("magnitude prune {:.0}%", sparsity * 100.0)
-            }
-            Stage::Quantize(q) => match q.step() {
-                Step::Int(s) => {
-                    let g = match s.granularity {
-                        Granularity::Tensor => "per tensor".to_owned(),
-                        Granularity::Channel => "per channel".to_owned(),
-                        Granularity::Group(n) => format!("group {n}"),
-                    };
-                    format!(
-                        "int{} {} {g}",
-                        s.bits,
-                        if s.symmetric { "sym" } else { "asym" }
-                    )
-                }
-                Step::Fp8 { per_channel } => format!(
-                    "fp8 e4m3 {}",
-                    if per_channel {
-                        "per channel"
-                    } else {
-                        "per tensor"
-                    }
-                ),
-                Step::Gguf(kind) => format!("gguf {}", kind.name()),
-                Step::MagnitudePrune { .. } => unreachable!("a quantize stage"),
-            },
+        let text = describe_step(self.step());
+        if self.is_global_prune() {
+            format!("{text} (global)")
+        } else {
+            text
         }
     }
 }
@@ -239,14 +346,19 @@ pub enum RecipeError {
     #[error("stage {stage}: fp8 takes granularity \"tensor\" or \"channel\"")]
     Fp8Granularity { stage: usize },
     #[error(
-        "stage {stage}: {kind} needs rows that are a multiple of 32 values; tensor {tensor:?} has rows of {row}"
+        "stage {stage}: {kind} needs rows that are a multiple of {block} values; tensor {tensor:?} has rows of {row}"
     )]
     BlockSize {
         stage: usize,
-        kind: &'static str,
+        kind: String,
+        block: u64,
         row: u64,
         tensor: String,
     },
+    #[error(
+        "stage {stage}: a global magnitude threshold is computed on the original weights, so it must be the first stage"
+    )]
+    GlobalPruneNotFirst { stage: usize },
     #[error(
         "stage {stage}: group_size {group_size} does not divide the row length {row} of tensor {tensor:?}"
     )]
@@ -290,6 +402,7 @@ impl RecipeError {
             }
             RecipeError::Fp8Granularity { .. } => "bad_granularity",
             RecipeError::BlockSize { .. } => "row_not_multiple_of_block",
+            RecipeError::GlobalPruneNotFirst { .. } => "global_prune_not_first",
             RecipeError::GroupSize { .. } => "group_size_does_not_divide_row",
             RecipeError::BadPattern { .. } => "bad_pattern",
             RecipeError::TargetMatchesNothing { .. } => "target_matches_nothing",
@@ -377,14 +490,21 @@ impl Recipe {
         for (i, stage) in self.stages.iter().enumerate() {
             let stage_no = i + 1;
             match stage {
-                Stage::Prune(Prune::Magnitude { sparsity, .. }) => {
+                Stage::Prune(
+                    Prune::Magnitude { sparsity, .. } | Prune::Channels { sparsity, .. },
+                ) => {
                     if !(0.0..1.0).contains(sparsity) {
                         return Err(RecipeError::Sparsity {
                             stage: stage_no,
                             sparsity: *sparsity,
                         });
                     }
+                    if stage.is_global_prune() && i > 0 {
+                        return Err(RecipeError::GlobalPruneNotFirst { stage: stage_no });
+                    }
                 }
+                // Checked by parsing; the row rule needs the tensors: below.
+                Stage::Prune(Prune::SemiStructured { .. }) => {}
                 Stage::Quantize(Quantize::Int {
                     bits,
                     granularity,
@@ -413,7 +533,7 @@ impl Recipe {
                     }
                 }
                 // The row-length rule needs the tensors: checked below.
-                Stage::Quantize(Quantize::Gguf { .. }) => {}
+                Stage::Quantize(Quantize::Gguf { .. } | Quantize::Nf4 {}) => {}
             }
         }
         let selection = self.selection()?;
@@ -459,12 +579,21 @@ impl Recipe {
                     }
                 }
             }
-            if let Stage::Quantize(Quantize::Gguf { kind }) = stage
-                && let Some(t) = selected.iter().find(|t| t.row_len() % BLOCK as u64 != 0)
+            let row_block = match stage {
+                Stage::Quantize(Quantize::Gguf { kind }) => Some((kind.name().to_owned(), BLOCK)),
+                Stage::Prune(Prune::SemiStructured { pattern }) => Some((
+                    format!("{}:{} pruning", pattern.n, pattern.m),
+                    usize::from(pattern.m),
+                )),
+                _ => None,
+            };
+            if let Some((kind, block)) = row_block
+                && let Some(t) = selected.iter().find(|t| t.row_len() % block as u64 != 0)
             {
                 return Err(RecipeError::BlockSize {
                     stage: i + 1,
-                    kind: kind.name(),
+                    kind,
+                    block: block as u64,
                     row: t.row_len(),
                     tensor: t.name.clone(),
                 });
@@ -496,6 +625,7 @@ fn int(
         symmetric,
         granularity,
         group_size,
+        scale_dtype: ScaleDtype::F32,
     })
 }
 
@@ -563,6 +693,18 @@ pub fn presets() -> Vec<Preset> {
                 kind: BlockType::Q4_0,
             },
         ),
+        quantize_preset(
+            "nf4",
+            "NF4 (bitsandbytes' 4-bit NormalFloat), one absmax per 64 values",
+            Quantize::Nf4 {},
+        ),
+        Preset {
+            name: "sparse-2of4",
+            description: "2:4 semi-structured sparsity: the 2 largest of every 4 weights kept",
+            recipe: recipe(vec![Stage::Prune(Prune::SemiStructured {
+                pattern: NmPattern { n: 2, m: 4 },
+            })]),
+        },
         Preset {
             name: "prune-50",
             description: "zero the 50% smallest-magnitude weights of each tensor",
@@ -725,6 +867,58 @@ mod tests {
         }
         assert!(preset("int8").is_ok());
         assert_eq!(preset("int3").unwrap_err().code(), "unknown_preset");
+    }
+
+    #[test]
+    fn pruning_methods_parse_and_check_their_rules() {
+        let global = parse(
+            r#"{"stages": [{"prune": {"method": "magnitude", "sparsity": 0.5, "scope": "global"}},
+                           {"quantize": {"scheme": "int", "bits": 8, "scale_dtype": "bf16"}}]}"#,
+        );
+        assert_eq!(global.validate(&model()).unwrap().len(), 2);
+        assert_eq!(global.stages[0].describe(), "magnitude prune 50% (global)");
+        assert_eq!(
+            global.stages[1].describe(),
+            "int8 sym per channel bf16 scales"
+        );
+        let late = parse(
+            r#"{"stages": [{"quantize": {"scheme": "int", "bits": 8}},
+                           {"prune": {"method": "magnitude", "sparsity": 0.5, "scope": "global"}}]}"#,
+        );
+        assert_eq!(
+            late.validate(&model()).unwrap_err().code(),
+            "global_prune_not_first"
+        );
+        let nm =
+            parse(r#"{"stages": [{"prune": {"method": "semi_structured", "pattern": "2:4"}}]}"#);
+        assert_eq!(nm.validate(&model()).unwrap().len(), 2);
+        assert_eq!(
+            serde_json::to_value(&nm).unwrap()["stages"][0]["prune"]["pattern"],
+            "2:4"
+        );
+        let odd = vec![TensorMeta {
+            name: "odd.weight".into(),
+            dtype: Dtype::F16,
+            shape: vec![8, 6],
+        }];
+        let wide =
+            parse(r#"{"stages": [{"prune": {"method": "semi_structured", "pattern": "4:8"}}]}"#);
+        let err = wide.validate(&odd).unwrap_err();
+        assert_eq!(err.code(), "row_not_multiple_of_block");
+        assert!(err.to_string().contains("multiple of 8"), "{err}");
+        for bad in ["4:4", "0:4", "2-4", "2:65", "x:4"] {
+            let json = format!(
+                r#"{{"stages": [{{"prune": {{"method": "semi_structured", "pattern": "{bad}"}}}}]}}"#
+            );
+            assert!(serde_json::from_str::<Recipe>(&json).is_err(), "{bad}");
+        }
+        let channels = parse(
+            r#"{"stages": [{"prune": {"method": "channels", "sparsity": 1.5, "norm": "l1"}}]}"#,
+        );
+        assert_eq!(
+            channels.validate(&model()).unwrap_err().code(),
+            "sparsity_out_of_range"
+        );
     }
 
     #[test]

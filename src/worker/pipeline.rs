@@ -7,6 +7,7 @@
 //! unmapped when done (so its pages leave the process), transformed in row chunks, and written
 //! out before the next one; `compress::tensor` does the chunked work.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -15,10 +16,11 @@ use std::time::Instant;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
+use crate::compress::prune::GlobalCut;
 use crate::compress::tensor::{self, Fidelity, Step, TensorView, TransformError};
 use crate::compress::{Cancel, Canceled};
 use crate::formats::safetensors::{self, Header, TensorInfo};
-use crate::jobs::recipe::{Recipe, Stage, TensorMeta};
+use crate::jobs::recipe::{Prune, Recipe, Selection, Stage, TensorMeta};
 
 /// What a model file is to the pipeline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -252,6 +254,16 @@ pub fn run(
         .collect::<Vec<_>>()
         .join(" + ");
     let steps: Vec<Step> = recipe.stages.iter().map(Stage::step).collect();
+    let global_counts = match recipe.stages.first() {
+        Some(stage @ Stage::Prune(Prune::Magnitude { sparsity, .. }))
+            if stage.is_global_prune() =>
+        {
+            Some(global_prune_counts(
+                &weights, &selection, *sparsity, cancel,
+            )?)
+        }
+        _ => None,
+    };
 
     let mut files = Vec::new();
     let mut reports = Vec::new();
@@ -275,14 +287,14 @@ pub fn run(
                 // One buffer for every tensor: fresh memory would cost a page fault per 4 KiB.
                 buffer.resize(bytes.len(), 0);
                 let transformed = &mut buffer[..];
-                let fidelity = tensor::transform_into(&view, &steps, cancel, transformed).map_err(
-                    |e| match e {
-                        TransformError::Canceled => PipelineError::Canceled,
-                        TransformError::NonFinite { .. } => {
-                            PipelineError::Input(format!("tensor {:?}: {e}", t.name))
-                        }
-                    },
-                )?;
+                let mut steps = steps.clone();
+                if let Some(counts) = &global_counts {
+                    steps[0] = Step::MagnitudePruneCount {
+                        count: counts[&t.name],
+                    };
+                }
+                let fidelity = tensor::transform_into(&view, &steps, cancel, transformed)
+                    .map_err(|e| transform_error(&t.name, e))?;
                 out.write(transformed)?;
                 report(t, &scheme, transformed.len() as u64, &fidelity)
             } else {
@@ -338,6 +350,46 @@ pub fn run(
         tensors: reports,
         summary,
     })
+}
+
+fn transform_error(tensor: &str, e: TransformError) -> PipelineError {
+    match e {
+        TransformError::Canceled => PipelineError::Canceled,
+        TransformError::NonFinite { .. } => PipelineError::Input(format!("tensor {tensor:?}: {e}")),
+    }
+}
+
+/// How many values each selected tensor loses under one global magnitude threshold: three
+/// passes over the selected tensors, each mapped only for its turn.
+fn global_prune_counts(
+    weights: &[(&InputFile, Header)],
+    selection: &Selection,
+    sparsity: f64,
+    cancel: &Cancel,
+) -> Result<HashMap<String, u64>, PipelineError> {
+    let mut cut = GlobalCut::new(sparsity);
+    let mut counts = HashMap::new();
+    for pass in GlobalCut::PASSES {
+        for (input, header) in weights {
+            let file = File::open(&input.path)?;
+            for t in &header.tensors {
+                if !selection.selects(&t.name, t.dtype, t.shape.len()) {
+                    continue;
+                }
+                let data = map_range(&file, header.data_start() + t.begin, t.bytes())?;
+                let view = TensorView {
+                    bytes: data.bytes(),
+                    dtype: t.dtype,
+                    shape: &t.shape,
+                };
+                let count = tensor::observe_global(&view, &mut cut, pass, cancel)
+                    .map_err(|e| transform_error(&t.name, e))?;
+                counts.insert(t.name.clone(), count);
+            }
+        }
+        cut.finish(pass);
+    }
+    Ok(counts)
 }
 
 #[allow(clippy::too_many_arguments)]

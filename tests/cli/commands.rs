@@ -234,6 +234,8 @@ fn the_simd_and_baseline_kernels_write_identical_bytes() {
         r#"{"stages": [{"quantize": {"scheme": "int", "bits": 8}}]}"#,
         r#"{"stages": [{"quantize": {"scheme": "int", "bits": 4, "symmetric": false, "granularity": "tensor"}}]}"#,
         r#"{"stages": [{"prune": {"method": "magnitude", "sparsity": 0.3}}, {"quantize": {"scheme": "int", "bits": 3, "symmetric": false}}]}"#,
+        r#"{"stages": [{"prune": {"method": "channels", "sparsity": 0.4}}, {"quantize": {"scheme": "nf4"}}]}"#,
+        r#"{"stages": [{"prune": {"method": "magnitude", "sparsity": 0.5, "scope": "global"}}, {"quantize": {"scheme": "fp8"}}]}"#,
     ];
     for (n, recipe) in recipes.iter().enumerate() {
         let recipe_file = dir.path().join(format!("r{n}.json"));

@@ -172,6 +172,35 @@ fn write_f32_model(dir: &std::path::Path, tensors: &[(&str, &[u64], f32)]) -> Pa
     path
 }
 
+/// Compresses `model` once per `(label, recipe JSON)`; returns the model followed by one
+/// `label=output file` argument per recipe, for a reference script.
+fn compress_each(
+    dir: &std::path::Path,
+    model: &std::path::Path,
+    recipes: &[(String, String)],
+) -> Vec<PathBuf> {
+    let mut args = vec![model.to_path_buf()];
+    for (label, recipe_json) in recipes {
+        let recipe = dir.join(format!("{label}.json"));
+        std::fs::write(&recipe, recipe_json).unwrap();
+        let out = dir.join(format!("out-{label}"));
+        let (status, _, stderr) = squeeze(&[
+            "compress",
+            "--recipe",
+            recipe.to_str().unwrap(),
+            model.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+        ]);
+        assert!(status.success(), "{label}: {stderr}");
+        args.push(PathBuf::from(format!(
+            "{label}={}",
+            out.join("model.safetensors").display()
+        )));
+    }
+    args
+}
+
 /// Runs a Python reference script from target/pyvenv with `args`; it must exit 0.
 fn run_reference(script: &str, args: &[PathBuf]) {
     let check = Command::new(python())
@@ -283,30 +312,157 @@ fn gguf_block_types_match_the_gguf_package() {
             ("zero.weight", &[2, 32], 0.0),
         ],
     );
-    let mut pairs = Vec::new();
-    for kind in ["Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1"] {
-        let recipe = dir.path().join(format!("{kind}.json"));
-        std::fs::write(
-            &recipe,
-            format!(r#"{{"stages": [{{"quantize": {{"scheme": "gguf", "type": "{kind}"}}}}]}}"#),
-        )
-        .unwrap();
-        let out = dir.path().join(kind);
-        let (status, _, stderr) = squeeze(&[
-            "compress",
-            "--recipe",
-            recipe.to_str().unwrap(),
-            model.to_str().unwrap(),
-            "-o",
-            out.to_str().unwrap(),
-        ]);
-        assert!(status.success(), "{kind}: {stderr}");
-        pairs.push(format!(
-            "{kind}={}",
-            out.join("model.safetensors").display()
-        ));
-    }
-    let mut args = vec![model.clone()];
-    args.extend(pairs.into_iter().map(PathBuf::from));
+    let recipes: Vec<(String, String)> = ["Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1"]
+        .iter()
+        .map(|kind| {
+            (
+                kind.to_string(),
+                format!(
+                    r#"{{"stages": [{{"quantize": {{"scheme": "gguf", "type": "{kind}"}}}}]}}"#
+                ),
+            )
+        })
+        .collect();
+    let args = compress_each(dir.path(), &model, &recipes);
     run_reference(GGUF_REFERENCE, &args);
+}
+
+/// NF4 as bitsandbytes defines it, in numpy: blocks of 64 over the flattened tensor, scaled by
+/// the reciprocal of the block's absmax, level = number of midpoints strictly below.
+const NF4_REFERENCE: &str = r#"
+import sys
+import numpy as np
+from safetensors.numpy import load_file
+levels = np.array([-1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453,
+    -0.28444138169288635, -0.18477343022823334, -0.09105003625154495, 0.0,
+    0.07958029955625534, 0.16093020141124725, 0.24611230194568634, 0.33791524171829224,
+    0.44070982933044434, 0.5626170039176941, 0.7229568362236023, 1.0], dtype=np.float32)
+midpoints = ((levels[1:] + levels[:-1]) / np.float32(2)).astype(np.float32)
+original = load_file(sys.argv[1])
+got = load_file(sys.argv[2].split("=", 1)[1])
+for name, w in original.items():
+    flat = w.reshape(-1)
+    out = np.empty_like(flat)
+    for start in range(0, flat.size, 64):
+        block = flat[start:start + 64]
+        absmax = np.float32(np.abs(block).max())
+        if absmax == 0:
+            out[start:start + 64] = 0
+            continue
+        scaled = np.clip(block * (np.float32(1) / absmax), -1, 1).astype(np.float32)
+        index = np.searchsorted(midpoints, scaled, side="left")
+        out[start:start + 64] = levels[index] * absmax
+    mismatches = int((out.view(np.uint32) != got[name].reshape(-1).view(np.uint32)).sum())
+    if mismatches:
+        print(f"nf4 {name}: {mismatches} of {w.size} values differ")
+        sys.exit(1)
+print("ok")
+"#;
+
+#[test]
+fn nf4_matches_a_numpy_implementation_bit_for_bit() {
+    let dir = data_dir();
+    let model = write_f32_model(
+        dir.path(),
+        &[
+            ("a.weight", &[19, 333], 0.05),
+            ("b.weight", &[2, 3, 64], 2.0),
+            ("zero.weight", &[2, 32], 0.0),
+        ],
+    );
+    let recipes = [(
+        "nf4".to_owned(),
+        r#"{"stages": [{"quantize": {"scheme": "nf4"}}]}"#.to_owned(),
+    )];
+    run_reference(NF4_REFERENCE, &compress_each(dir.path(), &model, &recipes));
+}
+
+/// Pruning by sorting, in numpy: global magnitude (one stable order over all tensors in file
+/// order), 2:4 and 4:8 (per group of M, stable order) and channels (rows by L1/L2 norm).
+const PRUNE_REFERENCE: &str = r#"
+import sys, math
+import numpy as np
+from safetensors.numpy import load_file
+original = load_file(sys.argv[1])
+names = list(original)  # file order, as squeeze visits them
+def check(label, want, got):
+    for name in names:
+        bad = int((want[name].view(np.uint32) != got[name].view(np.uint32)).sum())
+        if bad:
+            print(f"{label} {name}: {bad} of {want[name].size} values differ")
+            sys.exit(1)
+for pair in sys.argv[2:]:
+    label, path = pair.split("=", 1)
+    got = load_file(path)
+    if label == "global":
+        flat = np.concatenate([original[n].reshape(-1) for n in names])
+        k = math.floor(flat.size * 0.6)
+        order = np.argsort(np.abs(flat), kind="stable")
+        pruned = flat.copy()
+        pruned[order[:k]] = 0
+        want, start = {}, 0
+        for n in names:
+            size = original[n].size
+            want[n] = pruned[start:start + size].reshape(original[n].shape)
+            start += size
+    elif label in ("2of4", "4of8"):
+        n_keep, m = (2, 4) if label == "2of4" else (4, 8)
+        want = {}
+        for n in names:
+            groups = original[n].reshape(-1, m).copy()
+            order = np.argsort(np.abs(groups), axis=1, kind="stable")
+            np.put_along_axis(groups, order[:, :m - n_keep], 0, axis=1)
+            want[n] = groups.reshape(original[n].shape)
+    else:
+        norm = label
+        want = {}
+        for n in names:
+            rows = original[n].reshape(original[n].shape[0], -1).astype(np.float64).copy()
+            score = np.abs(rows).sum(axis=1) if norm == "l1" else (rows ** 2).sum(axis=1)
+            order = np.argsort(score, kind="stable")
+            rows[order[:math.floor(rows.shape[0] * 0.3)]] = 0
+            want[n] = rows.astype(np.float32).reshape(original[n].shape)
+    check(label, want, got)
+print("ok")
+"#;
+
+#[test]
+fn pruning_methods_match_a_numpy_sort_exactly() {
+    let dir = data_dir();
+    let model = write_f32_model(
+        dir.path(),
+        &[
+            ("a.weight", &[17, 64], 0.05),
+            ("b.weight", &[8, 2, 16], 2.0),
+            ("c.weight", &[40, 8], 0.5),
+        ],
+    );
+    let prune = |json: &str| format!(r#"{{"stages": [{{"prune": {json}}}]}}"#);
+    let recipes = [
+        (
+            "global",
+            prune(r#"{"method": "magnitude", "sparsity": 0.6, "scope": "global"}"#),
+        ),
+        (
+            "2of4",
+            prune(r#"{"method": "semi_structured", "pattern": "2:4"}"#),
+        ),
+        (
+            "4of8",
+            prune(r#"{"method": "semi_structured", "pattern": "4:8"}"#),
+        ),
+        (
+            "l1",
+            prune(r#"{"method": "channels", "sparsity": 0.3, "norm": "l1"}"#),
+        ),
+        (
+            "l2",
+            prune(r#"{"method": "channels", "sparsity": 0.3, "norm": "l2"}"#),
+        ),
+    ]
+    .map(|(label, json)| (label.to_owned(), json));
+    run_reference(
+        PRUNE_REFERENCE,
+        &compress_each(dir.path(), &model, &recipes),
+    );
 }

@@ -50,10 +50,21 @@ fn start_worker(data: &Path, extra: &[&str]) -> WorkerProcess {
     WorkerProcess(child)
 }
 
-/// A model whose int8 job runs for seconds on one thread, so a test can act while it runs:
-/// many small tensors (progress shows early) totalling 128 MiB of BF16.
+/// A model whose [`slow_recipe`] job runs for seconds on one thread, so a test can act while
+/// it runs: many small tensors (progress shows early) totalling 128 MiB of BF16.
 fn slow_model(seed: u64) -> Vec<u8> {
     bf16_model(128, 512, 1024, seed)
+}
+
+/// A recipe slow by construction, whatever the kernels' speed: each magnitude stage selects its
+/// threshold in three passes that re-run every earlier stage, so the work grows with the square
+/// of the number of stages.
+fn slow_recipe() -> Value {
+    let stages: Vec<Value> = (1..=8)
+        .map(|i| json!({"prune": {"method": "magnitude", "sparsity": f64::from(i) * 0.05}}))
+        .chain([json!({"quantize": {"scheme": "int", "bits": 8}})])
+        .collect();
+    json!({ "stages": stages })
 }
 
 struct Client {
@@ -96,7 +107,7 @@ impl Client {
             .http
             .post(format!("{}/api/v1/jobs", self.base))
             .bearer_auth(&self.token)
-            .json(&json!({"model_id": model_id, "preset": "int8"}))
+            .json(&json!({"model_id": model_id, "recipe": slow_recipe()}))
             .send()
             .await
             .unwrap();

@@ -1,0 +1,490 @@
+//! Property tests of every kernel step through [`tensor::transform`], on awkward tensors (one
+//! row, one column, odd sizes, outliers, all-zero rows, ±0, subnormals, constants), each against
+//! a plain f64 scalar reference or the defining property of the method.
+
+use crate::compress::prune::Norm;
+use crate::compress::quantize::{Granularity, IntScheme, ScaleDtype};
+use crate::compress::tensor::{self, Step, TensorView, TransformError};
+use crate::compress::{Cancel, gguf, nf4};
+use crate::formats::safetensors::Dtype;
+
+/// A deterministic stream of awkward values.
+struct Values(u64);
+
+impl Values {
+    fn next_unit(&mut self) -> f64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// Roughly normal values with rare outliers, zeros of both signs and subnormals.
+    fn weight(&mut self) -> f32 {
+        let u = self.next_unit();
+        let normal = (0..4).map(|_| self.next_unit()).sum::<f64>() - 2.0;
+        match (u * 1000.0) as u32 {
+            0..=4 => (normal * 40.0) as f32,
+            5..=9 => 0.0,
+            10..=14 => -0.0,
+            15..=19 => f32::from_bits(1 + (self.next_unit() * 1000.0) as u32),
+            _ => (normal * 0.05) as f32,
+        }
+    }
+}
+
+/// A named tensor of f32 values.
+struct Case {
+    name: String,
+    shape: Vec<u64>,
+    values: Vec<f32>,
+}
+
+impl Case {
+    fn cols(&self) -> usize {
+        if self.shape.len() <= 1 {
+            self.values.len()
+        } else {
+            self.shape[1..].iter().product::<u64>() as usize
+        }
+    }
+}
+
+/// Awkward tensors whose rows are multiples of `row_multiple`.
+fn cases(row_multiple: usize) -> Vec<Case> {
+    let mut values = Values(0x5EED);
+    let mut out = Vec::new();
+    let shapes: Vec<Vec<u64>> = vec![
+        vec![1, 1],
+        vec![1, 7],
+        vec![7, 1],
+        vec![3, 13],
+        vec![1, 64],
+        vec![5, 96],
+        vec![33, 128],
+        vec![2, 3, 64],
+        vec![1000],
+        vec![300, 544],
+    ];
+    for shape in shapes {
+        let mut shape = shape;
+        let last = shape.len() - 1;
+        let cols: u64 = if shape.len() == 1 {
+            shape[0]
+        } else {
+            shape[1..].iter().product()
+        };
+        if !(cols as usize).is_multiple_of(row_multiple) {
+            shape[last] = shape[last].next_multiple_of(row_multiple as u64);
+        }
+        let n = shape.iter().product::<u64>() as usize;
+        let mut v: Vec<f32> = (0..n).map(|_| values.weight()).collect();
+        let cols = if shape.len() == 1 {
+            n
+        } else {
+            n / shape[0] as usize
+        };
+        if n / cols > 2 {
+            v[cols..2 * cols].fill(0.0); // an all-zero row
+        }
+        out.push(Case {
+            name: format!("{shape:?}"),
+            shape,
+            values: v,
+        });
+    }
+    let n = 4 * 64;
+    out.push(Case {
+        name: "constant".into(),
+        shape: vec![4, 64],
+        values: vec![0.37; n],
+    });
+    out.push(Case {
+        name: "all zero".into(),
+        shape: vec![4, 64],
+        values: vec![0.0; n],
+    });
+    out
+}
+
+fn run(case: &Case, steps: &[Step]) -> Result<(Vec<f32>, tensor::Fidelity), TransformError> {
+    let bytes: Vec<u8> = case.values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let view = TensorView {
+        bytes: &bytes,
+        dtype: Dtype::F32,
+        shape: &case.shape,
+    };
+    let (out, fidelity) = tensor::transform(&view, steps, &Cancel::new())?;
+    let values = out
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect();
+    Ok((values, fidelity))
+}
+
+fn int(bits: u8, symmetric: bool, granularity: Granularity) -> IntScheme {
+    IntScheme {
+        bits,
+        symmetric,
+        granularity,
+        scale_dtype: ScaleDtype::F32,
+    }
+}
+
+/// The f64 reference of the compressed-tensors integer convention for one group, returning
+/// the dequantized values and the step.
+fn int_reference(values: &[f32], bits: u8, symmetric: bool) -> (Vec<f64>, f64) {
+    let qmin = -(2f64.powi(i32::from(bits) - 1));
+    let qmax = 2f64.powi(i32::from(bits) - 1) - 1.0;
+    let lo = values.iter().map(|&v| f64::from(v)).fold(0.0, f64::min);
+    let hi = values.iter().map(|&v| f64::from(v)).fold(0.0, f64::max);
+    let (mut scale, zp) = if symmetric {
+        (lo.abs().max(hi.abs()) / ((qmax - qmin) / 2.0), 0.0)
+    } else {
+        ((hi - lo) / (qmax - qmin), f64::NAN)
+    };
+    if scale == 0.0 {
+        scale = f64::from(f32::EPSILON);
+    }
+    let zp = if symmetric {
+        zp
+    } else {
+        (qmin - lo / scale).clamp(qmin, qmax).round_ties_even()
+    };
+    let out = values
+        .iter()
+        .map(|&x| {
+            ((f64::from(x) / scale + zp)
+                .clamp(qmin, qmax)
+                .round_ties_even()
+                - zp)
+                * scale
+        })
+        .collect();
+    (out, scale)
+}
+
+#[test]
+fn integer_quantization_matches_the_f64_reference_on_awkward_tensors() {
+    for case in cases(16) {
+        for bits in [2, 3, 4, 8] {
+            for symmetric in [true, false] {
+                for granularity in [Granularity::Channel, Granularity::Group(16)] {
+                    let group = match granularity {
+                        Granularity::Group(n) => n,
+                        _ => case.cols(),
+                    };
+                    let scheme = int(bits, symmetric, granularity);
+                    let (got, _) = run(&case, &[Step::Int(scheme)]).unwrap();
+                    for (g, x) in got.chunks(group).zip(case.values.chunks(group)) {
+                        let (want, step) = int_reference(x, bits, symmetric);
+                        let codes_in_range = g.iter().all(|v| {
+                            f64::from(*v).abs() <= step * 2f64.powi(i32::from(bits)) * 1.0001
+                        });
+                        assert!(codes_in_range, "{}: codes out of range", case.name);
+                        for ((a, b), &orig) in g.iter().zip(&want).zip(x) {
+                            let diff = (f64::from(*a) - b).abs();
+                            // f32 arithmetic may flip a code sitting exactly on a boundary.
+                            assert!(
+                                diff <= step * 1.0001 + 1e-30,
+                                "{} int{bits} sym {symmetric}: {a} vs {b} (x {orig})",
+                                case.name
+                            );
+                            // Within half a step of the original, the step being the scale.
+                            assert!(
+                                (f64::from(*a) - f64::from(orig)).abs() <= step * 0.5001 + 1e-30,
+                                "{} int{bits}: error above half a step",
+                                case.name
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn per_tensor_integer_scale_covers_the_whole_tensor() {
+    for case in cases(1) {
+        let (got, _) = run(&case, &[Step::Int(int(8, true, Granularity::Tensor))]).unwrap();
+        let (want, step) = int_reference(&case.values, 8, true);
+        for (a, b) in got.iter().zip(&want) {
+            assert!(
+                (f64::from(*a) - b).abs() <= step * 1.0001 + 1e-30,
+                "{}",
+                case.name
+            );
+        }
+    }
+}
+
+#[test]
+fn fp8_error_is_within_half_an_e4m3_step() {
+    for case in cases(1) {
+        let (got, _) = run(&case, &[Step::Fp8 { per_channel: true }]).unwrap();
+        let cols = case.cols();
+        for (g, x) in got.chunks(cols).zip(case.values.chunks(cols)) {
+            let absmax = x.iter().fold(0f64, |m, v| m.max(f64::from(v.abs())));
+            let scale = if absmax == 0.0 { 1.0 } else { absmax / 448.0 };
+            for (&a, &b) in g.iter().zip(x) {
+                let y = f64::from(b) / scale;
+                // E4M3 has 3 mantissa bits; below 2^-6 its steps are the subnormal 2^-9.
+                let exponent = y.abs().max(2f64.powi(-6)).log2().floor();
+                let half_step = 2f64.powf(exponent - 3.0) / 2.0;
+                let err = (f64::from(a) / scale - y).abs();
+                assert!(err <= half_step * 1.01 + 1e-6, "{}: {b} -> {a}", case.name);
+            }
+        }
+    }
+}
+
+#[test]
+fn nf4_picks_the_nearest_level_of_each_block_of_the_flattened_tensor() {
+    for case in cases(1) {
+        let (got, _) = run(&case, &[Step::Nf4]).unwrap();
+        for (g, x) in got.chunks(nf4::BLOCK).zip(case.values.chunks(nf4::BLOCK)) {
+            let absmax = x.iter().fold(0f64, |m, v| m.max(f64::from(v.abs())));
+            for (&a, &b) in g.iter().zip(x) {
+                if absmax == 0.0 {
+                    assert_eq!(a, 0.0);
+                    continue;
+                }
+                let s = f64::from(b) / absmax;
+                let best = nf4::LEVELS
+                    .iter()
+                    .map(|&l| (f64::from(l) - s).abs())
+                    .fold(f64::INFINITY, f64::min);
+                let err = (f64::from(a) / absmax - s).abs();
+                assert!(err <= best + 1e-6, "{}: {b} -> {a}", case.name);
+            }
+        }
+    }
+}
+
+#[test]
+fn gguf_types_decode_within_their_block_bound() {
+    for case in cases(gguf::BLOCK) {
+        for kind in [
+            gguf::BlockType::Q8_0,
+            gguf::BlockType::Q4_0,
+            gguf::BlockType::Q4_1,
+            gguf::BlockType::Q5_0,
+            gguf::BlockType::Q5_1,
+        ] {
+            let (got, _) = run(&case, &[Step::Gguf(kind)]).unwrap();
+            for (g, x) in got.chunks(gguf::BLOCK).zip(case.values.chunks(gguf::BLOCK)) {
+                let lo = x.iter().fold(0f64, |m, v| m.min(f64::from(*v)));
+                let hi = x.iter().fold(0f64, |m, v| m.max(f64::from(*v)));
+                let absmax = lo.abs().max(hi);
+                let (lo, hi) = (
+                    x.iter().fold(f64::INFINITY, |m, v| m.min(f64::from(*v))),
+                    x.iter()
+                        .fold(f64::NEG_INFINITY, |m, v| m.max(f64::from(*v))),
+                );
+                // Symmetric types put the signed absmax at the far code, so the other side
+                // stops one step short: a whole step of error there. Offset types err by half
+                // a step. Both add the f16 rounding of the scale (and of the minimum).
+                let bound = match kind {
+                    gguf::BlockType::Q8_0 => absmax / 127.0 * 0.5,
+                    gguf::BlockType::Q4_0 => absmax / 8.0,
+                    gguf::BlockType::Q5_0 => absmax / 16.0,
+                    gguf::BlockType::Q4_1 => (hi - lo) / 15.0 * 0.5,
+                    gguf::BlockType::Q5_1 => (hi - lo) / 31.0 * 0.5,
+                } + (absmax + lo.abs()) * 2f64.powi(-10)
+                    + 1e-7;
+                for (&a, &b) in g.iter().zip(x) {
+                    let err = (f64::from(a) - f64::from(b)).abs();
+                    assert!(err <= bound, "{} {}: {b} -> {a}", case.name, kind.name());
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn magnitude_pruning_hits_the_exact_count_and_keeps_the_largest() {
+    for case in cases(1) {
+        for sparsity in [0.0, 0.3, 0.5, 0.9] {
+            let (got, fidelity) = run(&case, &[Step::MagnitudePrune { sparsity }]).unwrap();
+            let n = case.values.len();
+            let k = (n as f64 * sparsity).floor() as usize;
+            let already_zero = case.values.iter().filter(|v| **v == 0.0).count();
+            let zeros = got.iter().filter(|v| **v == 0.0).count();
+            assert_eq!(zeros, k.max(already_zero), "{} at {sparsity}", case.name);
+            assert!((fidelity.sparsity - zeros as f64 / n as f64).abs() < 1e-12);
+            let largest_pruned = case
+                .values
+                .iter()
+                .zip(&got)
+                .filter(|(_, o)| **o == 0.0)
+                .fold(0f32, |m, (x, _)| m.max(x.abs()));
+            for (x, o) in case.values.iter().zip(&got) {
+                if *o != 0.0 {
+                    assert_eq!(x, o, "kept values are unchanged");
+                    assert!(
+                        x.abs() >= largest_pruned,
+                        "{}: kept {x} below a pruned one",
+                        case.name
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn n_m_pattern_holds_in_every_group() {
+    for (n, m) in [(2u8, 4u8), (4, 8), (1, 2)] {
+        for case in cases(usize::from(m)) {
+            let (got, _) = run(&case, &[Step::SemiStructured { n, m }]).unwrap();
+            for (g, x) in got
+                .chunks(usize::from(m))
+                .zip(case.values.chunks(usize::from(m)))
+            {
+                let kept: Vec<usize> = (0..g.len()).filter(|&i| g[i] != 0.0).collect();
+                assert!(
+                    kept.len() <= usize::from(n),
+                    "{}: {n}:{m} broken",
+                    case.name
+                );
+                let mut magnitudes: Vec<f32> = x.iter().map(|v| v.abs()).collect();
+                magnitudes.sort_by(|a, b| b.total_cmp(a));
+                let nth = magnitudes[usize::from(n) - 1];
+                for i in 0..g.len() {
+                    if g[i] != 0.0 {
+                        assert_eq!(g[i], x[i]);
+                    } else {
+                        assert!(
+                            x[i].abs() <= nth,
+                            "{}: pruned a value above the cut",
+                            case.name
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn channel_pruning_zeros_the_weakest_rows() {
+    for case in cases(1) {
+        let cols = case.cols();
+        let rows = case.values.len() / cols;
+        for norm in [Norm::L1, Norm::L2] {
+            let (got, _) = run(
+                &case,
+                &[Step::ChannelPrune {
+                    sparsity: 0.5,
+                    norm,
+                }],
+            )
+            .unwrap();
+            let norm_of = |row: &[f32]| match norm {
+                Norm::L1 => row.iter().map(|v| f64::from(v.abs())).sum::<f64>(),
+                Norm::L2 => row.iter().map(|v| f64::from(*v).powi(2)).sum::<f64>(),
+            };
+            let dropped: Vec<bool> = got
+                .chunks(cols)
+                .zip(case.values.chunks(cols))
+                .map(|(g, x)| {
+                    let zeroed = g.iter().all(|v| *v == 0.0);
+                    if !zeroed {
+                        assert_eq!(g, x, "kept rows are unchanged");
+                    }
+                    zeroed && x.iter().any(|v| *v != 0.0)
+                })
+                .collect();
+            let dropped_count = dropped.iter().filter(|d| **d).count();
+            assert!(dropped_count <= rows / 2, "{}", case.name);
+            let max_dropped = case
+                .values
+                .chunks(cols)
+                .zip(&dropped)
+                .filter(|(_, d)| **d)
+                .map(|(x, _)| norm_of(x))
+                .fold(0.0, f64::max);
+            for (x, g) in case.values.chunks(cols).zip(got.chunks(cols)) {
+                if g.iter().any(|v| *v != 0.0) {
+                    assert!(
+                        norm_of(x) >= max_dropped,
+                        "{}: a stronger row was dropped",
+                        case.name
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn prune_then_quantize_keeps_the_zeros_and_measures_against_the_original() {
+    for case in cases(16) {
+        let (pruned, _) = run(&case, &[Step::MagnitudePrune { sparsity: 0.5 }]).unwrap();
+        let (both, fidelity) = run(
+            &case,
+            &[
+                Step::MagnitudePrune { sparsity: 0.5 },
+                Step::Int(int(4, false, Granularity::Group(16))),
+            ],
+        )
+        .unwrap();
+        for (p, b) in pruned.iter().zip(&both) {
+            if *p == 0.0 {
+                assert_eq!(*b, 0.0, "{}: a pruned zero moved", case.name);
+            }
+        }
+        let err: f64 = case
+            .values
+            .iter()
+            .zip(&both)
+            .map(|(x, y)| (f64::from(*x) - f64::from(*y)).powi(2))
+            .sum();
+        let norm: f64 = case.values.iter().map(|x| f64::from(*x).powi(2)).sum();
+        let want = if norm > 0.0 {
+            (err / norm).sqrt()
+        } else {
+            err.sqrt()
+        };
+        assert!(
+            (fidelity.rel_error - want).abs() <= 1e-4 * want.max(1e-12),
+            "{}: {} vs {want}",
+            case.name,
+            fidelity.rel_error
+        );
+    }
+}
+
+#[test]
+fn non_finite_input_is_refused_by_every_step() {
+    let steps = [
+        Step::MagnitudePrune { sparsity: 0.5 },
+        Step::SemiStructured { n: 2, m: 4 },
+        Step::ChannelPrune {
+            sparsity: 0.5,
+            norm: Norm::L2,
+        },
+        Step::Int(int(8, true, Granularity::Channel)),
+        Step::Int(int(8, true, Granularity::Tensor)),
+        Step::Fp8 { per_channel: true },
+        Step::Gguf(gguf::BlockType::Q4_0),
+        Step::Nf4,
+    ];
+    for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+        let mut values = vec![0.5f32; 4 * 64];
+        values[77] = bad;
+        let case = Case {
+            name: "bad".into(),
+            shape: vec![4, 64],
+            values,
+        };
+        for step in steps {
+            assert_eq!(
+                run(&case, &[step]).unwrap_err(),
+                TransformError::NonFinite { count: 1 },
+                "{step:?} with {bad}"
+            );
+        }
+    }
+}
