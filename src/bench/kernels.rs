@@ -48,6 +48,22 @@ fn kernels() -> Vec<(&'static str, Vec<Step>)> {
         ("gguf Q5_1", vec![Step::Gguf(BlockType::Q5_1)]),
         ("nf4", vec![Step::Nf4]),
         (
+            "k-means 16 per tensor",
+            vec![Step::Cluster {
+                bits: 4,
+                per_row: false,
+                seed: 0,
+            }],
+        ),
+        (
+            "k-means 16 per row",
+            vec![Step::Cluster {
+                bits: 4,
+                per_row: true,
+                seed: 0,
+            }],
+        ),
+        (
             "magnitude prune 50%",
             vec![Step::MagnitudePrune { sparsity: 0.5 }],
         ),

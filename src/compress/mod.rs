@@ -3,6 +3,7 @@
 //! between chunks. `tensor` drives one tensor through its steps; `simd` compiles the hot loops
 //! for the CPU at hand.
 
+pub mod cluster;
 pub mod fp8;
 pub mod gguf;
 pub mod nf4;

@@ -488,3 +488,102 @@ fn non_finite_input_is_refused_by_every_step() {
         }
     }
 }
+
+fn distinct(values: &[f32]) -> Vec<f32> {
+    let mut d = values.to_vec();
+    d.sort_by(f32::total_cmp);
+    d.dedup();
+    d
+}
+
+#[test]
+fn clustering_leaves_at_most_2_to_the_bits_values_each_at_its_nearest_centroid() {
+    for case in cases(1) {
+        for bits in [1u8, 2, 4] {
+            for per_row in [false, true] {
+                let step = Step::Cluster {
+                    bits,
+                    per_row,
+                    seed: 11,
+                };
+                let (got, _) = run(&case, &[step]).unwrap();
+                let group = if per_row { case.cols() } else { got.len() };
+                for (g, x) in got.chunks(group).zip(case.values.chunks(group)) {
+                    let book = distinct(g);
+                    assert!(
+                        book.len() <= 1 << bits,
+                        "{}: {} values",
+                        case.name,
+                        book.len()
+                    );
+                    for (&y, &v) in g.iter().zip(x) {
+                        let nearest = book
+                            .iter()
+                            .map(|&c| (c - v).abs())
+                            .fold(f32::INFINITY, f32::min);
+                        assert!(
+                            (y - v).abs() <= nearest * 1.000_001 + 1e-30,
+                            "{}",
+                            case.name
+                        );
+                    }
+                }
+                let (again, _) = run(&case, &[step]).unwrap();
+                assert_eq!(got, again, "the same seed gives the same result");
+            }
+        }
+    }
+}
+
+#[test]
+fn tensor_clustering_beyond_the_sample_is_independent_of_the_thread_count() {
+    let mut values = Values(9);
+    let case = Case {
+        name: "large".into(),
+        shape: vec![1100, 1000],
+        values: (0..1_100_000).map(|_| values.weight()).collect(),
+    };
+    let step = Step::Cluster {
+        bits: 4,
+        per_row: false,
+        seed: 3,
+    };
+    let in_pool = |threads| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap()
+            .install(|| run(&case, &[step]).unwrap())
+    };
+    let (one, fidelity) = in_pool(1);
+    let (two, _) = in_pool(2);
+    assert_eq!(one, two);
+    assert!(distinct(&one).len() <= 16);
+    // 16 well-placed levels on weight-like values: far better than 4-bit uniform steps.
+    assert!(fidelity.rel_error < 0.1, "{}", fidelity.rel_error);
+}
+
+#[test]
+fn cluster_then_quantize_quantizes_the_codebook() {
+    for case in cases(1) {
+        let cluster = Step::Cluster {
+            bits: 3,
+            per_row: false,
+            seed: 1,
+        };
+        let scheme = int(4, true, Granularity::Channel);
+        let (clustered, _) = run(&case, &[cluster]).unwrap();
+        let (both, _) = run(&case, &[cluster, Step::Int(scheme)]).unwrap();
+        let cols = case.cols();
+        for (c, b) in clustered.chunks(cols).zip(both.chunks(cols)) {
+            // Each row's codebook, quantized with the row's scale, gives the row's values.
+            let (lo, hi) = crate::compress::quantize::min_max(c);
+            let p = scheme.params(lo, hi);
+            for (&x, &y) in c.iter().zip(b) {
+                let q = (scheme.quantize(x, p) - p.zero_point) as f32 * p.scale;
+                assert_eq!(q, y, "{}", case.name);
+            }
+            assert!(distinct(b).len() <= 8);
+        }
+    }
+}

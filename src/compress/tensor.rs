@@ -12,6 +12,7 @@ use std::cell::RefCell;
 
 use rayon::prelude::*;
 
+use crate::compress::cluster::{self, Codebook, SplitMix};
 use crate::compress::gguf::{self, BlockType};
 use crate::compress::prune::{self, GlobalCut, GlobalPass, MagnitudeCut, Norm, prune_count};
 use crate::compress::quantize::{Granularity, IntScheme, QParams, min_max};
@@ -62,6 +63,15 @@ pub enum Step {
     Gguf(BlockType),
     /// NF4 with one absmax per 64 values of the flattened tensor.
     Nf4,
+    /// k-means clustering to 2^bits centroids, per tensor or per row.
+    Cluster {
+        /// Index width, 1 to 8.
+        bits: u8,
+        /// One codebook per row (else one for the tensor).
+        per_row: bool,
+        /// Seed of the k-means++ choices.
+        seed: u64,
+    },
 }
 
 impl Step {
@@ -184,6 +194,8 @@ enum Global {
     Cut(MagnitudeCut),
     /// Rows to zero, for the whole tensor.
     Rows(Vec<bool>),
+    /// The tensor's cluster centroids.
+    Codebook(Codebook),
     TensorParams(QParams),
     TensorScale(f32),
     None,
@@ -214,6 +226,10 @@ fn apply_steps(
                 }
             }
             (Step::Nf4, _) => nf4::fake_quantize(values),
+            (Step::Cluster { .. }, Global::Codebook(book)) => book.apply(values),
+            (Step::Cluster { bits, seed, .. }, _) => {
+                cluster::cluster_rows(values, cols, *bits, *seed, chunk * layout.rows_per_chunk);
+            }
             (Step::Int(scheme), global) => {
                 let tensor = match global {
                     Global::TensorParams(p) => Some(*p),
@@ -345,6 +361,58 @@ where
         )
 }
 
+/// The k-means codebook of a whole tensor: Lloyd's iterations on a strided sample of at most
+/// [`cluster::SAMPLE`] values, then one refinement step over every value (sums folded in chunk
+/// order, so the result does not depend on the thread count).
+fn tensor_codebook<F>(
+    layout: &Layout,
+    visit: &F,
+    bits: u8,
+    seed: u64,
+    cancel: &Cancel,
+) -> Result<Codebook, Canceled>
+where
+    F: Fn(usize, &mut dyn FnMut(&[f32])) + Sync,
+{
+    let total = layout.rows * layout.cols;
+    let stride = total.div_ceil(cluster::SAMPLE).max(1);
+    let sample: Vec<Vec<f32>> = (0..layout.chunks())
+        .into_par_iter()
+        .map(|c| {
+            let start = layout.chunk_values(c).start;
+            let mut picked = Vec::new();
+            visit(c, &mut |v: &[f32]| {
+                let first = (stride - start % stride) % stride;
+                picked.extend(v.iter().skip(first).step_by(stride).copied());
+            });
+            picked
+        })
+        .collect();
+    cancel.check()?;
+    let book = cluster::kmeans(&sample.concat(), 1 << bits, &mut SplitMix::new(seed, 0));
+    if stride == 1 {
+        return Ok(book);
+    }
+    let n = book.centroids().len();
+    let partials: Vec<(Vec<f64>, Vec<u64>)> = (0..layout.chunks())
+        .into_par_iter()
+        .map(|c| {
+            let (mut sums, mut counts) = (vec![0f64; n], vec![0u64; n]);
+            visit(c, &mut |v: &[f32]| {
+                book.accumulate(v, &mut sums, &mut counts)
+            });
+            (sums, counts)
+        })
+        .collect();
+    cancel.check()?;
+    let (mut sums, mut counts) = (vec![0f64; n], vec![0u64; n]);
+    for (s, k) in &partials {
+        sums.iter_mut().zip(s).for_each(|(a, b)| *a += b);
+        counts.iter_mut().zip(k).for_each(|(a, b)| *a += b);
+    }
+    Ok(book.recentre(&sums, &counts))
+}
+
 /// Feeds a tensor's stored values to one pass of a global magnitude cut; in the count pass,
 /// returns how many of its values to prune ([`Step::MagnitudePruneCount`]).
 pub fn observe_global(
@@ -428,7 +496,13 @@ pub fn transform_into(
                 let (min, max) = tensor_range(layout.chunks(), &visit);
                 Global::TensorScale(fp8::scale_for(min.abs().max(max.abs())))
             }
+            Step::Cluster {
+                bits,
+                per_row: false,
+                seed,
+            } => Global::Codebook(tensor_codebook(&layout, &visit, *bits, *seed, cancel)?),
             Step::Int(_)
+            | Step::Cluster { .. }
             | Step::Fp8 { .. }
             | Step::Gguf(_)
             | Step::Nf4

@@ -42,6 +42,27 @@ pub enum Stage {
     Prune(Prune),
     /// Map weights to fewer bits.
     Quantize(Quantize),
+    /// Replace weights by the nearest of 2^bits centroids found by k-means (weight clustering).
+    Cluster(Cluster),
+}
+
+/// Weight clustering: k-means with k-means++ seeding over a tensor's values or each row's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Cluster {
+    /// Index width: 2^bits centroids, 1 to 8.
+    #[schema(minimum = 1, maximum = 8)]
+    pub bits: u8,
+    /// `tensor` (one codebook) or `channel` (one per output row).
+    #[serde(default = "tensor_granularity")]
+    pub granularity: GranularityName,
+    /// Seed of the k-means++ choices: the same seed gives the same codebook.
+    #[serde(default)]
+    pub seed: u64,
+}
+
+fn tensor_granularity() -> GranularityName {
+    GranularityName::Tensor
 }
 
 /// Pruning methods.
@@ -262,6 +283,11 @@ fn describe_step(step: Step) -> String {
         ),
         Step::Gguf(kind) => format!("gguf {}", kind.name()),
         Step::Nf4 => "nf4 block 64".to_owned(),
+        Step::Cluster { bits, per_row, .. } => format!(
+            "k-means {} centroids {}",
+            1u32 << bits,
+            if per_row { "per channel" } else { "per tensor" }
+        ),
     }
 }
 
@@ -282,6 +308,11 @@ impl Stage {
                 norm: *norm,
             },
             Stage::Quantize(q) => q.step(),
+            Stage::Cluster(c) => Step::Cluster {
+                bits: c.bits,
+                per_row: c.granularity == GranularityName::Channel,
+                seed: c.seed,
+            },
         }
     }
 
@@ -343,8 +374,10 @@ pub enum RecipeError {
     GroupSizeMissing { stage: usize },
     #[error("stage {stage}: group_size is only meaningful with granularity \"group\"")]
     GroupSizeUnused { stage: usize },
-    #[error("stage {stage}: fp8 takes granularity \"tensor\" or \"channel\"")]
-    Fp8Granularity { stage: usize },
+    #[error("stage {stage}: {method} takes granularity \"tensor\" or \"channel\"")]
+    Granularity { stage: usize, method: &'static str },
+    #[error("stage {stage}: clustering takes 1 to 8 bits (2 to 256 centroids), not {bits}")]
+    ClusterBits { stage: usize, bits: u8 },
     #[error(
         "stage {stage}: {kind} needs rows that are a multiple of {block} values; tensor {tensor:?} has rows of {row}"
     )]
@@ -400,7 +433,8 @@ impl RecipeError {
             RecipeError::GroupSizeMissing { .. } | RecipeError::GroupSizeUnused { .. } => {
                 "bad_group_size"
             }
-            RecipeError::Fp8Granularity { .. } => "bad_granularity",
+            RecipeError::Granularity { .. } => "bad_granularity",
+            RecipeError::ClusterBits { .. } => "bits_out_of_range",
             RecipeError::BlockSize { .. } => "row_not_multiple_of_block",
             RecipeError::GlobalPruneNotFirst { .. } => "global_prune_not_first",
             RecipeError::GroupSize { .. } => "group_size_does_not_divide_row",
@@ -529,11 +563,28 @@ impl Recipe {
                 }
                 Stage::Quantize(Quantize::Fp8 { granularity }) => {
                     if *granularity == GranularityName::Group {
-                        return Err(RecipeError::Fp8Granularity { stage: stage_no });
+                        return Err(RecipeError::Granularity {
+                            stage: stage_no,
+                            method: "fp8",
+                        });
                     }
                 }
                 // The row-length rule needs the tensors: checked below.
                 Stage::Quantize(Quantize::Gguf { .. } | Quantize::Nf4 {}) => {}
+                Stage::Cluster(c) => {
+                    if !(1..=8).contains(&c.bits) {
+                        return Err(RecipeError::ClusterBits {
+                            stage: stage_no,
+                            bits: c.bits,
+                        });
+                    }
+                    if c.granularity == GranularityName::Group {
+                        return Err(RecipeError::Granularity {
+                            stage: stage_no,
+                            method: "clustering",
+                        });
+                    }
+                }
             }
         }
         let selection = self.selection()?;
@@ -703,6 +754,15 @@ pub fn presets() -> Vec<Preset> {
             description: "2:4 semi-structured sparsity: the 2 largest of every 4 weights kept",
             recipe: recipe(vec![Stage::Prune(Prune::SemiStructured {
                 pattern: NmPattern { n: 2, m: 4 },
+            })]),
+        },
+        Preset {
+            name: "cluster-16",
+            description: "weight clustering: 16 k-means centroids per tensor (4-bit indices)",
+            recipe: recipe(vec![Stage::Cluster(Cluster {
+                bits: 4,
+                granularity: GranularityName::Tensor,
+                seed: 0,
             })]),
         },
         Preset {
@@ -919,6 +979,31 @@ mod tests {
             channels.validate(&model()).unwrap_err().code(),
             "sparsity_out_of_range"
         );
+    }
+
+    #[test]
+    fn cluster_stages_parse_and_check_their_rules() {
+        let r = parse(
+            r#"{"stages": [{"cluster": {"bits": 3, "granularity": "channel", "seed": 5}},
+                           {"quantize": {"scheme": "int", "bits": 8}}]}"#,
+        );
+        assert_eq!(r.validate(&model()).unwrap().len(), 2);
+        assert_eq!(r.stages[0].describe(), "k-means 8 centroids per channel");
+        for (json, code) in [
+            (r#"{"cluster": {"bits": 0}}"#, "bits_out_of_range"),
+            (r#"{"cluster": {"bits": 9}}"#, "bits_out_of_range"),
+            (
+                r#"{"cluster": {"bits": 4, "granularity": "group"}}"#,
+                "bad_granularity",
+            ),
+        ] {
+            let recipe = parse(&format!(r#"{{"stages": [{json}]}}"#));
+            assert_eq!(
+                recipe.validate(&model()).unwrap_err().code(),
+                code,
+                "{json}"
+            );
+        }
     }
 
     #[test]
