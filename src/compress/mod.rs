@@ -12,6 +12,7 @@ mod properties;
 pub mod prune;
 pub mod quantize;
 pub mod simd;
+pub mod structure;
 pub mod tensor;
 
 use std::sync::Arc;

@@ -17,6 +17,7 @@ use crate::compress::gguf::{self, BlockType};
 use crate::compress::prune::{self, GlobalCut, GlobalPass, MagnitudeCut, Norm, prune_count};
 use crate::compress::quantize::{Granularity, IntScheme, QParams, min_max};
 use crate::compress::simd::multiversion;
+use crate::compress::structure::LineStats;
 use crate::compress::{Cancel, Canceled};
 use crate::compress::{fp8, nf4};
 use crate::formats::dtype;
@@ -108,6 +109,49 @@ pub struct Fidelity {
     pub cosine: Option<f64>,
     /// max |W − Ŵ|.
     pub max_abs_error: f64,
+    sums: Sums,
+}
+
+impl Fidelity {
+    /// The fidelity of a tensor left as it was.
+    pub fn identical() -> Fidelity {
+        Fidelity {
+            sparsity: 0.0,
+            rel_error: 0.0,
+            sqnr_db: None,
+            cosine: Some(1.0),
+            max_abs_error: 0.0,
+            sums: Sums::default(),
+        }
+    }
+
+    fn from_sums(sums: Sums) -> Fidelity {
+        let rel_error = if sums.orig_sq > 0.0 {
+            (sums.err_sq / sums.orig_sq).sqrt()
+        } else {
+            sums.err_sq.sqrt()
+        };
+        Fidelity {
+            sparsity: sums.zeros as f64 / sums.count.max(1) as f64,
+            rel_error,
+            sqnr_db: (sums.err_sq > 0.0 && sums.orig_sq > 0.0)
+                .then(|| 10.0 * (sums.orig_sq / sums.err_sq).log10()),
+            cosine: (sums.orig_sq > 0.0 && sums.out_sq > 0.0)
+                .then(|| sums.dot / (sums.orig_sq.sqrt() * sums.out_sq.sqrt())),
+            max_abs_error: sums.max_abs,
+            sums,
+        }
+    }
+
+    /// The fidelity against an original that also had `removed` values, now gone from the
+    /// tensor (structured shrinking): their energy counts as error.
+    pub fn including_removed(self, removed: &LineStats) -> Fidelity {
+        let mut sums = self.sums;
+        sums.orig_sq += removed.sq;
+        sums.err_sq += removed.sq;
+        sums.max_abs = sums.max_abs.max(f64::from(removed.max_abs));
+        Fidelity::from_sums(sums)
+    }
 }
 
 /// Why a tensor could not be transformed.
@@ -254,7 +298,7 @@ fn apply_steps(
 }
 
 /// Partial sums for the fidelity metrics.
-#[derive(Default, Clone, Copy)]
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
 struct Sums {
     orig_sq: f64,
     out_sq: f64,
@@ -413,6 +457,48 @@ where
     Ok(book.recentre(&sums, &counts))
 }
 
+/// Statistics of every row of a tensor (rows × cols as in the chunked path), or of every column
+/// when `columns`; partial column sums are folded in chunk order, whatever the thread count.
+pub fn line_stats(
+    view: &TensorView,
+    columns: bool,
+    cancel: &Cancel,
+) -> Result<Vec<LineStats>, TransformError> {
+    let layout = Layout::of(view, &[]);
+    let partials: Vec<Vec<LineStats>> = (0..layout.chunks())
+        .into_par_iter()
+        .map(|c| -> Result<Vec<LineStats>, Canceled> {
+            cancel.check()?;
+            Ok(BUFFERS.with_borrow_mut(|(buf, _)| {
+                layout.decode(view, c, buf);
+                if columns {
+                    let mut stats = vec![LineStats::default(); layout.cols];
+                    for row in buf.chunks(layout.cols) {
+                        stats.iter_mut().zip(row).for_each(|(s, &x)| s.add(x));
+                    }
+                    stats
+                } else {
+                    buf.chunks(layout.cols)
+                        .map(|row| {
+                            let mut s = LineStats::default();
+                            row.iter().for_each(|&x| s.add(x));
+                            s
+                        })
+                        .collect()
+                }
+            }))
+        })
+        .collect::<Result<_, _>>()?;
+    if !columns {
+        return Ok(partials.concat());
+    }
+    let mut total = vec![LineStats::default(); layout.cols];
+    for part in &partials {
+        total.iter_mut().zip(part).for_each(|(t, p)| t.merge(p));
+    }
+    Ok(total)
+}
+
 /// Feeds a tensor's stored values to one pass of a global magnitude cut; in the count pass,
 /// returns how many of its values to prune ([`Step::MagnitudePruneCount`]).
 pub fn observe_global(
@@ -533,19 +619,5 @@ pub fn transform_into(
             count: sums.non_finite,
         });
     }
-    let rel_error = if sums.orig_sq > 0.0 {
-        (sums.err_sq / sums.orig_sq).sqrt()
-    } else {
-        sums.err_sq.sqrt()
-    };
-    let fidelity = Fidelity {
-        sparsity: sums.zeros as f64 / sums.count.max(1) as f64,
-        rel_error,
-        sqnr_db: (sums.err_sq > 0.0 && sums.orig_sq > 0.0)
-            .then(|| 10.0 * (sums.orig_sq / sums.err_sq).log10()),
-        cosine: (sums.orig_sq > 0.0 && sums.out_sq > 0.0)
-            .then(|| sums.dot / (sums.orig_sq.sqrt() * sums.out_sq.sqrt())),
-        max_abs_error: sums.max_abs,
-    };
-    Ok(fidelity)
+    Ok(Fidelity::from_sums(sums))
 }

@@ -9,8 +9,8 @@ use crate::compress::gguf::{BLOCK, BlockType};
 use crate::compress::prune::Norm;
 use crate::compress::quantize::{Granularity, IntScheme, ScaleDtype};
 use crate::compress::tensor::Step;
-use crate::formats::dtype;
 use crate::formats::safetensors::Dtype;
+use crate::formats::{dtype, hf};
 
 /// A compression recipe.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -85,6 +85,19 @@ pub enum Prune {
         /// `"N:M"`, e.g. `"2:4"` or `"4:8"`; 0 < N < M ≤ 64.
         #[schema(value_type = String, example = "2:4")]
         pattern: NmPattern,
+    },
+    /// Structured shrinking of gated MLPs (Llama, Mistral, Qwen; needs the model's
+    /// `config.json`): removes the intermediate channels of smallest summed norm (gate row + up
+    /// row + down column) from all three projections and lowers `intermediate_size`, so the
+    /// model is really smaller and still loads. Must be the first stage.
+    MlpChannels {
+        /// Fraction of intermediate channels removed, in [0, 1).
+        #[schema(minimum = 0.0, exclusive_maximum = 1.0)]
+        sparsity: f64,
+        /// `l1` or `l2` (default).
+        #[serde(default)]
+        #[schema(value_type = String, example = "l2")]
+        norm: Norm,
     },
     /// Structured: zero whole output rows (channels) with the smallest L1 or L2 norm.
     Channels {
@@ -292,10 +305,11 @@ fn describe_step(step: Step) -> String {
 }
 
 impl Stage {
-    /// The kernel step this stage runs (after validation). A global magnitude stage becomes
-    /// per-tensor counts in the pipeline; this is its per-tensor stand-in.
-    pub fn step(&self) -> Step {
-        match self {
+    /// The kernel step this stage runs on each tensor (after validation); None for a stage that
+    /// changes the model's structure instead (MLP channel shrinking, run by the pipeline). A
+    /// global magnitude stage becomes per-tensor counts in the pipeline; this is its stand-in.
+    pub fn step(&self) -> Option<Step> {
+        Some(match self {
             Stage::Prune(Prune::Magnitude { sparsity, .. }) => Step::MagnitudePrune {
                 sparsity: *sparsity,
             },
@@ -307,13 +321,14 @@ impl Stage {
                 sparsity: *sparsity,
                 norm: *norm,
             },
+            Stage::Prune(Prune::MlpChannels { .. }) => return None,
             Stage::Quantize(q) => q.step(),
             Stage::Cluster(c) => Step::Cluster {
                 bits: c.bits,
                 per_row: c.granularity == GranularityName::Channel,
                 seed: c.seed,
             },
-        }
+        })
     }
 
     /// Whether this is a magnitude stage with one threshold across tensors.
@@ -329,11 +344,15 @@ impl Stage {
 
     /// A short description for reports ("int4 sym group 128", "magnitude prune 50%").
     pub fn describe(&self) -> String {
-        let text = describe_step(self.step());
-        if self.is_global_prune() {
-            format!("{text} (global)")
-        } else {
-            text
+        match (self, self.step()) {
+            (Stage::Prune(Prune::MlpChannels { sparsity, norm }), _) => {
+                format!("MLP channel shrink {:.0}% by {norm:?}", sparsity * 100.0)
+            }
+            (_, Some(step)) if self.is_global_prune() => {
+                format!("{} (global)", describe_step(step))
+            }
+            (_, Some(step)) => describe_step(step),
+            (_, None) => unreachable!("only structural stages have no step"),
         }
     }
 }
@@ -389,9 +408,11 @@ pub enum RecipeError {
         tensor: String,
     },
     #[error(
-        "stage {stage}: a global magnitude threshold is computed on the original weights, so it must be the first stage"
+        "stage {stage}: global magnitude pruning and MLP channel shrinking work on the original weights, so they must be the first stage"
     )]
-    GlobalPruneNotFirst { stage: usize },
+    NotFirst { stage: usize },
+    #[error("MLP channel shrinking: {0}")]
+    Mlp(String),
     #[error(
         "stage {stage}: group_size {group_size} does not divide the row length {row} of tensor {tensor:?}"
     )]
@@ -436,7 +457,8 @@ impl RecipeError {
             RecipeError::Granularity { .. } => "bad_granularity",
             RecipeError::ClusterBits { .. } => "bits_out_of_range",
             RecipeError::BlockSize { .. } => "row_not_multiple_of_block",
-            RecipeError::GlobalPruneNotFirst { .. } => "global_prune_not_first",
+            RecipeError::NotFirst { .. } => "stage_must_be_first",
+            RecipeError::Mlp(_) => "no_gated_mlp",
             RecipeError::GroupSize { .. } => "group_size_does_not_divide_row",
             RecipeError::BadPattern { .. } => "bad_pattern",
             RecipeError::TargetMatchesNothing { .. } => "target_matches_nothing",
@@ -525,7 +547,9 @@ impl Recipe {
             let stage_no = i + 1;
             match stage {
                 Stage::Prune(
-                    Prune::Magnitude { sparsity, .. } | Prune::Channels { sparsity, .. },
+                    Prune::Magnitude { sparsity, .. }
+                    | Prune::Channels { sparsity, .. }
+                    | Prune::MlpChannels { sparsity, .. },
                 ) => {
                     if !(0.0..1.0).contains(sparsity) {
                         return Err(RecipeError::Sparsity {
@@ -533,8 +557,12 @@ impl Recipe {
                             sparsity: *sparsity,
                         });
                     }
-                    if stage.is_global_prune() && i > 0 {
-                        return Err(RecipeError::GlobalPruneNotFirst { stage: stage_no });
+                    if i > 0 && (stage.is_global_prune() || stage.step().is_none()) {
+                        return Err(RecipeError::NotFirst { stage: stage_no });
+                    }
+                    if stage.step().is_none() {
+                        hf::gated_mlps(tensors.iter().map(|t| (t.name.as_str(), &t.shape[..])))
+                            .map_err(|e| RecipeError::Mlp(e.to_string()))?;
                     }
                 }
                 // Checked by parsing; the row rule needs the tensors: below.
@@ -947,7 +975,7 @@ mod tests {
         );
         assert_eq!(
             late.validate(&model()).unwrap_err().code(),
-            "global_prune_not_first"
+            "stage_must_be_first"
         );
         let nm =
             parse(r#"{"stages": [{"prune": {"method": "semi_structured", "pattern": "2:4"}}]}"#);
@@ -978,6 +1006,39 @@ mod tests {
         assert_eq!(
             channels.validate(&model()).unwrap_err().code(),
             "sparsity_out_of_range"
+        );
+    }
+
+    #[test]
+    fn mlp_shrinking_needs_gated_mlps_and_comes_first() {
+        let t = |name: &str, shape: &[u64]| TensorMeta {
+            name: name.into(),
+            dtype: Dtype::BF16,
+            shape: shape.to_vec(),
+        };
+        let llama = vec![
+            t("model.layers.0.mlp.gate_proj.weight", &[64, 16]),
+            t("model.layers.0.mlp.up_proj.weight", &[64, 16]),
+            t("model.layers.0.mlp.down_proj.weight", &[16, 64]),
+        ];
+        let shrink = parse(
+            r#"{"stages": [{"prune": {"method": "mlp_channels", "sparsity": 0.5, "norm": "l1"}},
+                           {"quantize": {"scheme": "int", "bits": 8}}]}"#,
+        );
+        assert_eq!(shrink.validate(&llama).unwrap().len(), 3);
+        assert_eq!(shrink.stages[0].describe(), "MLP channel shrink 50% by L1");
+        assert_eq!(shrink.stages[0].step(), None);
+        assert_eq!(
+            shrink.validate(&model()).unwrap_err().code(),
+            "no_gated_mlp"
+        );
+        let late = parse(
+            r#"{"stages": [{"quantize": {"scheme": "int", "bits": 8}},
+                           {"prune": {"method": "mlp_channels", "sparsity": 0.5}}]}"#,
+        );
+        assert_eq!(
+            late.validate(&llama).unwrap_err().code(),
+            "stage_must_be_first"
         );
     }
 

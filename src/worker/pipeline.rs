@@ -11,15 +11,18 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::compress::prune::GlobalCut;
+use crate::compress::prune::{GlobalCut, Norm, prune_count};
+use crate::compress::structure::{self, LineStats};
 use crate::compress::tensor::{self, Fidelity, Step, TensorView, TransformError};
 use crate::compress::{Cancel, Canceled};
 use crate::formats::safetensors::{self, Header, TensorInfo};
+use crate::formats::{dtype, hf};
 use crate::jobs::recipe::{Prune, Recipe, Selection, Stage, TensorMeta};
 
 /// What a model file is to the pipeline.
@@ -253,7 +256,13 @@ pub fn run(
         .map(Stage::describe)
         .collect::<Vec<_>>()
         .join(" + ");
-    let steps: Vec<Step> = recipe.stages.iter().map(Stage::step).collect();
+    let steps: Vec<Step> = recipe.stages.iter().filter_map(Stage::step).collect();
+    let shrink = match recipe.stages.first() {
+        Some(Stage::Prune(Prune::MlpChannels { sparsity, norm })) => Some(MlpShrink::plan(
+            inputs, &weights, &metas, *sparsity, *norm, cancel,
+        )?),
+        _ => None,
+    };
     let global_counts = match recipe.stages.first() {
         Some(stage @ Stage::Prune(Prune::Magnitude { sparsity, .. }))
             if stage.is_global_prune() =>
@@ -270,33 +279,45 @@ pub fn run(
     let mut buffer: Vec<u8> = Vec::new();
     for (input, header) in &weights {
         let mut out = HashingFile::create(out_dir, &input.name)?;
-        out.write(&header_bytes(header))?;
+        let out_header = match &shrink {
+            Some(plan) => plan.header(header),
+            None => header.clone(),
+        };
+        out.write(&header_bytes(&out_header))?;
         let file = File::open(&input.path)?;
-        for t in &header.tensors {
+        for (t, out_info) in header.tensors.iter().zip(&out_header.tensors) {
             cancel.check()?;
             let offset = header.data_start() + t.begin;
             let data = map_range(&file, offset, t.bytes())?;
-            let bytes = data.bytes();
-            let selected = selection.selects(&t.name, t.dtype, t.shape.len());
-            let report = if selected {
-                let view = TensorView {
-                    bytes,
-                    dtype: t.dtype,
-                    shape: &t.shape,
-                };
-                // One buffer for every tensor: fresh memory would cost a page fault per 4 KiB.
-                buffer.resize(bytes.len(), 0);
-                let transformed = &mut buffer[..];
-                let mut steps = steps.clone();
+            let shrunk = shrink
+                .as_ref()
+                .and_then(|plan| plan.gather(t, data.bytes()));
+            let bytes = shrunk.as_ref().map_or(data.bytes(), |(b, _)| &b[..]);
+            let selected = selection.selects(&t.name, t.dtype, t.shape.len()) && !steps.is_empty();
+            let view = TensorView {
+                bytes,
+                dtype: t.dtype,
+                shape: &out_info.shape,
+            };
+            let report = if selected || shrunk.is_some() {
+                let mut steps = if selected { steps.clone() } else { Vec::new() };
                 if let Some(counts) = &global_counts {
                     steps[0] = Step::MagnitudePruneCount {
                         count: counts[&t.name],
                     };
                 }
-                let fidelity = tensor::transform_into(&view, &steps, cancel, transformed)
+                // One buffer for every tensor: fresh memory would cost a page fault per 4 KiB.
+                buffer.resize(bytes.len(), 0);
+                let transformed = &mut buffer[..];
+                let mut fidelity = tensor::transform_into(&view, &steps, cancel, transformed)
                     .map_err(|e| transform_error(&t.name, e))?;
+                if let Some((_, removed)) = &shrunk {
+                    fidelity = fidelity.including_removed(removed);
+                }
                 out.write(transformed)?;
-                report(t, &scheme, transformed.len() as u64, &fidelity)
+                let mut r = report(t, &scheme, transformed.len() as u64, &fidelity);
+                r.shape = out_info.shape.clone();
+                r
             } else {
                 out.write(bytes)?;
                 unchanged(t)
@@ -311,7 +332,11 @@ pub fn run(
     for input in inputs.iter().filter(|i| i.kind == InputKind::Other) {
         cancel.check()?;
         let mut out = HashingFile::create(out_dir, &input.name)?;
-        out.write(&std::fs::read(&input.path)?)?;
+        let original = std::fs::read(&input.path)?;
+        match &shrink {
+            Some(plan) => out.write(&plan.side_file(&input.name, original, &weights)?)?,
+            None => out.write(&original)?,
+        }
         files.push(out.finish(&input.name)?);
     }
     let bytes_out: u64 = files.iter().map(|f| f.bytes).sum();
@@ -350,6 +375,148 @@ pub fn run(
         tensors: reports,
         summary,
     })
+}
+
+/// Which intermediate channels each gated MLP keeps, and what the removed ones weighed.
+struct MlpShrink {
+    /// Per projection tensor: the kept channels, whether they are its columns (down_proj),
+    /// and the statistics of the removed lines.
+    tensors: HashMap<String, (Arc<Vec<usize>>, bool, LineStats)>,
+    config: serde_json::Value,
+    intermediate: u64,
+}
+
+impl MlpShrink {
+    /// Reads `config.json` and every gated MLP's line statistics (one tensor mapped at a time)
+    /// and chooses the channels to keep, the same number in every layer.
+    fn plan(
+        inputs: &[InputFile],
+        weights: &[(&InputFile, Header)],
+        metas: &[TensorMeta],
+        sparsity: f64,
+        norm: Norm,
+        cancel: &Cancel,
+    ) -> Result<MlpShrink, PipelineError> {
+        let input_error = |m: String| PipelineError::Input(format!("MLP channel shrinking: {m}"));
+        let config_file = inputs
+            .iter()
+            .find(|i| i.kind == InputKind::Other && i.name == "config.json")
+            .ok_or_else(|| {
+                input_error(
+                    "the model has no config.json (upload it with the weights) to say its architecture"
+                        .into(),
+                )
+            })?;
+        let config: serde_json::Value = serde_json::from_slice(&std::fs::read(&config_file.path)?)
+            .map_err(|e| input_error(format!("config.json is not JSON: {e}")))?;
+        let layers = hf::gated_mlps(metas.iter().map(|t| (t.name.as_str(), &t.shape[..])))
+            .map_err(|e| input_error(e.to_string()))?;
+        let intermediate = layers[0].intermediate;
+        hf::check_gated_config(&config, intermediate).map_err(input_error)?;
+        let stats = |name: &str, columns: bool| -> Result<Vec<LineStats>, PipelineError> {
+            let (input, header) = weights
+                .iter()
+                .find(|(_, h)| h.tensors.iter().any(|t| t.name == name))
+                .expect("validated names exist");
+            let t = header
+                .tensors
+                .iter()
+                .find(|t| t.name == name)
+                .expect("found");
+            let data = map_range(
+                &File::open(&input.path)?,
+                header.data_start() + t.begin,
+                t.bytes(),
+            )?;
+            let view = TensorView {
+                bytes: data.bytes(),
+                dtype: t.dtype,
+                shape: &t.shape,
+            };
+            tensor::line_stats(&view, columns, cancel).map_err(|e| transform_error(name, e))
+        };
+        let mut tensors = HashMap::new();
+        for layer in &layers {
+            let gate = stats(&layer.gate, false)?;
+            let up = stats(&layer.up, false)?;
+            let down = stats(&layer.down, true)?;
+            let kept = Arc::new(structure::kept_channels(&gate, &up, &down, sparsity, norm));
+            for (name, lines, columns) in [
+                (&layer.gate, &gate, false),
+                (&layer.up, &up, false),
+                (&layer.down, &down, true),
+            ] {
+                let removed = structure::removed(lines, &kept);
+                tensors.insert(name.clone(), (kept.clone(), columns, removed));
+            }
+        }
+        Ok(MlpShrink {
+            tensors,
+            config,
+            intermediate: intermediate - prune_count(intermediate, sparsity),
+        })
+    }
+
+    /// A weight file's header with the shrunk shapes and the offsets that follow from them.
+    fn header(&self, header: &Header) -> Header {
+        let mut out = header.clone();
+        let mut offset = 0;
+        for t in &mut out.tensors {
+            if let Some((kept, columns, _)) = self.tensors.get(&t.name) {
+                let axis = usize::from(*columns);
+                t.shape[axis] = kept.len() as u64;
+            }
+            let len = t.elements() * dtype::float_width(t.dtype) as u64;
+            t.begin = offset;
+            t.end = offset + len;
+            offset += len;
+        }
+        out
+    }
+
+    /// The kept rows or columns of a projection (None for other tensors), with the statistics
+    /// of what was removed.
+    fn gather(&self, t: &TensorInfo, bytes: &[u8]) -> Option<(Vec<u8>, LineStats)> {
+        let (kept, columns, removed) = self.tensors.get(&t.name)?;
+        let width = dtype::float_width(t.dtype);
+        let cols = t.shape[1] as usize;
+        let gathered = if *columns {
+            structure::gather_columns(bytes, width, cols, kept)
+        } else {
+            structure::gather_rows(bytes, width * cols, kept)
+        };
+        Some((gathered, *removed))
+    }
+
+    /// A side file as the shrunk model needs it: `config.json` with the new intermediate size,
+    /// a shard index with the new total size, anything else unchanged.
+    fn side_file(
+        &self,
+        name: &str,
+        original: Vec<u8>,
+        weights: &[(&InputFile, Header)],
+    ) -> Result<Vec<u8>, PipelineError> {
+        let pretty = |v: &serde_json::Value| {
+            let mut bytes = serde_json::to_vec_pretty(v).expect("JSON serialises");
+            bytes.push(b'\n');
+            bytes
+        };
+        if name == "config.json" {
+            return Ok(pretty(&hf::with_intermediate_size(
+                self.config.clone(),
+                self.intermediate,
+            )));
+        }
+        if name.ends_with(".safetensors.index.json")
+            && let Ok(mut index) = serde_json::from_slice::<serde_json::Value>(&original)
+            && index["metadata"]["total_size"].is_u64()
+        {
+            let total: u64 = weights.iter().map(|(_, h)| self.header(h).data_len()).sum();
+            index["metadata"]["total_size"] = total.into();
+            return Ok(pretty(&index));
+        }
+        Ok(original)
+    }
 }
 
 fn transform_error(tensor: &str, e: TransformError) -> PipelineError {
@@ -456,14 +623,7 @@ pub fn peak_rss_bytes() -> Option<u64> {
 const UNCHANGED: &str = "unchanged";
 
 fn unchanged(t: &TensorInfo) -> TensorReport {
-    let identical = Fidelity {
-        sparsity: 0.0,
-        rel_error: 0.0,
-        sqnr_db: None,
-        cosine: Some(1.0),
-        max_abs_error: 0.0,
-    };
-    report(t, UNCHANGED, t.bytes(), &identical)
+    report(t, UNCHANGED, t.bytes(), &Fidelity::identical())
 }
 
 fn report(t: &TensorInfo, scheme: &str, bytes_out: u64, fidelity: &Fidelity) -> TensorReport {
