@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use crate::compress::Cancel;
 use crate::compress::gguf::BlockType;
+use crate::compress::lowrank::{Rank, max_useful_rank};
 use crate::compress::prune::Norm;
 use crate::compress::quantize::{Granularity, IntScheme, ScaleDtype};
 use crate::compress::simd;
@@ -24,7 +25,7 @@ fn int(bits: u8, symmetric: bool, granularity: Granularity) -> Step {
 }
 
 /// The kernels timed, by name.
-fn kernels() -> Vec<(&'static str, Vec<Step>)> {
+fn kernels(rows: usize, cols: usize) -> Vec<(&'static str, Vec<Step>)> {
     vec![
         ("int8 per channel", vec![int(8, true, Granularity::Channel)]),
         ("int8 per tensor", vec![int(8, true, Granularity::Tensor)]),
@@ -47,6 +48,14 @@ fn kernels() -> Vec<(&'static str, Vec<Step>)> {
         ("gguf Q4_0", vec![Step::Gguf(BlockType::Q4_0)]),
         ("gguf Q5_1", vec![Step::Gguf(BlockType::Q5_1)]),
         ("nf4", vec![Step::Nf4]),
+        (
+            "low-rank 128",
+            vec![Step::LowRank {
+                // A smaller rank when the benchmark's matrix is too small for 128 to pay.
+                rank: Rank::Fixed(128.min(max_useful_rank(rows, cols)).max(1)),
+                seed: 0,
+            }],
+        ),
         (
             "k-means 16 per tensor",
             vec![Step::Cluster {
@@ -132,7 +141,7 @@ pub fn kernels_bench(
             shape: &shape,
         };
         let mut out = vec![0u8; bytes.len()];
-        for (name, steps) in kernels()
+        for (name, steps) in kernels(rows, cols)
             .into_iter()
             .filter(|(name, _)| only.is_none_or(|o| name.contains(o)))
         {

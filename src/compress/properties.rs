@@ -587,3 +587,44 @@ fn cluster_then_quantize_quantizes_the_codebook() {
         }
     }
 }
+
+#[test]
+fn low_rank_error_is_the_discarded_spectral_energy() {
+    use crate::compress::lowrank::{self, Rank};
+    for case in cases(1) {
+        let cols = case.cols();
+        let rows = case.values.len() / cols;
+        if lowrank::max_useful_rank(rows, cols) < 2 {
+            let step = Step::LowRank {
+                rank: Rank::Fixed(2),
+                seed: 0,
+            };
+            assert!(
+                matches!(run(&case, &[step]), Err(TransformError::LowRank(_))),
+                "{}: a growing rank is refused",
+                case.name
+            );
+            continue;
+        }
+        let reference = lowrank::factorize(&case.values, rows, cols, Rank::Fixed(1), 0).unwrap();
+        let step = Step::LowRank {
+            rank: Rank::Fixed(2),
+            seed: 0,
+        };
+        let (_, fidelity) = run(&case, &[step]).unwrap();
+        let discarded: f64 = reference.singular_values[2..].iter().map(|s| s * s).sum();
+        let want = if reference.energy > 0.0 {
+            (discarded / reference.energy).sqrt()
+        } else {
+            0.0
+        };
+        assert!(
+            (fidelity.rel_error - want).abs() <= 1e-3 * want + 1e-6,
+            "{}: {} vs {want}",
+            case.name,
+            fidelity.rel_error
+        );
+        let outcome = fidelity.low_rank.expect("the rank is reported");
+        assert_eq!(outcome.rank, 2.min(reference.singular_values.len()));
+    }
+}

@@ -14,6 +14,7 @@ use rayon::prelude::*;
 
 use crate::compress::cluster::{self, Codebook, SplitMix};
 use crate::compress::gguf::{self, BlockType};
+use crate::compress::lowrank::{self, Factors, LowRankError, Rank};
 use crate::compress::prune::{self, GlobalCut, GlobalPass, MagnitudeCut, Norm, prune_count};
 use crate::compress::quantize::{Granularity, IntScheme, QParams, min_max};
 use crate::compress::simd::multiversion;
@@ -64,6 +65,13 @@ pub enum Step {
     Gguf(BlockType),
     /// NF4 with one absmax per 64 values of the flattened tensor.
     Nf4,
+    /// W ≈ A·B by truncated SVD (the tensor as rows × cols), stored densely as A·B.
+    LowRank {
+        /// Fixed, or by kept energy.
+        rank: Rank,
+        /// Seed of the randomized SVD's Gaussian directions.
+        seed: u64,
+    },
     /// k-means clustering to 2^bits centroids, per tensor or per row.
     Cluster {
         /// Index width, 1 to 8.
@@ -109,7 +117,18 @@ pub struct Fidelity {
     pub cosine: Option<f64>,
     /// max |W − Ŵ|.
     pub max_abs_error: f64,
+    /// The rank chosen, for a low-rank step.
+    pub low_rank: Option<LowRankOutcome>,
     sums: Sums,
+}
+
+/// What a low-rank factorization kept.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LowRankOutcome {
+    /// r.
+    pub rank: usize,
+    /// r·(m + n) / (m·n).
+    pub parameter_fraction: f64,
 }
 
 impl Fidelity {
@@ -121,6 +140,7 @@ impl Fidelity {
             sqnr_db: None,
             cosine: Some(1.0),
             max_abs_error: 0.0,
+            low_rank: None,
             sums: Sums::default(),
         }
     }
@@ -139,6 +159,7 @@ impl Fidelity {
             cosine: (sums.orig_sq > 0.0 && sums.out_sq > 0.0)
                 .then(|| sums.dot / (sums.orig_sq.sqrt() * sums.out_sq.sqrt())),
             max_abs_error: sums.max_abs,
+            low_rank: None,
             sums,
         }
     }
@@ -150,13 +171,19 @@ impl Fidelity {
         sums.orig_sq += removed.sq;
         sums.err_sq += removed.sq;
         sums.max_abs = sums.max_abs.max(f64::from(removed.max_abs));
-        Fidelity::from_sums(sums)
+        Fidelity {
+            low_rank: self.low_rank,
+            ..Fidelity::from_sums(sums)
+        }
     }
 }
 
 /// Why a tensor could not be transformed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum TransformError {
+    /// Low-rank factorization refused the tensor.
+    #[error("low-rank factorization: {0}")]
+    LowRank(LowRankError),
     /// The cancel flag was set.
     #[error("canceled")]
     Canceled,
@@ -238,6 +265,8 @@ enum Global {
     Cut(MagnitudeCut),
     /// Rows to zero, for the whole tensor.
     Rows(Vec<bool>),
+    /// The low-rank factors of the whole tensor.
+    Factors(Factors),
     /// The tensor's cluster centroids.
     Codebook(Codebook),
     TensorParams(QParams),
@@ -271,6 +300,11 @@ fn apply_steps(
             }
             (Step::Nf4, _) => nf4::fake_quantize(values),
             (Step::Cluster { .. }, Global::Codebook(book)) => book.apply(values),
+            (Step::LowRank { .. }, Global::Factors(f)) => {
+                let first = chunk * layout.rows_per_chunk;
+                f.reconstruct_rows(first..first + values.len() / cols, values);
+            }
+            (Step::LowRank { .. }, _) => unreachable!("every low-rank step has its factors"),
             (Step::Cluster { bits, seed, .. }, _) => {
                 cluster::cluster_rows(values, cols, *bits, *seed, chunk * layout.rows_per_chunk);
             }
@@ -540,6 +574,7 @@ pub fn transform_into(
     let layout = Layout::of(view, steps);
     let decode_chunk = |c: usize, buf: &mut Vec<f32>| layout.decode(view, c, buf);
     let mut globals: Vec<Global> = Vec::with_capacity(steps.len());
+    let mut low_rank = None;
     for (i, step) in steps.iter().enumerate() {
         let visit = |c: usize, sink: &mut dyn FnMut(&[f32])| {
             BUFFERS.with_borrow_mut(|(buf, _)| {
@@ -587,6 +622,30 @@ pub fn transform_into(
                 per_row: false,
                 seed,
             } => Global::Codebook(tensor_codebook(&layout, &visit, *bits, *seed, cancel)?),
+            Step::LowRank { rank, seed } => {
+                let whole: Vec<Vec<f32>> = (0..layout.chunks())
+                    .into_par_iter()
+                    .map(|c| {
+                        let mut part = Vec::new();
+                        visit(c, &mut |v: &[f32]| part.extend_from_slice(v));
+                        part
+                    })
+                    .collect();
+                cancel.check()?;
+                let whole = whole.concat();
+                // The SVD would spread a NaN over the whole tensor; refuse it here, by name.
+                let non_finite = whole.iter().filter(|v| !v.is_finite()).count() as u64;
+                if non_finite > 0 {
+                    return Err(TransformError::NonFinite { count: non_finite });
+                }
+                let factors = lowrank::factorize(&whole, layout.rows, layout.cols, *rank, *seed)
+                    .map_err(TransformError::LowRank)?;
+                low_rank = Some(LowRankOutcome {
+                    rank: factors.rank,
+                    parameter_fraction: factors.parameter_fraction(),
+                });
+                Global::Factors(factors)
+            }
             Step::Int(_)
             | Step::Cluster { .. }
             | Step::Fp8 { .. }
@@ -619,5 +678,8 @@ pub fn transform_into(
             count: sums.non_finite,
         });
     }
-    Ok(Fidelity::from_sums(sums))
+    Ok(Fidelity {
+        low_rank,
+        ..Fidelity::from_sums(sums)
+    })
 }

@@ -6,6 +6,7 @@ use regex::Regex;
 use serde::{Deserialize, Serialize};
 
 use crate::compress::gguf::{BLOCK, BlockType};
+use crate::compress::lowrank::{Rank, max_useful_rank};
 use crate::compress::prune::Norm;
 use crate::compress::quantize::{Granularity, IntScheme, ScaleDtype};
 use crate::compress::tensor::Step;
@@ -44,6 +45,25 @@ pub enum Stage {
     Quantize(Quantize),
     /// Replace weights by the nearest of 2^bits centroids found by k-means (weight clustering).
     Cluster(Cluster),
+    /// Replace each matrix by a rank-r product A·B (truncated SVD).
+    LowRank(LowRankStage),
+}
+
+/// Low-rank factorization: give exactly one of `rank` and `energy`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LowRankStage {
+    /// A fixed rank; refused for a tensor it would not shrink (r·(m+n) ≥ m·n).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1)]
+    pub rank: Option<usize>,
+    /// The smallest rank keeping this fraction of each matrix's Σσ², in (0, 1].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(exclusive_minimum = 0.0, maximum = 1.0)]
+    pub energy: Option<f64>,
+    /// Seed of the randomized SVD.
+    #[serde(default)]
+    pub seed: u64,
 }
 
 /// Weight clustering: k-means with k-means++ seeding over a tensor's values or each row's.
@@ -296,6 +316,10 @@ fn describe_step(step: Step) -> String {
         ),
         Step::Gguf(kind) => format!("gguf {}", kind.name()),
         Step::Nf4 => "nf4 block 64".to_owned(),
+        Step::LowRank { rank, .. } => match rank {
+            Rank::Fixed(r) => format!("low-rank {r}"),
+            Rank::Energy(e) => format!("low-rank keeping {:.1}% energy", e * 100.0),
+        },
         Step::Cluster { bits, per_row, .. } => format!(
             "k-means {} centroids {}",
             1u32 << bits,
@@ -327,6 +351,13 @@ impl Stage {
                 bits: c.bits,
                 per_row: c.granularity == GranularityName::Channel,
                 seed: c.seed,
+            },
+            Stage::LowRank(l) => Step::LowRank {
+                rank: match (l.rank, l.energy) {
+                    (Some(r), _) => Rank::Fixed(r),
+                    (None, e) => Rank::Energy(e.unwrap_or(1.0)),
+                },
+                seed: l.seed,
             },
         })
     }
@@ -398,6 +429,21 @@ pub enum RecipeError {
     #[error("stage {stage}: clustering takes 1 to 8 bits (2 to 256 centroids), not {bits}")]
     ClusterBits { stage: usize, bits: u8 },
     #[error(
+        "stage {stage}: low_rank takes exactly one of rank (at least 1) and energy (in (0, 1])"
+    )]
+    LowRankChoice { stage: usize },
+    #[error(
+        "stage {stage}: rank {rank} would not shrink tensor {tensor:?} ({rows} × {cols}); at most rank {max} is smaller than the tensor"
+    )]
+    RankGrows {
+        stage: usize,
+        rank: usize,
+        rows: u64,
+        cols: u64,
+        max: usize,
+        tensor: String,
+    },
+    #[error(
         "stage {stage}: {kind} needs rows that are a multiple of {block} values; tensor {tensor:?} has rows of {row}"
     )]
     BlockSize {
@@ -439,6 +485,7 @@ impl RecipeError {
     pub fn tensor(&self) -> Option<&str> {
         match self {
             RecipeError::GroupSize { tensor, .. }
+            | RecipeError::RankGrows { tensor, .. }
             | RecipeError::NotFloat { tensor, .. }
             | RecipeError::BlockSize { tensor, .. } => Some(tensor),
             _ => None,
@@ -456,6 +503,8 @@ impl RecipeError {
             }
             RecipeError::Granularity { .. } => "bad_granularity",
             RecipeError::ClusterBits { .. } => "bits_out_of_range",
+            RecipeError::LowRankChoice { .. } => "bad_rank",
+            RecipeError::RankGrows { .. } => "rank_grows_tensor",
             RecipeError::BlockSize { .. } => "row_not_multiple_of_block",
             RecipeError::NotFirst { .. } => "stage_must_be_first",
             RecipeError::Mlp(_) => "no_gated_mlp",
@@ -599,6 +648,11 @@ impl Recipe {
                 }
                 // The row-length rule needs the tensors: checked below.
                 Stage::Quantize(Quantize::Gguf { .. } | Quantize::Nf4 {}) => {}
+                Stage::LowRank(l) => match (l.rank, l.energy) {
+                    (Some(r), None) if r >= 1 => {}
+                    (None, Some(e)) if e > 0.0 && e <= 1.0 => {}
+                    _ => return Err(RecipeError::LowRankChoice { stage: stage_no }),
+                },
                 Stage::Cluster(c) => {
                     if !(1..=8).contains(&c.bits) {
                         return Err(RecipeError::ClusterBits {
@@ -653,6 +707,26 @@ impl Recipe {
                             stage: i + 1,
                             group_size: n,
                             row: t.row_len(),
+                            tensor: t.name.clone(),
+                        });
+                    }
+                }
+            }
+            if let Stage::LowRank(LowRankStage {
+                rank: Some(rank), ..
+            }) = stage
+            {
+                for t in &selected {
+                    let rows = t.shape.first().copied().unwrap_or(1).max(1);
+                    let cols = t.shape.iter().product::<u64>() / rows;
+                    let max = max_useful_rank(rows as usize, cols as usize);
+                    if *rank > max {
+                        return Err(RecipeError::RankGrows {
+                            stage: i + 1,
+                            rank: *rank,
+                            rows,
+                            cols,
+                            max,
                             tensor: t.name.clone(),
                         });
                     }
@@ -1040,6 +1114,33 @@ mod tests {
             late.validate(&llama).unwrap_err().code(),
             "stage_must_be_first"
         );
+    }
+
+    #[test]
+    fn low_rank_stages_check_the_rank_against_every_tensor() {
+        let fixed = parse(r#"{"stages": [{"low_rank": {"rank": 64}}]}"#);
+        assert_eq!(fixed.validate(&model()).unwrap().len(), 2);
+        assert_eq!(fixed.stages[0].describe(), "low-rank 64");
+        let big = parse(r#"{"stages": [{"low_rank": {"rank": 200}}]}"#);
+        let err = big.validate(&model()).unwrap_err();
+        assert_eq!(err.code(), "rank_grows_tensor");
+        assert_eq!(err.tensor(), Some("layers.0.mlp.weight"));
+        assert!(err.to_string().contains("at most rank 170"), "{err}");
+        let energy = parse(r#"{"stages": [{"low_rank": {"energy": 0.9}}]}"#);
+        assert_eq!(energy.stages[0].describe(), "low-rank keeping 90.0% energy");
+        for bad in [
+            r#"{"low_rank": {}}"#,
+            r#"{"low_rank": {"rank": 4, "energy": 0.5}}"#,
+            r#"{"low_rank": {"rank": 0}}"#,
+            r#"{"low_rank": {"energy": 1.5}}"#,
+        ] {
+            let recipe = parse(&format!(r#"{{"stages": [{bad}]}}"#));
+            assert_eq!(
+                recipe.validate(&model()).unwrap_err().code(),
+                "bad_rank",
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -315,6 +315,14 @@ pub fn run(
                     fidelity = fidelity.including_removed(removed);
                 }
                 out.write(transformed)?;
+                let scheme = match fidelity.low_rank {
+                    Some(lr) => format!(
+                        "{scheme} (rank {}, {:.1}% of the parameters)",
+                        lr.rank,
+                        lr.parameter_fraction * 100.0
+                    ),
+                    None => scheme.clone(),
+                };
                 let mut r = report(t, &scheme, transformed.len() as u64, &fidelity);
                 r.shape = out_info.shape.clone();
                 r
@@ -522,7 +530,9 @@ impl MlpShrink {
 fn transform_error(tensor: &str, e: TransformError) -> PipelineError {
     match e {
         TransformError::Canceled => PipelineError::Canceled,
-        TransformError::NonFinite { .. } => PipelineError::Input(format!("tensor {tensor:?}: {e}")),
+        TransformError::NonFinite { .. } | TransformError::LowRank(_) => {
+            PipelineError::Input(format!("tensor {tensor:?}: {e}"))
+        }
     }
 }
 

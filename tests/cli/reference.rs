@@ -599,3 +599,59 @@ fn mlp_shrinking_keeps_the_forward_pass_of_the_zeroed_model() {
     assert!(!status.success());
     assert!(stderr.contains("config.json"), "{stderr}");
 }
+
+/// Truncated SVD with numpy's LAPACK: squeeze's rank-r output must equal U_r Σ_r V_rᵀ.
+const LOW_RANK_REFERENCE: &str = r#"
+import sys
+import numpy as np
+from safetensors.numpy import load_file
+original = load_file(sys.argv[1])
+got = load_file(sys.argv[2].split("=", 1)[1])
+for name, w in original.items():
+    rows = w.reshape(w.shape[0], -1).astype(np.float64)
+    u, s, vt = np.linalg.svd(rows, full_matrices=False)
+    want = (u[:, :3] * s[:3]) @ vt[:3]
+    err = np.abs(want - got[name].reshape(rows.shape)).max() / max(np.abs(want).max(), 1e-30)
+    if err > 1e-4:
+        print(f"{name}: differs from numpy's truncated SVD by {err}")
+        sys.exit(1)
+print("ok")
+"#;
+
+#[test]
+fn low_rank_matches_numpys_truncated_svd_and_refuses_growth_in_one_line() {
+    let dir = data_dir();
+    let model = write_f32_model(
+        dir.path(),
+        &[
+            ("a.weight", &[40, 30], 0.05),
+            ("b.weight", &[12, 2, 9], 1.0),
+        ],
+    );
+    let recipes = [(
+        "rank3".to_owned(),
+        r#"{"stages": [{"low_rank": {"rank": 3, "seed": 1}}]}"#.to_owned(),
+    )];
+    run_reference(
+        LOW_RANK_REFERENCE,
+        &compress_each(dir.path(), &model, &recipes),
+    );
+
+    // Keeping all the energy of a noisy matrix needs its full rank: refused, naming the tensor.
+    let recipe = dir.path().join("all.json");
+    std::fs::write(&recipe, r#"{"stages": [{"low_rank": {"energy": 1.0}}]}"#).unwrap();
+    let (status, _, stderr) = squeeze(&[
+        "compress",
+        "--recipe",
+        recipe.to_str().unwrap(),
+        model.to_str().unwrap(),
+        "-o",
+        dir.path().join("out-all").to_str().unwrap(),
+    ]);
+    assert!(!status.success());
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("a.weight") && stderr.contains("not smaller"),
+        "{stderr}"
+    );
+}
