@@ -267,6 +267,54 @@ async fn prune_then_quantize_keeps_the_zeros_and_reaches_the_sparsity() {
 }
 
 #[tokio::test]
+async fn every_preset_and_method_runs_through_the_api() {
+    let app = spawn_app().await;
+    let (model_id, _) = upload_model(&app, 32, 128).await;
+    let presets = app.json("/api/v1/presets").await;
+    let mut bodies: Vec<Value> = crate::common::item_strings(&presets, "name")
+        .into_iter()
+        .map(|preset| json!({"model_id": model_id, "preset": preset}))
+        .collect();
+    for stage in [
+        json!({"prune": {"method": "magnitude", "sparsity": 0.7, "scope": "global"}}),
+        json!({"prune": {"method": "semi_structured", "pattern": "4:8"}}),
+        json!({"prune": {"method": "channels", "sparsity": 0.25, "norm": "l1"}}),
+        json!({"cluster": {"bits": 3, "granularity": "channel", "seed": 4}}),
+        json!({"low_rank": {"rank": 8}}),
+        json!({"quantize": {"scheme": "int", "bits": 3, "scale_dtype": "f16"}}),
+    ] {
+        bodies.push(json!({"model_id": model_id, "recipe": {"stages": [stage]}}));
+    }
+    let mut ids = Vec::new();
+    for body in &bodies {
+        let response = submit(&app, body.clone(), None).await;
+        assert_eq!(response.status(), 202, "{body}");
+        ids.push(
+            response.json::<Value>().await.unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    for (id, body) in ids.iter().zip(&bodies) {
+        let job = wait_final(&app, id).await;
+        assert_eq!(job["state"], "succeeded", "{body}: {job}");
+        let report = app.json(&format!("/api/v1/jobs/{id}/report")).await;
+        let compressed: Vec<&Value> = report["tensors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|t| t["scheme"] != "unchanged")
+            .collect();
+        assert_eq!(compressed.len(), 2, "{body}: {report}");
+        if body["recipe"]["stages"][0]["low_rank"].is_object() {
+            let scheme = compressed[0]["scheme"].as_str().unwrap();
+            assert!(scheme.contains("rank 8"), "{scheme}");
+        }
+    }
+}
+
+#[tokio::test]
 async fn bad_recipes_are_refused_at_submission_naming_the_rule() {
     let app = spawn_app().await;
     let (model_id, _) = upload_model(&app, 16, 96).await;
