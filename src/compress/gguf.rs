@@ -1,5 +1,5 @@
 //! GGUF (llama.cpp) block quantization: the legacy 32-value block types Q8_0, Q4_0, Q4_1, Q5_0
-//! and Q5_1, byte for byte as `quantize_row_*_ref` in ggml-quants.c lays them out and as the
+//! and Q5_1 here, and the 256-value K-quants Q4_K and Q6_K in `kquants`, byte for byte as `quantize_row_*_ref` in ggml-quants.c lays them out and as the
 //! `gguf` Python package computes them (shared/reference/formats.md §3.3).
 //!
 //! Rounding follows the reference exactly: the inverse scale comes from the unrounded f32 scale
@@ -11,10 +11,13 @@
 
 use half::f16;
 
-/// Values per block of every type here.
+use crate::compress::kquants;
+
+/// Values per block of the legacy types.
 pub const BLOCK: usize = 32;
 
-/// A GGUF block type.
+/// A GGUF block type, named as llama.cpp names it.
+#[allow(non_camel_case_types)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum BlockType {
     /// 8-bit codes, one f16 scale: 34 bytes per 32 values.
@@ -32,6 +35,12 @@ pub enum BlockType {
     /// 5-bit codes, f16 scale and minimum: 24 bytes.
     #[serde(rename = "Q5_1")]
     Q5_1,
+    /// 4-bit codes in super-blocks of 256 with 6-bit sub-block scales and mins: 144 bytes.
+    #[serde(rename = "Q4_K")]
+    Q4_K,
+    /// 6-bit codes in super-blocks of 256 with 8-bit sub-block scales: 210 bytes.
+    #[serde(rename = "Q6_K")]
+    Q6_K,
 }
 
 impl BlockType {
@@ -43,6 +52,16 @@ impl BlockType {
             BlockType::Q4_1 => 20,
             BlockType::Q5_0 => 22,
             BlockType::Q5_1 => 24,
+            BlockType::Q4_K => kquants::Q4_K_BYTES,
+            BlockType::Q6_K => kquants::Q6_K_BYTES,
+        }
+    }
+
+    /// Values per block (rows must be a multiple of it).
+    pub fn block_len(self) -> usize {
+        match self {
+            BlockType::Q4_K | BlockType::Q6_K => kquants::SUPER_BLOCK,
+            _ => BLOCK,
         }
     }
 
@@ -54,6 +73,8 @@ impl BlockType {
             BlockType::Q4_1 => "Q4_1",
             BlockType::Q5_0 => "Q5_0",
             BlockType::Q5_1 => "Q5_1",
+            BlockType::Q4_K => "Q4_K",
+            BlockType::Q6_K => "Q6_K",
         }
     }
 }
@@ -91,11 +112,13 @@ fn high_bits(codes: &[u8; BLOCK]) -> [u8; 4] {
     qh.to_le_bytes()
 }
 
-/// Quantizes one block of 32 values into `out` (`kind.block_bytes()` bytes).
+/// Quantizes one block (`kind.block_len()` values) into `out` (`kind.block_bytes()` bytes).
 pub fn quantize_block(kind: BlockType, x: &[f32], out: &mut [u8]) {
-    debug_assert_eq!(x.len(), BLOCK);
+    debug_assert_eq!(x.len(), kind.block_len());
     let mut codes = [0u8; BLOCK];
     match kind {
+        BlockType::Q4_K => kquants::quantize_q4_k(x, out),
+        BlockType::Q6_K => kquants::quantize_q6_k(x, out),
         BlockType::Q8_0 => {
             let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
             let d = amax / 127.0;
@@ -175,10 +198,12 @@ fn unpack(qs: &[u8], qh: Option<&[u8]>) -> [u8; BLOCK] {
     codes
 }
 
-/// Decodes one block into 32 values.
+/// Decodes one block into `kind.block_len()` values.
 pub fn dequantize_block(kind: BlockType, block: &[u8], out: &mut [f32]) {
     let d = f16_at(block);
     match kind {
+        BlockType::Q4_K => kquants::dequantize_q4_k(block, out),
+        BlockType::Q6_K => kquants::dequantize_q6_k(block, out),
         BlockType::Q8_0 => {
             for (o, &q) in out.iter_mut().zip(&block[2..2 + BLOCK]) {
                 *o = f32::from(q as i8) * d;
@@ -215,20 +240,20 @@ pub fn dequantize_block(kind: BlockType, block: &[u8], out: &mut [f32]) {
     }
 }
 
-/// Quantizes rows (length a multiple of 32) into consecutive blocks.
+/// Quantizes rows (length a multiple of the block) into consecutive blocks.
 pub fn quantize(kind: BlockType, values: &[f32], out: &mut [u8]) {
     for (x, block) in values
-        .chunks_exact(BLOCK)
+        .chunks_exact(kind.block_len())
         .zip(out.chunks_exact_mut(kind.block_bytes()))
     {
         quantize_block(kind, x, block);
     }
 }
 
-/// Replaces values (length a multiple of 32) by what their blocks decode to.
+/// Replaces values (length a multiple of the block) by what their blocks decode to.
 pub fn fake_quantize(kind: BlockType, values: &mut [f32]) {
-    let mut block = [0u8; 34];
-    for x in values.chunks_exact_mut(BLOCK) {
+    let mut block = [0u8; kquants::Q6_K_BYTES];
+    for x in values.chunks_exact_mut(kind.block_len()) {
         let bytes = &mut block[..kind.block_bytes()];
         quantize_block(kind, x, bytes);
         dequantize_block(kind, bytes, x);
@@ -273,6 +298,7 @@ mod tests {
                     BlockType::Q8_0 => 254.0,
                     BlockType::Q4_0 | BlockType::Q4_1 => 15.0,
                     BlockType::Q5_0 | BlockType::Q5_1 => 31.0,
+                    BlockType::Q4_K | BlockType::Q6_K => unreachable!("legacy types only"),
                 };
                 let step = (hi - lo).max(2.0 * lo.abs().max(hi.abs())) / levels;
                 // Q4_0 and Q5_0 put the signed extreme at the code range's end, so a value of the

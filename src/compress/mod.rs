@@ -6,6 +6,7 @@
 pub mod cluster;
 pub mod fp8;
 pub mod gguf;
+pub mod kquants;
 pub mod lowrank;
 pub mod nf4;
 #[cfg(test)]

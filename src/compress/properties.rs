@@ -291,6 +291,7 @@ fn gguf_types_decode_within_their_block_bound() {
                     gguf::BlockType::Q5_0 => absmax / 16.0,
                     gguf::BlockType::Q4_1 => (hi - lo) / 15.0 * 0.5,
                     gguf::BlockType::Q5_1 => (hi - lo) / 31.0 * 0.5,
+                    gguf::BlockType::Q4_K | gguf::BlockType::Q6_K => unreachable!("legacy only"),
                 } + (absmax + lo.abs()) * 2f64.powi(-10)
                     + 1e-7;
                 for (&a, &b) in g.iter().zip(x) {
@@ -626,5 +627,32 @@ fn low_rank_error_is_the_discarded_spectral_energy() {
         );
         let outcome = fidelity.low_rank.expect("the rank is reported");
         assert_eq!(outcome.rank, 2.min(reference.singular_values.len()));
+    }
+}
+
+#[test]
+fn k_quants_decode_within_a_step_of_each_sub_block() {
+    for case in cases(256) {
+        for (kind, sub, levels) in [
+            (gguf::BlockType::Q4_K, 32, 15.0),
+            (gguf::BlockType::Q6_K, 16, 63.0),
+        ] {
+            let (got, _) = run(&case, &[Step::Gguf(kind)]).unwrap();
+            for (i, (g, x)) in got.chunks(sub).zip(case.values.chunks(sub)).enumerate() {
+                let lo = x.iter().fold(0f64, |m, v| m.min(f64::from(*v)));
+                let hi = x.iter().fold(0f64, |m, v| m.max(f64::from(*v)));
+                let first = i * sub / 256 * 256;
+                let super_absmax = case.values[first..first + 256]
+                    .iter()
+                    .fold(0f64, |m, v| m.max(f64::from(v.abs())));
+                // A step of the sub-block, plus the quantization of the sub-block scales and
+                // mins to 6 (Q4_K) or 8 (Q6_K) bits of the super-block's largest.
+                let bound = (hi - lo) / levels * 1.2 + super_absmax / 63.0 + 1e-7;
+                for (&a, &b) in g.iter().zip(x) {
+                    let err = (f64::from(a) - f64::from(b)).abs();
+                    assert!(err <= bound, "{} {}: {b} -> {a}", case.name, kind.name());
+                }
+            }
+        }
     }
 }

@@ -5,7 +5,7 @@
 use regex::Regex;
 use serde::{Deserialize, Serialize};
 
-use crate::compress::gguf::{BLOCK, BlockType};
+use crate::compress::gguf::BlockType;
 use crate::compress::lowrank::{Rank, max_useful_rank};
 use crate::compress::prune::Norm;
 use crate::compress::quantize::{Granularity, IntScheme, ScaleDtype};
@@ -214,7 +214,8 @@ pub enum Quantize {
     /// A llama.cpp block type, bit-exact with its reference quantizer; rows must be a multiple of
     /// the 32-value block.
     Gguf {
-        /// `Q8_0`, `Q4_0`, `Q4_1`, `Q5_0` or `Q5_1`.
+        /// `Q8_0`, `Q4_0`, `Q4_1`, `Q5_0`, `Q5_1` (rows a multiple of 32), `Q4_K` or `Q6_K`
+        /// (rows a multiple of 256).
         #[serde(rename = "type")]
         #[schema(value_type = String, example = "Q8_0")]
         kind: BlockType,
@@ -733,7 +734,9 @@ impl Recipe {
                 }
             }
             let row_block = match stage {
-                Stage::Quantize(Quantize::Gguf { kind }) => Some((kind.name().to_owned(), BLOCK)),
+                Stage::Quantize(Quantize::Gguf { kind }) => {
+                    Some((kind.name().to_owned(), kind.block_len()))
+                }
                 Stage::Prune(Prune::SemiStructured { pattern }) => Some((
                     format!("{}:{} pruning", pattern.n, pattern.m),
                     usize::from(pattern.m),
@@ -847,6 +850,20 @@ pub fn presets() -> Vec<Preset> {
             },
         ),
         quantize_preset(
+            "q4_k",
+            "llama.cpp Q4_K: 4-bit codes in 256-value super-blocks with 6-bit sub-block scales and mins",
+            Quantize::Gguf {
+                kind: BlockType::Q4_K,
+            },
+        ),
+        quantize_preset(
+            "q6_k",
+            "llama.cpp Q6_K: 6-bit codes in 256-value super-blocks with 8-bit sub-block scales",
+            Quantize::Gguf {
+                kind: BlockType::Q6_K,
+            },
+        ),
+        quantize_preset(
             "nf4",
             "NF4 (bitsandbytes' 4-bit NormalFloat), one absmax per 64 values",
             Quantize::Nf4 {},
@@ -910,7 +927,7 @@ mod tests {
         };
         vec![
             t("layers.0.mlp.weight", Dtype::BF16, &[256, 512]),
-            t("layers.1.mlp.weight", Dtype::BF16, &[256, 384]),
+            t("layers.1.mlp.weight", Dtype::BF16, &[256, 768]),
             t("norm.weight", Dtype::F32, &[512]),
             t("ids", Dtype::I64, &[4, 4]),
         ]
@@ -951,7 +968,7 @@ mod tests {
     #[test]
     fn rules_that_cannot_hold_name_the_tensor_and_the_rule() {
         let group = parse(
-            r#"{"stages": [{"quantize": {"scheme": "int", "bits": 4, "granularity": "group", "group_size": 256}}]}"#,
+            r#"{"stages": [{"quantize": {"scheme": "int", "bits": 4, "granularity": "group", "group_size": 512}}]}"#,
         );
         let err = group.validate(&model()).unwrap_err();
         assert_eq!(err.code(), "group_size_does_not_divide_row");

@@ -269,7 +269,7 @@ async fn prune_then_quantize_keeps_the_zeros_and_reaches_the_sparsity() {
 #[tokio::test]
 async fn every_preset_and_method_runs_through_the_api() {
     let app = spawn_app().await;
-    let (model_id, _) = upload_model(&app, 32, 128).await;
+    let (model_id, _) = upload_model(&app, 32, 256).await;
     let presets = app.json("/api/v1/presets").await;
     let mut bodies: Vec<Value> = crate::common::item_strings(&presets, "name")
         .into_iter()

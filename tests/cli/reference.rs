@@ -655,3 +655,51 @@ fn low_rank_matches_numpys_truncated_svd_and_refuses_growth_in_one_line() {
         "{stderr}"
     );
 }
+
+/// Our Q4_K / Q6_K blocks, decoded by the `gguf` package (which has dequantizers for the
+/// K-quants but no quantizers): its values must equal ours exactly.
+const K_QUANT_REFERENCE: &str = r#"
+import sys
+import numpy as np
+from gguf import GGMLQuantizationType, quants
+rows = int(sys.argv[1])
+for pair in sys.argv[2:]:
+    kind, stem = pair.split("=", 1)
+    blocks = np.fromfile(stem + ".blocks", dtype=np.uint8).reshape(rows, -1)
+    ours = np.fromfile(stem + ".f32", dtype=np.float32).reshape(rows, -1)
+    theirs = quants.dequantize(blocks, getattr(GGMLQuantizationType, kind)).astype(np.float32)
+    bad = int((theirs.view(np.uint32) != ours.view(np.uint32)).sum())
+    if bad:
+        print(f"{kind}: {bad} of {ours.size} values differ")
+        sys.exit(1)
+print("ok")
+"#;
+
+#[test]
+fn k_quant_blocks_decode_identically_in_the_gguf_package() {
+    use squeeze::compress::gguf::{self, BlockType};
+    let dir = data_dir();
+    let (rows, cols) = (6usize, 768usize);
+    let values: Vec<f32> = f32_weights(rows * cols, 0.05, 77)
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect();
+    let mut args = vec![PathBuf::from(rows.to_string())];
+    for kind in [BlockType::Q4_K, BlockType::Q6_K] {
+        let mut blocks = vec![0u8; rows * cols / kind.block_len() * kind.block_bytes()];
+        gguf::quantize(kind, &values, &mut blocks);
+        let mut decoded = vec![0f32; rows * cols];
+        for (block, out) in blocks
+            .chunks_exact(kind.block_bytes())
+            .zip(decoded.chunks_exact_mut(kind.block_len()))
+        {
+            gguf::dequantize_block(kind, block, out);
+        }
+        let stem = dir.path().join(kind.name());
+        std::fs::write(stem.with_extension("blocks"), &blocks).unwrap();
+        let bytes: Vec<u8> = decoded.iter().flat_map(|v| v.to_le_bytes()).collect();
+        std::fs::write(stem.with_extension("f32"), bytes).unwrap();
+        args.push(PathBuf::from(format!("{}={}", kind.name(), stem.display())));
+    }
+    run_reference(K_QUANT_REFERENCE, &args);
+}

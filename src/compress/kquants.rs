@@ -1,0 +1,410 @@
+//! llama.cpp's K-quants Q4_K and Q6_K: super-blocks of 256 values whose sub-block scales are
+//! themselves quantized. The search for each sub-block's scale follows the reference quantizers
+//! (`quantize_row_q4_K_ref` with `make_qkx2_quants`, `quantize_row_q6_K_ref` with
+//! `make_qx_quants` in ggml-quants.c) operation for operation in f32, without fused
+//! multiply-adds, so results match a C build without FMA contraction; the block layouts are in
+//! shared/reference/formats.md §3.2–3.3.
+
+use half::f16;
+
+/// Values per super-block.
+pub const SUPER_BLOCK: usize = 256;
+/// Bytes of a Q4_K block: f16 d, f16 dmin, 12 bytes of 6-bit scales and mins, 128 of nibbles.
+pub const Q4_K_BYTES: usize = 144;
+/// Bytes of a Q6_K block: 128 low nibbles, 64 bytes of high bits, 16 i8 scales, f16 d.
+pub const Q6_K_BYTES: usize = 210;
+
+/// Below this magnitude a group counts as all zero (ggml's `GROUP_MAX_EPS`).
+const GROUP_MAX_EPS: f32 = 1e-15;
+
+/// Round half to even, as ggml's `nearest_int` does for |x| ≤ 4194303.
+#[inline]
+fn nearest_int(x: f32) -> i32 {
+    x.round_ties_even() as i32
+}
+
+fn f16_bits(x: f32) -> [u8; 2] {
+    f16::from_f32(x).to_bits().to_le_bytes()
+}
+
+fn f16_at(bytes: &[u8]) -> f32 {
+    f16::from_bits(u16::from_le_bytes([bytes[0], bytes[1]])).to_f32()
+}
+
+/// A scale and a (non-positive) minimum for `x` with codes 0..=nmax, minimising the weighted
+/// squared error over 21 candidate scales (`make_qkx2_quants` with rmin −1, rdelta 0.1, 20
+/// steps). Writes the codes into `codes`; returns (scale, −min).
+fn scale_and_min(x: &[f32], weights: &[f32], nmax: i32, codes: &mut [u8]) -> (f32, f32) {
+    const RMIN: f32 = -1.0;
+    const RDELTA: f32 = 0.1;
+    const STEPS: i32 = 20;
+    let n = x.len();
+    let mut min = x[0];
+    let mut max = x[0];
+    let mut sum_w = weights[0];
+    let mut sum_x = sum_w * x[0];
+    for i in 1..n {
+        if x[i] < min {
+            min = x[i];
+        }
+        if x[i] > max {
+            max = x[i];
+        }
+        let w = weights[i];
+        sum_w += w;
+        sum_x += w * x[i];
+    }
+    if min > 0.0 {
+        min = 0.0;
+    }
+    if max == min {
+        codes.fill(0);
+        return (0.0, -min);
+    }
+    let nmax_f = nmax as f32;
+    let mut iscale = nmax_f / (max - min);
+    let mut scale = 1.0 / iscale;
+    let mut best_error = 0f32;
+    for i in 0..n {
+        let l = nearest_int(iscale * (x[i] - min)).clamp(0, nmax);
+        codes[i] = l as u8;
+        let diff = scale * l as f32 + min - x[i];
+        best_error += weights[i] * (diff * diff);
+    }
+    let mut trial = [0u8; 32];
+    let trial = &mut trial[..n];
+    for step in 0..=STEPS {
+        iscale = (RMIN + RDELTA * step as f32 + nmax_f) / (max - min);
+        let (mut sum_l, mut sum_l2, mut sum_xl) = (0f32, 0f32, 0f32);
+        for i in 0..n {
+            let l = nearest_int(iscale * (x[i] - min)).clamp(0, nmax);
+            trial[i] = l as u8;
+            let (w, lf) = (weights[i], l as f32);
+            sum_l += w * lf;
+            sum_l2 += w * lf * lf;
+            sum_xl += w * lf * x[i];
+        }
+        let det = sum_w * sum_l2 - sum_l * sum_l;
+        if det > 0.0 {
+            let mut this_scale = (sum_w * sum_xl - sum_x * sum_l) / det;
+            let mut this_min = (sum_l2 * sum_x - sum_l * sum_xl) / det;
+            if this_min > 0.0 {
+                this_min = 0.0;
+                this_scale = sum_xl / sum_l2;
+            }
+            let mut error = 0f32;
+            for i in 0..n {
+                let diff = this_scale * trial[i] as f32 + this_min - x[i];
+                error += weights[i] * (diff * diff);
+            }
+            if error < best_error {
+                codes.copy_from_slice(trial);
+                best_error = error;
+                scale = this_scale;
+                min = this_min;
+            }
+        }
+    }
+    (scale, -min)
+}
+
+/// The 6-bit scale and min of sub-block `j` from the 12 packed bytes (`get_scale_min_k4`).
+fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
+    if j < 4 {
+        (q[j] & 63, q[j + 4] & 63)
+    } else {
+        (
+            (q[j + 4] & 0x0F) | ((q[j - 4] >> 6) << 4),
+            (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
+        )
+    }
+}
+
+/// Quantizes 256 values into a Q4_K block.
+pub fn quantize_q4_k(x: &[f32], out: &mut [u8]) {
+    debug_assert_eq!(x.len(), SUPER_BLOCK);
+    let mut codes = [0u8; SUPER_BLOCK];
+    let mut scales = [0f32; 8];
+    let mut mins = [0f32; 8];
+    let (mut max_scale, mut max_min) = (0f32, 0f32);
+    let mut weights = [0f32; 32];
+    for j in 0..8 {
+        let sub = &x[32 * j..32 * (j + 1)];
+        let mut sum_x2 = 0f32;
+        for &v in sub {
+            sum_x2 += v * v;
+        }
+        let av_x = (sum_x2 / 32.0).sqrt();
+        for (w, &v) in weights.iter_mut().zip(sub) {
+            *w = av_x + v.abs();
+        }
+        (scales[j], mins[j]) = scale_and_min(sub, &weights, 15, &mut codes[32 * j..32 * (j + 1)]);
+        if scales[j] > max_scale {
+            max_scale = scales[j];
+        }
+        if mins[j] > max_min {
+            max_min = mins[j];
+        }
+    }
+    let inv_scale = if max_scale > 0.0 {
+        63.0 / max_scale
+    } else {
+        0.0
+    };
+    let inv_min = if max_min > 0.0 { 63.0 / max_min } else { 0.0 };
+    let packed = &mut out[4..16];
+    packed.fill(0);
+    for j in 0..8 {
+        // The reference stores nearest_int into a u8 before capping at 63.
+        let ls = (nearest_int(inv_scale * scales[j]) as u8).min(63);
+        let lm = (nearest_int(inv_min * mins[j]) as u8).min(63);
+        if j < 4 {
+            packed[j] = ls;
+            packed[j + 4] = lm;
+        } else {
+            packed[j + 4] = (ls & 0x0F) | ((lm & 0x0F) << 4);
+            packed[j - 4] |= (ls >> 4) << 6;
+            packed[j] |= (lm >> 4) << 6;
+        }
+    }
+    out[0..2].copy_from_slice(&f16_bits(max_scale / 63.0));
+    out[2..4].copy_from_slice(&f16_bits(max_min / 63.0));
+    let (d_all, dmin_all) = (f16_at(&out[0..2]), f16_at(&out[2..4]));
+    for j in 0..8 {
+        let (sc, m) = scale_min_k4(j, &out[4..16]);
+        let d = d_all * f32::from(sc);
+        if d == 0.0 {
+            continue;
+        }
+        let dm = dmin_all * f32::from(m);
+        for i in 32 * j..32 * (j + 1) {
+            codes[i] = nearest_int((x[i] + dm) / d).clamp(0, 15) as u8;
+        }
+    }
+    let qs = &mut out[16..Q4_K_BYTES];
+    for (chunk, q) in codes.chunks_exact(64).zip(qs.chunks_exact_mut(32)) {
+        for l in 0..32 {
+            q[l] = chunk[l] | (chunk[l + 32] << 4);
+        }
+    }
+}
+
+/// Decodes a Q4_K block into 256 values.
+pub fn dequantize_q4_k(block: &[u8], out: &mut [f32]) {
+    let (d, dmin) = (f16_at(&block[0..2]), f16_at(&block[2..4]));
+    let scales = &block[4..16];
+    for (c, (q, y)) in block[16..Q4_K_BYTES]
+        .chunks_exact(32)
+        .zip(out.chunks_exact_mut(64))
+        .enumerate()
+    {
+        let (sc1, m1) = scale_min_k4(2 * c, scales);
+        let (sc2, m2) = scale_min_k4(2 * c + 1, scales);
+        let (d1, min1) = (d * f32::from(sc1), dmin * f32::from(m1));
+        let (d2, min2) = (d * f32::from(sc2), dmin * f32::from(m2));
+        for l in 0..32 {
+            y[l] = d1 * f32::from(q[l] & 0x0F) - min1;
+            y[l + 32] = d2 * f32::from(q[l] >> 4) - min2;
+        }
+    }
+}
+
+/// A signed scale for 16 values with codes −nmax..nmax−1 stored as code + nmax, chosen among 19
+/// candidates by the x²-weighted fit (`make_qx_quants` with rmse_type 1).
+fn signed_scale(x: &[f32], nmax: i32, codes: &mut [i8]) -> f32 {
+    let mut max = 0f32;
+    let mut amax = 0f32;
+    for &v in x {
+        if v.abs() > amax {
+            amax = v.abs();
+            max = v;
+        }
+    }
+    if amax < GROUP_MAX_EPS {
+        codes.fill(0);
+        return 0.0;
+    }
+    let nmax_f = nmax as f32;
+    let fit = |iscale: f32| -> (f32, f32) {
+        let (mut sumlx, mut suml2) = (0f32, 0f32);
+        for &v in x {
+            let l = nearest_int(iscale * v).clamp(-nmax, nmax - 1) as f32;
+            let w = v * v;
+            sumlx += w * v * l;
+            suml2 += w * l * l;
+        }
+        (sumlx, suml2)
+    };
+    let write = |iscale: f32, codes: &mut [i8]| {
+        for (c, &v) in codes.iter_mut().zip(x) {
+            *c = (nearest_int(iscale * v).clamp(-nmax, nmax - 1) + nmax) as i8;
+        }
+    };
+    let iscale = -nmax_f / max;
+    write(iscale, codes);
+    let (sumlx, suml2) = fit(iscale);
+    let mut scale = if suml2 != 0.0 { sumlx / suml2 } else { 0.0 };
+    let mut best = scale * sumlx;
+    for step in -9..=9 {
+        if step == 0 {
+            continue;
+        }
+        let iscale = -(nmax_f + 0.1 * step as f32) / max;
+        let (sumlx, suml2) = fit(iscale);
+        if suml2 > 0.0 && sumlx * sumlx > best * suml2 {
+            write(iscale, codes);
+            scale = sumlx / suml2;
+            best = scale * sumlx;
+        }
+    }
+    scale
+}
+
+/// Quantizes 256 values into a Q6_K block.
+pub fn quantize_q6_k(x: &[f32], out: &mut [u8]) {
+    debug_assert_eq!(x.len(), SUPER_BLOCK);
+    let mut codes = [0i8; SUPER_BLOCK];
+    let mut scales = [0f32; 16];
+    let (mut max_scale, mut max_abs_scale) = (0f32, 0f32);
+    for (ib, scale) in scales.iter_mut().enumerate() {
+        *scale = signed_scale(
+            &x[16 * ib..16 * (ib + 1)],
+            32,
+            &mut codes[16 * ib..16 * (ib + 1)],
+        );
+        if scale.abs() > max_abs_scale {
+            max_abs_scale = scale.abs();
+            max_scale = *scale;
+        }
+    }
+    out[..Q6_K_BYTES].fill(0);
+    if max_abs_scale < GROUP_MAX_EPS {
+        return;
+    }
+    let iscale = -128.0 / max_scale;
+    out[208..210].copy_from_slice(&f16_bits(1.0 / iscale));
+    let d_all = f16_at(&out[208..210]);
+    for (ib, &scale) in scales.iter().enumerate() {
+        out[192 + ib] = nearest_int(iscale * scale).min(127) as i8 as u8;
+    }
+    for j in 0..16 {
+        let d = d_all * f32::from(out[192 + j] as i8);
+        if d == 0.0 {
+            continue;
+        }
+        for i in 16 * j..16 * (j + 1) {
+            codes[i] = (nearest_int(x[i] / d).clamp(-32, 31) + 32) as i8;
+        }
+    }
+    let (ql, rest) = out.split_at_mut(128);
+    let qh = &mut rest[..64];
+    for half in 0..2 {
+        let l_base = half * 128;
+        let ql = &mut ql[64 * half..64 * (half + 1)];
+        let qh = &mut qh[32 * half..32 * (half + 1)];
+        for l in 0..32 {
+            let q = |k: usize| codes[l_base + l + 32 * k] as u8;
+            ql[l] = (q(0) & 0x0F) | ((q(2) & 0x0F) << 4);
+            ql[l + 32] = (q(1) & 0x0F) | ((q(3) & 0x0F) << 4);
+            qh[l] = (q(0) >> 4) | ((q(1) >> 4) << 2) | ((q(2) >> 4) << 4) | ((q(3) >> 4) << 6);
+        }
+    }
+}
+
+/// Decodes a Q6_K block into 256 values.
+pub fn dequantize_q6_k(block: &[u8], out: &mut [f32]) {
+    let d = f16_at(&block[208..210]);
+    for half in 0..2 {
+        let ql = &block[64 * half..64 * (half + 1)];
+        let qh = &block[128 + 32 * half..128 + 32 * (half + 1)];
+        let sc = &block[192 + 8 * half..192 + 8 * (half + 1)];
+        let y = &mut out[128 * half..128 * (half + 1)];
+        for l in 0..32 {
+            let is = l / 16;
+            let q1 = ((ql[l] & 0x0F) | ((qh[l] & 3) << 4)) as i8 - 32;
+            let q2 = ((ql[l + 32] & 0x0F) | (((qh[l] >> 2) & 3) << 4)) as i8 - 32;
+            let q3 = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) as i8 - 32;
+            let q4 = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) as i8 - 32;
+            let s = |k: usize| d * f32::from(sc[is + k] as i8);
+            y[l] = s(0) * f32::from(q1);
+            y[l + 32] = s(2) * f32::from(q2);
+            y[l + 64] = s(4) * f32::from(q3);
+            y[l + 96] = s(6) * f32::from(q4);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(seed: u64, scale: f32) -> Vec<f32> {
+        let mut state = seed;
+        (0..SUPER_BLOCK)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                ((state % 20_001) as f32 / 10_000.0 - 1.0) * scale
+            })
+            .collect()
+    }
+
+    fn round_trip(x: &[f32], q6: bool) -> Vec<f32> {
+        let mut block = [0u8; Q6_K_BYTES];
+        let mut out = vec![0f32; SUPER_BLOCK];
+        if q6 {
+            quantize_q6_k(x, &mut block);
+            dequantize_q6_k(&block, &mut out);
+        } else {
+            quantize_q4_k(x, &mut block[..Q4_K_BYTES]);
+            dequantize_q4_k(&block[..Q4_K_BYTES], &mut out);
+        }
+        out
+    }
+
+    #[test]
+    fn errors_stay_near_a_step_of_each_sub_block() {
+        for seed in 1..20 {
+            let x = values(seed, 0.05 * seed as f32);
+            for (q6, levels) in [(false, 15.0), (true, 63.0)] {
+                let y = round_trip(&x, q6);
+                let sub = if q6 { 16 } else { 32 };
+                for (xs, ys) in x.chunks(sub).zip(y.chunks(sub)) {
+                    let lo = xs.iter().fold(0f32, |m, &v| m.min(v));
+                    let hi = xs.iter().fold(0f32, |m, &v| m.max(v));
+                    let step = (hi - lo) / levels;
+                    for (&a, &b) in xs.iter().zip(ys) {
+                        // Half a step, widened by the 6/8-bit quantization of the scales.
+                        assert!(
+                            (a - b).abs() <= step * 1.2,
+                            "q6 {q6}: {a} -> {b}, step {step}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn zero_blocks_decode_to_zero_and_scales_pack_and_unpack() {
+        let zeros = vec![0f32; SUPER_BLOCK];
+        assert!(round_trip(&zeros, false).iter().all(|v| *v == 0.0));
+        assert!(round_trip(&zeros, true).iter().all(|v| *v == 0.0));
+        let mut packed = [0u8; 12];
+        let pairs: Vec<(u8, u8)> = (0..8).map(|j| (j * 7 + 5, 63 - j * 5)).collect();
+        for (j, &(ls, lm)) in pairs.iter().enumerate() {
+            if j < 4 {
+                packed[j] = ls;
+                packed[j + 4] = lm;
+            } else {
+                packed[j + 4] = (ls & 0x0F) | ((lm & 0x0F) << 4);
+                packed[j - 4] |= (ls >> 4) << 6;
+                packed[j] |= (lm >> 4) << 6;
+            }
+        }
+        for (j, &pair) in pairs.iter().enumerate() {
+            assert_eq!(scale_min_k4(j, &packed), pair);
+        }
+    }
+}
