@@ -206,26 +206,41 @@ multiversion! {
     }
 }
 
-/// [`min_max`] in eight independent lanes of compare-and-select, a shape the compiler turns
-/// into vector `minps`/`maxps`.
+/// [`min_max`] in 32 independent lanes of compare-and-select: `if v < lo { v } else { lo }` is
+/// exactly `minps(v, lo)`, and four vector registers per bound keep the compare latency hidden.
 #[inline(always)]
 fn min_max_lanes(values: &[f32]) -> (f32, f32) {
-    const LANES: usize = 8;
+    const LANES: usize = 32;
     let mut lo = [f32::INFINITY; LANES];
     let mut hi = [f32::NEG_INFINITY; LANES];
     let mut chunks = values.chunks_exact(LANES);
     for chunk in &mut chunks {
-        let chunk: &[f32; LANES] = chunk.try_into().expect("chunks_exact");
-        lo = std::array::from_fn(|i| if chunk[i] < lo[i] { chunk[i] } else { lo[i] });
-        hi = std::array::from_fn(|i| if chunk[i] > hi[i] { chunk[i] } else { hi[i] });
+        for i in 0..LANES {
+            let v = chunk[i];
+            lo[i] = if v < lo[i] { v } else { lo[i] };
+            hi[i] = if v > hi[i] { v } else { hi[i] };
+        }
     }
     for &v in chunks.remainder() {
         lo[0] = if v < lo[0] { v } else { lo[0] };
         hi[0] = if v > hi[0] { v } else { hi[0] };
     }
+    // Fold 32 lanes to 8 in vector registers, then 8 to 1 (NaN never reaches here: tensors
+    // holding one are refused).
+    let mut lo8 = [f32::INFINITY; 8];
+    let mut hi8 = [f32::NEG_INFINITY; 8];
+    for j in 0..LANES / 8 {
+        for i in 0..8 {
+            let (l, h) = (lo[8 * j + i], hi[8 * j + i]);
+            lo8[i] = if l < lo8[i] { l } else { lo8[i] };
+            hi8[i] = if h > hi8[i] { h } else { hi8[i] };
+        }
+    }
     (
-        lo.iter().fold(f32::INFINITY, |a, &b| a.min(b)),
-        hi.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)),
+        lo8.iter()
+            .fold(f32::INFINITY, |a, &b| if b < a { b } else { a }),
+        hi8.iter()
+            .fold(f32::NEG_INFINITY, |a, &b| if b > a { b } else { a }),
     )
 }
 

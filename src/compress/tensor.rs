@@ -358,57 +358,168 @@ impl Sums {
     }
 }
 
+/// Independent f32 accumulators for the metric sums: lanes the compiler keeps in vector
+/// registers. Each lane sums at most two thousand values of a chunk before the fold into f64, so the
+/// norms carry a relative rounding error around 1e-5 at worst: ample for error metrics.
+const LANES: usize = 8;
+
+#[derive(Default)]
+struct Lanes {
+    orig_sq: [f32; LANES],
+    out_sq: [f32; LANES],
+    err_sq: [f32; LANES],
+    dot: [f32; LANES],
+    max_abs: [f32; LANES],
+    zeros: [u32; LANES],
+    non_finite: [u32; LANES],
+    padding: u64,
+}
+
+impl Lanes {
+    #[inline(always)]
+    fn add(&mut self, a: &[f32; LANES], b: &[f32; LANES]) {
+        for i in 0..LANES {
+            let (x, y) = (a[i], b[i]);
+            let e = x - y;
+            self.orig_sq[i] += x * x;
+            self.out_sq[i] += y * y;
+            self.err_sq[i] += e * e;
+            self.dot[i] += x * y;
+            let ae = e.abs();
+            self.max_abs[i] = if ae > self.max_abs[i] {
+                ae
+            } else {
+                self.max_abs[i]
+            };
+            self.zeros[i] += u32::from(y == 0.0);
+            // Finite values have an exponent below all ones.
+            self.non_finite[i] += u32::from(x.to_bits() & 0x7F80_0000 == 0x7F80_0000);
+        }
+    }
+
+    /// Fewer than LANES values (the end of a chunk), zero-padded; the padding's zeros are
+    /// taken back from the count.
+    #[inline(always)]
+    fn add_partial(&mut self, a: &[f32], b: &[f32]) {
+        let mut x = [0f32; LANES];
+        let mut y = [0f32; LANES];
+        x[..a.len()].copy_from_slice(a);
+        y[..b.len()].copy_from_slice(b);
+        self.add(&x, &y);
+        self.padding += (LANES - a.len()) as u64;
+    }
+
+    #[inline(always)]
+    fn finish(self, count: usize) -> Sums {
+        let sum = |lanes: &[f32; LANES]| lanes.iter().map(|&v| f64::from(v)).sum::<f64>();
+        Sums {
+            orig_sq: sum(&self.orig_sq),
+            out_sq: sum(&self.out_sq),
+            err_sq: sum(&self.err_sq),
+            dot: sum(&self.dot),
+            max_abs: self.max_abs.iter().fold(0f64, |m, &v| m.max(f64::from(v))),
+            zeros: self.zeros.iter().map(|&z| u64::from(z)).sum::<u64>() - self.padding,
+            non_finite: self.non_finite.iter().map(|&z| u64::from(z)).sum(),
+            count: count as u64,
+        }
+    }
+}
+
 multiversion! {
-    /// The metric sums of one chunk. Lanes of f32 partial sums (each over at most a thousand
-    /// values) keep the loop vectorisable; they are folded into f64 per chunk, so the norms carry
-    /// a relative rounding error around 1e-5 at worst: ample for error metrics.
+    /// The metric sums of one chunk, for stored values already in `output`.
     fn chunk_sums(original: &[f32], output: &[f32]) -> Sums {
-        const LANES: usize = 16;
-        let mut orig_sq = [0f32; LANES];
-        let mut out_sq = [0f32; LANES];
-        let mut err_sq = [0f32; LANES];
-        let mut dot = [0f32; LANES];
-        let mut max_abs = [0f32; LANES];
-        let mut zeros = [0u32; LANES];
-        let mut non_finite = [0u32; LANES];
+        let mut lanes = Lanes::default();
         let mut a_chunks = original.chunks_exact(LANES);
         let mut b_chunks = output.chunks_exact(LANES);
         for (a, b) in (&mut a_chunks).zip(&mut b_chunks) {
+            lanes.add(a.try_into().expect("LANES"), b.try_into().expect("LANES"));
+        }
+        lanes.add_partial(a_chunks.remainder(), b_chunks.remainder());
+        lanes.finish(original.len())
+    }
+}
+
+/// Writes `values` in `dtype` into `out` and returns the metric sums of the stored values
+/// against the original ones, decoded again from `input`; one pass where the dtype allows it
+/// (`scratch` holds the decoded original otherwise).
+fn store_and_measure(
+    dtype: Dtype,
+    input: &[u8],
+    scratch: &mut Vec<f32>,
+    values: &mut [f32],
+    out: &mut [u8],
+) -> Sums {
+    match dtype {
+        Dtype::BF16 => store_bf16_and_measure(input, values, out),
+        Dtype::F32 => store_f32_and_measure(input, values, out),
+        _ => {
+            scratch.resize(values.len(), 0.0);
+            dtype::decode(dtype, input, scratch);
+            dtype::encode_rounding(dtype, values, out);
+            chunk_sums(scratch, values)
+        }
+    }
+}
+
+multiversion! {
+    /// [`chunk_sums`] fused with the BF16 encoding of `values` (round to nearest even), the
+    /// original decoded from its BF16 `input`.
+    fn store_bf16_and_measure(input: &[u8], values: &[f32], out: &mut [u8]) -> Sums {
+        let mut lanes = Lanes::default();
+        let mut i_chunks = input.chunks_exact(2 * LANES);
+        let mut v_chunks = values.chunks_exact(LANES);
+        let mut o_chunks = out.chunks_exact_mut(2 * LANES);
+        let bf16 = |b: &[u8]| f32::from_bits(u32::from(u16::from_le_bytes([b[0], b[1]])) << 16);
+        for ((inp, v), o) in (&mut i_chunks).zip(&mut v_chunks).zip(&mut o_chunks) {
+            let mut original = [0f32; LANES];
+            let mut stored = [0f32; LANES];
             for i in 0..LANES {
-                let (x, y) = (a[i], b[i]);
-                let e = x - y;
-                orig_sq[i] += x * x;
-                out_sq[i] += y * y;
-                err_sq[i] += e * e;
-                dot[i] += x * y;
-                let ae = e.abs();
-                max_abs[i] = if ae > max_abs[i] { ae } else { max_abs[i] };
-                zeros[i] += u32::from(y == 0.0);
-                // Finite values have an exponent below all ones.
-                non_finite[i] += u32::from(x.to_bits() & 0x7F80_0000 == 0x7F80_0000);
+                original[i] = bf16(&inp[2 * i..]);
+                let bits = dtype::bf16_bits(v[i]);
+                o[2 * i..2 * i + 2].copy_from_slice(&bits.to_le_bytes());
+                stored[i] = f32::from_bits(u32::from(bits) << 16);
             }
+            lanes.add(&original, &stored);
         }
-        for (&x, &y) in a_chunks.remainder().iter().zip(b_chunks.remainder()) {
-            let e = x - y;
-            orig_sq[0] += x * x;
-            out_sq[0] += y * y;
-            err_sq[0] += e * e;
-            dot[0] += x * y;
-            max_abs[0] = if e.abs() > max_abs[0] { e.abs() } else { max_abs[0] };
-            zeros[0] += u32::from(y == 0.0);
-            non_finite[0] += u32::from(x.to_bits() & 0x7F80_0000 == 0x7F80_0000);
+        let rest = v_chunks.remainder();
+        let mut original = [0f32; LANES];
+        let mut stored = [0f32; LANES];
+        for (i, o) in o_chunks.into_remainder().chunks_exact_mut(2).enumerate() {
+            original[i] = bf16(&i_chunks.remainder()[2 * i..]);
+            let bits = dtype::bf16_bits(rest[i]);
+            o.copy_from_slice(&bits.to_le_bytes());
+            stored[i] = f32::from_bits(u32::from(bits) << 16);
         }
-        let sum = |lanes: &[f32; LANES]| lanes.iter().map(|&v| f64::from(v)).sum::<f64>();
-        Sums {
-            orig_sq: sum(&orig_sq),
-            out_sq: sum(&out_sq),
-            err_sq: sum(&err_sq),
-            dot: sum(&dot),
-            max_abs: max_abs.iter().fold(0f64, |m, &v| m.max(f64::from(v))),
-            zeros: zeros.iter().map(|&z| u64::from(z)).sum(),
-            non_finite: non_finite.iter().map(|&z| u64::from(z)).sum(),
-            count: original.len() as u64,
+        lanes.add_partial(&original[..rest.len()], &stored[..rest.len()]);
+        lanes.finish(values.len())
+    }
+}
+
+multiversion! {
+    /// [`chunk_sums`] fused with writing `values` as little-endian F32, the original read from
+    /// its F32 `input`.
+    fn store_f32_and_measure(input: &[u8], values: &[f32], out: &mut [u8]) -> Sums {
+        let mut lanes = Lanes::default();
+        let mut i_chunks = input.chunks_exact(4 * LANES);
+        let mut v_chunks = values.chunks_exact(LANES);
+        let mut o_chunks = out.chunks_exact_mut(4 * LANES);
+        let f32_at = |b: &[u8]| f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+        for ((inp, v), o) in (&mut i_chunks).zip(&mut v_chunks).zip(&mut o_chunks) {
+            let mut original = [0f32; LANES];
+            for i in 0..LANES {
+                original[i] = f32_at(&inp[4 * i..]);
+                o[4 * i..4 * i + 4].copy_from_slice(&v[i].to_le_bytes());
+            }
+            lanes.add(&original, v.try_into().expect("LANES"));
         }
+        let rest = v_chunks.remainder();
+        let mut original = [0f32; LANES];
+        for (i, o) in o_chunks.into_remainder().chunks_exact_mut(4).enumerate() {
+            original[i] = f32_at(&i_chunks.remainder()[4 * i..]);
+            o.copy_from_slice(&rest[i].to_le_bytes());
+        }
+        lanes.add_partial(&original[..rest.len()], rest);
+        lanes.finish(values.len())
     }
 }
 
@@ -663,13 +774,13 @@ pub fn transform_into(
         .map(|(c, out_chunk)| -> Result<Sums, Canceled> {
             cancel.check()?;
             Ok(BUFFERS.with_borrow_mut(|(original, values)| {
-                decode_chunk(c, original);
-                values.clear();
-                values.extend_from_slice(original);
+                decode_chunk(c, values);
                 apply_steps(steps, &globals, c, values, &layout);
-                // Measure what is stored, after rounding to the output dtype.
-                dtype::encode_rounding(view.dtype, values, out_chunk);
-                chunk_sums(original, values)
+                // Measure what is stored, after rounding to the output dtype, against the
+                // original re-read from the input (cheaper than keeping a decoded copy).
+                let range = layout.chunk_values(c);
+                let input = &view.bytes[range.start * layout.width..range.end * layout.width];
+                store_and_measure(view.dtype, input, original, values, out_chunk)
             }))
         })
         .try_reduce(Sums::default, |a, b| Ok(a.merge(b)))?;

@@ -80,7 +80,7 @@ fn decode_f16(bytes: &[u8], out: &mut [f32]) {
 
 /// BF16 bits of `v`, round to nearest even; NaN stays a (quiet) NaN.
 #[inline(always)]
-fn bf16_bits(v: f32) -> u16 {
+pub(crate) fn bf16_bits(v: f32) -> u16 {
     let bits = v.to_bits();
     let rounded = (bits.wrapping_add(0x7FFF + ((bits >> 16) & 1)) >> 16) as u16;
     if v.is_nan() {
