@@ -241,7 +241,7 @@ fn the_simd_and_baseline_kernels_write_identical_bytes() {
         let recipe_file = dir.path().join(format!("r{n}.json"));
         std::fs::write(&recipe_file, recipe).unwrap();
         let mut digests = Vec::new();
-        for simd in ["baseline", "best"] {
+        for simd in ["baseline", "avx2", "best"] {
             let out = dir.path().join(format!("out-{n}-{simd}"));
             let output = std::process::Command::new(crate::common::squeeze_bin())
                 .args(["compress", "--recipe"])
@@ -262,7 +262,8 @@ fn the_simd_and_baseline_kernels_write_identical_bytes() {
                 &std::fs::read(out.join("model.safetensors")).unwrap(),
             ));
         }
-        assert_eq!(digests[0], digests[1], "recipe {recipe}");
+        assert_eq!(digests[0], digests[1], "baseline vs avx2, recipe {recipe}");
+        assert_eq!(digests[0], digests[2], "baseline vs best, recipe {recipe}");
     }
 }
 
