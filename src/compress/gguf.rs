@@ -12,6 +12,7 @@
 use half::f16;
 
 use crate::compress::kquants;
+use crate::compress::simd::multiversion;
 
 /// Values per block of the legacy types.
 pub const BLOCK: usize = 32;
@@ -80,6 +81,7 @@ impl BlockType {
 }
 
 /// The value with the largest magnitude, keeping its sign (the first one on ties).
+#[inline(always)]
 fn signed_absmax(x: &[f32]) -> f32 {
     let mut amax = 0f32;
     let mut max = 0f32;
@@ -97,6 +99,7 @@ fn inverse(d: f32) -> f32 {
 }
 
 /// Splits 32 codes into 16 bytes: low nibble = code j, high nibble = code j + 16.
+#[inline(always)]
 fn pack_nibbles(codes: &[u8; BLOCK], out: &mut [u8]) {
     for j in 0..BLOCK / 2 {
         out[j] = (codes[j] & 0x0F) | ((codes[j + BLOCK / 2] & 0x0F) << 4);
@@ -104,6 +107,7 @@ fn pack_nibbles(codes: &[u8; BLOCK], out: &mut [u8]) {
 }
 
 /// Bit 4 of each of 32 codes, as a little-endian u32 (bit i = code i).
+#[inline(always)]
 fn high_bits(codes: &[u8; BLOCK]) -> [u8; 4] {
     let mut qh = 0u32;
     for (i, &q) in codes.iter().enumerate() {
@@ -113,6 +117,7 @@ fn high_bits(codes: &[u8; BLOCK]) -> [u8; 4] {
 }
 
 /// Quantizes one block (`kind.block_len()` values) into `out` (`kind.block_bytes()` bytes).
+#[inline(always)]
 pub fn quantize_block(kind: BlockType, x: &[f32], out: &mut [u8]) {
     debug_assert_eq!(x.len(), kind.block_len());
     let mut codes = [0u8; BLOCK];
@@ -183,6 +188,7 @@ fn f16_at(bytes: &[u8]) -> f32 {
 }
 
 /// The 32 codes of a 4-bit payload plus optional fifth bits.
+#[inline(always)]
 fn unpack(qs: &[u8], qh: Option<&[u8]>) -> [u8; BLOCK] {
     let mut codes = [0u8; BLOCK];
     for j in 0..BLOCK / 2 {
@@ -199,6 +205,7 @@ fn unpack(qs: &[u8], qh: Option<&[u8]>) -> [u8; BLOCK] {
 }
 
 /// Decodes one block into `kind.block_len()` values.
+#[inline(always)]
 pub fn dequantize_block(kind: BlockType, block: &[u8], out: &mut [f32]) {
     let d = f16_at(block);
     match kind {
@@ -250,13 +257,79 @@ pub fn quantize(kind: BlockType, values: &[f32], out: &mut [u8]) {
     }
 }
 
-/// Replaces values (length a multiple of the block) by what their blocks decode to.
-pub fn fake_quantize(kind: BlockType, values: &mut [f32]) {
-    let mut block = [0u8; kquants::Q6_K_BYTES];
-    for x in values.chunks_exact_mut(kind.block_len()) {
-        let bytes = &mut block[..kind.block_bytes()];
-        quantize_block(kind, x, bytes);
-        dequantize_block(kind, bytes, x);
+multiversion! {
+    /// Replaces values (length a multiple of the block) by what their blocks decode to.
+    pub fn fake_quantize(kind: BlockType, values: &mut [f32]) {
+        match kind {
+            // Plain loops: an iterator adaptor may stay out of line, compiled for the baseline.
+            BlockType::Q8_0 => {
+                for x in values.chunks_exact_mut(BLOCK) {
+                    fake_q8_0(x);
+                }
+            }
+            BlockType::Q4_0 => {
+                for x in values.chunks_exact_mut(BLOCK) {
+                    fake_q4_0(x);
+                }
+            }
+            _ => {
+                let mut block = [0u8; kquants::Q6_K_BYTES];
+                for x in values.chunks_exact_mut(kind.block_len()) {
+                    let bytes = &mut block[..kind.block_bytes()];
+                    quantize_block(kind, x, bytes);
+                    dequantize_block(kind, bytes, x);
+                }
+            }
+        }
+    }
+}
+
+/// `roundf` (half away from zero) in selects the vectoriser keeps in lanes; exact for
+/// |x| < 2^23, and +0 for a zero result as an integer round trip gives.
+#[inline(always)]
+fn round_half_away(x: f32) -> f32 {
+    let t = x.trunc();
+    let away = if x < 0.0 { t - 1.0 } else { t + 1.0 };
+    let r = if (x - t).abs() >= 0.5 { away } else { t };
+    r + 0.0
+}
+
+/// Q8_0 quantized and decoded in place, without the bytes: the same operations as
+/// [`quantize_block`] then [`dequantize_block`], so the same values.
+#[inline(always)]
+fn fake_q8_0(x: &mut [f32]) {
+    let x: &mut [f32; BLOCK] = x.try_into().expect("a block");
+    let mut amax = [0f32; 8];
+    for lanes in x.chunks_exact(8) {
+        for i in 0..8 {
+            let a = lanes[i].abs();
+            amax[i] = if a > amax[i] { a } else { amax[i] };
+        }
+    }
+    let mut largest = 0f32;
+    for a in amax {
+        largest = if a > largest { a } else { largest };
+    }
+    let amax = largest;
+    let d = amax / 127.0;
+    let id = inverse(d);
+    let stored = f16::from_f32(d).to_f32();
+    for v in x.iter_mut() {
+        *v = round_half_away(*v * id) * stored;
+    }
+}
+
+/// Q4_0 quantized and decoded in place, as [`fake_q8_0`] is for Q8_0.
+#[inline(always)]
+fn fake_q4_0(x: &mut [f32]) {
+    let d = signed_absmax(x) / -8.0;
+    let id = inverse(d);
+    let stored = f16::from_f32(d).to_f32();
+    for v in x.iter_mut() {
+        // The shifted value lies in [0.5, 16.5]: truncation is the reference's integer cast.
+        let q = (*v * id + 8.5).trunc();
+        let q = if q > 15.0 { 15.0 } else { q };
+        *v = (q - 8.0) * stored;
     }
 }
 
@@ -282,6 +355,37 @@ mod tests {
                 (state % 2_000_001) as f32 / 1e6 - 1.0
             })
             .collect()
+    }
+
+    #[test]
+    fn the_in_place_paths_equal_quantizing_to_bytes_and_decoding() {
+        let mut data = noise(32 * 200, 5);
+        data[..32].fill(0.0);
+        data[32..64].fill(-0.0);
+        data[64..96].fill(0.25);
+        for (i, v) in data[96..128].iter_mut().enumerate() {
+            // Values landing exactly on half steps.
+            *v = (i as f32 - 16.0) * 0.5 / 127.0 * 16.0;
+        }
+        for kind in [BlockType::Q8_0, BlockType::Q4_0] {
+            let mut fast = data.clone();
+            fake_quantize(kind, &mut fast);
+            let mut slow = data.clone();
+            let mut bytes = [0u8; 34];
+            for x in slow.chunks_exact_mut(BLOCK) {
+                quantize_block(kind, x, &mut bytes[..kind.block_bytes()]);
+                dequantize_block(kind, &bytes[..kind.block_bytes()], x);
+            }
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&fast), bits(&slow), "{}", kind.name());
+        }
+        for x in [0.5f32, -0.5, 1.5, -2.5, 0.49999997, -0.3, 126.5] {
+            assert_eq!(
+                round_half_away(x).to_bits(),
+                (x.round() as i8 as f32).to_bits(),
+                "{x}"
+            );
+        }
     }
 
     #[test]

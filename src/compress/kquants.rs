@@ -34,6 +34,7 @@ fn f16_at(bytes: &[u8]) -> f32 {
 /// A scale and a (non-positive) minimum for `x` with codes 0..=nmax, minimising the weighted
 /// squared error over 21 candidate scales (`make_qkx2_quants` with rmin −1, rdelta 0.1, 20
 /// steps). Writes the codes into `codes`; returns (scale, −min).
+#[inline(always)]
 fn scale_and_min(x: &[f32], weights: &[f32], nmax: i32, codes: &mut [u8]) -> (f32, f32) {
     const RMIN: f32 = -1.0;
     const RDELTA: f32 = 0.1;
@@ -109,6 +110,7 @@ fn scale_and_min(x: &[f32], weights: &[f32], nmax: i32, codes: &mut [u8]) -> (f3
 }
 
 /// The 6-bit scale and min of sub-block `j` from the 12 packed bytes (`get_scale_min_k4`).
+#[inline(always)]
 fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
     if j < 4 {
         (q[j] & 63, q[j + 4] & 63)
@@ -121,6 +123,7 @@ fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
 }
 
 /// Quantizes 256 values into a Q4_K block.
+#[inline(always)]
 pub fn quantize_q4_k(x: &[f32], out: &mut [u8]) {
     debug_assert_eq!(x.len(), SUPER_BLOCK);
     let mut codes = [0u8; SUPER_BLOCK];
@@ -190,6 +193,7 @@ pub fn quantize_q4_k(x: &[f32], out: &mut [u8]) {
 }
 
 /// Decodes a Q4_K block into 256 values.
+#[inline(always)]
 pub fn dequantize_q4_k(block: &[u8], out: &mut [f32]) {
     let (d, dmin) = (f16_at(&block[0..2]), f16_at(&block[2..4]));
     let scales = &block[4..16];
@@ -211,6 +215,7 @@ pub fn dequantize_q4_k(block: &[u8], out: &mut [f32]) {
 
 /// A signed scale for 16 values with codes −nmax..nmax−1 stored as code + nmax, chosen among 19
 /// candidates by the x²-weighted fit (`make_qx_quants` with rmse_type 1).
+#[inline(always)]
 fn signed_scale(x: &[f32], nmax: i32, codes: &mut [i8]) -> f32 {
     let mut max = 0f32;
     let mut amax = 0f32;
@@ -261,6 +266,7 @@ fn signed_scale(x: &[f32], nmax: i32, codes: &mut [i8]) -> f32 {
 }
 
 /// Quantizes 256 values into a Q6_K block.
+#[inline(always)]
 pub fn quantize_q6_k(x: &[f32], out: &mut [u8]) {
     debug_assert_eq!(x.len(), SUPER_BLOCK);
     let mut codes = [0i8; SUPER_BLOCK];
@@ -312,6 +318,7 @@ pub fn quantize_q6_k(x: &[f32], out: &mut [u8]) {
 }
 
 /// Decodes a Q6_K block into 256 values.
+#[inline(always)]
 pub fn dequantize_q6_k(block: &[u8], out: &mut [f32]) {
     let d = f16_at(&block[208..210]);
     for half in 0..2 {
