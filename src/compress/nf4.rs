@@ -4,6 +4,8 @@
 //! to the lower level. Reference: bitsandbytes `functional.py::get_4bit_type("nf4")` and the
 //! quantizer in `backends/default/ops.py` (shared/reference/formats.md §4).
 
+use crate::compress::simd::multiversion;
+
 /// Values per scale.
 pub const BLOCK: usize = 64;
 
@@ -53,20 +55,32 @@ pub fn encode_block(values: &[f32], codes: &mut [u8]) -> f32 {
     absmax
 }
 
-/// Replaces every value by its NF4 value, block by block from the start of `values` (which
-/// must begin on a block boundary of the flattened tensor).
-pub fn fake_quantize(values: &mut [f32]) {
-    let midpoints = midpoints();
-    for block in values.chunks_mut(BLOCK) {
-        let absmax = block.iter().fold(0f32, |m, v| m.max(v.abs()));
-        if absmax == 0.0 {
-            block.fill(0.0);
-            continue;
-        }
-        let inverse = 1.0 / absmax;
-        for v in block.iter_mut() {
-            let level = LEVELS[usize::from(code((*v * inverse).clamp(-1.0, 1.0), &midpoints))];
-            *v = level * absmax;
+multiversion! {
+    /// Replaces every value by its NF4 value, block by block from the start of `values` (which
+    /// must begin on a block boundary of the flattened tensor).
+    pub fn fake_quantize(values: &mut [f32]) {
+        let midpoints = midpoints();
+        for block in values.chunks_mut(BLOCK) {
+            let mut absmax = 0f32;
+            for v in block.iter() {
+                let a = v.abs();
+                absmax = if a > absmax { a } else { absmax };
+            }
+            if absmax == 0.0 {
+                block.fill(0.0);
+                continue;
+            }
+            let inverse = 1.0 / absmax;
+            for v in block.iter_mut() {
+                let scaled = (*v * inverse).clamp(-1.0, 1.0);
+                // The level index counts the midpoints below; the levels are looked up by
+                // selects so the loop stays in vector lanes.
+                let mut level = LEVELS[0];
+                for (m, &next) in midpoints.iter().zip(&LEVELS[1..]) {
+                    level = if *m < scaled { next } else { level };
+                }
+                *v = level * absmax;
+            }
         }
     }
 }
