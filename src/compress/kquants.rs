@@ -109,6 +109,20 @@ fn scale_and_min(x: &[f32], weights: &[f32], nmax: i32, codes: &mut [u8]) -> (f3
     (scale, -min)
 }
 
+/// Packs sub-block `j`'s 6-bit scale and min into the 12 bytes (which start zeroed): the first
+/// four pairs whole, the last four split into low nibbles and top bits of the first eight bytes.
+#[inline(always)]
+fn pack_scale_min_k4(j: usize, scale: u8, min: u8, packed: &mut [u8]) {
+    if j < 4 {
+        packed[j] = scale;
+        packed[j + 4] = min;
+    } else {
+        packed[j + 4] = (scale & 0x0F) | ((min & 0x0F) << 4);
+        packed[j - 4] |= (scale >> 4) << 6;
+        packed[j] |= (min >> 4) << 6;
+    }
+}
+
 /// The 6-bit scale and min of sub-block `j` from the 12 packed bytes (`get_scale_min_k4`).
 #[inline(always)]
 fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
@@ -161,14 +175,7 @@ pub fn quantize_q4_k(x: &[f32], out: &mut [u8]) {
         // The reference stores nearest_int into a u8 before capping at 63.
         let ls = (nearest_int(inv_scale * scales[j]) as u8).min(63);
         let lm = (nearest_int(inv_min * mins[j]) as u8).min(63);
-        if j < 4 {
-            packed[j] = ls;
-            packed[j + 4] = lm;
-        } else {
-            packed[j + 4] = (ls & 0x0F) | ((lm & 0x0F) << 4);
-            packed[j - 4] |= (ls >> 4) << 6;
-            packed[j] |= (lm >> 4) << 6;
-        }
+        pack_scale_min_k4(j, ls, lm, packed);
     }
     out[0..2].copy_from_slice(&f16_bits(max_scale / 63.0));
     out[2..4].copy_from_slice(&f16_bits(max_min / 63.0));
@@ -398,20 +405,18 @@ mod tests {
         let zeros = vec![0f32; SUPER_BLOCK];
         assert!(round_trip(&zeros, false).iter().all(|v| *v == 0.0));
         assert!(round_trip(&zeros, true).iter().all(|v| *v == 0.0));
-        let mut packed = [0u8; 12];
-        let pairs: Vec<(u8, u8)> = (0..8).map(|j| (j * 7 + 5, 63 - j * 5)).collect();
-        for (j, &(ls, lm)) in pairs.iter().enumerate() {
-            if j < 4 {
-                packed[j] = ls;
-                packed[j + 4] = lm;
-            } else {
-                packed[j + 4] = (ls & 0x0F) | ((lm & 0x0F) << 4);
-                packed[j - 4] |= (ls >> 4) << 6;
-                packed[j] |= (lm >> 4) << 6;
+        // Every 6-bit value in every slot survives packing next to others.
+        for shift in 0..64u8 {
+            let mut packed = [0u8; 12];
+            let pairs: Vec<(u8, u8)> = (0..8u8)
+                .map(|j| ((j * 7 + shift) % 64, (63 - j * 5 + shift) % 64))
+                .collect();
+            for (j, &(ls, lm)) in pairs.iter().enumerate() {
+                pack_scale_min_k4(j, ls, lm, &mut packed);
             }
-        }
-        for (j, &pair) in pairs.iter().enumerate() {
-            assert_eq!(scale_min_k4(j, &packed), pair);
+            for (j, &pair) in pairs.iter().enumerate() {
+                assert_eq!(scale_min_k4(j, &packed), pair, "slot {j}");
+            }
         }
     }
 }
