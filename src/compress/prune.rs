@@ -90,19 +90,20 @@ impl MagnitudeCut {
                 tie_quota: vec![0; chunks],
             });
         }
-        let high = histogram(chunks, &visit, cancel, |bits| Some((bits >> 16) as usize))?;
-        let (bucket, below_bucket) = crossing(&high, k);
-        let low = histogram(chunks, &visit, cancel, |bits| {
-            ((bits >> 16) as usize == bucket).then_some((bits & 0xFFFF) as usize)
-        })?;
-        let (offset, below) = crossing(&low, k - below_bucket);
-        let threshold_bits = ((bucket as u32) << 16) | offset as u32;
+        // The threshold as for several tensors, with this one alone; the ties are then shared
+        // out per chunk instead of per tensor.
+        let mut cut = GlobalCut::of_count(k);
+        for pass in [GlobalPass::High, GlobalPass::Low] {
+            cut.observe(pass, chunks, &visit, cancel)?;
+            cut.finish(pass);
+        }
+        let threshold_bits = cut.threshold_bits;
         let ties: Vec<u64> = (0..chunks)
             .into_par_iter()
             .map(|i| count_around(i, &visit, threshold_bits).1)
             .collect();
         cancel.check()?;
-        let mut remaining = k - below_bucket - below;
+        let mut remaining = cut.ties_left;
         let tie_quota = ties
             .iter()
             .map(|&n| {
@@ -179,7 +180,9 @@ pub enum GlobalPass {
 /// many reproduces the global choice (ties at the threshold go to the earlier tensors).
 #[derive(Debug, Clone)]
 pub struct GlobalCut {
+    /// The fraction to prune, or a fixed count.
     sparsity: f64,
+    count: Option<u64>,
     high: Vec<u64>,
     low: Vec<u64>,
     k: u64,
@@ -197,6 +200,7 @@ impl GlobalCut {
     pub fn new(sparsity: f64) -> GlobalCut {
         GlobalCut {
             sparsity,
+            count: None,
             high: vec![0; BUCKETS],
             low: vec![0; BUCKETS],
             k: 0,
@@ -204,6 +208,14 @@ impl GlobalCut {
             below_bucket: 0,
             threshold_bits: 0,
             ties_left: 0,
+        }
+    }
+
+    /// A cut that will prune exactly `k` values.
+    pub fn of_count(k: u64) -> GlobalCut {
+        GlobalCut {
+            count: Some(k),
+            ..GlobalCut::new(0.0)
         }
     }
 
@@ -259,7 +271,9 @@ impl GlobalCut {
         match pass {
             GlobalPass::High => {
                 let seen: u64 = self.high.iter().sum();
-                self.k = prune_count(seen, self.sparsity);
+                self.k = self
+                    .count
+                    .unwrap_or_else(|| prune_count(seen, self.sparsity));
                 (self.bucket, self.below_bucket) = crossing(&self.high, self.k);
             }
             GlobalPass::Low => {

@@ -461,65 +461,78 @@ fn store_and_measure(
     }
 }
 
-multiversion! {
-    /// [`chunk_sums`] fused with the BF16 encoding of `values` (round to nearest even), the
-    /// original decoded from its BF16 `input`.
-    fn store_bf16_and_measure(input: &[u8], values: &[f32], out: &mut [u8]) -> Sums {
-        let mut lanes = Lanes::default();
-        let mut i_chunks = input.chunks_exact(2 * LANES);
-        let mut v_chunks = values.chunks_exact(LANES);
-        let mut o_chunks = out.chunks_exact_mut(2 * LANES);
-        let bf16 = |b: &[u8]| f32::from_bits(u32::from(u16::from_le_bytes([b[0], b[1]])) << 16);
-        for ((inp, v), o) in (&mut i_chunks).zip(&mut v_chunks).zip(&mut o_chunks) {
-            let mut original = [0f32; LANES];
-            let mut stored = [0f32; LANES];
-            for i in 0..LANES {
-                original[i] = bf16(&inp[2 * i..]);
-                let bits = dtype::bf16_bits(v[i]);
-                o[2 * i..2 * i + 2].copy_from_slice(&bits.to_le_bytes());
-                stored[i] = f32::from_bits(u32::from(bits) << 16);
-            }
-            lanes.add(&original, &stored);
-        }
-        let rest = v_chunks.remainder();
+/// [`chunk_sums`] fused with storing `values`: for each value, `read` decodes the original
+/// from its `width` input bytes and `write` stores the new value into its output bytes and
+/// returns what was stored. Inlined into each dtype's multiversioned loop.
+#[inline(always)]
+fn store_and_measure_with(
+    input: &[u8],
+    values: &[f32],
+    out: &mut [u8],
+    width: usize,
+    read: impl Fn(&[u8]) -> f32,
+    write: impl Fn(f32, &mut [u8]) -> f32,
+) -> Sums {
+    let mut lanes = Lanes::default();
+    let mut i_chunks = input.chunks_exact(width * LANES);
+    let mut v_chunks = values.chunks_exact(LANES);
+    let mut o_chunks = out.chunks_exact_mut(width * LANES);
+    for ((inp, v), o) in (&mut i_chunks).zip(&mut v_chunks).zip(&mut o_chunks) {
         let mut original = [0f32; LANES];
         let mut stored = [0f32; LANES];
-        for (i, o) in o_chunks.into_remainder().chunks_exact_mut(2).enumerate() {
-            original[i] = bf16(&i_chunks.remainder()[2 * i..]);
-            let bits = dtype::bf16_bits(rest[i]);
-            o.copy_from_slice(&bits.to_le_bytes());
-            stored[i] = f32::from_bits(u32::from(bits) << 16);
+        for i in 0..LANES {
+            original[i] = read(&inp[width * i..]);
+            stored[i] = write(v[i], &mut o[width * i..width * (i + 1)]);
         }
-        lanes.add_partial(&original[..rest.len()], &stored[..rest.len()]);
-        lanes.finish(values.len())
+        lanes.add(&original, &stored);
+    }
+    let rest = v_chunks.remainder();
+    let mut original = [0f32; LANES];
+    let mut stored = [0f32; LANES];
+    for (i, o) in o_chunks
+        .into_remainder()
+        .chunks_exact_mut(width)
+        .enumerate()
+    {
+        original[i] = read(&i_chunks.remainder()[width * i..]);
+        stored[i] = write(rest[i], o);
+    }
+    lanes.add_partial(&original[..rest.len()], &stored[..rest.len()]);
+    lanes.finish(values.len())
+}
+
+multiversion! {
+    /// [`store_and_measure_with`] for BF16 (round to nearest even).
+    fn store_bf16_and_measure(input: &[u8], values: &[f32], out: &mut [u8]) -> Sums {
+        store_and_measure_with(
+            input,
+            values,
+            out,
+            2,
+            |b| f32::from_bits(u32::from(u16::from_le_bytes([b[0], b[1]])) << 16),
+            |v, o| {
+                let bits = dtype::bf16_bits(v);
+                o.copy_from_slice(&bits.to_le_bytes());
+                f32::from_bits(u32::from(bits) << 16)
+            },
+        )
     }
 }
 
 multiversion! {
-    /// [`chunk_sums`] fused with writing `values` as little-endian F32, the original read from
-    /// its F32 `input`.
+    /// [`store_and_measure_with`] for little-endian F32.
     fn store_f32_and_measure(input: &[u8], values: &[f32], out: &mut [u8]) -> Sums {
-        let mut lanes = Lanes::default();
-        let mut i_chunks = input.chunks_exact(4 * LANES);
-        let mut v_chunks = values.chunks_exact(LANES);
-        let mut o_chunks = out.chunks_exact_mut(4 * LANES);
-        let f32_at = |b: &[u8]| f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-        for ((inp, v), o) in (&mut i_chunks).zip(&mut v_chunks).zip(&mut o_chunks) {
-            let mut original = [0f32; LANES];
-            for i in 0..LANES {
-                original[i] = f32_at(&inp[4 * i..]);
-                o[4 * i..4 * i + 4].copy_from_slice(&v[i].to_le_bytes());
-            }
-            lanes.add(&original, v.try_into().expect("LANES"));
-        }
-        let rest = v_chunks.remainder();
-        let mut original = [0f32; LANES];
-        for (i, o) in o_chunks.into_remainder().chunks_exact_mut(4).enumerate() {
-            original[i] = f32_at(&i_chunks.remainder()[4 * i..]);
-            o.copy_from_slice(&rest[i].to_le_bytes());
-        }
-        lanes.add_partial(&original[..rest.len()], rest);
-        lanes.finish(values.len())
+        store_and_measure_with(
+            input,
+            values,
+            out,
+            4,
+            |b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]),
+            |v, o| {
+                o.copy_from_slice(&v.to_le_bytes());
+                v
+            },
+        )
     }
 }
 

@@ -431,17 +431,9 @@ impl MlpShrink {
                 .iter()
                 .find(|t| t.name == name)
                 .expect("found");
-            let data = map_range(
-                &File::open(&input.path)?,
-                header.data_start() + t.begin,
-                t.bytes(),
-            )?;
-            let view = TensorView {
-                bytes: data.bytes(),
-                dtype: t.dtype,
-                shape: &t.shape,
-            };
-            tensor::line_stats(&view, columns, cancel).map_err(|e| transform_error(name, e))
+            with_mapped(&File::open(&input.path)?, header, t, |view| {
+                tensor::line_stats(view, columns, cancel)
+            })
         };
         let mut tensors = HashMap::new();
         for layer in &layers {
@@ -553,14 +545,9 @@ fn global_prune_counts(
                 if !selection.selects(&t.name, t.dtype, t.shape.len()) {
                     continue;
                 }
-                let data = map_range(&file, header.data_start() + t.begin, t.bytes())?;
-                let view = TensorView {
-                    bytes: data.bytes(),
-                    dtype: t.dtype,
-                    shape: &t.shape,
-                };
-                let count = tensor::observe_global(&view, &mut cut, pass, cancel)
-                    .map_err(|e| transform_error(&t.name, e))?;
+                let count = with_mapped(&file, header, t, |view| {
+                    tensor::observe_global(view, &mut cut, pass, cancel)
+                })?;
                 counts.insert(t.name.clone(), count);
             }
         }
@@ -698,6 +685,22 @@ impl MappedRange {
             None => &[],
         }
     }
+}
+
+/// Maps tensor `t` of a weight file for the time of `work` (its pages leave the process after).
+fn with_mapped<R>(
+    file: &File,
+    header: &Header,
+    t: &TensorInfo,
+    work: impl FnOnce(&TensorView) -> Result<R, TransformError>,
+) -> Result<R, PipelineError> {
+    let data = map_range(file, header.data_start() + t.begin, t.bytes())?;
+    let view = TensorView {
+        bytes: data.bytes(),
+        dtype: t.dtype,
+        shape: &t.shape,
+    };
+    work(&view).map_err(|e| transform_error(&t.name, e))
 }
 
 fn map_range(file: &File, offset: u64, len: u64) -> io::Result<MappedRange> {
