@@ -70,14 +70,20 @@ pub fn scale_for(absmax: f32) -> f32 {
     }
 }
 
+/// What `x` becomes, FP8 E4M3 fake-quantized with `scale`.
+#[inline(always)]
+pub(crate) fn fake_value(x: f32, scale: f32) -> f32 {
+    let x = x / scale;
+    let x = if x < -E4M3_MAX { -E4M3_MAX } else { x };
+    let x = if x > E4M3_MAX { E4M3_MAX } else { x };
+    e4m3_to_f32(e4m3_from_f32(x)) * scale
+}
+
 multiversion! {
     /// Replaces each value by its FP8 E4M3 fake-quantized value with `scale`.
     pub fn fake_quantize(values: &mut [f32], scale: f32) {
         for v in values.iter_mut() {
-            let x = *v / scale;
-            let x = if x < -E4M3_MAX { -E4M3_MAX } else { x };
-            let x = if x > E4M3_MAX { E4M3_MAX } else { x };
-            *v = e4m3_to_f32(e4m3_from_f32(x)) * scale;
+            *v = fake_value(*v, scale);
         }
     }
 }

@@ -82,7 +82,7 @@ impl BlockType {
 
 /// The value with the largest magnitude, keeping its sign (the first one on ties).
 #[inline(always)]
-fn signed_absmax(x: &[f32]) -> f32 {
+pub(crate) fn signed_absmax(x: &[f32]) -> f32 {
     let mut amax = 0f32;
     let mut max = 0f32;
     for &v in x {
@@ -294,6 +294,64 @@ fn round_half_away(x: f32) -> f32 {
     r + 0.0
 }
 
+/// A Q8_0 or Q4_0 block's inverse step (for quantizing) and its f16-rounded step (for
+/// decoding), as the reference computes them.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BlockStep {
+    inverse: f32,
+    stored: f32,
+}
+
+impl BlockStep {
+    /// Q8_0's step for a block whose largest magnitude is `amax`.
+    #[inline(always)]
+    pub(crate) fn q8_0(amax: f32) -> BlockStep {
+        BlockStep::of(amax / 127.0)
+    }
+
+    /// Q4_0's step for a block whose largest-magnitude value (with its sign) is `signed_absmax`.
+    #[inline(always)]
+    pub(crate) fn q4_0(signed_absmax: f32) -> BlockStep {
+        BlockStep::of(signed_absmax / -8.0)
+    }
+
+    #[inline(always)]
+    fn of(d: f32) -> BlockStep {
+        BlockStep {
+            inverse: inverse(d),
+            stored: f16::from_f32(d).to_f32(),
+        }
+    }
+
+    /// What a Q8_0 block with this step decodes `x` to.
+    #[inline(always)]
+    pub(crate) fn q8_0_value(self, x: f32) -> f32 {
+        round_half_away(x * self.inverse) * self.stored
+    }
+
+    /// What a Q4_0 block with this step decodes `x` to.
+    #[inline(always)]
+    pub(crate) fn q4_0_value(self, x: f32) -> f32 {
+        // The shifted value lies in [0.5, 16.5]: truncation is the reference's integer cast.
+        let q = (x * self.inverse + 8.5).trunc();
+        let q = if q > 15.0 { 15.0 } else { q };
+        (q - 8.0) * self.stored
+    }
+}
+
+/// Q4_0's signed absmax of a block from its smallest and largest value, falling back to the
+/// scan (which keeps the first on ties) when they have the same magnitude.
+#[inline(always)]
+pub(crate) fn signed_absmax_of_range(lo: f32, hi: f32, block: impl FnOnce() -> f32) -> f32 {
+    if hi > -lo {
+        hi
+    } else if -lo > hi {
+        lo
+    } else {
+        block()
+    }
+}
+
 /// Q8_0 quantized and decoded in place, without the bytes: the same operations as
 /// [`quantize_block`] then [`dequantize_block`], so the same values.
 #[inline(always)]
@@ -310,26 +368,18 @@ fn fake_q8_0(x: &mut [f32]) {
     for a in amax {
         largest = if a > largest { a } else { largest };
     }
-    let amax = largest;
-    let d = amax / 127.0;
-    let id = inverse(d);
-    let stored = f16::from_f32(d).to_f32();
+    let step = BlockStep::q8_0(largest);
     for v in x.iter_mut() {
-        *v = round_half_away(*v * id) * stored;
+        *v = step.q8_0_value(*v);
     }
 }
 
 /// Q4_0 quantized and decoded in place, as [`fake_q8_0`] is for Q8_0.
 #[inline(always)]
 fn fake_q4_0(x: &mut [f32]) {
-    let d = signed_absmax(x) / -8.0;
-    let id = inverse(d);
-    let stored = f16::from_f32(d).to_f32();
+    let step = BlockStep::q4_0(signed_absmax(x));
     for v in x.iter_mut() {
-        // The shifted value lies in [0.5, 16.5]: truncation is the reference's integer cast.
-        let q = (*v * id + 8.5).trunc();
-        let q = if q > 15.0 { 15.0 } else { q };
-        *v = (q - 8.0) * stored;
+        *v = step.q4_0_value(*v);
     }
 }
 

@@ -5,9 +5,11 @@
 
 pub mod cluster;
 pub mod fp8;
+mod fused;
 pub mod gguf;
 pub mod kquants;
 pub mod lowrank;
+mod measure;
 pub mod nf4;
 #[cfg(test)]
 mod properties;

@@ -656,3 +656,67 @@ fn k_quants_decode_within_a_step_of_each_sub_block() {
         }
     }
 }
+
+/// Rows whose values sit on rounding ties of int8 per-channel codes and one ulp either side,
+/// each row with its own scale, where the one-pass kernel's reciprocal must give way to the
+/// division.
+fn ties() -> Case {
+    let cols = 256;
+    let mut values = Vec::new();
+    for row in 0..16 {
+        let amax = 0.37 + row as f32 * 0.113;
+        // The scale the kernel derives from the row's largest magnitude.
+        let scale = amax / 127.5;
+        let start = values.len();
+        for i in 0..cols {
+            let tie = ((i as f32 - 128.0) + 0.5) * scale;
+            values.push(match (row + i) % 3 {
+                0 => tie,
+                1 => f32::from_bits(tie.to_bits() + 1),
+                _ => f32::from_bits(tie.to_bits() - 1),
+            });
+        }
+        values[start] = amax;
+    }
+    Case {
+        name: "ties".into(),
+        shape: vec![16, cols as u64],
+        values,
+    }
+}
+
+#[test]
+fn one_pass_kernels_equal_the_general_path_bit_for_bit() {
+    let steps = [
+        Step::Int(int(8, true, Granularity::Channel)),
+        Step::Int(int(8, true, Granularity::Tensor)),
+        Step::Int(int(4, true, Granularity::Group(32))),
+        Step::Int(int(4, false, Granularity::Group(64))),
+        Step::Int(int(3, false, Granularity::Channel)),
+        Step::Fp8 { per_channel: true },
+        Step::Fp8 { per_channel: false },
+        Step::Gguf(gguf::BlockType::Q8_0),
+        Step::Gguf(gguf::BlockType::Q4_0),
+    ];
+    let mut all = cases(32);
+    all.push(ties());
+    for case in &all {
+        for dtype in [Dtype::F32, Dtype::BF16] {
+            let mut bytes =
+                vec![0u8; case.values.len() * crate::formats::dtype::float_width(dtype)];
+            crate::formats::dtype::encode(dtype, &case.values, &mut bytes);
+            let view = TensorView {
+                bytes: &bytes,
+                dtype,
+                shape: &case.shape,
+            };
+            for step in steps {
+                let name = format!("{} {dtype} {step:?}", case.name);
+                let one_pass = tensor::transform(&view, &[step], &Cancel::new()).expect(&name);
+                let general = tensor::transform_general(&view, &[step]).expect(&name);
+                assert!(one_pass.0 == general.0, "{name}: bytes differ");
+                assert_eq!(one_pass.1, general.1, "{name}: metrics differ");
+            }
+        }
+    }
+}

@@ -186,17 +186,24 @@ multiversion! {
             };
             let (scale, zero_point) = (p.scale, p.zero_point as f32);
             for v in values.iter_mut() {
-                // Selects rather than `clamp` keep the loop branch-free for the vectoriser.
-                let x = *v / scale + zero_point;
-                let x = if x < qmin { qmin } else { x };
-                let x = if x > qmax { qmax } else { x };
-                *v = (x.round_ties_even() - zero_point) * scale;
+                *v = fake_value(*v, scale, zero_point, qmin, qmax);
             }
             if let Some(used) = used.as_deref_mut() {
                 used.push(p);
             }
         }
     }
+}
+
+/// What `x` becomes, quantized with `scale` and `zero_point` to codes in [qmin, qmax] and
+/// dequantized.
+#[inline(always)]
+pub(crate) fn fake_value(x: f32, scale: f32, zero_point: f32, qmin: f32, qmax: f32) -> f32 {
+    // Selects rather than `clamp` keep the loop branch-free for the vectoriser.
+    let x = x / scale + zero_point;
+    let x = if x < qmin { qmin } else { x };
+    let x = if x > qmax { qmax } else { x };
+    (x.round_ties_even() - zero_point) * scale
 }
 
 multiversion! {
@@ -210,18 +217,32 @@ multiversion! {
 /// exactly `minps(v, lo)`, and four vector registers per bound keep the compare latency hidden.
 #[inline(always)]
 fn min_max_lanes(values: &[f32]) -> (f32, f32) {
+    min_max_stored(bytemuck::cast_slice(values), 4, |b| {
+        f32::from_ne_bytes(b[..4].try_into().expect("four bytes"))
+    })
+}
+
+/// [`min_max_lanes`] of values stored `width` bytes each in `bytes`, decoded by `read` (so a
+/// BF16 group is measured straight from its bytes).
+#[inline(always)]
+pub(crate) fn min_max_stored(
+    bytes: &[u8],
+    width: usize,
+    read: impl Fn(&[u8]) -> f32,
+) -> (f32, f32) {
     const LANES: usize = 32;
     let mut lo = [f32::INFINITY; LANES];
     let mut hi = [f32::NEG_INFINITY; LANES];
-    let mut chunks = values.chunks_exact(LANES);
+    let mut chunks = bytes.chunks_exact(LANES * width);
     for chunk in &mut chunks {
         for i in 0..LANES {
-            let v = chunk[i];
+            let v = read(&chunk[width * i..]);
             lo[i] = if v < lo[i] { v } else { lo[i] };
             hi[i] = if v > hi[i] { v } else { hi[i] };
         }
     }
-    for &v in chunks.remainder() {
+    for value in chunks.remainder().chunks_exact(width) {
+        let v = read(value);
         lo[0] = if v < lo[0] { v } else { lo[0] };
         hi[0] = if v > hi[0] { v } else { hi[0] };
     }

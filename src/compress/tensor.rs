@@ -13,11 +13,12 @@ use std::cell::RefCell;
 use rayon::prelude::*;
 
 use crate::compress::cluster::{self, Codebook, SplitMix};
+use crate::compress::fused::OnePass;
 use crate::compress::gguf::{self, BlockType};
 use crate::compress::lowrank::{self, Factors, LowRankError, Rank};
+use crate::compress::measure::{Sums, store_and_measure};
 use crate::compress::prune::{self, GlobalCut, GlobalPass, MagnitudeCut, Norm, prune_count};
 use crate::compress::quantize::{Granularity, IntScheme, QParams, min_max};
-use crate::compress::simd::multiversion;
 use crate::compress::structure::LineStats;
 use crate::compress::{Cancel, Canceled};
 use crate::compress::{fp8, nf4};
@@ -331,211 +332,6 @@ fn apply_steps(
     }
 }
 
-/// Partial sums for the fidelity metrics.
-#[derive(Debug, Default, Clone, Copy, PartialEq)]
-struct Sums {
-    orig_sq: f64,
-    out_sq: f64,
-    err_sq: f64,
-    dot: f64,
-    max_abs: f64,
-    zeros: u64,
-    non_finite: u64,
-    count: u64,
-}
-
-impl Sums {
-    fn merge(mut self, o: Sums) -> Sums {
-        self.orig_sq += o.orig_sq;
-        self.out_sq += o.out_sq;
-        self.err_sq += o.err_sq;
-        self.dot += o.dot;
-        self.max_abs = self.max_abs.max(o.max_abs);
-        self.zeros += o.zeros;
-        self.non_finite += o.non_finite;
-        self.count += o.count;
-        self
-    }
-}
-
-/// Independent f32 accumulators for the metric sums: lanes the compiler keeps in vector
-/// registers. Each lane sums at most two thousand values of a chunk before the fold into f64, so the
-/// norms carry a relative rounding error around 1e-5 at worst: ample for error metrics.
-const LANES: usize = 8;
-
-#[derive(Default)]
-struct Lanes {
-    orig_sq: [f32; LANES],
-    out_sq: [f32; LANES],
-    err_sq: [f32; LANES],
-    dot: [f32; LANES],
-    max_abs: [f32; LANES],
-    zeros: [u32; LANES],
-    non_finite: [u32; LANES],
-    padding: u64,
-}
-
-impl Lanes {
-    #[inline(always)]
-    fn add(&mut self, a: &[f32; LANES], b: &[f32; LANES]) {
-        for i in 0..LANES {
-            let (x, y) = (a[i], b[i]);
-            let e = x - y;
-            self.orig_sq[i] += x * x;
-            self.out_sq[i] += y * y;
-            self.err_sq[i] += e * e;
-            self.dot[i] += x * y;
-            let ae = e.abs();
-            self.max_abs[i] = if ae > self.max_abs[i] {
-                ae
-            } else {
-                self.max_abs[i]
-            };
-            self.zeros[i] += u32::from(y == 0.0);
-            // Finite values have an exponent below all ones.
-            self.non_finite[i] += u32::from(x.to_bits() & 0x7F80_0000 == 0x7F80_0000);
-        }
-    }
-
-    /// Fewer than LANES values (the end of a chunk), zero-padded; the padding's zeros are
-    /// taken back from the count.
-    #[inline(always)]
-    fn add_partial(&mut self, a: &[f32], b: &[f32]) {
-        let mut x = [0f32; LANES];
-        let mut y = [0f32; LANES];
-        x[..a.len()].copy_from_slice(a);
-        y[..b.len()].copy_from_slice(b);
-        self.add(&x, &y);
-        self.padding += (LANES - a.len()) as u64;
-    }
-
-    #[inline(always)]
-    fn finish(self, count: usize) -> Sums {
-        let sum = |lanes: &[f32; LANES]| lanes.iter().map(|&v| f64::from(v)).sum::<f64>();
-        Sums {
-            orig_sq: sum(&self.orig_sq),
-            out_sq: sum(&self.out_sq),
-            err_sq: sum(&self.err_sq),
-            dot: sum(&self.dot),
-            max_abs: self.max_abs.iter().fold(0f64, |m, &v| m.max(f64::from(v))),
-            zeros: self.zeros.iter().map(|&z| u64::from(z)).sum::<u64>() - self.padding,
-            non_finite: self.non_finite.iter().map(|&z| u64::from(z)).sum(),
-            count: count as u64,
-        }
-    }
-}
-
-multiversion! {
-    /// The metric sums of one chunk, for stored values already in `output`.
-    fn chunk_sums(original: &[f32], output: &[f32]) -> Sums {
-        let mut lanes = Lanes::default();
-        let mut a_chunks = original.chunks_exact(LANES);
-        let mut b_chunks = output.chunks_exact(LANES);
-        for (a, b) in (&mut a_chunks).zip(&mut b_chunks) {
-            lanes.add(a.try_into().expect("LANES"), b.try_into().expect("LANES"));
-        }
-        lanes.add_partial(a_chunks.remainder(), b_chunks.remainder());
-        lanes.finish(original.len())
-    }
-}
-
-/// Writes `values` in `dtype` into `out` and returns the metric sums of the stored values
-/// against the original ones, decoded again from `input`; one pass where the dtype allows it
-/// (`scratch` holds the decoded original otherwise).
-fn store_and_measure(
-    dtype: Dtype,
-    input: &[u8],
-    scratch: &mut Vec<f32>,
-    values: &mut [f32],
-    out: &mut [u8],
-) -> Sums {
-    match dtype {
-        Dtype::BF16 => store_bf16_and_measure(input, values, out),
-        Dtype::F32 => store_f32_and_measure(input, values, out),
-        _ => {
-            scratch.resize(values.len(), 0.0);
-            dtype::decode(dtype, input, scratch);
-            dtype::encode_rounding(dtype, values, out);
-            chunk_sums(scratch, values)
-        }
-    }
-}
-
-/// [`chunk_sums`] fused with storing `values`: for each value, `read` decodes the original
-/// from its `width` input bytes and `write` stores the new value into its output bytes and
-/// returns what was stored. Inlined into each dtype's multiversioned loop.
-#[inline(always)]
-fn store_and_measure_with(
-    input: &[u8],
-    values: &[f32],
-    out: &mut [u8],
-    width: usize,
-    read: impl Fn(&[u8]) -> f32,
-    write: impl Fn(f32, &mut [u8]) -> f32,
-) -> Sums {
-    let mut lanes = Lanes::default();
-    let mut i_chunks = input.chunks_exact(width * LANES);
-    let mut v_chunks = values.chunks_exact(LANES);
-    let mut o_chunks = out.chunks_exact_mut(width * LANES);
-    for ((inp, v), o) in (&mut i_chunks).zip(&mut v_chunks).zip(&mut o_chunks) {
-        let mut original = [0f32; LANES];
-        let mut stored = [0f32; LANES];
-        for i in 0..LANES {
-            original[i] = read(&inp[width * i..]);
-            stored[i] = write(v[i], &mut o[width * i..width * (i + 1)]);
-        }
-        lanes.add(&original, &stored);
-    }
-    let rest = v_chunks.remainder();
-    let mut original = [0f32; LANES];
-    let mut stored = [0f32; LANES];
-    for (i, o) in o_chunks
-        .into_remainder()
-        .chunks_exact_mut(width)
-        .enumerate()
-    {
-        original[i] = read(&i_chunks.remainder()[width * i..]);
-        stored[i] = write(rest[i], o);
-    }
-    lanes.add_partial(&original[..rest.len()], &stored[..rest.len()]);
-    lanes.finish(values.len())
-}
-
-multiversion! {
-    /// [`store_and_measure_with`] for BF16 (round to nearest even).
-    fn store_bf16_and_measure(input: &[u8], values: &[f32], out: &mut [u8]) -> Sums {
-        store_and_measure_with(
-            input,
-            values,
-            out,
-            2,
-            |b| f32::from_bits(u32::from(u16::from_le_bytes([b[0], b[1]])) << 16),
-            |v, o| {
-                let bits = dtype::bf16_bits(v);
-                o.copy_from_slice(&bits.to_le_bytes());
-                f32::from_bits(u32::from(bits) << 16)
-            },
-        )
-    }
-}
-
-multiversion! {
-    /// [`store_and_measure_with`] for little-endian F32.
-    fn store_f32_and_measure(input: &[u8], values: &[f32], out: &mut [u8]) -> Sums {
-        store_and_measure_with(
-            input,
-            values,
-            out,
-            4,
-            |b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]),
-            |v, o| {
-                o.copy_from_slice(&v.to_le_bytes());
-                v
-            },
-        )
-    }
-}
-
 thread_local! {
     /// Per-thread chunk buffers (original values, working values), reused across chunks so the
     /// hot path never allocates.
@@ -694,6 +490,28 @@ pub fn transform_into(
     cancel: &Cancel,
     out: &mut [u8],
 ) -> Result<Fidelity, TransformError> {
+    transform_choosing(view, steps, cancel, out, true)
+}
+
+/// [`transform`] on the general path only (never the one-pass kernels), for tests that
+/// compare the two.
+#[cfg(test)]
+pub(crate) fn transform_general(
+    view: &TensorView,
+    steps: &[Step],
+) -> Result<(Vec<u8>, Fidelity), TransformError> {
+    let mut out = vec![0u8; view.bytes.len()];
+    let fidelity = transform_choosing(view, steps, &Cancel::new(), &mut out, false)?;
+    Ok((out, fidelity))
+}
+
+fn transform_choosing(
+    view: &TensorView,
+    steps: &[Step],
+    cancel: &Cancel,
+    out: &mut [u8],
+    one_pass_allowed: bool,
+) -> Result<Fidelity, TransformError> {
     assert_eq!(out.len(), view.bytes.len(), "output length");
     let layout = Layout::of(view, steps);
     let decode_chunk = |c: usize, buf: &mut Vec<f32>| layout.decode(view, c, buf);
@@ -781,18 +599,36 @@ pub fn transform_into(
     }
 
     let chunk_bytes = layout.rows_per_chunk * layout.cols * layout.width;
+    let one_pass = one_pass_allowed.then_some(()).and_then(|()| {
+        OnePass::for_steps(
+            steps,
+            view.dtype,
+            layout.cols,
+            globals.iter().find_map(|g| match g {
+                Global::TensorParams(p) => Some(*p),
+                _ => None,
+            }),
+            globals.iter().find_map(|g| match g {
+                Global::TensorScale(s) => Some(*s),
+                _ => None,
+            }),
+        )
+    });
     let sums = out
         .par_chunks_mut(chunk_bytes.max(1))
         .enumerate()
         .map(|(c, out_chunk)| -> Result<Sums, Canceled> {
             cancel.check()?;
+            let range = layout.chunk_values(c);
+            let input = &view.bytes[range.start * layout.width..range.end * layout.width];
+            if let Some(kernel) = one_pass {
+                return Ok(kernel.run(view.dtype, layout.cols, input, out_chunk));
+            }
             Ok(BUFFERS.with_borrow_mut(|(original, values)| {
                 decode_chunk(c, values);
                 apply_steps(steps, &globals, c, values, &layout);
                 // Measure what is stored, after rounding to the output dtype, against the
                 // original re-read from the input (cheaper than keeping a decoded copy).
-                let range = layout.chunk_values(c);
-                let input = &view.bytes[range.start * layout.width..range.end * layout.width];
                 store_and_measure(view.dtype, input, original, values, out_chunk)
             }))
         })

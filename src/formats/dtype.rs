@@ -81,13 +81,20 @@ fn decode_f16(bytes: &[u8], out: &mut [f32]) {
 /// BF16 bits of `v`, round to nearest even; NaN stays a (quiet) NaN.
 #[inline(always)]
 pub(crate) fn bf16_bits(v: f32) -> u16 {
+    (bf16_rounded(v).to_bits() >> 16) as u16
+}
+
+/// `v` rounded to BF16 (nearest, ties to even; NaN made quiet), as the f32 it stands for.
+/// Rounding in 32-bit lanes and narrowing only to store keeps the vector loops free of
+/// pack-and-widen round trips.
+#[inline(always)]
+pub(crate) fn bf16_rounded(v: f32) -> f32 {
     let bits = v.to_bits();
-    let rounded = (bits.wrapping_add(0x7FFF + ((bits >> 16) & 1)) >> 16) as u16;
-    if v.is_nan() {
-        ((bits >> 16) as u16) | 0x0040
-    } else {
-        rounded
-    }
+    let rounded = bits.wrapping_add(0x7FFF + ((bits >> 16) & 1)) & 0xFFFF_0000;
+    let quiet_nan = (bits & 0xFFFF_0000) | 0x0040_0000;
+    // A mask rather than `if`: the vectoriser keeps a select of integers in lanes.
+    let nan = u32::from(v.is_nan()).wrapping_neg();
+    f32::from_bits((quiet_nan & nan) | (rounded & !nan))
 }
 
 multiversion! {

@@ -1,0 +1,355 @@
+//! One pass per chunk for the recipes most jobs run: a single integer, FP8, Q8_0 or Q4_0 step on
+//! BF16 or F32 weights. Each group of values that shares a scale (a row, a quantization group, a
+//! GGUF block) is read straight from the input bytes twice, once for its range and once to
+//! quantize, store and measure it while it is still in the L1 cache; the general path's decoded
+//! f32 copy of the chunk and its separate passes are skipped. Values and metric sums are the
+//! general path's, bit for bit: the same per-value functions, the same order of the sums' lanes
+//! (groups are whole multiples of the lane count), which the tests check for every kernel.
+
+use crate::compress::fp8;
+use crate::compress::gguf::{self, BlockStep, BlockType};
+use crate::compress::measure::{Bf16, Codec, F32, LANES, Lanes, Sums, store_lanes};
+use crate::compress::quantize::{self, Granularity, IntScheme, QParams, min_max_stored};
+use crate::compress::simd::multiversion;
+use crate::compress::tensor::Step;
+use crate::formats::safetensors::Dtype;
+
+/// Values read, transformed and stored together: groups are whole multiples of it.
+const BLOCK: usize = 32;
+
+/// A step the one-pass kernels run, with its whole-tensor parameters when it has them.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum OnePass {
+    Int {
+        scheme: IntScheme,
+        /// Per-tensor granularity's parameters.
+        tensor: Option<QParams>,
+    },
+    Fp8 {
+        /// Per-tensor granularity's scale.
+        tensor_scale: Option<f32>,
+    },
+    Q8_0,
+    Q4_0,
+}
+
+impl OnePass {
+    /// The one-pass kernel for `steps` on a tensor of `dtype` with rows of `cols` values, when
+    /// there is one: a single supported step whose groups tile the rows and hold whole blocks.
+    /// `tensor_params` / `tensor_scale` are the per-tensor step's global facts.
+    pub(crate) fn for_steps(
+        steps: &[Step],
+        dtype: Dtype,
+        cols: usize,
+        tensor_params: Option<QParams>,
+        tensor_scale: Option<f32>,
+    ) -> Option<OnePass> {
+        if !matches!(dtype, Dtype::BF16 | Dtype::F32) || !cols.is_multiple_of(BLOCK) {
+            return None;
+        }
+        let kernel = match steps {
+            [Step::Int(scheme)] => OnePass::Int {
+                scheme: *scheme,
+                tensor: tensor_params,
+            },
+            [Step::Fp8 { .. }] => OnePass::Fp8 { tensor_scale },
+            [Step::Gguf(BlockType::Q8_0)] => OnePass::Q8_0,
+            [Step::Gguf(BlockType::Q4_0)] => OnePass::Q4_0,
+            _ => return None,
+        };
+        let group = kernel.group_len(cols);
+        (group.is_multiple_of(BLOCK) && cols.is_multiple_of(group)).then_some(kernel)
+    }
+
+    /// Values that share parameters.
+    fn group_len(&self, cols: usize) -> usize {
+        match self {
+            OnePass::Int { scheme, .. } => match scheme.granularity {
+                Granularity::Group(n) => n,
+                Granularity::Tensor | Granularity::Channel => cols,
+            },
+            OnePass::Fp8 { .. } => cols,
+            OnePass::Q8_0 | OnePass::Q4_0 => gguf::BLOCK,
+        }
+    }
+
+    /// Transforms whole rows of `input` (rows of `cols` values in `dtype`) into `out` and
+    /// returns the metric sums.
+    pub(crate) fn run(self, dtype: Dtype, cols: usize, input: &[u8], out: &mut [u8]) -> Sums {
+        let group = self.group_len(cols);
+        match dtype {
+            Dtype::BF16 => run_bf16(self, group, input, out),
+            Dtype::F32 => run_f32(self, group, input, out),
+            _ => unreachable!("one-pass kernels are chosen for BF16 and F32 only"),
+        }
+    }
+}
+
+multiversion! {
+    fn run_bf16(kernel: OnePass, group: usize, input: &[u8], out: &mut [u8]) -> Sums {
+        run_stored::<Bf16>(kernel, group, input, out)
+    }
+}
+
+multiversion! {
+    fn run_f32(kernel: OnePass, group: usize, input: &[u8], out: &mut [u8]) -> Sums {
+        run_stored::<F32>(kernel, group, input, out)
+    }
+}
+
+/// Each kernel's rule over values stored `width` bytes each, read and written by a dtype's
+/// functions (plain functions and trait methods, all inlined: a closure here would stay out of
+/// line, compiled for the baseline target).
+#[inline(always)]
+fn run_stored<C: Codec>(kernel: OnePass, group: usize, input: &[u8], out: &mut [u8]) -> Sums {
+    let stored = Stored::<C> {
+        group,
+        codec: std::marker::PhantomData,
+    };
+    match kernel {
+        OnePass::Int { scheme, tensor } => stored.each_group(
+            input,
+            out,
+            IntRule {
+                scheme,
+                tensor,
+                qmin: scheme.qmin() as f32,
+                qmax: scheme.qmax() as f32,
+            },
+        ),
+        OnePass::Fp8 { tensor_scale } => stored.each_group(input, out, Fp8Rule { tensor_scale }),
+        OnePass::Q8_0 => stored.each_group(input, out, Q8Rule),
+        OnePass::Q4_0 => stored.each_group(input, out, Q4Rule),
+    }
+}
+
+/// How a kernel picks a group's parameters and what each value becomes.
+trait Rule: Copy {
+    type Params: Copy;
+
+    /// Whether [`Rule::params`] looks at the group's range (per-tensor rules do not).
+    fn needs_range(self) -> bool;
+
+    /// The parameters of a group with range `lo..=hi`, whose values `read` decodes from `bytes`.
+    fn params(
+        self,
+        lo: f32,
+        hi: f32,
+        bytes: &[u8],
+        width: usize,
+        read: impl Fn(&[u8]) -> f32,
+    ) -> Self::Params;
+
+    /// What `x` becomes.
+    fn value(self, p: Self::Params, x: f32) -> f32;
+
+    /// What each of `x` becomes.
+    #[inline(always)]
+    fn values(self, p: Self::Params, x: &[f32; BLOCK], y: &mut [f32; BLOCK]) {
+        for i in 0..BLOCK {
+            y[i] = self.value(p, x[i]);
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+struct IntRule {
+    scheme: IntScheme,
+    tensor: Option<QParams>,
+    qmin: f32,
+    qmax: f32,
+}
+
+/// A group's integer parameters, with the reciprocal of the scale when it is finite.
+#[derive(Clone, Copy)]
+struct IntParams {
+    scale: f32,
+    zero_point: f32,
+    inverse: Option<f32>,
+}
+
+/// How far from a rounding tie (x.5) a code computed with the reciprocal must be for the
+/// division to round the same way. x · (1/s) is within 2^-22 relative of x / s, and codes
+/// that matter lie in [-128, 255], so the two differ by less than 2^-13 there.
+const TIE_MARGIN: f32 = 1.0 / 1024.0;
+
+impl Rule for IntRule {
+    type Params = IntParams;
+
+    #[inline(always)]
+    fn needs_range(self) -> bool {
+        self.tensor.is_none()
+    }
+
+    #[inline(always)]
+    fn params(self, lo: f32, hi: f32, _: &[u8], _: usize, _: impl Fn(&[u8]) -> f32) -> IntParams {
+        let p = self.tensor.unwrap_or_else(|| self.scheme.params(lo, hi));
+        let inverse = 1.0 / p.scale;
+        IntParams {
+            scale: p.scale,
+            zero_point: p.zero_point as f32,
+            inverse: inverse.is_normal().then_some(inverse),
+        }
+    }
+
+    #[inline(always)]
+    fn value(self, p: IntParams, x: f32) -> f32 {
+        quantize::fake_value(x, p.scale, p.zero_point, self.qmin, self.qmax)
+    }
+
+    /// The codes by multiplying with the reciprocal (a vector division costs several
+    /// multiplications), falling back to the division for the whole block when any code lands
+    /// near a tie, where the two could round apart; so the values are exactly the division's.
+    #[inline(always)]
+    fn values(self, p: IntParams, x: &[f32; BLOCK], y: &mut [f32; BLOCK]) {
+        let mut near_tie = 0u32;
+        if let Some(inverse) = p.inverse {
+            for i in 0..BLOCK {
+                let t = x[i] * inverse + p.zero_point;
+                let t = if t < self.qmin { self.qmin } else { t };
+                let t = if t > self.qmax { self.qmax } else { t };
+                let code = t.round_ties_even();
+                near_tie |= u32::from(((t - code).abs() - 0.5).abs() < TIE_MARGIN);
+                y[i] = (code - p.zero_point) * p.scale;
+            }
+        }
+        if near_tie != 0 || p.inverse.is_none() {
+            for i in 0..BLOCK {
+                y[i] = self.value(p, x[i]);
+            }
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Fp8Rule {
+    tensor_scale: Option<f32>,
+}
+
+impl Rule for Fp8Rule {
+    type Params = f32;
+
+    #[inline(always)]
+    fn needs_range(self) -> bool {
+        self.tensor_scale.is_none()
+    }
+
+    #[inline(always)]
+    fn params(self, lo: f32, hi: f32, _: &[u8], _: usize, _: impl Fn(&[u8]) -> f32) -> f32 {
+        self.tensor_scale
+            .unwrap_or_else(|| fp8::scale_for(lo.abs().max(hi.abs())))
+    }
+
+    #[inline(always)]
+    fn value(self, scale: f32, x: f32) -> f32 {
+        fp8::fake_value(x, scale)
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Q8Rule;
+
+impl Rule for Q8Rule {
+    type Params = BlockStep;
+
+    #[inline(always)]
+    fn needs_range(self) -> bool {
+        true
+    }
+
+    #[inline(always)]
+    fn params(self, lo: f32, hi: f32, _: &[u8], _: usize, _: impl Fn(&[u8]) -> f32) -> BlockStep {
+        BlockStep::q8_0(lo.abs().max(hi.abs()))
+    }
+
+    #[inline(always)]
+    fn value(self, step: BlockStep, x: f32) -> f32 {
+        step.q8_0_value(x)
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Q4Rule;
+
+impl Rule for Q4Rule {
+    type Params = BlockStep;
+
+    #[inline(always)]
+    fn needs_range(self) -> bool {
+        true
+    }
+
+    #[inline(always)]
+    fn params(
+        self,
+        lo: f32,
+        hi: f32,
+        bytes: &[u8],
+        width: usize,
+        read: impl Fn(&[u8]) -> f32,
+    ) -> BlockStep {
+        BlockStep::q4_0(gguf::signed_absmax_of_range(lo, hi, || {
+            let mut block = [0f32; gguf::BLOCK];
+            for (v, b) in block.iter_mut().zip(bytes.chunks_exact(width)) {
+                *v = read(b);
+            }
+            gguf::signed_absmax(&block)
+        }))
+    }
+
+    #[inline(always)]
+    fn value(self, step: BlockStep, x: f32) -> f32 {
+        step.q4_0_value(x)
+    }
+}
+
+/// Values stored in `C`, in groups of `group` values.
+struct Stored<C> {
+    group: usize,
+    codec: std::marker::PhantomData<C>,
+}
+
+impl<C: Codec> Stored<C> {
+    /// For each group: its parameters, then each value through the rule, stored, and measured
+    /// against the original.
+    #[inline(always)]
+    fn each_group(&self, input: &[u8], out: &mut [u8], rule: impl Rule) -> Sums {
+        let (width, group_bytes) = (C::WIDTH, self.group * C::WIDTH);
+        let mut lanes = Lanes::default();
+        for (group_in, group_out) in input
+            .chunks_exact(group_bytes)
+            .zip(out.chunks_exact_mut(group_bytes))
+        {
+            let (lo, hi) = if rule.needs_range() {
+                min_max_stored(group_in, width, C::read)
+            } else {
+                (0.0, 0.0)
+            };
+            let p = rule.params(lo, hi, group_in, width, C::read);
+            for (inp, o) in group_in
+                .chunks_exact(width * BLOCK)
+                .zip(group_out.chunks_exact_mut(width * BLOCK))
+            {
+                let mut original = [0f32; BLOCK];
+                for i in 0..BLOCK {
+                    original[i] = C::read(&inp[width * i..]);
+                }
+                let mut stored = [0f32; BLOCK];
+                rule.values(p, &original, &mut stored);
+                for v in &mut stored {
+                    *v = C::round(*v);
+                }
+                for ((x, y), o) in original
+                    .chunks_exact(LANES)
+                    .zip(stored.chunks_exact(LANES))
+                    .zip(o.chunks_exact_mut(width * LANES))
+                {
+                    let y: &[f32; LANES] = y.try_into().expect("LANES");
+                    store_lanes::<C>(y, o);
+                    lanes.add(x.try_into().expect("LANES"), y);
+                }
+            }
+        }
+        lanes.finish(input.len() / width)
+    }
+}
