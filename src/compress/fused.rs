@@ -102,12 +102,9 @@ multiversion! {
 /// line, compiled for the baseline target).
 #[inline(always)]
 fn run_stored<C: Codec>(kernel: OnePass, group: usize, input: &[u8], out: &mut [u8]) -> Sums {
-    let stored = Stored::<C> {
-        group,
-        codec: std::marker::PhantomData,
-    };
     match kernel {
-        OnePass::Int { scheme, tensor } => stored.each_group(
+        OnePass::Int { scheme, tensor } => each_group::<C>(
+            group,
             input,
             out,
             IntRule {
@@ -117,9 +114,11 @@ fn run_stored<C: Codec>(kernel: OnePass, group: usize, input: &[u8], out: &mut [
                 qmax: scheme.qmax() as f32,
             },
         ),
-        OnePass::Fp8 { tensor_scale } => stored.each_group(input, out, Fp8Rule { tensor_scale }),
-        OnePass::Q8_0 => stored.each_group(input, out, Q8Rule),
-        OnePass::Q4_0 => stored.each_group(input, out, Q4Rule),
+        OnePass::Fp8 { tensor_scale } => {
+            each_group::<C>(group, input, out, Fp8Rule { tensor_scale })
+        }
+        OnePass::Q8_0 => each_group::<C>(group, input, out, Q8Rule),
+        OnePass::Q4_0 => each_group::<C>(group, input, out, Q4Rule),
     }
 }
 
@@ -128,17 +127,13 @@ trait Rule: Copy {
     type Params: Copy;
 
     /// Whether [`Rule::params`] looks at the group's range (per-tensor rules do not).
-    fn needs_range(self) -> bool;
+    #[inline(always)]
+    fn needs_range(self) -> bool {
+        true
+    }
 
-    /// The parameters of a group with range `lo..=hi`, whose values `read` decodes from `bytes`.
-    fn params(
-        self,
-        lo: f32,
-        hi: f32,
-        bytes: &[u8],
-        width: usize,
-        read: impl Fn(&[u8]) -> f32,
-    ) -> Self::Params;
+    /// The parameters of a group with range `lo..=hi`, whose values are `bytes` in `C`.
+    fn params<C: Codec>(self, lo: f32, hi: f32, bytes: &[u8]) -> Self::Params;
 
     /// What `x` becomes.
     fn value(self, p: Self::Params, x: f32) -> f32;
@@ -182,7 +177,7 @@ impl Rule for IntRule {
     }
 
     #[inline(always)]
-    fn params(self, lo: f32, hi: f32, _: &[u8], _: usize, _: impl Fn(&[u8]) -> f32) -> IntParams {
+    fn params<C: Codec>(self, lo: f32, hi: f32, _: &[u8]) -> IntParams {
         let p = self.tensor.unwrap_or_else(|| self.scheme.params(lo, hi));
         let inverse = 1.0 / p.scale;
         IntParams {
@@ -235,7 +230,7 @@ impl Rule for Fp8Rule {
     }
 
     #[inline(always)]
-    fn params(self, lo: f32, hi: f32, _: &[u8], _: usize, _: impl Fn(&[u8]) -> f32) -> f32 {
+    fn params<C: Codec>(self, lo: f32, hi: f32, _: &[u8]) -> f32 {
         self.tensor_scale
             .unwrap_or_else(|| fp8::scale_for(lo.abs().max(hi.abs())))
     }
@@ -253,12 +248,7 @@ impl Rule for Q8Rule {
     type Params = BlockStep;
 
     #[inline(always)]
-    fn needs_range(self) -> bool {
-        true
-    }
-
-    #[inline(always)]
-    fn params(self, lo: f32, hi: f32, _: &[u8], _: usize, _: impl Fn(&[u8]) -> f32) -> BlockStep {
+    fn params<C: Codec>(self, lo: f32, hi: f32, _: &[u8]) -> BlockStep {
         BlockStep::q8_0(lo.abs().max(hi.abs()))
     }
 
@@ -275,23 +265,11 @@ impl Rule for Q4Rule {
     type Params = BlockStep;
 
     #[inline(always)]
-    fn needs_range(self) -> bool {
-        true
-    }
-
-    #[inline(always)]
-    fn params(
-        self,
-        lo: f32,
-        hi: f32,
-        bytes: &[u8],
-        width: usize,
-        read: impl Fn(&[u8]) -> f32,
-    ) -> BlockStep {
+    fn params<C: Codec>(self, lo: f32, hi: f32, bytes: &[u8]) -> BlockStep {
         BlockStep::q4_0(gguf::signed_absmax_of_range(lo, hi, || {
             let mut block = [0f32; gguf::BLOCK];
-            for (v, b) in block.iter_mut().zip(bytes.chunks_exact(width)) {
-                *v = read(b);
+            for (v, b) in block.iter_mut().zip(bytes.chunks_exact(C::WIDTH)) {
+                *v = C::read(b);
             }
             gguf::signed_absmax(&block)
         }))
@@ -303,53 +281,45 @@ impl Rule for Q4Rule {
     }
 }
 
-/// Values stored in `C`, in groups of `group` values.
-struct Stored<C> {
-    group: usize,
-    codec: std::marker::PhantomData<C>,
-}
-
-impl<C: Codec> Stored<C> {
-    /// For each group: its parameters, then each value through the rule, stored, and measured
-    /// against the original.
-    #[inline(always)]
-    fn each_group(&self, input: &[u8], out: &mut [u8], rule: impl Rule) -> Sums {
-        let (width, group_bytes) = (C::WIDTH, self.group * C::WIDTH);
-        let mut lanes = Lanes::default();
-        for (group_in, group_out) in input
-            .chunks_exact(group_bytes)
-            .zip(out.chunks_exact_mut(group_bytes))
+/// For each group of `group` values stored in `C`: its parameters, then each value through the
+/// rule, stored, and measured against the original.
+#[inline(always)]
+fn each_group<C: Codec>(group: usize, input: &[u8], out: &mut [u8], rule: impl Rule) -> Sums {
+    let (width, group_bytes) = (C::WIDTH, group * C::WIDTH);
+    let mut lanes = Lanes::default();
+    for (group_in, group_out) in input
+        .chunks_exact(group_bytes)
+        .zip(out.chunks_exact_mut(group_bytes))
+    {
+        let (lo, hi) = if rule.needs_range() {
+            min_max_stored(group_in, width, C::read)
+        } else {
+            (0.0, 0.0)
+        };
+        let p = rule.params::<C>(lo, hi, group_in);
+        for (inp, o) in group_in
+            .chunks_exact(width * BLOCK)
+            .zip(group_out.chunks_exact_mut(width * BLOCK))
         {
-            let (lo, hi) = if rule.needs_range() {
-                min_max_stored(group_in, width, C::read)
-            } else {
-                (0.0, 0.0)
-            };
-            let p = rule.params(lo, hi, group_in, width, C::read);
-            for (inp, o) in group_in
-                .chunks_exact(width * BLOCK)
-                .zip(group_out.chunks_exact_mut(width * BLOCK))
+            let mut original = [0f32; BLOCK];
+            for i in 0..BLOCK {
+                original[i] = C::read(&inp[width * i..]);
+            }
+            let mut stored = [0f32; BLOCK];
+            rule.values(p, &original, &mut stored);
+            for v in &mut stored {
+                *v = C::round(*v);
+            }
+            for ((x, y), o) in original
+                .chunks_exact(LANES)
+                .zip(stored.chunks_exact(LANES))
+                .zip(o.chunks_exact_mut(width * LANES))
             {
-                let mut original = [0f32; BLOCK];
-                for i in 0..BLOCK {
-                    original[i] = C::read(&inp[width * i..]);
-                }
-                let mut stored = [0f32; BLOCK];
-                rule.values(p, &original, &mut stored);
-                for v in &mut stored {
-                    *v = C::round(*v);
-                }
-                for ((x, y), o) in original
-                    .chunks_exact(LANES)
-                    .zip(stored.chunks_exact(LANES))
-                    .zip(o.chunks_exact_mut(width * LANES))
-                {
-                    let y: &[f32; LANES] = y.try_into().expect("LANES");
-                    store_lanes::<C>(y, o);
-                    lanes.add(x.try_into().expect("LANES"), y);
-                }
+                let y: &[f32; LANES] = y.try_into().expect("LANES");
+                store_lanes::<C>(y, o);
+                lanes.add(x.try_into().expect("LANES"), y);
             }
         }
-        lanes.finish(input.len() / width)
     }
+    lanes.finish(input.len() / width)
 }

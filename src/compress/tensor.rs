@@ -599,21 +599,19 @@ fn transform_choosing(
     }
 
     let chunk_bytes = layout.rows_per_chunk * layout.cols * layout.width;
-    let one_pass = one_pass_allowed.then_some(()).and_then(|()| {
-        OnePass::for_steps(
-            steps,
-            view.dtype,
-            layout.cols,
-            globals.iter().find_map(|g| match g {
-                Global::TensorParams(p) => Some(*p),
-                _ => None,
-            }),
-            globals.iter().find_map(|g| match g {
-                Global::TensorScale(s) => Some(*s),
-                _ => None,
-            }),
-        )
+    let tensor_params = globals.iter().find_map(|g| match g {
+        Global::TensorParams(p) => Some(*p),
+        _ => None,
     });
+    let tensor_scale = globals.iter().find_map(|g| match g {
+        Global::TensorScale(s) => Some(*s),
+        _ => None,
+    });
+    let one_pass = if one_pass_allowed {
+        OnePass::for_steps(steps, view.dtype, layout.cols, tensor_params, tensor_scale)
+    } else {
+        None
+    };
     let sums = out
         .par_chunks_mut(chunk_bytes.max(1))
         .enumerate()
