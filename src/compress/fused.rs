@@ -6,11 +6,14 @@
 //! general path's, bit for bit: the same per-value functions, the same order of the sums' lanes
 //! (groups are whole multiples of the lane count), which the tests check for every kernel.
 
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+
 use crate::compress::fp8;
 use crate::compress::gguf::{self, BlockStep, BlockType};
 use crate::compress::measure::{Bf16, Codec, F32, LANES, Lanes, Sums, store_lanes};
 use crate::compress::quantize::{self, Granularity, IntScheme, QParams, min_max_stored};
-use crate::compress::simd::multiversion;
+use crate::compress::simd::{self, multiversion};
 use crate::compress::tensor::Step;
 use crate::formats::safetensors::Dtype;
 
@@ -22,8 +25,8 @@ const BLOCK: usize = 32;
 pub(crate) enum OnePass {
     Int {
         scheme: IntScheme,
-        /// Per-tensor granularity's parameters.
-        tensor: Option<QParams>,
+        /// Per-tensor granularity's parameters, with the tensor's largest magnitude.
+        tensor: Option<(QParams, f32)>,
     },
     Fp8 {
         /// Per-tensor granularity's scale.
@@ -41,7 +44,7 @@ impl OnePass {
         steps: &[Step],
         dtype: Dtype,
         cols: usize,
-        tensor_params: Option<QParams>,
+        tensor_params: Option<(QParams, f32)>,
         tensor_scale: Option<f32>,
     ) -> Option<OnePass> {
         if !matches!(dtype, Dtype::BF16 | Dtype::F32) || !cols.is_multiple_of(BLOCK) {
@@ -77,6 +80,24 @@ impl OnePass {
     /// returns the metric sums.
     pub(crate) fn run(self, dtype: Dtype, cols: usize, input: &[u8], out: &mut [u8]) -> Sums {
         let group = self.group_len(cols);
+        #[cfg(target_arch = "x86_64")]
+        if let OnePass::Int { scheme, tensor } = self
+            && simd::level() >= simd::Level::Avx2
+        {
+            let rule = IntRule::new(scheme, tensor);
+            // SAFETY: `level` is Avx2 or above only when the CPU has AVX2 and FMA.
+            return unsafe {
+                match dtype {
+                    Dtype::BF16 => avx2::int_groups::<true>(rule, group, input, out),
+                    _ => avx2::int_groups::<false>(rule, group, input, out),
+                }
+            };
+        }
+        self.run_portable(dtype, group, input, out)
+    }
+
+    /// [`OnePass::run`] by the portable loops only (the hand-written kernels' scalar twin).
+    fn run_portable(self, dtype: Dtype, group: usize, input: &[u8], out: &mut [u8]) -> Sums {
         match dtype {
             Dtype::BF16 => run_bf16(self, group, input, out),
             Dtype::F32 => run_f32(self, group, input, out),
@@ -103,17 +124,9 @@ multiversion! {
 #[inline(always)]
 fn run_stored<C: Codec>(kernel: OnePass, group: usize, input: &[u8], out: &mut [u8]) -> Sums {
     match kernel {
-        OnePass::Int { scheme, tensor } => each_group::<C>(
-            group,
-            input,
-            out,
-            IntRule {
-                scheme,
-                tensor,
-                qmin: scheme.qmin() as f32,
-                qmax: scheme.qmax() as f32,
-            },
-        ),
+        OnePass::Int { scheme, tensor } => {
+            each_group::<C>(group, input, out, IntRule::new(scheme, tensor))
+        }
         OnePass::Fp8 { tensor_scale } => {
             each_group::<C>(group, input, out, Fp8Rule { tensor_scale })
         }
@@ -150,9 +163,20 @@ trait Rule: Copy {
 #[derive(Clone, Copy)]
 struct IntRule {
     scheme: IntScheme,
-    tensor: Option<QParams>,
+    tensor: Option<(QParams, f32)>,
     qmin: f32,
     qmax: f32,
+}
+
+impl IntRule {
+    fn new(scheme: IntScheme, tensor: Option<(QParams, f32)>) -> IntRule {
+        IntRule {
+            scheme,
+            tensor,
+            qmin: scheme.qmin() as f32,
+            qmax: scheme.qmax() as f32,
+        }
+    }
 }
 
 /// A group's integer parameters, with the reciprocal of the scale when it is finite.
@@ -161,6 +185,8 @@ struct IntParams {
     scale: f32,
     zero_point: f32,
     inverse: Option<f32>,
+    /// The largest magnitude among the values these parameters quantize.
+    amax: f32,
 }
 
 /// How far from a rounding tie (x.5) a code computed with the reciprocal must be for the
@@ -178,12 +204,16 @@ impl Rule for IntRule {
 
     #[inline(always)]
     fn params<C: Codec>(self, lo: f32, hi: f32, _: &[u8]) -> IntParams {
-        let p = self.tensor.unwrap_or_else(|| self.scheme.params(lo, hi));
+        let (p, amax) = match self.tensor {
+            Some(tensor) => tensor,
+            None => (self.scheme.params(lo, hi), lo.abs().max(hi.abs())),
+        };
         let inverse = 1.0 / p.scale;
         IntParams {
             scale: p.scale,
             zero_point: p.zero_point as f32,
             inverse: inverse.is_normal().then_some(inverse),
+            amax,
         }
     }
 
@@ -322,4 +352,51 @@ fn each_group<C: Codec>(group: usize, input: &[u8], out: &mut [u8], rule: impl R
         }
     }
     lanes.finish(input.len() / width)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::compress::quantize::ScaleDtype;
+
+    /// The dispatched kernels (hand-written where the CPU allows) against their portable twin,
+    /// on weight-like BF16 values whose row maxima make the scale a power of two, so that many
+    /// codes are exact rounding ties, and on the same values in F32 with random scales.
+    #[test]
+    fn dispatched_and_portable_kernels_agree_bit_for_bit() {
+        let (rows, cols) = (16, 512);
+        let bf16: Vec<u8> =
+            crate::bench::pipeline::weight_like_bf16_block()[..rows * cols * 2].to_vec();
+        let mut values = vec![0f32; rows * cols];
+        crate::formats::dtype::decode(Dtype::BF16, &bf16, &mut values);
+        for (i, v) in values.iter_mut().enumerate() {
+            *v *= 1.0 + (i % 7) as f32 * 0.0137;
+        }
+        let f32_bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        for (dtype, input) in [(Dtype::BF16, &bf16), (Dtype::F32, &f32_bytes)] {
+            for (bits, symmetric, granularity) in [
+                (8, true, Granularity::Channel),
+                (8, false, Granularity::Group(128)),
+                (4, true, Granularity::Group(32)),
+                (4, false, Granularity::Channel),
+                (2, true, Granularity::Group(64)),
+            ] {
+                let scheme = IntScheme {
+                    bits,
+                    symmetric,
+                    granularity,
+                    scale_dtype: ScaleDtype::F32,
+                };
+                let kernel = OnePass::for_steps(&[Step::Int(scheme)], dtype, cols, None, None)
+                    .expect("a one-pass kernel");
+                let mut dispatched = vec![0u8; input.len()];
+                let mut portable = vec![0u8; input.len()];
+                let a = kernel.run(dtype, cols, input, &mut dispatched);
+                let b = kernel.run_portable(dtype, kernel.group_len(cols), input, &mut portable);
+                let name = format!("{dtype} {bits} bits symmetric {symmetric} {granularity:?}");
+                assert!(dispatched == portable, "{name}: bytes differ");
+                assert_eq!(a, b, "{name}: sums differ");
+            }
+        }
+    }
 }

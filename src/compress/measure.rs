@@ -41,14 +41,14 @@ pub(crate) const LANES: usize = 8;
 
 #[derive(Default)]
 pub(crate) struct Lanes {
-    orig_sq: [f32; LANES],
-    out_sq: [f32; LANES],
-    err_sq: [f32; LANES],
-    dot: [f32; LANES],
-    max_abs: [f32; LANES],
-    zeros: [u32; LANES],
-    non_finite: [u32; LANES],
-    padding: u64,
+    pub(crate) orig_sq: [f32; LANES],
+    pub(crate) out_sq: [f32; LANES],
+    pub(crate) err_sq: [f32; LANES],
+    pub(crate) dot: [f32; LANES],
+    pub(crate) max_abs: [f32; LANES],
+    pub(crate) zeros: [u32; LANES],
+    pub(crate) non_finite: [u32; LANES],
+    pub(crate) padding: u64,
 }
 
 impl Lanes {
@@ -57,10 +57,12 @@ impl Lanes {
         for i in 0..LANES {
             let (x, y) = (a[i], b[i]);
             let e = x - y;
-            self.orig_sq[i] += x * x;
-            self.out_sq[i] += y * y;
-            self.err_sq[i] += e * e;
-            self.dot[i] += x * y;
+            // Fused multiply-adds: one instruction where the CPU has them, and the same
+            // result on every CPU (a software FMA on the baseline).
+            self.orig_sq[i] = x.mul_add(x, self.orig_sq[i]);
+            self.out_sq[i] = y.mul_add(y, self.out_sq[i]);
+            self.err_sq[i] = e.mul_add(e, self.err_sq[i]);
+            self.dot[i] = x.mul_add(y, self.dot[i]);
             let ae = e.abs();
             self.max_abs[i] = if ae > self.max_abs[i] {
                 ae

@@ -270,7 +270,8 @@ enum Global {
     Factors(Factors),
     /// The tensor's cluster centroids.
     Codebook(Codebook),
-    TensorParams(QParams),
+    /// Per-tensor integer parameters, with the tensor's largest magnitude.
+    TensorParams(QParams, f32),
     TensorScale(f32),
     None,
 }
@@ -311,7 +312,7 @@ fn apply_steps(
             }
             (Step::Int(scheme), global) => {
                 let tensor = match global {
-                    Global::TensorParams(p) => Some(*p),
+                    Global::TensorParams(p, _) => Some(*p),
                     _ => None,
                 };
                 scheme.fake_quantize_rows_in_place(values, cols, tensor);
@@ -553,7 +554,7 @@ fn transform_choosing(
             }
             Step::Int(scheme) if scheme.granularity == Granularity::Tensor => {
                 let (min, max) = tensor_range(layout.chunks(), &visit);
-                Global::TensorParams(scheme.params(min, max))
+                Global::TensorParams(scheme.params(min, max), min.abs().max(max.abs()))
             }
             Step::Fp8 { per_channel: false } => {
                 let (min, max) = tensor_range(layout.chunks(), &visit);
@@ -600,7 +601,7 @@ fn transform_choosing(
 
     let chunk_bytes = layout.rows_per_chunk * layout.cols * layout.width;
     let tensor_params = globals.iter().find_map(|g| match g {
-        Global::TensorParams(p) => Some(*p),
+        Global::TensorParams(p, amax) => Some((*p, *amax)),
         _ => None,
     });
     let tensor_scale = globals.iter().find_map(|g| match g {
