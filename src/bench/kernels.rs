@@ -96,7 +96,9 @@ fn kernels(rows: usize, cols: usize) -> Vec<(&'static str, Vec<Step>)> {
     ]
 }
 
-/// Input bytes of `rows × cols` weight-like values in `dtype`.
+/// Input bytes of `rows × cols` weight-like values in `dtype`. Each row is scaled by its own
+/// factor, as real weight rows differ in range: with one range for all rows, every row's scale
+/// would be the same power of two, a case the kernels take a shortcut for.
 fn tensor_bytes(rows: usize, cols: usize, dtype: Dtype) -> Vec<u8> {
     let block = super::pipeline::weight_like_bf16_block();
     let bf16: Vec<u8> = block
@@ -105,16 +107,18 @@ fn tensor_bytes(rows: usize, cols: usize, dtype: Dtype) -> Vec<u8> {
         .cycle()
         .take(rows * cols * 2)
         .collect();
-    match dtype {
-        Dtype::BF16 => bf16,
-        _ => {
-            let mut values = vec![0f32; rows * cols];
-            dtype::decode(Dtype::BF16, &bf16, &mut values);
-            let mut out = vec![0u8; rows * cols * dtype::float_width(dtype)];
-            dtype::encode(dtype, &values, &mut out);
-            out
+    let mut values = vec![0f32; rows * cols];
+    dtype::decode(Dtype::BF16, &bf16, &mut values);
+    for (r, row) in values.chunks_mut(cols).enumerate() {
+        // The golden ratio's fractional part spreads the factors over [0.5, 1.5).
+        let factor = 0.5 + (r as f64 * 0.618_033_988_749_895).fract() as f32;
+        for v in row {
+            *v *= factor;
         }
     }
+    let mut out = vec![0u8; rows * cols * dtype::float_width(dtype)];
+    dtype::encode(dtype, &values, &mut out);
+    out
 }
 
 /// Runs every kernel and prints a table. The output buffer is reused across runs, as the
