@@ -81,19 +81,35 @@ impl OnePass {
     pub(crate) fn run(self, dtype: Dtype, cols: usize, input: &[u8], out: &mut [u8]) -> Sums {
         let group = self.group_len(cols);
         #[cfg(target_arch = "x86_64")]
-        if let OnePass::Int { scheme, tensor } = self
-            && simd::level() >= simd::Level::Avx2
-        {
-            let rule = IntRule::new(scheme, tensor);
-            // SAFETY: `level` is Avx2 or above only when the CPU has AVX2 and FMA.
-            return unsafe {
-                match dtype {
-                    Dtype::BF16 => avx2::int_groups::<true>(rule, group, input, out),
-                    _ => avx2::int_groups::<false>(rule, group, input, out),
-                }
-            };
+        if simd::level() >= simd::Level::Avx2 {
+            // SAFETY: `level` is Avx2 or above only when the CPU has AVX2, FMA and F16C.
+            return unsafe { self.run_avx2(dtype == Dtype::BF16, group, input, out) };
         }
         self.run_portable(dtype, group, input, out)
+    }
+
+    /// [`OnePass::run`] by the AVX2 kernels, on BF16 or else F32 input.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn run_avx2(self, bf16: bool, group: usize, input: &[u8], out: &mut [u8]) -> Sums {
+        match (self, bf16) {
+            (OnePass::Int { scheme, tensor }, true) => {
+                avx2::int_groups::<true>(IntRule::new(scheme, tensor), group, input, out)
+            }
+            (OnePass::Int { scheme, tensor }, false) => {
+                avx2::int_groups::<false>(IntRule::new(scheme, tensor), group, input, out)
+            }
+            (OnePass::Fp8 { tensor_scale }, true) => {
+                avx2::fp8_groups::<true>(Fp8Rule { tensor_scale }, group, input, out)
+            }
+            (OnePass::Fp8 { tensor_scale }, false) => {
+                avx2::fp8_groups::<false>(Fp8Rule { tensor_scale }, group, input, out)
+            }
+            (OnePass::Q8_0, true) => avx2::q8_0_groups::<true>(input, out),
+            (OnePass::Q8_0, false) => avx2::q8_0_groups::<false>(input, out),
+            (OnePass::Q4_0, true) => avx2::q4_0_groups::<true>(input, out),
+            (OnePass::Q4_0, false) => avx2::q4_0_groups::<false>(input, out),
+        }
     }
 
     /// [`OnePass::run`] by the portable loops only (the hand-written kernels' scalar twin).
@@ -359,7 +375,7 @@ mod tests {
     use super::*;
     use crate::compress::quantize::ScaleDtype;
 
-    /// The dispatched kernels (hand-written where the CPU allows) against their portable twin,
+    /// The dispatched kernels (hand-written where the CPU allows) against their portable twins,
     /// on weight-like BF16 values whose row maxima make the scale a power of two, so that many
     /// codes are exact rounding ties, and on the same values in F32 with random scales.
     #[test]
@@ -374,26 +390,31 @@ mod tests {
         }
         let f32_bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
         for (dtype, input) in [(Dtype::BF16, &bf16), (Dtype::F32, &f32_bytes)] {
-            for (bits, symmetric, granularity) in [
-                (8, true, Granularity::Channel),
-                (8, false, Granularity::Group(128)),
-                (4, true, Granularity::Group(32)),
-                (4, false, Granularity::Channel),
-                (2, true, Granularity::Group(64)),
-            ] {
-                let scheme = IntScheme {
+            let int = |bits, symmetric, granularity| {
+                Step::Int(IntScheme {
                     bits,
                     symmetric,
                     granularity,
                     scale_dtype: ScaleDtype::F32,
-                };
-                let kernel = OnePass::for_steps(&[Step::Int(scheme)], dtype, cols, None, None)
+                })
+            };
+            for step in [
+                int(8, true, Granularity::Channel),
+                int(8, false, Granularity::Group(128)),
+                int(4, true, Granularity::Group(32)),
+                int(4, false, Granularity::Channel),
+                int(2, true, Granularity::Group(64)),
+                Step::Fp8 { per_channel: true },
+                Step::Gguf(BlockType::Q8_0),
+                Step::Gguf(BlockType::Q4_0),
+            ] {
+                let kernel = OnePass::for_steps(&[step], dtype, cols, None, None)
                     .expect("a one-pass kernel");
                 let mut dispatched = vec![0u8; input.len()];
                 let mut portable = vec![0u8; input.len()];
                 let a = kernel.run(dtype, cols, input, &mut dispatched);
                 let b = kernel.run_portable(dtype, kernel.group_len(cols), input, &mut portable);
-                let name = format!("{dtype} {bits} bits symmetric {symmetric} {granularity:?}");
+                let name = format!("{dtype} {step:?}");
                 assert!(dispatched == portable, "{name}: bytes differ");
                 assert_eq!(a, b, "{name}: sums differ");
             }

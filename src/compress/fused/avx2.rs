@@ -1,25 +1,30 @@
-//! The one-pass integer kernel written with AVX2 intrinsics, for CPUs that have AVX2 and FMA
-//! (AVX-512 ones included: on the 2-core Zen 4 we measure on, 256-bit code runs as fast as
-//! 512-bit). The portable loop in the parent module is its scalar twin and defines the results:
-//! values, stored bytes and metric sums here are that loop's, bit for bit (same operations, same
-//! order, no fused multiply-adds), which the tests check. Written by hand because the
-//! vectoriser, given the portable loop, shuffled lanes between register widths and spent as
+//! The one-pass kernels written with AVX2 intrinsics (integer, FP8, Q8_0 and Q4_0), for CPUs
+//! that have AVX2 and FMA (AVX-512 ones included: on the 2-core Zen 4 we measure on, 256-bit
+//! code runs as fast as 512-bit). The portable loops in the parent module are their scalar twins
+//! and define the results: values, stored bytes and metric sums here are those loops', bit for
+//! bit (the same operations in the same order), which the tests check. Written by hand because
+//! the vectoriser, given the portable loops, shuffled lanes between register widths and spent as
 //! many instructions moving values as computing them.
 
 use std::arch::x86_64::*;
 
-use super::{IntParams, IntRule, Rule};
+use super::{Fp8Rule, IntParams, IntRule, Rule};
+use crate::compress::fp8::E4M3_MAX;
+use crate::compress::gguf;
 use crate::compress::measure::{Bf16, Codec, F32, LANES, Lanes, Sums};
 use crate::compress::quantize::min_max_stored;
 
-/// The integer rule over whole groups of `group` values, stored as BF16 when `BF16` is true and
-/// as F32 otherwise, like `each_group` with an [`IntRule`].
+/// Each group of `group` values, stored as BF16 when `BF16` is true and as F32 otherwise:
+/// its parameters from `params` (given the group's bytes), then each eight values through
+/// `values`, rounded to the dtype, stored and measured.
+#[inline]
 #[target_feature(enable = "avx2,fma")]
-pub(super) fn int_groups<const BF16: bool>(
-    rule: IntRule,
+fn each_group<const BF16: bool, P>(
     group: usize,
     input: &[u8],
     out: &mut [u8],
+    params: impl Fn(&[u8]) -> P,
+    values: impl Fn(&P, __m256) -> __m256,
 ) -> Sums {
     let width = if BF16 { Bf16::WIDTH } else { F32::WIDTH };
     let group_bytes = group * width;
@@ -28,18 +33,13 @@ pub(super) fn int_groups<const BF16: bool>(
         .chunks_exact(group_bytes)
         .zip(out.chunks_exact_mut(group_bytes))
     {
-        let p = group_params::<BF16>(rule, group_in);
-        let constants = Constants::new(rule, p);
+        let p = params(group_in);
         for (inp, o) in group_in
             .chunks_exact(width * LANES)
             .zip(group_out.chunks_exact_mut(width * LANES))
         {
             let x = load::<BF16>(inp);
-            let y = if constants.exact_residual {
-                constants.values(x)
-            } else {
-                by_division(rule, p, x)
-            };
+            let y = values(&p, x);
             let y = if BF16 { bf16_rounded(y) } else { y };
             store::<BF16>(y, o);
             sums.add(x, y);
@@ -53,19 +53,248 @@ pub(super) fn int_groups<const BF16: bool>(
 }
 
 /// The group's parameters, exactly as the portable loop derives them.
+#[inline(always)]
+fn group_params<const BF16: bool, R: Rule>(rule: R, group_in: &[u8]) -> R::Params {
+    fn with<C: Codec, R: Rule>(rule: R, group_in: &[u8]) -> R::Params {
+        let (lo, hi) = if rule.needs_range() {
+            min_max_stored(group_in, C::WIDTH, C::read)
+        } else {
+            (0.0, 0.0)
+        };
+        rule.params::<C>(lo, hi, group_in)
+    }
+    if BF16 {
+        with::<Bf16, R>(rule, group_in)
+    } else {
+        with::<F32, R>(rule, group_in)
+    }
+}
+
+/// The integer rule, like the portable loop with an [`IntRule`].
+#[target_feature(enable = "avx2,fma")]
+pub(super) fn int_groups<const BF16: bool>(
+    rule: IntRule,
+    group: usize,
+    input: &[u8],
+    out: &mut [u8],
+) -> Sums {
+    each_group::<BF16, _>(
+        group,
+        input,
+        out,
+        |bytes| {
+            let p = group_params::<BF16, _>(rule, bytes);
+            (p, Constants::new(rule, p))
+        },
+        |(p, constants), x| {
+            if constants.exact_residual {
+                constants.values(x)
+            } else {
+                by_rule(rule, *p, x)
+            }
+        },
+    )
+}
+
+/// FP8 E4M3, like the portable loop with an [`Fp8Rule`].
+#[target_feature(enable = "avx2,fma")]
+pub(super) fn fp8_groups<const BF16: bool>(
+    rule: Fp8Rule,
+    group: usize,
+    input: &[u8],
+    out: &mut [u8],
+) -> Sums {
+    each_group::<BF16, _>(
+        group,
+        input,
+        out,
+        |bytes| {
+            let scale = group_params::<BF16, _>(rule, bytes);
+            let inverse = 1.0 / scale;
+            // Scales are the range over 448, so quotients stay within ±448 (1 + 2^-23).
+            let exact = scale >= SMALLEST_FP8_SCALE && inverse.is_normal();
+            (scale, exact.then(|| Quotients::new(scale, inverse)))
+        },
+        |(scale, quotients), x| match quotients {
+            Some(quotients) => fp8_values(quotients.exact(x), x, _mm256_set1_ps(*scale)),
+            None => by_rule(rule, *scale, x),
+        },
+    )
+}
+
+/// Q8_0, like the portable loop with a `Q8Rule`.
+#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "f16c")]
+pub(super) fn q8_0_groups<const BF16: bool>(input: &[u8], out: &mut [u8]) -> Sums {
+    each_group::<BF16, _>(
+        gguf::BLOCK,
+        input,
+        out,
+        |bytes| {
+            let (lo, hi) = block_range::<BF16>(bytes);
+            Steps::of(lo.abs().max(hi.abs()) / 127.0)
+        },
+        |steps, x| {
+            let t = _mm256_mul_ps(x, steps.inverse);
+            // round_half_away: the truncation, or one further from zero when the fraction
+            // reaches one half; then + 0.0 turns -0 into +0 as the portable code does.
+            let truncated = _mm256_round_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(t);
+            let away = _mm256_add_ps(truncated, copysign_one(t));
+            let fraction = abs(_mm256_sub_ps(t, truncated));
+            let half = _mm256_cmp_ps::<_CMP_GE_OQ>(fraction, _mm256_set1_ps(0.5));
+            let code = _mm256_add_ps(_mm256_blendv_ps(truncated, away, half), _mm256_setzero_ps());
+            _mm256_mul_ps(code, steps.stored)
+        },
+    )
+}
+
+/// Q4_0, like the portable loop with a `Q4Rule`.
+#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "f16c")]
+pub(super) fn q4_0_groups<const BF16: bool>(input: &[u8], out: &mut [u8]) -> Sums {
+    each_group::<BF16, _>(
+        gguf::BLOCK,
+        input,
+        out,
+        |bytes| {
+            let (lo, hi) = block_range::<BF16>(bytes);
+            let signed_absmax = gguf::signed_absmax_of_range(lo, hi, || {
+                let mut block = [0f32; gguf::BLOCK];
+                for (v, b) in block
+                    .iter_mut()
+                    .zip(bytes.chunks_exact(if BF16 { 2 } else { 4 }))
+                {
+                    *v = if BF16 { Bf16::read(b) } else { F32::read(b) };
+                }
+                gguf::signed_absmax(&block)
+            });
+            Steps::of(signed_absmax / -8.0)
+        },
+        |steps, x| {
+            let shifted = _mm256_add_ps(_mm256_mul_ps(x, steps.inverse), _mm256_set1_ps(8.5));
+            let q = _mm256_round_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(shifted);
+            // min(a, b) is `a < b ? a : b`: with the bound first, exactly `if q > 15 { 15 }`.
+            let q = _mm256_min_ps(_mm256_set1_ps(15.0), q);
+            _mm256_mul_ps(_mm256_sub_ps(q, _mm256_set1_ps(8.0)), steps.stored)
+        },
+    )
+}
+
+/// A GGUF block's inverse step and stored step, in every lane.
+struct Steps {
+    inverse: __m256,
+    stored: __m256,
+}
+
+impl Steps {
+    /// `BlockStep::of(d)`: the inverse of `d` (0 for 0) and `d` rounded to f16 (by F16C, which
+    /// rounds to nearest even like the portable conversion).
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn of(d: f32) -> Steps {
+        let inverse = if d != 0.0 { 1.0 / d } else { 0.0 };
+        let half = _mm_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm_set_ss(d));
+        Steps {
+            inverse: _mm256_set1_ps(inverse),
+            stored: _mm256_broadcastss_ps(_mm_cvtph_ps(half)),
+        }
+    }
+}
+
+/// Smallest and largest of a GGUF block's 32 values (the sign of a zero bound may differ from
+/// the portable scan's; neither step depends on it).
 #[inline]
 #[target_feature(enable = "avx2,fma")]
-fn group_params<const BF16: bool>(rule: IntRule, group_in: &[u8]) -> IntParams {
-    let (lo, hi) = if rule.needs_range() {
-        if BF16 {
-            min_max_stored(group_in, Bf16::WIDTH, Bf16::read)
-        } else {
-            min_max_stored(group_in, F32::WIDTH, F32::read)
+fn block_range<const BF16: bool>(bytes: &[u8]) -> (f32, f32) {
+    let width = if BF16 { 2 } else { 4 };
+    let x: [__m256; 4] =
+        std::array::from_fn(|i| load::<BF16>(&bytes[i * width * LANES..][..width * LANES]));
+    let lo = _mm256_min_ps(_mm256_min_ps(x[0], x[1]), _mm256_min_ps(x[2], x[3]));
+    let hi = _mm256_max_ps(_mm256_max_ps(x[0], x[1]), _mm256_max_ps(x[2], x[3]));
+    let lo = _mm_min_ps(_mm256_castps256_ps128(lo), _mm256_extractf128_ps::<1>(lo));
+    let hi = _mm_max_ps(_mm256_castps256_ps128(hi), _mm256_extractf128_ps::<1>(hi));
+    let lo = _mm_min_ps(lo, _mm_movehl_ps(lo, lo));
+    let hi = _mm_max_ps(hi, _mm_movehl_ps(hi, hi));
+    let lo = _mm_min_ss(lo, _mm_shuffle_ps::<0b01>(lo, lo));
+    let hi = _mm_max_ss(hi, _mm_shuffle_ps::<0b01>(hi, hi));
+    (_mm_cvtss_f32(lo), _mm_cvtss_f32(hi))
+}
+
+/// ±1 with the sign of each lane of `v`.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn copysign_one(v: __m256) -> __m256 {
+    _mm256_or_ps(_mm256_and_ps(v, _mm256_set1_ps(-0.0)), _mm256_set1_ps(1.0))
+}
+
+/// `fp8::fake_value` given the exact quotients x / scale: clamped to ±448, rounded to the
+/// nearest E4M3 value (ties to even; steps of 2^-9 below 2^-6), times the scale. The sign comes
+/// from `x`: the corrected quotient of -0 is +0.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn fp8_values(quotients: __m256, x: __m256, scale: __m256) -> __m256 {
+    let q = _mm256_max_ps(_mm256_set1_ps(-E4M3_MAX), quotients);
+    let q = _mm256_min_ps(_mm256_set1_ps(E4M3_MAX), q);
+    let magnitude = abs(q);
+    let sign = _mm256_and_ps(x, _mm256_set1_ps(-0.0));
+    // Normal E4M3 values keep 3 of f32's 23 mantissa bits: round at bit 20, ties to even.
+    let bits = _mm256_castps_si256(magnitude);
+    let odd = _mm256_and_si256(_mm256_srli_epi32::<20>(bits), _mm256_set1_epi32(1));
+    let bias = _mm256_add_epi32(odd, _mm256_set1_epi32(0x7FFFF));
+    let normal = _mm256_and_si256(
+        _mm256_add_epi32(bits, bias),
+        _mm256_set1_epi32(0xFFF0_0000_u32 as i32),
+    );
+    let normal = _mm256_castsi256_ps(normal);
+    // Subnormal ones are multiples of 2^-9.
+    let steps = _mm256_mul_ps(magnitude, _mm256_set1_ps(512.0));
+    let steps = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(steps);
+    let subnormal = _mm256_mul_ps(steps, _mm256_set1_ps(1.0 / 512.0));
+    let below_normal = _mm256_cmp_ps::<_CMP_LT_OQ>(magnitude, _mm256_set1_ps(1.0 / 64.0));
+    let rounded = _mm256_or_ps(_mm256_blendv_ps(normal, subnormal, below_normal), sign);
+    _mm256_mul_ps(rounded, scale)
+}
+
+/// Eight values through the portable rule, one by one.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn by_rule<R: Rule>(rule: R, p: R::Params, x: __m256) -> __m256 {
+    let mut values = [0f32; LANES];
+    // SAFETY: `values` holds exactly eight f32 for the unaligned store and load.
+    unsafe { _mm256_storeu_ps(values.as_mut_ptr(), x) };
+    for v in &mut values {
+        *v = rule.value(p, *v);
+    }
+    unsafe { _mm256_loadu_ps(values.as_ptr()) }
+}
+
+/// Exact quotients x / s by the reciprocal: q = x·(1/s), then q + (x - q·s)·(1/s), the residual
+/// x - q·s exact in one fused multiply-add (Markstein's correction). Equal to the division for
+/// every BF16 significand against every f32 scale (checked exhaustively) as long as the scale
+/// is at least [`SMALLEST_SCALE`] and the quotients are far from overflow; but the quotient
+/// of -0 comes out +0.
+struct Quotients {
+    scale: __m256,
+    inverse: __m256,
+}
+
+impl Quotients {
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn new(scale: f32, inverse: f32) -> Quotients {
+        Quotients {
+            scale: _mm256_set1_ps(scale),
+            inverse: _mm256_set1_ps(inverse),
         }
-    } else {
-        (0.0, 0.0)
-    };
-    rule.params::<Bf16>(lo, hi, group_in)
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn exact(&self, x: __m256) -> __m256 {
+        let product = _mm256_mul_ps(x, self.inverse);
+        let residual = _mm256_fnmadd_ps(product, self.scale, x);
+        _mm256_fmadd_ps(residual, self.inverse, product)
+    }
 }
 
 /// A group's parameters, broadcast to every lane.
@@ -74,7 +303,7 @@ struct Constants {
     /// from underflow, as the reciprocal's correction step needs (scales come from the values'
     /// range, so this holds but for degenerate ranges, which take the division).
     exact_residual: bool,
-    inverse: __m256,
+    quotients: Quotients,
     zero_point: __m256,
     scale: __m256,
     qmin: __m256,
@@ -89,7 +318,7 @@ impl Constants {
             exact_residual: p.scale >= SMALLEST_SCALE
                 && p.inverse
                     .is_some_and(|inverse| p.amax * inverse < LARGEST_QUOTIENT),
-            inverse: _mm256_set1_ps(p.inverse.unwrap_or(0.0)),
+            quotients: Quotients::new(p.scale, p.inverse.unwrap_or(0.0)),
             zero_point: _mm256_set1_ps(p.zero_point),
             scale: _mm256_set1_ps(p.scale),
             qmin: _mm256_set1_ps(rule.qmin),
@@ -97,17 +326,11 @@ impl Constants {
         }
     }
 
-    /// The values, with each quotient x / s computed from the reciprocal and corrected by one
-    /// fused multiply-add step (Markstein): r = x - q·s is exact, and q + r·(1/s) rounds to the
-    /// correctly rounded quotient when 1/s is correctly rounded, so the codes are exactly the
-    /// division's. Only when [`Constants::exact_residual`].
+    /// The values, from exact quotients; only when [`Constants::exact_residual`].
     #[inline]
     #[target_feature(enable = "avx2,fma")]
     fn values(&self, x: __m256) -> __m256 {
-        let product = _mm256_mul_ps(x, self.inverse);
-        let residual = _mm256_fnmadd_ps(product, self.scale, x);
-        let quotient = _mm256_fmadd_ps(residual, self.inverse, product);
-        let t = _mm256_add_ps(quotient, self.zero_point);
+        let t = _mm256_add_ps(self.quotients.exact(x), self.zero_point);
         // max(a, b) is `a > b ? a : b`: with the bound first, exactly the portable selects.
         let t = _mm256_max_ps(self.qmin, t);
         let t = _mm256_min_ps(self.qmax, t);
@@ -116,6 +339,10 @@ impl Constants {
     }
 }
 
+/// [`SMALLEST_SCALE`] for FP8, whose quotients matter down to 2^-11 (below, they round to 0):
+/// values under 2^-103 then have quotients under 2^-13.
+const SMALLEST_FP8_SCALE: f32 = 1.0 / (1u128 << 90) as f32;
+
 /// A bound on quotients far inside f32's range, so that q·s cannot overflow in the residual.
 const LARGEST_QUOTIENT: f32 = 1.0e30;
 
@@ -123,19 +350,6 @@ const LARGEST_QUOTIENT: f32 = 1.0e30;
 /// code is not zero; values under 2^-103 then have quotients under 2^-3, whose code is the
 /// zero-point whatever their last bits.
 const SMALLEST_SCALE: f32 = 1.0 / (1u128 << 100) as f32;
-
-/// The values by the portable rule (division by the scale), one by one.
-#[inline]
-#[target_feature(enable = "avx2,fma")]
-fn by_division(rule: IntRule, p: IntParams, x: __m256) -> __m256 {
-    let mut values = [0f32; LANES];
-    // SAFETY: `values` holds exactly eight f32 for the unaligned store and load.
-    unsafe { _mm256_storeu_ps(values.as_mut_ptr(), x) };
-    for v in &mut values {
-        *v = rule.value(p, *v);
-    }
-    unsafe { _mm256_loadu_ps(values.as_ptr()) }
-}
 
 /// Eight values from their stored bytes.
 #[inline]
@@ -361,6 +575,44 @@ mod tests {
             }
         }
         assert!(checked > 1_000_000, "checked {checked}");
+    }
+
+    /// Every finite BF16 value (and a spread of F32 ones) under scales of every magnitude: the
+    /// FP8 values from the exact quotients equal `fp8::fake_value`'s.
+    #[test]
+    fn fp8_values_equal_the_portable_ones() {
+        if !(is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")) {
+            return;
+        }
+        let mut xs: Vec<f32> = (0..=u16::MAX)
+            .map(|b| f32::from_bits(u32::from(b) << 16))
+            .filter(|x| x.is_finite())
+            .collect();
+        xs.extend(
+            (0..1u32 << 16).map(|i| f32::from_bits(i.wrapping_mul(0x9E37_79B9) & 0xBFFF_FFFF)),
+        );
+        xs.truncate(xs.len() / LANES * LANES);
+        for k in -60..60 {
+            let scale = 1.37f32 * 2f32.powi(k);
+            // SAFETY: the CPU has AVX2 and FMA (checked above).
+            unsafe {
+                let quotients = Quotients::new(scale, 1.0 / scale);
+                for chunk in xs.chunks_exact(LANES) {
+                    let x = _mm256_loadu_ps(chunk.as_ptr());
+                    let mut got = [0f32; LANES];
+                    let values = fp8_values(quotients.exact(x), x, _mm256_set1_ps(scale));
+                    _mm256_storeu_ps(got.as_mut_ptr(), values);
+                    for (&x, got) in chunk.iter().zip(got) {
+                        // Kernel scales are a range over 448: no quotient comes near overflow.
+                        if (f64::from(x) / f64::from(scale)).abs() > 1e30 {
+                            continue;
+                        }
+                        let want = crate::compress::fp8::fake_value(x, scale);
+                        assert_eq!(got.to_bits(), want.to_bits(), "x {x:e} scale {scale:e}");
+                    }
+                }
+            }
+        }
     }
 
     /// The quotient the kernel computes, q + (x - q·s)·(1/s) with q = x·(1/s), equals the
