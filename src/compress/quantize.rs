@@ -8,6 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::compress::measure::{Bf16, Codec, F32};
 use crate::compress::simd::multiversion;
 
 /// How many values share one scale.
@@ -204,6 +205,20 @@ pub(crate) fn fake_value(x: f32, scale: f32, zero_point: f32, qmin: f32, qmax: f
     let x = if x < qmin { qmin } else { x };
     let x = if x > qmax { qmax } else { x };
     (x.round_ties_even() - zero_point) * scale
+}
+
+multiversion! {
+    /// [`min_max`] of BF16 values, read straight from their little-endian bytes.
+    pub(crate) fn min_max_bf16(bytes: &[u8]) -> (f32, f32) {
+        min_max_stored(bytes, 2, Bf16::read)
+    }
+}
+
+multiversion! {
+    /// [`min_max`] of F32 values, read straight from their little-endian bytes.
+    pub(crate) fn min_max_f32(bytes: &[u8]) -> (f32, f32) {
+        min_max_stored(bytes, 4, F32::read)
+    }
 }
 
 multiversion! {

@@ -18,7 +18,9 @@ use crate::compress::gguf::{self, BlockType};
 use crate::compress::lowrank::{self, Factors, LowRankError, Rank};
 use crate::compress::measure::{Sums, store_and_measure};
 use crate::compress::prune::{self, GlobalCut, GlobalPass, MagnitudeCut, Norm, prune_count};
-use crate::compress::quantize::{Granularity, IntScheme, QParams, min_max};
+use crate::compress::quantize::{
+    Granularity, IntScheme, QParams, min_max, min_max_bf16, min_max_f32,
+};
 use crate::compress::structure::LineStats;
 use crate::compress::{Cancel, Canceled};
 use crate::compress::{fp8, nf4};
@@ -339,6 +341,21 @@ thread_local! {
     static BUFFERS: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
 }
 
+/// The input's own range for the step at `index` when that step is the first and the input is
+/// BF16 or F32: read from the bytes in parallel pieces, with no decoded copy (the same values
+/// as [`tensor_range`] gives, since both fold with the same selects).
+fn stored_range(view: &TensorView, index: usize, chunk_bytes: usize) -> Option<(f32, f32)> {
+    let range: fn(&[u8]) -> (f32, f32) = match (index, view.dtype) {
+        (0, Dtype::BF16) => min_max_bf16,
+        (0, Dtype::F32) => min_max_f32,
+        _ => return None,
+    };
+    Some(view.bytes.par_chunks(chunk_bytes.max(1)).map(range).reduce(
+        || (f32::INFINITY, f32::NEG_INFINITY),
+        |a, b| (a.0.min(b.0), a.1.max(b.1)),
+    ))
+}
+
 /// The smallest and largest value over all chunks, as `visit` yields them.
 fn tensor_range<F>(chunks: usize, visit: &F) -> (f32, f32)
 where
@@ -518,6 +535,7 @@ fn transform_choosing(
     let decode_chunk = |c: usize, buf: &mut Vec<f32>| layout.decode(view, c, buf);
     let mut globals: Vec<Global> = Vec::with_capacity(steps.len());
     let mut low_rank = None;
+    let chunk_bytes = layout.rows_per_chunk * layout.cols * layout.width;
     for (i, step) in steps.iter().enumerate() {
         let visit = |c: usize, sink: &mut dyn FnMut(&[f32])| {
             BUFFERS.with_borrow_mut(|(buf, _)| {
@@ -553,11 +571,13 @@ fn transform_choosing(
                 Global::Rows(prune::weakest(&scores.concat(), count))
             }
             Step::Int(scheme) if scheme.granularity == Granularity::Tensor => {
-                let (min, max) = tensor_range(layout.chunks(), &visit);
+                let (min, max) = stored_range(view, i, chunk_bytes)
+                    .unwrap_or_else(|| tensor_range(layout.chunks(), &visit));
                 Global::TensorParams(scheme.params(min, max), min.abs().max(max.abs()))
             }
             Step::Fp8 { per_channel: false } => {
-                let (min, max) = tensor_range(layout.chunks(), &visit);
+                let (min, max) = stored_range(view, i, chunk_bytes)
+                    .unwrap_or_else(|| tensor_range(layout.chunks(), &visit));
                 Global::TensorScale(fp8::scale_for(min.abs().max(max.abs())))
             }
             Step::Cluster {
@@ -599,7 +619,6 @@ fn transform_choosing(
         globals.push(global);
     }
 
-    let chunk_bytes = layout.rows_per_chunk * layout.cols * layout.width;
     let tensor_params = globals.iter().find_map(|g| match g {
         Global::TensorParams(p, amax) => Some((*p, *amax)),
         _ => None,
