@@ -4,7 +4,9 @@
 //! quantize, store and measure it while it is still in the L1 cache; the general path's decoded
 //! f32 copy of the chunk and its separate passes are skipped. Values and metric sums are the
 //! general path's, bit for bit: the same per-value functions, the same order of the sums' lanes
-//! (groups are whole multiples of the lane count), which the tests check for every kernel.
+//! (groups are whole multiples of the lane count), which the tests check for every kernel. On
+//! CPUs with AVX2, FMA and F16C the same kernels run as intrinsics (`avx2`), these loops being
+//! their scalar twins.
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
@@ -377,7 +379,7 @@ mod tests {
 
     /// The dispatched kernels (hand-written where the CPU allows) against their portable twins,
     /// on weight-like BF16 values whose row maxima make the scale a power of two, so that many
-    /// codes are exact rounding ties, and on the same values in F32 with random scales.
+    /// codes are exact rounding ties, and on the same values, each perturbed, in F32.
     #[test]
     fn dispatched_and_portable_kernels_agree_bit_for_bit() {
         let (rows, cols) = (16, 512);

@@ -2,7 +2,8 @@
 //! that have AVX2 and FMA (AVX-512 ones included: on the 2-core Zen 4 we measure on, 256-bit
 //! code runs as fast as 512-bit). The portable loops in the parent module are their scalar twins
 //! and define the results: values, stored bytes and metric sums here are those loops', bit for
-//! bit (the same operations in the same order), which the tests check. Written by hand because
+//! bit (quotients by a corrected reciprocal equal the division; sums fold in the same lanes and
+//! order), which the tests check. Written by hand because
 //! the vectoriser, given the portable loops, shuffled lanes between register widths and spent as
 //! many instructions moving values as computing them.
 
