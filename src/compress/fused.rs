@@ -314,19 +314,26 @@ impl Rule for Q4Rule {
 
     #[inline(always)]
     fn params<C: Codec>(self, lo: f32, hi: f32, bytes: &[u8]) -> BlockStep {
-        BlockStep::q4_0(gguf::signed_absmax_of_range(lo, hi, || {
-            let mut block = [0f32; gguf::BLOCK];
-            for (v, b) in block.iter_mut().zip(bytes.chunks_exact(C::WIDTH)) {
-                *v = C::read(b);
-            }
-            gguf::signed_absmax(&block)
-        }))
+        BlockStep::q4_0(q4_0_signed_absmax::<C>(lo, hi, bytes))
     }
 
     #[inline(always)]
     fn value(self, step: BlockStep, x: f32) -> f32 {
         step.q4_0_value(x)
     }
+}
+
+/// Q4_0's signed absmax of a block stored in `C` with range `lo..=hi` (the block is scanned only
+/// when both ends have the same magnitude).
+#[inline(always)]
+fn q4_0_signed_absmax<C: Codec>(lo: f32, hi: f32, bytes: &[u8]) -> f32 {
+    gguf::signed_absmax_of_range(lo, hi, || {
+        let mut block = [0f32; gguf::BLOCK];
+        for (v, b) in block.iter_mut().zip(bytes.chunks_exact(C::WIDTH)) {
+            *v = C::read(b);
+        }
+        gguf::signed_absmax(&block)
+    })
 }
 
 /// For each group of `group` values stored in `C`: its parameters, then each value through the

@@ -9,11 +9,16 @@
 
 use std::arch::x86_64::*;
 
-use super::{Fp8Rule, IntParams, IntRule, Rule};
+use super::{Fp8Rule, IntParams, IntRule, Rule, q4_0_signed_absmax};
 use crate::compress::fp8::E4M3_MAX;
 use crate::compress::gguf;
 use crate::compress::measure::{Bf16, Codec, F32, LANES, Lanes, Sums};
 use crate::compress::quantize::min_max_stored;
+
+/// Bytes per value: BF16's when `BF16` is true, else F32's.
+const fn width<const BF16: bool>() -> usize {
+    if BF16 { Bf16::WIDTH } else { F32::WIDTH }
+}
 
 /// Each group of `group` values, stored as BF16 when `BF16` is true and as F32 otherwise:
 /// its parameters from `params` (given the group's bytes), then each eight values through
@@ -27,7 +32,7 @@ fn each_group<const BF16: bool, P>(
     params: impl Fn(&[u8]) -> P,
     values: impl Fn(&P, __m256) -> __m256,
 ) -> Sums {
-    let width = if BF16 { Bf16::WIDTH } else { F32::WIDTH };
+    let width = width::<BF16>();
     let group_bytes = group * width;
     let mut sums = Accumulators::new();
     for (group_in, group_out) in input
@@ -124,8 +129,7 @@ pub(super) fn fp8_groups<const BF16: bool>(
 }
 
 /// Q8_0, like the portable loop with a `Q8Rule`.
-#[target_feature(enable = "avx2,fma")]
-#[target_feature(enable = "f16c")]
+#[target_feature(enable = "avx2,fma,f16c")]
 pub(super) fn q8_0_groups<const BF16: bool>(input: &[u8], out: &mut [u8]) -> Sums {
     each_group::<BF16, _>(
         gguf::BLOCK,
@@ -150,8 +154,7 @@ pub(super) fn q8_0_groups<const BF16: bool>(input: &[u8], out: &mut [u8]) -> Sum
 }
 
 /// Q4_0, like the portable loop with a `Q4Rule`.
-#[target_feature(enable = "avx2,fma")]
-#[target_feature(enable = "f16c")]
+#[target_feature(enable = "avx2,fma,f16c")]
 pub(super) fn q4_0_groups<const BF16: bool>(input: &[u8], out: &mut [u8]) -> Sums {
     each_group::<BF16, _>(
         gguf::BLOCK,
@@ -159,16 +162,11 @@ pub(super) fn q4_0_groups<const BF16: bool>(input: &[u8], out: &mut [u8]) -> Sum
         out,
         |bytes| {
             let (lo, hi) = block_range::<BF16>(bytes);
-            let signed_absmax = gguf::signed_absmax_of_range(lo, hi, || {
-                let mut block = [0f32; gguf::BLOCK];
-                for (v, b) in block
-                    .iter_mut()
-                    .zip(bytes.chunks_exact(if BF16 { 2 } else { 4 }))
-                {
-                    *v = if BF16 { Bf16::read(b) } else { F32::read(b) };
-                }
-                gguf::signed_absmax(&block)
-            });
+            let signed_absmax = if BF16 {
+                q4_0_signed_absmax::<Bf16>(lo, hi, bytes)
+            } else {
+                q4_0_signed_absmax::<F32>(lo, hi, bytes)
+            };
             Steps::of(signed_absmax / -8.0)
         },
         |steps, x| {
@@ -207,7 +205,7 @@ impl Steps {
 #[inline]
 #[target_feature(enable = "avx2,fma")]
 fn block_range<const BF16: bool>(bytes: &[u8]) -> (f32, f32) {
-    let width = if BF16 { 2 } else { 4 };
+    let width = width::<BF16>();
     let x: [__m256; 4] =
         std::array::from_fn(|i| load::<BF16>(&bytes[i * width * LANES..][..width * LANES]));
     let lo = _mm256_min_ps(_mm256_min_ps(x[0], x[1]), _mm256_min_ps(x[2], x[3]));
