@@ -70,13 +70,19 @@ pub fn scale_for(absmax: f32) -> f32 {
     }
 }
 
-/// What `x` becomes, FP8 E4M3 fake-quantized with `scale`.
+/// The E4M3 byte stored for `x` with `scale` (clamped to ±448 first, so never NaN).
 #[inline(always)]
-pub(crate) fn fake_value(x: f32, scale: f32) -> f32 {
+pub fn code(x: f32, scale: f32) -> u8 {
     let x = x / scale;
     let x = if x < -E4M3_MAX { -E4M3_MAX } else { x };
     let x = if x > E4M3_MAX { E4M3_MAX } else { x };
-    e4m3_to_f32(e4m3_from_f32(x)) * scale
+    e4m3_from_f32(x)
+}
+
+/// What `x` becomes, FP8 E4M3 fake-quantized with `scale`.
+#[inline(always)]
+pub(crate) fn fake_value(x: f32, scale: f32) -> f32 {
+    e4m3_to_f32(code(x, scale)) * scale
 }
 
 multiversion! {

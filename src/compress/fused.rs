@@ -11,6 +11,7 @@
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 
+use crate::compress::quantize::ScaleDtype;
 use crate::compress::fp8;
 use crate::compress::gguf::{self, BlockStep, BlockType};
 use crate::compress::measure::{Bf16, Codec, F32, LANES, Lanes, Sums, store_lanes};
@@ -57,7 +58,16 @@ impl OnePass {
                 scheme: *scheme,
                 tensor: tensor_params,
             },
-            [Step::Fp8 { .. }] => OnePass::Fp8 { tensor_scale },
+            [
+                Step::Fp8 {
+                    scale_dtype: ScaleDtype::F32,
+                    ..
+                }
+                | Step::Fp8 {
+                    per_channel: false,
+                    ..
+                },
+            ] => OnePass::Fp8 { tensor_scale },
             [Step::Gguf(BlockType::Q8_0)] => OnePass::Q8_0,
             [Step::Gguf(BlockType::Q4_0)] => OnePass::Q4_0,
             _ => return None,
@@ -413,7 +423,7 @@ mod tests {
                 int(4, true, Granularity::Group(32)),
                 int(4, false, Granularity::Channel),
                 int(2, true, Granularity::Group(64)),
-                Step::Fp8 { per_channel: true },
+                Step::Fp8 { per_channel: true, scale_dtype: ScaleDtype::F32 },
                 Step::Gguf(BlockType::Q8_0),
                 Step::Gguf(BlockType::Q4_0),
             ] {

@@ -4,6 +4,7 @@
 //! for the CPU at hand.
 
 pub mod cluster;
+pub mod encoded;
 pub mod fp8;
 mod fused;
 pub mod gguf;

@@ -222,7 +222,7 @@ fn per_tensor_integer_scale_covers_the_whole_tensor() {
 #[test]
 fn fp8_error_is_within_half_an_e4m3_step() {
     for case in cases(1) {
-        let (got, _) = run(&case, &[Step::Fp8 { per_channel: true }]).unwrap();
+        let (got, _) = run(&case, &[Step::Fp8 { per_channel: true, scale_dtype: ScaleDtype::F32 }]).unwrap();
         let cols = case.cols();
         for (g, x) in got.chunks(cols).zip(case.values.chunks(cols)) {
             let absmax = x.iter().fold(0f64, |m, v| m.max(f64::from(v.abs())));
@@ -468,7 +468,7 @@ fn non_finite_input_is_refused_by_every_step() {
         },
         Step::Int(int(8, true, Granularity::Channel)),
         Step::Int(int(8, true, Granularity::Tensor)),
-        Step::Fp8 { per_channel: true },
+        Step::Fp8 { per_channel: true, scale_dtype: ScaleDtype::F32 },
         Step::Gguf(gguf::BlockType::Q4_0),
         Step::Nf4,
     ];
@@ -693,8 +693,8 @@ fn one_pass_kernels_equal_the_general_path_bit_for_bit() {
         Step::Int(int(4, true, Granularity::Group(32))),
         Step::Int(int(4, false, Granularity::Group(64))),
         Step::Int(int(3, false, Granularity::Channel)),
-        Step::Fp8 { per_channel: true },
-        Step::Fp8 { per_channel: false },
+        Step::Fp8 { per_channel: true, scale_dtype: ScaleDtype::F32 },
+        Step::Fp8 { per_channel: false, scale_dtype: ScaleDtype::F32 },
         Step::Gguf(gguf::BlockType::Q8_0),
         Step::Gguf(gguf::BlockType::Q4_0),
     ];

@@ -13,13 +13,14 @@ use std::cell::RefCell;
 use rayon::prelude::*;
 
 use crate::compress::cluster::{self, Codebook, SplitMix};
+use crate::compress::encoded::{self, Assembly, Encoded, Piece};
 use crate::compress::fused::OnePass;
 use crate::compress::gguf::{self, BlockType};
 use crate::compress::lowrank::{self, Factors, LowRankError, Rank};
 use crate::compress::measure::{Sums, store_and_measure};
 use crate::compress::prune::{self, GlobalCut, GlobalPass, MagnitudeCut, Norm, prune_count};
 use crate::compress::quantize::{
-    Granularity, IntScheme, QParams, min_max, min_max_bf16, min_max_f32,
+    Granularity, IntScheme, QParams, ScaleDtype, min_max, min_max_bf16, min_max_f32,
 };
 use crate::compress::structure::LineStats;
 use crate::compress::{Cancel, Canceled};
@@ -63,6 +64,8 @@ pub enum Step {
     Fp8 {
         /// One scale per row (else one for the tensor).
         per_channel: bool,
+        /// Precision the scales are rounded to before use.
+        scale_dtype: ScaleDtype,
     },
     /// A GGUF block type, quantized and decoded back (rows are multiples of 32 values).
     Gguf(BlockType),
@@ -87,6 +90,20 @@ pub enum Step {
 }
 
 impl Step {
+    /// Whether the step's result has a stored form of its own (codes, a codebook, factors)
+    /// rather than dense values.
+    pub fn has_stored_form(&self) -> bool {
+        matches!(
+            self,
+            Step::Int(_)
+                | Step::Fp8 { .. }
+                | Step::Gguf(_)
+                | Step::Nf4
+                | Step::LowRank { .. }
+                | Step::Cluster { .. }
+        )
+    }
+
     /// The block, in values of the flattened tensor, that a chunk must start on (1: any row).
     fn flat_block(&self) -> usize {
         match self {
@@ -320,10 +337,11 @@ fn apply_steps(
                 scheme.fake_quantize_rows_in_place(values, cols, tensor);
             }
             (Step::Fp8 { .. }, Global::TensorScale(scale)) => fp8::fake_quantize(values, *scale),
-            (Step::Fp8 { .. }, _) => {
+            (Step::Fp8 { scale_dtype, .. }, _) => {
                 for row in values.chunks_mut(cols) {
                     let (lo, hi) = min_max(row);
-                    fp8::fake_quantize(row, fp8::scale_for(lo.abs().max(hi.abs())));
+                    let scale = scale_dtype.round(fp8::scale_for(lo.abs().max(hi.abs())));
+                    fp8::fake_quantize(row, scale);
                 }
             }
             (Step::Gguf(kind), _) => gguf::fake_quantize(*kind, values),
@@ -332,6 +350,69 @@ fn apply_steps(
             }
             (Step::ChannelPrune { .. }, _) => unreachable!("every channel step has its rows"),
         }
+    }
+}
+
+/// Applies the last step to a chunk as [`apply_steps`] does, and returns its codes.
+fn encode_step(step: &Step, global: &Global, chunk: usize, values: &mut [f32], layout: &Layout) -> Piece {
+    let cols = layout.cols;
+    let first_row = chunk * layout.rows_per_chunk;
+    match (step, global) {
+        (Step::Int(scheme), global) => {
+            let tensor = match global {
+                Global::TensorParams(p, _) => Some(*p),
+                _ => None,
+            };
+            encoded::int_rows(*scheme, values, cols, tensor)
+        }
+        (Step::Fp8 { scale_dtype, .. }, global) => {
+            let tensor = match global {
+                Global::TensorScale(s) => Some(*s),
+                _ => None,
+            };
+            encoded::fp8_rows(values, cols, tensor, |s| scale_dtype.round(s))
+        }
+        (Step::Gguf(kind), _) => encoded::gguf_rows(*kind, values),
+        (Step::Nf4, _) => encoded::nf4_values(values),
+        (Step::Cluster { .. }, Global::Codebook(book)) => encoded::cluster_indices(book, values),
+        (Step::Cluster { bits, seed, .. }, _) => {
+            encoded::cluster_rows(values, cols, *bits, *seed, first_row)
+        }
+        (Step::LowRank { .. }, Global::Factors(f)) => {
+            f.reconstruct_rows(first_row..first_row + values.len() / cols, values);
+            Piece::default()
+        }
+        _ => unreachable!("only steps with a stored form are encoded"),
+    }
+}
+
+/// How the pieces of the last step's chunks join into the tensor's stored form.
+fn assembly(step: Option<&Step>, global: Option<Global>) -> Assembly {
+    match (step, global) {
+        (Some(Step::Int(scheme)), global) => Assembly::Int {
+            scheme: *scheme,
+            tensor: match global {
+                Some(Global::TensorParams(p, _)) => Some(p),
+                _ => None,
+            },
+        },
+        (Some(Step::Fp8 { .. }), global) => Assembly::Fp8 {
+            tensor: match global {
+                Some(Global::TensorScale(s)) => Some(s),
+                _ => None,
+            },
+        },
+        (Some(Step::Gguf(kind)), _) => Assembly::Gguf(*kind),
+        (Some(Step::Nf4), _) => Assembly::Nf4,
+        (Some(Step::Cluster { bits, .. }), global) => Assembly::Clustered {
+            bits: *bits,
+            tensor: match global {
+                Some(Global::Codebook(book)) => Some(encoded::padded_centroids(&book, *bits)),
+                _ => None,
+            },
+        },
+        (Some(Step::LowRank { .. }), Some(Global::Factors(f))) => Assembly::LowRank(f),
+        _ => Assembly::Dense,
     }
 }
 
@@ -508,7 +589,31 @@ pub fn transform_into(
     cancel: &Cancel,
     out: &mut [u8],
 ) -> Result<Fidelity, TransformError> {
-    transform_choosing(view, steps, cancel, out, true)
+    Ok(transform_choosing(view, steps, cancel, out, Path::Fastest)?.0)
+}
+
+/// [`transform_into`], also returning the stored form of the last step (codes, scales,
+/// codebook, factors); the dense values in `out` are decoded from exactly those codes.
+pub fn transform_encoded(
+    view: &TensorView,
+    steps: &[Step],
+    cancel: &Cancel,
+    out: &mut [u8],
+) -> Result<(Fidelity, Encoded), TransformError> {
+    let (fidelity, encoded) = transform_choosing(view, steps, cancel, out, Path::Encoding)?;
+    Ok((fidelity, encoded.unwrap_or(Encoded::Dense)))
+}
+
+/// Which loop runs a tensor's chunks.
+#[derive(Clone, Copy, PartialEq)]
+enum Path {
+    /// The one-pass kernels where they apply.
+    Fastest,
+    /// The general path only.
+    #[cfg(test)]
+    General,
+    /// The general path, keeping the last step's codes.
+    Encoding,
 }
 
 /// [`transform`] on the general path only (never the one-pass kernels), for tests that
@@ -519,7 +624,7 @@ pub(crate) fn transform_general(
     steps: &[Step],
 ) -> Result<(Vec<u8>, Fidelity), TransformError> {
     let mut out = vec![0u8; view.bytes.len()];
-    let fidelity = transform_choosing(view, steps, &Cancel::new(), &mut out, false)?;
+    let (fidelity, _) = transform_choosing(view, steps, &Cancel::new(), &mut out, Path::General)?;
     Ok((out, fidelity))
 }
 
@@ -528,8 +633,8 @@ fn transform_choosing(
     steps: &[Step],
     cancel: &Cancel,
     out: &mut [u8],
-    one_pass_allowed: bool,
-) -> Result<Fidelity, TransformError> {
+    path: Path,
+) -> Result<(Fidelity, Option<Encoded>), TransformError> {
     assert_eq!(out.len(), view.bytes.len(), "output length");
     let layout = Layout::of(view, steps);
     let decode_chunk = |c: usize, buf: &mut Vec<f32>| layout.decode(view, c, buf);
@@ -575,10 +680,13 @@ fn transform_choosing(
                     .unwrap_or_else(|| tensor_range(layout.chunks(), &visit));
                 Global::TensorParams(scheme.params(min, max), min.abs().max(max.abs()))
             }
-            Step::Fp8 { per_channel: false } => {
+            Step::Fp8 {
+                per_channel: false,
+                scale_dtype,
+            } => {
                 let (min, max) = stored_range(view, i, chunk_bytes)
                     .unwrap_or_else(|| tensor_range(layout.chunks(), &visit));
-                Global::TensorScale(fp8::scale_for(min.abs().max(max.abs())))
+                Global::TensorScale(scale_dtype.round(fp8::scale_for(min.abs().max(max.abs()))))
             }
             Step::Cluster {
                 bits,
@@ -627,37 +735,57 @@ fn transform_choosing(
         Global::TensorScale(s) => Some(*s),
         _ => None,
     });
-    let one_pass = if one_pass_allowed {
-        OnePass::for_steps(steps, view.dtype, layout.cols, tensor_params, tensor_scale)
-    } else {
-        None
+    let one_pass = match path {
+        Path::Fastest => {
+            OnePass::for_steps(steps, view.dtype, layout.cols, tensor_params, tensor_scale)
+        }
+        _ => None,
     };
-    let sums = out
+    let encoded_step = steps
+        .last()
+        .filter(|s| path == Path::Encoding && s.has_stored_form());
+    let plain = steps.len() - usize::from(encoded_step.is_some());
+    let chunks: Vec<(Sums, Option<Piece>)> = out
         .par_chunks_mut(chunk_bytes.max(1))
         .enumerate()
-        .map(|(c, out_chunk)| -> Result<Sums, Canceled> {
+        .map(|(c, out_chunk)| -> Result<(Sums, Option<Piece>), Canceled> {
             cancel.check()?;
             let range = layout.chunk_values(c);
             let input = &view.bytes[range.start * layout.width..range.end * layout.width];
             if let Some(kernel) = one_pass {
-                return Ok(kernel.run(view.dtype, layout.cols, input, out_chunk));
+                return Ok((kernel.run(view.dtype, layout.cols, input, out_chunk), None));
             }
             Ok(BUFFERS.with_borrow_mut(|(original, values)| {
                 decode_chunk(c, values);
-                apply_steps(steps, &globals, c, values, &layout);
+                apply_steps(&steps[..plain], &globals[..plain], c, values, &layout);
+                let piece = encoded_step.map(|s| encode_step(s, &globals[plain], c, values, &layout));
                 // Measure what is stored, after rounding to the output dtype, against the
                 // original re-read from the input (cheaper than keeping a decoded copy).
-                store_and_measure(view.dtype, input, original, values, out_chunk)
+                let sums = store_and_measure(view.dtype, input, original, values, out_chunk);
+                (sums, piece)
             }))
         })
-        .try_reduce(Sums::default, |a, b| Ok(a.merge(b)))?;
+        .collect::<Result<_, _>>()?;
+    let mut sums = Sums::default();
+    let mut pieces = Vec::with_capacity(chunks.len());
+    for (s, piece) in chunks {
+        sums = sums.merge(s);
+        pieces.extend(piece);
+    }
     if sums.non_finite > 0 {
         return Err(TransformError::NonFinite {
             count: sums.non_finite,
         });
     }
-    Ok(Fidelity {
-        low_rank,
-        ..Fidelity::from_sums(sums)
-    })
+    let encoded = (path == Path::Encoding).then(|| {
+        let global = encoded_step.and_then(|_| globals.pop());
+        assembly(encoded_step, global).assemble(pieces)
+    });
+    Ok((
+        Fidelity {
+            low_rank,
+            ..Fidelity::from_sums(sums)
+        },
+        encoded,
+    ))
 }

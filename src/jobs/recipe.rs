@@ -31,6 +31,12 @@ pub struct Recipe {
     pub format: OutputFormat,
 }
 
+/// Tensors compressed-tensors leaves dense unless a recipe names its own targets.
+const COMPRESSED_TENSORS_DEFAULT_IGNORE: [&str; 2] = [
+    r"re:(.*\.)?(embed_tokens|wte|wpe|word_embeddings|position_embeddings|token_type_embeddings|embed_positions)\.weight$",
+    "lm_head.weight",
+];
+
 fn default_targets() -> Vec<String> {
     vec!["re:.*".to_owned()]
 }
@@ -199,10 +205,12 @@ pub enum Quantize {
         /// Values per scale along a row, for `group`.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         group_size: Option<usize>,
-        /// Precision of the stored scales: `f32` (default), `f16` or `bf16`. Scales are rounded
-        /// to it before quantizing, so stored codes × stored scale give the dequantized values.
-        #[serde(default)]
-        scale_dtype: ScaleDtype,
+        /// Precision of the stored scales: `f32`, `f16` or `bf16`. Scales are rounded to it
+        /// before quantizing, so stored codes × stored scale give the dequantized values.
+        /// Default: `f32`, except in `compressed-tensors`, which stores scales in the weight's
+        /// dtype (as vLLM and transformers load them) and accepts no other.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        scale_dtype: Option<ScaleDtype>,
     },
     /// FP8 E4M3 values (the `float-quantized` format of compressed-tensors) with a symmetric
     /// scale absmax / 448.
@@ -249,6 +257,28 @@ pub enum OutputFormat {
     /// Dense safetensors in the input's dtypes, values dequantized/masked: any loader reads it.
     #[default]
     Safetensors,
+    /// compressed-tensors (what vLLM and transformers load): `pack-quantized` integer codes,
+    /// `naive-quantized` int8, `float-quantized` FP8, `sparse-bitmask` / `sparse-24-bitmask`
+    /// for pruned tensors, and `config.json`'s `quantization_config`.
+    CompressedTensors,
+    /// GGUF version 3 (llama.cpp): GGUF block types, F32/F16/BF16 for the rest; Llama-family
+    /// names and metadata when `config.json` says so.
+    Gguf,
+    /// safetensors with clustered tensors as codebook + packed indices and low-rank tensors as
+    /// their two factors, `__metadata__` saying how to rebuild each.
+    CompactSafetensors,
+}
+
+impl OutputFormat {
+    /// The name recipes use.
+    pub fn name(self) -> &'static str {
+        match self {
+            OutputFormat::Safetensors => "safetensors",
+            OutputFormat::CompressedTensors => "compressed-tensors",
+            OutputFormat::Gguf => "gguf",
+            OutputFormat::CompactSafetensors => "compact-safetensors",
+        }
+    }
 }
 
 impl Quantize {
@@ -269,10 +299,11 @@ impl Quantize {
                     GranularityName::Channel => Granularity::Channel,
                     GranularityName::Group => Granularity::Group(group_size.unwrap_or(0)),
                 },
-                scale_dtype,
+                scale_dtype: scale_dtype.unwrap_or_default(),
             }),
             Quantize::Fp8 { granularity } => Step::Fp8 {
                 per_channel: granularity != GranularityName::Tensor,
+                scale_dtype: ScaleDtype::F32,
             },
             Quantize::Gguf { kind } => Step::Gguf(kind),
             Quantize::Nf4 {} => Step::Nf4,
@@ -281,6 +312,14 @@ impl Quantize {
 }
 
 /// A short description of a step for reports ("int4 sym group 128", "magnitude prune 50%").
+fn scale_suffix(scale_dtype: ScaleDtype) -> &'static str {
+    match scale_dtype {
+        ScaleDtype::F32 => "",
+        ScaleDtype::F16 => " f16 scales",
+        ScaleDtype::Bf16 => " bf16 scales",
+    }
+}
+
 fn describe_step(step: Step) -> String {
     let percent = |f: f64| format!("{:.0}%", f * 100.0);
     match step {
@@ -296,24 +335,24 @@ fn describe_step(step: Step) -> String {
                 Granularity::Channel => "per channel".to_owned(),
                 Granularity::Group(n) => format!("group {n}"),
             };
-            let scale = match s.scale_dtype {
-                ScaleDtype::F32 => "",
-                ScaleDtype::F16 => " f16 scales",
-                ScaleDtype::Bf16 => " bf16 scales",
-            };
+            let scale = scale_suffix(s.scale_dtype);
             format!(
                 "int{} {} {g}{scale}",
                 s.bits,
                 if s.symmetric { "sym" } else { "asym" }
             )
         }
-        Step::Fp8 { per_channel } => format!(
-            "fp8 e4m3 {}",
+        Step::Fp8 {
+            per_channel,
+            scale_dtype,
+        } => format!(
+            "fp8 e4m3 {}{}",
             if per_channel {
                 "per channel"
             } else {
                 "per tensor"
-            }
+            },
+            scale_suffix(scale_dtype)
         ),
         Step::Gguf(kind) => format!("gguf {}", kind.name()),
         Step::Nf4 => "nf4 block 64".to_owned(),
@@ -479,6 +518,19 @@ pub enum RecipeError {
     NothingSelected,
     #[error("unknown preset {0:?}; GET /api/v1/presets lists them")]
     UnknownPreset(String),
+    #[error("stage {stage}: format {format} cannot store {what}; {hint}")]
+    FormatStage {
+        stage: usize,
+        format: &'static str,
+        what: String,
+        hint: &'static str,
+    },
+    #[error("format {format}: tensor {tensor:?} {reason}")]
+    FormatTensor {
+        format: &'static str,
+        tensor: String,
+        reason: String,
+    },
 }
 
 impl RecipeError {
@@ -488,7 +540,8 @@ impl RecipeError {
             RecipeError::GroupSize { tensor, .. }
             | RecipeError::RankGrows { tensor, .. }
             | RecipeError::NotFloat { tensor, .. }
-            | RecipeError::BlockSize { tensor, .. } => Some(tensor),
+            | RecipeError::BlockSize { tensor, .. }
+            | RecipeError::FormatTensor { tensor, .. } => Some(tensor),
             _ => None,
         }
     }
@@ -515,6 +568,9 @@ impl RecipeError {
             RecipeError::NotFloat { .. } => "not_float",
             RecipeError::NothingSelected => "nothing_selected",
             RecipeError::UnknownPreset(_) => "unknown_preset",
+            RecipeError::FormatStage { .. } | RecipeError::FormatTensor { .. } => {
+                "format_mismatch"
+            }
         }
     }
 }
@@ -572,16 +628,20 @@ impl Selection {
 }
 
 impl Recipe {
-    /// Compiles the tensor selection.
+    /// Compiles the tensor selection. In compressed-tensors, default targets leave embeddings
+    /// and `lm_head` dense, as llm-compressor does: vLLM loads neither quantized.
     pub fn selection(&self) -> Result<Selection, RecipeError> {
+        let mut ignore = self.ignore.clone();
+        if self.format == OutputFormat::CompressedTensors && self.targets == default_targets() {
+            ignore.extend(COMPRESSED_TENSORS_DEFAULT_IGNORE.iter().map(|s| s.to_string()));
+        }
         Ok(Selection {
             targets: self
                 .targets
                 .iter()
                 .map(|t| Pattern::compile(t))
                 .collect::<Result<_, _>>()?,
-            ignore: self
-                .ignore
+            ignore: ignore
                 .iter()
                 .map(|t| Pattern::compile(t))
                 .collect::<Result<_, _>>()?,
@@ -755,7 +815,178 @@ impl Recipe {
                 });
             }
         }
+        self.check_format(tensors, &selected)?;
         Ok(selected.into_iter().map(|t| t.name.clone()).collect())
+    }
+
+    /// The steps run on a tensor stored as `dtype`: the stages' steps, with scales kept in the
+    /// weight's own dtype where the format stores them so (compressed-tensors).
+    pub fn steps_for(&self, dtype: Dtype) -> Vec<Step> {
+        let weight_scale = match dtype {
+            Dtype::F16 => ScaleDtype::F16,
+            Dtype::BF16 => ScaleDtype::Bf16,
+            _ => ScaleDtype::F32,
+        };
+        let in_weight_dtype = self.format == OutputFormat::CompressedTensors;
+        self.stages
+            .iter()
+            .filter_map(Stage::step)
+            .map(|step| match step {
+                Step::Int(mut scheme) if in_weight_dtype => {
+                    scheme.scale_dtype = weight_scale;
+                    Step::Int(scheme)
+                }
+                Step::Fp8 { per_channel, .. } if in_weight_dtype => Step::Fp8 {
+                    per_channel,
+                    scale_dtype: weight_scale,
+                },
+                other => other,
+            })
+            .collect()
+    }
+
+    /// The output format's rules: which stages it can store, last, and on which tensors.
+    fn check_format(
+        &self,
+        tensors: &[TensorMeta],
+        selected: &[&TensorMeta],
+    ) -> Result<(), RecipeError> {
+        let format = self.format.name();
+        let stage_error = |stage: usize, what: String, hint: &'static str| {
+            Err(RecipeError::FormatStage {
+                stage: stage + 1,
+                format,
+                what,
+                hint,
+            })
+        };
+        let tensor_error = |t: &TensorMeta, reason: String| {
+            Err(RecipeError::FormatTensor {
+                format,
+                tensor: t.name.clone(),
+                reason,
+            })
+        };
+        let last = self.stages.len() - 1;
+        for (i, stage) in self.stages.iter().enumerate() {
+            let what = stage.describe();
+            match (self.format, stage) {
+                (OutputFormat::Safetensors, _) | (OutputFormat::CompressedTensors, Stage::Prune(_)) => {}
+                (OutputFormat::CompressedTensors, Stage::Cluster(_) | Stage::LowRank(_)) => {
+                    return stage_error(
+                        i,
+                        what,
+                        "use format compact-safetensors (or safetensors for dense values)",
+                    );
+                }
+                (
+                    OutputFormat::CompressedTensors,
+                    Stage::Quantize(Quantize::Gguf { .. } | Quantize::Nf4 {}),
+                ) => {
+                    return stage_error(
+                        i,
+                        what,
+                        "GGUF block types go to format gguf, NF4 to format safetensors",
+                    );
+                }
+                (OutputFormat::CompressedTensors, Stage::Quantize(q)) => {
+                    if i != last {
+                        return stage_error(
+                            i,
+                            format!("{what} followed by other stages"),
+                            "its codes are what is stored, so quantize must be the last stage",
+                        );
+                    }
+                    if let Quantize::Int {
+                        scale_dtype: Some(wanted),
+                        ..
+                    } = q
+                        && let Some(t) = selected
+                            .iter()
+                            .find(|t| self.steps_for(t.dtype).last() != Some(&override_scale(q, *wanted)))
+                    {
+                        return tensor_error(
+                            t,
+                            format!(
+                                "is {}; compressed-tensors stores scales in the weight's dtype, so scale_dtype must be left out or match it",
+                                t.dtype
+                            ),
+                        );
+                    }
+                }
+                (OutputFormat::Gguf, Stage::Quantize(Quantize::Gguf { .. })) if i == last => {}
+                (OutputFormat::Gguf, Stage::Prune(_)) => {}
+                (OutputFormat::Gguf, _) => {
+                    return stage_error(
+                        i,
+                        what,
+                        "GGUF stores its own block types: end the recipe with a quantize stage of scheme gguf",
+                    );
+                }
+                (OutputFormat::CompactSafetensors, Stage::Cluster(_) | Stage::LowRank(_))
+                    if i == last => {}
+                (OutputFormat::CompactSafetensors, Stage::Prune(_)) => {}
+                (OutputFormat::CompactSafetensors, _) => {
+                    return stage_error(
+                        i,
+                        what,
+                        "compact-safetensors stores clustered and low-rank tensors: end the recipe with a cluster or low_rank stage",
+                    );
+                }
+            }
+        }
+        match self.format {
+            OutputFormat::CompressedTensors => {
+                if let Some(t) = selected
+                    .iter()
+                    .find(|t| t.shape.len() != 2 || !t.name.ends_with(".weight"))
+                {
+                    return tensor_error(
+                        t,
+                        format!(
+                            "has shape {:?}; compressed-tensors compresses the 2-D weights of linear layers (\"<module>.weight\"); leave the others out with ignore",
+                            t.shape
+                        ),
+                    );
+                }
+            }
+            OutputFormat::CompactSafetensors => {
+                if let Some(t) = selected.iter().find(|t| t.shape.len() != 2) {
+                    return tensor_error(
+                        t,
+                        format!("has shape {:?}; only 2-D tensors are stored factored", t.shape),
+                    );
+                }
+            }
+            OutputFormat::Gguf => {
+                if let Some(t) = tensors
+                    .iter()
+                    .find(|t| t.shape.len() > 4 || crate::formats::gguf::dense_type(t.dtype).is_none())
+                {
+                    return tensor_error(
+                        t,
+                        format!(
+                            "is {} with {} dimensions; GGUF holds F32, F16, BF16, F64 and signed integer tensors of at most 4 dimensions",
+                            t.dtype,
+                            t.shape.len()
+                        ),
+                    );
+                }
+            }
+            OutputFormat::Safetensors => {}
+        }
+        Ok(())
+    }
+}
+
+/// The step of an int stage with its scale dtype set to `wanted`.
+fn override_scale(q: &Quantize, wanted: ScaleDtype) -> Step {
+    match q.step() {
+        Step::Int(mut scheme) => {
+            scheme.scale_dtype = wanted;
+            Step::Int(scheme)
+        }
+        other => other,
     }
 }
 
@@ -781,7 +1012,7 @@ fn int(
         symmetric,
         granularity,
         group_size,
-        scale_dtype: ScaleDtype::F32,
+        scale_dtype: None,
     })
 }
 

@@ -7,6 +7,7 @@
 //! is lost or the user cancels, it sets the kernel's cancel flag, which the kernels check between
 //! chunks. Idle workers sleep until NOTIFY on `squeeze_job_queued` or a poll interval.
 
+pub mod artifact;
 pub mod pipeline;
 
 use std::path::PathBuf;

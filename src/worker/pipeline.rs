@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{self, BufWriter, Write};
+use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -23,7 +23,8 @@ use crate::compress::tensor::{self, Fidelity, Step, TensorView, TransformError};
 use crate::compress::{Cancel, Canceled};
 use crate::formats::safetensors::{self, Header, TensorInfo};
 use crate::formats::{dtype, hf};
-use crate::jobs::recipe::{Prune, Recipe, Selection, Stage, TensorMeta};
+use crate::jobs::recipe::{OutputFormat, Prune, Recipe, Selection, Stage, TensorMeta};
+use crate::worker::artifact;
 
 /// What a model file is to the pipeline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,8 +99,17 @@ pub struct Summary {
     pub bytes_out: u64,
     /// bytes_in / bytes_out.
     pub ratio: f64,
-    /// Bits on disk per parameter of the output's weight files.
+    /// Bits on disk per parameter: the real bytes of the output's weight files (headers,
+    /// padding, scales and indices included) × 8 / parameters.
     pub bits_per_weight: f64,
+    /// Bits per parameter the schemes imply (codes, scales, zero-points, codebooks, factors at
+    /// their nominal widths; unchanged tensors at their dtype), without headers, padding or
+    /// layout overhead: the gap to `bits_per_weight` is what the format adds.
+    #[serde(default)]
+    pub theoretical_bits_per_weight: f64,
+    /// Real bytes of the weight files (`model.safetensors` or its shards, `model.gguf`).
+    #[serde(default)]
+    pub weight_files_bytes: u64,
     /// Parameters in the model.
     pub parameters: u64,
     /// Parameters in compressed tensors.
@@ -169,7 +179,7 @@ impl From<Canceled> for PipelineError {
 }
 
 /// A file written through a hasher, published by rename when finished.
-struct HashingFile {
+pub(crate) struct HashingFile {
     out: BufWriter<File>,
     hasher: Sha256,
     bytes: u64,
@@ -178,7 +188,7 @@ struct HashingFile {
 }
 
 impl HashingFile {
-    fn create(dir: &Path, name: &str) -> io::Result<HashingFile> {
+    pub(crate) fn create(dir: &Path, name: &str) -> io::Result<HashingFile> {
         let path = dir.join(name);
         let temp = dir.join(format!(".{name}.part"));
         Ok(HashingFile {
@@ -190,13 +200,25 @@ impl HashingFile {
         })
     }
 
-    fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
+    pub(crate) fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.hasher.update(bytes);
         self.bytes += bytes.len() as u64;
         self.out.write_all(bytes)
     }
 
-    fn finish(self, name: &str) -> io::Result<OutputFile> {
+    /// Appends everything `input` holds, a megabyte at a time.
+    pub(crate) fn copy_from(&mut self, input: &mut impl Read) -> io::Result<()> {
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = input.read(&mut buf)?;
+            if n == 0 {
+                return Ok(());
+            }
+            self.write(&buf[..n])?;
+        }
+    }
+
+    pub(crate) fn finish(self, name: &str) -> io::Result<OutputFile> {
         let file = self.out.into_inner().map_err(|e| e.into_error())?;
         file.sync_all()?;
         std::fs::rename(&self.temp, &self.path)?;
@@ -256,7 +278,8 @@ pub fn run(
         .map(Stage::describe)
         .collect::<Vec<_>>()
         .join(" + ");
-    let steps: Vec<Step> = recipe.stages.iter().filter_map(Stage::step).collect();
+    let has_steps = recipe.stages.iter().any(|s| s.step().is_some());
+    let encode = recipe.format != OutputFormat::Safetensors;
     let shrink = match recipe.stages.first() {
         Some(Stage::Prune(Prune::MlpChannels { sparsity, norm })) => Some(MlpShrink::plan(
             inputs, &weights, &metas, *sparsity, *norm, cancel,
@@ -274,16 +297,20 @@ pub fn run(
         _ => None,
     };
 
-    let mut files = Vec::new();
-    let mut reports = Vec::new();
-    let mut buffer: Vec<u8> = Vec::new();
-    for (input, header) in &weights {
-        let mut out = HashingFile::create(out_dir, &input.name)?;
-        let out_header = match &shrink {
+    let out_headers: Vec<Header> = weights
+        .iter()
+        .map(|(_, header)| match &shrink {
             Some(plan) => plan.header(header),
             None => header.clone(),
-        };
-        out.write(&header_bytes(&out_header))?;
+        })
+        .collect();
+    let mut writer = artifact::writer_for(recipe, out_dir, inputs, &out_headers)?;
+    let mut files = Vec::new();
+    let mut reports = Vec::new();
+    let mut theoretical_bits = 0f64;
+    let mut buffer: Vec<u8> = Vec::new();
+    for ((input, header), out_header) in weights.iter().zip(&out_headers) {
+        writer.begin_file(input, out_header)?;
         let file = File::open(&input.path)?;
         for (t, out_info) in header.tensors.iter().zip(&out_header.tensors) {
             cancel.check()?;
@@ -293,14 +320,18 @@ pub fn run(
                 .as_ref()
                 .and_then(|plan| plan.gather(t, data.bytes()));
             let bytes = shrunk.as_ref().map_or(data.bytes(), |(b, _)| &b[..]);
-            let selected = selection.selects(&t.name, t.dtype, t.shape.len()) && !steps.is_empty();
+            let selected = selection.selects(&t.name, t.dtype, t.shape.len()) && has_steps;
             let view = TensorView {
                 bytes,
                 dtype: t.dtype,
                 shape: &out_info.shape,
             };
             let report = if selected || shrunk.is_some() {
-                let mut steps = if selected { steps.clone() } else { Vec::new() };
+                let mut steps = if selected {
+                    recipe.steps_for(t.dtype)
+                } else {
+                    Vec::new()
+                };
                 if let Some(counts) = &global_counts {
                     steps[0] = Step::MagnitudePruneCount {
                         count: counts[&t.name],
@@ -309,12 +340,26 @@ pub fn run(
                 // One buffer for every tensor: fresh memory would cost a page fault per 4 KiB.
                 buffer.resize(bytes.len(), 0);
                 let transformed = &mut buffer[..];
-                let mut fidelity = tensor::transform_into(&view, &steps, cancel, transformed)
-                    .map_err(|e| transform_error(&t.name, e))?;
+                let (mut fidelity, encoded) = if encode {
+                    tensor::transform_encoded(&view, &steps, cancel, transformed)
+                        .map(|(f, e)| (f, Some(e)))
+                } else {
+                    tensor::transform_into(&view, &steps, cancel, transformed).map(|f| (f, None))
+                }
+                .map_err(|e| transform_error(&t.name, e))?;
                 if let Some((_, removed)) = &shrunk {
                     fidelity = fidelity.including_removed(removed);
                 }
-                out.write(transformed)?;
+                let encoded = encoded.filter(|_| selected);
+                let stored = writer.tensor(artifact::TensorOut {
+                    info: out_info,
+                    dense: transformed,
+                    encoded: encoded.as_ref(),
+                })?;
+                theoretical_bits += match &encoded {
+                    Some(e) => e.theoretical_bits(out_info.elements(), t.dtype.bits()),
+                    None => (out_info.elements() * t.dtype.bits()) as f64,
+                };
                 let scheme = match fidelity.low_rank {
                     Some(lr) => format!(
                         "{scheme} (rank {}, {:.1}% of the parameters)",
@@ -323,34 +368,51 @@ pub fn run(
                     ),
                     None => scheme.clone(),
                 };
-                let mut r = report(t, &scheme, transformed.len() as u64, &fidelity);
+                let mut r = report(t, &scheme, stored, &fidelity);
                 r.shape = out_info.shape.clone();
                 r
             } else {
-                out.write(bytes)?;
-                unchanged(t)
+                let stored = writer.tensor(artifact::TensorOut {
+                    info: out_info,
+                    dense: bytes,
+                    encoded: None,
+                })?;
+                theoretical_bits += (t.elements() * t.dtype.bits()) as f64;
+                let mut r = unchanged(t);
+                r.bytes_out = stored as i64;
+                r
             };
             reports.push(report);
             state.tensors_done += 1;
             state.bytes_done += t.bytes();
             progress(&state);
         }
-        files.push(out.finish(&input.name)?);
+        files.extend(writer.end_file()?);
     }
+    let mut weight_files: Vec<String> = files.iter().map(|f| f.name.clone()).collect();
     for input in inputs.iter().filter(|i| i.kind == InputKind::Other) {
         cancel.check()?;
-        let mut out = HashingFile::create(out_dir, &input.name)?;
         let original = std::fs::read(&input.path)?;
-        match &shrink {
-            Some(plan) => out.write(&plan.side_file(&input.name, original, &weights)?)?,
-            None => out.write(&original)?,
+        let adjusted = match &shrink {
+            Some(plan) => plan.side_file(&input.name, original, &weights)?,
+            None => original,
+        };
+        if let Some(bytes) = writer.side_file(&input.name, adjusted)? {
+            let mut out = HashingFile::create(out_dir, &input.name)?;
+            out.write(&bytes)?;
+            files.push(out.finish(&input.name)?);
         }
-        files.push(out.finish(&input.name)?);
+    }
+    for extra in writer.finish()? {
+        if extra.name.ends_with(".gguf") {
+            weight_files.push(extra.name.clone());
+        }
+        files.push(extra);
     }
     let bytes_out: u64 = files.iter().map(|f| f.bytes).sum();
     let weight_bytes_out: u64 = files
         .iter()
-        .filter(|f| weights.iter().any(|(w, _)| w.name == f.name))
+        .filter(|f| weight_files.contains(&f.name))
         .map(|f| f.bytes)
         .sum();
     let provenance = serde_json::json!({
@@ -368,7 +430,7 @@ pub fn run(
         .iter()
         .map(|i| std::fs::metadata(&i.path).map(|m| m.len()))
         .sum::<io::Result<u64>>()?;
-    let summary = summarize(
+    let mut summary = summarize(
         &reports,
         &metas,
         bytes_in,
@@ -378,6 +440,8 @@ pub fn run(
         state.bytes_total,
         recipe,
     );
+    summary.theoretical_bits_per_weight = theoretical_bits / summary.parameters.max(1) as f64;
+    summary.weight_files_bytes = weight_bytes_out;
     Ok(Outcome {
         files,
         tensors: reports,
@@ -588,6 +652,8 @@ fn summarize(
         bytes_out,
         ratio: bytes_in as f64 / bytes_out.max(1) as f64,
         bits_per_weight: weight_bytes_out as f64 * 8.0 / parameters.max(1) as f64,
+        theoretical_bits_per_weight: 0.0,
+        weight_files_bytes: weight_bytes_out,
         parameters,
         compressed_parameters,
         compressed_tensors: compressed.len(),
@@ -637,37 +703,6 @@ fn report(t: &TensorInfo, scheme: &str, bytes_out: u64, fidelity: &Fidelity) -> 
         cosine: fidelity.cosine,
         max_abs_error: fidelity.max_abs_error,
     }
-}
-
-/// A safetensors header for the same tensors, laid out as the reference writer does:
-/// `__metadata__` first (with `format: pt`, which transformers requires), entries in data
-/// order, padded with spaces to a multiple of 8 bytes.
-fn header_bytes(header: &Header) -> Vec<u8> {
-    let mut json = String::from("{");
-    let mut metadata = header.metadata.clone().unwrap_or_default();
-    metadata
-        .entry("format".to_owned())
-        .or_insert_with(|| "pt".to_owned());
-    json.push_str("\"__metadata__\":");
-    json.push_str(&serde_json::to_string(&metadata).expect("strings serialise"));
-    for t in &header.tensors {
-        json.push(',');
-        json.push_str(&serde_json::to_string(&t.name).expect("a string serialises"));
-        json.push_str(&format!(
-            ":{{\"dtype\":\"{}\",\"shape\":{},\"data_offsets\":[{},{}]}}",
-            t.dtype.as_str(),
-            serde_json::to_string(&t.shape).expect("numbers serialise"),
-            t.begin,
-            t.end
-        ));
-    }
-    json.push('}');
-    while !json.len().is_multiple_of(8) {
-        json.push(' ');
-    }
-    let mut out = (json.len() as u64).to_le_bytes().to_vec();
-    out.extend_from_slice(json.as_bytes());
-    out
 }
 
 /// A read-only view of one tensor's bytes, mapped on its own so that dropping it releases the

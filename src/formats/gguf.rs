@@ -1,0 +1,715 @@
+//! GGUF version 3, the file llama.cpp loads: the header, key/value metadata, tensor infos with
+//! dimensions in GGUF's reversed order (innermost first), and the tensor data, each tensor
+//! aligned to `general.alignment` (32) and padded after, the last included (ggml's reader
+//! requires both). Also the Llama-family conventions of llama.cpp's converter: tensor names
+//! from Hugging Face names, the architecture metadata from `config.json`, and the row
+//! permutation of the query and key projections (HF's rotary layout to ggml's). And a reader of
+//! the same structure, for `squeeze inspect` and our tests. Byte facts: shared/reference/
+//! formats.md §3.
+
+use std::io::{self, Read};
+
+use crate::compress::gguf::BlockType;
+use crate::formats::safetensors::Dtype;
+
+/// "GGUF".
+pub const MAGIC: [u8; 4] = *b"GGUF";
+/// The version written.
+pub const VERSION: u32 = 3;
+/// Data alignment (GGUF's default, so `general.alignment` is not written).
+pub const ALIGNMENT: u64 = 32;
+/// ggml's `GGML_MAX_NAME` minus the NUL: longer tensor names fail to load.
+pub const MAX_NAME: usize = 63;
+/// `GGML_QNT_VERSION`, written as `general.quantization_version` when a tensor is quantized.
+pub const QUANTIZATION_VERSION: u32 = 2;
+
+/// A ggml tensor type (the ids are the format's).
+#[allow(non_camel_case_types)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GgmlType {
+    F32 = 0,
+    F16 = 1,
+    Q4_0 = 2,
+    Q4_1 = 3,
+    Q5_0 = 6,
+    Q5_1 = 7,
+    Q8_0 = 8,
+    Q4_K = 12,
+    Q6_K = 14,
+    I8 = 24,
+    I16 = 25,
+    I32 = 26,
+    I64 = 27,
+    F64 = 28,
+    BF16 = 30,
+}
+
+impl GgmlType {
+    const ALL: [GgmlType; 15] = [
+        GgmlType::F32,
+        GgmlType::F16,
+        GgmlType::Q4_0,
+        GgmlType::Q4_1,
+        GgmlType::Q5_0,
+        GgmlType::Q5_1,
+        GgmlType::Q8_0,
+        GgmlType::Q4_K,
+        GgmlType::Q6_K,
+        GgmlType::I8,
+        GgmlType::I16,
+        GgmlType::I32,
+        GgmlType::I64,
+        GgmlType::F64,
+        GgmlType::BF16,
+    ];
+
+    /// The type with this id, if squeeze knows it.
+    pub fn from_id(id: u32) -> Option<GgmlType> {
+        GgmlType::ALL.into_iter().find(|t| *t as u32 == id)
+    }
+
+    /// The block type, for quantized types.
+    pub fn block(self) -> Option<BlockType> {
+        Some(match self {
+            GgmlType::Q4_0 => BlockType::Q4_0,
+            GgmlType::Q4_1 => BlockType::Q4_1,
+            GgmlType::Q5_0 => BlockType::Q5_0,
+            GgmlType::Q5_1 => BlockType::Q5_1,
+            GgmlType::Q8_0 => BlockType::Q8_0,
+            GgmlType::Q4_K => BlockType::Q4_K,
+            GgmlType::Q6_K => BlockType::Q6_K,
+            _ => return None,
+        })
+    }
+
+    /// (values, bytes) of one block.
+    pub fn block_shape(self) -> (u64, u64) {
+        match self.block() {
+            Some(b) => (b.block_len() as u64, b.block_bytes() as u64),
+            None => (
+                1,
+                match self {
+                    GgmlType::I8 => 1,
+                    GgmlType::F16 | GgmlType::BF16 | GgmlType::I16 => 2,
+                    GgmlType::F32 | GgmlType::I32 => 4,
+                    _ => 8,
+                },
+            ),
+        }
+    }
+
+    /// Bytes of a tensor of `elements` values (a whole number of blocks).
+    pub fn bytes(self, elements: u64) -> u64 {
+        let (len, bytes) = self.block_shape();
+        elements / len * bytes
+    }
+
+    /// The name ggml gives it.
+    pub fn name(self) -> &'static str {
+        match self {
+            GgmlType::F32 => "F32",
+            GgmlType::F16 => "F16",
+            GgmlType::BF16 => "BF16",
+            GgmlType::F64 => "F64",
+            GgmlType::I8 => "I8",
+            GgmlType::I16 => "I16",
+            GgmlType::I32 => "I32",
+            GgmlType::I64 => "I64",
+            other => other.block().expect("quantized").name(),
+        }
+    }
+}
+
+impl From<BlockType> for GgmlType {
+    fn from(kind: BlockType) -> GgmlType {
+        match kind {
+            BlockType::Q8_0 => GgmlType::Q8_0,
+            BlockType::Q4_0 => GgmlType::Q4_0,
+            BlockType::Q4_1 => GgmlType::Q4_1,
+            BlockType::Q5_0 => GgmlType::Q5_0,
+            BlockType::Q5_1 => GgmlType::Q5_1,
+            BlockType::Q4_K => GgmlType::Q4_K,
+            BlockType::Q6_K => GgmlType::Q6_K,
+        }
+    }
+}
+
+/// The GGUF type that holds a safetensors dtype's bytes unchanged, if there is one.
+pub fn dense_type(dtype: Dtype) -> Option<GgmlType> {
+    Some(match dtype {
+        Dtype::F32 => GgmlType::F32,
+        Dtype::F16 => GgmlType::F16,
+        Dtype::BF16 => GgmlType::BF16,
+        Dtype::F64 => GgmlType::F64,
+        Dtype::I8 => GgmlType::I8,
+        Dtype::I16 => GgmlType::I16,
+        Dtype::I32 => GgmlType::I32,
+        Dtype::I64 => GgmlType::I64,
+        _ => return None,
+    })
+}
+
+/// A metadata value (the kinds squeeze writes and reads).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    U8(u8),
+    I8(i8),
+    U16(u16),
+    I16(i16),
+    U32(u32),
+    I32(i32),
+    F32(f32),
+    Bool(bool),
+    String(String),
+    U64(u64),
+    I64(i64),
+    F64(f64),
+    /// An array of one scalar or string type (ggml refuses nested arrays).
+    Array(Vec<Value>),
+}
+
+impl Value {
+    fn type_id(&self) -> u32 {
+        match self {
+            Value::U8(_) => 0,
+            Value::I8(_) => 1,
+            Value::U16(_) => 2,
+            Value::I16(_) => 3,
+            Value::U32(_) => 4,
+            Value::I32(_) => 5,
+            Value::F32(_) => 6,
+            Value::Bool(_) => 7,
+            Value::String(_) => 8,
+            Value::Array(_) => 9,
+            Value::U64(_) => 10,
+            Value::I64(_) => 11,
+            Value::F64(_) => 12,
+        }
+    }
+
+    fn write(&self, out: &mut Vec<u8>) {
+        match self {
+            Value::U8(v) => out.push(*v),
+            Value::I8(v) => out.push(*v as u8),
+            Value::U16(v) => out.extend_from_slice(&v.to_le_bytes()),
+            Value::I16(v) => out.extend_from_slice(&v.to_le_bytes()),
+            Value::U32(v) => out.extend_from_slice(&v.to_le_bytes()),
+            Value::I32(v) => out.extend_from_slice(&v.to_le_bytes()),
+            Value::F32(v) => out.extend_from_slice(&v.to_le_bytes()),
+            Value::Bool(v) => out.push(u8::from(*v)),
+            Value::String(s) => write_string(out, s),
+            Value::U64(v) => out.extend_from_slice(&v.to_le_bytes()),
+            Value::I64(v) => out.extend_from_slice(&v.to_le_bytes()),
+            Value::F64(v) => out.extend_from_slice(&v.to_le_bytes()),
+            Value::Array(items) => {
+                let element = items.first().map_or(8, Value::type_id);
+                out.extend_from_slice(&element.to_le_bytes());
+                out.extend_from_slice(&(items.len() as u64).to_le_bytes());
+                for item in items {
+                    item.write(out);
+                }
+            }
+        }
+    }
+
+    /// A short rendering for `inspect` (arrays by length).
+    pub fn describe(&self) -> String {
+        match self {
+            Value::String(s) if s.len() > 80 => format!("{:?}…", &s[..s.floor_char_boundary(80)]),
+            Value::String(s) => format!("{s:?}"),
+            Value::Array(items) => format!("[{} items]", items.len()),
+            Value::U8(v) => v.to_string(),
+            Value::I8(v) => v.to_string(),
+            Value::U16(v) => v.to_string(),
+            Value::I16(v) => v.to_string(),
+            Value::U32(v) => v.to_string(),
+            Value::I32(v) => v.to_string(),
+            Value::F32(v) => v.to_string(),
+            Value::Bool(v) => v.to_string(),
+            Value::U64(v) => v.to_string(),
+            Value::I64(v) => v.to_string(),
+            Value::F64(v) => v.to_string(),
+        }
+    }
+}
+
+fn write_string(out: &mut Vec<u8>, s: &str) {
+    out.extend_from_slice(&(s.len() as u64).to_le_bytes());
+    out.extend_from_slice(s.as_bytes());
+}
+
+/// One tensor's entry: its name, shape in PyTorch order (written reversed), type and where its
+/// data starts, relative to the data section.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TensorEntry {
+    /// Name (at most [`MAX_NAME`] bytes).
+    pub name: String,
+    /// Dimensions, outermost first as in safetensors.
+    pub shape: Vec<u64>,
+    /// Type.
+    pub kind: GgmlType,
+    /// Offset in the data section.
+    pub offset: u64,
+}
+
+impl TensorEntry {
+    /// Bytes of its data (without padding).
+    pub fn bytes(&self) -> u64 {
+        self.kind.bytes(self.shape.iter().product())
+    }
+}
+
+/// `n` rounded up to the alignment.
+pub fn padded(n: u64) -> u64 {
+    n.next_multiple_of(ALIGNMENT)
+}
+
+/// Gives each tensor its offset in order, each aligned; returns the data section's length
+/// (the last tensor's padding included).
+pub fn assign_offsets(tensors: &mut [TensorEntry]) -> u64 {
+    let mut offset = 0;
+    for t in tensors {
+        t.offset = offset;
+        offset += padded(t.bytes());
+    }
+    offset
+}
+
+/// Everything before the data: header, metadata, tensor infos, padding to the alignment.
+pub fn header_bytes(metadata: &[(String, Value)], tensors: &[TensorEntry]) -> Vec<u8> {
+    let mut out = Vec::new();
+    out.extend_from_slice(&MAGIC);
+    out.extend_from_slice(&VERSION.to_le_bytes());
+    out.extend_from_slice(&(tensors.len() as u64).to_le_bytes());
+    out.extend_from_slice(&(metadata.len() as u64).to_le_bytes());
+    for (key, value) in metadata {
+        write_string(&mut out, key);
+        out.extend_from_slice(&value.type_id().to_le_bytes());
+        value.write(&mut out);
+    }
+    for t in tensors {
+        write_string(&mut out, &t.name);
+        out.extend_from_slice(&(t.shape.len() as u32).to_le_bytes());
+        for d in t.shape.iter().rev() {
+            out.extend_from_slice(&d.to_le_bytes());
+        }
+        out.extend_from_slice(&(t.kind as u32).to_le_bytes());
+        out.extend_from_slice(&t.offset.to_le_bytes());
+    }
+    out.resize(padded(out.len() as u64) as usize, 0);
+    out
+}
+
+/// A GGUF file's structure.
+#[derive(Debug, Clone)]
+pub struct GgufFile {
+    /// Version.
+    pub version: u32,
+    /// Metadata in file order.
+    pub metadata: Vec<(String, Value)>,
+    /// Tensors in file order (shape in PyTorch order).
+    pub tensors: Vec<TensorEntry>,
+    /// Where the data section starts.
+    pub data_start: u64,
+}
+
+impl GgufFile {
+    /// A metadata value by key.
+    pub fn get(&self, key: &str) -> Option<&Value> {
+        self.metadata.iter().find(|(k, _)| k == key).map(|(_, v)| v)
+    }
+}
+
+/// Why a GGUF file could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum GgufError {
+    #[error("not a GGUF file (magic {0:02x?})")]
+    Magic([u8; 4]),
+    #[error("GGUF version {0} is not supported (2 and 3 are)")]
+    Version(u32),
+    #[error("{0}")]
+    Malformed(String),
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+/// Strings and arrays longer than this are refused (ggml's own cap).
+const MAX_LENGTH: u64 = 1 << 30;
+
+struct Reader<R> {
+    inner: R,
+    read: u64,
+}
+
+impl<R: Read> Reader<R> {
+    fn bytes<const N: usize>(&mut self) -> Result<[u8; N], GgufError> {
+        let mut b = [0u8; N];
+        self.inner.read_exact(&mut b)?;
+        self.read += N as u64;
+        Ok(b)
+    }
+
+    fn u32(&mut self) -> Result<u32, GgufError> {
+        Ok(u32::from_le_bytes(self.bytes()?))
+    }
+
+    fn u64(&mut self) -> Result<u64, GgufError> {
+        Ok(u64::from_le_bytes(self.bytes()?))
+    }
+
+    fn length(&mut self, what: &str) -> Result<u64, GgufError> {
+        let n = self.u64()?;
+        if n > MAX_LENGTH {
+            return Err(GgufError::Malformed(format!("{what} of {n} items is too long")));
+        }
+        Ok(n)
+    }
+
+    fn string(&mut self) -> Result<String, GgufError> {
+        let n = self.length("string")?;
+        let mut b = vec![0u8; n as usize];
+        self.inner.read_exact(&mut b)?;
+        self.read += n;
+        String::from_utf8(b).map_err(|_| GgufError::Malformed("a string is not UTF-8".into()))
+    }
+
+    fn value(&mut self, type_id: u32, depth: u8) -> Result<Value, GgufError> {
+        Ok(match type_id {
+            0 => Value::U8(self.bytes::<1>()?[0]),
+            1 => Value::I8(self.bytes::<1>()?[0] as i8),
+            2 => Value::U16(u16::from_le_bytes(self.bytes()?)),
+            3 => Value::I16(i16::from_le_bytes(self.bytes()?)),
+            4 => Value::U32(self.u32()?),
+            5 => Value::I32(i32::from_le_bytes(self.bytes()?)),
+            6 => Value::F32(f32::from_le_bytes(self.bytes()?)),
+            7 => Value::Bool(self.bytes::<1>()?[0] != 0),
+            8 => Value::String(self.string()?),
+            9 if depth == 0 => {
+                let element = self.u32()?;
+                let n = self.length("array")?;
+                let mut items = Vec::with_capacity(n.min(1 << 16) as usize);
+                for _ in 0..n {
+                    items.push(self.value(element, depth + 1)?);
+                }
+                Value::Array(items)
+            }
+            10 => Value::U64(self.u64()?),
+            11 => Value::I64(i64::from_le_bytes(self.bytes()?)),
+            12 => Value::F64(f64::from_le_bytes(self.bytes()?)),
+            other => {
+                return Err(GgufError::Malformed(format!("unknown value type {other}")));
+            }
+        })
+    }
+}
+
+/// Reads a GGUF file's header, metadata and tensor infos (not the data).
+pub fn read(input: impl Read) -> Result<GgufFile, GgufError> {
+    let mut r = Reader {
+        inner: input,
+        read: 0,
+    };
+    let magic = r.bytes::<4>()?;
+    if magic != MAGIC {
+        return Err(GgufError::Magic(magic));
+    }
+    let version = r.u32()?;
+    if !(2..=3).contains(&version) {
+        return Err(GgufError::Version(version));
+    }
+    let tensor_count = r.length("tensor list")?;
+    let kv_count = r.length("metadata")?;
+    let mut metadata = Vec::new();
+    for _ in 0..kv_count {
+        let key = r.string()?;
+        let type_id = r.u32()?;
+        metadata.push((key, r.value(type_id, 0)?));
+    }
+    let mut tensors = Vec::new();
+    for _ in 0..tensor_count {
+        let name = r.string()?;
+        let dims = r.u32()?;
+        if dims > 4 {
+            return Err(GgufError::Malformed(format!(
+                "tensor {name:?} has {dims} dimensions"
+            )));
+        }
+        let mut shape = (0..dims).map(|_| r.u64()).collect::<Result<Vec<_>, _>>()?;
+        shape.reverse();
+        let id = r.u32()?;
+        let kind = GgmlType::from_id(id).ok_or_else(|| {
+            GgufError::Malformed(format!("tensor {name:?} has type {id}, unknown to squeeze"))
+        })?;
+        let offset = r.u64()?;
+        tensors.push(TensorEntry {
+            name,
+            shape,
+            kind,
+            offset,
+        });
+    }
+    let alignment = match metadata.iter().find(|(k, _)| k == "general.alignment") {
+        Some((_, Value::U32(a))) => u64::from(*a),
+        _ => ALIGNMENT,
+    };
+    Ok(GgufFile {
+        version,
+        metadata,
+        tensors,
+        data_start: r.read.next_multiple_of(alignment.max(1)),
+    })
+}
+
+/// The Llama-family architectures squeeze maps to llama.cpp's names, by `config.json`'s
+/// `model_type`: (GGUF architecture, whether Q/K rows are permuted as llama.cpp's converter
+/// does for rotary embeddings in HF's layout).
+pub fn llama_family(model_type: &str) -> Option<(&'static str, bool)> {
+    match model_type {
+        "llama" | "mistral" => Some(("llama", true)),
+        "qwen2" => Some(("qwen2", false)),
+        _ => None,
+    }
+}
+
+/// llama.cpp's name for a Hugging Face tensor name of a Llama-family model; None for tensors
+/// the runtime does not load (rotary caches).
+pub fn llama_tensor_name(hf: &str) -> Option<String> {
+    let fixed = match hf {
+        "model.embed_tokens.weight" => Some("token_embd.weight"),
+        "model.norm.weight" => Some("output_norm.weight"),
+        "lm_head.weight" => Some("output.weight"),
+        _ => None,
+    };
+    if let Some(name) = fixed {
+        return Some(name.to_owned());
+    }
+    let rest = hf.strip_prefix("model.layers.")?;
+    let (layer, part) = rest.split_once('.')?;
+    layer.parse::<u32>().ok()?;
+    let (module, suffix) = part.rsplit_once('.')?;
+    let mapped = match module {
+        "input_layernorm" => "attn_norm",
+        "post_attention_layernorm" => "ffn_norm",
+        "self_attn.q_proj" => "attn_q",
+        "self_attn.k_proj" => "attn_k",
+        "self_attn.v_proj" => "attn_v",
+        "self_attn.o_proj" => "attn_output",
+        "mlp.gate_proj" => "ffn_gate",
+        "mlp.up_proj" => "ffn_up",
+        "mlp.down_proj" => "ffn_down",
+        "self_attn.rotary_emb" => return None,
+        _ => return Some(hf.to_owned()),
+    };
+    Some(format!("blk.{layer}.{mapped}.{suffix}"))
+}
+
+/// The source row of each output row when llama.cpp's converter permutes a query or key
+/// projection of `rows` rows for `heads` heads: within each head, HF keeps the two rotary
+/// halves apart and ggml interleaves them.
+pub fn rotary_permutation(rows: usize, heads: usize) -> Vec<usize> {
+    let head_dim = rows / heads;
+    let half = head_dim / 2;
+    (0..rows)
+        .map(|r| {
+            let (head, within) = (r / head_dim, r % head_dim);
+            let (pair, side) = (within / 2, within % 2);
+            head * head_dim + side * half + pair
+        })
+        .collect()
+}
+
+/// The `<arch>.*` metadata llama.cpp requires, from a Llama-family `config.json`.
+pub fn llama_metadata(arch: &str, config: &serde_json::Value) -> Result<Vec<(String, Value)>, String> {
+    let number = |key: &str| -> Result<u64, String> {
+        config[key]
+            .as_u64()
+            .ok_or_else(|| format!("config.json has no integer {key:?}"))
+    };
+    let hidden = number("hidden_size")?;
+    let heads = number("num_attention_heads")?;
+    let kv_heads = config["num_key_value_heads"].as_u64().unwrap_or(heads);
+    if heads == 0 || hidden % heads != 0 {
+        return Err(format!(
+            "hidden_size {hidden} is not a multiple of num_attention_heads {heads}"
+        ));
+    }
+    let head_dim = config["head_dim"].as_u64().unwrap_or(hidden / heads);
+    let u32_of = |v: u64, key: &str| -> Result<Value, String> {
+        u32::try_from(v)
+            .map(Value::U32)
+            .map_err(|_| format!("config.json {key} {v} does not fit GGUF's u32"))
+    };
+    let key = |k: &str| format!("{arch}.{k}");
+    let mut out = vec![
+        (
+            key("context_length"),
+            u32_of(
+                config["max_position_embeddings"].as_u64().unwrap_or(2048),
+                "max_position_embeddings",
+            )?,
+        ),
+        (key("embedding_length"), u32_of(hidden, "hidden_size")?),
+        (
+            key("block_count"),
+            u32_of(number("num_hidden_layers")?, "num_hidden_layers")?,
+        ),
+        (
+            key("feed_forward_length"),
+            u32_of(number("intermediate_size")?, "intermediate_size")?,
+        ),
+        (
+            key("attention.head_count"),
+            u32_of(heads, "num_attention_heads")?,
+        ),
+        (
+            key("attention.head_count_kv"),
+            u32_of(kv_heads, "num_key_value_heads")?,
+        ),
+        (key("rope.dimension_count"), u32_of(head_dim, "head_dim")?),
+        (
+            key("rope.freq_base"),
+            Value::F32(config["rope_theta"].as_f64().unwrap_or(10000.0) as f32),
+        ),
+        (
+            key("attention.layer_norm_rms_epsilon"),
+            Value::F32(config["rms_norm_eps"].as_f64().unwrap_or(1e-6) as f32),
+        ),
+    ];
+    if let Some(vocab) = config["vocab_size"].as_u64() {
+        out.push((key("vocab_size"), u32_of(vocab, "vocab_size")?));
+    }
+    Ok(out)
+}
+
+/// The `tokenizer.ggml.*` metadata from a Hugging Face `tokenizer.json` whose model is a
+/// byte-level BPE (GPT-2 style: vocabulary and merges as they are); `no_vocab` when there is
+/// none or it is of another kind (the model then loads and runs on token ids).
+pub fn tokenizer_metadata(
+    tokenizer: Option<&serde_json::Value>,
+    config: &serde_json::Value,
+) -> Vec<(String, Value)> {
+    let model = |name: &str| vec![("tokenizer.ggml.model".to_owned(), Value::String(name.into()))];
+    let Some(tokenizer) = tokenizer else {
+        return model("no_vocab");
+    };
+    let bpe = &tokenizer["model"];
+    let (Some(vocab), Some(merges)) = (bpe["vocab"].as_object(), bpe["merges"].as_array()) else {
+        return model("no_vocab");
+    };
+    if bpe["type"] != "BPE" || bpe["byte_fallback"] == true {
+        return model("no_vocab");
+    }
+    let mut tokens: Vec<(u64, String, i32)> = vocab
+        .iter()
+        .filter_map(|(text, id)| Some((id.as_u64()?, text.clone(), 1)))
+        .collect();
+    for added in tokenizer["added_tokens"].as_array().into_iter().flatten() {
+        if let (Some(id), Some(text)) = (added["id"].as_u64(), added["content"].as_str()) {
+            let kind = if added["special"] == true { 3 } else { 4 };
+            tokens.retain(|(i, _, _)| *i != id);
+            tokens.push((id, text.to_owned(), kind));
+        }
+    }
+    tokens.sort_by_key(|(id, _, _)| *id);
+    // The ids must run 0..n without holes for llama.cpp's token table.
+    if tokens.iter().enumerate().any(|(i, (id, _, _))| *id != i as u64) {
+        return model("no_vocab");
+    }
+    let merges: Vec<Value> = merges
+        .iter()
+        .filter_map(|m| match m {
+            serde_json::Value::String(s) => Some(s.clone()),
+            serde_json::Value::Array(pair) => Some(
+                pair.iter()
+                    .filter_map(|p| p.as_str())
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            ),
+            _ => None,
+        })
+        .map(Value::String)
+        .collect();
+    let mut out = model("gpt2");
+    out.push((
+        "tokenizer.ggml.tokens".into(),
+        Value::Array(tokens.iter().map(|(_, t, _)| Value::String(t.clone())).collect()),
+    ));
+    out.push((
+        "tokenizer.ggml.token_type".into(),
+        Value::Array(tokens.iter().map(|(_, _, k)| Value::I32(*k)).collect()),
+    ));
+    out.push(("tokenizer.ggml.merges".into(), Value::Array(merges)));
+    for (key, config_key) in [
+        ("tokenizer.ggml.bos_token_id", "bos_token_id"),
+        ("tokenizer.ggml.eos_token_id", "eos_token_id"),
+    ] {
+        if let Some(id) = config[config_key].as_u64().and_then(|v| u32::try_from(v).ok()) {
+            out.push((key.into(), Value::U32(id)));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_round_trips_through_the_reader() {
+        let metadata = vec![
+            ("general.architecture".to_owned(), Value::String("llama".into())),
+            ("llama.block_count".to_owned(), Value::U32(2)),
+            (
+                "tokenizer.ggml.tokens".to_owned(),
+                Value::Array(vec![Value::String("a".into()), Value::String("b".into())]),
+            ),
+        ];
+        let mut tensors = vec![
+            TensorEntry {
+                name: "a".into(),
+                shape: vec![3, 64],
+                kind: GgmlType::Q8_0,
+                offset: 0,
+            },
+            TensorEntry {
+                name: "b".into(),
+                shape: vec![5],
+                kind: GgmlType::F32,
+                offset: 0,
+            },
+        ];
+        let data = assign_offsets(&mut tensors);
+        assert_eq!(tensors[1].offset, padded(3 * 2 * 34));
+        assert_eq!(data, tensors[1].offset + 32);
+        let header = header_bytes(&metadata, &tensors);
+        assert_eq!(header.len() as u64 % ALIGNMENT, 0);
+        let file = read(&header[..]).unwrap();
+        assert_eq!(file.metadata, metadata);
+        assert_eq!(file.tensors, tensors);
+        assert_eq!(file.data_start, header.len() as u64);
+    }
+
+    #[test]
+    fn rotary_permutation_interleaves_the_halves_of_each_head() {
+        // numpy: np.arange(8).reshape(2, 2, 2).swapaxes(1, 2).reshape(8) for 2 heads of 4 rows.
+        assert_eq!(rotary_permutation(8, 2), vec![0, 2, 1, 3, 4, 6, 5, 7]);
+        assert_eq!(rotary_permutation(6, 1), vec![0, 3, 1, 4, 2, 5]);
+    }
+
+    #[test]
+    fn llama_names_follow_llama_cpp() {
+        assert_eq!(
+            llama_tensor_name("model.layers.12.self_attn.o_proj.weight").as_deref(),
+            Some("blk.12.attn_output.weight")
+        );
+        assert_eq!(
+            llama_tensor_name("model.layers.0.self_attn.q_proj.bias").as_deref(),
+            Some("blk.0.attn_q.bias")
+        );
+        assert_eq!(llama_tensor_name("lm_head.weight").as_deref(), Some("output.weight"));
+        assert_eq!(
+            llama_tensor_name("model.layers.0.self_attn.rotary_emb.inv_freq"),
+            None
+        );
+    }
+}
