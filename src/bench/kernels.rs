@@ -42,8 +42,20 @@ fn kernels(rows: usize, cols: usize) -> Vec<(&'static str, Vec<Step>)> {
             "int4 group 128 asym",
             vec![int(4, false, Granularity::Group(128))],
         ),
-        ("fp8 per channel", vec![Step::Fp8 { per_channel: true, scale_dtype: ScaleDtype::F32 }]),
-        ("fp8 per tensor", vec![Step::Fp8 { per_channel: false, scale_dtype: ScaleDtype::F32 }]),
+        (
+            "fp8 per channel",
+            vec![Step::Fp8 {
+                per_channel: true,
+                scale_dtype: ScaleDtype::F32,
+            }],
+        ),
+        (
+            "fp8 per tensor",
+            vec![Step::Fp8 {
+                per_channel: false,
+                scale_dtype: ScaleDtype::F32,
+            }],
+        ),
         ("gguf Q8_0", vec![Step::Gguf(BlockType::Q8_0)]),
         ("gguf Q4_0", vec![Step::Gguf(BlockType::Q4_0)]),
         ("gguf Q5_1", vec![Step::Gguf(BlockType::Q5_1)]),

@@ -8,7 +8,7 @@
 use crate::compress::cluster::{self, Codebook, SplitMix};
 use crate::compress::gguf::{self, BlockType};
 use crate::compress::lowrank::Factors;
-use crate::compress::quantize::{IntScheme, QParams, ScaleDtype, min_max};
+use crate::compress::quantize::{IntScheme, QParams, ScaleDtype, fake_value, min_max};
 use crate::compress::{fp8, nf4};
 
 /// A tensor's codes and parameters, in row-major order over the tensor as rows × cols.
@@ -86,7 +86,8 @@ impl Piece {
 }
 
 /// Integer codes of whole rows: replaces the values by their dequantized ones (exactly what
-/// `IntScheme::fake_quantize_rows` gives) and returns the codes and per-group parameters.
+/// `IntScheme::fake_quantize_rows` gives, so a negative value rounding to code 0 stays −0 in the
+/// dense values while its code decodes to +0) and returns the codes and per-group parameters.
 pub(crate) fn int_rows(
     scheme: IntScheme,
     values: &mut [f32],
@@ -105,10 +106,11 @@ pub(crate) fn int_rows(
                 scheme.params(min, max)
             }
         };
+        let (qmin, qmax) = (scheme.qmin() as f32, scheme.qmax() as f32);
         for v in group.iter_mut() {
-            let q = scheme.quantize(*v, p);
-            piece.codes.push(q as i8 as u8);
-            *v = IntScheme::dequantize(q, p);
+            piece.codes.push(scheme.quantize(*v, p) as i8 as u8);
+            // The dense path's own value (it keeps the sign of a zero the codes cannot).
+            *v = fake_value(*v, p.scale, p.zero_point as f32, qmin, qmax);
         }
         if tensor.is_none() {
             piece.params.push(p);

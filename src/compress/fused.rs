@@ -11,10 +11,10 @@
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 
-use crate::compress::quantize::ScaleDtype;
 use crate::compress::fp8;
 use crate::compress::gguf::{self, BlockStep, BlockType};
 use crate::compress::measure::{Bf16, Codec, F32, LANES, Lanes, Sums, store_lanes};
+use crate::compress::quantize::ScaleDtype;
 use crate::compress::quantize::{self, Granularity, IntScheme, QParams, min_max_stored};
 use crate::compress::simd::{self, multiversion};
 use crate::compress::tensor::Step;
@@ -64,8 +64,7 @@ impl OnePass {
                     ..
                 }
                 | Step::Fp8 {
-                    per_channel: false,
-                    ..
+                    per_channel: false, ..
                 },
             ] => OnePass::Fp8 { tensor_scale },
             [Step::Gguf(BlockType::Q8_0)] => OnePass::Q8_0,
@@ -423,7 +422,10 @@ mod tests {
                 int(4, true, Granularity::Group(32)),
                 int(4, false, Granularity::Channel),
                 int(2, true, Granularity::Group(64)),
-                Step::Fp8 { per_channel: true, scale_dtype: ScaleDtype::F32 },
+                Step::Fp8 {
+                    per_channel: true,
+                    scale_dtype: ScaleDtype::F32,
+                },
                 Step::Gguf(BlockType::Q8_0),
                 Step::Gguf(BlockType::Q4_0),
             ] {

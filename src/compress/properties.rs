@@ -222,7 +222,14 @@ fn per_tensor_integer_scale_covers_the_whole_tensor() {
 #[test]
 fn fp8_error_is_within_half_an_e4m3_step() {
     for case in cases(1) {
-        let (got, _) = run(&case, &[Step::Fp8 { per_channel: true, scale_dtype: ScaleDtype::F32 }]).unwrap();
+        let (got, _) = run(
+            &case,
+            &[Step::Fp8 {
+                per_channel: true,
+                scale_dtype: ScaleDtype::F32,
+            }],
+        )
+        .unwrap();
         let cols = case.cols();
         for (g, x) in got.chunks(cols).zip(case.values.chunks(cols)) {
             let absmax = x.iter().fold(0f64, |m, v| m.max(f64::from(v.abs())));
@@ -468,7 +475,10 @@ fn non_finite_input_is_refused_by_every_step() {
         },
         Step::Int(int(8, true, Granularity::Channel)),
         Step::Int(int(8, true, Granularity::Tensor)),
-        Step::Fp8 { per_channel: true, scale_dtype: ScaleDtype::F32 },
+        Step::Fp8 {
+            per_channel: true,
+            scale_dtype: ScaleDtype::F32,
+        },
         Step::Gguf(gguf::BlockType::Q4_0),
         Step::Nf4,
     ];
@@ -693,8 +703,14 @@ fn one_pass_kernels_equal_the_general_path_bit_for_bit() {
         Step::Int(int(4, true, Granularity::Group(32))),
         Step::Int(int(4, false, Granularity::Group(64))),
         Step::Int(int(3, false, Granularity::Channel)),
-        Step::Fp8 { per_channel: true, scale_dtype: ScaleDtype::F32 },
-        Step::Fp8 { per_channel: false, scale_dtype: ScaleDtype::F32 },
+        Step::Fp8 {
+            per_channel: true,
+            scale_dtype: ScaleDtype::F32,
+        },
+        Step::Fp8 {
+            per_channel: false,
+            scale_dtype: ScaleDtype::F32,
+        },
         Step::Gguf(gguf::BlockType::Q8_0),
         Step::Gguf(gguf::BlockType::Q4_0),
     ];
@@ -716,6 +732,100 @@ fn one_pass_kernels_equal_the_general_path_bit_for_bit() {
                 let general = tensor::transform_general(&view, &[step]).expect(&name);
                 assert!(one_pass.0 == general.0, "{name}: bytes differ");
                 assert_eq!(one_pass.1, general.1, "{name}: metrics differ");
+            }
+        }
+    }
+}
+
+#[test]
+fn stored_forms_decode_to_exactly_the_dense_values() {
+    use crate::compress::lowrank::Rank;
+    let steps: Vec<Vec<Step>> = vec![
+        vec![Step::Int(int(8, true, Granularity::Channel))],
+        vec![Step::Int(int(4, false, Granularity::Group(64)))],
+        vec![Step::Int(IntScheme {
+            scale_dtype: ScaleDtype::Bf16,
+            ..int(3, true, Granularity::Tensor)
+        })],
+        vec![Step::Int(int(2, false, Granularity::Tensor))],
+        vec![Step::Fp8 {
+            per_channel: true,
+            scale_dtype: ScaleDtype::Bf16,
+        }],
+        vec![Step::Fp8 {
+            per_channel: false,
+            scale_dtype: ScaleDtype::F32,
+        }],
+        vec![Step::Gguf(gguf::BlockType::Q4_1)],
+        vec![Step::Gguf(gguf::BlockType::Q5_0)],
+        vec![Step::Gguf(gguf::BlockType::Q4_K)],
+        vec![Step::Gguf(gguf::BlockType::Q6_K)],
+        vec![Step::Nf4],
+        vec![Step::Cluster {
+            bits: 3,
+            per_row: false,
+            seed: 7,
+        }],
+        vec![Step::Cluster {
+            bits: 2,
+            per_row: true,
+            seed: 7,
+        }],
+        vec![Step::LowRank {
+            rank: Rank::Energy(0.9),
+            seed: 1,
+        }],
+        vec![
+            Step::MagnitudePrune { sparsity: 0.5 },
+            Step::Int(int(8, true, Granularity::Channel)),
+        ],
+        vec![Step::MagnitudePrune { sparsity: 0.3 }],
+    ];
+    for case in cases(256) {
+        let cols = case.cols();
+        let rows = case.values.len() / cols;
+        for dtype in [Dtype::F32, Dtype::BF16] {
+            let mut bytes =
+                vec![0u8; case.values.len() * crate::formats::dtype::float_width(dtype)];
+            crate::formats::dtype::encode(dtype, &case.values, &mut bytes);
+            let view = TensorView {
+                bytes: &bytes,
+                dtype,
+                shape: &case.shape,
+            };
+            for steps in &steps {
+                let name = format!("{} {dtype} {steps:?}", case.name);
+                let dense = match tensor::transform(&view, steps, &Cancel::new()) {
+                    Ok(d) => d,
+                    // Low rank refuses matrices it cannot shrink; nothing to store then.
+                    Err(TransformError::LowRank(_)) => continue,
+                    Err(e) => panic!("{name}: {e}"),
+                };
+                let mut out = vec![0u8; bytes.len()];
+                let (fidelity, encoded) =
+                    tensor::transform_encoded(&view, steps, &Cancel::new(), &mut out).expect(&name);
+                if let Some(i) = (0..out.len()).find(|&i| out[i] != dense.0[i]) {
+                    panic!(
+                        "{name}: encoding changed the dense values at byte {i}: {:?} vs {:?}, input {:?}",
+                        &out[i / 4 * 4..i / 4 * 4 + 4],
+                        &dense.0[i / 4 * 4..i / 4 * 4 + 4],
+                        case.values[i / 4]
+                    );
+                }
+                assert_eq!(fidelity.rel_error, dense.1.rel_error, "{name}");
+                let last_is_stored = steps.last().unwrap().has_stored_form();
+                match encoded.decode(rows, cols) {
+                    None => assert!(!last_is_stored, "{name}: no stored form"),
+                    Some(decoded) => {
+                        let mut again = vec![0u8; bytes.len()];
+                        crate::formats::dtype::encode(dtype, &decoded, &mut again);
+                        let (mut a, mut b) = (vec![0f32; decoded.len()], vec![0f32; decoded.len()]);
+                        crate::formats::dtype::decode(dtype, &again, &mut a);
+                        crate::formats::dtype::decode(dtype, &dense.0, &mut b);
+                        // Equal as numbers: integer codes decode a rounded-away −0 as +0.
+                        assert!(a == b, "{name}: the stored form decodes differently");
+                    }
+                }
             }
         }
     }

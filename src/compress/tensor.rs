@@ -354,7 +354,13 @@ fn apply_steps(
 }
 
 /// Applies the last step to a chunk as [`apply_steps`] does, and returns its codes.
-fn encode_step(step: &Step, global: &Global, chunk: usize, values: &mut [f32], layout: &Layout) -> Piece {
+fn encode_step(
+    step: &Step,
+    global: &Global,
+    chunk: usize,
+    values: &mut [f32],
+    layout: &Layout,
+) -> Piece {
     let cols = layout.cols;
     let first_row = chunk * layout.rows_per_chunk;
     match (step, global) {
@@ -748,23 +754,26 @@ fn transform_choosing(
     let chunks: Vec<(Sums, Option<Piece>)> = out
         .par_chunks_mut(chunk_bytes.max(1))
         .enumerate()
-        .map(|(c, out_chunk)| -> Result<(Sums, Option<Piece>), Canceled> {
-            cancel.check()?;
-            let range = layout.chunk_values(c);
-            let input = &view.bytes[range.start * layout.width..range.end * layout.width];
-            if let Some(kernel) = one_pass {
-                return Ok((kernel.run(view.dtype, layout.cols, input, out_chunk), None));
-            }
-            Ok(BUFFERS.with_borrow_mut(|(original, values)| {
-                decode_chunk(c, values);
-                apply_steps(&steps[..plain], &globals[..plain], c, values, &layout);
-                let piece = encoded_step.map(|s| encode_step(s, &globals[plain], c, values, &layout));
-                // Measure what is stored, after rounding to the output dtype, against the
-                // original re-read from the input (cheaper than keeping a decoded copy).
-                let sums = store_and_measure(view.dtype, input, original, values, out_chunk);
-                (sums, piece)
-            }))
-        })
+        .map(
+            |(c, out_chunk)| -> Result<(Sums, Option<Piece>), Canceled> {
+                cancel.check()?;
+                let range = layout.chunk_values(c);
+                let input = &view.bytes[range.start * layout.width..range.end * layout.width];
+                if let Some(kernel) = one_pass {
+                    return Ok((kernel.run(view.dtype, layout.cols, input, out_chunk), None));
+                }
+                Ok(BUFFERS.with_borrow_mut(|(original, values)| {
+                    decode_chunk(c, values);
+                    apply_steps(&steps[..plain], &globals[..plain], c, values, &layout);
+                    let piece =
+                        encoded_step.map(|s| encode_step(s, &globals[plain], c, values, &layout));
+                    // Measure what is stored, after rounding to the output dtype, against the
+                    // original re-read from the input (cheaper than keeping a decoded copy).
+                    let sums = store_and_measure(view.dtype, input, original, values, out_chunk);
+                    (sums, piece)
+                }))
+            },
+        )
         .collect::<Result<_, _>>()?;
     let mut sums = Sums::default();
     let mut pieces = Vec::with_capacity(chunks.len());

@@ -97,7 +97,10 @@ pub fn pack_rows(values: &[u32], rows: usize, cols: usize, bits: u8) -> Vec<u8> 
     let bits = usize::from(bits);
     let words_per_row = (cols * bits).div_ceil(32);
     let mut words = vec![0u32; rows * words_per_row];
-    for (row, out) in values.chunks(cols.max(1)).zip(words.chunks_mut(words_per_row)) {
+    for (row, out) in values
+        .chunks(cols.max(1))
+        .zip(words.chunks_mut(words_per_row))
+    {
         for (i, &v) in row.iter().enumerate() {
             let bit = i * bits;
             let (word, shift) = (bit / 32, bit % 32);
@@ -118,7 +121,11 @@ pub fn unpack_rows(bytes: &[u8], rows: usize, cols: usize, bits: u8) -> Vec<u32>
         .chunks_exact(4)
         .map(|b| u32::from_le_bytes(b.try_into().expect("four bytes")))
         .collect();
-    let mask = if bits == 32 { u32::MAX } else { (1u32 << bits) - 1 };
+    let mask = if bits == 32 {
+        u32::MAX
+    } else {
+        (1u32 << bits) - 1
+    };
     let mut out = Vec::with_capacity(rows * cols);
     for row in words.chunks(words_per_row.max(1)).take(rows) {
         for i in 0..cols {
@@ -141,7 +148,10 @@ fn encode_floats(dtype: Dtype, values: &[f32]) -> Vec<u8> {
 }
 
 fn i64s(values: &[u64]) -> Vec<u8> {
-    values.iter().flat_map(|v| (*v as i64).to_le_bytes()).collect()
+    values
+        .iter()
+        .flat_map(|v| (*v as i64).to_le_bytes())
+        .collect()
 }
 
 /// The tensors that store one compressed weight `name` ([rows, cols], of `dtype`): its codes
@@ -184,7 +194,10 @@ pub fn weight_tensors(
             let zero_points: Vec<i32> = params.iter().map(|p| p.zero_point).collect();
             if scheme.bits < 8 {
                 let offset = 1i32 << (scheme.bits - 1);
-                let unsigned: Vec<u32> = codes.iter().map(|&q| (i32::from(q) + offset) as u32).collect();
+                let unsigned: Vec<u32> = codes
+                    .iter()
+                    .map(|&q| (i32::from(q) + offset) as u32)
+                    .collect();
                 out.insert(
                     0,
                     tensor(
@@ -196,7 +209,12 @@ pub fn weight_tensors(
                 );
                 out.push(tensor("weight_shape", Dtype::I64, vec![2], i64s(&[r, c])));
                 if !scheme.symmetric {
-                    out.push(packed_zero_points(module, scheme, &zero_points, &scale_shape));
+                    out.push(packed_zero_points(
+                        module,
+                        scheme,
+                        &zero_points,
+                        &scale_shape,
+                    ));
                 }
             } else {
                 elementwise = Some((Dtype::I8, codes.iter().map(|&q| q as u8).collect()));
@@ -211,8 +229,17 @@ pub fn weight_tensors(
             }
         }
         Encoded::Fp8 { codes, scales } => {
-            let shape = if scales.len() == 1 { vec![1] } else { vec![r, 1] };
-            out.push(tensor("weight_scale", dtype, shape, encode_floats(dtype, scales)));
+            let shape = if scales.len() == 1 {
+                vec![1]
+            } else {
+                vec![r, 1]
+            };
+            out.push(tensor(
+                "weight_scale",
+                dtype,
+                shape,
+                encode_floats(dtype, scales),
+            ));
             elementwise = Some((Dtype::F8_E4M3, codes.clone()));
         }
         _ => elementwise = Some((dtype, dense.to_vec())),
@@ -288,7 +315,9 @@ fn packed_zero_points(
 pub fn is_zero(dtype: Dtype, bytes: &[u8]) -> bool {
     match dtype {
         Dtype::F32 => u32::from_le_bytes(bytes.try_into().expect("4 bytes")) << 1 == 0,
-        Dtype::F16 | Dtype::BF16 => u16::from_le_bytes(bytes.try_into().expect("2 bytes")) << 1 == 0,
+        Dtype::F16 | Dtype::BF16 => {
+            u16::from_le_bytes(bytes.try_into().expect("2 bytes")) << 1 == 0
+        }
         Dtype::F8_E4M3 => bytes[0] << 1 == 0,
         _ => bytes.iter().all(|&b| b == 0),
     }
@@ -473,9 +502,15 @@ mod tests {
     #[test]
     fn packing_matches_the_worked_examples() {
         // formats.md §2.4: int4 [-8,-7,0,7,1,2,3,4] → 0xCBA9F810; int8 [-128,-1,0,127] → 00 7F 80 FF.
-        let int4: Vec<u32> = [-8, -7, 0, 7, 1, 2, 3, 4].iter().map(|q| (q + 8) as u32).collect();
+        let int4: Vec<u32> = [-8, -7, 0, 7, 1, 2, 3, 4]
+            .iter()
+            .map(|q| (q + 8) as u32)
+            .collect();
         assert_eq!(hex_words(&pack_rows(&int4, 1, 8, 4)), vec![0xCBA9_F810]);
-        let int8: Vec<u32> = [-128, -1, 0, 127].iter().map(|q| (q + 128) as u32).collect();
+        let int8: Vec<u32> = [-128, -1, 0, 127]
+            .iter()
+            .map(|q| (q + 128) as u32)
+            .collect();
         assert_eq!(pack_rows(&int8, 1, 4, 8), vec![0x00, 0x7F, 0x80, 0xFF]);
         // 0.17's dense layout for 3 bits: [3,-4,1,0,2,-1,3,-4,1,0,2] → 0xA51DE947, 0x00000001.
         let int3: Vec<u32> = [3, -4, 1, 0, 2, -1, 3, -4, 1, 0, 2]

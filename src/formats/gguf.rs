@@ -360,7 +360,9 @@ impl<R: Read> Reader<R> {
     fn length(&mut self, what: &str) -> Result<u64, GgufError> {
         let n = self.u64()?;
         if n > MAX_LENGTH {
-            return Err(GgufError::Malformed(format!("{what} of {n} items is too long")));
+            return Err(GgufError::Malformed(format!(
+                "{what} of {n} items is too long"
+            )));
         }
         Ok(n)
     }
@@ -519,7 +521,10 @@ pub fn rotary_permutation(rows: usize, heads: usize) -> Vec<usize> {
 }
 
 /// The `<arch>.*` metadata llama.cpp requires, from a Llama-family `config.json`.
-pub fn llama_metadata(arch: &str, config: &serde_json::Value) -> Result<Vec<(String, Value)>, String> {
+pub fn llama_metadata(
+    arch: &str,
+    config: &serde_json::Value,
+) -> Result<Vec<(String, Value)>, String> {
     let number = |key: &str| -> Result<u64, String> {
         config[key]
             .as_u64()
@@ -588,7 +593,12 @@ pub fn tokenizer_metadata(
     tokenizer: Option<&serde_json::Value>,
     config: &serde_json::Value,
 ) -> Vec<(String, Value)> {
-    let model = |name: &str| vec![("tokenizer.ggml.model".to_owned(), Value::String(name.into()))];
+    let model = |name: &str| {
+        vec![(
+            "tokenizer.ggml.model".to_owned(),
+            Value::String(name.into()),
+        )]
+    };
     let Some(tokenizer) = tokenizer else {
         return model("no_vocab");
     };
@@ -612,7 +622,11 @@ pub fn tokenizer_metadata(
     }
     tokens.sort_by_key(|(id, _, _)| *id);
     // The ids must run 0..n without holes for llama.cpp's token table.
-    if tokens.iter().enumerate().any(|(i, (id, _, _))| *id != i as u64) {
+    if tokens
+        .iter()
+        .enumerate()
+        .any(|(i, (id, _, _))| *id != i as u64)
+    {
         return model("no_vocab");
     }
     let merges: Vec<Value> = merges
@@ -632,7 +646,12 @@ pub fn tokenizer_metadata(
     let mut out = model("gpt2");
     out.push((
         "tokenizer.ggml.tokens".into(),
-        Value::Array(tokens.iter().map(|(_, t, _)| Value::String(t.clone())).collect()),
+        Value::Array(
+            tokens
+                .iter()
+                .map(|(_, t, _)| Value::String(t.clone()))
+                .collect(),
+        ),
     ));
     out.push((
         "tokenizer.ggml.token_type".into(),
@@ -643,7 +662,10 @@ pub fn tokenizer_metadata(
         ("tokenizer.ggml.bos_token_id", "bos_token_id"),
         ("tokenizer.ggml.eos_token_id", "eos_token_id"),
     ] {
-        if let Some(id) = config[config_key].as_u64().and_then(|v| u32::try_from(v).ok()) {
+        if let Some(id) = config[config_key]
+            .as_u64()
+            .and_then(|v| u32::try_from(v).ok())
+        {
             out.push((key.into(), Value::U32(id)));
         }
     }
@@ -657,7 +679,10 @@ mod tests {
     #[test]
     fn header_round_trips_through_the_reader() {
         let metadata = vec![
-            ("general.architecture".to_owned(), Value::String("llama".into())),
+            (
+                "general.architecture".to_owned(),
+                Value::String("llama".into()),
+            ),
             ("llama.block_count".to_owned(), Value::U32(2)),
             (
                 "tokenizer.ggml.tokens".to_owned(),
@@ -706,7 +731,10 @@ mod tests {
             llama_tensor_name("model.layers.0.self_attn.q_proj.bias").as_deref(),
             Some("blk.0.attn_q.bias")
         );
-        assert_eq!(llama_tensor_name("lm_head.weight").as_deref(), Some("output.weight"));
+        assert_eq!(
+            llama_tensor_name("lm_head.weight").as_deref(),
+            Some("output.weight")
+        );
         assert_eq!(
             llama_tensor_name("model.layers.0.self_attn.rotary_emb.inv_freq"),
             None

@@ -218,6 +218,10 @@ pub enum Quantize {
         /// `tensor` or `channel` (one scale per output row).
         #[serde(default)]
         granularity: GranularityName,
+        /// Precision of the stored scales, as for `int` (default `f32`; the weight's dtype in
+        /// compressed-tensors).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        scale_dtype: Option<ScaleDtype>,
     },
     /// A llama.cpp block type, bit-exact with its reference quantizer; rows must be a multiple of
     /// the 32-value block.
@@ -301,9 +305,12 @@ impl Quantize {
                 },
                 scale_dtype: scale_dtype.unwrap_or_default(),
             }),
-            Quantize::Fp8 { granularity } => Step::Fp8 {
+            Quantize::Fp8 {
+                granularity,
+                scale_dtype,
+            } => Step::Fp8 {
                 per_channel: granularity != GranularityName::Tensor,
-                scale_dtype: ScaleDtype::F32,
+                scale_dtype: scale_dtype.unwrap_or_default(),
             },
             Quantize::Gguf { kind } => Step::Gguf(kind),
             Quantize::Nf4 {} => Step::Nf4,
@@ -568,9 +575,7 @@ impl RecipeError {
             RecipeError::NotFloat { .. } => "not_float",
             RecipeError::NothingSelected => "nothing_selected",
             RecipeError::UnknownPreset(_) => "unknown_preset",
-            RecipeError::FormatStage { .. } | RecipeError::FormatTensor { .. } => {
-                "format_mismatch"
-            }
+            RecipeError::FormatStage { .. } | RecipeError::FormatTensor { .. } => "format_mismatch",
         }
     }
 }
@@ -633,7 +638,11 @@ impl Recipe {
     pub fn selection(&self) -> Result<Selection, RecipeError> {
         let mut ignore = self.ignore.clone();
         if self.format == OutputFormat::CompressedTensors && self.targets == default_targets() {
-            ignore.extend(COMPRESSED_TENSORS_DEFAULT_IGNORE.iter().map(|s| s.to_string()));
+            ignore.extend(
+                COMPRESSED_TENSORS_DEFAULT_IGNORE
+                    .iter()
+                    .map(|s| s.to_string()),
+            );
         }
         Ok(Selection {
             targets: self
@@ -699,7 +708,7 @@ impl Recipe {
                         _ => {}
                     }
                 }
-                Stage::Quantize(Quantize::Fp8 { granularity }) => {
+                Stage::Quantize(Quantize::Fp8 { granularity, .. }) => {
                     if *granularity == GranularityName::Group {
                         return Err(RecipeError::Granularity {
                             stage: stage_no,
@@ -871,7 +880,8 @@ impl Recipe {
         for (i, stage) in self.stages.iter().enumerate() {
             let what = stage.describe();
             match (self.format, stage) {
-                (OutputFormat::Safetensors, _) | (OutputFormat::CompressedTensors, Stage::Prune(_)) => {}
+                (OutputFormat::Safetensors, _)
+                | (OutputFormat::CompressedTensors, Stage::Prune(_)) => {}
                 (OutputFormat::CompressedTensors, Stage::Cluster(_) | Stage::LowRank(_)) => {
                     return stage_error(
                         i,
@@ -900,10 +910,14 @@ impl Recipe {
                     if let Quantize::Int {
                         scale_dtype: Some(wanted),
                         ..
+                    }
+                    | Quantize::Fp8 {
+                        scale_dtype: Some(wanted),
+                        ..
                     } = q
-                        && let Some(t) = selected
-                            .iter()
-                            .find(|t| self.steps_for(t.dtype).last() != Some(&override_scale(q, *wanted)))
+                        && let Some(t) = selected.iter().find(|t| {
+                            self.steps_for(t.dtype).last() != Some(&override_scale(q, *wanted))
+                        })
                     {
                         return tensor_error(
                             t,
@@ -954,15 +968,17 @@ impl Recipe {
                 if let Some(t) = selected.iter().find(|t| t.shape.len() != 2) {
                     return tensor_error(
                         t,
-                        format!("has shape {:?}; only 2-D tensors are stored factored", t.shape),
+                        format!(
+                            "has shape {:?}; only 2-D tensors are stored factored",
+                            t.shape
+                        ),
                     );
                 }
             }
             OutputFormat::Gguf => {
-                if let Some(t) = tensors
-                    .iter()
-                    .find(|t| t.shape.len() > 4 || crate::formats::gguf::dense_type(t.dtype).is_none())
-                {
+                if let Some(t) = tensors.iter().find(|t| {
+                    t.shape.len() > 4 || crate::formats::gguf::dense_type(t.dtype).is_none()
+                }) {
                     return tensor_error(
                         t,
                         format!(
@@ -979,13 +995,17 @@ impl Recipe {
     }
 }
 
-/// The step of an int stage with its scale dtype set to `wanted`.
+/// The step of an int or FP8 stage with its scale dtype set to `wanted`.
 fn override_scale(q: &Quantize, wanted: ScaleDtype) -> Step {
     match q.step() {
         Step::Int(mut scheme) => {
             scheme.scale_dtype = wanted;
             Step::Int(scheme)
         }
+        Step::Fp8 { per_channel, .. } => Step::Fp8 {
+            per_channel,
+            scale_dtype: wanted,
+        },
         other => other,
     }
 }
@@ -1057,6 +1077,7 @@ pub fn presets() -> Vec<Preset> {
             "FP8 E4M3 weights, one scale per output channel (absmax / 448)",
             Quantize::Fp8 {
                 granularity: GranularityName::Channel,
+                scale_dtype: None,
             },
         ),
         quantize_preset(
@@ -1064,6 +1085,7 @@ pub fn presets() -> Vec<Preset> {
             "FP8 E4M3 weights, one scale per tensor",
             Quantize::Fp8 {
                 granularity: GranularityName::Tensor,
+                scale_dtype: None,
             },
         ),
         quantize_preset(

@@ -157,7 +157,13 @@ impl Spool {
         self.push_bytes(&t.name, t.dtype, t.shape, &t.data)
     }
 
-    fn push_bytes(&mut self, name: &str, dtype: Dtype, shape: Vec<u64>, data: &[u8]) -> io::Result<u64> {
+    fn push_bytes(
+        &mut self,
+        name: &str,
+        dtype: Dtype,
+        shape: Vec<u64>,
+        data: &[u8],
+    ) -> io::Result<u64> {
         self.data.write_all(data)?;
         let begin = self.len;
         self.len += data.len() as u64;
@@ -327,7 +333,15 @@ impl ArtifactWriter for CompressedTensorsWriter {
             group.global_sparsity = self.sparse_counts.0 / self.sparse_counts.1.max(1.0);
         }
         let mut bytes = 0;
-        for t in ct::weight_tensors(&info.name, info.dtype, rows, cols, encoded, tensor.dense, sparse) {
+        for t in ct::weight_tensors(
+            &info.name,
+            info.dtype,
+            rows,
+            cols,
+            encoded,
+            tensor.dense,
+            sparse,
+        ) {
             bytes += self.files.spool().push(t).map_err(io_error)?;
         }
         Ok(bytes)
@@ -343,7 +357,9 @@ impl ArtifactWriter for CompressedTensorsWriter {
             let mut config: serde_json::Value = serde_json::from_slice(&bytes)
                 .map_err(|e| PipelineError::Input(format!("config.json is not JSON: {e}")))?;
             if !config.is_object() {
-                return Err(PipelineError::Input("config.json is not a JSON object".into()));
+                return Err(PipelineError::Input(
+                    "config.json is not a JSON object".into(),
+                ));
             }
             config["quantization_config"] = self.quantization_config();
             return Ok(Some(pretty(&config)));
@@ -361,7 +377,9 @@ impl ArtifactWriter for CompressedTensorsWriter {
         // Weights uploaded without a config: the block alone, where compressed-tensors'
         // `ModelCompressor.from_pretrained` looks for it.
         let mut out = HashingFile::create(&self.files.dir, "config.json")?;
-        out.write(&pretty(&json!({"quantization_config": self.quantization_config()})))?;
+        out.write(&pretty(
+            &json!({"quantization_config": self.quantization_config()}),
+        ))?;
         Ok(vec![out.finish("config.json")?])
     }
 }
@@ -375,7 +393,10 @@ pub fn pack_indices(indices: &[u8], rows: usize, cols: usize, bits: u8) -> Vec<u
     let bits = usize::from(bits);
     let row_bytes = (cols * bits).div_ceil(8);
     let mut out = vec![0u8; rows * row_bytes];
-    for (row, packed) in indices.chunks(cols.max(1)).zip(out.chunks_mut(row_bytes.max(1))) {
+    for (row, packed) in indices
+        .chunks(cols.max(1))
+        .zip(out.chunks_mut(row_bytes.max(1)))
+    {
         for (i, &v) in row.iter().enumerate() {
             let bit = i * bits;
             let value = u16::from(v) << (bit % 8);
@@ -419,7 +440,12 @@ impl ArtifactWriter for CompactWriter {
             }) => {
                 let k = 1u64 << bits;
                 let books = if *per_row { rows } else { 1 };
-                let mut bytes = spool.push_bytes(&format!("{name}.codebook"), Dtype::F32, vec![books, k], &floats(centroids))?;
+                let mut bytes = spool.push_bytes(
+                    &format!("{name}.codebook"),
+                    Dtype::F32,
+                    vec![books, k],
+                    &floats(centroids),
+                )?;
                 bytes += spool.push_bytes(
                     &format!("{name}.indices"),
                     Dtype::U8,
@@ -436,8 +462,18 @@ impl ArtifactWriter for CompactWriter {
             }
             Some(Encoded::LowRank { a, b, rank }) => {
                 let r = *rank as u64;
-                let mut bytes = spool.push_bytes(&format!("{name}.a"), Dtype::F32, vec![rows, r], &floats(a))?;
-                bytes += spool.push_bytes(&format!("{name}.b"), Dtype::F32, vec![r, cols], &floats(b))?;
+                let mut bytes = spool.push_bytes(
+                    &format!("{name}.a"),
+                    Dtype::F32,
+                    vec![rows, r],
+                    &floats(a),
+                )?;
+                bytes += spool.push_bytes(
+                    &format!("{name}.b"),
+                    Dtype::F32,
+                    vec![r, cols],
+                    &floats(b),
+                )?;
                 self.layouts.insert(
                     name.clone(),
                     json!({"kind": "low_rank", "rank": rank, "shape": info.shape,
@@ -506,9 +542,7 @@ impl GgufWriter {
             .as_ref()
             .and_then(|c| c["model_type"].as_str())
             .and_then(gguf::llama_family);
-        let selection = recipe
-            .selection()
-            .map_err(|e| input_error(e.to_string()))?;
+        let selection = recipe.selection().map_err(|e| input_error(e.to_string()))?;
         let block = recipe.stages.iter().rev().find_map(|s| match s {
             Stage::Quantize(q) => match q.step() {
                 crate::compress::tensor::Step::Gguf(kind) => Some(kind),
@@ -542,7 +576,12 @@ impl GgufWriter {
             metadata.extend(gguf::tokenizer_metadata(tokenizer.as_ref(), config));
             if permute {
                 let h = config["num_attention_heads"].as_u64().unwrap_or(1) as usize;
-                heads = (h, config["num_key_value_heads"].as_u64().map_or(h, |k| k as usize));
+                heads = (
+                    h,
+                    config["num_key_value_heads"]
+                        .as_u64()
+                        .map_or(h, |k| k as usize),
+                );
             }
         }
         let mut plan = Vec::new();
@@ -567,7 +606,10 @@ impl GgufWriter {
                 let kind = match block {
                     Some(kind) if selected => GgmlType::from(kind),
                     _ => gguf::dense_type(t.dtype).ok_or_else(|| {
-                        input_error(format!("tensor {:?} is {}; GGUF cannot hold it", t.name, t.dtype))
+                        input_error(format!(
+                            "tensor {:?} is {}; GGUF cannot hold it",
+                            t.name, t.dtype
+                        ))
                     })?,
                 };
                 let permute_heads = if heads.0 > 0 && t.name.ends_with("self_attn.q_proj.weight") {
@@ -578,7 +620,8 @@ impl GgufWriter {
                     None
                 };
                 if let Some(h) = permute_heads
-                    && (t.shape[0] as usize % h != 0 || (t.shape[0] as usize / h) % 2 != 0)
+                    && (!(t.shape[0] as usize).is_multiple_of(h)
+                        || !(t.shape[0] as usize / h).is_multiple_of(2))
                 {
                     return Err(input_error(format!(
                         "tensor {:?} has {} rows, not an even number per head for {h} heads",
@@ -599,7 +642,10 @@ impl GgufWriter {
         let mut entries: Vec<TensorEntry> = plan.iter().filter_map(|(e, _)| e.clone()).collect();
         let mut seen = std::collections::HashSet::new();
         if let Some(dup) = entries.iter().find(|e| !seen.insert(e.name.clone())) {
-            return Err(input_error(format!("two tensors map to the GGUF name {:?}", dup.name)));
+            return Err(input_error(format!(
+                "two tensors map to the GGUF name {:?}",
+                dup.name
+            )));
         }
         gguf::assign_offsets(&mut entries);
         let mut with_offsets = entries.into_iter();
@@ -610,7 +656,10 @@ impl GgufWriter {
         }
         let header = gguf::header_bytes(
             &metadata,
-            &plan.iter().filter_map(|(e, _)| e.clone()).collect::<Vec<_>>(),
+            &plan
+                .iter()
+                .filter_map(|(e, _)| e.clone())
+                .collect::<Vec<_>>(),
         );
         Ok(GgufWriter {
             dir: dir.to_owned(),

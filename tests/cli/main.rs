@@ -4,6 +4,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod artifacts;
 mod commands;
 mod embedded;
 mod large_model;

@@ -1,0 +1,93 @@
+"""Writes a tiny random Llama-style model folder: config.json, tokenizer.json (a byte-level
+BPE vocabulary), generation_config.json and model.safetensors in F16, with the Hugging Face
+tensor names. Usage: tiny_llama.py OUT_DIR"""
+
+import json
+import os
+import sys
+
+import numpy as np
+from safetensors.numpy import save_file
+
+HIDDEN, INTERMEDIATE, LAYERS, HEADS, KV_HEADS, VOCAB = 256, 512, 2, 4, 2, 128
+
+
+def main(out):
+    os.makedirs(out, exist_ok=True)
+    rng = np.random.default_rng(1234)
+    head_dim = HIDDEN // HEADS
+
+    def weight(rows, cols):
+        w = rng.standard_normal((rows, cols)) * (1.0 / np.sqrt(cols))
+        # A few outliers, as trained weights have.
+        w.flat[rng.integers(0, w.size, max(1, w.size // 500))] *= 12.0
+        return w.astype(np.float16)
+
+    tensors = {
+        "model.embed_tokens.weight": weight(VOCAB, HIDDEN),
+        "model.norm.weight": (1.0 + 0.1 * rng.standard_normal(HIDDEN)).astype(np.float16),
+        "lm_head.weight": weight(VOCAB, HIDDEN),
+    }
+    for i in range(LAYERS):
+        p = f"model.layers.{i}."
+        tensors[p + "input_layernorm.weight"] = np.ones(HIDDEN, np.float16)
+        tensors[p + "post_attention_layernorm.weight"] = np.ones(HIDDEN, np.float16)
+        tensors[p + "self_attn.q_proj.weight"] = weight(HEADS * head_dim, HIDDEN)
+        tensors[p + "self_attn.k_proj.weight"] = weight(KV_HEADS * head_dim, HIDDEN)
+        tensors[p + "self_attn.v_proj.weight"] = weight(KV_HEADS * head_dim, HIDDEN)
+        tensors[p + "self_attn.o_proj.weight"] = weight(HIDDEN, HEADS * head_dim)
+        tensors[p + "mlp.gate_proj.weight"] = weight(INTERMEDIATE, HIDDEN)
+        tensors[p + "mlp.up_proj.weight"] = weight(INTERMEDIATE, HIDDEN)
+        tensors[p + "mlp.down_proj.weight"] = weight(HIDDEN, INTERMEDIATE)
+    save_file(tensors, os.path.join(out, "model.safetensors"), metadata={"format": "pt"})
+
+    config = {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_size": HIDDEN,
+        "intermediate_size": INTERMEDIATE,
+        "num_hidden_layers": LAYERS,
+        "num_attention_heads": HEADS,
+        "num_key_value_heads": KV_HEADS,
+        "max_position_embeddings": 512,
+        "rms_norm_eps": 1e-5,
+        "rope_theta": 10000.0,
+        "vocab_size": VOCAB,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        "hidden_act": "silu",
+        "tie_word_embeddings": False,
+        "torch_dtype": "float16",
+    }
+    with open(os.path.join(out, "config.json"), "w") as f:
+        json.dump(config, f, indent=2)
+    # Byte-level BPE: 3 special tokens, then printable characters, then merges of pairs.
+    letters = [chr(c) for c in range(ord("a"), ord("z") + 1)] + ["Ġ"]
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2}
+    for c in letters:
+        vocab[c] = len(vocab)
+    merges = []
+    for a in letters:
+        for b in "aeiou":
+            if len(vocab) >= VOCAB:
+                break
+            if a + b not in vocab:
+                merges.append(f"{a} {b}")
+                vocab[a + b] = len(vocab)
+    tokenizer = {
+        "version": "1.0",
+        "added_tokens": [
+            {"id": i, "content": t, "special": True, "single_word": False, "lstrip": False,
+             "rstrip": False, "normalized": False}
+            for t, i in [("<unk>", 0), ("<s>", 1), ("</s>", 2)]
+        ],
+        "model": {"type": "BPE", "vocab": vocab, "merges": merges, "byte_fallback": False},
+    }
+    with open(os.path.join(out, "tokenizer.json"), "w") as f:
+        json.dump(tokenizer, f)
+    with open(os.path.join(out, "generation_config.json"), "w") as f:
+        json.dump({"bos_token_id": 1, "eos_token_id": 2}, f)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
