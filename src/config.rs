@@ -47,6 +47,9 @@ pub enum Command {
     Bench(BenchCommand),
     /// List the tensors of a safetensors file (validating it as an upload would be).
     Inspect(InspectArgs),
+    /// Decode a compressed artifact file (compressed-tensors, compact safetensors, GGUF) back to
+    /// a dense safetensors file of every weight.
+    Decompress(DecompressArgs),
     /// Print the OpenAPI 3.1 document of the HTTP API (as served at /api/openapi.json).
     Openapi,
 }
@@ -228,11 +231,22 @@ pub enum BenchCommand {
 /// `squeeze inspect`.
 #[derive(Debug, Clone, Args)]
 pub struct InspectArgs {
-    /// A .safetensors file.
+    /// A .safetensors file (dense, compressed-tensors with its config.json beside it, or
+    /// compact) or a .gguf file.
     pub file: PathBuf,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `squeeze decompress`.
+#[derive(Debug, Clone, Args)]
+pub struct DecompressArgs {
+    /// The artifact file.
+    pub file: PathBuf,
+    /// The dense safetensors file to write.
+    #[arg(short, long)]
+    pub output: PathBuf,
 }
 
 /// Parses a byte size: a plain number, or a number with B, KB, MB, GB, TB (powers of 1000) or

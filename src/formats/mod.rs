@@ -6,4 +6,5 @@ pub mod compressed_tensors;
 pub mod dtype;
 pub mod gguf;
 pub mod hf;
+pub mod reader;
 pub mod safetensors;

@@ -18,6 +18,7 @@ use crate::formats::compressed_tensors::{
     self as ct, QuantFormat, QuantGroup, SparseFormat, SparseGroup, StoredTensor,
 };
 use crate::formats::gguf::{self, GgmlType, TensorEntry, Value};
+use crate::formats::reader::COMPACT_METADATA_KEY;
 use crate::formats::safetensors::{Dtype, Header, TensorInfo};
 use crate::jobs::recipe::{OutputFormat, Prune, Recipe, Stage};
 use crate::worker::pipeline::{HashingFile, InputFile, OutputFile, PipelineError};
@@ -383,9 +384,6 @@ impl ArtifactWriter for CompressedTensorsWriter {
         Ok(vec![out.finish("config.json")?])
     }
 }
-
-/// The `__metadata__` key under which compact safetensors describe their substituted tensors.
-pub const COMPACT_METADATA_KEY: &str = "squeeze.compact";
 
 /// Packs `bits`-wide indices of each row into bytes, least significant bits first, each row
 /// padded to a whole byte.

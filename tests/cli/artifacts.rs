@@ -86,8 +86,25 @@ fn check(
         }
     }
     compress(dir, model, &format!("{label}-dense"), &dense);
+    // squeeze's own reader, checked against the same dense values.
+    let artifact_file = ["model.safetensors", "model.gguf"]
+        .iter()
+        .map(|f| dir.join(label).join(f))
+        .find(|p| p.exists())
+        .unwrap();
+    let decompressed = dir.join(format!("{label}-decompressed.safetensors"));
+    let (status, _, stderr) = squeeze(&[
+        "decompress",
+        artifact_file.to_str().unwrap(),
+        "-o",
+        decompressed.to_str().unwrap(),
+    ]);
+    assert!(status.success(), "{label}: {stderr}");
+    let (status, inspected, stderr) = squeeze(&["inspect", artifact_file.to_str().unwrap()]);
+    assert!(status.success(), "{label}: {stderr}");
+    assert!(inspected.lines().count() > 3, "{label}: {inspected}");
     let spec = json!({"kind": kind, "artifact": dir.join(label), "dense": dir.join(format!("{label}-dense")),
-                      "original": model, "expect": expect});
+                      "original": model, "expect": expect, "decompressed": decompressed});
     let findings = run_python(&["check_artifacts.py", &spec.to_string()]);
     (summary, serde_json::from_str(&findings).unwrap())
 }
@@ -287,7 +304,7 @@ fn gguf_artifacts_open_in_the_gguf_package_with_llama_metadata() {
         assert!(bits(bigger) > bits(smaller), "{sizes:?}");
     }
     // A model of another family: a generic GGUF with its own names and general.* metadata.
-    let generic = dir.path().join("generic");
+    let generic = dir.path().join("generic-model");
     std::fs::create_dir(&generic).unwrap();
     std::fs::copy(
         model.join("model.safetensors"),

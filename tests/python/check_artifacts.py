@@ -311,11 +311,29 @@ def check_compact(spec):
     return {"substituted": len(layouts), "tensors": len(t)}
 
 
+def check_decompressed(spec):
+    """`squeeze decompress` (squeeze's own reader) gives the same numbers as the dense output."""
+    _, _, t = read_safetensors(spec["decompressed"])
+    dense = load_dir(spec["dense"])
+    names = spec["expect"].get("names") or {k: k for k in dense}
+    heads = spec["expect"].get("heads")
+    for hf, name in names.items():
+        ref = dense[hf]
+        values = t[name].reshape(ref.shape)
+        if heads and ("q_proj" in hf or "k_proj" in hf):
+            n = heads[0] if "q_proj" in hf else heads[1]
+            values = values.reshape(n, ref.shape[0] // n // 2, 2, -1).swapaxes(1, 2).reshape(ref.shape)
+        same_numbers(np.asarray(values).astype(ref.dtype), ref, f"decompressed {name}")
+
+
 def main():
     spec = json.loads(sys.argv[1])
     check = {"compressed-tensors": check_compressed_tensors, "gguf": check_gguf,
              "compact": check_compact}[spec["kind"]]
-    print(json.dumps(check(spec)))
+    findings = check(spec)
+    if spec.get("decompressed"):
+        check_decompressed(spec)
+    print(json.dumps(findings))
 
 
 if __name__ == "__main__":
