@@ -939,7 +939,7 @@ impl Recipe {
                 }
                 (OutputFormat::CompactSafetensors, Stage::Cluster(_) | Stage::LowRank(_))
                     if i == last => {}
-                (OutputFormat::CompactSafetensors, Stage::Prune(_)) => {}
+                (OutputFormat::CompactSafetensors, Stage::Prune(_)) if i != last => {}
                 (OutputFormat::CompactSafetensors, _) => {
                     return stage_error(
                         i,

@@ -3,6 +3,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod artifacts;
 mod auth;
 mod errors;
 mod helpers;
