@@ -477,13 +477,14 @@ async fn compress(args: CompressArgs) -> anyhow::Result<()> {
         println!("{:<40} {:>14} bytes  sha256 {}", f.name, f.bytes, f.sha256);
     }
     println!(
-        "{} of {} tensors compressed; {} -> {} bytes (ratio {:.2}, {:.2} bits/weight); sparsity {:.1}%; relative error mean {:.2e}, worst {:.2e}{}; {:.2} s",
+        "{} of {} tensors compressed; {} -> {} bytes (ratio {:.2}, {:.2} bits/weight on disk, {:.2} in theory); sparsity {:.1}%; relative error mean {:.2e}, worst {:.2e}{}; {:.2} s",
         s.compressed_tensors,
         outcome.tensors.len(),
         s.bytes_in,
         s.bytes_out,
         s.ratio,
         s.bits_per_weight,
+        s.theoretical_bits_per_weight,
         s.sparsity * 100.0,
         s.mean_rel_error,
         s.worst_rel_error,

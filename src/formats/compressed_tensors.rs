@@ -9,8 +9,8 @@ use serde_json::{Value, json};
 
 use crate::compress::encoded::Encoded;
 use crate::compress::quantize::{Granularity, IntScheme};
-use crate::formats::dtype;
 use crate::formats::safetensors::Dtype;
+use crate::formats::{bits, dtype};
 
 /// One tensor as stored.
 #[derive(Debug, Clone, PartialEq)]
@@ -89,56 +89,16 @@ pub fn quant_format(encoded: &Encoded) -> Option<QuantFormat> {
     }
 }
 
-/// Packs each row's `bits`-wide unsigned values into little-endian int32 words: value `i` of a
-/// row takes bits `[i·bits, (i+1)·bits)` of the row's bit stream, counted from the least
-/// significant bit of its first word; rows are padded with zero bits to whole words (the
-/// layout of compressed-tensors ≥ 0.17, identical to older versions for 2, 4 and 8 bits).
+/// Packs each row's `bits`-wide unsigned values into little-endian int32 words, value `i` at
+/// bits `[i·bits, (i+1)·bits)` of the row's stream, rows padded to whole words (the layout of
+/// compressed-tensors ≥ 0.17, identical to older versions for 2, 4 and 8 bits).
 pub fn pack_rows(values: &[u32], rows: usize, cols: usize, bits: u8) -> Vec<u8> {
-    let bits = usize::from(bits);
-    let words_per_row = (cols * bits).div_ceil(32);
-    let mut words = vec![0u32; rows * words_per_row];
-    for (row, out) in values
-        .chunks(cols.max(1))
-        .zip(words.chunks_mut(words_per_row))
-    {
-        for (i, &v) in row.iter().enumerate() {
-            let bit = i * bits;
-            let (word, shift) = (bit / 32, bit % 32);
-            out[word] |= v << shift;
-            if shift + bits > 32 {
-                out[word + 1] |= v >> (32 - shift);
-            }
-        }
-    }
-    words.iter().flat_map(|w| w.to_le_bytes()).collect()
+    bits::pack(values, rows, cols, bits, 4)
 }
 
 /// The inverse of [`pack_rows`].
 pub fn unpack_rows(bytes: &[u8], rows: usize, cols: usize, bits: u8) -> Vec<u32> {
-    let bits = usize::from(bits);
-    let words_per_row = (cols * bits).div_ceil(32);
-    let words: Vec<u32> = bytes
-        .chunks_exact(4)
-        .map(|b| u32::from_le_bytes(b.try_into().expect("four bytes")))
-        .collect();
-    let mask = if bits == 32 {
-        u32::MAX
-    } else {
-        (1u32 << bits) - 1
-    };
-    let mut out = Vec::with_capacity(rows * cols);
-    for row in words.chunks(words_per_row.max(1)).take(rows) {
-        for i in 0..cols {
-            let bit = i * bits;
-            let (word, shift) = (bit / 32, bit % 32);
-            let mut v = row[word] >> shift;
-            if shift + bits > 32 {
-                v |= row[word + 1] << (32 - shift);
-            }
-            out.push(v & mask);
-        }
-    }
-    out
+    bits::unpack(bytes, rows, cols, bits, 4)
 }
 
 fn encode_floats(dtype: Dtype, values: &[f32]) -> Vec<u8> {

@@ -360,25 +360,18 @@ impl ArtifactFile {
                 let bits = layout["bits"].as_u64().unwrap_or(8) as usize;
                 let book = floats(&part("codebook"))?;
                 let (_, packed) = self.raw(&part("indices"))?;
-                let row_bytes = (cols * bits).div_ceil(8);
                 let k = 1usize << bits;
                 let per_row = layout["per_row"] == true;
-                let mut out = Vec::with_capacity(rows * cols);
-                for (r, row) in packed.chunks(row_bytes.max(1)).take(rows).enumerate() {
-                    for i in 0..cols {
-                        let bit = i * bits;
-                        let pair = u16::from(row[bit / 8])
-                            | row.get(bit / 8 + 1).map_or(0, |b| u16::from(*b) << 8);
-                        let index = ((pair >> (bit % 8)) as usize) & (k - 1);
-                        let base = if per_row { r * k } else { 0 };
-                        out.push(
-                            *book
-                                .get(base + index)
-                                .ok_or_else(|| bad("index beyond the codebook"))?,
-                        );
-                    }
-                }
-                out
+                crate::formats::bits::unpack(&packed, rows, cols, bits as u8, 1)
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, index)| {
+                        let base = if per_row { i / cols.max(1) * k } else { 0 };
+                        book.get(base + index as usize)
+                            .copied()
+                            .ok_or_else(|| bad("index beyond the codebook"))
+                    })
+                    .collect::<Result<Vec<f32>, ReadError>>()?
             }
             Some("low_rank") => {
                 let rank = layout["rank"].as_u64().unwrap_or(0) as usize;

@@ -388,23 +388,8 @@ impl ArtifactWriter for CompressedTensorsWriter {
 /// Packs `bits`-wide indices of each row into bytes, least significant bits first, each row
 /// padded to a whole byte.
 pub fn pack_indices(indices: &[u8], rows: usize, cols: usize, bits: u8) -> Vec<u8> {
-    let bits = usize::from(bits);
-    let row_bytes = (cols * bits).div_ceil(8);
-    let mut out = vec![0u8; rows * row_bytes];
-    for (row, packed) in indices
-        .chunks(cols.max(1))
-        .zip(out.chunks_mut(row_bytes.max(1)))
-    {
-        for (i, &v) in row.iter().enumerate() {
-            let bit = i * bits;
-            let value = u16::from(v) << (bit % 8);
-            packed[bit / 8] |= value as u8;
-            if bit % 8 + bits > 8 {
-                packed[bit / 8 + 1] |= (value >> 8) as u8;
-            }
-        }
-    }
-    out
+    let wide: Vec<u32> = indices.iter().map(|&i| u32::from(i)).collect();
+    crate::formats::bits::pack(&wide, rows, cols, bits, 1)
 }
 
 /// Compact safetensors: clustered tensors as a codebook and packed indices, low-rank tensors

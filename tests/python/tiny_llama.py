@@ -1,15 +1,18 @@
-"""Writes a tiny random Llama-style model folder: config.json, tokenizer.json (a byte-level
-BPE vocabulary), generation_config.json and model.safetensors in F16, with the Hugging Face
-tensor names. Usage: tiny_llama.py OUT_DIR"""
+"""Writes a random Llama-style model folder: config.json, tokenizer.json (a byte-level BPE
+vocabulary), generation_config.json and model.safetensors, with the Hugging Face tensor names.
+Tiny (1.2 M parameters, F16) by default; the sizes can be raised for measurements.
+Usage: tiny_llama.py OUT_DIR [--hidden H --intermediate I --layers L --heads N --kv-heads K
+                              --vocab V --dtype f16|bf16]"""
 
+import argparse
 import json
 import os
-import sys
 
+import ml_dtypes
 import numpy as np
 from safetensors.numpy import save_file
 
-HIDDEN, INTERMEDIATE, LAYERS, HEADS, KV_HEADS, VOCAB = 256, 512, 2, 4, 2, 128
+HIDDEN, INTERMEDIATE, LAYERS, HEADS, KV_HEADS, VOCAB, DTYPE = 256, 512, 2, 4, 2, 128, np.float16
 
 
 def main(out):
@@ -21,17 +24,17 @@ def main(out):
         w = rng.standard_normal((rows, cols)) * (1.0 / np.sqrt(cols))
         # A few outliers, as trained weights have.
         w.flat[rng.integers(0, w.size, max(1, w.size // 500))] *= 12.0
-        return w.astype(np.float16)
+        return w.astype(DTYPE)
 
     tensors = {
         "model.embed_tokens.weight": weight(VOCAB, HIDDEN),
-        "model.norm.weight": (1.0 + 0.1 * rng.standard_normal(HIDDEN)).astype(np.float16),
+        "model.norm.weight": (1.0 + 0.1 * rng.standard_normal(HIDDEN)).astype(DTYPE),
         "lm_head.weight": weight(VOCAB, HIDDEN),
     }
     for i in range(LAYERS):
         p = f"model.layers.{i}."
-        tensors[p + "input_layernorm.weight"] = np.ones(HIDDEN, np.float16)
-        tensors[p + "post_attention_layernorm.weight"] = np.ones(HIDDEN, np.float16)
+        tensors[p + "input_layernorm.weight"] = np.ones(HIDDEN, DTYPE)
+        tensors[p + "post_attention_layernorm.weight"] = np.ones(HIDDEN, DTYPE)
         tensors[p + "self_attn.q_proj.weight"] = weight(HEADS * head_dim, HIDDEN)
         tensors[p + "self_attn.k_proj.weight"] = weight(KV_HEADS * head_dim, HIDDEN)
         tensors[p + "self_attn.v_proj.weight"] = weight(KV_HEADS * head_dim, HIDDEN)
@@ -57,7 +60,7 @@ def main(out):
         "eos_token_id": 2,
         "hidden_act": "silu",
         "tie_word_embeddings": False,
-        "torch_dtype": "float16",
+        "torch_dtype": "float16" if DTYPE == np.float16 else "bfloat16",
     }
     with open(os.path.join(out, "config.json"), "w") as f:
         json.dump(config, f, indent=2)
@@ -90,4 +93,17 @@ def main(out):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    parser = argparse.ArgumentParser()
+    parser.add_argument("out")
+    parser.add_argument("--hidden", type=int, default=HIDDEN)
+    parser.add_argument("--intermediate", type=int, default=INTERMEDIATE)
+    parser.add_argument("--layers", type=int, default=LAYERS)
+    parser.add_argument("--heads", type=int, default=HEADS)
+    parser.add_argument("--kv-heads", type=int, default=KV_HEADS)
+    parser.add_argument("--vocab", type=int, default=VOCAB)
+    parser.add_argument("--dtype", choices=["f16", "bf16"], default="f16")
+    a = parser.parse_args()
+    HIDDEN, INTERMEDIATE, LAYERS, HEADS, KV_HEADS, VOCAB = (
+        a.hidden, a.intermediate, a.layers, a.heads, a.kv_heads, a.vocab)
+    DTYPE = np.float16 if a.dtype == "f16" else ml_dtypes.bfloat16
+    main(a.out)
