@@ -13,7 +13,10 @@ pub fn pack(values: &[u32], rows: usize, cols: usize, bits: u8, unit: usize) -> 
     let width = usize::from(bits);
     let stride = row_bytes(cols, bits, unit);
     let mut out = vec![0u8; rows * stride];
-    for (row, packed) in values.chunks(cols.max(1)).zip(out.chunks_mut(stride.max(1))) {
+    for (row, packed) in values
+        .chunks(cols.max(1))
+        .zip(out.chunks_mut(stride.max(1)))
+    {
         for (i, &v) in row.iter().enumerate() {
             let bit = i * width;
             // A value of up to 32 bits spans at most five bytes from its first.
@@ -30,7 +33,11 @@ pub fn pack(values: &[u32], rows: usize, cols: usize, bits: u8, unit: usize) -> 
 pub fn unpack(bytes: &[u8], rows: usize, cols: usize, bits: u8, unit: usize) -> Vec<u32> {
     let width = usize::from(bits);
     let stride = row_bytes(cols, bits, unit);
-    let mask = if bits >= 32 { u64::from(u32::MAX) } else { (1u64 << bits) - 1 };
+    let mask = if bits >= 32 {
+        u64::from(u32::MAX)
+    } else {
+        (1u64 << bits) - 1
+    };
     let mut out = Vec::with_capacity(rows * cols);
     for r in 0..rows {
         let row = bytes.get(r * stride..(r + 1) * stride).unwrap_or(&[]);
@@ -57,7 +64,11 @@ mod tests {
             for unit in [1, 4] {
                 let packed = pack(&values, 3, 11, bits, unit);
                 assert_eq!(packed.len(), 3 * row_bytes(11, bits, unit));
-                assert_eq!(unpack(&packed, 3, 11, bits, unit), values, "{bits} bits, unit {unit}");
+                assert_eq!(
+                    unpack(&packed, 3, 11, bits, unit),
+                    values,
+                    "{bits} bits, unit {unit}"
+                );
             }
         }
     }
