@@ -39,6 +39,11 @@ pub trait ArtifactWriter {
     fn begin_file(&mut self, input: &InputFile, header: &Header) -> Result<(), PipelineError>;
     /// One tensor of the current file; returns the bytes it takes in the artifact.
     fn tensor(&mut self, tensor: TensorOut) -> Result<u64, PipelineError>;
+    /// The nominal bits of the last tensor's stored form when the layout, not the scheme,
+    /// decides them (zeros left out of a sparse layout); None: the scheme's own.
+    fn layout_bits(&mut self) -> Option<f64> {
+        None
+    }
     /// The current weight file ends; returns it when it is a file of its own.
     fn end_file(&mut self) -> Result<Option<OutputFile>, PipelineError>;
     /// A side file (config, index, tokenizer) as it goes into the artifact, or None to leave it
@@ -250,6 +255,7 @@ struct CompressedTensorsWriter {
     sparse_format: Option<SparseFormat>,
     sparse: Option<SparseGroup>,
     sparse_counts: (f64, f64),
+    layout_bits: Option<f64>,
     /// Linear-shaped weights left as they were: `ignore` entries.
     ignored: Vec<String>,
     saw_config: bool,
@@ -271,6 +277,7 @@ impl CompressedTensorsWriter {
             sparse_format,
             sparse: None,
             sparse_counts: (0.0, 0.0),
+            layout_bits: None,
             ignored: Vec::new(),
             saw_config: false,
         }
@@ -288,6 +295,7 @@ impl ArtifactWriter for CompressedTensorsWriter {
 
     fn tensor(&mut self, tensor: TensorOut) -> Result<u64, PipelineError> {
         let info = tensor.info;
+        self.layout_bits = None;
         let Some(encoded) = tensor.encoded else {
             if info.shape.len() == 2 && info.name.ends_with(".weight") {
                 self.ignored.push(ct::module_of(&info.name).to_owned());
@@ -332,6 +340,12 @@ impl ArtifactWriter for CompressedTensorsWriter {
             self.sparse_counts.0 += zeros as f64;
             self.sparse_counts.1 += (rows * cols) as f64;
             group.global_sparsity = self.sparse_counts.0 / self.sparse_counts.1.max(1.0);
+            // Non-zeros at their width plus one mask bit per value, with the scheme's scales.
+            let n = (rows * cols) as u64;
+            let dtype_bits = info.dtype.bits();
+            let value_bits = if format.is_some() { 8 } else { dtype_bits };
+            let params = encoded.theoretical_bits(n, dtype_bits) - (n * value_bits) as f64;
+            self.layout_bits = Some(((n - zeros as u64) * value_bits + n) as f64 + params.max(0.0));
         }
         let mut bytes = 0;
         for t in ct::weight_tensors(
@@ -346,6 +360,10 @@ impl ArtifactWriter for CompressedTensorsWriter {
             bytes += self.files.spool().push(t).map_err(io_error)?;
         }
         Ok(bytes)
+    }
+
+    fn layout_bits(&mut self) -> Option<f64> {
+        self.layout_bits.take()
     }
 
     fn end_file(&mut self) -> Result<Option<OutputFile>, PipelineError> {

@@ -356,9 +356,10 @@ pub fn run(
                     dense: transformed,
                     encoded: encoded.as_ref(),
                 })?;
-                theoretical_bits += match &encoded {
-                    Some(e) => e.theoretical_bits(out_info.elements(), t.dtype.bits()),
-                    None => (out_info.elements() * t.dtype.bits()) as f64,
+                theoretical_bits += match (writer.layout_bits(), &encoded) {
+                    (Some(bits), _) => bits,
+                    (None, Some(e)) => e.theoretical_bits(out_info.elements(), t.dtype.bits()),
+                    (None, None) => (out_info.elements() * t.dtype.bits()) as f64,
                 };
                 let scheme = match fidelity.low_rank {
                     Some(lr) => format!(
