@@ -91,7 +91,7 @@ pub fn quant_format(encoded: &Encoded) -> Option<QuantFormat> {
 
 /// Packs each row's `bits`-wide unsigned values into little-endian int32 words, value `i` at
 /// bits `[i·bits, (i+1)·bits)` of the row's stream, rows padded to whole words (the layout of
-/// compressed-tensors ≥ 0.17, identical to older versions for 2, 4 and 8 bits).
+/// compressed-tensors ≥ 0.18, identical to older versions for 2, 4 and 8 bits).
 pub fn pack_rows(values: &[u32], rows: usize, cols: usize, bits: u8) -> Vec<u8> {
     bits::pack(values, rows, cols, bits, 4)
 }
@@ -383,14 +383,15 @@ pub struct SparseGroup {
 }
 
 /// The compressed-tensors version whose reader the file is written for: sparse layouts were
-/// dropped in 0.15, and 3/5/6/7-bit packing changed in 0.17 (formats.md §2.1).
+/// dropped in 0.15, and 3/5/6/7-bit packing changed in 0.18.0 (formats.md §2.1 says 0.17, but the
+/// published 0.17.1 still packs `32 // b` values per word; 0.18.0 packs across words).
 pub fn reader_version(quant: Option<&QuantGroup>, sparse: Option<&SparseGroup>) -> &'static str {
     let odd_bits = quant
         .and_then(|q| q.int)
         .is_some_and(|s| ![2, 4, 8].contains(&s.bits));
     match (sparse.is_some(), odd_bits) {
         (true, _) => "0.14.0",
-        (false, true) => "0.17.0",
+        (false, true) => "0.18.0",
         (false, false) => "0.12.2",
     }
 }
@@ -472,7 +473,7 @@ mod tests {
             .map(|q| (q + 128) as u32)
             .collect();
         assert_eq!(pack_rows(&int8, 1, 4, 8), vec![0x00, 0x7F, 0x80, 0xFF]);
-        // 0.17's dense layout for 3 bits: [3,-4,1,0,2,-1,3,-4,1,0,2] → 0xA51DE947, 0x00000001.
+        // 0.18.s dense layout for 3 bits: [3,-4,1,0,2,-1,3,-4,1,0,2] → 0xA51DE947, 0x00000001.
         let int3: Vec<u32> = [3, -4, 1, 0, 2, -1, 3, -4, 1, 0, 2]
             .iter()
             .map(|q| (q + 4) as u32)
