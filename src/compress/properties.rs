@@ -41,6 +41,13 @@ struct Case {
 }
 
 impl Case {
+    /// The values as a tensor of `dtype` stores them.
+    fn stored_as(&self, dtype: Dtype) -> Vec<u8> {
+        let mut bytes = vec![0u8; self.values.len() * crate::formats::dtype::float_width(dtype)];
+        crate::formats::dtype::encode(dtype, &self.values, &mut bytes);
+        bytes
+    }
+
     fn cols(&self) -> usize {
         if self.shape.len() <= 1 {
             self.values.len()
@@ -718,9 +725,7 @@ fn one_pass_kernels_equal_the_general_path_bit_for_bit() {
     all.push(ties());
     for case in &all {
         for dtype in [Dtype::F32, Dtype::BF16] {
-            let mut bytes =
-                vec![0u8; case.values.len() * crate::formats::dtype::float_width(dtype)];
-            crate::formats::dtype::encode(dtype, &case.values, &mut bytes);
+            let bytes = case.stored_as(dtype);
             let view = TensorView {
                 bytes: &bytes,
                 dtype,
@@ -785,9 +790,7 @@ fn stored_forms_decode_to_exactly_the_dense_values() {
         let cols = case.cols();
         let rows = case.values.len() / cols;
         for dtype in [Dtype::F32, Dtype::BF16] {
-            let mut bytes =
-                vec![0u8; case.values.len() * crate::formats::dtype::float_width(dtype)];
-            crate::formats::dtype::encode(dtype, &case.values, &mut bytes);
+            let bytes = case.stored_as(dtype);
             let view = TensorView {
                 bytes: &bytes,
                 dtype,

@@ -56,16 +56,19 @@ async fn upload_tiny_llama(app: &TestApp, dir: &Path) -> String {
     model["id"].as_str().unwrap().to_owned()
 }
 
-/// Runs a job to success and downloads its files into `dir`; returns the job.
-async fn run_and_download(app: &TestApp, model_id: &str, recipe: Value, dir: &Path) -> Value {
-    let response = app
-        .client
+async fn submit(app: &TestApp, model_id: &str, recipe: &Value) -> reqwest::Response {
+    app.client
         .post(app.url("/api/v1/jobs"))
         .header("authorization", app.bearer())
         .json(&json!({"model_id": model_id, "recipe": recipe}))
         .send()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+/// Runs a job to success and downloads its files into `dir`; returns the job.
+async fn run_and_download(app: &TestApp, model_id: &str, recipe: Value, dir: &Path) -> Value {
+    let response = submit(app, model_id, &recipe).await;
     assert_eq!(response.status(), 202, "{}", response.text().await.unwrap());
     let job: Value = response.json().await.unwrap();
     let id = job["id"].as_str().unwrap().to_owned();
@@ -256,14 +259,7 @@ async fn recipes_a_format_cannot_store_are_refused_naming_the_stage_or_tensor() 
         ),
     ];
     for (recipe, message) in cases {
-        let response = app
-            .client
-            .post(app.url("/api/v1/jobs"))
-            .header("authorization", app.bearer())
-            .json(&json!({"model_id": model_id, "recipe": recipe}))
-            .send()
-            .await
-            .unwrap();
+        let response = submit(&app, &model_id, &recipe).await;
         assert_eq!(response.status(), 422, "{recipe}");
         let problem: Value = response.json().await.unwrap();
         assert_eq!(problem["code"], "format_mismatch", "{problem}");
