@@ -1,4 +1,5 @@
-//! The subcommands: `serve`, `migrate`, `token`, `inspect`. Output for people goes to stdout;
+//! The subcommands: `serve`, `worker`, `compress`, `migrate`, `token`, `inspect`, `decompress`,
+//! `bench`, `openapi`. Output for people goes to stdout;
 //! logs go to stderr; a failure is one line on stderr and a non-zero exit.
 
 use std::io::Write;
