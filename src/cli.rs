@@ -189,18 +189,20 @@ async fn token(cmd: TokenCommand) -> anyhow::Result<()> {
     }
 }
 
+/// Width of a table's name column: the longest name, within 4 to 80 characters.
+fn column_width<'a>(names: impl Iterator<Item = &'a str>) -> usize {
+    names.map(str::len).max().unwrap_or(4).clamp(4, 80)
+}
+
 fn inspect(args: &InspectArgs) -> anyhow::Result<()> {
     use crate::formats::reader::{ArtifactFile, Kind};
-    let mut magic = [0u8; 4];
-    std::io::Read::read_exact(&mut std::fs::File::open(&args.file)?, &mut magic).ok();
-    let is_gguf = magic == crate::formats::gguf::MAGIC;
-    if !is_gguf {
-        // The plain inventory first: it names a malformed file's defect.
-        safetensors::read_header(&args.file)
-            .with_context(|| format!("{} is not a valid safetensors file", args.file.display()))?;
-    }
-    let artifact = ArtifactFile::open(&args.file)
-        .with_context(|| format!("reading {}", args.file.display()))?;
+    // Its reader names a malformed file's defect (and a missing file's error).
+    let artifact = ArtifactFile::open(&args.file).with_context(|| {
+        format!(
+            "{} is not a valid safetensors or GGUF file",
+            args.file.display()
+        )
+    })?;
     let file_bytes = std::fs::metadata(&args.file)?.len();
     if artifact.kind != Kind::Safetensors {
         let weights_bytes: u64 = artifact.weights.iter().map(|w| w.bytes).sum();
@@ -218,13 +220,7 @@ fn inspect(args: &InspectArgs) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&out)?);
             return Ok(());
         }
-        let name_width = artifact
-            .weights
-            .iter()
-            .map(|w| w.name.len())
-            .max()
-            .unwrap_or(4)
-            .clamp(4, 80);
+        let name_width = column_width(artifact.weights.iter().map(|w| w.name.as_str()));
         println!(
             "{:<name_width$}  {:<44}  {:<5}  {:<14}  {:>12}  {:>6}",
             "WEIGHT", "STORED AS", "DTYPE", "SHAPE", "BYTES", "BITS"
@@ -271,13 +267,7 @@ fn inspect(args: &InspectArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
     }
-    let name_width = header
-        .tensors
-        .iter()
-        .map(|t| t.name.len())
-        .max()
-        .unwrap_or(4)
-        .clamp(4, 80);
+    let name_width = column_width(header.tensors.iter().map(|t| t.name.as_str()));
     println!(
         "{:<name_width$}  {:<11}  {:<24}  {:>14}",
         "NAME", "DTYPE", "SHAPE", "BYTES"

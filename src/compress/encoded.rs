@@ -288,6 +288,15 @@ impl Assembly {
     }
 }
 
+/// The parameter of value `i` when each covers `per` consecutive values (or one covers all).
+fn shared<T: Copy>(params: &[T], i: usize, per: usize) -> T {
+    if params.len() == 1 {
+        params[0]
+    } else {
+        params[i / per]
+    }
+}
+
 impl Encoded {
     /// Bits the stored form takes at its nominal widths for a tensor of `elements` values
     /// whose dtype has `dtype_bits` (scales at the scheme's precision, nothing for layout).
@@ -320,8 +329,8 @@ impl Encoded {
         }
     }
 
-    /// The dense values these codes stand for (rows × cols, row-major), as our readers and the
-    /// evaluation decode them.
+    /// The dense values these codes stand for (rows × cols, row-major), straight from the
+    /// in-memory form (the file readers in `formats::reader` decode the stored bytes instead).
     pub fn decode(&self, rows: usize, cols: usize) -> Option<Vec<f32>> {
         let n = rows * cols;
         Some(match self {
@@ -335,27 +344,13 @@ impl Encoded {
                 codes
                     .iter()
                     .enumerate()
-                    .map(|(i, &q)| {
-                        let p = if params.len() == 1 {
-                            params[0]
-                        } else {
-                            params[i / group]
-                        };
-                        IntScheme::dequantize(i32::from(q), p)
-                    })
+                    .map(|(i, &q)| IntScheme::dequantize(i32::from(q), shared(params, i, group)))
                     .collect()
             }
             Encoded::Fp8 { codes, scales } => codes
                 .iter()
                 .enumerate()
-                .map(|(i, &c)| {
-                    let s = if scales.len() == 1 {
-                        scales[0]
-                    } else {
-                        scales[i / cols]
-                    };
-                    fp8::e4m3_to_f32(c) * s
-                })
+                .map(|(i, &c)| fp8::e4m3_to_f32(c) * shared(scales, i, cols))
                 .collect(),
             Encoded::Gguf { kind, blocks } => {
                 let mut out = vec![0f32; n];

@@ -84,8 +84,9 @@ enum Layout {
     Safetensors {
         header: Header,
         by_name: BTreeMap<String, TensorInfo>,
-        quant: Option<serde_json::Value>,
         compact: BTreeMap<String, serde_json::Value>,
+        /// The layout of each compressed-tensors weight, by weight name (read once, at open).
+        compressed: BTreeMap<String, CtWeight>,
     },
     Gguf(gguf::GgufFile),
 }
@@ -166,6 +167,7 @@ impl ArtifactFile {
             .map(|c| c["quantization_config"].clone())
             .filter(|q| q["quant_method"] == "compressed-tensors");
         let mut weights = Vec::new();
+        let mut compressed = BTreeMap::new();
         let mut claimed = std::collections::HashSet::new();
         let size = |names: &[String]| -> u64 { names.iter().map(|n| by_name[n].bytes()).sum() };
         for t in &header.tensors {
@@ -245,14 +247,16 @@ impl ArtifactFile {
             let weight = CtWeight::of(module, &by_name, quant.as_ref(), &|t| {
                 read_tensor(path, &header, t)
             })?;
+            let name = format!("{module}.weight");
             weights.push(StoredWeight {
-                name: format!("{module}.weight"),
+                name: name.clone(),
                 scheme: weight.scheme(),
                 dtype: weight.dtype.as_str().into(),
                 shape: vec![weight.rows as u64, weight.cols as u64],
                 bytes: size(&parts),
                 parts,
             });
+            compressed.insert(name, weight);
         }
         let kind = if !compact.is_empty() {
             Kind::CompactSafetensors
@@ -268,8 +272,8 @@ impl ArtifactFile {
             layout: Layout::Safetensors {
                 header,
                 by_name,
-                quant,
                 compact,
+                compressed,
             },
         })
     }
@@ -316,9 +320,8 @@ impl ArtifactFile {
                 Ok(out)
             }
             Layout::Safetensors {
-                by_name,
-                quant,
                 compact,
+                compressed,
                 ..
             } => {
                 if let Some(layout) = compact.get(&weight.name) {
@@ -331,13 +334,10 @@ impl ArtifactFile {
                     return Ok(out);
                 }
                 let module = weight.name.strip_suffix(".weight").unwrap_or(&weight.name);
-                let Layout::Safetensors { header, .. } = &self.layout else {
-                    unreachable!("matched above")
-                };
-                CtWeight::of(module, by_name, quant.as_ref(), &|t| {
-                    read_tensor(&self.path, header, t)
-                })?
-                .decode(self, module)
+                compressed
+                    .get(&weight.name)
+                    .ok_or_else(|| bad(format!("no weight {:?}", weight.name)))?
+                    .decode(self, module)
             }
         }
     }
@@ -559,7 +559,7 @@ impl CtWeight {
         }
     }
 
-    fn decode(self, file: &ArtifactFile, module: &str) -> Result<Vec<f32>, ReadError> {
+    fn decode(&self, file: &ArtifactFile, module: &str) -> Result<Vec<f32>, ReadError> {
         let part = |p: &str| file.raw(&format!("{module}.{p}"));
         let (rows, cols) = (self.rows, self.cols);
         let n = rows * cols;

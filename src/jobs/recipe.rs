@@ -831,11 +831,7 @@ impl Recipe {
     /// The steps run on a tensor stored as `dtype`: the stages' steps, with scales kept in the
     /// weight's own dtype where the format stores them so (compressed-tensors).
     pub fn steps_for(&self, dtype: Dtype) -> Vec<Step> {
-        let weight_scale = match dtype {
-            Dtype::F16 => ScaleDtype::F16,
-            Dtype::BF16 => ScaleDtype::Bf16,
-            _ => ScaleDtype::F32,
-        };
+        let weight_scale = weight_scale_dtype(dtype);
         let in_weight_dtype = self.format == OutputFormat::CompressedTensors;
         self.stages
             .iter()
@@ -915,9 +911,9 @@ impl Recipe {
                         scale_dtype: Some(wanted),
                         ..
                     } = q
-                        && let Some(t) = selected.iter().find(|t| {
-                            self.steps_for(t.dtype).last() != Some(&override_scale(q, *wanted))
-                        })
+                        && let Some(t) = selected
+                            .iter()
+                            .find(|t| weight_scale_dtype(t.dtype) != *wanted)
                     {
                         return tensor_error(
                             t,
@@ -995,18 +991,12 @@ impl Recipe {
     }
 }
 
-/// The step of an int or FP8 stage with its scale dtype set to `wanted`.
-fn override_scale(q: &Quantize, wanted: ScaleDtype) -> Step {
-    match q.step() {
-        Step::Int(mut scheme) => {
-            scheme.scale_dtype = wanted;
-            Step::Int(scheme)
-        }
-        Step::Fp8 { per_channel, .. } => Step::Fp8 {
-            per_channel,
-            scale_dtype: wanted,
-        },
-        other => other,
+/// The scale precision that matches a weight's dtype (F32 for anything but F16 and BF16).
+fn weight_scale_dtype(dtype: Dtype) -> ScaleDtype {
+    match dtype {
+        Dtype::F16 => ScaleDtype::F16,
+        Dtype::BF16 => ScaleDtype::Bf16,
+        _ => ScaleDtype::F32,
     }
 }
 

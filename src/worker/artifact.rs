@@ -44,12 +44,13 @@ pub trait ArtifactWriter {
     fn layout_bits(&mut self) -> Option<f64> {
         None
     }
-    /// The current weight file ends; returns it when it is a file of its own.
+    /// The current weight file ends; returns the weight file it completes, if any (GGUF: one
+    /// file, after the last).
     fn end_file(&mut self) -> Result<Option<OutputFile>, PipelineError>;
     /// A side file (config, index, tokenizer) as it goes into the artifact, or None to leave it
     /// out.
     fn side_file(&mut self, name: &str, bytes: Vec<u8>) -> Result<Option<Vec<u8>>, PipelineError>;
-    /// Files the format adds once every tensor is written.
+    /// Side files the format adds once every tensor is written.
     fn finish(&mut self) -> Result<Vec<OutputFile>, PipelineError>;
 }
 
@@ -244,10 +245,6 @@ impl SpooledFiles {
     }
 }
 
-fn io_error(e: io::Error) -> PipelineError {
-    PipelineError::Io(e)
-}
-
 /// compressed-tensors: a loadable model folder for vLLM and transformers.
 struct CompressedTensorsWriter {
     files: SpooledFiles,
@@ -290,7 +287,7 @@ impl CompressedTensorsWriter {
 
 impl ArtifactWriter for CompressedTensorsWriter {
     fn begin_file(&mut self, input: &InputFile, _: &Header) -> Result<(), PipelineError> {
-        self.files.begin(&input.name).map_err(io_error)
+        Ok(self.files.begin(&input.name)?)
     }
 
     fn tensor(&mut self, tensor: TensorOut) -> Result<u64, PipelineError> {
@@ -303,7 +300,7 @@ impl ArtifactWriter for CompressedTensorsWriter {
             let spool = self.files.spool();
             return spool
                 .push_bytes(&info.name, info.dtype, info.shape.clone(), tensor.dense)
-                .map_err(io_error);
+                .map_err(PipelineError::from);
         };
         let (rows, cols) = (info.shape[0] as usize, info.shape[1] as usize);
         let format = ct::quant_format(encoded);
@@ -357,7 +354,7 @@ impl ArtifactWriter for CompressedTensorsWriter {
             tensor.dense,
             sparse,
         ) {
-            bytes += self.files.spool().push(t).map_err(io_error)?;
+            bytes += self.files.spool().push(t)?;
         }
         Ok(bytes)
     }
@@ -367,7 +364,7 @@ impl ArtifactWriter for CompressedTensorsWriter {
     }
 
     fn end_file(&mut self) -> Result<Option<OutputFile>, PipelineError> {
-        Ok(Some(self.files.end(None).map_err(io_error)?))
+        Ok(Some(self.files.end(None)?))
     }
 
     fn side_file(&mut self, name: &str, bytes: Vec<u8>) -> Result<Option<Vec<u8>>, PipelineError> {
@@ -420,7 +417,7 @@ struct CompactWriter {
 impl ArtifactWriter for CompactWriter {
     fn begin_file(&mut self, input: &InputFile, _: &Header) -> Result<(), PipelineError> {
         self.layouts.clear();
-        self.files.begin(&input.name).map_err(io_error)
+        Ok(self.files.begin(&input.name)?)
     }
 
     fn tensor(&mut self, tensor: TensorOut) -> Result<u64, PipelineError> {
@@ -496,7 +493,7 @@ impl ArtifactWriter for CompactWriter {
                 serde_json::to_string(&self.layouts).expect("JSON serialises"),
             ),
         ]);
-        Ok(Some(self.files.end(Some(&metadata)).map_err(io_error)?))
+        Ok(Some(self.files.end(Some(&metadata))?))
     }
 
     fn side_file(&mut self, name: &str, bytes: Vec<u8>) -> Result<Option<Vec<u8>>, PipelineError> {
@@ -519,6 +516,8 @@ struct GgufWriter {
     /// query/key projection, the head count.
     plan: Vec<(Option<TensorEntry>, Option<usize>)>,
     next: usize,
+    /// Weight files of the model not yet ended: the GGUF file is complete after the last.
+    files_left: usize,
     header: Vec<u8>,
 }
 
@@ -667,6 +666,7 @@ impl GgufWriter {
             out: None,
             plan,
             next: 0,
+            files_left: headers.len(),
             header,
         })
     }
@@ -717,7 +717,12 @@ impl ArtifactWriter for GgufWriter {
     }
 
     fn end_file(&mut self) -> Result<Option<OutputFile>, PipelineError> {
-        Ok(None)
+        self.files_left -= 1;
+        if self.files_left > 0 {
+            return Ok(None);
+        }
+        let out = self.out.take().expect("the file was written");
+        Ok(Some(out.finish("model.gguf")?))
     }
 
     fn side_file(&mut self, _: &str, _: Vec<u8>) -> Result<Option<Vec<u8>>, PipelineError> {
@@ -726,8 +731,7 @@ impl ArtifactWriter for GgufWriter {
     }
 
     fn finish(&mut self) -> Result<Vec<OutputFile>, PipelineError> {
-        let out = self.out.take().expect("the file was written");
-        Ok(vec![out.finish("model.gguf")?])
+        Ok(Vec::new())
     }
 }
 

@@ -390,7 +390,7 @@ pub fn run(
         }
         files.extend(writer.end_file()?);
     }
-    let mut weight_files: Vec<String> = files.iter().map(|f| f.name.clone()).collect();
+    let weight_files: Vec<String> = files.iter().map(|f| f.name.clone()).collect();
     for input in inputs.iter().filter(|i| i.kind == InputKind::Other) {
         cancel.check()?;
         let original = std::fs::read(&input.path)?;
@@ -404,12 +404,7 @@ pub fn run(
             files.push(out.finish(&input.name)?);
         }
     }
-    for extra in writer.finish()? {
-        if extra.name.ends_with(".gguf") {
-            weight_files.push(extra.name.clone());
-        }
-        files.push(extra);
-    }
+    files.extend(writer.finish()?);
     let bytes_out: u64 = files.iter().map(|f| f.bytes).sum();
     let weight_bytes_out: u64 = files
         .iter()
