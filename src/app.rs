@@ -34,6 +34,8 @@ use crate::{api, auth};
 pub struct Limits {
     /// Largest request body for an upload.
     pub max_upload: u64,
+    /// Largest evaluation set.
+    pub max_dataset: u64,
     /// Longest wait for the next chunk of an upload.
     pub upload_idle: Duration,
 }
@@ -101,6 +103,7 @@ impl Application {
             blobs,
             limits: Arc::new(Limits {
                 max_upload: args.max_upload,
+                max_dataset: args.max_dataset,
                 upload_idle: Duration::from_secs(args.upload_idle_secs),
             }),
             events: JobEvents::start(database.pool.clone()),

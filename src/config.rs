@@ -50,6 +50,9 @@ pub enum Command {
     /// Decode a compressed artifact file (compressed-tensors, compact safetensors, GGUF) back to
     /// a dense safetensors file of every weight.
     Decompress(DecompressArgs),
+    /// Evaluate an artifact against its original on an evaluation set: accuracy and latency
+    /// side by side, in candle on this CPU.
+    Evaluate(EvaluateArgs),
     /// Print the OpenAPI 3.1 document of the HTTP API (as served at /api/openapi.json).
     Openapi,
 }
@@ -77,6 +80,9 @@ pub struct ServeArgs {
     /// Largest upload accepted, in bytes or with a unit (e.g. 500MiB, 64GiB).
     #[arg(long, env = "SQUEEZE_MAX_UPLOAD", default_value = "64GiB", value_parser = parse_size)]
     pub max_upload: u64,
+    /// Largest evaluation set accepted (sets are parsed in memory).
+    #[arg(long, env = "SQUEEZE_MAX_DATASET", default_value = "256MiB", value_parser = parse_size)]
+    pub max_dataset: u64,
     /// Seconds an upload may stall before it is dropped.
     #[arg(long, env = "SQUEEZE_UPLOAD_IDLE_SECS", default_value_t = 60)]
     pub upload_idle_secs: u64,
@@ -247,6 +253,34 @@ pub struct DecompressArgs {
     /// The dense safetensors file to write.
     #[arg(short, long)]
     pub output: PathBuf,
+}
+
+/// `squeeze evaluate`.
+#[derive(Debug, Args)]
+pub struct EvaluateArgs {
+    /// The original model: a .safetensors file, or a folder with shards and config.json.
+    pub original: PathBuf,
+    /// The artifact folder (`squeeze compress -o`); the original itself when omitted.
+    pub artifact: Option<PathBuf>,
+    /// The evaluation set: JSONL token sequences or a safetensors file of inputs and labels.
+    #[arg(long)]
+    pub dataset: PathBuf,
+    /// Architecture, when config.json does not say (llama, mistral, qwen2, bert, mlp).
+    #[arg(long)]
+    pub architecture: Option<String>,
+    /// The figure the budget applies to.
+    #[arg(long)]
+    pub metric: Option<String>,
+    /// The largest acceptable drop of the metric.
+    #[arg(long)]
+    pub max_drop: Option<f64>,
+    /// Write the raw outputs of both models on the first item to this safetensors file
+    /// (`original.<name>`, `compressed.<name>`) instead of evaluating.
+    #[arg(long)]
+    pub outputs: Option<PathBuf>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Parses a byte size: a plain number, or a number with B, KB, MB, GB, TB (powers of 1000) or

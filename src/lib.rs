@@ -11,6 +11,7 @@ pub mod cli;
 pub mod compress;
 pub mod config;
 pub mod error;
+pub mod eval;
 pub mod formats;
 pub mod jobs;
 pub mod store;

@@ -23,6 +23,8 @@ use crate::api::{Page, page_limit};
 use crate::app::AppState;
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
+use crate::eval::EvalSpec;
+use crate::jobs::evaluation::{self, EvalCheckError};
 use crate::jobs::queue::{self, Job, JobFile, JobFilter, NewJob, SubmitError};
 use crate::jobs::recipe::{self, Preset, Recipe, RecipeError};
 use crate::store::models;
@@ -76,6 +78,16 @@ struct SubmitRequest {
     /// Attempts allowed, 1-20 (default 3); bad-input failures never retry.
     #[schema(minimum = 1, maximum = 20)]
     max_attempts: Option<i32>,
+    /// Evaluate the original and the compressed model on a dataset after compressing.
+    eval: Option<EvalSpec>,
+}
+
+/// The problem for an evaluation that cannot run as asked.
+pub fn eval_check_error(err: EvalCheckError) -> ApiError {
+    match err {
+        EvalCheckError::Internal(e) => ApiError::internal(e),
+        other => ApiError::unprocessable(other.code(), other.to_string()),
+    }
 }
 
 fn recipe_error(err: RecipeError) -> ApiError {
@@ -162,6 +174,18 @@ async fn submit_job(
         .await?
         .ok_or_else(|| ApiError::not_found("model", request.model_id))?;
     recipe.validate(&tensors).map_err(recipe_error)?;
+    if let Some(spec) = &request.eval {
+        evaluation::check_spec(
+            &state.db,
+            &state.blobs,
+            caller.team_id,
+            request.model_id,
+            &tensors,
+            spec,
+        )
+        .await
+        .map_err(eval_check_error)?;
+    }
     let new = NewJob {
         team_id: caller.team_id,
         created_by: Some(caller.token_id),
@@ -169,6 +193,10 @@ async fn submit_job(
         model_sha256,
         name: request.name,
         recipe: serde_json::to_value(&recipe).expect("a recipe serialises"),
+        eval: request
+            .eval
+            .as_ref()
+            .map(|e| serde_json::to_value(e).expect("an eval section serialises")),
         max_attempts,
         idempotency: key.map(|k| (k, Sha256::digest(&body).to_vec())),
     };

@@ -1,6 +1,7 @@
 //! The HTTP API under `/api/v1`: one file per resource. Handlers are thin: extract, call one
 //! function of the owning module, map the result. Errors are `ApiError` (problem+json).
 
+pub mod datasets;
 pub mod health;
 pub mod jobs;
 pub mod metrics;
@@ -27,6 +28,7 @@ fn v1() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .merge(models::router())
         .merge(jobs::router())
+        .merge(datasets::router())
         .merge(session::router())
         .fallback(|| async {
             ApiError::new(

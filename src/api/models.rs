@@ -243,7 +243,7 @@ fn default_model_name(files: &[IngestedFile]) -> String {
         .unwrap_or_else(|| "model".to_owned())
 }
 
-fn check_model_name(name: &str) -> ApiResult<()> {
+pub(crate) fn check_model_name(name: &str) -> ApiResult<()> {
     if name.trim().is_empty() || name.len() > 255 || name.chars().any(char::is_control) {
         return Err(ApiError::bad_request(
             "bad_name",

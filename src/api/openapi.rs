@@ -27,13 +27,14 @@ use crate::error::{PROBLEM_JSON, Problem};
 #[openapi(
     info(
         title = "squeeze",
-        description = "Compression as a service for ML models: upload safetensors models, run pruning and quantization recipes as durable jobs, download the artifacts and compare their size and error.\n\nAuthenticate with `Authorization: Bearer sqz_...`. Every error is an RFC 9457 problem object (`application/problem+json`) with a stable `code`.",
+        description = "Compression as a service for ML models: upload safetensors models, run pruning and quantization recipes as durable jobs, evaluate the original and the compressed model side by side on your evaluation sets, download the artifacts and compare their size, latency and accuracy.\n\nAuthenticate with `Authorization: Bearer sqz_...`. Every error is an RFC 9457 problem object (`application/problem+json`) with a stable `code`.",
         license(name = "Apache-2.0", identifier = "Apache-2.0")
     ),
     components(schemas(Problem)),
     tags(
         (name = "models", description = "Uploaded models and their tensors"),
         (name = "jobs", description = "Compression jobs, their progress, reports and artifacts"),
+        (name = "datasets", description = "Evaluation sets for latency and accuracy"),
         (name = "session", description = "Identity and browser sign-in"),
         (name = "operations", description = "Probes, metrics and this document"),
     )

@@ -207,6 +207,7 @@ async fn submit(db: &sqlx::PgPool, team_id: Uuid, model: &(Uuid, String)) -> any
         model_sha256: model.1.clone(),
         name: None,
         recipe: serde_json::to_value(recipe::preset("int8")?)?,
+        eval: None,
         max_attempts: 1,
         idempotency: None,
     };

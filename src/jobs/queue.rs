@@ -56,6 +56,9 @@ pub struct Job {
     /// The recipe it runs.
     #[schema(value_type = crate::jobs::recipe::Recipe)]
     pub recipe: Json<serde_json::Value>,
+    /// The evaluation asked for, if any (its results are `result.eval`).
+    #[schema(value_type = Option<crate::eval::EvalSpec>)]
+    pub eval: Option<Json<serde_json::Value>>,
     /// Token name that submitted it.
     pub created_by: Option<String>,
     /// Submission time.
@@ -82,6 +85,7 @@ macro_rules! select_jobs {
         concat!(
             "select j.id, j.name, j.model_id, j.model_sha256, j.state::text as state, j.attempt,
                     j.max_attempts, j.cancel_requested, j.progress, j.error, j.result, j.recipe,
+                    j.eval,
                     k.name as created_by, j.created_at, j.run_at, j.started_at, j.finished_at,
                     j.updated_at
              from jobs j left join tokens k on k.id = j.created_by ",
@@ -105,6 +109,8 @@ pub struct NewJob {
     pub name: Option<String>,
     /// The validated recipe.
     pub recipe: serde_json::Value,
+    /// The validated evaluation section.
+    pub eval: Option<serde_json::Value>,
     /// Attempts allowed.
     pub max_attempts: i32,
     /// Client's idempotency key and the digest of its request body.
@@ -130,8 +136,8 @@ pub async fn submit(pool: &PgPool, new: NewJob) -> Result<(Job, bool), SubmitErr
     };
     let id: Option<Uuid> = sqlx::query_scalar(
         "insert into jobs (id, team_id, model_id, model_sha256, name, recipe, max_attempts,
-                           idempotency_key, request_hash, created_by)
-         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+                           idempotency_key, request_hash, created_by, eval)
+         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
          on conflict (team_id, idempotency_key) where idempotency_key is not null do nothing
          returning id",
     )
@@ -145,6 +151,7 @@ pub async fn submit(pool: &PgPool, new: NewJob) -> Result<(Job, bool), SubmitErr
     .bind(key)
     .bind(hash)
     .bind(new.created_by)
+    .bind(&new.eval)
     .fetch_optional(&mut *tx)
     .await?;
     let (id, replayed) = match id {
@@ -256,6 +263,17 @@ pub async fn model_in_use(conn: &mut PgConnection, model_id: Uuid) -> sqlx::Resu
     .await
 }
 
+/// Whether any queued or running job will evaluate on this set.
+pub async fn dataset_in_use(conn: &mut PgConnection, dataset_id: Uuid) -> sqlx::Result<bool> {
+    sqlx::query_scalar(
+        "select exists (select 1 from jobs where eval->>'dataset_id' = $1::text
+                        and state in ('queued', 'running'))",
+    )
+    .bind(dataset_id)
+    .fetch_one(conn)
+    .await
+}
+
 /// A job a worker holds.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Claimed {
@@ -271,6 +289,8 @@ pub struct Claimed {
     pub model_sha256: String,
     /// The recipe.
     pub recipe: Json<serde_json::Value>,
+    /// The evaluation section.
+    pub eval: Option<Json<serde_json::Value>>,
 }
 
 /// Claims the oldest runnable job, if any, with a lease of `lease`.
@@ -284,7 +304,7 @@ pub async fn claim(pool: &PgPool, worker: &str, lease: Duration) -> sqlx::Result
              lease_until = now() + make_interval(secs => $2), worker = $1,
              started_at = coalesce(j.started_at, now()), updated_at = now(), error = null
          from next where j.id = next.id
-         returning j.id, j.attempt, j.max_attempts, j.model_id, j.model_sha256, j.recipe",
+         returning j.id, j.attempt, j.max_attempts, j.model_id, j.model_sha256, j.recipe, j.eval",
     )
     .bind(worker)
     .bind(lease.as_secs_f64())
@@ -425,6 +445,7 @@ pub async fn complete(
         tensors_total: tensors.len() as u64,
         bytes_done: tensors.iter().map(|t| t.bytes_in as u64).sum(),
         bytes_total: tensors.iter().map(|t| t.bytes_in as u64).sum(),
+        phase: None,
     }))
     .execute(&mut *tx)
     .await?;

@@ -5,4 +5,5 @@ pub mod blobs;
 pub mod db;
 pub mod embedded;
 pub mod ingest;
+pub mod datasets;
 pub mod models;

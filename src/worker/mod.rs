@@ -24,7 +24,8 @@ use crate::compress::Cancel;
 use crate::jobs::queue::{self, Artifact, Claimed, Lease};
 use crate::jobs::recipe::Recipe;
 use crate::store::blobs::BlobStore;
-use crate::store::models;
+use crate::eval::{EvalError, EvalReport, EvalSpec, Figures};
+use crate::store::{datasets, models};
 use pipeline::{InputFile, InputKind, PipelineError, Progress};
 
 /// How workers behave.
@@ -292,6 +293,11 @@ impl Worker {
             })
             .collect();
         let work_dir = self.work_dir(job.id, job.attempt)?;
+        let evaluation = match &job.eval {
+            Some(spec) => Some(self.prepare_evaluation(model_id, &spec.0).await?),
+            None => None,
+        };
+        let runtime_key = evaluation.as_ref().map(|_| baseline_key());
 
         let cancel = Cancel::new();
         let progress = Arc::new(Mutex::new(None::<Progress>));
@@ -304,9 +310,20 @@ impl Worker {
             let span = tracing::Span::current();
             cpu_pool().spawn(move || {
                 let _entered = span.enter();
-                let result = pipeline::run(&inputs, &recipe, &sha, &work_dir, &cancel, &mut |p| {
+                let mut report = |p: &Progress| {
                     *progress.lock().expect("progress lock") = Some(p.clone());
-                });
+                };
+                let mut result = pipeline::run(&inputs, &recipe, &sha, &work_dir, &cancel, &mut report);
+                if let (Ok(outcome), Some(evaluation)) = (&mut result, evaluation) {
+                    let mut evaluating = progress.lock().expect("progress lock").clone().unwrap_or_default();
+                    evaluating.phase = Some("evaluating".into());
+                    report(&evaluating);
+                    match evaluation.run(&inputs, &work_dir, &cancel) {
+                        Ok(report) => outcome.summary.eval = Some(report),
+                        Err(crate::eval::EvalError::Canceled) => result = Err(PipelineError::Canceled),
+                        Err(err) => outcome.summary.eval_error = Some(err.to_string()),
+                    }
+                }
                 let _ = done_tx.send(result);
             });
         }
@@ -364,6 +381,22 @@ impl Worker {
         };
         let ending = match result {
             Ok(outcome) => {
+                if let (Some(report), Some(key)) = (&outcome.summary.eval, &runtime_key)
+                    && !report.original_reused
+                    && let Some(dataset_id) = report.dataset_id
+                {
+                    if let Err(err) = datasets::keep_baseline(
+                        &self.db,
+                        model_id,
+                        dataset_id,
+                        key,
+                        &report.original,
+                    )
+                    .await
+                    {
+                        tracing::warn!(error = %err, "could not keep the original's figures");
+                    }
+                }
                 let mut artifacts = Vec::with_capacity(outcome.files.len());
                 for file in &outcome.files {
                     artifacts.push(Artifact {
@@ -401,6 +434,32 @@ impl Worker {
         Ok(ending)
     }
 
+    /// Everything an evaluation needs from the database, fetched before the CPU work starts.
+    async fn prepare_evaluation(
+        &self,
+        model_id: Uuid,
+        spec: &serde_json::Value,
+    ) -> anyhow::Result<Evaluation> {
+        let spec: EvalSpec = match serde_json::from_value(spec.clone()) {
+            Ok(spec) => spec,
+            Err(err) => {
+                return Ok(Evaluation::refused(format!("the stored eval section is not valid: {err}")));
+            }
+        };
+        let Some(sha) = datasets::blob_of(&self.db, spec.dataset_id).await? else {
+            return Ok(Evaluation::refused(format!(
+                "dataset {} was deleted",
+                spec.dataset_id
+            )));
+        };
+        let config = crate::jobs::evaluation::model_config(&self.db, &self.blobs, model_id).await?;
+        let reuse = datasets::baseline(&self.db, model_id, spec.dataset_id, &baseline_key()).await?;
+        Ok(Evaluation {
+            setup: Ok((spec, self.blobs.path(&sha), config)),
+            reuse,
+        })
+    }
+
     /// A fresh folder for this attempt's outputs, inside the blob store's temp folder (same file
     /// system, so publishing is a rename); folders of earlier attempts of the job are removed.
     fn work_dir(&self, id: Uuid, attempt: i32) -> std::io::Result<PathBuf> {
@@ -414,5 +473,56 @@ impl Worker {
         let dir = tmp.join(format!("{prefix}{attempt}"));
         std::fs::create_dir_all(&dir)?;
         Ok(dir)
+    }
+}
+
+/// Where the original's figures were measured: another CPU or thread count measures anew.
+fn baseline_key() -> String {
+    let runtime = crate::eval::Runtime::here();
+    format!(
+        "{} | {} threads | {} | squeeze {}",
+        runtime.cpu,
+        cpu_pool().current_num_threads(),
+        runtime.engine,
+        env!("CARGO_PKG_VERSION")
+    )
+}
+
+/// A job's evaluation, ready to run after its pipeline.
+struct Evaluation {
+    /// The spec, the set's file and the model's config.json; or why it cannot run.
+    setup: Result<(EvalSpec, PathBuf, Option<serde_json::Value>), String>,
+    reuse: Option<Figures>,
+}
+
+impl Evaluation {
+    fn refused(reason: String) -> Evaluation {
+        Evaluation {
+            setup: Err(reason),
+            reuse: None,
+        }
+    }
+
+    /// Runs on the CPU pool, after the artifact is written into `work_dir`.
+    fn run(
+        self,
+        inputs: &[InputFile],
+        work_dir: &std::path::Path,
+        cancel: &Cancel,
+    ) -> Result<EvalReport, EvalError> {
+        let (spec, dataset_path, config) = self.setup.map_err(EvalError::Model)?;
+        let bytes = std::fs::read(&dataset_path)?;
+        let (dataset, _) = crate::eval::dataset::parse(&bytes)
+            .map_err(|e| EvalError::Model(format!("the dataset no longer parses: {e}")))?;
+        let weight_files: Vec<PathBuf> = inputs
+            .iter()
+            .filter(|f| f.kind == InputKind::Weights)
+            .map(|f| f.path.clone())
+            .collect();
+        let original = crate::eval::files::Original {
+            config: config.as_ref(),
+            weight_files: &weight_files,
+        };
+        crate::eval::files::evaluate_artifact(&original, work_dir, &dataset, &spec, self.reuse, cancel)
     }
 }

@@ -132,12 +132,22 @@ pub struct Summary {
     pub peak_rss_bytes: Option<u64>,
     /// squeeze version that produced it.
     pub squeeze_version: String,
+    /// Latency and accuracy of the original and the compressed model, when the job asked for
+    /// an evaluation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval: Option<crate::eval::EvalReport>,
+    /// Why the evaluation asked for could not run (the artifact is kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval_error: Option<String>,
 }
 
 /// Counters reported while running.
 #[derive(Debug, Clone, Default, Serialize, serde::Deserialize, PartialEq, utoipa::ToSchema)]
 #[serde(default)]
 pub struct Progress {
+    /// `compressing`, then `evaluating` when the job evaluates.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
     /// Tensors finished.
     pub tensors_done: u64,
     /// Tensors in the model.
@@ -662,6 +672,8 @@ fn summarize(
         throughput_bytes_per_s: weight_bytes_in as f64 / wall.max(1e-9),
         peak_rss_bytes: peak_rss_bytes(),
         squeeze_version: env!("CARGO_PKG_VERSION").to_owned(),
+        eval: None,
+        eval_error: None,
     }
 }
 

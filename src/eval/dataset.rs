@@ -1,0 +1,342 @@
+//! Evaluation sets: parsing and validating an uploaded one as hostile input, the figures kept
+//! about it (so a job can be checked against a model without reading it again), and the check
+//! that a set fits a model.
+//!
+//! Two encodings: token sequences as JSONL, one `{"tokens": [ids...], "label"?: n}` per line
+//! (a bare `[ids...]` array is accepted too), for decoders and encoders; and a safetensors file
+//! with `inputs` (float, `[rows, features...]`) and `labels` (integer, `[rows]`) for
+//! classifiers.
+
+use serde::{Deserialize, Serialize};
+
+use super::Architecture;
+use crate::formats::dtype;
+use crate::formats::safetensors::{self, Dtype};
+
+/// Longest token sequence accepted.
+pub const MAX_SEQUENCE: usize = 8192;
+
+/// A parsed evaluation set.
+#[derive(Debug, Clone)]
+pub enum Dataset {
+    Tokens(Vec<Sequence>),
+    Tensors {
+        /// `[rows × features]`, row-major.
+        inputs: Vec<f32>,
+        features: usize,
+        labels: Vec<u32>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sequence {
+    pub tokens: Vec<u32>,
+    pub label: Option<u32>,
+}
+
+/// What is kept about a set beside its bytes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct DatasetStats {
+    /// `tokens` or `tensors`.
+    pub kind: String,
+    /// Sequences or rows.
+    pub rows: u64,
+    /// Tokens in all sequences (tokens sets).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_token: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_length: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_length: Option<u64>,
+    /// Input features per row (tensors sets).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub features: Option<u64>,
+    /// Rows or sequences with a label.
+    pub labelled: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_label: Option<u32>,
+}
+
+/// Why a set was refused.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum DatasetError {
+    #[error("the dataset is empty")]
+    Empty,
+    #[error("line {line}: {message}")]
+    Line { line: usize, message: String },
+    #[error("{0}")]
+    Tensors(String),
+    #[error("{0}")]
+    Mismatch(String),
+}
+
+impl DatasetError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            DatasetError::Empty => "empty_dataset",
+            DatasetError::Line { .. } | DatasetError::Tensors(_) => "invalid_dataset",
+            DatasetError::Mismatch(_) => "dataset_mismatch",
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Line {
+    Object {
+        tokens: Vec<i64>,
+        #[serde(default)]
+        label: Option<i64>,
+    },
+    Array(Vec<i64>),
+}
+
+/// Parses a set from its bytes, by content: safetensors when its header parses, else JSONL.
+pub fn parse(bytes: &[u8]) -> Result<(Dataset, DatasetStats), DatasetError> {
+    if bytes.iter().all(|b| b.is_ascii_whitespace()) {
+        return Err(DatasetError::Empty);
+    }
+    if safetensors::looks_like_safetensors(bytes) {
+        return parse_tensors(bytes);
+    }
+    parse_jsonl(bytes)
+}
+
+fn parse_jsonl(bytes: &[u8]) -> Result<(Dataset, DatasetStats), DatasetError> {
+    let text = std::str::from_utf8(bytes).map_err(|e| DatasetError::Line {
+        line: 1 + bytes[..e.valid_up_to()].iter().filter(|&&b| b == b'\n').count(),
+        message: "not UTF-8 text (a token set is JSONL; a classifier set is safetensors)".into(),
+    })?;
+    let mut sequences = Vec::new();
+    for (i, raw) in text.lines().enumerate() {
+        let line = i + 1;
+        let bad = |message: String| DatasetError::Line { line, message };
+        if raw.trim().is_empty() {
+            continue;
+        }
+        let parsed: Line = serde_json::from_str(raw).map_err(|e| {
+            bad(format!(
+                "expected {{\"tokens\": [ids...]}} or [ids...]: {e}"
+            ))
+        })?;
+        let (ids, label) = match parsed {
+            Line::Object { tokens, label } => (tokens, label),
+            Line::Array(tokens) => (tokens, None),
+        };
+        if ids.is_empty() {
+            return Err(bad("the sequence has no tokens".into()));
+        }
+        if ids.len() > MAX_SEQUENCE {
+            return Err(bad(format!(
+                "{} tokens; at most {MAX_SEQUENCE} per sequence",
+                ids.len()
+            )));
+        }
+        let tokens = ids
+            .iter()
+            .map(|&t| u32::try_from(t).map_err(|_| bad(format!("token id {t} is not a vocabulary index"))))
+            .collect::<Result<Vec<u32>, _>>()?;
+        let label = label
+            .map(|l| u32::try_from(l).map_err(|_| bad(format!("label {l} is not a class index"))))
+            .transpose()?;
+        sequences.push(Sequence { tokens, label });
+    }
+    if sequences.is_empty() {
+        return Err(DatasetError::Empty);
+    }
+    let lengths = sequences.iter().map(|s| s.tokens.len() as u64);
+    let labels: Vec<u32> = sequences.iter().filter_map(|s| s.label).collect();
+    let stats = DatasetStats {
+        kind: "tokens".into(),
+        rows: sequences.len() as u64,
+        tokens: Some(lengths.clone().sum()),
+        max_token: sequences.iter().flat_map(|s| s.tokens.iter().copied()).max(),
+        min_length: lengths.clone().min(),
+        max_length: lengths.max(),
+        features: None,
+        labelled: labels.len() as u64,
+        max_label: labels.iter().copied().max(),
+    };
+    Ok((Dataset::Tokens(sequences), stats))
+}
+
+fn parse_tensors(bytes: &[u8]) -> Result<(Dataset, DatasetStats), DatasetError> {
+    let bad = |m: String| DatasetError::Tensors(m);
+    let len = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"));
+    let json = bytes
+        .get(8..8usize.saturating_add(len as usize))
+        .ok_or_else(|| bad("the safetensors header is cut off".into()))?;
+    let header = safetensors::parse_header(json).map_err(|e| bad(e.to_string()))?;
+    header
+        .check_file_len(bytes.len() as u64)
+        .map_err(|e| bad(e.to_string()))?;
+    let find = |name: &str| {
+        header
+            .tensors
+            .iter()
+            .find(|t| t.name == name)
+            .ok_or_else(|| bad(format!("a classifier set holds `inputs` and `labels`; `{name}` is missing")))
+    };
+    let (inputs, labels) = (find("inputs")?, find("labels")?);
+    let data = &bytes[header.data_start() as usize..];
+    if !dtype::is_float(inputs.dtype) {
+        return Err(bad(format!(
+            "`inputs` is {}; expected F32, F16 or BF16",
+            inputs.dtype.as_str()
+        )));
+    }
+    if inputs.shape.len() < 2 {
+        return Err(bad(format!(
+            "`inputs` has shape {:?}; expected [rows, features...]",
+            inputs.shape
+        )));
+    }
+    let rows = inputs.shape[0];
+    let features: u64 = inputs.shape[1..].iter().product();
+    if rows == 0 || features == 0 {
+        return Err(DatasetError::Empty);
+    }
+    if labels.shape != [rows] {
+        return Err(bad(format!(
+            "`labels` has shape {:?}; expected [{rows}], one per row of `inputs`",
+            labels.shape
+        )));
+    }
+    let mut values = vec![0f32; (rows * features) as usize];
+    dtype::decode(
+        inputs.dtype,
+        &data[inputs.begin as usize..inputs.end as usize],
+        &mut values,
+    );
+    if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+        return Err(bad(format!(
+            "`inputs` holds a non-finite value at row {}",
+            i as u64 / features
+        )));
+    }
+    let label_bytes = &data[labels.begin as usize..labels.end as usize];
+    let raw: Vec<i64> = match labels.dtype {
+        Dtype::U8 => label_bytes.iter().map(|&b| b as i64).collect(),
+        Dtype::I8 => label_bytes.iter().map(|&b| b as i8 as i64).collect(),
+        Dtype::I16 | Dtype::U16 => label_bytes
+            .chunks_exact(2)
+            .map(|c| {
+                let b = [c[0], c[1]];
+                if labels.dtype == Dtype::I16 { i16::from_le_bytes(b) as i64 } else { u16::from_le_bytes(b) as i64 }
+            })
+            .collect(),
+        Dtype::I32 | Dtype::U32 => label_bytes
+            .chunks_exact(4)
+            .map(|c| {
+                let b = c.try_into().expect("4 bytes");
+                if labels.dtype == Dtype::I32 { i32::from_le_bytes(b) as i64 } else { u32::from_le_bytes(b) as i64 }
+            })
+            .collect(),
+        Dtype::I64 => label_bytes
+            .chunks_exact(8)
+            .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")))
+            .collect(),
+        other => {
+            return Err(bad(format!(
+                "`labels` is {}; expected an integer dtype",
+                other.as_str()
+            )));
+        }
+    };
+    let labels = raw
+        .iter()
+        .enumerate()
+        .map(|(row, &l)| {
+            u32::try_from(l).map_err(|_| bad(format!("label {l} at row {row} is not a class index")))
+        })
+        .collect::<Result<Vec<u32>, _>>()?;
+    let stats = DatasetStats {
+        kind: "tensors".into(),
+        rows,
+        tokens: None,
+        max_token: None,
+        min_length: None,
+        max_length: None,
+        features: Some(features),
+        labelled: rows,
+        max_label: labels.iter().copied().max(),
+    };
+    Ok((
+        Dataset::Tensors {
+            inputs: values,
+            features: features as usize,
+            labels,
+        },
+        stats,
+    ))
+}
+
+/// Whether a set can evaluate a model of this architecture.
+pub fn check_fits(stats: &DatasetStats, arch: &Architecture) -> Result<(), DatasetError> {
+    let mismatch = |m: String| Err(DatasetError::Mismatch(m));
+    let want = arch.dataset_kind();
+    if stats.kind != want {
+        return mismatch(format!(
+            "a {} model is evaluated on a {want} set (JSONL token sequences for language models, safetensors inputs and labels for classifiers); this set holds {}",
+            arch.name(),
+            stats.kind
+        ));
+    }
+    if let (Some(vocab), Some(max)) = (arch.vocab_size(), stats.max_token)
+        && max as usize >= vocab
+    {
+        return mismatch(format!(
+            "token id {max} is beyond the model's vocabulary of {vocab}"
+        ));
+    }
+    match arch {
+        Architecture::Decoder { .. } => {
+            if stats.min_length.unwrap_or(0) < 2 {
+                return mismatch(
+                    "every sequence needs at least 2 tokens to score a next-token prediction"
+                        .into(),
+                );
+            }
+        }
+        Architecture::Encoder {
+            max_positions,
+            labels,
+            ..
+        } => {
+            if let Some(len) = stats.max_length
+                && len as usize > *max_positions
+            {
+                return mismatch(format!(
+                    "a sequence of {len} tokens is longer than the model's {max_positions} positions"
+                ));
+            }
+            if let (Some(classes), Some(max)) = (labels, stats.max_label)
+                && max as usize >= *classes
+            {
+                return mismatch(format!(
+                    "label {max} is out of range for the model's {classes} classes"
+                ));
+            }
+        }
+        Architecture::Mlp {
+            inputs, classes, ..
+        } => {
+            if stats.features != Some(*inputs as u64) {
+                return mismatch(format!(
+                    "rows have {} features; the model's first layer takes {inputs}",
+                    stats.features.unwrap_or(0)
+                ));
+            }
+            if let Some(max) = stats.max_label
+                && max as usize >= *classes
+            {
+                return mismatch(format!(
+                    "label {max} is out of range for the model's {classes} classes"
+                ));
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,114 @@
+//! The evaluation a job asks for, checked at submission (and at a set's upload when a model is
+//! named) so that a job never fails for a mismatch it could have been told about: the model's
+//! architecture is recognised from its `config.json` and tensor shapes, and the set's kept
+//! figures are checked against it (kind, vocabulary, lengths, features, classes, metric).
+
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::eval::dataset::{DatasetError, check_fits};
+use crate::eval::{Architecture, DatasetStats, EvalSpec};
+use crate::jobs::recipe::TensorMeta;
+use crate::store::blobs::BlobStore;
+use crate::store::{datasets, models};
+
+/// Why an evaluation cannot be run as asked.
+#[derive(Debug, thiserror::Error)]
+pub enum EvalCheckError {
+    #[error("no dataset {0} in this team")]
+    NoDataset(Uuid),
+    #[error("{0}")]
+    Model(String),
+    #[error(transparent)]
+    Dataset(#[from] DatasetError),
+    #[error("{0}")]
+    Metric(String),
+    #[error("max_drop must be a finite number of at least 0")]
+    MaxDrop,
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+impl EvalCheckError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            EvalCheckError::NoDataset(_) => "dataset_not_found",
+            EvalCheckError::Model(_) => "not_evaluable",
+            EvalCheckError::Dataset(e) => e.code(),
+            EvalCheckError::Metric(_) => "bad_metric",
+            EvalCheckError::MaxDrop => "bad_max_drop",
+            EvalCheckError::Internal(_) => "internal",
+        }
+    }
+}
+
+/// The model's `config.json`, when it has one.
+pub async fn model_config(
+    db: &PgPool,
+    blobs: &BlobStore,
+    model_id: Uuid,
+) -> anyhow::Result<Option<serde_json::Value>> {
+    let files = models::files_for_processing(db, model_id).await?;
+    let Some(file) = files.into_iter().find(|f| f.kind == "config") else {
+        return Ok(None);
+    };
+    let bytes = tokio::fs::read(blobs.path(&file.sha256)).await?;
+    // Validated as JSON at upload.
+    Ok(serde_json::from_slice(&bytes).ok())
+}
+
+/// The model's architecture as evaluation sees it.
+pub async fn architecture(
+    db: &PgPool,
+    blobs: &BlobStore,
+    model_id: Uuid,
+    tensors: &[TensorMeta],
+    named: Option<&str>,
+) -> Result<Architecture, EvalCheckError> {
+    let config = model_config(db, blobs, model_id)
+        .await?
+        .unwrap_or(serde_json::Value::Null);
+    let shape_of = |name: &str| {
+        tensors
+            .iter()
+            .find(|t| t.name == name)
+            .map(|t| t.shape.clone())
+    };
+    Architecture::detect(&config, named, &shape_of).map_err(|e| EvalCheckError::Model(e.to_string()))
+}
+
+/// Checks a job's eval section against the model; returns it normalised for storage.
+pub async fn check_spec(
+    db: &PgPool,
+    blobs: &BlobStore,
+    team_id: Uuid,
+    model_id: Uuid,
+    tensors: &[TensorMeta],
+    spec: &EvalSpec,
+) -> Result<(), EvalCheckError> {
+    if spec.max_drop.is_some_and(|d| !d.is_finite() || d < 0.0) {
+        return Err(EvalCheckError::MaxDrop);
+    }
+    let dataset = datasets::get(db, team_id, spec.dataset_id)
+        .await
+        .map_err(anyhow::Error::from)?
+        .ok_or(EvalCheckError::NoDataset(spec.dataset_id))?;
+    let arch = architecture(db, blobs, model_id, tensors, spec.architecture.as_deref()).await?;
+    check_set(&dataset.stats.0, &arch)?;
+    if let Some(metric) = &spec.metric {
+        let allowed = arch.metrics(dataset.stats.labelled > 0);
+        if !allowed.contains(&metric.as_str()) {
+            return Err(EvalCheckError::Metric(format!(
+                "metric {metric:?} does not apply to a {} model on this set; use one of {}",
+                arch.name(),
+                allowed.join(", ")
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Checks a set's figures against an architecture.
+pub fn check_set(stats: &DatasetStats, arch: &Architecture) -> Result<(), EvalCheckError> {
+    check_fits(stats, arch).map_err(EvalCheckError::from)
+}
