@@ -53,6 +53,13 @@ pub enum Command {
     /// Evaluate an artifact against its original on an evaluation set: accuracy and latency
     /// side by side, in candle on this CPU.
     Evaluate(EvaluateArgs),
+    /// Compress and evaluate the bundled demo classifier with each demo variant, here, with no
+    /// server: size, latency and accuracy side by side.
+    Demo {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the OpenAPI 3.1 document of the HTTP API (as served at /api/openapi.json).
     Openapi,
 }

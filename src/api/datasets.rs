@@ -122,7 +122,11 @@ async fn upload_dataset(
     };
     let row = datasets::create(&state.db, &state.blobs, owner, &query.name, sealed, &stats).await?;
     let location = format!("/api/v1/datasets/{}", row.id);
-    Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(row)))
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, location)],
+        Json(row),
+    ))
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]

@@ -2,6 +2,7 @@
 //! function of the owning module, map the result. Errors are `ApiError` (problem+json).
 
 pub mod datasets;
+pub mod demo;
 pub mod health;
 pub mod jobs;
 pub mod metrics;
@@ -29,6 +30,7 @@ fn v1() -> OpenApiRouter<AppState> {
         .merge(models::router())
         .merge(jobs::router())
         .merge(datasets::router())
+        .merge(demo::router())
         .merge(session::router())
         .fallback(|| async {
             ApiError::new(

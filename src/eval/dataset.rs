@@ -106,7 +106,10 @@ pub fn parse(bytes: &[u8]) -> Result<(Dataset, DatasetStats), DatasetError> {
 
 fn parse_jsonl(bytes: &[u8]) -> Result<(Dataset, DatasetStats), DatasetError> {
     let text = std::str::from_utf8(bytes).map_err(|e| DatasetError::Line {
-        line: 1 + bytes[..e.valid_up_to()].iter().filter(|&&b| b == b'\n').count(),
+        line: 1 + bytes[..e.valid_up_to()]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count(),
         message: "not UTF-8 text (a token set is JSONL; a classifier set is safetensors)".into(),
     })?;
     let mut sequences = Vec::new();
@@ -136,7 +139,9 @@ fn parse_jsonl(bytes: &[u8]) -> Result<(Dataset, DatasetStats), DatasetError> {
         }
         let tokens = ids
             .iter()
-            .map(|&t| u32::try_from(t).map_err(|_| bad(format!("token id {t} is not a vocabulary index"))))
+            .map(|&t| {
+                u32::try_from(t).map_err(|_| bad(format!("token id {t} is not a vocabulary index")))
+            })
             .collect::<Result<Vec<u32>, _>>()?;
         let label = label
             .map(|l| u32::try_from(l).map_err(|_| bad(format!("label {l} is not a class index"))))
@@ -152,7 +157,10 @@ fn parse_jsonl(bytes: &[u8]) -> Result<(Dataset, DatasetStats), DatasetError> {
         kind: "tokens".into(),
         rows: sequences.len() as u64,
         tokens: Some(lengths.clone().sum()),
-        max_token: sequences.iter().flat_map(|s| s.tokens.iter().copied()).max(),
+        max_token: sequences
+            .iter()
+            .flat_map(|s| s.tokens.iter().copied())
+            .max(),
         min_length: lengths.clone().min(),
         max_length: lengths.max(),
         features: None,
@@ -177,7 +185,11 @@ fn parse_tensors(bytes: &[u8]) -> Result<(Dataset, DatasetStats), DatasetError> 
             .tensors
             .iter()
             .find(|t| t.name == name)
-            .ok_or_else(|| bad(format!("a classifier set holds `inputs` and `labels`; `{name}` is missing")))
+            .ok_or_else(|| {
+                bad(format!(
+                    "a classifier set holds `inputs` and `labels`; `{name}` is missing"
+                ))
+            })
     };
     let (inputs, labels) = (find("inputs")?, find("labels")?);
     let data = &bytes[header.data_start() as usize..];
@@ -224,14 +236,22 @@ fn parse_tensors(bytes: &[u8]) -> Result<(Dataset, DatasetStats), DatasetError> 
             .chunks_exact(2)
             .map(|c| {
                 let b = [c[0], c[1]];
-                if labels.dtype == Dtype::I16 { i16::from_le_bytes(b) as i64 } else { u16::from_le_bytes(b) as i64 }
+                if labels.dtype == Dtype::I16 {
+                    i16::from_le_bytes(b) as i64
+                } else {
+                    u16::from_le_bytes(b) as i64
+                }
             })
             .collect(),
         Dtype::I32 | Dtype::U32 => label_bytes
             .chunks_exact(4)
             .map(|c| {
                 let b = c.try_into().expect("4 bytes");
-                if labels.dtype == Dtype::I32 { i32::from_le_bytes(b) as i64 } else { u32::from_le_bytes(b) as i64 }
+                if labels.dtype == Dtype::I32 {
+                    i32::from_le_bytes(b) as i64
+                } else {
+                    u32::from_le_bytes(b) as i64
+                }
             })
             .collect(),
         Dtype::I64 => label_bytes
@@ -249,7 +269,8 @@ fn parse_tensors(bytes: &[u8]) -> Result<(Dataset, DatasetStats), DatasetError> 
         .iter()
         .enumerate()
         .map(|(row, &l)| {
-            u32::try_from(l).map_err(|_| bad(format!("label {l} at row {row} is not a class index")))
+            u32::try_from(l)
+                .map_err(|_| bad(format!("label {l} at row {row} is not a class index")))
         })
         .collect::<Result<Vec<u32>, _>>()?;
     let stats = DatasetStats {

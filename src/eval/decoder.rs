@@ -253,7 +253,8 @@ impl Decoder {
             let attn = attn.transpose(1, 2)?.reshape((1, t, heads * hd))?;
             x = (x + layer.o.forward(&attn)?)?;
             let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, eps)?;
-            let gated = (candle_nn::ops::silu(&layer.gate.forward(&h)?)? * layer.up.forward(&h)?)?;
+            let gated =
+                (candle_nn::ops::silu(&layer.gate.forward(&h)?)? * layer.up.forward(&h)?)?;
             x = (x + layer.down.forward(&gated)?)?;
         }
         let x = candle_nn::ops::rms_norm(&x, &self.norm, eps)?;

@@ -76,14 +76,23 @@ impl Encoder {
     }
 
     /// Mean-pooled embeddings `[batch, hidden]` and, with a head, class logits.
-    pub fn embed(&self, batch: &[&[u32]]) -> Result<(Vec<Vec<f32>>, Option<Vec<Vec<f32>>>), EvalError> {
+    pub fn embed(
+        &self,
+        batch: &[&[u32]],
+    ) -> Result<(Vec<Vec<f32>>, Option<Vec<Vec<f32>>>), EvalError> {
         let hidden = self.hidden(batch)?;
         let pooled = hidden.mean(1).map_err(rt)?;
         let logits = match &self.head {
             Some((pooler, classifier)) => {
-                let first = hidden.narrow(1, 0, 1).and_then(|t| t.squeeze(1)).map_err(rt)?;
+                let first = hidden
+                    .narrow(1, 0, 1)
+                    .and_then(|t| t.squeeze(1))
+                    .map_err(rt)?;
                 let p = pooler.forward(&first).and_then(|t| t.tanh()).map_err(rt)?;
-                let l = classifier.forward(&p).and_then(|t| t.to_dtype(DType::F32)).map_err(rt)?;
+                let l = classifier
+                    .forward(&p)
+                    .and_then(|t| t.to_dtype(DType::F32))
+                    .map_err(rt)?;
                 Some(l.to_vec2::<f32>().map_err(rt)?)
             }
             None => None,

@@ -29,7 +29,10 @@ pub fn artifact_weight_files(dir: &Path) -> Result<Vec<PathBuf>, EvalError> {
         .collect();
     files.sort();
     if files.is_empty() {
-        return Err(EvalError::Artifact(format!("{} holds no weight file", dir.display())));
+        return Err(EvalError::Artifact(format!(
+            "{} holds no weight file",
+            dir.display()
+        )));
     }
     Ok(files)
 }
@@ -65,7 +68,9 @@ pub fn evaluate_artifact(
     let compressed = Weights::from_artifact(
         &files,
         &original_weights.names(),
-        config["model_type"].as_str().or(spec.architecture.as_deref()),
+        config["model_type"]
+            .as_str()
+            .or(spec.architecture.as_deref()),
     )?;
     cancel.check()?;
     let mut report = super::evaluate(

@@ -121,7 +121,12 @@ pub fn accuracy(logits: &[Vec<f32>], labels: &[u32]) -> f64 {
 pub fn std_dev(values: &[f32]) -> f64 {
     let n = values.len().max(1) as f64;
     let mean = values.iter().map(|&v| v as f64).sum::<f64>() / n;
-    (values.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n).sqrt()
+    (values
+        .iter()
+        .map(|&v| (v as f64 - mean).powi(2))
+        .sum::<f64>()
+        / n)
+        .sqrt()
 }
 
 /// `values` plus Gaussian noise of standard deviation `sigma` (Box–Muller on SplitMix64, so the
@@ -176,7 +181,11 @@ mod tests {
         let b = log_softmax(&[5.0, 0.0, 0.0]);
         let mut s = NextToken::default();
         // Targets are tokens 1 and 1; the last position has no target.
-        s.add(&[0, 1, 1], &[a.clone(), a.clone(), a.clone()], &[a.clone(), b.clone(), b]);
+        s.add(
+            &[0, 1, 1],
+            &[a.clone(), a.clone(), a.clone()],
+            &[a.clone(), b.clone(), b],
+        );
         assert_eq!(s.scored, 2);
         assert_eq!(s.agree, 1);
         let expected = (-(a[1] as f64)).exp();

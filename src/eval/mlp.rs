@@ -26,7 +26,9 @@ impl MlpConfig {
         let parsed: MlpConfig = serde_json::from_value(config.clone())
             .map_err(|e| EvalError::Model(format!("config.json is not an mlp config: {e}")))?;
         if parsed.layers.is_empty() {
-            return Err(EvalError::Model("an mlp config lists at least one layer".into()));
+            return Err(EvalError::Model(
+                "an mlp config lists at least one layer".into(),
+            ));
         }
         if !ACTIVATIONS.contains(&parsed.activation.as_str()) {
             return Err(EvalError::Model(format!(

@@ -125,7 +125,8 @@ impl Architecture {
                 Ok(Architecture::Encoder {
                     vocab_size: parsed.vocab_size,
                     max_positions: parsed.max_position_embeddings,
-                    labels: shape_of("classifier.weight").and_then(|s| s.first().map(|&n| n as usize)),
+                    labels: shape_of("classifier.weight")
+                        .and_then(|s| s.first().map(|&n| n as usize)),
                 })
             }
             "mlp" => {
@@ -133,7 +134,9 @@ impl Architecture {
                 let shape = |layer: &String| {
                     shape_of(&format!("{layer}.weight"))
                         .filter(|s| s.len() == 2)
-                        .ok_or_else(|| EvalError::Model(format!("the mlp has no 2-D weight {layer}.weight")))
+                        .ok_or_else(|| {
+                            EvalError::Model(format!("the mlp has no 2-D weight {layer}.weight"))
+                        })
                 };
                 let first = shape(&parsed.layers[0])?;
                 let last = shape(parsed.layers.last().expect("at least one layer"))?;
@@ -178,7 +181,9 @@ impl Architecture {
     /// The figures a job may name as its budget metric, the default first.
     pub fn metrics(&self, labelled: bool) -> Vec<&'static str> {
         match self {
-            Architecture::Decoder { .. } => vec!["perplexity", "kl_mean", "kl_p99", "top1_agreement"],
+            Architecture::Decoder { .. } => {
+                vec!["perplexity", "kl_mean", "kl_p99", "top1_agreement"]
+            }
             Architecture::Encoder { labels, .. } => {
                 if labelled && labels.is_some() {
                     vec!["accuracy", "cosine_mean", "cosine_min"]
@@ -197,7 +202,11 @@ impl Architecture {
 
 /// Noise levels of the classifier robustness curve, in standard deviations of the inputs.
 pub const NOISE_LEVELS: [f64; 3] = [0.25, 0.5, 1.0];
-const NOISE_METRICS: [&str; 3] = ["accuracy_noise_0.25", "accuracy_noise_0.5", "accuracy_noise_1"];
+const NOISE_METRICS: [&str; 3] = [
+    "accuracy_noise_0.25",
+    "accuracy_noise_0.5",
+    "accuracy_noise_1",
+];
 
 /// Whether a lower value of the metric is better.
 pub fn lower_is_better(metric: &str) -> bool {
@@ -331,7 +340,9 @@ pub fn evaluate(inputs: Inputs<'_>, cancel: &Cancel) -> Result<EvalReport, EvalE
     }
     for figures in [&mut original, &mut compressed] {
         if let Some(headline) = figures.latency.first() {
-            figures.metrics.insert("latency_ms".into(), headline.median_ms);
+            figures
+                .metrics
+                .insert("latency_ms".into(), headline.median_ms);
         }
     }
     let labelled = match inputs.dataset {
@@ -411,8 +422,8 @@ fn run_decoder(inputs: &Inputs<'_>, cancel: &Cancel) -> Result<Run, EvalError> {
     };
     let mut config = inputs.config.clone();
     config["model_type"] = model_type.as_str().into();
-    let parsed: decoder::DecoderConfig =
-        serde_json::from_value(config).map_err(|e| EvalError::Model(format!("config.json: {e}")))?;
+    let parsed: decoder::DecoderConfig = serde_json::from_value(config)
+        .map_err(|e| EvalError::Model(format!("config.json: {e}")))?;
     let original = decoder::Decoder::load(parsed.clone(), inputs.original)?;
     let compressed = decoder::Decoder::load(parsed.clone(), inputs.compressed)?;
     let sequences = token_sequences(inputs);
@@ -425,11 +436,18 @@ fn run_decoder(inputs: &Inputs<'_>, cancel: &Cancel) -> Result<Run, EvalError> {
     }
     let mut fo = figures(inputs.original);
     let mut fc = figures(inputs.compressed);
-    fo.metrics.insert("perplexity".into(), stats.perplexity_original());
-    fc.metrics.insert("perplexity".into(), stats.perplexity_compressed());
+    fo.metrics
+        .insert("perplexity".into(), stats.perplexity_original());
+    fc.metrics
+        .insert("perplexity".into(), stats.perplexity_compressed());
     for (f, kl_mean, kl_p99, agree) in [
         (&mut fo, 0.0, 0.0, 1.0),
-        (&mut fc, stats.kl_mean(), stats.kl_p99(), stats.top1_agreement()),
+        (
+            &mut fc,
+            stats.kl_mean(),
+            stats.kl_p99(),
+            stats.top1_agreement(),
+        ),
     ] {
         f.metrics.insert("kl_mean".into(), kl_mean);
         f.metrics.insert("kl_p99".into(), kl_p99);
@@ -524,8 +542,10 @@ fn run_encoder(inputs: &Inputs<'_>, cancel: &Cancel) -> Result<Run, EvalError> {
         cosines.iter().cloned().fold(f64::INFINITY, f64::min),
     );
     if labelled > 0 {
-        fo.metrics.insert("accuracy".into(), right_o as f64 / labelled as f64);
-        fc.metrics.insert("accuracy".into(), right_c as f64 / labelled as f64);
+        fo.metrics
+            .insert("accuracy".into(), right_o as f64 / labelled as f64);
+        fc.metrics
+            .insert("accuracy".into(), right_c as f64 / labelled as f64);
     }
     let sample = limited[0];
     let measure = |model: &encoder::Encoder| -> Result<Vec<Measure>, EvalError> {
@@ -566,7 +586,9 @@ fn run_mlp(
         labels,
     } = inputs.dataset
     else {
-        return Err(EvalError::Model("a classifier is evaluated on a tensors set".into()));
+        return Err(EvalError::Model(
+            "a classifier is evaluated on a tensors set".into(),
+        ));
     };
     let features = *features;
     let original = mlp::Mlp::load(config, inputs.original)?;
@@ -641,10 +663,23 @@ pub fn render_table(report: &EvalReport) -> String {
         report.runtime.threads,
         report.runtime.cpu
     );
-    let _ = writeln!(out, "{:<24} {:>14} {:>14} {:>10}", "figure", "original", "compressed", "change");
+    let _ = writeln!(
+        out,
+        "{:<24} {:>14} {:>14} {:>10}",
+        "figure", "original", "compressed", "change"
+    );
     for (name, c) in &report.compressed.metrics {
-        let o = report.original.metrics.get(name).copied().unwrap_or(f64::NAN);
-        let change = if o != 0.0 { format!("{:+.2}%", (c / o - 1.0) * 100.0) } else { "".into() };
+        let o = report
+            .original
+            .metrics
+            .get(name)
+            .copied()
+            .unwrap_or(f64::NAN);
+        let change = if o != 0.0 {
+            format!("{:+.2}%", (c / o - 1.0) * 100.0)
+        } else {
+            "".into()
+        };
         let _ = writeln!(out, "{name:<24} {o:>14.6} {c:>14.6} {change:>10}");
     }
     let mb = |b: u64| b as f64 / (1 << 20) as f64;
@@ -662,7 +697,11 @@ pub fn render_table(report: &EvalReport) -> String {
     );
     match (report.max_drop, report.accepted) {
         (Some(max), Some(ok)) => {
-            let _ = writeln!(out, " (budget {max}: {})", if ok { "accepted" } else { "refused" });
+            let _ = writeln!(
+                out,
+                " (budget {max}: {})",
+                if ok { "accepted" } else { "refused" }
+            );
         }
         _ => out.push('\n'),
     }

@@ -98,8 +98,8 @@ impl Weights {
                 weights.load_gguf(path, hf_names, model_type)?;
                 continue;
             }
-            let file = reader::ArtifactFile::open(path)
-                .map_err(|e| EvalError::Artifact(e.to_string()))?;
+            let file =
+                reader::ArtifactFile::open(path).map_err(|e| EvalError::Artifact(e.to_string()))?;
             for w in &file.weights {
                 let values = file
                     .decode(w)
@@ -154,7 +154,7 @@ impl Weights {
             Kernel::Native(
                 self.quantized
                     .values()
-                    .map(|q| format!("{:?}", q.dtype()))
+                    .map(|q| ggml_name(q.dtype()))
                     .collect(),
             )
         }
@@ -235,6 +235,15 @@ impl Weights {
             }
         }
         candle_nn::VarBuilder::from_tensors(all, DType::F32, &Device::Cpu)
+    }
+}
+
+/// llama.cpp's name of a block type (`Q4_K`, where candle's Debug says `Q4K`).
+fn ggml_name(dtype: GgmlDType) -> String {
+    let debug = format!("{dtype:?}");
+    match debug.strip_suffix('K') {
+        Some(stem) if stem.starts_with('Q') => format!("{stem}_K"),
+        _ => debug,
     }
 }
 

@@ -74,7 +74,8 @@ pub async fn architecture(
             .find(|t| t.name == name)
             .map(|t| t.shape.clone())
     };
-    Architecture::detect(&config, named, &shape_of).map_err(|e| EvalCheckError::Model(e.to_string()))
+    Architecture::detect(&config, named, &shape_of)
+        .map_err(|e| EvalCheckError::Model(e.to_string()))
 }
 
 /// Checks a job's eval section against the model; returns it normalised for storage.

@@ -2,8 +2,8 @@
 //! content-addressed blob files, streaming ingestion of uploads, and the model catalog.
 
 pub mod blobs;
+pub mod datasets;
 pub mod db;
 pub mod embedded;
 pub mod ingest;
-pub mod datasets;
 pub mod models;

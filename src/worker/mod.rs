@@ -21,10 +21,10 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::compress::Cancel;
+use crate::eval::{EvalError, EvalReport, EvalSpec, Figures};
 use crate::jobs::queue::{self, Artifact, Claimed, Lease};
 use crate::jobs::recipe::Recipe;
 use crate::store::blobs::BlobStore;
-use crate::eval::{EvalError, EvalReport, EvalSpec, Figures};
 use crate::store::{datasets, models};
 use pipeline::{InputFile, InputKind, PipelineError, Progress};
 
@@ -313,14 +313,21 @@ impl Worker {
                 let mut report = |p: &Progress| {
                     *progress.lock().expect("progress lock") = Some(p.clone());
                 };
-                let mut result = pipeline::run(&inputs, &recipe, &sha, &work_dir, &cancel, &mut report);
+                let mut result =
+                    pipeline::run(&inputs, &recipe, &sha, &work_dir, &cancel, &mut report);
                 if let (Ok(outcome), Some(evaluation)) = (&mut result, evaluation) {
-                    let mut evaluating = progress.lock().expect("progress lock").clone().unwrap_or_default();
+                    let mut evaluating = progress
+                        .lock()
+                        .expect("progress lock")
+                        .clone()
+                        .unwrap_or_default();
                     evaluating.phase = Some("evaluating".into());
                     report(&evaluating);
                     match evaluation.run(&inputs, &work_dir, &cancel) {
                         Ok(report) => outcome.summary.eval = Some(report),
-                        Err(crate::eval::EvalError::Canceled) => result = Err(PipelineError::Canceled),
+                        Err(crate::eval::EvalError::Canceled) => {
+                            result = Err(PipelineError::Canceled)
+                        }
                         Err(err) => outcome.summary.eval_error = Some(err.to_string()),
                     }
                 }
@@ -443,7 +450,9 @@ impl Worker {
         let spec: EvalSpec = match serde_json::from_value(spec.clone()) {
             Ok(spec) => spec,
             Err(err) => {
-                return Ok(Evaluation::refused(format!("the stored eval section is not valid: {err}")));
+                return Ok(Evaluation::refused(format!(
+                    "the stored eval section is not valid: {err}"
+                )));
             }
         };
         let Some(sha) = datasets::blob_of(&self.db, spec.dataset_id).await? else {
@@ -453,7 +462,8 @@ impl Worker {
             )));
         };
         let config = crate::jobs::evaluation::model_config(&self.db, &self.blobs, model_id).await?;
-        let reuse = datasets::baseline(&self.db, model_id, spec.dataset_id, &baseline_key()).await?;
+        let reuse =
+            datasets::baseline(&self.db, model_id, spec.dataset_id, &baseline_key()).await?;
         Ok(Evaluation {
             setup: Ok((spec, self.blobs.path(&sha), config)),
             reuse,
@@ -523,6 +533,8 @@ impl Evaluation {
             config: config.as_ref(),
             weight_files: &weight_files,
         };
-        crate::eval::files::evaluate_artifact(&original, work_dir, &dataset, &spec, self.reuse, cancel)
+        crate::eval::files::evaluate_artifact(
+            &original, work_dir, &dataset, &spec, self.reuse, cancel,
+        )
     }
 }
