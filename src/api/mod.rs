@@ -1,6 +1,7 @@
 //! The HTTP API under `/api/v1`: one file per resource. Handlers are thin: extract, call one
 //! function of the owning module, map the result. Errors are `ApiError` (problem+json).
 
+pub mod compare;
 pub mod datasets;
 pub mod demo;
 pub mod health;
@@ -30,6 +31,7 @@ fn v1() -> OpenApiRouter<AppState> {
         .merge(models::router())
         .merge(jobs::router())
         .merge(datasets::router())
+        .merge(compare::router())
         .merge(demo::router())
         .merge(session::router())
         .fallback(|| async {

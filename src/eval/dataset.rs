@@ -361,3 +361,65 @@ pub fn check_fits(stats: &DatasetStats, arch: &Architecture) -> Result<(), Datas
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decoder(vocab: usize) -> Architecture {
+        Architecture::Decoder {
+            model_type: "llama".into(),
+            vocab_size: vocab,
+        }
+    }
+
+    #[test]
+    fn token_lines_parse_with_labels_and_blank_lines_and_bad_lines_name_their_number() {
+        let (set, stats) = parse(b"{\"tokens\": [1, 2, 3], \"label\": 1}\n\n[4, 5]\n").unwrap();
+        let Dataset::Tokens(seqs) = set else { panic!() };
+        assert_eq!(seqs.len(), 2);
+        assert_eq!(seqs[0].label, Some(1));
+        assert_eq!(stats.max_token, Some(5));
+        assert_eq!((stats.min_length, stats.max_length), (Some(2), Some(3)));
+        assert_eq!(stats.labelled, 1);
+        assert_eq!(parse(b"  \n").unwrap_err(), DatasetError::Empty);
+        for (body, line) in [
+            (&b"[1]\n{\"tokens\": []}\n"[..], 2),
+            (b"[1]\n[2]\n[1.5]\n", 3),
+            (b"{\"tokens\": [1], \"extra\": 2", 1),
+            (b"[1, -3]", 1),
+            (b"\xff\xfe", 1),
+        ] {
+            match parse(body) {
+                Err(DatasetError::Line { line: l, .. }) => assert_eq!(l, line, "{body:?}"),
+                other => panic!("{body:?}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn fit_checks_vocabulary_length_and_kind() {
+        let (_, stats) = parse(b"[1, 2, 99]\n").unwrap();
+        assert!(check_fits(&stats, &decoder(100)).is_ok());
+        assert!(
+            matches!(check_fits(&stats, &decoder(99)), Err(DatasetError::Mismatch(m)) if m.contains("99"))
+        );
+        let (_, short) = parse(b"[1]\n").unwrap();
+        assert!(check_fits(&short, &decoder(100)).is_err());
+        let encoder = Architecture::Encoder {
+            vocab_size: 100,
+            max_positions: 2,
+            labels: Some(2),
+        };
+        assert!(check_fits(&stats, &encoder).is_err());
+        let (_, labelled) = parse(b"{\"tokens\": [1], \"label\": 2}\n").unwrap();
+        let wide = Architecture::Encoder {
+            vocab_size: 100,
+            max_positions: 8,
+            labels: Some(2),
+        };
+        assert!(
+            matches!(check_fits(&labelled, &wide), Err(DatasetError::Mismatch(m)) if m.contains("label 2"))
+        );
+    }
+}

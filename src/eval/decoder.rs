@@ -182,7 +182,10 @@ impl Decoder {
         let freqs = config.inverse_frequencies();
         let n = freqs.len();
         Ok(Decoder {
-            embed: weights.tensor("model.embed_tokens.weight")?,
+            embed: weights
+                .tensor("model.embed_tokens.weight")?
+                .contiguous()
+                .map_err(rt)?,
             norm: weights.tensor("model.norm.weight")?,
             inverse_frequencies: Tensor::from_vec(freqs, (1, n), &Device::Cpu).map_err(rt)?,
             interleaved_rope: weights.interleaved_rope,

@@ -14,6 +14,8 @@ pub struct Encoder {
     head: Option<(Linear, Linear)>,
     pub vocab_size: usize,
     pub max_positions: usize,
+    /// Positions holding this id are padding: masked in attention and left out of the pooling.
+    pad_token_id: u32,
 }
 
 fn rt(err: candle_core::Error) -> EvalError {
@@ -58,6 +60,7 @@ impl Encoder {
             head,
             vocab_size: parsed.vocab_size,
             max_positions: parsed.max_position_embeddings,
+            pad_token_id: parsed.pad_token_id as u32,
         })
     }
 
@@ -66,22 +69,37 @@ impl Encoder {
         self.head.as_ref().map(|(_, c)| c.out_features())
     }
 
-    /// Hidden states `[batch, tokens, hidden]` of a batch of equal-length sequences.
-    pub fn hidden(&self, batch: &[&[u32]]) -> Result<Tensor, EvalError> {
+    /// Hidden states `[batch, tokens, hidden]` of a batch of equal-length sequences, and the
+    /// mask of their real (non-padding) tokens `[batch, tokens]`.
+    pub fn hidden(&self, batch: &[&[u32]]) -> Result<(Tensor, Tensor), EvalError> {
         let t = batch.first().map_or(0, |s| s.len());
         let flat: Vec<u32> = batch.iter().flat_map(|s| s.iter().copied()).collect();
+        let mask: Vec<u32> = flat
+            .iter()
+            .map(|&id| (id != self.pad_token_id) as u32)
+            .collect();
         let ids = Tensor::from_vec(flat, (batch.len(), t), &Device::Cpu).map_err(rt)?;
+        let mask = Tensor::from_vec(mask, (batch.len(), t), &Device::Cpu).map_err(rt)?;
         let types = ids.zeros_like().map_err(rt)?;
-        self.model.forward(&ids, &types, None).map_err(rt)
+        let hidden = self.model.forward(&ids, &types, Some(&mask)).map_err(rt)?;
+        Ok((hidden, mask))
     }
 
-    /// Mean-pooled embeddings `[batch, hidden]` and, with a head, class logits.
+    /// Embeddings `[batch, hidden]` mean-pooled over the real tokens and, with a head, class
+    /// logits.
+    #[allow(clippy::type_complexity)]
     pub fn embed(
         &self,
         batch: &[&[u32]],
     ) -> Result<(Vec<Vec<f32>>, Option<Vec<Vec<f32>>>), EvalError> {
-        let hidden = self.hidden(batch)?;
-        let pooled = hidden.mean(1).map_err(rt)?;
+        let (hidden, mask) = self.hidden(batch)?;
+        let pooled = (|| {
+            let mask = mask.to_dtype(DType::F32)?.unsqueeze(2)?;
+            let summed = hidden.broadcast_mul(&mask)?.sum(1)?;
+            let counts = mask.sum(1)?.clamp(1f32, f32::MAX)?;
+            summed.broadcast_div(&counts)
+        })()
+        .map_err(rt)?;
         let logits = match &self.head {
             Some((pooler, classifier)) => {
                 let first = hidden

@@ -118,7 +118,7 @@ pub fn outputs(
         Architecture::Encoder { .. } => {
             let model = super::encoder::Encoder::load(config, weights)?;
             let tokens = first_tokens()?;
-            let hidden = model.hidden(&[&tokens])?;
+            let (hidden, _) = model.hidden(&[&tokens])?;
             let (embedding, _) = model.embed(&[&tokens])?;
             let h = embedding[0].len();
             out.insert("hidden".to_owned(), hidden);

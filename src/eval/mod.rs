@@ -379,8 +379,15 @@ pub fn evaluate(inputs: Inputs<'_>, cancel: &Cancel) -> Result<EvalReport, EvalE
     })
 }
 
-fn figures(weights: &Weights) -> Figures {
-    let (kernel, kernel_types) = match weights.kernel() {
+/// Empty figures of a model; `native` says whether the architecture's forward multiplies GGUF
+/// blocks natively (candle's BERT takes dense tensors, so encoders never do).
+fn figures(weights: &Weights, native: bool) -> Figures {
+    let kernel = if native {
+        weights.kernel()
+    } else {
+        Kernel::Dense
+    };
+    let (kernel, kernel_types) = match kernel {
         Kernel::Dense => ("dense".to_owned(), Vec::new()),
         Kernel::Native(types) => ("native".to_owned(), types.into_iter().collect()),
     };
@@ -389,7 +396,11 @@ fn figures(weights: &Weights) -> Figures {
         latency: Vec::new(),
         kernel,
         kernel_types,
-        weights_bytes: weights.bytes(),
+        weights_bytes: if native {
+            weights.bytes()
+        } else {
+            weights.dense_bytes()
+        },
     }
 }
 
@@ -434,8 +445,8 @@ fn run_decoder(inputs: &Inputs<'_>, cancel: &Cancel) -> Result<Run, EvalError> {
         let lc = decoder::log_softmax_rows(&compressed.forward(seq, &mut Default::default())?)?;
         stats.add(seq, &lo, &lc);
     }
-    let mut fo = figures(inputs.original);
-    let mut fc = figures(inputs.compressed);
+    let mut fo = figures(inputs.original, true);
+    let mut fc = figures(inputs.compressed, true);
     fo.metrics
         .insert("perplexity".into(), stats.perplexity_original());
     fc.metrics
@@ -529,8 +540,8 @@ fn run_encoder(inputs: &Inputs<'_>, cancel: &Cancel) -> Result<Run, EvalError> {
             right_c += (metrics::argmax(&lc[0]) == *y as usize) as u64;
         }
     }
-    let mut fo = figures(inputs.original);
-    let mut fc = figures(inputs.compressed);
+    let mut fo = figures(inputs.original, false);
+    let mut fc = figures(inputs.compressed, false);
     fo.metrics.insert("cosine_mean".into(), 1.0);
     fo.metrics.insert("cosine_min".into(), 1.0);
     fc.metrics.insert(
@@ -593,8 +604,8 @@ fn run_mlp(
     let features = *features;
     let original = mlp::Mlp::load(config, inputs.original)?;
     let compressed = mlp::Mlp::load(config, inputs.compressed)?;
-    let mut fo = figures(inputs.original);
-    let mut fc = figures(inputs.compressed);
+    let mut fo = figures(inputs.original, true);
+    let mut fc = figures(inputs.compressed, true);
     let sigma = metrics::std_dev(x);
     let levels = std::iter::once(0.0).chain(NOISE_LEVELS);
     for (i, level) in levels.enumerate() {

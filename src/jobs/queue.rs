@@ -199,6 +199,17 @@ pub async fn get(pool: &PgPool, team_id: Uuid, id: Uuid) -> sqlx::Result<Option<
         .await
 }
 
+/// Several of the team's jobs by id, newest first (missing ids are skipped).
+pub async fn get_many(pool: &PgPool, team_id: Uuid, ids: &[Uuid]) -> sqlx::Result<Vec<Job>> {
+    sqlx::query_as(select_jobs!(
+        "where j.id = any($1) and j.team_id = $2 order by j.id desc"
+    ))
+    .bind(ids)
+    .bind(team_id)
+    .fetch_all(pool)
+    .await
+}
+
 /// Filters for listing jobs.
 #[derive(Debug, Clone, Default)]
 pub struct JobFilter {

@@ -391,8 +391,7 @@ impl Worker {
                 if let (Some(report), Some(key)) = (&outcome.summary.eval, &runtime_key)
                     && !report.original_reused
                     && let Some(dataset_id) = report.dataset_id
-                {
-                    if let Err(err) = datasets::keep_baseline(
+                    && let Err(err) = datasets::keep_baseline(
                         &self.db,
                         model_id,
                         dataset_id,
@@ -400,9 +399,8 @@ impl Worker {
                         &report.original,
                     )
                     .await
-                    {
-                        tracing::warn!(error = %err, "could not keep the original's figures");
-                    }
+                {
+                    tracing::warn!(error = %err, "could not keep the original's figures");
                 }
                 let mut artifacts = Vec::with_capacity(outcome.files.len());
                 for file in &outcome.files {

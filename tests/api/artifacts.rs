@@ -35,7 +35,7 @@ fn run_python(script_name: &str, arg: &str) -> String {
 }
 
 /// Uploads the tiny Llama folder as one model; returns its id.
-async fn upload_tiny_llama(app: &TestApp, dir: &Path) -> String {
+pub(crate) async fn upload_tiny_llama(app: &TestApp, dir: &Path) -> String {
     use reqwest::multipart::{Form, Part};
     run_python("tiny_llama.py", dir.to_str().unwrap());
     let mut form = Form::new();

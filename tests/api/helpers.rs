@@ -21,6 +21,7 @@ pub struct TestApp {
 
 pub struct Options {
     pub max_upload: u64,
+    pub max_dataset: u64,
     pub upload_idle: Duration,
     pub workers: usize,
     /// Idle workers' poll interval (the fallback to NOTIFY).
@@ -31,6 +32,7 @@ impl Default for Options {
     fn default() -> Self {
         Options {
             max_upload: 1 << 30,
+            max_dataset: 1 << 20,
             upload_idle: Duration::from_secs(60),
             workers: 1,
             poll_secs: 2,
@@ -55,6 +57,7 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
             data_dir: data_dir.path().to_path_buf(),
         },
         max_upload: options.max_upload,
+        max_dataset: options.max_dataset,
         upload_idle_secs: options.upload_idle.as_secs(),
         admin_token: Some(token.clone()),
         static_dir: None,

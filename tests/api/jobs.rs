@@ -85,7 +85,7 @@ async fn upload_model(
     (m["id"].as_str().unwrap().to_owned(), values)
 }
 
-async fn submit(app: &TestApp, body: Value, key: Option<&str>) -> reqwest::Response {
+pub(crate) async fn submit(app: &TestApp, body: Value, key: Option<&str>) -> reqwest::Response {
     let mut request = app
         .client
         .post(app.url("/api/v1/jobs"))
@@ -104,7 +104,7 @@ async fn submit_int8(app: &TestApp, model_id: &str) -> Value {
     response.json().await.unwrap()
 }
 
-async fn wait_final(app: &TestApp, id: &str) -> Value {
+pub(crate) async fn wait_final(app: &TestApp, id: &str) -> Value {
     for _ in 0..600 {
         let job = app.json(&format!("/api/v1/jobs/{id}")).await;
         if ["succeeded", "failed", "canceled"].contains(&job["state"].as_str().unwrap()) {

@@ -6,6 +6,7 @@ mod common;
 mod artifacts;
 mod auth;
 mod errors;
+mod evaluation;
 mod helpers;
 mod jobs;
 mod malformed;

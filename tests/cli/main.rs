@@ -7,6 +7,7 @@ mod common;
 mod artifacts;
 mod commands;
 mod embedded;
+mod evaluate;
 mod large_model;
 mod reference;
 mod upload_memory;

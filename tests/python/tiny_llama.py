@@ -2,7 +2,8 @@
 vocabulary), generation_config.json and model.safetensors, with the Hugging Face tensor names.
 Tiny (1.2 M parameters, F16) by default; the sizes can be raised for measurements.
 Usage: tiny_llama.py OUT_DIR [--hidden H --intermediate I --layers L --heads N --kv-heads K
-                              --vocab V --dtype f16|bf16]"""
+                              --vocab V --dtype f16|bf16 --head-scale S
+                              --no-outliers]"""
 
 import argparse
 import json
@@ -13,6 +14,10 @@ import numpy as np
 from safetensors.numpy import save_file
 
 HIDDEN, INTERMEDIATE, LAYERS, HEADS, KV_HEADS, VOCAB, DTYPE = 256, 512, 2, 4, 2, 128, np.float16
+# Scale of the output head: larger gives peaked next-token distributions, as trained models
+# have (random ones are near uniform, where any rounding flips the top token).
+HEAD_SCALE = 1.0
+OUTLIERS = True
 
 
 def main(out):
@@ -23,13 +28,14 @@ def main(out):
     def weight(rows, cols):
         w = rng.standard_normal((rows, cols)) * (1.0 / np.sqrt(cols))
         # A few outliers, as trained weights have.
-        w.flat[rng.integers(0, w.size, max(1, w.size // 500))] *= 12.0
+        if OUTLIERS:
+            w.flat[rng.integers(0, w.size, max(1, w.size // 500))] *= 12.0
         return w.astype(DTYPE)
 
     tensors = {
         "model.embed_tokens.weight": weight(VOCAB, HIDDEN),
         "model.norm.weight": (1.0 + 0.1 * rng.standard_normal(HIDDEN)).astype(DTYPE),
-        "lm_head.weight": weight(VOCAB, HIDDEN),
+        "lm_head.weight": (weight(VOCAB, HIDDEN).astype(np.float32) * HEAD_SCALE).astype(DTYPE),
     }
     for i in range(LAYERS):
         p = f"model.layers.{i}."
@@ -102,7 +108,10 @@ if __name__ == "__main__":
     parser.add_argument("--kv-heads", type=int, default=KV_HEADS)
     parser.add_argument("--vocab", type=int, default=VOCAB)
     parser.add_argument("--dtype", choices=["f16", "bf16"], default="f16")
+    parser.add_argument("--head-scale", type=float, default=HEAD_SCALE)
+    parser.add_argument("--no-outliers", action="store_true")
     a = parser.parse_args()
+    HEAD_SCALE, OUTLIERS = a.head_scale, not a.no_outliers
     HIDDEN, INTERMEDIATE, LAYERS, HEADS, KV_HEADS, VOCAB = (
         a.hidden, a.intermediate, a.layers, a.heads, a.kv_heads, a.vocab)
     DTYPE = np.float16 if a.dtype == "f16" else ml_dtypes.bfloat16

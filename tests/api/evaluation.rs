@@ -1,0 +1,401 @@
+//! Evaluation through the service: datasets validated at upload (alone and against a model),
+//! listed, scoped and deleted; jobs with an `eval` section reporting the original and the
+//! compressed model side by side, the budget verdict, the original's figures reused, GGUF
+//! blocks on native kernels, `/compare`, and the bundled demo.
+
+use std::path::Path;
+
+use reqwest::multipart::{Form, Part};
+use serde_json::{Value, json};
+
+use crate::artifacts::upload_tiny_llama;
+use crate::common::safetensors;
+use crate::helpers::{TestApp, spawn_app};
+use crate::jobs::{submit, wait_final};
+
+fn demo_file(name: &str) -> Vec<u8> {
+    std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("static/demo")
+            .join(name),
+    )
+    .unwrap()
+}
+
+async fn upload_digits(app: &TestApp) -> String {
+    let mut form = Form::new().text("name", "digits");
+    for name in ["model.safetensors", "config.json"] {
+        form = form.part(
+            "file",
+            Part::bytes(demo_file(&format!("digits-mlp/{name}"))).file_name(name),
+        );
+    }
+    let response = app.upload_multipart(form).await;
+    assert_eq!(response.status(), 201);
+    let model: Value = response.json().await.unwrap();
+    model["id"].as_str().unwrap().to_owned()
+}
+
+async fn upload_set(
+    app: &TestApp,
+    name: &str,
+    model_id: Option<&str>,
+    body: Vec<u8>,
+) -> reqwest::Response {
+    let mut query = vec![("name", name.to_owned())];
+    if let Some(id) = model_id {
+        query.push(("model_id", id.to_owned()));
+    }
+    app.client
+        .post(app.url("/api/v1/datasets"))
+        .query(&query)
+        .header("authorization", app.bearer())
+        .header("content-type", "application/octet-stream")
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn refused(response: reqwest::Response, status: u16, code: &str) -> Value {
+    assert_eq!(response.status(), status);
+    let problem: Value = response.json().await.unwrap();
+    assert_eq!(problem["code"], code, "{problem}");
+    problem
+}
+
+/// A classifier set of `rows` rows of `features` F32 inputs and U8 labels.
+fn tensor_set(rows: usize, features: usize, label: u8) -> Vec<u8> {
+    let inputs: Vec<u8> = (0..rows * features)
+        .flat_map(|i| ((i % 7) as f32 / 7.0).to_le_bytes())
+        .collect();
+    safetensors(&[
+        ("inputs", "F32", &[rows as u64, features as u64], inputs),
+        ("labels", "U8", &[rows as u64], vec![label; rows]),
+    ])
+}
+
+#[tokio::test]
+async fn bad_datasets_are_refused_at_upload_and_good_ones_are_listed_scoped_and_deleted() {
+    let app = spawn_app().await;
+    let digits = upload_digits(&app).await;
+    refused(
+        upload_set(&app, "empty", None, Vec::new()).await,
+        422,
+        "empty_dataset",
+    )
+    .await;
+    let p = refused(
+        upload_set(
+            &app,
+            "bad",
+            None,
+            b"{\"tokens\": [1, 2]}\n{\"tokens\": [1, \"x\"]}\n".to_vec(),
+        )
+        .await,
+        422,
+        "invalid_dataset",
+    )
+    .await;
+    assert!(p["detail"].as_str().unwrap().starts_with("line 2:"), "{p}");
+    refused(
+        upload_set(&app, "neg", None, b"[3, -1]\n".to_vec()).await,
+        422,
+        "invalid_dataset",
+    )
+    .await;
+    refused(
+        upload_set(
+            &app,
+            "shapes",
+            None,
+            safetensors(&[
+                ("inputs", "F32", &[2, 3], vec![0; 24]),
+                ("labels", "U8", &[3], vec![0; 3]),
+            ]),
+        )
+        .await,
+        422,
+        "invalid_dataset",
+    )
+    .await;
+    refused(
+        upload_set(&app, "width", Some(&digits), tensor_set(4, 63, 1)).await,
+        422,
+        "dataset_mismatch",
+    )
+    .await;
+    let p = refused(
+        upload_set(&app, "labels", Some(&digits), tensor_set(4, 64, 12)).await,
+        422,
+        "dataset_mismatch",
+    )
+    .await;
+    assert!(p["detail"].as_str().unwrap().contains("label 12"), "{p}");
+    refused(
+        upload_set(&app, "kind", Some(&digits), b"[1, 2, 3]\n".to_vec()).await,
+        422,
+        "dataset_mismatch",
+    )
+    .await;
+    refused(
+        upload_set(&app, "huge", None, vec![b' '; (1 << 20) + 1]).await,
+        413,
+        "payload_too_large",
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let llama = upload_tiny_llama(&app, dir.path()).await;
+    let p = refused(
+        upload_set(&app, "vocab", Some(&llama), b"[1, 2, 500]\n".to_vec()).await,
+        422,
+        "dataset_mismatch",
+    )
+    .await;
+    assert!(p["detail"].as_str().unwrap().contains("500"), "{p}");
+    app.assert_no_temp_files().await;
+
+    let response = upload_set(
+        &app,
+        "digits test",
+        Some(&digits),
+        demo_file("digits-test.safetensors"),
+    )
+    .await;
+    assert_eq!(response.status(), 201);
+    let set: Value = response.json().await.unwrap();
+    assert_eq!(set["kind"], "tensors");
+    assert_eq!(set["stats"]["rows"], 539);
+    assert_eq!(set["stats"]["features"], 64);
+    assert_eq!(set["stats"]["max_label"], 9);
+    let id = set["id"].as_str().unwrap();
+    let listed = app.json("/api/v1/datasets").await;
+    assert_eq!(listed["items"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        app.json(&format!("/api/v1/datasets/{id}")).await["name"],
+        "digits test"
+    );
+    let other = app.token_of("other-team").await;
+    assert_eq!(
+        app.get_as(&other, &format!("/api/v1/datasets/{id}"))
+            .await
+            .status(),
+        404
+    );
+    let deleted = app
+        .client
+        .delete(app.url(&format!("/api/v1/datasets/{id}")))
+        .header("authorization", app.bearer())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), 204);
+    assert_eq!(
+        app.get(&format!("/api/v1/datasets/{id}")).await.status(),
+        404
+    );
+}
+
+async fn run_job(app: &TestApp, body: Value) -> Value {
+    let response = submit(app, body, None).await;
+    assert_eq!(response.status(), 202);
+    let job: Value = response.json().await.unwrap();
+    let done = wait_final(app, job["id"].as_str().unwrap()).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    done
+}
+
+fn figure(eval: &Value, side: &str, name: &str) -> f64 {
+    eval[side]["metrics"][name]
+        .as_f64()
+        .unwrap_or_else(|| panic!("{side} {name}: {eval}"))
+}
+
+#[tokio::test]
+async fn evaluated_jobs_report_both_models_the_budget_verdict_and_compare_rows() {
+    let app = spawn_app().await;
+    let digits = upload_digits(&app).await;
+    let set: Value = upload_set(
+        &app,
+        "test",
+        Some(&digits),
+        demo_file("digits-test.safetensors"),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    let dataset = set["id"].as_str().unwrap();
+    for (eval, code) in [
+        (
+            json!({"dataset_id": "0190f6a0-0000-7000-8000-000000000000"}),
+            "dataset_not_found",
+        ),
+        (
+            json!({"dataset_id": dataset, "metric": "perplexity"}),
+            "bad_metric",
+        ),
+        (
+            json!({"dataset_id": dataset, "max_drop": -1}),
+            "bad_max_drop",
+        ),
+    ] {
+        let response = submit(
+            &app,
+            json!({"model_id": digits, "preset": "int8", "eval": eval}),
+            None,
+        )
+        .await;
+        refused(response, 422, code).await;
+    }
+    let int8 = run_job(
+        &app,
+        json!({"model_id": digits, "preset": "int8", "eval": {"dataset_id": dataset, "max_drop": 0.01}}),
+    )
+    .await;
+    assert_eq!(int8["eval"]["dataset_id"], dataset);
+    let eval = &int8["result"]["eval"];
+    assert_eq!(eval["architecture"], "mlp");
+    assert_eq!(eval["metric"], "accuracy");
+    assert_eq!(eval["evaluated"], 539);
+    assert_eq!(eval["accepted"], true, "{eval}");
+    assert_eq!(eval["original_reused"], false);
+    let original = figure(eval, "original", "accuracy");
+    assert!(original > 0.95 && (original - figure(eval, "compressed", "accuracy")).abs() <= 0.01);
+    for side in ["original", "compressed"] {
+        assert!(figure(eval, side, "latency_ms") > 0.0);
+        assert_eq!(eval[side]["latency"].as_array().unwrap().len(), 2);
+        assert!(figure(eval, side, "accuracy_noise_1") < figure(eval, side, "accuracy"));
+    }
+    assert!(eval["runtime"]["threads"].as_u64().unwrap() >= 1);
+    assert!(!eval["runtime"]["cpu"].as_str().unwrap().is_empty());
+
+    let pruned = run_job(
+        &app,
+        json!({"model_id": digits, "eval": {"dataset_id": dataset, "max_drop": 0.01},
+               "recipe": {"stages": [{"prune": {"method": "magnitude", "sparsity": 0.9}}]}}),
+    )
+    .await;
+    let eval = &pruned["result"]["eval"];
+    assert_eq!(
+        eval["accepted"], false,
+        "a failed budget is a result: {eval}"
+    );
+    assert_eq!(eval["original_reused"], true);
+    assert_eq!(figure(eval, "original", "accuracy"), original);
+    assert!(eval["drop"].as_f64().unwrap() > 0.2);
+    let loose = run_job(
+        &app,
+        json!({"model_id": digits, "eval": {"dataset_id": dataset, "max_drop": 0.9},
+               "recipe": {"stages": [{"prune": {"method": "magnitude", "sparsity": 0.9}}]}}),
+    )
+    .await;
+    assert_eq!(loose["result"]["eval"]["accepted"], true);
+
+    let rows = app
+        .json(&format!("/api/v1/compare?model_id={digits}"))
+        .await;
+    let rows = rows["items"].as_array().unwrap();
+    assert_eq!(rows.len(), 3);
+    assert!(
+        rows.iter()
+            .all(|r| r["eval"]["compressed"]["metrics"]["accuracy"].is_number())
+    );
+    let ids = format!(
+        "{},{}",
+        int8["id"].as_str().unwrap(),
+        pruned["id"].as_str().unwrap()
+    );
+    let two = app.json(&format!("/api/v1/compare?jobs={ids}")).await;
+    assert_eq!(two["items"].as_array().unwrap().len(), 2);
+    assert_eq!(app.get("/api/v1/compare").await.status(), 400);
+    let report = app
+        .json(&format!(
+            "/api/v1/jobs/{}/report",
+            int8["id"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(report["summary"]["eval"]["accepted"], true);
+}
+
+#[tokio::test]
+async fn a_decoder_job_on_gguf_blocks_reports_native_kernels_and_its_budget() {
+    let app = spawn_app().await;
+    let dir = tempfile::tempdir().unwrap();
+    let llama = upload_tiny_llama(&app, dir.path()).await;
+    let lines: String = (0..4)
+        .map(|s| {
+            format!(
+                "{{\"tokens\": [{}]}}\n",
+                (0..32)
+                    .map(|i| ((i * 7 + s * 13) % 128).to_string())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            )
+        })
+        .collect();
+    let set: Value = upload_set(&app, "tokens", Some(&llama), lines.into_bytes())
+        .await
+        .json()
+        .await
+        .unwrap();
+    let dataset = set["id"].as_str().unwrap();
+    let recipe =
+        json!({"stages": [{"quantize": {"scheme": "gguf", "type": "Q4_0"}}], "format": "gguf"});
+    let mut verdicts = Vec::new();
+    for max_drop in [10.0, 0.000001] {
+        let job = run_job(
+            &app,
+            json!({"model_id": llama, "recipe": recipe, "eval": {"dataset_id": dataset, "max_drop": max_drop}}),
+        )
+        .await;
+        let eval = &job["result"]["eval"];
+        assert_eq!(eval["compressed"]["kernel"], "native", "{eval}");
+        assert_eq!(eval["compressed"]["kernel_types"], json!(["Q4_0"]));
+        assert_eq!(eval["original"]["kernel"], "dense");
+        assert_eq!(eval["metric"], "perplexity");
+        assert!(figure(eval, "compressed", "kl_mean") > 0.0);
+        assert!(figure(eval, "compressed", "prompt_tokens_per_s") > 0.0);
+        assert!(eval["speedup"].as_f64().unwrap() > 0.0);
+        verdicts.push(eval["accepted"].as_bool().unwrap());
+    }
+    assert_eq!(
+        verdicts,
+        [true, false],
+        "tightening max_drop flips the verdict"
+    );
+}
+
+#[tokio::test]
+async fn the_demo_installs_a_model_a_set_and_evaluated_jobs() {
+    let app = spawn_app().await;
+    let response = app
+        .client
+        .post(app.url("/api/v1/demo"))
+        .header("authorization", app.bearer())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    let installed: Value = response.json().await.unwrap();
+    let jobs = installed["jobs"].as_array().unwrap();
+    assert_eq!(jobs.len(), 6);
+    let mut accepted = Vec::new();
+    for job in jobs {
+        let done = wait_final(&app, job["id"].as_str().unwrap()).await;
+        assert_eq!(done["state"], "succeeded", "{done}");
+        assert!(done["result"]["ratio"].as_f64().unwrap() > 1.5);
+        accepted.push((
+            done["name"].as_str().unwrap().to_owned(),
+            done["result"]["eval"]["accepted"].as_bool().unwrap(),
+        ));
+    }
+    assert!(
+        accepted.contains(&("demo int8".into(), true)),
+        "{accepted:?}"
+    );
+    assert!(
+        accepted.contains(&("demo prune-90".into(), false)),
+        "{accepted:?}"
+    );
+}
