@@ -39,6 +39,12 @@ struct UploadQuery {
     model_id: Option<Uuid>,
     /// The model's architecture, when its config.json does not say.
     architecture: Option<String>,
+    /// `text`: the body is raw UTF-8 text, tokenized with the `model_id` model's
+    /// `tokenizer.json` into sequences of `window` tokens and stored as JSONL token sequences.
+    /// Otherwise the kind is read from the content.
+    format: Option<String>,
+    /// Tokens per sequence for a text set (2-8192, default 512).
+    window: Option<usize>,
 }
 
 /// Upload an evaluation set
@@ -47,6 +53,8 @@ struct UploadQuery {
 /// line (decoders and encoders), or a safetensors file with `inputs` (float,
 /// `[rows, features]`) and `labels` (integer, `[rows]`) for classifiers. The whole set is
 /// parsed before anything is stored; with `model_id` it is also checked against that model.
+/// With `format=text` (and `model_id`), the body is raw text that the model's `tokenizer.json`
+/// turns into token sequences of `window` tokens.
 #[utoipa::path(
     post,
     path = "/datasets",
@@ -87,6 +95,35 @@ async fn upload_dataset(
     let bytes = axum::body::to_bytes(request.into_body(), limit as usize)
         .await
         .map_err(|_| too_large())?;
+    let bytes = match query.format.as_deref() {
+        None => bytes,
+        Some("text") => {
+            let model_id = query.model_id.ok_or_else(|| {
+                ApiError::unprocessable(
+                    "model_required",
+                    "a text set needs `model_id`: its tokenizer.json tokenizes the text",
+                )
+            })?;
+            let tokenizer =
+                evaluation::tokenizer_json(&state.db, &state.blobs, caller.team_id, model_id)
+                    .await
+                    .map_err(eval_check_error)?;
+            let window = query.window.unwrap_or(512);
+            tokio::task::spawn_blocking(move || dataset::tokenize_text(&tokenizer, &bytes, window))
+                .await
+                .map_err(ApiError::internal)?
+                .map_err(|e| ApiError::unprocessable(e.code(), e.to_string()))?
+                .into()
+        }
+        Some(other) => {
+            return Err(ApiError::unprocessable(
+                "bad_format",
+                format!(
+                    "format {other:?} is not known; give `text`, or nothing to read the kind from the content"
+                ),
+            ));
+        }
+    };
     let parsing = bytes.clone();
     let (_, stats) = tokio::task::spawn_blocking(move || dataset::parse(&parsing))
         .await

@@ -86,6 +86,7 @@ struct SubmitRequest {
 pub fn eval_check_error(err: EvalCheckError) -> ApiError {
     match err {
         EvalCheckError::Internal(e) => ApiError::internal(e),
+        EvalCheckError::NoModel(id) => ApiError::not_found("model", id),
         other => ApiError::unprocessable(other.code(), other.to_string()),
     }
 }

@@ -98,7 +98,7 @@ pub fn parse(bytes: &[u8]) -> Result<(Dataset, DatasetStats), DatasetError> {
     if bytes.iter().all(|b| b.is_ascii_whitespace()) {
         return Err(DatasetError::Empty);
     }
-    if safetensors::looks_like_safetensors(bytes) {
+    if bytes.len() >= 8 && safetensors::looks_like_safetensors(bytes) {
         return parse_tensors(bytes);
     }
     parse_jsonl(bytes)
@@ -172,7 +172,10 @@ fn parse_jsonl(bytes: &[u8]) -> Result<(Dataset, DatasetStats), DatasetError> {
 
 fn parse_tensors(bytes: &[u8]) -> Result<(Dataset, DatasetStats), DatasetError> {
     let bad = |m: String| DatasetError::Tensors(m);
-    let len = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"));
+    let len = bytes
+        .get(..8)
+        .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
+        .ok_or_else(|| bad("the safetensors header is cut off".into()))?;
     let json = bytes
         .get(8..8usize.saturating_add(len as usize))
         .ok_or_else(|| bad("the safetensors header is cut off".into()))?;
@@ -294,6 +297,37 @@ fn parse_tensors(bytes: &[u8]) -> Result<(Dataset, DatasetStats), DatasetError> 
     ))
 }
 
+/// Tokenizes raw text with a model's `tokenizer.json` into JSONL token sequences of `window`
+/// tokens (the last one shorter), the form sets are stored in.
+pub fn tokenize_text(
+    tokenizer_json: &[u8],
+    text: &[u8],
+    window: usize,
+) -> Result<Vec<u8>, DatasetError> {
+    let text = std::str::from_utf8(text)
+        .map_err(|_| DatasetError::Tensors("a text set must be UTF-8".into()))?;
+    if text.trim().is_empty() {
+        return Err(DatasetError::Empty);
+    }
+    let tokenizer = tokenizers::Tokenizer::from_bytes(tokenizer_json).map_err(|e| {
+        DatasetError::Mismatch(format!("the model's tokenizer.json does not load: {e}"))
+    })?;
+    let encoding = tokenizer
+        .encode(text, true)
+        .map_err(|e| DatasetError::Tensors(format!("the text does not tokenize: {e}")))?;
+    let ids = encoding.get_ids();
+    let mut out = Vec::new();
+    for chunk in ids.chunks(window.clamp(2, MAX_SEQUENCE)) {
+        if chunk.len() < 2 && !out.is_empty() {
+            break;
+        }
+        let line = serde_json::json!({ "tokens": chunk });
+        out.extend_from_slice(line.to_string().as_bytes());
+        out.push(b'\n');
+    }
+    Ok(out)
+}
+
 /// Whether a set can evaluate a model of this architecture.
 pub fn check_fits(stats: &DatasetStats, arch: &Architecture) -> Result<(), DatasetError> {
     let mismatch = |m: String| Err(DatasetError::Mismatch(m));
@@ -395,6 +429,32 @@ mod tests {
                 other => panic!("{body:?}: {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn every_truncation_and_corruption_of_a_set_is_an_error_not_a_panic() {
+        let header = br#"{"inputs":{"dtype":"F32","shape":[2,2],"data_offsets":[0,16]},"labels":{"dtype":"U8","shape":[2],"data_offsets":[16,18]}}"#;
+        let mut file = (header.len() as u64).to_le_bytes().to_vec();
+        file.extend_from_slice(header);
+        file.extend((0..4).flat_map(|i| (i as f32).to_le_bytes()));
+        file.extend([1u8, 0]);
+        let (_, stats) = parse(&file).unwrap();
+        assert_eq!(
+            (stats.rows, stats.features, stats.max_label),
+            (2, Some(2), Some(1))
+        );
+        for cut in 0..file.len() {
+            let _ = parse(&file[..cut]);
+        }
+        for at in 0..file.len() {
+            let mut bad = file.clone();
+            bad[at] ^= 0xff;
+            let _ = parse(&bad);
+        }
+        let mut nan = file.clone();
+        let data = 8 + header.len();
+        nan[data..data + 4].copy_from_slice(&f32::NAN.to_le_bytes());
+        assert!(matches!(parse(&nan), Err(DatasetError::Tensors(m)) if m.contains("non-finite")));
     }
 
     #[test]

@@ -17,6 +17,8 @@ use crate::store::{datasets, models};
 pub enum EvalCheckError {
     #[error("no dataset {0} in this team")]
     NoDataset(Uuid),
+    #[error("no model {0} in this team")]
+    NoModel(Uuid),
     #[error("{0}")]
     Model(String),
     #[error(transparent)]
@@ -33,6 +35,7 @@ impl EvalCheckError {
     pub fn code(&self) -> &'static str {
         match self {
             EvalCheckError::NoDataset(_) => "dataset_not_found",
+            EvalCheckError::NoModel(_) => "not_found",
             EvalCheckError::Model(_) => "not_evaluable",
             EvalCheckError::Dataset(e) => e.code(),
             EvalCheckError::Metric(_) => "bad_metric",
@@ -55,6 +58,29 @@ pub async fn model_config(
     let bytes = tokio::fs::read(blobs.path(&file.sha256)).await?;
     // Validated as JSON at upload.
     Ok(serde_json::from_slice(&bytes).ok())
+}
+
+/// The bytes of one of the team's models' `tokenizer.json`.
+pub async fn tokenizer_json(
+    db: &PgPool,
+    blobs: &BlobStore,
+    team_id: Uuid,
+    model_id: Uuid,
+) -> Result<Vec<u8>, EvalCheckError> {
+    let owned = models::get(db, team_id, model_id)
+        .await
+        .map_err(anyhow::Error::from)?
+        .ok_or(EvalCheckError::NoModel(model_id))?;
+    let file = owned
+        .files
+        .iter()
+        .find(|f| f.name == "tokenizer.json")
+        .ok_or_else(|| {
+            EvalCheckError::Model("the model has no tokenizer.json to tokenize text with".into())
+        })?;
+    Ok(tokio::fs::read(blobs.path(&file.sha256))
+        .await
+        .map_err(anyhow::Error::from)?)
 }
 
 /// The model's architecture as evaluation sees it.

@@ -340,6 +340,36 @@ async fn a_decoder_job_on_gguf_blocks_reports_native_kernels_and_its_budget() {
         .await
         .unwrap();
     let dataset = set["id"].as_str().unwrap();
+    // Raw text, tokenized with the model's own tokenizer.json.
+    let text = app
+        .client
+        .post(app.url("/api/v1/datasets"))
+        .query(&[
+            ("name", "text"),
+            ("model_id", llama.as_str()),
+            ("format", "text"),
+            ("window", "6"),
+        ])
+        .header("authorization", app.bearer())
+        .body("thequickbrownfoxjumpsoverthelazydog")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(text.status(), 201);
+    let text: Value = text.json().await.unwrap();
+    assert_eq!(text["kind"], "tokens");
+    assert!(text["stats"]["rows"].as_u64().unwrap() >= 2, "{text}");
+    assert!(text["stats"]["max_length"].as_u64().unwrap() <= 6);
+    let no_model = app
+        .client
+        .post(app.url("/api/v1/datasets"))
+        .query(&[("name", "text"), ("format", "text")])
+        .header("authorization", app.bearer())
+        .body("abc")
+        .send()
+        .await
+        .unwrap();
+    refused(no_model, 422, "model_required").await;
     let recipe =
         json!({"stages": [{"quantize": {"scheme": "gguf", "type": "Q4_0"}}], "format": "gguf"});
     let mut verdicts = Vec::new();
