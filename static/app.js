@@ -1,4 +1,5 @@
-// The dashboard: sign-in and the model list with uploads. Talks only to the public /api/v1.
+// The dashboard: sign-in, the model list with uploads, and the demo. Talks only to the public
+// /api/v1.
 // The token lives in localStorage; after a login link is used it is removed from the URL.
 
 const $ = (id) => document.getElementById(id);
@@ -176,3 +177,59 @@ $("cancel-upload").addEventListener("click", () => currentUpload && currentUploa
 
 await redeemLoginCode();
 await show();
+
+const percent = (x) => (x === undefined || x === null ? "" : `${(x * 100).toFixed(2)} %`);
+
+function renderDemo(rows, expected) {
+  const body = $("demo-rows");
+  body.replaceChildren();
+  for (const row of rows) {
+    const e = row.eval;
+    const m = e ? e.compressed.metrics : {};
+    const o = e ? e.original.metrics : {};
+    const cells = [
+      row.name || row.job_id,
+      formatBytes(row.bytes_out),
+      `${row.ratio.toFixed(2)}×`,
+      e ? `${m.latency_ms.toFixed(3)} ms` : "",
+      e ? e.compressed.kernel : "",
+      e ? percent(m.accuracy) : row.eval_error || "",
+      e ? `${((m.accuracy - o.accuracy) * 100).toFixed(2)} points` : "",
+      e ? `${percent(m.accuracy_noise_1)} (original ${percent(o.accuracy_noise_1)})` : "",
+      e && e.accepted !== undefined ? (e.accepted ? "yes" : "no") : "",
+    ];
+    const tr = document.createElement("tr");
+    for (const text of cells) {
+      const td = document.createElement("td");
+      td.textContent = text;
+      tr.append(td);
+    }
+    body.append(tr);
+  }
+  $("demo-status").textContent =
+    rows.length < expected ? `${rows.length} of ${expected} jobs done…` : `all ${expected} jobs done`;
+}
+
+async function loadDemo() {
+  $("demo").disabled = true;
+  $("demo-error").textContent = "";
+  const response = await api("/demo", { method: "POST" });
+  if (!response.ok) {
+    $("demo-error").textContent = await problemText(response);
+    $("demo").disabled = false;
+    return;
+  }
+  const installed = await response.json();
+  $("demo-results").hidden = false;
+  loadModels();
+  const expected = installed.jobs.length;
+  // Until the dashboard's job views follow events, the demo table refreshes once a second.
+  for (let i = 0; i < 300; i += 1) {
+    const page = await (await api(`/compare?model_id=${installed.model.id}`)).json();
+    renderDemo(page.items, expected);
+    if (page.items.length >= expected) break;
+    await new Promise((resolve) => setTimeout(resolve, 1000));
+  }
+}
+
+$("demo").addEventListener("click", loadDemo);
