@@ -8,7 +8,7 @@ use candle_core::{D, DType, Device, Tensor};
 use serde::Deserialize;
 
 use super::EvalError;
-use super::weights::{Linear, Weights};
+use super::weights::{Linear, Weights, runtime as rt};
 
 /// The `config.json` fields the forward reads.
 #[derive(Debug, Clone, Deserialize)]
@@ -150,10 +150,6 @@ impl Cache {
     }
 }
 
-fn rt(err: candle_core::Error) -> EvalError {
-    EvalError::Runtime(err.to_string())
-}
-
 impl Decoder {
     pub fn load(config: DecoderConfig, weights: &Weights) -> Result<Decoder, EvalError> {
         config.check()?;
@@ -245,8 +241,7 @@ impl Decoder {
             };
             *slot = Some((k.clone(), v.clone()));
             let repeat = heads / kv_heads;
-            let k = candle_transformers::utils::repeat_kv(k, repeat)?.contiguous()?;
-            let v = candle_transformers::utils::repeat_kv(v, repeat)?.contiguous()?;
+            let (k, v) = (repeat_kv(k, repeat)?, repeat_kv(v, repeat)?);
             let scores = (q.matmul(&k.t()?)? / (hd as f64).sqrt())?;
             let scores = match &mask {
                 Some(m) => scores.broadcast_add(m)?,
@@ -263,6 +258,20 @@ impl Decoder {
         let x = candle_nn::ops::rms_norm(&x, &self.norm, eps)?;
         self.head.forward(&x)?.squeeze(0)?.to_dtype(DType::F32)
     }
+}
+
+/// Each of the `kv_heads` key/value heads repeated for the `repeat` query heads sharing it:
+/// `[1, kv_heads, t, d]` → `[1, kv_heads × repeat, t, d]`, head h of the result being kv head
+/// h / repeat.
+fn repeat_kv(x: Tensor, repeat: usize) -> candle_core::Result<Tensor> {
+    if repeat == 1 {
+        return Ok(x);
+    }
+    let (b, kv_heads, t, d) = x.dims4()?;
+    x.unsqueeze(2)?
+        .broadcast_as((b, kv_heads, repeat, t, d))?
+        .contiguous()?
+        .reshape((b, kv_heads * repeat, t, d))
 }
 
 /// `-inf` above the diagonal for `t` new positions after `offset` cached ones; None for one.

@@ -37,12 +37,49 @@ pub fn artifact_weight_files(dir: &Path) -> Result<Vec<PathBuf>, EvalError> {
     Ok(files)
 }
 
+/// Refuses a model whose two f32 copies (original and compressed, as the runtime holds them)
+/// would not fit in this machine's memory, before anything is loaded.
+pub fn check_memory(weight_files: &[PathBuf]) -> Result<(), EvalError> {
+    let mut elements = 0u64;
+    for path in weight_files {
+        let header = crate::formats::safetensors::read_header(path)
+            .map_err(|e| EvalError::Model(format!("{}: {e}", path.display())))?;
+        elements += header.tensors.iter().map(|t| t.elements()).sum::<u64>();
+    }
+    let needed = elements.saturating_mul(4 * 2);
+    if let Some(total) = memory_total()
+        && needed > total / 10 * 7
+    {
+        return Err(EvalError::Model(format!(
+            "evaluation holds the original and the compressed model as f32 ({:.1} GiB); this machine has {:.1} GiB of memory",
+            needed as f64 / (1u64 << 30) as f64,
+            total as f64 / (1u64 << 30) as f64
+        )));
+    }
+    Ok(())
+}
+
+/// The machine's memory (Linux `MemTotal`).
+fn memory_total() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib: u64 = info
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
+}
+
 /// Loads the original and recognises its architecture.
 pub fn load_original(
     original: &Original<'_>,
     named: Option<&str>,
 ) -> Result<(Architecture, serde_json::Value, Weights), EvalError> {
     let config = original.config.cloned().unwrap_or(serde_json::Value::Null);
+    check_memory(original.weight_files)?;
     let weights = Weights::from_safetensors(original.weight_files)?;
     let shape_of = |name: &str| {
         weights
@@ -100,7 +137,7 @@ pub fn outputs(
     weights: &Weights,
     dataset: &Dataset,
 ) -> Result<HashMap<String, Tensor>, EvalError> {
-    let rt = |e: candle_core::Error| EvalError::Runtime(e.to_string());
+    let rt = super::weights::runtime;
     let first_tokens = || match dataset {
         Dataset::Tokens(s) => Ok(s[0].tokens.clone()),
         Dataset::Tensors { .. } => Err(EvalError::Model("a token model needs a token set".into())),

@@ -6,7 +6,7 @@ use candle_core::{Device, Tensor};
 use serde::Deserialize;
 
 use super::EvalError;
-use super::weights::{Linear, Weights};
+use super::weights::{Linear, Weights, runtime as rt};
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct MlpConfig {
@@ -45,10 +45,6 @@ impl MlpConfig {
 pub struct Mlp {
     layers: Vec<Linear>,
     activation: String,
-}
-
-fn rt(err: candle_core::Error) -> EvalError {
-    EvalError::Runtime(err.to_string())
 }
 
 impl Mlp {

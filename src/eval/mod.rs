@@ -379,15 +379,9 @@ pub fn evaluate(inputs: Inputs<'_>, cancel: &Cancel) -> Result<EvalReport, EvalE
     })
 }
 
-/// Empty figures of a model; `native` says whether the architecture's forward multiplies GGUF
-/// blocks natively (candle's BERT takes dense tensors, so encoders never do).
-fn figures(weights: &Weights, native: bool) -> Figures {
-    let kernel = if native {
-        weights.kernel()
-    } else {
-        Kernel::Dense
-    };
-    let (kernel, kernel_types) = match kernel {
+/// Empty figures of a model.
+fn figures(weights: &Weights) -> Figures {
+    let (kernel, kernel_types) = match weights.kernel() {
         Kernel::Dense => ("dense".to_owned(), Vec::new()),
         Kernel::Native(types) => ("native".to_owned(), types.into_iter().collect()),
     };
@@ -396,11 +390,7 @@ fn figures(weights: &Weights, native: bool) -> Figures {
         latency: Vec::new(),
         kernel,
         kernel_types,
-        weights_bytes: if native {
-            weights.bytes()
-        } else {
-            weights.dense_bytes()
-        },
+        weights_bytes: weights.bytes(),
     }
 }
 
@@ -445,8 +435,8 @@ fn run_decoder(inputs: &Inputs<'_>, cancel: &Cancel) -> Result<Run, EvalError> {
         let lc = decoder::log_softmax_rows(&compressed.forward(seq, &mut Default::default())?)?;
         stats.add(seq, &lo, &lc);
     }
-    let mut fo = figures(inputs.original, true);
-    let mut fc = figures(inputs.compressed, true);
+    let mut fo = figures(inputs.original);
+    let mut fc = figures(inputs.compressed);
     fo.metrics
         .insert("perplexity".into(), stats.perplexity_original());
     fc.metrics
@@ -521,7 +511,7 @@ fn run_encoder(inputs: &Inputs<'_>, cancel: &Cancel) -> Result<Run, EvalError> {
     let compressed = encoder::Encoder::load(inputs.config, inputs.compressed)?;
     let limited: Vec<&[u32]> = token_sequences(inputs)
         .into_iter()
-        .map(|s| &s[..s.len().min(original.max_positions)])
+        .map(|s| &s[..s.len().min(original.max_positions())])
         .collect();
     let labels: Vec<Option<u32>> = match inputs.dataset {
         Dataset::Tokens(s) => s.iter().take(limited.len()).map(|s| s.label).collect(),
@@ -540,8 +530,8 @@ fn run_encoder(inputs: &Inputs<'_>, cancel: &Cancel) -> Result<Run, EvalError> {
             right_c += (metrics::argmax(&lc[0]) == *y as usize) as u64;
         }
     }
-    let mut fo = figures(inputs.original, false);
-    let mut fc = figures(inputs.compressed, false);
+    let mut fo = figures(inputs.original);
+    let mut fc = figures(inputs.compressed);
     fo.metrics.insert("cosine_mean".into(), 1.0);
     fo.metrics.insert("cosine_min".into(), 1.0);
     fc.metrics.insert(
@@ -604,8 +594,8 @@ fn run_mlp(
     let features = *features;
     let original = mlp::Mlp::load(config, inputs.original)?;
     let compressed = mlp::Mlp::load(config, inputs.compressed)?;
-    let mut fo = figures(inputs.original, true);
-    let mut fc = figures(inputs.compressed, true);
+    let mut fo = figures(inputs.original);
+    let mut fc = figures(inputs.compressed);
     let sigma = metrics::std_dev(x);
     let levels = std::iter::once(0.0).chain(NOISE_LEVELS);
     for (i, level) in levels.enumerate() {

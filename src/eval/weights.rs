@@ -69,8 +69,15 @@ impl Linear {
     }
 }
 
-fn runtime(err: candle_core::Error) -> EvalError {
-    EvalError::Runtime(err.to_string())
+pub(crate) fn runtime(err: candle_core::Error) -> EvalError {
+    EvalError::Runtime(candle_message(&err))
+}
+
+/// A candle error's message without the backtrace candle appends when backtraces are on.
+pub fn candle_message(err: &candle_core::Error) -> String {
+    let text = err.to_string();
+    let end = text.find("    0: ").unwrap_or(text.len());
+    text[..end].trim_end().to_owned()
 }
 
 /// A tensor as the map keeps it: matrices transposed.
@@ -116,8 +123,17 @@ impl Weights {
         };
         for path in files {
             if is_gguf(path)? {
-                weights.load_gguf(path, hf_names, model_type)?;
-                continue;
+                match weights.load_gguf(path, hf_names, model_type) {
+                    Ok(()) => continue,
+                    // candle's reader refuses some valid files (integer tensors such as BERT's
+                    // position ids); ours reads them, and the weights run dense.
+                    Err(EvalError::Artifact(reason)) => {
+                        weights.quantized.clear();
+                        weights.interleaved_rope = false;
+                        tracing::info!(%reason, "candle cannot read this GGUF file; evaluating its dequantized weights");
+                    }
+                    Err(other) => return Err(other),
+                }
             }
             let file =
                 reader::ArtifactFile::open(path).map_err(|e| EvalError::Artifact(e.to_string()))?;
@@ -149,13 +165,17 @@ impl Weights {
             .filter_map(|hf| gguf::llama_tensor_name(hf).map(|g| (g, hf)))
             .collect();
         let mut file = std::io::BufReader::new(std::fs::File::open(path)?);
-        let content = gguf_file::Content::read(&mut file)
-            .map_err(|e| EvalError::Artifact(format!("candle cannot read the GGUF file: {e}")))?;
+        let content = gguf_file::Content::read(&mut file).map_err(|e| {
+            EvalError::Artifact(format!(
+                "candle cannot read the GGUF file: {}",
+                candle_message(&e)
+            ))
+        })?;
         for name in content.tensor_infos.keys() {
             let hf = by_gguf.get(name).map(|s| s.as_str()).unwrap_or(name);
-            let q = content
-                .tensor(&mut file, name, &Device::Cpu)
-                .map_err(|e| EvalError::Artifact(format!("GGUF tensor {name}: {e}")))?;
+            let q = content.tensor(&mut file, name, &Device::Cpu).map_err(|e| {
+                EvalError::Artifact(format!("GGUF tensor {name}: {}", candle_message(&e)))
+            })?;
             match q.dtype() {
                 GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 => {
                     let t = q.dequantize(&Device::Cpu).map_err(runtime)?;
@@ -199,23 +219,6 @@ impl Weights {
             .map(|q| q.storage_size_in_bytes() as u64)
             .sum();
         dense + quantized
-    }
-
-    /// Bytes the weights occupy when every tensor is dense f32 (what candle's own model
-    /// loaders hold).
-    pub fn dense_bytes(&self) -> u64 {
-        let quantized: u64 = self
-            .quantized
-            .values()
-            .map(|q| q.shape().elem_count() as u64 * 4)
-            .sum();
-        self.bytes()
-            - self
-                .quantized
-                .values()
-                .map(|q| q.storage_size_in_bytes() as u64)
-                .sum::<u64>()
-            + quantized
     }
 
     pub fn contains(&self, name: &str) -> bool {
@@ -277,28 +280,6 @@ impl Weights {
             None
         };
         Ok(Linear { weight, bias })
-    }
-
-    /// Hands the dense tensors to candle's model loaders.
-    pub fn var_builder(&self) -> candle_nn::VarBuilder<'static> {
-        // candle's layers take tensors in the checkpoint's layout: matrices are handed over as
-        // transposed views of the stored `[in, out]` data, which candle's linear layers
-        // transpose back, contiguous, as they multiply. Embedding tables are looked up by row,
-        // so they go contiguous.
-        let mut all = HashMap::new();
-        for name in self.names() {
-            let t = self.tensor(&name).and_then(|t| {
-                if name.contains("embeddings.") && !t.is_contiguous() {
-                    t.contiguous().map_err(runtime)
-                } else {
-                    Ok(t)
-                }
-            });
-            if let Ok(t) = t {
-                all.insert(name, t);
-            }
-        }
-        candle_nn::VarBuilder::from_tensors(all, DType::F32, &Device::Cpu)
     }
 }
 
