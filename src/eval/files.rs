@@ -61,16 +61,7 @@ pub fn check_memory(weight_files: &[PathBuf]) -> Result<(), EvalError> {
 
 /// The machine's memory (Linux `MemTotal`).
 fn memory_total() -> Option<u64> {
-    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let kib: u64 = info
-        .lines()
-        .find_map(|l| l.strip_prefix("MemTotal:"))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()?;
-    Some(kib * 1024)
+    super::latency::proc_kib_field("/proc/meminfo", "MemTotal:")
 }
 
 /// Loads the original and recognises its architecture.

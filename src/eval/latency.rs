@@ -81,3 +81,17 @@ pub fn cpu_model() -> String {
         })
         .unwrap_or_else(|| std::env::consts::ARCH.to_owned())
 }
+
+/// A `<key> <n> kB` line of a Linux /proc file, in bytes.
+pub fn proc_kib_field(path: &str, key: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let kib: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix(key))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
+}

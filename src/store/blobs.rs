@@ -264,6 +264,24 @@ impl Released {
     }
 }
 
+/// Commits a transaction that released blobs: their files go for good once it committed, and
+/// come back if it did not.
+pub async fn commit_releasing(
+    tx: sqlx::Transaction<'_, sqlx::Postgres>,
+    released: Released,
+) -> anyhow::Result<()> {
+    match tx.commit().await {
+        Ok(()) => {
+            released.purge();
+            Ok(())
+        }
+        Err(err) => {
+            released.restore();
+            Err(err.into())
+        }
+    }
+}
+
 /// Drops one reference per digest (one entry per reference held) in the caller's transaction;
 /// blobs left with none lose their row and their file is moved to the trash.
 pub async fn release(

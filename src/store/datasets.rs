@@ -136,16 +136,8 @@ pub async fn delete(
         .execute(&mut *tx)
         .await?;
     let released = blobs::release(&mut tx, store, vec![sha]).await?;
-    match tx.commit().await {
-        Ok(()) => {
-            released.purge();
-            Ok(Deleted::Yes)
-        }
-        Err(err) => {
-            released.restore();
-            Err(err.into())
-        }
-    }
+    blobs::commit_releasing(tx, released).await?;
+    Ok(Deleted::Yes)
 }
 
 /// The original model's figures on a set, measured earlier on the same runtime.

@@ -597,14 +597,6 @@ pub async fn delete(
         .execute(&mut *tx)
         .await?;
     let released = blobs::release(&mut tx, store, digests).await?;
-    match tx.commit().await {
-        Ok(()) => {
-            released.purge();
-            Ok(Deleted::Yes)
-        }
-        Err(err) => {
-            released.restore();
-            Err(err.into())
-        }
-    }
+    blobs::commit_releasing(tx, released).await?;
+    Ok(Deleted::Yes)
 }

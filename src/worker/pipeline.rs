@@ -679,16 +679,7 @@ fn summarize(
 
 /// Peak resident set of this process (Linux `VmHWM`).
 pub fn peak_rss_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()?;
-    Some(kib * 1024)
+    crate::eval::latency::proc_kib_field("/proc/self/status", "VmHWM:")
 }
 
 const UNCHANGED: &str = "unchanged";
