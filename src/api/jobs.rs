@@ -41,6 +41,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(get_job))
         .routes(routes!(cancel_job))
         .routes(routes!(job_events))
+        .routes(routes!(team_events))
         .routes(routes!(job_report))
         .routes(routes!(list_files))
         .routes(routes!(download_file))
@@ -91,11 +92,15 @@ pub fn eval_check_error(err: EvalCheckError) -> ApiError {
     }
 }
 
+/// The problem for a recipe that breaks a rule; `stage` (1-based) and `tensor` say where, so
+/// a form can show the message next to the field it concerns.
 fn recipe_error(err: RecipeError) -> ApiError {
-    let tensor = err.tensor().map(str::to_owned);
-    let problem = ApiError::unprocessable(err.code(), err.to_string());
-    match tensor {
-        Some(t) => problem.with("tensor", t),
+    let mut problem = ApiError::unprocessable(err.code(), err.to_string());
+    if let Some(stage) = err.stage() {
+        problem = problem.with("stage", stage);
+    }
+    match err.tensor() {
+        Some(t) => problem.with("tensor", t.to_owned()),
         None => problem,
     }
 }
@@ -218,6 +223,16 @@ struct ListQuery {
     model_id: Option<Uuid>,
     /// Only jobs in this state: queued, running, succeeded, failed or canceled.
     state: Option<String>,
+    /// Only jobs with a stage of this kind (`prune`, `quantize`, `cluster`, `low_rank`), this
+    /// quantization scheme (`int`, `fp8`, `nf4`, `gguf`) or this pruning method
+    /// (`magnitude`, `semi_structured`, `channels`, `mlp_channels`).
+    method: Option<String>,
+    /// Only jobs whose name, model name or id contains this text (case-insensitive).
+    q: Option<String>,
+    /// Only jobs submitted at or after this time (RFC 3339).
+    created_after: Option<chrono::DateTime<chrono::Utc>>,
+    /// Only jobs submitted before this time (RFC 3339).
+    created_before: Option<chrono::DateTime<chrono::Utc>>,
     /// Page size, 1-100 (default 50).
     limit: Option<i64>,
     /// `next_cursor` of the previous page.
@@ -226,7 +241,7 @@ struct ListQuery {
 
 /// List jobs
 ///
-/// The team's jobs, newest first.
+/// The team's jobs, newest first, filtered by model, state, method, text and submission time.
 #[utoipa::path(
     get,
     path = "/jobs",
@@ -251,9 +266,14 @@ async fn list_jobs(
             format!("state {s:?} is not one of queued, running, succeeded, failed, canceled"),
         ));
     }
+    let blank_to_none = |s: Option<String>| s.filter(|s| !s.trim().is_empty());
     let filter = JobFilter {
         model_id: q.model_id,
         state: q.state,
+        method: blank_to_none(q.method),
+        search: blank_to_none(q.q).map(|s| s.trim().to_owned()),
+        created_after: q.created_after,
+        created_before: q.created_before,
     };
     let items = queue::list(&state.db, caller.team_id, &filter, limit, q.cursor).await?;
     let next_cursor = (items.len() as i64 == limit)
@@ -414,6 +434,52 @@ async fn job_events(
         }
     });
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
+/// Follow every job of the team
+///
+/// Server-Sent Events for dashboards that watch a list: one `job` event (the whole job as
+/// JSON in `data`) each time any of the caller's team's jobs is submitted or changes state or
+/// progress, for as long as the client stays connected. A `resync` event (empty `data`) says
+/// changes were missed because the client fell behind: read the list again.
+#[utoipa::path(
+    get,
+    path = "/events",
+    tag = "jobs",
+    responses(
+        (status = 200, description = "An event stream of `job` and `resync` events", body = Job, content_type = "text/event-stream"),
+    )
+)]
+async fn team_events(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let events = state.events.subscribe();
+    let stream = futures_util::stream::unfold(
+        (state, caller.team_id, events),
+        |(state, team_id, mut events)| async move {
+            loop {
+                let id = match events.recv().await {
+                    Ok(id) => id,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        let resync = Event::default().event("resync").data("");
+                        return Some((Ok(resync), (state, team_id, events)));
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+                };
+                // Another team's job is simply not found under this team.
+                let Ok(Some(job)) = queue::get(&state.db, team_id, id).await else {
+                    continue;
+                };
+                let event = Event::default()
+                    .event("job")
+                    .json_data(&job)
+                    .unwrap_or_else(|_| Event::default().comment("unserialisable job"));
+                return Some((Ok(event), (state, team_id, events)));
+            }
+        },
+    );
+    Sse::new(stream).keep_alive(KeepAlive::default())
 }
 
 /// A job's figures: the summary and every tensor's metrics.

@@ -34,6 +34,8 @@ pub struct Job {
     pub name: Option<String>,
     /// The model it compresses (null once the model was deleted).
     pub model_id: Option<Uuid>,
+    /// That model's name (null once the model was deleted).
+    pub model_name: Option<String>,
     /// sha256 of that model (kept for provenance).
     pub model_sha256: String,
     /// `queued`, `running`, `succeeded`, `failed` or `canceled`.
@@ -83,12 +85,13 @@ impl Job {
 macro_rules! select_jobs {
     ($tail:literal) => {
         concat!(
-            "select j.id, j.name, j.model_id, j.model_sha256, j.state::text as state, j.attempt,
+            "select j.id, j.name, j.model_id, m.name as model_name, j.model_sha256, j.state::text as state, j.attempt,
                     j.max_attempts, j.cancel_requested, j.progress, j.error, j.result, j.recipe,
                     j.eval,
                     k.name as created_by, j.created_at, j.run_at, j.started_at, j.finished_at,
                     j.updated_at
-             from jobs j left join tokens k on k.id = j.created_by ",
+             from jobs j left join tokens k on k.id = j.created_by
+                         left join models m on m.id = j.model_id ",
             $tail
         )
     };
@@ -217,6 +220,15 @@ pub struct JobFilter {
     pub model_id: Option<Uuid>,
     /// Only jobs in this state.
     pub state: Option<String>,
+    /// Only jobs with a stage of this kind (`prune`, `quantize`, `cluster`, `low_rank`), this
+    /// quantization scheme (`int`, `fp8`, `nf4`, `gguf`) or this pruning method.
+    pub method: Option<String>,
+    /// Only jobs whose name, model name or id contains this text (case-insensitive).
+    pub search: Option<String>,
+    /// Only jobs submitted at or after this time.
+    pub created_after: Option<DateTime<Utc>>,
+    /// Only jobs submitted before this time.
+    pub created_before: Option<DateTime<Utc>>,
 }
 
 /// A page of the team's jobs, newest first.
@@ -230,6 +242,14 @@ pub async fn list(
     sqlx::query_as(select_jobs!(
         "where j.team_id = $1 and ($2::uuid is null or j.model_id = $2)
            and ($3::text is null or j.state::text = $3) and ($4::uuid is null or j.id < $4)
+           and ($6::text is null or exists (
+                 select 1 from jsonb_array_elements(j.recipe->'stages') st
+                 where st ? $6 or st->'quantize'->>'scheme' = $6 or st->'prune'->>'method' = $6))
+           and ($7::text is null or strpos(lower(coalesce(j.name, '')), lower($7)) > 0
+                or strpos(lower(coalesce(m.name, '')), lower($7)) > 0
+                or strpos(j.id::text, lower($7)) > 0)
+           and ($8::timestamptz is null or j.created_at >= $8)
+           and ($9::timestamptz is null or j.created_at < $9)
          order by j.id desc limit $5"
     ))
     .bind(team_id)
@@ -237,6 +257,10 @@ pub async fn list(
     .bind(&filter.state)
     .bind(cursor)
     .bind(limit)
+    .bind(&filter.method)
+    .bind(&filter.search)
+    .bind(filter.created_after)
+    .bind(filter.created_before)
     .fetch_all(pool)
     .await
 }

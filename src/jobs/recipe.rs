@@ -553,6 +553,25 @@ impl RecipeError {
         }
     }
 
+    /// The stage the error is about (1-based, as in the message), if any.
+    pub fn stage(&self) -> Option<usize> {
+        match self {
+            RecipeError::Bits { stage, .. }
+            | RecipeError::Sparsity { stage, .. }
+            | RecipeError::GroupSizeMissing { stage }
+            | RecipeError::GroupSizeUnused { stage }
+            | RecipeError::Granularity { stage, .. }
+            | RecipeError::ClusterBits { stage, .. }
+            | RecipeError::LowRankChoice { stage }
+            | RecipeError::RankGrows { stage, .. }
+            | RecipeError::BlockSize { stage, .. }
+            | RecipeError::NotFirst { stage }
+            | RecipeError::GroupSize { stage, .. }
+            | RecipeError::FormatStage { stage, .. } => Some(*stage),
+            _ => None,
+        }
+    }
+
     /// A stable code.
     pub fn code(&self) -> &'static str {
         match self {

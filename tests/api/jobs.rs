@@ -354,6 +354,19 @@ async fn bad_recipes_are_refused_at_submission_naming_the_rule() {
     }
     let first: Value = submit(&app, json!({"model_id": model_id, "recipe": {"stages": [{"quantize": {"scheme": "int", "bits": 4, "granularity": "group", "group_size": 64}}]}}), None).await.json().await.unwrap();
     assert_eq!(first["tensor"], "layers.0.mlp.weight");
+    assert_eq!(
+        first["stage"], 1,
+        "the stage is named for forms to point at"
+    );
+    let second_stage: Value = submit(&app, json!({"model_id": model_id, "recipe": {"stages": [{"prune": {"method": "magnitude", "sparsity": 0.5}}, {"cluster": {"bits": 12}}]}}), None).await.json().await.unwrap();
+    assert_eq!(
+        (
+            second_stage["code"].as_str(),
+            second_stage["stage"].as_u64()
+        ),
+        (Some("bits_out_of_range"), Some(2)),
+        "{second_stage}"
+    );
     let missing = submit(
         &app,
         json!({"model_id": uuid::Uuid::now_v7(), "preset": "int8"}),
@@ -742,4 +755,140 @@ async fn jobs_start_and_events_flow_after_the_listen_connections_are_killed() {
     let job: Value = submit_int8(&app, &model_id).await;
     let job = wait_final(&app, job["id"].as_str().unwrap()).await;
     assert_eq!(job["state"], "succeeded", "{job}");
+}
+
+/// Reads an event stream until an event of `kind` arrives; its data as JSON.
+async fn next_event(stream: &mut reqwest::Response, kind: &str) -> Value {
+    let mut text = String::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(at) = text.find(&format!("event: {kind}\n")) {
+            let rest = &text[at..];
+            if let Some(end) = rest.find("\n\n") {
+                let data = rest[..end]
+                    .lines()
+                    .filter_map(|l| l.strip_prefix("data:"))
+                    .collect::<String>();
+                return serde_json::from_str(data.trim()).unwrap();
+            }
+        }
+        let chunk = tokio::time::timeout_at(deadline, stream.chunk())
+            .await
+            .unwrap_or_else(|_| panic!("no {kind} event within 20 s: {text}"))
+            .unwrap()
+            .expect("the stream stays open");
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+}
+
+#[tokio::test]
+async fn the_job_list_filters_by_method_text_and_time_and_the_team_stream_sees_only_its_team() {
+    let app = spawn_app_with(Options {
+        workers: 0,
+        ..Options::default()
+    })
+    .await;
+    let app = &app;
+    let (model_id, _) = upload_model(app, 16, 128).await;
+    let other = app.token_of("team-b").await;
+    let open_stream = |token: String| {
+        let request = app
+            .client
+            .get(app.url("/api/v1/events"))
+            .header("authorization", format!("Bearer {token}"));
+        async move { request.send().await.unwrap() }
+    };
+    let mut ours = open_stream(app.token.clone()).await;
+    assert!(
+        ours.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
+    let mut theirs = open_stream(other.clone()).await;
+
+    let mut ids = Vec::new();
+    for (name, preset) in [
+        ("alpha", "int8"),
+        ("beta", "prune-50"),
+        ("gamma", "w4-g128"),
+    ] {
+        let response = submit(
+            app,
+            json!({"model_id": model_id, "preset": preset, "name": name}),
+            None,
+        )
+        .await;
+        assert_eq!(response.status(), 202);
+        let job: Value = response.json().await.unwrap();
+        assert_eq!(job["model_name"], "model");
+        ids.push(job["id"].as_str().unwrap().to_owned());
+    }
+    let first = next_event(&mut ours, "job").await;
+    assert_eq!(
+        first["id"],
+        ids[0].as_str(),
+        "the team's stream carries its first job"
+    );
+
+    let names = |query: &str| {
+        let path = format!("/api/v1/jobs?{query}");
+        async move {
+            let page = app.json(&path).await;
+            page["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|j| j["name"].as_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(names("method=prune").await, ["beta"]);
+    assert_eq!(names("method=int").await, ["gamma", "alpha"]);
+    assert_eq!(names("method=magnitude").await, ["beta"]);
+    assert_eq!(names("q=ALP").await, ["alpha"]);
+    assert_eq!(
+        names("q=mod").await,
+        ["gamma", "beta", "alpha"],
+        "model names match"
+    );
+    assert_eq!(
+        names(&format!("q={}", &ids[1][..13])).await,
+        ["beta"],
+        "ids match"
+    );
+    assert_eq!(
+        names("q=%20&method=").await.len(),
+        3,
+        "blank filters are no filters"
+    );
+    assert!(names("created_after=2999-01-01T00:00:00Z").await.is_empty());
+    assert_eq!(
+        names("created_before=2999-01-01T00:00:00Z&state=queued")
+            .await
+            .len(),
+        3
+    );
+    let bad = app.get("/api/v1/jobs?created_after=yesterday").await;
+    assert_eq!(bad.status(), 400);
+    assert!(is_problem(&bad));
+
+    // Team b's stream saw none of team a's jobs: the first event it gets is its own job.
+    let their_model = app
+        .upload_as(&other, "theirs", model(16, 64).0)
+        .await
+        .json::<Value>()
+        .await
+        .unwrap();
+    let response = app
+        .client
+        .post(app.url("/api/v1/jobs"))
+        .header("authorization", format!("Bearer {other}"))
+        .json(&json!({"model_id": their_model["id"], "preset": "int8"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    let their_job: Value = response.json().await.unwrap();
+    assert_eq!(next_event(&mut theirs, "job").await["id"], their_job["id"]);
 }

@@ -1,0 +1,54 @@
+// Numbers with units, and times in the viewer's time zone.
+
+export function bytes(n) {
+  if (n === null || n === undefined || Number.isNaN(n)) return "";
+  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+  let value = n;
+  let unit = 0;
+  while (Math.abs(value) >= 1024 && unit < units.length - 1) {
+    value /= 1024;
+    unit += 1;
+  }
+  return `${value.toFixed(unit === 0 ? 0 : value < 10 ? 2 : 1)} ${units[unit]}`;
+}
+
+export function rate(bytesPerSecond) {
+  if (!bytesPerSecond) return "";
+  const gb = bytesPerSecond / 1e9;
+  return gb >= 1 ? `${gb.toFixed(2)} GB/s` : `${(bytesPerSecond / 1e6).toFixed(1)} MB/s`;
+}
+
+export function count(n) {
+  if (n === null || n === undefined) return "";
+  if (n >= 1e9) return `${(n / 1e9).toFixed(2)} B`;
+  if (n >= 1e6) return `${(n / 1e6).toFixed(1)} M`;
+  if (n >= 1e3) return `${(n / 1e3).toFixed(1)} k`;
+  return String(n);
+}
+
+export const percent = (x, digits = 2) =>
+  x === null || x === undefined ? "" : `${(x * 100).toFixed(digits)} %`;
+
+export const points = (x) =>
+  x === null || x === undefined ? "" : `${x >= 0 ? "+" : "−"}${Math.abs(x * 100).toFixed(2)} pt`;
+
+export const ms = (x) => (x === null || x === undefined ? "" : `${x < 10 ? x.toFixed(3) : x.toFixed(1)} ms`);
+
+export const ratio = (x) => (x ? `${x.toFixed(2)}×` : "");
+
+export const bits = (x) => (x ? `${x.toFixed(2)} bit` : "");
+
+export const seconds = (x) => {
+  if (x === null || x === undefined) return "";
+  if (x < 60) return `${x.toFixed(x < 10 ? 2 : 1)} s`;
+  return `${Math.floor(x / 60)} min ${Math.round(x % 60)} s`;
+};
+
+export const when = (iso) => (iso ? new Date(iso).toLocaleString() : "");
+
+export function duration(start, end) {
+  if (!start) return "";
+  return seconds((new Date(end || Date.now()) - new Date(start)) / 1000);
+}
+
+export const sci = (x) => (x === null || x === undefined ? "" : x === 0 ? "0" : x.toExponential(2));

@@ -1,0 +1,278 @@
+// Compare: for one model, a Pareto plot of size (or ratio) against accuracy (or its drop, or
+// the weight error when nothing was evaluated) with latency as colour; the frontier joined
+// and highlighted, dominated jobs dimmed, the original as a star. Selecting 2-10 jobs gives a
+// side-by-side table ("differences only") and a tensors × jobs error heatmap.
+
+import { follow, getJson } from "../api.js";
+import { emptyState, h } from "../dom.js";
+import { figures } from "../figures.js";
+import * as fmt from "../format.js";
+import { setParams } from "../route.js";
+
+const MAX_SELECTED = 10;
+
+const Y_AXES = {
+  accuracy: { label: "↑ accuracy (compressed)", value: (f) => f.quality?.compressed, original: (rows) => rows.map((r) => figures(r).quality?.original).find((v) => v !== undefined), better: "higher", needsEval: true },
+  drop: { label: "↓ drop against the original", value: (f) => f.quality?.drop, original: () => 0, better: "lower", needsEval: true },
+  error: { label: "↓ mean relative weight error", value: (f) => f.meanError, original: () => 0, better: "lower", needsEval: false },
+};
+
+/// The binary unit that keeps a model's sizes readable on an axis.
+function sizeUnit(rows) {
+  const largest = Math.max(...rows.map((r) => r.bytes_in));
+  const units = [["GiB", 2 ** 30], ["MiB", 2 ** 20], ["KiB", 2 ** 10]];
+  return units.find(([, scale]) => largest >= scale * 2) || ["B", 1];
+}
+
+const X_AXES = {
+  size: {
+    label: (rows) => `size (${sizeUnit(rows)[0]}) →`,
+    value: (f, rows) => f.bytesOut / sizeUnit(rows)[1],
+    original: (rows) => rows[0].bytes_in / sizeUnit(rows)[1],
+  },
+  ratio: { label: () => "← compression ratio", value: (f) => f.ratio, original: () => 1 },
+};
+
+/// The jobs no other job beats on both axes (smaller or equal size and better or equal y, one
+/// strictly), in order of size.
+export function frontier(points, yBetter) {
+  const better = (a, b) => (yBetter === "higher" ? a > b : a < b);
+  const sorted = [...points].sort((a, b) => a.size - b.size || (better(a.y, b.y) ? -1 : 1));
+  const front = [];
+  for (const p of sorted) {
+    if (front.length === 0 || better(p.y, front[front.length - 1].y)) front.push(p);
+  }
+  return front;
+}
+
+export async function render(container, { params, signal }) {
+  const models = await getJson("/models?limit=100");
+  container.append(h("h2", {}, "Compare"));
+  if (models.items.length === 0) {
+    container.append(emptyState("No models yet: upload one, or load the demo from the Models view.", h("a", { class: "button", href: "#/models" }, "Models")));
+    return;
+  }
+  const modelId = params.get("model") || models.items[0].id;
+  const modelSelect = h("select", { id: "compare-model", onchange: () => { location.hash = `#/compare?model=${modelSelect.value}`; } },
+    models.items.map((m) => h("option", { value: m.id, selected: m.id === modelId }, m.name)));
+  const xSelect = h("select", { id: "compare-x" }, Object.entries(X_AXES).map(([k, a]) => h("option", { value: k, selected: params.get("x") === k }, k)));
+  const ySelect = h("select", { id: "compare-y" });
+  const colour = h("input", { id: "compare-colour", type: "checkbox", checked: params.get("colour") !== "0" });
+  const controls = h("div", { class: "filters" },
+    h("label", { class: "filter" }, "Model ", modelSelect),
+    h("label", { class: "filter" }, "x ", xSelect),
+    h("label", { class: "filter" }, "y ", ySelect),
+    h("label", { class: "filter check" }, colour, " latency as colour"));
+  const status = h("p", { class: "muted", id: "compare-status", "aria-live": "polite" });
+  const plot = h("figure", { id: "pareto", class: "plot" });
+  const list = h("div", { id: "compare-list" });
+  const side = h("section", { id: "side-by-side" });
+  const heat = h("section", { id: "heatmap" });
+  container.append(controls, status, plot, list, side, heat);
+
+  const selected = new Set((params.get("select") || "").split(",").filter(Boolean));
+  let rows = [];
+  const keep = () => {
+    params.set("model", modelId);
+    params.set("x", xSelect.value);
+    params.set("y", ySelect.value);
+    params.set("colour", colour.checked ? "1" : "0");
+    if (selected.size) params.set("select", [...selected].join(","));
+    else params.delete("select");
+    setParams(params);
+  };
+
+  function drawAll() {
+    const evaluated = rows.some((r) => r.eval);
+    const wanted = params.get("y") || ySelect.value || (evaluated ? "accuracy" : "error");
+    ySelect.replaceChildren(...Object.entries(Y_AXES).filter(([, a]) => evaluated || !a.needsEval)
+      .map(([k]) => h("option", { value: k, selected: k === wanted }, k)));
+    if (!ySelect.value) ySelect.value = evaluated ? "accuracy" : "error";
+    keep();
+    drawPlot(plot, rows, X_AXES[xSelect.value], Y_AXES[ySelect.value], colour.checked);
+    drawList(list, rows, selected, () => { keep(); drawSelection(side, heat, rows, selected); });
+    drawSelection(side, heat, rows, selected);
+    status.textContent = rows.length
+      ? `${rows.length} succeeded job${rows.length === 1 ? "" : "s"}${evaluated ? "" : "; none evaluated, so y is the weight error (give a job an evaluation set for accuracy and latency)"}`
+      : "";
+  }
+  for (const input of [xSelect, ySelect, colour]) input.addEventListener("change", () => { params.set("y", ySelect.value); drawAll(); });
+
+  async function load() {
+    rows = (await getJson(`/compare?model_id=${modelId}`)).items;
+    if (rows.length === 0) {
+      plot.replaceChildren(emptyState("No succeeded jobs for this model yet: start one.", h("a", { class: "button", href: `#/new?model=${modelId}` }, "New job")));
+      list.replaceChildren();
+      side.replaceChildren();
+      heat.replaceChildren();
+      status.textContent = "";
+      return;
+    }
+    drawAll();
+  }
+  await load();
+  let pending = null;
+  follow("/events", (kind, data) => {
+    if (kind === "job") {
+      const job = JSON.parse(data);
+      if (job.model_id !== modelId || job.state !== "succeeded" || rows.some((r) => r.job_id === job.id)) return;
+    }
+    clearTimeout(pending);
+    pending = setTimeout(load, 300);
+  }, signal, { onOpen: load });
+}
+
+function summaryText(row, f) {
+  const q = f.quality;
+  return [
+    row.name || row.job_id.slice(0, 8),
+    row.method,
+    `${fmt.bytes(f.bytesOut)} (${fmt.ratio(f.ratio)}), ${fmt.bits(f.bitsPerWeight)}/weight`,
+    f.latencyMs !== null ? `latency ${fmt.ms(f.latencyMs)}` : null,
+    q ? `${q.metric} ${q.compressed.toFixed(4)} (${q.change >= 0 ? "+" : ""}${q.change.toFixed(4)})` : `weight error ${fmt.percent(f.meanError)}`,
+  ].filter(Boolean).join("\n");
+}
+
+function drawPlot(figure, rows, xAxis, yAxis, withColour) {
+  if (!window.Plot) {
+    figure.replaceChildren(h("p", { class: "error" }, "The chart library is missing: run scripts/setup (it installs Observable Plot into static/vendor)."));
+    return;
+  }
+  const points = rows.map((row) => {
+    const f = figures(row);
+    return { row, f, x: xAxis.value(f, rows), y: yAxis.value(f), size: f.bytesOut, latency: f.latencyMs, title: summaryText(row, f) };
+  }).filter((p) => Number.isFinite(p.x) && Number.isFinite(p.y));
+  const front = frontier(points, yAxis.better);
+  const onFront = new Set(front);
+  const dominated = points.filter((p) => !onFront.has(p));
+  const original = { x: xAxis.original(rows), y: yAxis.original(rows), title: "the original model" };
+  // Colour only when every job has a latency: Plot would drop points without one.
+  const fill = withColour && points.length > 0 && points.every((p) => p.latency !== null) ? "latency" : null;
+  const dot = (data, { defaultFill, ...options }) => Plot.dot(data, { x: "x", y: "y", r: 6, title: "title", fill: fill || defaultFill, ...options });
+  const chart = Plot.plot({
+    width: Math.min(1100, Math.max(320, figure.clientWidth || 900)),
+    height: 380,
+    marginLeft: 60,
+    grid: true,
+    x: { label: xAxis.label(rows), nice: true },
+    y: { label: yAxis.label, nice: true },
+    color: fill ? { type: "linear", scheme: "viridis", label: "latency (ms)", legend: true } : undefined,
+    marks: [
+      Plot.line(front, { x: "x", y: "y", stroke: "#0b5cad", strokeWidth: 2, className: "frontier-line" }),
+      dot(dominated, { className: "dominated", opacity: 0.5, defaultFill: "#57606a" }),
+      dot(front, { className: "frontier", stroke: "#111", strokeWidth: 2, defaultFill: "#0b5cad" }),
+      Number.isFinite(original.x) && Number.isFinite(original.y)
+        ? Plot.dot([original], { x: "x", y: "y", symbol: "star", r: 9, fill: "#f0b400", stroke: "#111", title: "title", className: "original" })
+        : null,
+      Plot.tip(points, Plot.pointer({ x: "x", y: "y", title: "title" })),
+    ].filter(Boolean),
+  });
+  // Circles come out in data order: tie each to its job for tests and assistive technology.
+  for (const [group, data] of [["dominated", dominated], ["frontier", front]]) {
+    chart.querySelectorAll(`g.${group} circle`).forEach((circle, i) => {
+      if (!data[i]) return;
+      circle.dataset.job = data[i].row.job_id;
+      circle.setAttribute("aria-label", data[i].title.replaceAll("\n", ", "));
+    });
+  }
+  // A click opens the job whose tip is showing (the point nearest the pointer): the tip is
+  // drawn over the point, so the circle itself may not get the click.
+  chart.style.cursor = "pointer";
+  chart.addEventListener("click", () => {
+    if (chart.value && chart.value.row) location.hash = `#/jobs/${chart.value.row.job_id}`;
+  });
+  figure.replaceChildren(chart, h("figcaption", { class: "muted" },
+    `${front.length} of ${points.length} jobs on the frontier (joined); dominated jobs dimmed; ★ the original. Click a point to open its job.`));
+}
+
+function drawList(holder, rows, selected, changed) {
+  const table = h("table", { class: "data" }, h("caption", {}, `Select 2 to ${MAX_SELECTED} jobs to compare side by side`),
+    h("thead", {}, h("tr", {}, ["", "Job", "Method", "Size", "Ratio", "Bits/weight", "Latency", "Quality"].map((t, i) => h("th", { scope: "col", class: i >= 3 ? "num" : null }, t)))));
+  const body = h("tbody");
+  for (const row of rows) {
+    const f = figures(row);
+    const box = h("input", {
+      type: "checkbox",
+      checked: selected.has(row.job_id),
+      "aria-label": `select ${row.name || row.job_id}`,
+      dataset: { job: row.job_id },
+      onchange: () => {
+        if (box.checked && selected.size >= MAX_SELECTED) {
+          box.checked = false;
+          return;
+        }
+        if (box.checked) selected.add(row.job_id);
+        else selected.delete(row.job_id);
+        changed();
+      },
+    });
+    const q = f.quality;
+    body.append(h("tr", {}, h("td", {}, box), h("td", {}, h("a", { href: `#/jobs/${row.job_id}` }, row.name || row.job_id.slice(0, 8))),
+      h("td", {}, row.method), h("td", { class: "num" }, fmt.bytes(f.bytesOut)), h("td", { class: "num" }, fmt.ratio(f.ratio)),
+      h("td", { class: "num" }, fmt.bits(f.bitsPerWeight)), h("td", { class: "num" }, fmt.ms(f.latencyMs)),
+      h("td", { class: "num" }, q ? `${q.metric} ${q.compressed.toFixed(4)}` : `error ${fmt.percent(f.meanError)}`)));
+  }
+  table.append(body);
+  holder.replaceChildren(h("div", { class: "scroll" }, table));
+}
+
+const SIDE_ROWS = [
+  ["Method", (r) => r.method],
+  ["Format", (r) => r.format],
+  ["Size", (r, f) => fmt.bytes(f.bytesOut)],
+  ["Ratio", (r, f) => fmt.ratio(f.ratio)],
+  ["Bits per weight", (r, f) => fmt.bits(f.bitsPerWeight)],
+  ["Sparsity", (r) => fmt.percent(r.sparsity, 1)],
+  ["Mean weight error", (r, f) => fmt.percent(f.meanError, 3)],
+  ["Worst weight error", (r, f) => fmt.percent(f.worstError, 3)],
+  ["Latency", (r, f) => fmt.ms(f.latencyMs)],
+  ["Speed-up", (r, f) => (f.speedup ? `${f.speedup.toFixed(2)}×` : "")],
+  ["Quality", (r, f) => (f.quality ? `${f.quality.metric} ${f.quality.compressed.toFixed(4)}` : "")],
+  ["Change", (r, f) => (f.quality ? `${f.quality.change >= 0 ? "+" : ""}${f.quality.change.toFixed(4)}` : "")],
+  ["Within budget", (r, f) => (f.quality && f.quality.accepted !== undefined && f.quality.accepted !== null ? (f.quality.accepted ? "yes" : "no") : "")],
+  ["Wall time", (r, f) => fmt.seconds(f.wallSeconds)],
+];
+
+async function drawSelection(side, heat, rows, selected) {
+  const chosen = rows.filter((r) => selected.has(r.job_id));
+  if (chosen.length < 2) {
+    side.replaceChildren(chosen.length === 1 ? h("p", { class: "muted" }, "Select one more job to compare.") : "");
+    heat.replaceChildren();
+    return;
+  }
+  const only = h("input", { id: "differences-only", type: "checkbox" });
+  const table = h("table", { class: "data side" });
+  const draw = () => {
+    const head = h("tr", {}, h("th", { scope: "col" }, ""), chosen.map((r) => h("th", { scope: "col" }, h("a", { href: `#/jobs/${r.job_id}` }, r.name || r.job_id.slice(0, 8)))));
+    const body = SIDE_ROWS.map(([label, value]) => {
+      const cells = chosen.map((r) => value(r, figures(r)));
+      if (only.checked && cells.every((c) => c === cells[0])) return null;
+      return h("tr", {}, h("th", { scope: "row" }, label), cells.map((c) => h("td", {}, c)));
+    }).filter(Boolean);
+    table.replaceChildren(h("thead", {}, head), h("tbody", {}, body));
+  };
+  only.addEventListener("change", draw);
+  draw();
+  side.replaceChildren(h("h3", {}, "Side by side"), h("label", { class: "check" }, only, " differences only"), h("div", { class: "scroll" }, table));
+  const reports = await Promise.all(chosen.map((r) => getJson(`/jobs/${r.job_id}/report`)));
+  const cells = [];
+  reports.forEach((report, i) => {
+    const job = chosen[i].name || chosen[i].job_id.slice(0, 8);
+    for (const t of report.tensors) if (t.scheme !== "unchanged") cells.push({ job, tensor: t.name, error: Math.max(t.rel_error, 1e-9) });
+  });
+  if (!window.Plot || cells.length === 0) {
+    heat.replaceChildren();
+    return;
+  }
+  const tensors = new Set(cells.map((c) => c.tensor)).size;
+  const chart = Plot.plot({
+    marginLeft: Math.min(320, 7 * Math.max(...cells.map((c) => c.tensor.length))),
+    height: 40 + 16 * tensors,
+    width: Math.max(360, 120 * chosen.length + 320),
+    x: { label: null, axis: "top" },
+    y: { label: null },
+    color: { type: "log", scheme: "reds", label: "relative error", legend: true },
+    marks: [Plot.cell(cells, { x: "job", y: "tensor", fill: "error", title: (c) => `${c.tensor} in ${c.job}: ${fmt.percent(c.error, 3)}`, className: "heat-cell" })],
+  });
+  heat.replaceChildren(h("h3", {}, "Per-tensor relative error"), h("div", { class: "scroll" }, chart));
+}

@@ -1,0 +1,198 @@
+// Job detail: summary cards (size, ratio, bits per weight, latency, accuracy against the
+// original, wall time, peak memory), live progress while it runs, the per-tensor table
+// (sortable, colour-scaled error, worst N), the artifact files, the recipe as JSON and curl,
+// and the error of a failed job.
+
+import { api, follow, getJson, problemOf } from "../api.js";
+import { h, progressBar, sortableTable, stateBadge } from "../dom.js";
+import { figures, method } from "../figures.js";
+import * as fmt from "../format.js";
+import { cancel, qualityCell, rerun } from "./jobs.js";
+
+export async function render(container, { argument: id, signal }) {
+  const head = h("div", { id: "job-head" });
+  const cards = h("div", { id: "job-cards", class: "cards" });
+  const problem = h("div", { id: "job-problem" });
+  const tensors = h("section", { id: "job-tensors" });
+  const files = h("section", { id: "job-files" });
+  const recipe = h("section", { id: "job-recipe" });
+  const message = h("p", { class: "error", role: "alert" });
+  container.append(head, message, problem, cards, tensors, files, recipe);
+  let shownState = null;
+  const draw = async (job) => {
+    drawHead(head, job, message);
+    drawCards(cards, job);
+    problem.replaceChildren(job.error
+      ? h("div", { class: "card error-card", role: "alert" }, h("h3", {}, job.state === "failed" ? "Why it failed" : "Last attempt's error"), h("pre", { id: "job-error-text" }, job.error))
+      : "");
+    if (job.state !== shownState) {
+      shownState = job.state;
+      drawRecipe(recipe, job);
+      if (job.state === "succeeded") {
+        await Promise.all([drawTensors(tensors, id), drawFiles(files, id)]);
+      }
+    }
+  };
+  await draw(await getJson(`/jobs/${id}`));
+  if (!["succeeded", "failed", "canceled"].includes(shownState)) {
+    follow(`/jobs/${id}/events`, (kind, data) => draw(JSON.parse(data)), signal, { reconnect: true });
+  }
+}
+
+function drawHead(head, job, message) {
+  const act = (label, run) => h("button", {
+    type: "button",
+    class: "secondary",
+    onclick: async () => {
+      const response = await run(job);
+      if (!response.ok) {
+        message.textContent = (await problemOf(response)).detail;
+        return;
+      }
+      const changed = await response.json();
+      if (changed.id !== job.id) location.hash = `#/jobs/${changed.id}`;
+    },
+  }, label);
+  const live = ["queued", "running"].includes(job.state);
+  head.replaceChildren(...[
+    h("h2", {}, job.name || `Job ${job.id.slice(0, 8)}`, " ", stateBadge(job.state)),
+    h("p", { class: "muted" },
+      `${method(job.recipe)} on `,
+      job.model_id ? h("a", { href: `#/compare?model=${job.model_id}` }, job.model_name || job.model_id) : "a deleted model",
+      ` · submitted ${fmt.when(job.created_at)} by ${job.created_by || "a deleted token"} · attempt ${job.attempt} of ${job.max_attempts}`,
+      job.finished_at ? ` · finished ${fmt.when(job.finished_at)}` : ""),
+    live ? h("div", { id: "job-progress" }, progressBar(job)) : null,
+    h("div", { class: "row" },
+      live && !job.cancel_requested ? act("Cancel", cancel) : null,
+      !live && job.model_id ? act("Re-run", rerun) : null,
+      job.model_id ? h("a", { class: "button secondary", href: `#/compare?model=${job.model_id}&select=${job.id}` }, "Compare") : null),
+  ].filter(Boolean));
+}
+
+function card(label, value, detail) {
+  return h("div", { class: "card stat" }, h("span", { class: "stat-label" }, label), h("strong", { class: "stat-value" }, value || "–"), detail ? h("span", { class: "muted" }, detail) : null);
+}
+
+function drawCards(cards, job) {
+  const f = job.result ? figures(job) : null;
+  if (!f) {
+    cards.replaceChildren();
+    return;
+  }
+  const summary = job.result;
+  const q = f.quality;
+  cards.replaceChildren(
+    card("Size", `${fmt.bytes(f.bytesIn)} → ${fmt.bytes(f.bytesOut)}`, `${summary.compressed_tensors} tensors compressed · ${f.format}`),
+    card("Ratio", fmt.ratio(f.ratio)),
+    card("Bits per weight", fmt.bits(f.bitsPerWeight), summary.theoretical_bits_per_weight ? `${summary.theoretical_bits_per_weight.toFixed(2)} bit from the schemes alone` : null),
+    card("Latency", f.latencyMs === null ? "not evaluated" : fmt.ms(f.latencyMs), f.latencyMs === null ? null : `original ${fmt.ms(f.originalLatencyMs)} · ${f.speedup ? `${f.speedup.toFixed(2)}× speed-up` : ""} · ${summary.eval.compressed.kernel}`),
+    card(q ? q.metric : "Accuracy", q ? qualityCell(q) : f.evalError ? "evaluation failed" : "not evaluated",
+      q ? `original ${q.lowerIsBetter || q.original > 1 ? q.original.toFixed(4) : fmt.percent(q.original)}${q.accepted === undefined || q.accepted === null ? "" : q.accepted ? " · within budget" : " · over budget"}` : f.evalError || null),
+    card("Weight error", `${fmt.percent(f.meanError)} mean`, `worst ${fmt.percent(f.worstError)}${summary.worst_tensor ? ` (${summary.worst_tensor})` : ""}`),
+    card("Wall time", fmt.seconds(f.wallSeconds), fmt.rate(summary.throughput_bytes_per_s)),
+    card("Peak memory", fmt.bytes(f.peakRss)),
+  );
+}
+
+/// A red scale on log10 of the relative error, from the smallest to the largest in view.
+export function errorColour(value, low, high) {
+  if (!(value > 0)) return "transparent";
+  const span = Math.log10(high) - Math.log10(low) || 1;
+  const t = Math.min(1, Math.max(0, (Math.log10(value) - Math.log10(low)) / span));
+  return `hsl(4 80% ${96 - t * 36}%)`;
+}
+
+async function drawTensors(section, id) {
+  const report = await getJson(`/jobs/${id}/report`);
+  const all = report.tensors;
+  const errors = all.map((t) => t.rel_error).filter((e) => e > 0);
+  const low = Math.min(...errors, 1);
+  const high = Math.max(...errors, 1e-12);
+  const worst = h("select", { id: "worst-n" }, [["all", "all tensors"], ["5", "worst 5"], ["10", "worst 10"], ["20", "worst 20"], ["50", "worst 50"]].map(([v, t]) => h("option", { value: v }, t)));
+  const holder = h("div", { class: "scroll" });
+  const draw = () => {
+    const n = worst.value === "all" ? all.length : Number(worst.value);
+    const rows = [...all].sort((a, b) => b.rel_error - a.rel_error).slice(0, n);
+    holder.replaceChildren(sortableTable({
+      sort: { key: "rel_error", descending: true },
+      rows,
+      columns: [
+        { key: "name", label: "Tensor" },
+        { key: "scheme", label: "Scheme" },
+        { key: "shape", label: "Shape", value: (t) => t.shape.reduce((a, b) => a * b, 1), cell: (t) => t.shape.join(" × ") },
+        { key: "bytes_in", label: "Bytes in", numeric: true, cell: (t) => fmt.bytes(t.bytes_in) },
+        { key: "bytes_out", label: "Bytes out", numeric: true, cell: (t) => fmt.bytes(t.bytes_out) },
+        { key: "sparsity", label: "Sparsity", numeric: true, cell: (t) => fmt.percent(t.sparsity, 1) },
+        { key: "rel_error", label: "Relative error", numeric: true, cell: (t) => h("span", { class: "heat", style: `background:${errorColour(t.rel_error, low, high)}` }, fmt.percent(t.rel_error, 3)) },
+        { key: "sqnr_db", label: "SQNR", numeric: true, cell: (t) => (t.sqnr_db === null ? "exact" : `${t.sqnr_db.toFixed(1)} dB`) },
+        { key: "cosine", label: "Cosine", numeric: true, cell: (t) => (t.cosine === null ? "" : t.cosine.toFixed(5)) },
+      ],
+    }));
+  };
+  worst.addEventListener("change", draw);
+  section.replaceChildren(h("h3", {}, `Tensors (${all.length})`), h("label", { class: "filter" }, "Show ", worst), holder);
+  draw();
+}
+
+async function download(id, file, status) {
+  status.textContent = `downloading ${file.name}…`;
+  const response = await api(`/jobs/${id}/files/${encodeURIComponent(file.name)}`);
+  if (!response.ok) {
+    status.textContent = `Download failed: ${(await problemOf(response)).detail}`;
+    return;
+  }
+  const url = URL.createObjectURL(await response.blob());
+  const link = h("a", { href: url, download: file.name, hidden: true });
+  document.body.append(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 60000);
+  status.textContent = `${file.name} downloaded`;
+}
+
+async function drawFiles(section, id) {
+  const page = await getJson(`/jobs/${id}/files`);
+  const status = h("p", { class: "muted", id: "download-status", "aria-live": "polite" });
+  const origin = location.origin;
+  section.replaceChildren(h("h3", {}, "Artifact files"), sortableTable({
+    rows: page.items,
+    columns: [
+      { key: "name", label: "File" },
+      { key: "bytes", label: "Size", numeric: true, cell: (f) => fmt.bytes(f.bytes) },
+      { key: "sha256", label: "sha256", cell: (f) => h("code", { class: "hash", title: f.sha256 }, f.sha256) },
+      {
+        key: "get", label: "", sortable: false, cell: (f) => h("span", { class: "actions" },
+          h("button", { type: "button", class: "download", dataset: { file: f.name }, onclick: () => download(id, f, status) }, "Download"),
+          copyButton("curl", () => `curl -fOJ -H "Authorization: Bearer $SQUEEZE_TOKEN" ${origin}/api/v1/jobs/${id}/files/${encodeURIComponent(f.name)}`)),
+      },
+    ],
+  }), status, h("p", { class: "muted" }, "Large files: use the curl line, which streams to disk and can resume with -C -."));
+}
+
+function copyButton(label, text) {
+  return h("button", {
+    type: "button",
+    class: "secondary",
+    onclick: async (event) => {
+      const button = event.currentTarget;
+      try {
+        await navigator.clipboard.writeText(text());
+        button.textContent = "copied";
+      } catch {
+        prompt("Copy this:", text());
+      }
+      setTimeout(() => { button.textContent = label; }, 1500);
+    },
+  }, label);
+}
+
+function drawRecipe(section, job) {
+  const body = { model_id: job.model_id, name: job.name || undefined, recipe: job.recipe };
+  if (job.eval) body.eval = job.eval;
+  const json = JSON.stringify(job.recipe, null, 2);
+  const curl = `curl -X POST -H "Authorization: Bearer $SQUEEZE_TOKEN" -H 'Content-Type: application/json' \\\n  -d '${JSON.stringify(body).replaceAll("'", "'\\''")}' \\\n  ${location.origin}/api/v1/jobs`;
+  section.replaceChildren(...[h("h3", {}, "Recipe"),
+    h("div", { class: "row" }, copyButton("Copy JSON", () => json), copyButton("Copy as curl", () => curl)),
+    h("pre", { class: "code", id: "recipe-json" }, json),
+    job.eval ? h("p", { class: "muted" }, `Evaluated on dataset ${job.eval.dataset_id}${job.eval.max_drop !== undefined ? ` with a budget of ${job.eval.max_drop}` : ""}.`) : null].filter(Boolean));
+}

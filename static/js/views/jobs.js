@@ -1,0 +1,180 @@
+// Jobs: the team's history with live progress (one Server-Sent Events stream for the whole
+// team, no polling), filters kept in the URL (state, model, method, text, dates, sort, page)
+// so a link shows the same list, and cancel / re-run on each row.
+
+import { api, follow, getJson, problemOf } from "../api.js";
+import { emptyState, h, progressBar, sortableTable, stateBadge } from "../dom.js";
+import { figures, method } from "../figures.js";
+import * as fmt from "../format.js";
+import { setParams } from "../route.js";
+
+const STATES = ["queued", "running", "succeeded", "failed", "canceled"];
+const METHODS = ["quantize", "int", "fp8", "nf4", "gguf", "prune", "magnitude", "semi_structured", "channels", "mlp_channels", "cluster", "low_rank"];
+const PAGE = 50;
+
+/// The request for the list the URL asks for.
+function listPath(params) {
+  const query = new URLSearchParams({ limit: String(PAGE) });
+  const copy = (from, to = from) => { if (params.get(from)) query.set(to, params.get(from)); };
+  copy("state");
+  copy("model", "model_id");
+  copy("method");
+  copy("q");
+  copy("cursor");
+  // Dates are days in the viewer's time zone; the API takes instants.
+  if (params.get("from")) query.set("created_after", new Date(`${params.get("from")}T00:00:00`).toISOString());
+  if (params.get("to")) {
+    const end = new Date(`${params.get("to")}T00:00:00`);
+    end.setDate(end.getDate() + 1);
+    query.set("created_before", end.toISOString());
+  }
+  return `/jobs?${query}`;
+}
+
+export async function rerun(job) {
+  const body = { model_id: job.model_id, recipe: job.recipe, name: job.name ? `${job.name} (re-run)` : undefined, max_attempts: job.max_attempts };
+  if (job.eval) body.eval = job.eval;
+  return api("/jobs", { method: "POST", json: body });
+}
+
+export async function cancel(job) {
+  return api(`/jobs/${job.id}/cancel`, { method: "POST" });
+}
+
+export async function render(container, { params, signal }) {
+  const models = await getJson("/models?limit=100");
+  container.append(h("h2", {}, "Jobs"));
+  const controls = filters(params, models.items);
+  const message = h("p", { class: "error", role: "alert", id: "jobs-error" });
+  const body = h("div", { id: "job-list" });
+  const pager = h("div", { class: "row pager" });
+  container.append(controls, message, body, pager);
+
+  let page = { items: [] };
+  const rows = new Map();
+  const draw = () => {
+    if (page.items.length === 0) {
+      const filtered = [...params.keys()].some((k) => k !== "sort" && k !== "desc");
+      body.replaceChildren(emptyState(filtered ? "No job matches these filters." : "No jobs yet: start one.",
+        h("a", { class: "button", href: "#/new" }, "New job")));
+      return;
+    }
+    body.replaceChildren(sortableTable({
+      columns: columns(message, load),
+      rows: page.items,
+      sort: params.get("sort") ? { key: params.get("sort"), descending: params.get("desc") === "1" } : null,
+      onSort: ({ key, descending }) => {
+        params.set("sort", key);
+        params.set("desc", descending ? "1" : "0");
+        setParams(params);
+      },
+      rowAttrs: (job) => ({ dataset: { job: job.id, state: job.state } }),
+    }));
+  };
+  async function load() {
+    page = await getJson(listPath(params));
+    rows.clear();
+    for (const job of page.items) rows.set(job.id, job);
+    draw();
+    pager.replaceChildren(...[
+      params.get("cursor") ? h("button", { type: "button", class: "secondary", onclick: () => { params.delete("cursor"); setParams(params); load(); } }, "Newest") : null,
+      page.next_cursor ? h("button", { type: "button", class: "secondary", id: "next-page", onclick: () => { params.set("cursor", page.next_cursor); setParams(params); load(); } }, "Older jobs") : null,
+    ].filter(Boolean));
+  }
+  await load();
+
+  // A changed job replaces its row; a new one reloads the first page (it may match the filters).
+  let reloading = null;
+  follow("/events", (kind, data) => {
+    if (kind === "resync") return load();
+    if (kind !== "job") return;
+    const job = JSON.parse(data);
+    const index = page.items.findIndex((j) => j.id === job.id);
+    if (index >= 0) {
+      page.items[index] = job;
+      const row = body.querySelector(`tr[data-job="${job.id}"]`);
+      if (row) {
+        const fresh = sortableTable({ columns: columns(message, load), rows: [job], rowAttrs: (j) => ({ dataset: { job: j.id, state: j.state } }) }).querySelector("tbody tr");
+        row.replaceWith(fresh);
+      } else {
+        draw();
+      }
+    } else if (!params.get("cursor") && !reloading) {
+      reloading = setTimeout(() => { reloading = null; load(); }, 200);
+    }
+  }, signal, { onOpen: load });
+}
+
+function columns(message, reload) {
+  const action = (label, run) => h("button", {
+    type: "button",
+    class: "secondary",
+    onclick: async () => {
+      const response = await run();
+      message.textContent = response.ok ? "" : (await problemOf(response)).detail;
+      if (response.ok) reload();
+    },
+  }, label);
+  const f = (job) => (job.result ? figures(job) : null);
+  return [
+    { key: "name", label: "Name", value: (j) => j.name || "", cell: (j) => h("a", { href: `#/jobs/${j.id}` }, j.name || j.id.slice(0, 8)) },
+    { key: "model", label: "Model", value: (j) => j.model_name || "", cell: (j) => j.model_id ? h("a", { href: `#/compare?model=${j.model_id}` }, j.model_name || j.model_id.slice(0, 8)) : "deleted" },
+    { key: "method", label: "Method", value: (j) => method(j.recipe), cell: (j) => method(j.recipe) },
+    { key: "state", label: "State", cell: (j) => stateBadge(j.state) },
+    { key: "progress", label: "Progress", sortable: false, cell: (j) => (["queued", "running", "succeeded"].includes(j.state) ? progressBar(j) : h("span", { class: "muted", title: j.error || "" }, (j.error || "").slice(0, 60))) },
+    { key: "size", label: "Size", numeric: true, value: (j) => f(j)?.bytesOut, cell: (j) => fmt.bytes(f(j)?.bytesOut) },
+    { key: "ratio", label: "Ratio", numeric: true, value: (j) => f(j)?.ratio, cell: (j) => fmt.ratio(f(j)?.ratio) },
+    { key: "bpw", label: "Bits/weight", numeric: true, value: (j) => f(j)?.bitsPerWeight, cell: (j) => fmt.bits(f(j)?.bitsPerWeight) },
+    { key: "latency", label: "Latency", numeric: true, value: (j) => f(j)?.latencyMs, cell: (j) => fmt.ms(f(j)?.latencyMs) },
+    { key: "accuracy", label: "Accuracy", numeric: true, value: (j) => f(j)?.quality?.compressed, cell: (j) => qualityCell(f(j)?.quality) },
+    { key: "owner", label: "Owner", value: (j) => j.created_by || "", cell: (j) => j.created_by || "" },
+    { key: "date", label: "Date", value: (j) => j.created_at, cell: (j) => fmt.when(j.created_at) },
+    {
+      key: "actions", label: "", sortable: false, cell: (j) => h("span", { class: "actions" },
+        ["queued", "running"].includes(j.state) && !j.cancel_requested ? action("Cancel", () => cancel(j)) : null,
+        j.model_id && !["queued", "running"].includes(j.state) ? action("Re-run", () => rerun(j)) : null),
+    },
+  ];
+}
+
+export function qualityCell(quality) {
+  if (!quality) return "";
+  const { metric, compressed, change, lowerIsBetter } = quality;
+  const isRate = !lowerIsBetter && compressed <= 1;
+  const value = isRate ? fmt.percent(compressed) : compressed.toFixed(4);
+  const delta = isRate ? fmt.points(change) : `${change >= 0 ? "+" : "−"}${Math.abs(change).toFixed(4)}`;
+  const worse = lowerIsBetter ? change > 0 : change < 0;
+  return h("span", { title: metric }, value, " ", h("span", { class: worse ? "worse" : "better" }, `(${delta})`));
+}
+
+function filters(params, models) {
+  const select = (id, label, options, key) => {
+    const input = h("select", { id, onchange: () => apply(key, input.value) },
+      h("option", { value: "" }, `any ${label}`),
+      options.map(([value, text]) => h("option", { value, selected: params.get(key) === value }, text)));
+    return h("label", { class: "filter" }, h("span", { class: "sr-only" }, label), input);
+  };
+  const search = h("input", { id: "job-search", type: "search", placeholder: "search name, model or id", value: params.get("q") || "" });
+  let timer = null;
+  search.addEventListener("input", () => {
+    clearTimeout(timer);
+    timer = setTimeout(() => apply("q", search.value.trim()), 250);
+  });
+  const date = (key, label) => {
+    const input = h("input", { id: `job-${key}`, type: "date", value: params.get(key) || "", onchange: () => apply(key, input.value) });
+    return h("label", { class: "filter" }, `${label} `, input);
+  };
+  function apply(key, value) {
+    if (value) params.set(key, value);
+    else params.delete(key);
+    params.delete("cursor");
+    location.hash = `#/jobs?${params}`;
+  }
+  return h("form", { class: "filters", role: "search", onsubmit: (e) => e.preventDefault() },
+    h("label", { class: "filter" }, h("span", { class: "sr-only" }, "search"), search),
+    select("job-state", "state", STATES.map((s) => [s, s]), "state"),
+    select("job-model-filter", "model", models.map((m) => [m.id, m.name]), "model"),
+    select("job-method", "method", METHODS.map((m) => [m, m]), "method"),
+    date("from", "from"), date("to", "to"),
+    [...params.keys()].length ? h("a", { href: "#/jobs", class: "button secondary" }, "Clear filters") : null);
+}

@@ -1,0 +1,237 @@
+// The dashboard in headless Chromium (Debian's package) against a real `squeeze serve` with
+// its private PostgreSQL: sign-in, upload, jobs from presets and sweeps followed live,
+// job detail and download, the compare view's Pareto plot, refusals shown as the server said
+// them. Screenshots of each view land in target/browser-screenshots.
+
+import { after, before, test as nodeTest } from "node:test";
+import assert from "node:assert/strict";
+import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { chromium } from "playwright-core";
+import { safetensors, sha256, startServer } from "./server.mjs";
+
+const shots = new URL("../../target/browser-screenshots/", import.meta.url).pathname;
+const work = new URL("../../target/browser-work/", import.meta.url).pathname;
+mkdirSync(shots, { recursive: true });
+mkdirSync(work, { recursive: true });
+
+let server;
+let browser;
+let page;
+let token;
+const errors = [];
+
+const shot = (name) => page.screenshot({ path: join(shots, `${name}.png`), fullPage: true });
+
+/// A test that leaves a screenshot of the page as it was when it failed.
+function test(name, body) {
+  nodeTest(name, async () => {
+    try {
+      await body();
+    } catch (error) {
+      await shot(`failed-${name.slice(0, 40).replace(/[^a-z0-9]+/gi, "-")}`).catch(() => {});
+      throw error;
+    }
+  });
+}
+
+async function api(path, options = {}) {
+  const response = await fetch(`${server.base}/api/v1${path}`, {
+    ...options,
+    headers: { Authorization: `Bearer ${token}`, ...(options.headers || {}) },
+  });
+  const body = await response.text();
+  return { status: response.status, body: body ? JSON.parse(body) : null };
+}
+
+async function uploadByApi(name, tensors) {
+  const path = safetensors(join(work, `${name}.safetensors`), tensors);
+  const response = await api(`/models?name=${name}`, {
+    method: "POST",
+    headers: { "Content-Type": "application/octet-stream" },
+    body: readFileSync(path),
+  });
+  assert.equal(response.status, 201, JSON.stringify(response.body));
+  return response.body;
+}
+
+before(async () => {
+  server = await startServer();
+  browser = await chromium.launch({
+    executablePath: process.env.SQUEEZE_CHROMIUM || "/usr/bin/chromium",
+    headless: true,
+    args: ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"],
+  });
+  const context = await browser.newContext({ viewport: { width: 1280, height: 900 }, acceptDownloads: true });
+  page = await context.newPage();
+  page.setDefaultTimeout(20000);
+  page.on("pageerror", (error) => errors.push(`page error: ${error.message}`));
+  // Refusals the tests provoke are logged by Chromium as failed loads; anything else is a bug.
+  page.on("console", (message) => {
+    if (message.type() === "error" && !message.text().startsWith("Failed to load resource")) errors.push(`console: ${message.text()}`);
+  });
+  page.on("dialog", (dialog) => dialog.accept());
+});
+
+after(async () => {
+  if (browser) await browser.close();
+  if (server) await server.stop();
+});
+
+test("the printed sign-in URL signs in, and the code leaves the URL", async () => {
+  await page.goto(server.base);
+  await page.locator("#token-form").waitFor();
+  await shot("01-sign-in");
+  await page.goto(server.loginUrl);
+  await page.locator("#who").filter({ hasText: "team default" }).waitFor();
+  assert.ok(!page.url().includes("login="), page.url());
+  token = await page.evaluate(() => localStorage.getItem("squeeze.token"));
+  assert.match(token, /^sqz_/);
+  await page.locator(".empty").filter({ hasText: "No models yet" }).waitFor();
+});
+
+test("a model uploaded through the file input is listed; a pickle file is refused with the server's words", async () => {
+  const path = safetensors(join(work, "tiny.safetensors"), [["layers.0.weight", [64, 128]], ["layers.1.weight", [64, 128]], ["norm.weight", [128]]]);
+  await page.setInputFiles("#files", path);
+  await page.fill("#upload-name", "tiny");
+  await page.click("#upload-submit");
+  const row = page.locator("#model-list tbody tr").filter({ hasText: "tiny" });
+  await row.waitFor();
+  assert.match(await row.innerText(), /64\.\d KiB/);
+  assert.match(await row.innerText(), /16\.5 k/);
+
+  const pickle = join(work, "pytorch_model.bin");
+  writeFileSync(pickle, Buffer.concat([Buffer.from([0x80, 0x02]), Buffer.from("c__builtin__\nset\nq\x00)\x81q\x01.")]));
+  await page.setInputFiles("#files", pickle);
+  await page.click("#upload-submit");
+  const refused = page.locator("#upload-error");
+  await refused.filter({ hasText: "Refused" }).waitFor();
+  assert.match(await refused.innerText(), /pickle/i);
+  await shot("02-models");
+  assert.equal(await page.locator("#model-list tbody tr").count(), 1, "the refused file is not listed");
+});
+
+test("a job from a preset reaches 100 % and succeeded without a reload; its page downloads the artifact", async () => {
+  await page.evaluate(() => { window.sameDocument = true; });
+  await page.click("nav >> text=New job");
+  await page.locator("#job-form").waitFor();
+  await page.check("#preset-list input[value=int8]");
+  await shot("04-new-job");
+  await page.click("#job-submit");
+  await page.waitForURL(/#\/jobs\?model=/);
+  const first = page.locator("#job-list tbody tr").first();
+  const row = page.locator(`#job-list tr[data-job="${await first.getAttribute("data-job")}"]`);
+  await row.locator(".state-succeeded").waitFor({ timeout: 60000 });
+  assert.equal(await row.locator("progress").getAttribute("value"), "1");
+  assert.match(await row.locator(".progress-label").innerText(), /^100 %/);
+
+  // A job submitted while the list is open appears and finishes through the event stream.
+  const models = (await api("/models")).body.items;
+  const submitted = await api("/jobs", { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ model_id: models[0].id, preset: "prune-50", name: "live" }) });
+  assert.equal(submitted.status, 202);
+  const live = page.locator(`#job-list tr[data-job="${submitted.body.id}"]`);
+  await live.locator(".state-succeeded").waitFor({ timeout: 60000 });
+  assert.equal(await page.evaluate(() => window.sameDocument), true, "the page never reloaded");
+  await shot("03-jobs");
+
+  await row.locator("a").first().click();
+  await page.locator("#job-cards .stat").first().waitFor();
+  const cards = await page.locator("#job-cards").innerText();
+  assert.match(cards, /RATIO/i);
+  assert.match(cards, /Bits per weight/i);
+  assert.ok(await page.locator("#job-tensors tbody tr").count() >= 2);
+  assert.match(await page.locator("#recipe-json").innerText(), /"quantize"/);
+  await shot("05-job");
+  // The weight file keeps the uploaded file's name.
+  const fileRow = page.locator("#job-files tbody tr").filter({ hasText: "tiny.safetensors" });
+  const listedSha = (await fileRow.locator("code.hash").innerText()).trim();
+  const [download] = await Promise.all([page.waitForEvent("download"), fileRow.locator("button.download").click()]);
+  const saved = join(work, "downloaded.safetensors");
+  await download.saveAs(saved);
+  assert.equal(download.suggestedFilename(), "tiny.safetensors");
+  assert.equal(sha256(readFileSync(saved)), listedSha, "the downloaded bytes are the listed file");
+});
+
+test("a refused recipe shows the server's message next to the field; bad values are flagged as typed", async () => {
+  await page.goto(`${server.base}/#/new?mode=recipe`);
+  await page.locator("#stage-0-bits").waitFor();
+  await page.fill("#stage-0-bits", "12");
+  assert.match(await page.locator("#stage-0-bits-error").innerText(), /between 2 and 8/);
+  assert.equal(await page.locator("#stage-0-bits").getAttribute("aria-invalid"), "true");
+  await page.fill("#stage-0-bits", "4");
+  assert.equal(await page.locator("#stage-0-bits-error").innerText(), "");
+  await page.fill("#stage-0-group_size", "96");
+  await page.click("#job-submit");
+  const message = page.locator("#stage-0-group_size-error");
+  await message.filter({ hasText: "does not divide" }).waitFor();
+  assert.match(await message.innerText(), /group_size 96 does not divide the row length 128/);
+  await shot("04-new-job-refused");
+});
+
+test("three jobs of one sweep draw three points on the compare view with the frontier marked", async () => {
+  const model = await uploadByApi("sweep", [["a.weight", [32, 256]], ["b.weight", [32, 256]]]);
+  await page.goto(`${server.base}/#/new?mode=recipe&model=${model.id}`);
+  await page.locator("#stage-0-granularity").selectOption("channel");
+  await page.locator("#job-format").selectOption("compressed-tensors");
+  await page.locator("#sweep-param").selectOption("0.bits");
+  await page.fill("#sweep-values", "2, 4, 8");
+  assert.equal(await page.locator("#job-submit").innerText(), "Submit 3 jobs");
+  await page.click("#job-submit");
+  await page.waitForURL(/#\/jobs\?model=/);
+  await page.goto(`${server.base}/#/compare?model=${model.id}`);
+  await page.waitForFunction(() => document.querySelectorAll("#pareto g.frontier circle, #pareto g.dominated circle").length === 3, null, { timeout: 60000 });
+  assert.ok(await page.locator("#pareto g.frontier circle").count() >= 1);
+  assert.equal(await page.locator("#pareto g.frontier-line path").count(), 1, "the frontier is joined");
+  assert.equal(await page.locator("#pareto g.original path").count(), 1, "the original is marked");
+  const boxes = page.locator("#compare-list input[type=checkbox]");
+  await boxes.nth(0).check();
+  await boxes.nth(2).check();
+  await page.locator("#side-by-side table").waitFor();
+  await page.waitForFunction(() => document.querySelectorAll("#heatmap g.heat-cell rect").length === 4);
+  await page.check("#differences-only");
+  assert.ok(!(await page.locator("#side-by-side").innerText()).includes("Format"), "equal rows are hidden");
+  assert.match(page.url(), /select=/);
+  await shot("06-compare");
+  await page.locator("#pareto g.frontier circle").first().click();
+  await page.waitForURL(/#\/jobs\/[0-9a-f-]{36}$/);
+});
+
+test("job filters live in the URL, so a link shows the same list", async () => {
+  await page.goto(`${server.base}/#/jobs`);
+  await page.locator("#job-state").selectOption("succeeded");
+  await page.waitForURL(/state=succeeded/);
+  await page.fill("#job-search", "live");
+  await page.waitForURL(/q=live/);
+  await page.locator("#job-list tbody tr").first().waitFor();
+  assert.equal(await page.locator("#job-list tbody tr").count(), 1);
+  const link = page.url();
+  await page.goto("about:blank");
+  await page.goto(link);
+  await page.locator("#job-list tbody tr").first().waitFor();
+  assert.equal(await page.locator("#job-list tbody tr").count(), 1);
+  assert.equal(await page.locator("#job-search").inputValue(), "live");
+  await page.goto(`${server.base}/#/jobs?method=low_rank`);
+  await page.locator(".empty").filter({ hasText: "No job matches" }).waitFor();
+  await page.setViewportSize({ width: 420, height: 900 });
+  await page.goto(`${server.base}/#/jobs`);
+  await page.locator("#job-list tbody tr").first().waitFor();
+  await shot("07-jobs-narrow");
+  await page.setViewportSize({ width: 1280, height: 900 });
+});
+
+test("the demo's evaluated jobs plot accuracy against size with latency as colour", async () => {
+  const demo = await api("/demo", { method: "POST" });
+  assert.equal(demo.status, 201, JSON.stringify(demo.body));
+  await page.goto(`${server.base}/#/compare?model=${demo.body.model.id}`);
+  await page.waitForFunction((n) => document.querySelectorAll("#pareto g.frontier circle, #pareto g.dominated circle").length === n, demo.body.jobs.length, { timeout: 120000 });
+  assert.equal(await page.locator("#compare-y").inputValue(), "accuracy");
+  assert.match(await page.locator("#pareto").innerText(), /latency/);
+  await shot("08-compare-demo");
+});
+
+test("sign-out forgets the token", async () => {
+  await page.click("#sign-out");
+  await page.locator("#token-form").waitFor();
+  assert.equal(await page.evaluate(() => localStorage.getItem("squeeze.token")), null);
+  assert.deepEqual(errors, [], "no script errors in the page");
+});
