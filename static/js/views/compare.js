@@ -155,7 +155,7 @@ function drawPlot(figure, rows, xAxis, yAxis, withColour) {
     marginLeft: 60,
     grid: true,
     x: { label: xAxis.label(rows), nice: true },
-    y: { label: yAxis.label, nice: true },
+    y: { label: yAxis.label, nice: true, percent: yAxis === Y_AXES.error },
     color: fill ? { type: "linear", scheme: "viridis", label: "latency (ms)", legend: true } : undefined,
     marks: [
       Plot.line(front, { x: "x", y: "y", stroke: "#0b5cad", strokeWidth: 2, className: "frontier-line" }),

@@ -59,7 +59,7 @@ export async function render(container, { params, signal }) {
         h("a", { class: "button", href: "#/new" }, "New job")));
       return;
     }
-    body.replaceChildren(sortableTable({
+    body.replaceChildren(h("div", { class: "scroll" }, sortableTable({
       columns: columns(message, load),
       rows: page.items,
       sort: params.get("sort") ? { key: params.get("sort"), descending: params.get("desc") === "1" } : null,
@@ -69,7 +69,7 @@ export async function render(container, { params, signal }) {
         setParams(params);
       },
       rowAttrs: (job) => ({ dataset: { job: job.id, state: job.state } }),
-    }));
+    })));
   };
   async function load() {
     page = await getJson(listPath(params));
