@@ -100,6 +100,16 @@ test("a model uploaded through the file input is listed; a pickle file is refuse
   assert.match(await row.innerText(), /64\.\d KiB/);
   assert.match(await row.innerText(), /16\.5 k/);
 
+  // A drop onto the zone picks files as the picker does.
+  const dropped = await page.evaluateHandle(() => {
+    const transfer = new DataTransfer();
+    transfer.items.add(new File([new Uint8Array(16)], "shard-00001.safetensors"));
+    transfer.items.add(new File(["{}"], "config.json"));
+    return transfer;
+  });
+  await page.dispatchEvent("#drop-zone", "drop", { dataTransfer: dropped });
+  assert.match(await page.locator("#chosen").innerText(), /2 files: shard-00001\.safetensors \(16 B\), config\.json/);
+
   const pickle = join(work, "pytorch_model.bin");
   writeFileSync(pickle, Buffer.concat([Buffer.from([0x80, 0x02]), Buffer.from("c__builtin__\nset\nq\x00)\x81q\x01.")]));
   await page.setInputFiles("#files", pickle);
