@@ -383,11 +383,7 @@ async fn bad_recipes_are_refused_at_submission_naming_the_rule() {
 
 #[tokio::test]
 async fn a_queued_job_canceled_never_starts_and_other_teams_cannot_see_jobs() {
-    let app = spawn_app_with(Options {
-        workers: 0,
-        ..Options::default()
-    })
-    .await;
+    let app = spawn_queue_only().await;
     let (model_id, _) = upload_model(&app, 16, 64).await;
     let job: Value = submit_int8(&app, &model_id).await;
     let id = job["id"].as_str().unwrap();
@@ -432,11 +428,7 @@ async fn a_queued_job_canceled_never_starts_and_other_teams_cannot_see_jobs() {
 
 #[tokio::test]
 async fn a_stale_worker_is_fenced_and_an_expired_lease_is_rescued() {
-    let app = spawn_app_with(Options {
-        workers: 0,
-        ..Options::default()
-    })
-    .await;
+    let app = spawn_queue_only().await;
     let db = &app.state.db;
     let (model_id, _) = upload_model(&app, 16, 64).await;
     let job: Value = submit_int8(&app, &model_id).await;
@@ -489,11 +481,7 @@ async fn a_stale_worker_is_fenced_and_an_expired_lease_is_rescued() {
 
 #[tokio::test]
 async fn retries_back_off_stop_at_the_maximum_and_bad_input_fails_at_once() {
-    let app = spawn_app_with(Options {
-        workers: 0,
-        ..Options::default()
-    })
-    .await;
+    let app = spawn_queue_only().await;
     let db = &app.state.db;
     let (model_id, _) = upload_model(&app, 16, 64).await;
     let job: Value = submit(
@@ -757,6 +745,15 @@ async fn jobs_start_and_events_flow_after_the_listen_connections_are_killed() {
     assert_eq!(job["state"], "succeeded", "{job}");
 }
 
+/// A server with no workers: submitted jobs stay queued until a test claims them.
+async fn spawn_queue_only() -> TestApp {
+    spawn_app_with(Options {
+        workers: 0,
+        ..Options::default()
+    })
+    .await
+}
+
 /// Reads an event stream until an event of `kind` arrives; its data as JSON.
 async fn next_event(stream: &mut reqwest::Response, kind: &str) -> Value {
     let mut text = String::new();
@@ -783,11 +780,7 @@ async fn next_event(stream: &mut reqwest::Response, kind: &str) -> Value {
 
 #[tokio::test]
 async fn the_job_list_filters_by_method_text_and_time_and_the_team_stream_sees_only_its_team() {
-    let app = spawn_app_with(Options {
-        workers: 0,
-        ..Options::default()
-    })
-    .await;
+    let app = spawn_queue_only().await;
     let app = &app;
     let (model_id, _) = upload_model(app, 16, 128).await;
     let other = app.token_of("team-b").await;
