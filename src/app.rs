@@ -11,7 +11,9 @@ use std::time::Duration;
 use anyhow::Context;
 use axum::Router;
 use axum::body::Body;
+use axum::extract::DefaultBodyLimit;
 use axum::extract::FromRef;
+use axum::http::HeaderValue;
 use axum::http::{Request, Response, StatusCode, header};
 use axum::middleware;
 use axum::response::IntoResponse;
@@ -19,6 +21,7 @@ use sqlx::PgPool;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::services::ServeDir;
+use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::config::ServeArgs;
@@ -211,9 +214,18 @@ fn browsable(addr: SocketAddr) -> SocketAddr {
 pub fn router(state: AppState, static_dir: &Path) -> Router {
     let dashboard = ServeDir::new(static_dir).append_index_html_on_directories(true);
     let (api, _document) = api::routes().split_for_parts();
-    api.fallback_service(dashboard)
+    let routes = api
+        .fallback_service(dashboard)
         .with_state(state)
-        .layer(middleware::map_response(problem_for_every_error))
+        .layer(middleware::from_fn(refuse_nul_in_uri))
+        // Every JSON body; the upload routes lift it for their streamed bodies.
+        .layer(DefaultBodyLimit::max(MAX_JSON_BODY_BYTES))
+        .layer(middleware::map_response(problem_for_every_error));
+    SECURITY_HEADERS
+        .into_iter()
+        .fold(routes, |routes, (name, value)| {
+            routes.layer(security_header(name, value))
+        })
         .layer(CatchPanicLayer::custom(|_panic: Box<dyn std::any::Any + Send>| {
             ApiError::internal("a handler panicked").into_response()
         }))
@@ -232,6 +244,48 @@ pub fn router(state: AppState, static_dir: &Path) -> Router {
                 .on_failure(()),
         )
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+}
+
+/// Largest request body outside the uploads: a job request with a thousand exact tensor
+/// names is about 60 KiB.
+pub const MAX_JSON_BODY_BYTES: usize = 256 << 10;
+
+/// The dashboard keeps its token in `localStorage`, so no script may run but its own files:
+/// no inline or foreign scripts, no framing, no sniffing, no referrer. Plot's charts carry
+/// `<style>` elements and style attributes, hence inline styles only.
+const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'; \
+    style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; connect-src 'self'; \
+    object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
+
+/// Security headers on every response (the API's included: its JSON is never a page), each
+/// set only where the handler set none.
+const SECURITY_HEADERS: [(&str, &str); 4] = [
+    ("content-security-policy", CONTENT_SECURITY_POLICY),
+    ("x-frame-options", "DENY"),
+    ("x-content-type-options", "nosniff"),
+    ("referrer-policy", "no-referrer"),
+];
+
+fn security_header(name: &'static str, value: &'static str) -> SetResponseHeaderLayer<HeaderValue> {
+    SetResponseHeaderLayer::if_not_present(
+        header::HeaderName::from_static(name),
+        HeaderValue::from_static(value),
+    )
+}
+
+/// A NUL character in the path or query (`%00`) is refused before any handler sees it:
+/// PostgreSQL cannot store or compare it in text.
+async fn refuse_nul_in_uri(request: Request<Body>, next: middleware::Next) -> Response<Body> {
+    let uri = request.uri();
+    let encoded_nul = |s: &str| {
+        s.as_bytes()
+            .windows(3)
+            .any(|w| w.eq_ignore_ascii_case(b"%00"))
+    };
+    if encoded_nul(uri.path()) || uri.query().is_some_and(encoded_nul) {
+        return ApiError::nul_character("the request's path or query").into_response();
+    }
+    next.run(request).await
 }
 
 /// Rewrites any error response that is not already problem+json (framework rejections, 404 of

@@ -119,6 +119,14 @@ impl ApiError {
         Self::new(StatusCode::UNPROCESSABLE_ENTITY, code, detail)
     }
 
+    /// 422: text that holds a NUL character, which PostgreSQL cannot store.
+    pub fn nul_character(what: &str) -> Self {
+        Self::unprocessable(
+            "nul_character",
+            format!("{what} holds a NUL character (U+0000), which is not allowed"),
+        )
+    }
+
     /// 500: logs the cause here, once, and returns a generic body.
     pub fn internal(cause: impl std::fmt::Display) -> Self {
         tracing::error!(error = %cause, "internal error");
@@ -193,5 +201,15 @@ impl From<sqlx::Error> for ApiError {
 impl From<anyhow::Error> for ApiError {
     fn from(err: anyhow::Error) -> Self {
         Self::internal(format_args!("{err:#}"))
+    }
+}
+
+/// Whether any string in a JSON document (keys included) holds a NUL character.
+pub fn holds_nul(value: &serde_json::Value) -> bool {
+    match value {
+        serde_json::Value::String(s) => s.contains('\0'),
+        serde_json::Value::Array(items) => items.iter().any(holds_nul),
+        serde_json::Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || holds_nul(v)),
+        _ => false,
     }
 }

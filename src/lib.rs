@@ -15,5 +15,6 @@ pub mod error;
 pub mod eval;
 pub mod formats;
 pub mod jobs;
+pub mod numeric;
 pub mod store;
 pub mod worker;

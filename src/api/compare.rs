@@ -39,11 +39,23 @@ pub struct CompareRow {
     pub format: String,
     pub bytes_in: u64,
     pub bytes_out: u64,
+    #[serde(with = "crate::numeric::metric")]
+    #[schema(value_type = crate::numeric::Metric)]
     pub ratio: f64,
+    #[serde(with = "crate::numeric::metric")]
+    #[schema(value_type = crate::numeric::Metric)]
     pub bits_per_weight: f64,
+    #[serde(with = "crate::numeric::metric")]
+    #[schema(value_type = crate::numeric::Metric)]
     pub sparsity: f64,
+    #[serde(with = "crate::numeric::metric")]
+    #[schema(value_type = crate::numeric::Metric)]
     pub mean_rel_error: f64,
+    #[serde(with = "crate::numeric::metric")]
+    #[schema(value_type = crate::numeric::Metric)]
     pub worst_rel_error: f64,
+    #[serde(with = "crate::numeric::metric")]
+    #[schema(value_type = crate::numeric::Metric)]
     pub wall_seconds: f64,
     /// Latency and accuracy of the original and the compressed model, when evaluated.
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -141,7 +141,7 @@ async fn submit_job(
             let key = v
                 .to_str()
                 .ok()
-                .filter(|k| !k.is_empty() && k.len() <= 255)
+                .filter(|k| (1..=255).contains(&k.len()) && k.bytes().all(|b| b.is_ascii_graphic()))
                 .ok_or_else(|| {
                     ApiError::bad_request(
                         "bad_idempotency_key",
@@ -176,10 +176,27 @@ async fn submit_job(
             "a job name has at most 255 characters",
         ));
     }
+    if request.name.as_ref().is_some_and(|n| n.contains('\0'))
+        || request
+            .eval
+            .as_ref()
+            .is_some_and(|e| serde_json::to_value(e).is_ok_and(|v| crate::error::holds_nul(&v)))
+    {
+        return Err(ApiError::nul_character("the job's name or eval section"));
+    }
     let (model_sha256, tensors) = models::tensor_metas(&state.db, caller.team_id, request.model_id)
         .await?
         .ok_or_else(|| ApiError::not_found("model", request.model_id))?;
-    recipe.validate(&tensors).map_err(recipe_error)?;
+    // Compiling patterns and matching them against thousands of tensors is CPU work, bounded
+    // by the recipe's limits but kept off the async threads all the same.
+    let (recipe, tensors) = tokio::task::spawn_blocking(move || {
+        recipe
+            .validate(&tensors)
+            .map(|_| (recipe, tensors))
+            .map_err(recipe_error)
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("recipe validation stopped: {e}")))??;
     if let Some(spec) = &request.eval {
         evaluation::check_spec(
             &state.db,

@@ -54,6 +54,7 @@ pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(openapi_json))
         .routes(routes!(docs_page))
+        .routes(routes!(docs_script))
 }
 
 /// The base document the router's paths are added to.
@@ -164,4 +165,22 @@ async fn openapi_json() -> impl IntoResponse {
 )]
 async fn docs_page() -> Html<&'static str> {
     Html(include_str!("openapi_page.html"))
+}
+
+/// API reference page's script
+///
+/// The reference page's script: a file of its own, so the page runs under the same content
+/// security policy as the dashboard (no inline scripts).
+#[utoipa::path(
+    get,
+    path = "/api/docs.js",
+    tag = "operations",
+    security(()),
+    responses((status = 200, description = "JavaScript", body = String, content_type = "text/javascript"))
+)]
+async fn docs_script() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        include_str!("openapi_page.js"),
+    )
 }

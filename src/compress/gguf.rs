@@ -45,6 +45,23 @@ pub enum BlockType {
 }
 
 impl BlockType {
+    /// The largest weight magnitude this type is taken to store: its blocks keep their scale
+    /// (and minimum) as F16, at most 65504, times the largest code. Beyond it the scale would
+    /// be infinite (llama-quantize writes such blocks; squeeze refuses the tensor). For the
+    /// K-quants the bound leaves out the sub-block scales, so it is conservative: about 10^6,
+    /// far above any trained weight.
+    pub fn largest_magnitude(self) -> f32 {
+        let largest_code: f32 = match self {
+            BlockType::Q8_0 => 127.0,
+            BlockType::Q4_0 => 8.0,
+            BlockType::Q4_1 | BlockType::Q4_K => 15.0,
+            BlockType::Q5_0 => 16.0,
+            BlockType::Q5_1 => 31.0,
+            BlockType::Q6_K => 32.0,
+        };
+        half::f16::MAX.to_f32() * largest_code
+    }
+
     /// Bytes of one block.
     pub fn block_bytes(self) -> usize {
         match self {

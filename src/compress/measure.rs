@@ -17,6 +17,9 @@ pub(crate) struct Sums {
     pub(crate) max_abs: f64,
     pub(crate) zeros: u64,
     pub(crate) non_finite: u64,
+    /// Stored values that are not finite where the original was: the method or the format
+    /// cannot represent the tensor (see [`settle_overflow`]).
+    pub(crate) unrepresentable: u64,
     pub(crate) count: u64,
 }
 
@@ -29,9 +32,87 @@ impl Sums {
         self.max_abs = self.max_abs.max(o.max_abs);
         self.zeros += o.zeros;
         self.non_finite += o.non_finite;
+        self.unrepresentable += o.unrepresentable;
         self.count += o.count;
         self
     }
+
+    /// Whether some figure left the range of the f32 lanes although every original value was
+    /// finite: weights near the dtype's maximum square past f32's range, or a stored value
+    /// rounded past the output dtype's largest finite value.
+    pub(crate) fn overflowed(&self) -> bool {
+        self.non_finite == 0
+            && ![
+                self.orig_sq,
+                self.out_sq,
+                self.err_sq,
+                self.dot,
+                self.max_abs,
+            ]
+            .iter()
+            .all(|v| v.is_finite())
+    }
+}
+
+/// The largest finite value of a float dtype, as f32 (values are computed in f32).
+fn finite_max(dtype: Dtype) -> f32 {
+    match dtype {
+        Dtype::F16 => 65504.0,
+        Dtype::BF16 => f32::from_bits(0x7F7F_0000),
+        _ => f32::MAX,
+    }
+}
+
+/// The rare path of a chunk whose figures [`Sums::overflowed`]: stored infinities where the
+/// original was finite are saturated to the dtype's largest finite value (the rounding that
+/// overflowed moved the value by less than one step of the dtype), then the sums are taken
+/// again over the stored bytes in f64, whose range holds the square of any f32. Any other
+/// non-finite stored value where the original was finite is counted as unrepresentable, for
+/// the caller to refuse.
+pub(crate) fn settle_overflow(dtype: Dtype, input: &[u8], out: &mut [u8]) -> Sums {
+    let width = dtype::float_width(dtype);
+    let count = input.len() / width;
+    let mut original = vec![0f32; count];
+    let mut stored = vec![0f32; count];
+    dtype::decode(dtype, input, &mut original);
+    dtype::decode(dtype, out, &mut stored);
+    let max = finite_max(dtype);
+    // Only a store into a narrower dtype rounds a finite f32 up to infinity; an infinity in
+    // F32 came from a computation that overflowed, which no saturation makes right.
+    let narrower = matches!(dtype, Dtype::F16 | Dtype::BF16);
+    let mut saturated = false;
+    for (s, o) in stored.iter_mut().zip(&original) {
+        if narrower && s.is_infinite() && o.is_finite() {
+            *s = max.copysign(*s);
+            saturated = true;
+        }
+    }
+    if saturated {
+        dtype::encode(dtype, &stored, out);
+    }
+    let mut sums = Sums {
+        count: count as u64,
+        ..Sums::default()
+    };
+    for (&x, &y) in original.iter().zip(&stored) {
+        if !x.is_finite() {
+            sums.non_finite += 1;
+            continue;
+        }
+        if !y.is_finite() {
+            sums.unrepresentable += 1;
+            continue;
+        }
+        let (x, y) = (f64::from(x), f64::from(y));
+        let e = x - y;
+        sums.orig_sq += x * x;
+        sums.out_sq += y * y;
+        sums.err_sq += e * e;
+        sums.dot += x * y;
+        sums.max_abs = sums.max_abs.max(e.abs());
+        sums.zeros += u64::from(y == 0.0);
+    }
+    sums
 }
 
 /// Independent f32 accumulators for the metric sums: lanes the compiler keeps in vector
@@ -98,6 +179,7 @@ impl Lanes {
             max_abs: self.max_abs.iter().fold(0f64, |m, &v| m.max(f64::from(v))),
             zeros: self.zeros.iter().map(|&z| u64::from(z)).sum::<u64>() - self.padding,
             non_finite: self.non_finite.iter().map(|&z| u64::from(z)).sum(),
+            unrepresentable: 0,
             count: count as u64,
         }
     }

@@ -17,7 +17,7 @@ use crate::compress::encoded::{self, Assembly, Encoded, Piece};
 use crate::compress::fused::OnePass;
 use crate::compress::gguf::{self, BlockType};
 use crate::compress::lowrank::{self, Factors, LowRankError, Rank};
-use crate::compress::measure::{Sums, store_and_measure};
+use crate::compress::measure::{self, Sums, store_and_measure};
 use crate::compress::prune::{self, GlobalCut, GlobalPass, MagnitudeCut, Norm, prune_count};
 use crate::compress::quantize::{
     Granularity, IntScheme, QParams, ScaleDtype, min_max, min_max_bf16, min_max_f32,
@@ -212,6 +212,26 @@ pub enum TransformError {
     NonFinite {
         /// How many.
         count: u64,
+    },
+    /// The weights are beyond what the method or its stored form can hold (a GGUF block's F16
+    /// scale for weights above about 8e6, k-means distances past f32's range): the result
+    /// would be NaN.
+    #[error(
+        "{count} values cannot be represented by this method: the weights exceed the range its stored form holds"
+    )]
+    OutOfRange {
+        /// How many.
+        count: u64,
+    },
+    /// Weights too large for a GGUF block's F16 scale.
+    #[error(
+        "weights reach {largest:e}, beyond the {limit:e} that this GGUF type's F16 block scale can store"
+    )]
+    BeyondBlockScale {
+        /// The tensor's largest magnitude.
+        largest: f32,
+        /// [`BlockType::largest_magnitude`].
+        limit: f32,
     },
 }
 
@@ -647,6 +667,28 @@ fn transform_choosing(
     let mut globals: Vec<Global> = Vec::with_capacity(steps.len());
     let mut low_rank = None;
     let chunk_bytes = layout.rows_per_chunk * layout.cols * layout.width;
+    if let Some(limit) = steps
+        .iter()
+        .filter_map(|s| match s {
+            Step::Gguf(kind) => Some(kind.largest_magnitude()),
+            _ => None,
+        })
+        .reduce(f32::min)
+    {
+        let (min, max) = stored_range(view, 0, chunk_bytes).unwrap_or_else(|| {
+            tensor_range(layout.chunks(), &|c, sink: &mut dyn FnMut(&[f32])| {
+                BUFFERS.with_borrow_mut(|(buf, _)| {
+                    decode_chunk(c, buf);
+                    sink(buf);
+                })
+            })
+        });
+        let largest = min.abs().max(max.abs());
+        // Infinities and NaNs are refused by name after the pass that counts them.
+        if largest.is_finite() && largest > limit {
+            return Err(TransformError::BeyondBlockScale { largest, limit });
+        }
+    }
     for (i, step) in steps.iter().enumerate() {
         let visit = |c: usize, sink: &mut dyn FnMut(&[f32])| {
             BUFFERS.with_borrow_mut(|(buf, _)| {
@@ -759,8 +801,16 @@ fn transform_choosing(
                 cancel.check()?;
                 let range = layout.chunk_values(c);
                 let input = &view.bytes[range.start * layout.width..range.end * layout.width];
+                let settled = |sums: Sums, out_chunk: &mut [u8]| {
+                    if sums.overflowed() {
+                        measure::settle_overflow(view.dtype, input, out_chunk)
+                    } else {
+                        sums
+                    }
+                };
                 if let Some(kernel) = one_pass {
-                    return Ok((kernel.run(view.dtype, layout.cols, input, out_chunk), None));
+                    let sums = kernel.run(view.dtype, layout.cols, input, out_chunk);
+                    return Ok((settled(sums, out_chunk), None));
                 }
                 Ok(BUFFERS.with_borrow_mut(|(original, values)| {
                     decode_chunk(c, values);
@@ -770,7 +820,7 @@ fn transform_choosing(
                     // Measure what is stored, after rounding to the output dtype, against the
                     // original re-read from the input (cheaper than keeping a decoded copy).
                     let sums = store_and_measure(view.dtype, input, original, values, out_chunk);
-                    (sums, piece)
+                    (settled(sums, out_chunk), piece)
                 }))
             },
         )
@@ -784,6 +834,11 @@ fn transform_choosing(
     if sums.non_finite > 0 {
         return Err(TransformError::NonFinite {
             count: sums.non_finite,
+        });
+    }
+    if sums.unrepresentable > 0 {
+        return Err(TransformError::OutOfRange {
+            count: sums.unrepresentable,
         });
     }
     let encoded = (path == Path::Encoding).then(|| {

@@ -40,7 +40,11 @@ pub struct Measure {
     /// Tokens per sequence (token models).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tokens: Option<u64>,
+    #[serde(with = "crate::numeric::metric")]
+    #[schema(value_type = crate::numeric::Metric)]
     pub median_ms: f64,
+    #[serde(with = "crate::numeric::metric")]
+    #[schema(value_type = crate::numeric::Metric)]
     pub p90_ms: f64,
     pub repeats: u64,
 }

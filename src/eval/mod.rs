@@ -220,6 +220,8 @@ pub struct Figures {
     /// `cosine_mean`, `cosine_min`, `accuracy`, `accuracy_noise_<σ>`), and `latency_ms`: the
     /// headline latency (ms per generated token for decoders, ms per single-row batch
     /// otherwise).
+    #[serde(with = "crate::numeric::metric::map")]
+    #[schema(value_type = BTreeMap<String, crate::numeric::Metric>)]
     pub metrics: BTreeMap<String, f64>,
     /// Every latency measurement.
     pub latency: Vec<Measure>,
@@ -262,6 +264,8 @@ pub struct EvalReport {
     pub original: Figures,
     pub compressed: Figures,
     /// Original latency / compressed latency (headline figures): above 1 is faster.
+    #[serde(with = "crate::numeric::metric")]
+    #[schema(value_type = crate::numeric::Metric)]
     pub speedup: f64,
     pub runtime: Runtime,
     /// Whether the original's figures came from an earlier job on the same model, set and CPU.
@@ -269,6 +273,8 @@ pub struct EvalReport {
     /// The budget's metric.
     pub metric: String,
     /// How much `metric` dropped (see `max_drop`).
+    #[serde(with = "crate::numeric::metric")]
+    #[schema(value_type = crate::numeric::Metric)]
     pub drop: f64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_drop: Option<f64>,

@@ -12,12 +12,16 @@ use std::fmt;
 use std::io::Read;
 
 use serde::Deserialize;
-use serde::de::{self, DeserializeSeed, MapAccess, Visitor};
+use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 
 /// Largest header accepted, in bytes (the reference reader's limit).
 pub const MAX_HEADER_BYTES: u64 = 100_000_000;
 /// Largest number of tensors accepted in one file.
 pub const MAX_TENSORS: usize = 1 << 18;
+/// Longest tensor name accepted, in bytes.
+pub const MAX_NAME_BYTES: usize = 1024;
+/// Most dimensions a tensor may have (NumPy allows 64; real weights have at most 5).
+pub const MAX_DIMENSIONS: usize = 16;
 
 /// Element types of the safetensors format.
 #[allow(non_camel_case_types, clippy::upper_case_acronyms)]
@@ -254,6 +258,12 @@ pub enum SafetensorsError {
     DuplicateTensor { name: String },
     #[error("__metadata__ value for key {key:?} is not a string")]
     MetadataNotString { key: String },
+    #[error(
+        "tensor name {name:?} (its start) is longer than {MAX_NAME_BYTES} bytes or holds a NUL character"
+    )]
+    BadName { name: String },
+    #[error("tensor {name:?} has more than {MAX_DIMENSIONS} dimensions")]
+    TooManyDimensions { name: String },
     #[error("tensor {name:?} has unknown dtype {dtype:?}")]
     UnknownDtype { name: String, dtype: String },
     #[error("tensor {name:?}: shape product overflows")]
@@ -317,6 +327,8 @@ impl SafetensorsError {
             SafetensorsError::DuplicateTensor { .. } => "duplicate_tensor",
             SafetensorsError::MetadataNotString { .. } => "metadata_not_string",
             SafetensorsError::UnknownDtype { .. } => "unknown_dtype",
+            SafetensorsError::BadName { .. } => "bad_tensor_name",
+            SafetensorsError::TooManyDimensions { .. } => "too_many_dimensions",
             SafetensorsError::ShapeOverflow { .. } => "shape_overflow",
             SafetensorsError::MisalignedTensor { .. } => "misaligned_tensor",
             SafetensorsError::OffsetsReversed { .. } => "offsets_reversed",
@@ -341,7 +353,8 @@ impl SafetensorsError {
             | SafetensorsError::OffsetsReversed { name, .. }
             | SafetensorsError::OffsetGap { name, .. }
             | SafetensorsError::OffsetOverlap { name, .. }
-            | SafetensorsError::SizeMismatch { name, .. } => Some(name),
+            | SafetensorsError::SizeMismatch { name, .. }
+            | SafetensorsError::TooManyDimensions { name } => Some(name),
             _ => None,
         }
     }
@@ -423,8 +436,103 @@ pub fn parse_header(json: &[u8]) -> Result<Header, SafetensorsError> {
 #[derive(Deserialize)]
 struct RawTensor {
     dtype: String,
+    #[serde(deserialize_with = "bounded_shape")]
     shape: Vec<u64>,
     data_offsets: (u64, u64),
+}
+
+/// The message by which [`bounded_shape`] stops a parse.
+const TOO_MANY_DIMENSIONS: &str = "more dimensions than allowed";
+
+/// A shape of at most [`MAX_DIMENSIONS`] entries, refused at the first one past it (a
+/// `Vec<u64>` would first hold all of them: 8 bytes for each of millions).
+fn bounded_shape<'de, D: de::Deserializer<'de>>(deserializer: D) -> Result<Vec<u64>, D::Error> {
+    struct Dims;
+    impl<'de> Visitor<'de> for Dims {
+        type Value = Vec<u64>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("an array of dimensions")
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<u64>, A::Error> {
+            let mut dims = Vec::new();
+            while let Some(d) = seq.next_element::<u64>()? {
+                if dims.len() == MAX_DIMENSIONS {
+                    return Err(de::Error::custom(TOO_MANY_DIMENSIONS));
+                }
+                dims.push(d);
+            }
+            Ok(dims)
+        }
+    }
+    deserializer.deserialize_seq(Dims)
+}
+
+/// `__metadata__`: string keys to string values, without NUL characters.
+struct MetadataSeed<'a> {
+    defect: &'a mut Option<SafetensorsError>,
+}
+
+impl<'de> DeserializeSeed<'de> for MetadataSeed<'_> {
+    type Value = BTreeMap<String, String>;
+
+    fn deserialize<D: de::Deserializer<'de>>(
+        self,
+        deserializer: D,
+    ) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for MetadataSeed<'_> {
+    type Value = BTreeMap<String, String>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an object of strings")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut strings = BTreeMap::new();
+        while let Some(key) = map.next_key::<String>()? {
+            match map.next_value::<OnlyString>() {
+                Ok(OnlyString(value)) if !key.contains('\0') && !value.contains('\0') => {
+                    strings.insert(key, value);
+                }
+                Ok(_) => {
+                    *self.defect = Some(SafetensorsError::BadName {
+                        name: format!(
+                            "__metadata__ {:?}",
+                            key.chars().take(64).collect::<String>()
+                        ),
+                    });
+                    return Err(de::Error::custom("NUL in metadata"));
+                }
+                Err(err) => {
+                    *self.defect = Some(SafetensorsError::MetadataNotString { key });
+                    return Err(err);
+                }
+            }
+        }
+        Ok(strings)
+    }
+}
+
+/// A JSON string, and nothing else: any other value is refused before it is read.
+struct OnlyString(String);
+
+impl<'de> Deserialize<'de> for OnlyString {
+    fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Text;
+        impl Visitor<'_> for Text {
+            type Value = String;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<String, E> {
+                Ok(v.to_owned())
+            }
+        }
+        deserializer.deserialize_str(Text).map(OnlyString)
+    }
 }
 
 struct RawHeader {
@@ -463,21 +571,18 @@ impl<'de> Visitor<'de> for HeaderSeed<'_> {
                 return Err(de::Error::custom("duplicate key"));
             }
             if key == "__metadata__" {
-                let values: BTreeMap<String, serde_json::Value> = map.next_value()?;
-                let mut strings = BTreeMap::new();
-                for (k, v) in values {
-                    match v {
-                        serde_json::Value::String(s) => {
-                            strings.insert(k, s);
-                        }
-                        _ => {
-                            *self.defect = Some(SafetensorsError::MetadataNotString { key: k });
-                            return Err(de::Error::custom("non-string metadata"));
-                        }
-                    }
-                }
-                metadata = Some(strings);
+                // Typed all the way down: a non-string value stops the parse where it starts,
+                // before an array or object inside it costs any memory.
+                metadata = Some(map.next_value_seed(MetadataSeed {
+                    defect: &mut *self.defect,
+                })?);
                 continue;
+            }
+            if key.len() > MAX_NAME_BYTES || key.contains('\0') {
+                *self.defect = Some(SafetensorsError::BadName {
+                    name: key.chars().take(64).collect(),
+                });
+                return Err(de::Error::custom("bad tensor name"));
             }
             if tensors.len() >= MAX_TENSORS {
                 *self.defect = Some(SafetensorsError::TooManyTensors {
@@ -485,9 +590,12 @@ impl<'de> Visitor<'de> for HeaderSeed<'_> {
                 });
                 return Err(de::Error::custom("too many tensors"));
             }
-            let entry: RawTensor = map
-                .next_value()
-                .map_err(|e| de::Error::custom(format_args!("tensor {key:?}: {e}")))?;
+            let entry: RawTensor = map.next_value().map_err(|e| {
+                if e.to_string().contains(TOO_MANY_DIMENSIONS) {
+                    *self.defect = Some(SafetensorsError::TooManyDimensions { name: key.clone() });
+                }
+                de::Error::custom(format_args!("tensor {key:?}: {e}"))
+            })?;
             tensors.push((key, entry));
         }
         Ok(RawHeader { metadata, tensors })

@@ -2,7 +2,7 @@
 //! (the names are part of the API contract: add fields, never rename), the built-in presets, and
 //! validation against a model's actual tensors at submission time.
 
-use regex::Regex;
+use regex::{Regex, RegexBuilder};
 use serde::{Deserialize, Serialize};
 
 use crate::compress::gguf::BlockType;
@@ -476,6 +476,10 @@ pub enum RecipeError {
     #[error("stage {stage}: clustering takes 1 to 8 bits (2 to 256 centroids), not {bits}")]
     ClusterBits { stage: usize, bits: u8 },
     #[error(
+        "targets and ignore hold {count} patterns, {regexes} of them re:; at most {MAX_PATTERNS} patterns and {MAX_REGEX_PATTERNS} re: patterns are allowed"
+    )]
+    TooManyPatterns { count: usize, regexes: usize },
+    #[error(
         "stage {stage}: low_rank takes exactly one of rank (at least 1) and energy (in (0, 1])"
     )]
     LowRankChoice { stage: usize },
@@ -590,6 +594,7 @@ impl RecipeError {
             RecipeError::Mlp(_) => "no_gated_mlp",
             RecipeError::GroupSize { .. } => "group_size_does_not_divide_row",
             RecipeError::BadPattern { .. } => "bad_pattern",
+            RecipeError::TooManyPatterns { .. } => "too_many_patterns",
             RecipeError::TargetMatchesNothing { .. } => "target_matches_nothing",
             RecipeError::NotFloat { .. } => "not_float",
             RecipeError::NothingSelected => "nothing_selected",
@@ -606,14 +611,43 @@ enum Pattern {
     Regex(Regex),
 }
 
+/// Most `targets` plus `ignore` entries in a recipe.
+pub const MAX_PATTERNS: usize = 1024;
+/// Most of them that are `re:` patterns.
+pub const MAX_REGEX_PATTERNS: usize = 32;
+/// Longest pattern, in bytes.
+pub const MAX_PATTERN_BYTES: usize = 1024;
+/// Largest compiled program of one `re:` pattern, and the most its lazy DFA may cache, in
+/// bytes: a recipe's patterns together stay under 16 MiB whatever they say.
+pub const MAX_REGEX_BYTES: usize = 256 << 10;
+
 impl Pattern {
     fn compile(text: &str) -> Result<Pattern, RecipeError> {
+        let bad = |reason: String| RecipeError::BadPattern {
+            pattern: text.chars().take(80).collect(),
+            reason,
+        };
+        if text.len() > MAX_PATTERN_BYTES {
+            return Err(bad(format!(
+                "{} bytes; a pattern has at most {MAX_PATTERN_BYTES}",
+                text.len()
+            )));
+        }
+        if text.contains('\0') {
+            return Err(bad("it holds a NUL character".into()));
+        }
         match text.strip_prefix("re:") {
-            Some(re) => Regex::new(&format!("^(?:{re})"))
+            Some(re) => RegexBuilder::new(&format!("^(?:{re})"))
+                .size_limit(MAX_REGEX_BYTES)
+                .dfa_size_limit(MAX_REGEX_BYTES)
+                .build()
                 .map(Pattern::Regex)
-                .map_err(|e| RecipeError::BadPattern {
-                    pattern: text.to_owned(),
-                    reason: e.to_string(),
+                .map_err(|e| match e {
+                    regex::Error::CompiledTooBig(_) => bad(format!(
+                        "it compiles to more than {} KiB; use exact names or a simpler expression",
+                        MAX_REGEX_BYTES >> 10
+                    )),
+                    e => bad(e.to_string()),
                 }),
             None => Ok(Pattern::Exact(text.to_owned())),
         }
@@ -639,15 +673,19 @@ pub struct Selection {
 }
 
 impl Selection {
-    /// Whether the tensor is compressed: a target matches it, no ignore does, it is a float, and
-    /// it has two or more dimensions unless a target names it exactly.
-    pub fn selects(&self, name: &str, dtype: Dtype, ndim: usize) -> bool {
-        if self.ignore.iter().any(|p| p.matches(name)) || !dtype::is_float(dtype) {
+    /// Whether the tensor is compressed: a target matches it, no ignore does, it is a float with
+    /// at least one element, and it has two or more dimensions unless a target names it exactly.
+    /// A tensor with a zero dimension has nothing to compress: every format stores it unchanged.
+    pub fn selects(&self, name: &str, dtype: Dtype, shape: &[u64]) -> bool {
+        if self.ignore.iter().any(|p| p.matches(name))
+            || !dtype::is_float(dtype)
+            || shape.contains(&0)
+        {
             return false;
         }
         self.targets
             .iter()
-            .any(|p| p.matches(name) && (ndim >= 2 || p.is_exact()))
+            .any(|p| p.matches(name) && (shape.len() >= 2 || p.is_exact()))
     }
 }
 
@@ -655,6 +693,12 @@ impl Recipe {
     /// Compiles the tensor selection. In compressed-tensors, default targets leave embeddings
     /// and `lm_head` dense, as llm-compressor does: vLLM loads neither quantized.
     pub fn selection(&self) -> Result<Selection, RecipeError> {
+        let given = self.targets.iter().chain(&self.ignore);
+        let regexes = given.clone().filter(|p| p.starts_with("re:")).count();
+        let count = given.count();
+        if count > MAX_PATTERNS || regexes > MAX_REGEX_PATTERNS {
+            return Err(RecipeError::TooManyPatterns { count, regexes });
+        }
         let mut ignore = self.ignore.clone();
         if self.format == OutputFormat::CompressedTensors && self.targets == default_targets() {
             ignore.extend(
@@ -778,7 +822,7 @@ impl Recipe {
         }
         let selected: Vec<&TensorMeta> = tensors
             .iter()
-            .filter(|t| selection.selects(&t.name, t.dtype, t.shape.len()))
+            .filter(|t| selection.selects(&t.name, t.dtype, &t.shape))
             .collect();
         if selected.is_empty() {
             return Err(RecipeError::NothingSelected);

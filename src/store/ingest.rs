@@ -19,6 +19,10 @@ pub static UPLOADED_BYTES: std::sync::atomic::AtomicU64 = std::sync::atomic::Ato
 
 /// Largest side file (config, tokenizer, index) accepted.
 pub const MAX_SIDE_FILE_BYTES: u64 = 64 << 20;
+/// Largest `config.json`: it is parsed into a document and kept (real ones are a few KiB).
+pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
+/// Largest shard index: parsed into a document (a 400-billion-parameter model's is ~100 KiB).
+pub const MAX_INDEX_BYTES: u64 = 16 << 20;
 /// Bytes gathered before handing a buffer to the writer thread.
 const WRITE_CHUNK: usize = 1 << 20;
 /// Buffers in flight between the network and the writer.
@@ -82,7 +86,10 @@ pub enum IngestError {
     Unsupported { name: String, reason: String },
     #[error("{name} is not valid JSON: {reason}")]
     BadJson { name: String, reason: String },
-    #[error("{name} is {len} bytes; side files are limited to {MAX_SIDE_FILE_BYTES} bytes")]
+    #[error(
+        "{name} is {len} bytes; side files are limited to {} bytes ({MAX_CONFIG_BYTES} for config.json, {MAX_INDEX_BYTES} for the shard index)",
+        MAX_SIDE_FILE_BYTES
+    )]
     SideFileTooLarge { name: String, len: u64 },
     #[error("reading the request body failed: {0}")]
     Body(String),
@@ -237,11 +244,26 @@ fn write_and_check(
         Some(v) => Some(v.finish().map_err(|source| invalid(&name, source))?),
         None => None,
     };
+    let temp_len = temp.len();
     let blob = temp.seal()?;
     let json = match kind {
-        FileKind::ShardIndex | FileKind::Config => Some(read_json(&name, &blob)?),
+        FileKind::ShardIndex | FileKind::Config => {
+            let limit = if kind == FileKind::Config {
+                MAX_CONFIG_BYTES
+            } else {
+                MAX_INDEX_BYTES
+            };
+            if temp_len > limit {
+                return Err(IngestError::SideFileTooLarge {
+                    name,
+                    len: temp_len,
+                });
+            }
+            Some(read_json::<serde_json::Value>(&name, &blob)?)
+        }
+        // Checked for well-formedness only: nothing of it is kept, so nothing is built.
         FileKind::Side if name.to_ascii_lowercase().ends_with(".json") => {
-            read_json(&name, &blob)?;
+            read_json::<serde::de::IgnoredAny>(&name, &blob)?;
             None
         }
         _ => None,
@@ -282,7 +304,10 @@ fn foreign_reason(format: ForeignFormat) -> String {
     }
 }
 
-fn read_json(name: &str, blob: &SealedBlob) -> Result<serde_json::Value, IngestError> {
+fn read_json<T: serde::de::DeserializeOwned>(
+    name: &str,
+    blob: &SealedBlob,
+) -> Result<T, IngestError> {
     let file = std::fs::File::open(blob.temp_path())?;
     serde_json::from_reader(std::io::BufReader::new(file)).map_err(|e| IngestError::BadJson {
         name: name.to_owned(),

@@ -602,7 +602,7 @@ impl GgufWriter {
                         gguf::MAX_NAME
                     )));
                 }
-                let selected = selection.selects(&t.name, t.dtype, t.shape.len());
+                let selected = selection.selects(&t.name, t.dtype, &t.shape);
                 let kind = match block {
                     Some(kind) if selected => GgmlType::from(kind),
                     _ => gguf::dense_type(t.dtype).ok_or_else(|| {

@@ -63,6 +63,14 @@ pub fn cpu_pool() -> &'static rayon::ThreadPool {
         rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .thread_name(|i| format!("squeeze-cpu-{i}"))
+            // Jobs contain their own panics (`pipeline::contain_panic`); this handler is the
+            // last line, so a panic that escapes one is logged instead of aborting the process.
+            .panic_handler(|payload| {
+                tracing::error!(
+                    panic = %pipeline::panic_message(payload.as_ref()),
+                    "a task on the CPU pool panicked"
+                );
+            })
             .build()
             .expect("the CPU pool starts")
     })
@@ -311,24 +319,33 @@ impl Worker {
             cpu_pool().spawn(move || {
                 let _entered = span.enter();
                 let mut report = |p: &Progress| {
-                    *progress.lock().expect("progress lock") = Some(p.clone());
+                    *progress
+                        .lock()
+                        .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(p.clone());
                 };
-                let mut result =
-                    pipeline::run(&inputs, &recipe, &sha, &work_dir, &cancel, &mut report);
+                let mut result = pipeline::contain_panic(
+                    || "compression".to_owned(),
+                    || pipeline::run(&inputs, &recipe, &sha, &work_dir, &cancel, &mut report),
+                );
                 if let (Ok(outcome), Some(evaluation)) = (&mut result, evaluation) {
                     let mut evaluating = progress
                         .lock()
-                        .expect("progress lock")
+                        .unwrap_or_else(|poisoned| poisoned.into_inner())
                         .clone()
                         .unwrap_or_default();
                     evaluating.phase = Some("evaluating".into());
                     report(&evaluating);
-                    match evaluation.run(&inputs, &work_dir, &cancel) {
-                        Ok(report) => outcome.summary.eval = Some(report),
-                        Err(crate::eval::EvalError::Canceled) => {
+                    let evaluated = pipeline::contain_panic(
+                        || "evaluation".to_owned(),
+                        || Ok(evaluation.run(&inputs, &work_dir, &cancel)),
+                    );
+                    match evaluated {
+                        Ok(Ok(report)) => outcome.summary.eval = Some(report),
+                        Ok(Err(crate::eval::EvalError::Canceled)) => {
                             result = Err(PipelineError::Canceled)
                         }
-                        Err(err) => outcome.summary.eval_error = Some(err.to_string()),
+                        Ok(Err(err)) => outcome.summary.eval_error = Some(err.to_string()),
+                        Err(err) => result = Err(err),
                     }
                 }
                 let _ = done_tx.send(result);
@@ -356,7 +373,10 @@ impl Worker {
                     cancel.cancel();
                 }
             }
-            let current = progress.lock().expect("progress lock").clone();
+            let current = progress
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .clone();
             let changed = current.is_some() && current != last_progress;
             if changed || last_renew.elapsed() >= renew_every {
                 match queue::heartbeat(
@@ -434,6 +454,13 @@ impl Worker {
                 error: format!("I/O error: {err}"),
                 retryable: true,
             },
+            Err(err @ PipelineError::Internal(_)) => {
+                tracing::error!(error = %err, "a job hit a defect; failed without retry");
+                Ending::Failed {
+                    error: err.to_string(),
+                    retryable: false,
+                }
+            }
         };
         let _ = std::fs::remove_dir_all(&work_dir);
         Ok(ending)

@@ -77,14 +77,24 @@ pub struct TensorReport {
     /// Bytes after.
     pub bytes_out: i64,
     /// Fraction of exact zeros after.
+    #[serde(with = "crate::numeric::metric")]
+    #[schema(value_type = crate::numeric::Metric)]
     pub sparsity: f64,
     /// ‖W − Ŵ‖ / ‖W‖ (Frobenius).
+    #[serde(with = "crate::numeric::metric")]
+    #[schema(value_type = crate::numeric::Metric)]
     pub rel_error: f64,
     /// 10·log10(‖W‖² / ‖W − Ŵ‖²); null when the error is zero.
+    #[serde(with = "crate::numeric::metric::option")]
+    #[schema(value_type = Option<crate::numeric::Metric>)]
     pub sqnr_db: Option<f64>,
     /// Cosine similarity of W and Ŵ as vectors; null when either is all zero.
+    #[serde(with = "crate::numeric::metric::option")]
+    #[schema(value_type = Option<crate::numeric::Metric>)]
     pub cosine: Option<f64>,
     /// max |W − Ŵ|.
+    #[serde(with = "crate::numeric::metric")]
+    #[schema(value_type = crate::numeric::Metric)]
     pub max_abs_error: f64,
 }
 
@@ -98,14 +108,20 @@ pub struct Summary {
     /// Bytes of the artifact's model files (recipe.json excluded).
     pub bytes_out: u64,
     /// bytes_in / bytes_out.
+    #[serde(with = "crate::numeric::metric")]
+    #[schema(value_type = crate::numeric::Metric)]
     pub ratio: f64,
     /// Bits on disk per parameter: the real bytes of the output's weight files (headers,
     /// padding, scales and indices included) × 8 / parameters.
+    #[serde(with = "crate::numeric::metric")]
+    #[schema(value_type = crate::numeric::Metric)]
     pub bits_per_weight: f64,
     /// Bits per parameter the schemes imply (codes, scales, zero-points, codebooks, factors at
     /// their nominal widths; unchanged tensors at their dtype), without headers, padding or
     /// layout overhead: the gap to `bits_per_weight` is what the format adds.
     #[serde(default)]
+    #[serde(with = "crate::numeric::metric")]
+    #[schema(value_type = crate::numeric::Metric)]
     pub theoretical_bits_per_weight: f64,
     /// Real bytes of the weight files (`model.safetensors` or its shards, `model.gguf`).
     #[serde(default)]
@@ -117,16 +133,26 @@ pub struct Summary {
     /// Tensors compressed.
     pub compressed_tensors: usize,
     /// Fraction of exact zeros over the compressed tensors.
+    #[serde(with = "crate::numeric::metric")]
+    #[schema(value_type = crate::numeric::Metric)]
     pub sparsity: f64,
     /// Mean relative error over compressed tensors.
+    #[serde(with = "crate::numeric::metric")]
+    #[schema(value_type = crate::numeric::Metric)]
     pub mean_rel_error: f64,
     /// Worst relative error.
+    #[serde(with = "crate::numeric::metric")]
+    #[schema(value_type = crate::numeric::Metric)]
     pub worst_rel_error: f64,
     /// Where the worst error is.
     pub worst_tensor: Option<String>,
     /// Wall time of the pipeline.
+    #[serde(with = "crate::numeric::metric")]
+    #[schema(value_type = crate::numeric::Metric)]
     pub wall_seconds: f64,
     /// Input bytes of weights per second.
+    #[serde(with = "crate::numeric::metric")]
+    #[schema(value_type = crate::numeric::Metric)]
     pub throughput_bytes_per_s: f64,
     /// Peak resident memory of the process that ran it.
     pub peak_rss_bytes: Option<u64>,
@@ -180,6 +206,38 @@ pub enum PipelineError {
     /// Reading or writing failed: another attempt may succeed.
     #[error("I/O: {0}")]
     Io(#[from] io::Error),
+    /// A defect in squeeze itself (a panic, contained): the message names where it happened.
+    /// Retrying the same input would hit it again.
+    #[error("internal error in {0}; this is a bug in squeeze, please report it")]
+    Internal(String),
+}
+
+/// Runs `work`, turning a panic inside it (on this thread or re-raised from the rayon tasks it
+/// waited on) into [`PipelineError::Internal`] naming `place`, so one job's defect fails that
+/// job and never unwinds into the worker pool or aborts the process.
+pub fn contain_panic<T>(
+    place: impl FnOnce() -> String,
+    work: impl FnOnce() -> Result<T, PipelineError>,
+) -> Result<T, PipelineError> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)) {
+        Ok(result) => result,
+        Err(payload) => Err(PipelineError::Internal(format!(
+            "{}: {}",
+            place(),
+            panic_message(payload.as_ref())
+        ))),
+    }
+}
+
+/// The text a panic was raised with.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(text) = payload.downcast_ref::<&str>() {
+        (*text).to_owned()
+    } else if let Some(text) = payload.downcast_ref::<String>() {
+        text.clone()
+    } else {
+        "a panic without a message".to_owned()
+    }
 }
 
 impl From<Canceled> for PipelineError {
@@ -330,69 +388,77 @@ pub fn run(
                 .as_ref()
                 .and_then(|plan| plan.gather(t, data.bytes()));
             let bytes = shrunk.as_ref().map_or(data.bytes(), |(b, _)| &b[..]);
-            let selected = selection.selects(&t.name, t.dtype, t.shape.len()) && has_steps;
+            let selected = selection.selects(&t.name, t.dtype, &t.shape) && has_steps;
             let view = TensorView {
                 bytes,
                 dtype: t.dtype,
                 shape: &out_info.shape,
             };
-            let report = if selected || shrunk.is_some() {
-                let mut steps = if selected {
-                    recipe.steps_for(t.dtype)
-                } else {
-                    Vec::new()
-                };
-                if let Some(counts) = &global_counts {
-                    steps[0] = Step::MagnitudePruneCount {
-                        count: counts[&t.name],
-                    };
-                }
-                // One buffer for every tensor: fresh memory would cost a page fault per 4 KiB.
-                buffer.resize(bytes.len(), 0);
-                let transformed = &mut buffer[..];
-                let (mut fidelity, encoded) = if encode {
-                    tensor::transform_encoded(&view, &steps, cancel, transformed)
-                        .map(|(f, e)| (f, Some(e)))
-                } else {
-                    tensor::transform_into(&view, &steps, cancel, transformed).map(|f| (f, None))
-                }
-                .map_err(|e| transform_error(&t.name, e))?;
-                if let Some((_, removed)) = &shrunk {
-                    fidelity = fidelity.including_removed(removed);
-                }
-                let encoded = encoded.filter(|_| selected);
-                let stored = writer.tensor(artifact::TensorOut {
-                    info: out_info,
-                    dense: transformed,
-                    encoded: encoded.as_ref(),
-                })?;
-                theoretical_bits += match (writer.layout_bits(), &encoded) {
-                    (Some(bits), _) => bits,
-                    (None, Some(e)) => e.theoretical_bits(out_info.elements(), t.dtype.bits()),
-                    (None, None) => (out_info.elements() * t.dtype.bits()) as f64,
-                };
-                let scheme = match fidelity.low_rank {
-                    Some(lr) => format!(
-                        "{scheme} (rank {}, {:.1}% of the parameters)",
-                        lr.rank,
-                        lr.parameter_fraction * 100.0
-                    ),
-                    None => scheme.clone(),
-                };
-                let mut r = report(t, &scheme, stored, &fidelity);
-                r.shape = out_info.shape.clone();
-                r
-            } else {
-                let stored = writer.tensor(artifact::TensorOut {
-                    info: out_info,
-                    dense: bytes,
-                    encoded: None,
-                })?;
-                theoretical_bits += (t.elements() * t.dtype.bits()) as f64;
-                let mut r = unchanged(t);
-                r.bytes_out = stored as i64;
-                r
-            };
+            let report = contain_panic(
+                || format!("tensor {:?} ({scheme})", t.name),
+                || -> Result<TensorReport, PipelineError> {
+                    Ok(if selected || shrunk.is_some() {
+                        let mut steps = if selected {
+                            recipe.steps_for(t.dtype)
+                        } else {
+                            Vec::new()
+                        };
+                        if let Some(counts) = &global_counts {
+                            steps[0] = Step::MagnitudePruneCount {
+                                count: counts[&t.name],
+                            };
+                        }
+                        // One buffer for every tensor: fresh memory would cost a page fault per 4 KiB.
+                        buffer.resize(bytes.len(), 0);
+                        let transformed = &mut buffer[..];
+                        let (mut fidelity, encoded) = if encode {
+                            tensor::transform_encoded(&view, &steps, cancel, transformed)
+                                .map(|(f, e)| (f, Some(e)))
+                        } else {
+                            tensor::transform_into(&view, &steps, cancel, transformed)
+                                .map(|f| (f, None))
+                        }
+                        .map_err(|e| transform_error(&t.name, e))?;
+                        if let Some((_, removed)) = &shrunk {
+                            fidelity = fidelity.including_removed(removed);
+                        }
+                        let encoded = encoded.filter(|_| selected);
+                        let stored = writer.tensor(artifact::TensorOut {
+                            info: out_info,
+                            dense: transformed,
+                            encoded: encoded.as_ref(),
+                        })?;
+                        theoretical_bits += match (writer.layout_bits(), &encoded) {
+                            (Some(bits), _) => bits,
+                            (None, Some(e)) => {
+                                e.theoretical_bits(out_info.elements(), t.dtype.bits())
+                            }
+                            (None, None) => (out_info.elements() * t.dtype.bits()) as f64,
+                        };
+                        let scheme = match fidelity.low_rank {
+                            Some(lr) => format!(
+                                "{scheme} (rank {}, {:.1}% of the parameters)",
+                                lr.rank,
+                                lr.parameter_fraction * 100.0
+                            ),
+                            None => scheme.clone(),
+                        };
+                        let mut r = report(t, &scheme, stored, &fidelity);
+                        r.shape = out_info.shape.clone();
+                        r
+                    } else {
+                        let stored = writer.tensor(artifact::TensorOut {
+                            info: out_info,
+                            dense: bytes,
+                            encoded: None,
+                        })?;
+                        theoretical_bits += (t.elements() * t.dtype.bits()) as f64;
+                        let mut r = unchanged(t);
+                        r.bytes_out = stored as i64;
+                        r
+                    })
+                },
+            )?;
             reports.push(report);
             state.tensors_done += 1;
             state.bytes_done += t.bytes();
@@ -592,9 +658,10 @@ impl MlpShrink {
 fn transform_error(tensor: &str, e: TransformError) -> PipelineError {
     match e {
         TransformError::Canceled => PipelineError::Canceled,
-        TransformError::NonFinite { .. } | TransformError::LowRank(_) => {
-            PipelineError::Input(format!("tensor {tensor:?}: {e}"))
-        }
+        TransformError::NonFinite { .. }
+        | TransformError::OutOfRange { .. }
+        | TransformError::BeyondBlockScale { .. }
+        | TransformError::LowRank(_) => PipelineError::Input(format!("tensor {tensor:?}: {e}")),
     }
 }
 
@@ -612,7 +679,7 @@ fn global_prune_counts(
         for (input, header) in weights {
             let file = File::open(&input.path)?;
             for t in &header.tensors {
-                if !selection.selects(&t.name, t.dtype, t.shape.len()) {
+                if !selection.selects(&t.name, t.dtype, &t.shape) {
                     continue;
                 }
                 let count = with_mapped(&file, header, t, |view| {

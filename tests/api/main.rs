@@ -8,6 +8,7 @@ mod auth;
 mod errors;
 mod evaluation;
 mod helpers;
+mod hostile;
 mod jobs;
 mod malformed;
 mod openapi;
