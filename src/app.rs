@@ -22,9 +22,11 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::services::ServeDir;
 use tower_http::set_header::SetResponseHeaderLayer;
+use tower_http::timeout::RequestBodyTimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::config::ServeArgs;
+use crate::connections::ConnectionLimits;
 use crate::error::{ApiError, PROBLEM_JSON};
 use crate::jobs::events::JobEvents;
 use crate::store::blobs::BlobStore;
@@ -74,6 +76,7 @@ pub struct Application {
     admin_token_file: Option<PathBuf>,
     grace: Duration,
     workers: WorkerPool,
+    connection_limits: ConnectionLimits,
 }
 
 impl Application {
@@ -97,6 +100,18 @@ impl Application {
             Err(err) => tracing::warn!(error = %err, "could not sweep temp files"),
         }
         let boot = auth::bootstrap(&database.pool, data_dir, args.admin_token.as_deref()).await?;
+        let open_files = crate::connections::raise_open_file_limit();
+        let connection_limits = ConnectionLimits {
+            max_connections: crate::connections::fitting_cap(args.max_connections, open_files),
+            header_timeout: Duration::from_secs(args.header_timeout_secs.max(1)),
+        };
+        if connection_limits.max_connections < args.max_connections {
+            tracing::warn!(
+                open_files,
+                max_connections = connection_limits.max_connections,
+                "the open-file limit lowers the connection cap"
+            );
+        }
         let listener = tokio::net::TcpListener::bind(args.addr)
             .await
             .with_context(|| format!("binding {}", args.addr))?;
@@ -131,6 +146,7 @@ impl Application {
             state,
             grace: Duration::from_secs(args.shutdown_grace_secs),
             workers,
+            connection_limits,
         })
     }
 
@@ -162,24 +178,18 @@ impl Application {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<()>();
         let shutdown = async move {
             shutdown.await;
             tracing::info!("shutting down: no new connections");
-            let _ = signalled_tx.send(());
         };
-        let serve = axum::serve(self.listener, self.router).with_graceful_shutdown(shutdown);
-        let grace = self.grace;
-        tokio::select! {
-            result = serve => result.context("serving HTTP")?,
-            _ = async {
-                if signalled_rx.await.is_ok() {
-                    tokio::time::sleep(grace).await;
-                } else {
-                    std::future::pending::<()>().await;
-                }
-            } => tracing::warn!(grace_secs = grace.as_secs(), "requests still running after the grace period; closing"),
-        }
+        crate::connections::serve(
+            self.listener,
+            self.router,
+            self.connection_limits,
+            shutdown,
+            self.grace,
+        )
+        .await;
         self.workers.shutdown().await;
         self.database.close().await
     }
@@ -212,12 +222,17 @@ fn browsable(addr: SocketAddr) -> SocketAddr {
 /// The router with its middleware: request ids, tracing, panic capture, problem+json for every
 /// error including the framework's own rejections.
 pub fn router(state: AppState, static_dir: &Path) -> Router {
+    let body_idle = state.limits.upload_idle;
     let dashboard = ServeDir::new(static_dir).append_index_html_on_directories(true);
     let (api, _document) = api::routes().split_for_parts();
     let routes = api
         .fallback_service(dashboard)
         .with_state(state)
         .layer(middleware::from_fn(refuse_nul_in_uri))
+        // A body that stalls is cut; uploads meet their own idle limit (408) a second sooner.
+        .layer(RequestBodyTimeoutLayer::new(
+            body_idle + Duration::from_secs(1),
+        ))
         // Every JSON body; the upload routes lift it for their streamed bodies.
         .layer(DefaultBodyLimit::max(MAX_JSON_BODY_BYTES))
         .layer(middleware::map_response(problem_for_every_error));

@@ -90,9 +90,18 @@ pub struct ServeArgs {
     /// Largest evaluation set accepted (sets are parsed in memory).
     #[arg(long, env = "SQUEEZE_MAX_DATASET", default_value = "256MiB", value_parser = parse_size)]
     pub max_dataset: u64,
-    /// Seconds an upload may stall before it is dropped.
+    /// Seconds an upload may stall before it is dropped; any other request body that stalls
+    /// a moment longer is cut too.
     #[arg(long, env = "SQUEEZE_UPLOAD_IDLE_SECS", default_value_t = 60)]
     pub upload_idle_secs: u64,
+    /// Connections served at once; more are answered 503 and closed (lowered to fit the
+    /// open-file limit, which is raised to its hard limit at start).
+    #[arg(long, env = "SQUEEZE_MAX_CONNECTIONS", default_value_t = 4096)]
+    pub max_connections: usize,
+    /// Seconds a connection may take to send a request's head, and may sit idle between
+    /// requests, before it is closed.
+    #[arg(long, env = "SQUEEZE_HEADER_TIMEOUT_SECS", default_value_t = 15)]
+    pub header_timeout_secs: u64,
     /// A token of your choosing for the default team's admin (environment only, so it stays out
     /// of process listings).
     #[arg(skip = std::env::var("SQUEEZE_ADMIN_TOKEN").ok().filter(|t| !t.is_empty()))]

@@ -10,6 +10,7 @@ pub mod bench;
 pub mod cli;
 pub mod compress;
 pub mod config;
+pub mod connections;
 pub mod demo;
 pub mod error;
 pub mod eval;

@@ -25,6 +25,7 @@ use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::eval::EvalSpec;
 use crate::jobs::evaluation::{self, EvalCheckError};
+use crate::jobs::events::JobChange;
 use crate::jobs::queue::{self, Job, JobFile, JobFilter, NewJob, SubmitError};
 use crate::jobs::recipe::{self, Preset, Recipe, RecipeError};
 use crate::store::models;
@@ -355,7 +356,7 @@ struct Follow {
     state: AppState,
     team_id: Uuid,
     id: Uuid,
-    events: tokio::sync::broadcast::Receiver<Uuid>,
+    events: tokio::sync::broadcast::Receiver<std::sync::Arc<JobChange>>,
     first: Option<Job>,
     last: Option<(String, serde_json::Value)>,
     done: bool,
@@ -363,23 +364,34 @@ struct Follow {
 }
 
 impl Follow {
-    /// Waits for a notification about this job, or a second, whichever comes first.
-    async fn wait(&mut self) {
+    /// Waits for a change of this job: the job as the fan-out read it, or `None` when it
+    /// should be re-read (a resync, a lag, or five quiet seconds).
+    async fn wait(&mut self) -> Option<Job> {
         let id = self.id;
         let events = &mut self.events;
+        let team_id = self.team_id;
         let notified = async {
             loop {
                 match events.recv().await {
-                    Ok(changed) if changed == id => return,
-                    Ok(_) => {}
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => return,
+                    Ok(change) => match change.as_ref() {
+                        JobChange::Changed { team_id: t, job } if *t == team_id && job.id == id => {
+                            return Some(job.clone());
+                        }
+                        JobChange::Resync => return None,
+                        JobChange::Changed { .. } => {}
+                    },
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => return None,
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => {
                         std::future::pending::<()>().await
                     }
                 }
             }
         };
-        let _ = tokio::time::timeout(Duration::from_secs(1), notified).await;
+        // The timer is the fallback for a notification lost before the listener noticed.
+        tokio::time::timeout(Duration::from_secs(5), notified)
+            .await
+            .ok()
+            .flatten()
     }
 }
 
@@ -421,13 +433,13 @@ async fn job_events(
         loop {
             let job = match f.first.take() {
                 Some(job) => job,
-                None => {
-                    f.wait().await;
-                    match queue::get(&f.state.db, f.team_id, f.id).await {
+                None => match f.wait().await {
+                    Some(job) => job,
+                    None => match queue::get(&f.state.db, f.team_id, f.id).await {
                         Ok(Some(job)) => job,
                         _ => return None,
-                    }
-                }
+                    },
+                },
             };
             let progress = serde_json::to_value(&job.progress.0).unwrap_or_default();
             let key = (job.state.clone(), progress);
@@ -476,21 +488,26 @@ async fn team_events(
         (state, caller.team_id, events),
         |(state, team_id, mut events)| async move {
             loop {
-                let id = match events.recv().await {
-                    Ok(id) => id,
+                let change = match events.recv().await {
+                    Ok(change) => change,
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
                         let resync = Event::default().event("resync").data("");
                         return Some((Ok(resync), (state, team_id, events)));
                     }
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
                 };
-                // Another team's job is simply not found under this team.
-                let Ok(Some(job)) = queue::get(&state.db, team_id, id).await else {
-                    continue;
+                let job = match change.as_ref() {
+                    JobChange::Changed { team_id: t, job } if *t == team_id => job,
+                    // Another team's job.
+                    JobChange::Changed { .. } => continue,
+                    JobChange::Resync => {
+                        let resync = Event::default().event("resync").data("");
+                        return Some((Ok(resync), (state, team_id, events)));
+                    }
                 };
                 let event = Event::default()
                     .event("job")
-                    .json_data(&job)
+                    .json_data(job)
                     .unwrap_or_else(|_| Event::default().comment("unserialisable job"));
                 return Some((Ok(event), (state, team_id, events)));
             }

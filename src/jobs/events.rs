@@ -1,7 +1,10 @@
 //! Job change notifications inside one process: a single LISTEN connection on
-//! `squeeze_jobs` fans job ids out to every event stream through a broadcast channel. It
-//! reconnects with backoff; streams also re-read on a timer, so a lost notification only delays.
+//! `squeeze_jobs` reads each changed job once and fans it out, with its team, to every event
+//! stream through a broadcast channel; each stream passes on only its own team's jobs. So a
+//! change costs one database read however many streams are open. The listener reconnects
+//! with backoff and then tells the streams to resync, so a lost notification only delays.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::PgPool;
@@ -9,12 +12,21 @@ use sqlx::postgres::PgListener;
 use tokio::sync::broadcast;
 use uuid::Uuid;
 
-use super::queue::EVENTS_CHANNEL;
+use super::queue::{self, EVENTS_CHANNEL, Job};
+
+/// What a stream receives.
+#[derive(Debug)]
+pub enum JobChange {
+    /// A job as it is now, and its team.
+    Changed { team_id: Uuid, job: Job },
+    /// Notifications may have been missed (the listener reconnected): re-read.
+    Resync,
+}
 
 /// Subscribe to learn which jobs changed.
 #[derive(Debug, Clone)]
 pub struct JobEvents {
-    sender: broadcast::Sender<Uuid>,
+    sender: broadcast::Sender<Arc<JobChange>>,
 }
 
 impl JobEvents {
@@ -29,10 +41,21 @@ impl JobEvents {
                 let result: sqlx::Result<()> = async {
                     let mut listener = PgListener::connect_with(&db).await?;
                     listener.listen(EVENTS_CHANNEL).await?;
+                    let _ = fanout.send(Arc::new(JobChange::Resync));
                     loop {
                         let note = listener.recv().await?;
-                        if let Ok(id) = note.payload().parse() {
-                            let _ = fanout.send(id);
+                        let Ok(id) = note.payload().parse::<Uuid>() else {
+                            continue;
+                        };
+                        match queue::get_with_team(&db, id).await {
+                            Ok(Some((team_id, job))) => {
+                                let _ = fanout.send(Arc::new(JobChange::Changed { team_id, job }));
+                            }
+                            Ok(None) => {}
+                            Err(err) => {
+                                tracing::warn!(error = %err, %id, "could not read a changed job");
+                                let _ = fanout.send(Arc::new(JobChange::Resync));
+                            }
                         }
                     }
                 }
@@ -50,8 +73,8 @@ impl JobEvents {
         events
     }
 
-    /// A receiver of changed job ids.
-    pub fn subscribe(&self) -> broadcast::Receiver<Uuid> {
+    /// A receiver of changed jobs.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<JobChange>> {
         self.sender.subscribe()
     }
 }

@@ -202,6 +202,19 @@ pub async fn get(pool: &PgPool, team_id: Uuid, id: Uuid) -> sqlx::Result<Option<
         .await
 }
 
+/// A job by id whatever its team, with the team: what the event fan-out reads once per change
+/// and hands to every subscriber, each of which shows it only to its own team.
+pub async fn get_with_team(pool: &PgPool, id: Uuid) -> sqlx::Result<Option<(Uuid, Job)>> {
+    let Some(team_id) = sqlx::query_scalar("select team_id from jobs where id = $1")
+        .bind(id)
+        .fetch_optional(pool)
+        .await?
+    else {
+        return Ok(None);
+    };
+    Ok(get(pool, team_id, id).await?.map(|job| (team_id, job)))
+}
+
 /// Several of the team's jobs by id, newest first (missing ids are skipped).
 pub async fn get_many(pool: &PgPool, team_id: Uuid, ids: &[Uuid]) -> sqlx::Result<Vec<Job>> {
     sqlx::query_as(select_jobs!(

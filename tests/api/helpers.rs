@@ -26,6 +26,8 @@ pub struct Options {
     pub workers: usize,
     /// Idle workers' poll interval (the fallback to NOTIFY).
     pub poll_secs: u64,
+    pub max_connections: usize,
+    pub header_timeout_secs: u64,
 }
 
 impl Default for Options {
@@ -36,6 +38,8 @@ impl Default for Options {
             upload_idle: Duration::from_secs(60),
             workers: 1,
             poll_secs: 2,
+            max_connections: 4096,
+            header_timeout_secs: 15,
         }
     }
 }
@@ -59,6 +63,8 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
         max_upload: options.max_upload,
         max_dataset: options.max_dataset,
         upload_idle_secs: options.upload_idle.as_secs(),
+        max_connections: options.max_connections,
+        header_timeout_secs: options.header_timeout_secs,
         admin_token: Some(token.clone()),
         static_dir: None,
         shutdown_grace_secs: 1,

@@ -390,3 +390,90 @@ async fn oversized_or_deep_json_side_files_are_refused_without_building_them() {
     let problem: Value = response.json().await.unwrap();
     assert_eq!(problem["code"], "metadata_not_string", "{problem}");
 }
+
+#[tokio::test]
+async fn idle_connections_do_not_lock_out_a_normal_client() {
+    let app = spawn_app().await;
+    let address = app.base.trim_start_matches("http://").to_owned();
+    let mut idle = Vec::new();
+    for _ in 0..1100 {
+        idle.push(tokio::net::TcpStream::connect(&address).await.unwrap());
+    }
+    let response = app.get("/healthz").await;
+    assert_eq!(response.status(), 200);
+    let response = app.get("/api/v1/models").await;
+    assert_eq!(response.status(), 200);
+    drop(idle);
+}
+
+/// Reads until the server closes the connection; what it sent.
+async fn read_to_close(stream: &mut tokio::net::TcpStream, within: Duration) -> Option<String> {
+    use tokio::io::AsyncReadExt;
+    let mut received = Vec::new();
+    match tokio::time::timeout(within, stream.read_to_end(&mut received)).await {
+        Ok(_) => Some(String::from_utf8_lossy(&received).into_owned()),
+        Err(_) => None,
+    }
+}
+
+#[tokio::test]
+async fn slow_and_idle_connections_are_cut_and_the_cap_refuses_cleanly() {
+    use tokio::io::AsyncWriteExt;
+    let app = crate::helpers::spawn_app_with(crate::helpers::Options {
+        max_connections: 6,
+        header_timeout_secs: 1,
+        upload_idle: Duration::from_secs(1),
+        ..Default::default()
+    })
+    .await;
+    let address = app.base.trim_start_matches("http://").to_owned();
+    // Idle from the start, and a head that never ends: both closed after the header timeout.
+    let mut silent = tokio::net::TcpStream::connect(&address).await.unwrap();
+    let mut slow_head = tokio::net::TcpStream::connect(&address).await.unwrap();
+    slow_head
+        .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n")
+        .await
+        .unwrap();
+    assert!(
+        read_to_close(&mut silent, Duration::from_secs(10))
+            .await
+            .is_some()
+    );
+    assert!(
+        read_to_close(&mut slow_head, Duration::from_secs(10))
+            .await
+            .is_some()
+    );
+    // A body that stops arriving is cut.
+    let mut slow_body = tokio::net::TcpStream::connect(&address).await.unwrap();
+    slow_body
+        .write_all(
+            format!(
+                "POST /api/v1/jobs HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {}\r\n\
+                 content-type: application/json\r\ncontent-length: 100\r\n\r\n{{\"model",
+                app.token
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let answer = read_to_close(&mut slow_body, Duration::from_secs(15)).await;
+    let answer = answer.expect("the stalled body was not cut");
+    assert!(!answer.contains(" 202 "), "{answer}");
+    // Past the cap: a 503 problem, at once.
+    let mut held = Vec::new();
+    for _ in 0..6 {
+        held.push(tokio::net::TcpStream::connect(&address).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut extra = tokio::net::TcpStream::connect(&address).await.unwrap();
+    let answer = read_to_close(&mut extra, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("application/problem+json"), "{answer}");
+    // Once the held ones time out, clients are served again.
+    drop(held);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(app.get("/healthz").await.status(), 200);
+}
