@@ -375,7 +375,7 @@ impl Follow {
                 match events.recv().await {
                     Ok(change) => match change.as_ref() {
                         JobChange::Changed { team_id: t, job } if *t == team_id && job.id == id => {
-                            return Some(job.clone());
+                            return Some(Job::clone(job));
                         }
                         JobChange::Resync => return None,
                         JobChange::Changed { .. } => {}

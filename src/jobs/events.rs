@@ -18,7 +18,7 @@ use super::queue::{self, EVENTS_CHANNEL, Job};
 #[derive(Debug)]
 pub enum JobChange {
     /// A job as it is now, and its team.
-    Changed { team_id: Uuid, job: Job },
+    Changed { team_id: Uuid, job: Box<Job> },
     /// Notifications may have been missed (the listener reconnected): re-read.
     Resync,
 }
@@ -49,6 +49,7 @@ impl JobEvents {
                         };
                         match queue::get_with_team(&db, id).await {
                             Ok(Some((team_id, job))) => {
+                                let job = Box::new(job);
                                 let _ = fanout.send(Arc::new(JobChange::Changed { team_id, job }));
                             }
                             Ok(None) => {}
