@@ -30,7 +30,7 @@ use crate::connections::ConnectionLimits;
 use crate::error::{ApiError, PROBLEM_JSON};
 use crate::jobs::events::JobEvents;
 use crate::store::blobs::BlobStore;
-use crate::store::db::{ClusterPolicy, Database};
+use crate::store::db::Database;
 use crate::worker::{WorkerConfig, WorkerPool};
 use crate::{api, auth};
 
@@ -58,6 +58,8 @@ pub struct AppState {
     pub events: JobEvents,
     /// Workers running in this process.
     pub worker_count: usize,
+    /// Sign-in attempts per client address.
+    pub login_throttle: Arc<auth::throttle::Throttle>,
 }
 
 impl FromRef<AppState> for PgPool {
@@ -72,11 +74,13 @@ pub struct Application {
     router: Router,
     database: Database,
     state: AppState,
-    login_url: String,
+    login_url: Option<String>,
     admin_token_file: Option<PathBuf>,
     grace: Duration,
     workers: WorkerPool,
     connection_limits: ConnectionLimits,
+    /// Held while serving on a private cluster (see [`lock_data_dir`]).
+    _serve_lock: Option<std::fs::File>,
 }
 
 impl Application {
@@ -85,13 +89,11 @@ impl Application {
         let data_dir = &args.db.data_dir;
         std::fs::create_dir_all(data_dir)
             .with_context(|| format!("creating the data folder {}", data_dir.display()))?;
-        let database = Database::open(
-            args.db.database_url.as_deref(),
-            data_dir,
-            ClusterPolicy::StopOnExit,
-            16,
-        )
-        .await?;
+        let serve_lock = match args.db.database_url {
+            Some(_) => None,
+            None => Some(lock_data_dir(data_dir)?),
+        };
+        let database = Database::open(args.db.database_url.as_deref(), data_dir, 16).await?;
         database.migrate().await?;
         let blobs = BlobStore::open(&data_dir.join("blobs")).context("opening the blob store")?;
         match blobs.sweep_stale(Duration::from_secs(3600)) {
@@ -99,7 +101,13 @@ impl Application {
             Ok(n) => tracing::info!(files = n, "removed stale temp files"),
             Err(err) => tracing::warn!(error = %err, "could not sweep temp files"),
         }
-        let boot = auth::bootstrap(&database.pool, data_dir, args.admin_token.as_deref()).await?;
+        let boot = auth::bootstrap(
+            &database.pool,
+            data_dir,
+            args.admin_token.as_deref(),
+            args.login_url,
+        )
+        .await?;
         let open_files = crate::connections::raise_open_file_limit();
         let connection_limits = ConnectionLimits {
             max_connections: crate::connections::fitting_cap(args.max_connections, open_files),
@@ -126,6 +134,7 @@ impl Application {
             }),
             events: JobEvents::start(database.pool.clone()),
             worker_count: args.workers,
+            login_throttle: Arc::default(),
         };
         let workers = WorkerPool::start(
             database.pool.clone(),
@@ -141,12 +150,15 @@ impl Application {
             listener,
             router: router(state.clone(), &static_dir),
             database,
-            login_url: format!("http://{}/#login={}", browsable(local), boot.login_code),
+            login_url: boot
+                .login_code
+                .map(|code| format!("http://{}/#login={code}", browsable(local))),
             admin_token_file: boot.admin_token_file,
             state,
             grace: Duration::from_secs(args.shutdown_grace_secs),
             workers,
             connection_limits,
+            _serve_lock: serve_lock,
         })
     }
 
@@ -157,9 +169,9 @@ impl Application {
             .expect("a bound listener has an address")
     }
 
-    /// The single-use dashboard sign-in URL issued at this start.
-    pub fn login_url(&self) -> &str {
-        &self.login_url
+    /// The single-use dashboard sign-in URL issued at this start, when one was asked for.
+    pub fn login_url(&self) -> Option<&str> {
+        self.login_url.as_deref()
     }
 
     /// Where a freshly generated admin token was written (first start only).
@@ -193,6 +205,36 @@ impl Application {
         self.workers.shutdown().await;
         self.database.close().await
     }
+}
+
+/// One `serve` per data folder when it runs the private cluster: two would share one cluster
+/// that either could stop under the other. The lock (an `flock`, released by the kernel
+/// however the process ends) is held in `<data-dir>/serve.lock`, which names its pid.
+fn lock_data_dir(data_dir: &Path) -> anyhow::Result<std::fs::File> {
+    use std::io::{Read, Seek, Write};
+    use std::os::fd::AsRawFd;
+    let path = data_dir.join("serve.lock");
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    // SAFETY: flock on a descriptor this function owns; LOCK_NB makes it return at once.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let mut holder = String::new();
+        let _ = file.read_to_string(&mut holder);
+        anyhow::bail!(
+            "another `squeeze serve` (pid {}) is using the data folder {}; stop it first, or give this one its own --data-dir",
+            holder.trim(),
+            data_dir.display()
+        );
+    }
+    file.set_len(0)?;
+    file.rewind()?;
+    write!(file, "{}", std::process::id())?;
+    Ok(file)
 }
 
 /// `./static` when run from the repository, else the folder next to the sources it was built from.

@@ -12,7 +12,7 @@ use crate::config::{
     Command, CompressArgs, DbArgs, InspectArgs, LogFormat, ServeArgs, TokenCommand, WorkerArgs,
 };
 use crate::formats::safetensors;
-use crate::store::db::{ClusterPolicy, Database};
+use crate::store::db::Database;
 
 /// Sets up logging to stderr; `RUST_LOG` (or `SQUEEZE_LOG`) filters, default `info`.
 pub fn init_tracing(format: LogFormat) {
@@ -97,13 +97,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
 async fn open(db: &DbArgs) -> anyhow::Result<Database> {
     std::fs::create_dir_all(&db.data_dir)
         .with_context(|| format!("creating the data folder {}", db.data_dir.display()))?;
-    Database::open(
-        db.database_url.as_deref(),
-        &db.data_dir,
-        ClusterPolicy::StopIfStarted,
-        2,
-    )
-    .await
+    Database::open(db.database_url.as_deref(), &db.data_dir, 2).await
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
@@ -111,10 +105,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let addr = app.local_addr();
     // Scripts read these lines: keep their shape.
     println!("squeeze listening on http://{addr}");
-    println!(
-        "dashboard sign-in (single use, valid 1 hour): {}",
-        app.login_url()
-    );
+    match app.login_url() {
+        Some(url) => println!("dashboard sign-in (single use, valid 10 minutes): {url}"),
+        None => println!(
+            "dashboard sign-in: `squeeze token login-url` prints a single-use link (or start with --login-url)"
+        ),
+    }
     if let Some(path) = app.admin_token_file() {
         println!("admin token written to {}", path.display());
     }
@@ -125,6 +121,16 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
 async fn token(cmd: TokenCommand) -> anyhow::Result<()> {
     match cmd {
+        TokenCommand::LoginUrl { team, base_url, db } => {
+            crate::auth::teams::validate_name(&team).map_err(anyhow::Error::msg)?;
+            let database = open(&db).await?;
+            database.migrate().await?;
+            let code =
+                tokens::create_login_code(&database.pool, &team, crate::auth::LOGIN_CODE_TTL).await;
+            database.close().await?;
+            println!("{}/#login={}", base_url.trim_end_matches('/'), code?);
+            Ok(())
+        }
         TokenCommand::Create {
             team,
             name,

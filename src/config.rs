@@ -112,6 +112,10 @@ pub struct ServeArgs {
     /// Seconds to let running requests finish after SIGTERM or Ctrl-C.
     #[arg(long, env = "SQUEEZE_SHUTDOWN_GRACE_SECS", default_value_t = 30)]
     pub shutdown_grace_secs: u64,
+    /// Print a single-use dashboard sign-in URL for the default team's admin (valid 10
+    /// minutes, void after a restart). Later ones: `squeeze token login-url`.
+    #[arg(long, env = "SQUEEZE_LOGIN_URL")]
+    pub login_url: bool,
     /// Compression workers in this process (0: API only, run `squeeze worker` elsewhere).
     #[arg(long, env = "SQUEEZE_WORKERS", default_value_t = 1)]
     pub workers: usize,
@@ -176,6 +180,19 @@ pub enum TokenCommand {
         /// Allow the token to administer the team.
         #[arg(long)]
         admin: bool,
+        /// Database location.
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// Print a single-use dashboard sign-in URL for a team's admin, valid 10 minutes and
+    /// only until the server restarts.
+    LoginUrl {
+        /// Team name.
+        #[arg(long, default_value = "default")]
+        team: String,
+        /// The server's address as a browser reaches it.
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        base_url: String,
         /// Database location.
         #[command(flatten)]
         db: DbArgs,

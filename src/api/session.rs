@@ -1,15 +1,21 @@
 //! Who am I, and signing a browser in with a single-use login code.
 
+use axum::Extension;
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
+use axum::http::StatusCode;
+use axum::http::header::RETRY_AFTER;
+use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::app::AppState;
+use crate::auth::throttle::LOGIN_ATTEMPTS_PER_WINDOW;
 use crate::auth::tokens::{self, IssuedToken};
 use crate::auth::{Caller, Identity};
-use crate::error::{ApiError, ApiResult};
+use crate::connections::Peer;
+use crate::error::ApiError;
 
 /// `/me` and `/login`.
 pub fn router() -> OpenApiRouter<AppState> {
@@ -40,8 +46,9 @@ struct LoginRequest {
 
 /// Sign in with a login code
 ///
-/// Exchanges a single-use login code (from the URL `serve` prints, valid for an hour) for a
-/// new token of its team. Needs no token.
+/// Exchanges a single-use login code (from `squeeze serve --login-url` or `squeeze token
+/// login-url`, valid 10 minutes and until the server restarts) for a new token of its team.
+/// Needs no token; at most 10 attempts a minute from one address.
 #[utoipa::path(
     post,
     path = "/login",
@@ -51,18 +58,34 @@ struct LoginRequest {
     responses(
         (status = 200, description = "A new token; its secret is shown only now", body = IssuedToken),
         (status = 401, description = "Unknown, used or expired code"),
+        (status = 429, description = "Too many attempts from this address; see `Retry-After`"),
     )
 )]
 async fn login(
     State(state): State<AppState>,
+    peer: Option<Extension<Peer>>,
     Json(body): Json<LoginRequest>,
-) -> ApiResult<Json<IssuedToken>> {
-    if body.code.len() > 128 {
-        return Err(invalid_code());
+) -> Result<Json<IssuedToken>, Response> {
+    if let Some(Extension(ConnectInfo(address))) = peer
+        && let Err(wait) = state.login_throttle.attempt(address.ip())
+    {
+        let seconds = wait.as_secs().max(1);
+        let problem = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_attempts",
+            format!(
+                "at most {LOGIN_ATTEMPTS_PER_WINDOW} sign-in attempts a minute from one address; retry in {seconds} s"
+            ),
+        );
+        return Err(([(RETRY_AFTER, seconds.to_string())], problem).into_response());
     }
-    match tokens::redeem_login_code(&state.db, &body.code).await? {
-        Some(issued) => Ok(Json(issued)),
-        None => Err(invalid_code()),
+    if body.code.len() > 128 {
+        return Err(invalid_code().into_response());
+    }
+    match tokens::redeem_login_code(&state.db, &body.code).await {
+        Ok(Some(issued)) => Ok(Json(issued)),
+        Ok(None) => Err(invalid_code().into_response()),
+        Err(err) => Err(ApiError::from(err).into_response()),
     }
 }
 
@@ -70,6 +93,6 @@ fn invalid_code() -> ApiError {
     ApiError::new(
         axum::http::StatusCode::UNAUTHORIZED,
         "invalid_login_code",
-        "this login code is unknown, already used or expired; restart `squeeze serve` for a new one, or sign in with a token",
+        "this login code is unknown, already used or expired; `squeeze token login-url` prints a new one, or sign in with a token",
     )
 }

@@ -6,6 +6,7 @@
 //! found (404), indistinguishable from a missing one.
 
 pub mod teams;
+pub mod throttle;
 pub mod tokens;
 
 use std::path::{Path, PathBuf};
@@ -22,7 +23,7 @@ pub use tokens::Identity;
 /// Tokens longer than this are refused without a database lookup.
 const MAX_TOKEN_LEN: usize = 256;
 /// How long a printed login URL stays valid.
-pub const LOGIN_CODE_TTL: Duration = Duration::from_secs(3600);
+pub const LOGIN_CODE_TTL: Duration = Duration::from_secs(600);
 
 /// The authenticated caller of a request.
 #[derive(Debug, Clone)]
@@ -64,17 +65,19 @@ where
 /// What the first-start bootstrap did.
 #[derive(Debug)]
 pub struct Bootstrap {
-    /// A fresh single-use login code for the default team.
-    pub login_code: String,
+    /// A fresh single-use login code for the default team, when one was asked for.
+    pub login_code: Option<String>,
     /// Where a newly generated admin token was written, if one was.
     pub admin_token_file: Option<PathBuf>,
 }
 
-/// Seeds the chosen admin token, or creates one on the very first start, and issues a login code.
+/// Seeds the chosen admin token, or creates one on the very first start, voids the login codes
+/// of earlier starts, and issues a new one when `login` asks for it.
 pub async fn bootstrap(
     pool: &PgPool,
     data_dir: &Path,
     chosen: Option<&str>,
+    login: bool,
 ) -> anyhow::Result<Bootstrap> {
     if let Some(token) = chosen {
         tokens::seed(
@@ -92,7 +95,11 @@ pub async fn bootstrap(
         write_secret(&path, &issued.token)?;
         admin_token_file = Some(path);
     }
-    let login_code = tokens::create_login_code(pool, teams::DEFAULT_TEAM, LOGIN_CODE_TTL).await?;
+    tokens::void_login_codes(pool).await?;
+    let login_code = match login {
+        true => Some(tokens::create_login_code(pool, teams::DEFAULT_TEAM, LOGIN_CODE_TTL).await?),
+        false => None,
+    };
     Ok(Bootstrap {
         login_code,
         admin_token_file,

@@ -218,6 +218,14 @@ pub async fn authenticate(pool: &PgPool, token: &str) -> sqlx::Result<Option<Ide
     .await
 }
 
+/// Voids every login code not yet used: a server start makes the links of earlier ones dead.
+pub async fn void_login_codes(pool: &PgPool) -> sqlx::Result<u64> {
+    Ok(sqlx::query("delete from login_codes")
+        .execute(pool)
+        .await?
+        .rows_affected())
+}
+
 /// A single-use code that signs a browser into `team`, valid for `ttl`.
 pub async fn create_login_code(
     pool: &PgPool,

@@ -17,7 +17,7 @@ use uuid::Uuid;
 use crate::jobs::queue::{self, NewJob};
 use crate::jobs::recipe;
 use crate::store::blobs::BlobStore;
-use crate::store::db::{ClusterPolicy, Database};
+use crate::store::db::Database;
 use crate::store::ingest::{self, FileKind};
 use crate::store::models::{self, Owner};
 use crate::worker::pipeline::Summary;
@@ -38,13 +38,7 @@ pub struct QueueBench {
 pub async fn run(bench: &QueueBench, work_dir: &Path) -> anyhow::Result<()> {
     let dir = work_dir.join(format!("queue-{}", std::process::id()));
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let database = Database::open(
-        None,
-        &dir,
-        ClusterPolicy::StopOnExit,
-        (bench.workers * 2 + 8) as u32,
-    )
-    .await?;
+    let database = Database::open(None, &dir, (bench.workers * 2 + 8) as u32).await?;
     let result = measure(bench, &database, &dir).await;
     database.close().await?;
     std::fs::remove_dir_all(&dir).ok();

@@ -14,21 +14,12 @@ use super::embedded::{self, Cluster};
 /// The migrations under `migrations/`, embedded at compile time (no database needed to build).
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
-/// What to do with a private cluster when the process is done with it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ClusterPolicy {
-    /// `serve` manages the cluster's life: stop it on exit.
-    StopOnExit,
-    /// Helper commands leave it as they found it: stop it only if they started it.
-    StopIfStarted,
-}
-
 /// An open pool, and the private cluster behind it if there is one.
 #[derive(Debug)]
 pub struct Database {
     /// The pool every module queries through.
     pub pool: PgPool,
-    cluster: Option<(Cluster, ClusterPolicy)>,
+    cluster: Option<Cluster>,
 }
 
 impl Database {
@@ -36,7 +27,6 @@ impl Database {
     pub async fn open(
         url: Option<&str>,
         data_dir: &Path,
-        policy: ClusterPolicy,
         max_connections: u32,
     ) -> anyhow::Result<Database> {
         let (options, cluster) = match url {
@@ -50,16 +40,13 @@ impl Database {
                 let cluster = tokio::task::spawn_blocking(move || Cluster::ensure(&dir)).await??;
                 tracing::info!(url = %cluster.url(embedded::DB_NAME), started = cluster.started_here(), "private PostgreSQL ready");
                 ensure_database(&cluster).await?;
-                (
-                    cluster.connect_options(embedded::DB_NAME),
-                    Some((cluster, policy)),
-                )
+                (cluster.connect_options(embedded::DB_NAME), Some(cluster))
             }
         };
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(5))
-            .connect_with(options)
+            .connect_with(options.application_name(&application_name()))
             .await
             .context("could not connect to PostgreSQL")?;
         Ok(Database { pool, cluster })
@@ -74,18 +61,52 @@ impl Database {
         Ok(())
     }
 
-    /// Closes the pool and, as the policy says, stops the private cluster.
+    /// Closes the pool and, when this process owns the private cluster (it started it, or
+    /// took it over), stops it; but while other squeeze processes are still connected, it
+    /// hands the ownership to one of them instead, which stops the cluster when it exits.
     pub async fn close(self) -> anyhow::Result<()> {
+        let others = match &self.cluster {
+            Some(cluster) if cluster.owned_here() => other_processes(&self.pool).await,
+            _ => Vec::new(),
+        };
         self.pool.close().await;
-        if let Some((cluster, policy)) = self.cluster {
-            let stop = policy == ClusterPolicy::StopOnExit || cluster.started_here();
-            if stop {
+        if let Some(cluster) = self.cluster {
+            if let Some(&heir) = others.first() {
+                cluster.hand_over(heir)?;
+                tracing::info!(
+                    pid = heir,
+                    "private PostgreSQL left running for another squeeze process"
+                );
+            } else if cluster.owned_here() {
                 tokio::task::spawn_blocking(move || cluster.stop()).await??;
                 tracing::info!("private PostgreSQL stopped");
             }
         }
         Ok(())
     }
+}
+
+/// The pids of the other live squeeze processes connected to this database (each names itself
+/// in `application_name`).
+async fn other_processes(pool: &PgPool) -> Vec<u32> {
+    let names: Vec<String> = sqlx::query_scalar(
+        "select distinct application_name from pg_stat_activity
+         where application_name like 'squeeze:%' and application_name <> $1",
+    )
+    .bind(application_name())
+    .fetch_all(pool)
+    .await
+    .unwrap_or_default();
+    names
+        .iter()
+        .filter_map(|n| n.strip_prefix("squeeze:")?.parse().ok())
+        .filter(|&pid| embedded::process_alive(pid))
+        .collect()
+}
+
+/// How this process's connections name themselves to PostgreSQL.
+fn application_name() -> String {
+    format!("squeeze:{}", std::process::id())
 }
 
 async fn ensure_database(cluster: &Cluster) -> anyhow::Result<()> {

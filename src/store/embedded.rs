@@ -170,6 +170,16 @@ fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
+/// Whether a process with this pid exists (a zombie or another user's counts as alive).
+pub fn process_alive(pid: u32) -> bool {
+    let Ok(pid) = i32::try_from(pid) else {
+        return false;
+    };
+    // SAFETY: kill with signal 0 only checks that the process exists and may be signalled.
+    let result = unsafe { libc::kill(pid, 0) };
+    result == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
 /// A running private cluster.
 #[derive(Debug)]
 pub struct Cluster {
@@ -213,8 +223,46 @@ impl Cluster {
         };
         if !cluster.is_running() {
             cluster.start()?;
+            cluster.take_ownership()?;
+        } else if cluster.owner().is_none_or(|pid| !process_alive(pid)) {
+            // Left running by a process that is gone (killed, or crashed): adopt it, so it
+            // is stopped by someone rather than left behind.
+            cluster.take_ownership()?;
         }
         Ok(cluster)
+    }
+
+    /// The file naming the process that stops the cluster when it exits.
+    fn owner_file(&self) -> PathBuf {
+        self.pgdata.with_file_name("postgres.owner")
+    }
+
+    /// The pid in the owner file.
+    fn owner(&self) -> Option<u32> {
+        std::fs::read_to_string(self.owner_file())
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    /// Makes this process the one that stops the cluster.
+    fn take_ownership(&self) -> std::io::Result<()> {
+        self.hand_over(std::process::id())
+    }
+
+    /// Makes process `pid` the one that stops the cluster.
+    pub fn hand_over(&self, pid: u32) -> std::io::Result<()> {
+        let file = self.owner_file();
+        let temp = file.with_extension(format!("owner.{}", std::process::id()));
+        std::fs::write(&temp, pid.to_string())?;
+        std::fs::rename(&temp, &file)
+    }
+
+    /// Whether this process is the one to stop the cluster: it started it, adopted it, or took
+    /// it over, and no other process has since.
+    pub fn owned_here(&self) -> bool {
+        self.owner() == Some(std::process::id())
     }
 
     fn is_running(&self) -> bool {

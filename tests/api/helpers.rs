@@ -68,6 +68,7 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
         admin_token: Some(token.clone()),
         static_dir: None,
         shutdown_grace_secs: 1,
+        login_url: false,
         workers: options.workers,
         poll_secs: options.poll_secs,
     };

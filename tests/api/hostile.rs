@@ -477,3 +477,57 @@ async fn slow_and_idle_connections_are_cut_and_the_cap_refuses_cleanly() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(app.get("/healthz").await.status(), 200);
 }
+
+#[tokio::test]
+async fn sign_in_codes_are_short_lived_void_after_a_restart_and_rate_limited() {
+    let app = spawn_app().await;
+    let login = |code: String| {
+        let app = &app;
+        async move {
+            app.client
+                .post(app.url("/api/v1/login"))
+                .json(&json!({ "code": code }))
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    // Nothing is issued unless asked for.
+    let issued: i64 = sqlx::query_scalar("select count(*) from login_codes")
+        .fetch_one(&app.state.db)
+        .await
+        .unwrap();
+    assert_eq!(issued, 0);
+    let code = squeeze::auth::tokens::create_login_code(
+        &app.state.db,
+        "default",
+        squeeze::auth::LOGIN_CODE_TTL,
+    )
+    .await
+    .unwrap();
+    let lifetime: f64 = sqlx::query_scalar(
+        "select extract(epoch from max(expires_at) - now())::float8 from login_codes",
+    )
+    .fetch_one(&app.state.db)
+    .await
+    .unwrap();
+    assert!(lifetime <= 600.0, "{lifetime}");
+    // A restart (the bootstrap every start runs) voids it.
+    let dir = tempfile::tempdir().unwrap();
+    let boot = squeeze::auth::bootstrap(&app.state.db, dir.path(), None, false)
+        .await
+        .unwrap();
+    assert!(boot.login_code.is_none());
+    assert_eq!(login(code).await.status(), 401);
+    // Ten attempts a minute from one address (the void code's was the first); the eleventh
+    // waits.
+    let mut statuses = Vec::new();
+    for _ in 0..9 {
+        statuses.push(login("sqzl_guess".into()).await.status().as_u16());
+    }
+    assert!(statuses.iter().all(|&s| s == 401), "{statuses:?}");
+    let throttled = login("sqzl_guess".into()).await;
+    assert_eq!(throttled.status(), 429);
+    assert!(throttled.headers().contains_key("retry-after"));
+    assert!(is_problem(&throttled));
+}

@@ -17,7 +17,7 @@ function serverEnvironment() {
 export async function startServer() {
   const binary = process.env.SQUEEZE_BIN || new URL("../../target/debug/squeeze", import.meta.url).pathname;
   const dataDir = mkdtempSync(join(process.env.SQUEEZE_BROWSER_TMP || tmpdir(), "squeeze-browser-"));
-  const child = spawn(binary, ["serve", "--addr", "127.0.0.1:0", "--data-dir", dataDir, "--workers", "2"], {
+  const child = spawn(binary, ["serve", "--addr", "127.0.0.1:0", "--data-dir", dataDir, "--workers", "2", "--login-url"], {
     stdio: ["ignore", "pipe", "pipe"],
     env: serverEnvironment(),
   });

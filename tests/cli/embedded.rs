@@ -123,3 +123,89 @@ async fn a_chosen_admin_token_is_seeded_instead_of_a_generated_one() {
     assert_eq!(me["admin"], true);
     assert!(server.terminate().success());
 }
+
+/// A `squeeze worker` on the data folder, stopped (SIGTERM) and reaped by [`stop`].
+fn start_worker(dir: &std::path::Path) -> std::process::Child {
+    std::process::Command::new(crate::common::squeeze_bin())
+        .args(["worker", "--data-dir"])
+        .arg(dir)
+        .env_remove("DATABASE_URL")
+        .env("SQUEEZE_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+fn stop(mut child: std::process::Child) {
+    // SAFETY: signalling a child process we own.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}");
+}
+
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "{what}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+fn owner(dir: &std::path::Path) -> Option<u32> {
+    std::fs::read_to_string(dir.join("postgres.owner"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+#[tokio::test]
+async fn only_the_owner_stops_the_cluster_and_hands_it_over_while_others_use_it() {
+    let dir = data_dir();
+    // A worker starts the cluster; serve joins; stopping serve leaves it to the worker.
+    let worker = start_worker(dir.path());
+    let worker_pid = worker.id();
+    wait_until("the worker starts the cluster", || {
+        owner(dir.path()) == Some(worker_pid)
+    });
+    let server = Server::start(dir.path(), &[]);
+    // A second serve on the same folder refuses at once, naming the first.
+    let (status, _, stderr) = squeeze(&[
+        "serve",
+        "--addr",
+        "127.0.0.1:0",
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert!(!status.success());
+    assert!(
+        stderr.contains(&format!("another `squeeze serve` (pid {})", server.pid())),
+        "{stderr}"
+    );
+    assert!(server.terminate().success());
+    assert!(
+        cluster_running(dir.path()),
+        "serve stopped a cluster it did not start"
+    );
+    stop(worker);
+    assert!(
+        !cluster_running(dir.path()),
+        "the worker started it and stops it"
+    );
+
+    // serve starts it; a worker joins; serve stops first and hands the cluster over.
+    let server = Server::start(dir.path(), &[]);
+    let worker = start_worker(dir.path());
+    let worker_pid = worker.id();
+    // The worker is connected once it has registered its LISTEN for queued jobs.
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    assert!(server.terminate().success());
+    assert!(
+        cluster_running(dir.path()),
+        "stopped under a connected worker"
+    );
+    assert_eq!(owner(dir.path()), Some(worker_pid));
+    stop(worker);
+    assert!(!cluster_running(dir.path()));
+}

@@ -33,6 +33,7 @@ impl Server {
             .arg(data_dir)
             .env_remove("DATABASE_URL")
             .env("SQUEEZE_LOG", "warn")
+            .env("SQUEEZE_LOGIN_URL", "true")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
         for (k, v) in env {
