@@ -27,7 +27,7 @@ use tower_http::trace::TraceLayer;
 
 use crate::config::ServeArgs;
 use crate::connections::ConnectionLimits;
-use crate::error::{ApiError, PROBLEM_JSON};
+use crate::error::{ApiError, DatabaseDiskFull, PROBLEM_JSON};
 use crate::jobs::events::JobEvents;
 use crate::store::blobs::BlobStore;
 use crate::store::db::Database;
@@ -60,6 +60,21 @@ pub struct AppState {
     pub worker_count: usize,
     /// Sign-in attempts per client address.
     pub login_throttle: Arc<auth::throttle::Throttle>,
+    /// When PostgreSQL last refused a write for lack of disk space.
+    pub database_disk_full_at: Arc<std::sync::Mutex<Option<std::time::Instant>>>,
+}
+
+/// How long after PostgreSQL refused a write for lack of space `/readyz` says not ready.
+pub const DISK_FULL_MEMORY: Duration = Duration::from_secs(30);
+
+impl AppState {
+    /// Whether PostgreSQL refused a write for lack of disk space within [`DISK_FULL_MEMORY`].
+    pub fn database_disk_recently_full(&self) -> bool {
+        self.database_disk_full_at
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .is_some_and(|at| at.elapsed() < DISK_FULL_MEMORY)
+    }
 }
 
 impl FromRef<AppState> for PgPool {
@@ -135,6 +150,7 @@ impl Application {
             events: JobEvents::start(database.pool.clone()),
             worker_count: args.workers,
             login_throttle: Arc::default(),
+            database_disk_full_at: Arc::default(),
         };
         let workers = WorkerPool::start(
             database.pool.clone(),
@@ -267,9 +283,22 @@ pub fn router(state: AppState, static_dir: &Path) -> Router {
     let body_idle = state.limits.upload_idle;
     let dashboard = ServeDir::new(static_dir).append_index_html_on_directories(true);
     let (api, _document) = api::routes().split_for_parts();
+    let disk_full_at = state.database_disk_full_at.clone();
     let routes = api
         .fallback_service(dashboard)
         .with_state(state)
+        .layer(middleware::map_response(move |response: Response<Body>| {
+            let disk_full_at = disk_full_at.clone();
+            async move {
+                if response.extensions().get::<DatabaseDiskFull>().is_some() {
+                    *disk_full_at
+                        .lock()
+                        .unwrap_or_else(|poisoned| poisoned.into_inner()) =
+                        Some(std::time::Instant::now());
+                }
+                response
+            }
+        }))
         .layer(middleware::from_fn(refuse_nul_in_uri))
         // A body that stalls is cut; uploads meet their own idle limit (408) a second sooner.
         .layer(RequestBodyTimeoutLayer::new(

@@ -20,7 +20,13 @@ pub struct ApiError {
     detail: String,
     /// Extra members merged into the problem object (e.g. the offending tensor name).
     extra: Option<serde_json::Map<String, serde_json::Value>>,
+    /// PostgreSQL refused a write for lack of disk space (marks the response for `/readyz`).
+    database_disk_full: bool,
 }
+
+/// A response extension: the request failed because PostgreSQL's disk is full.
+#[derive(Debug, Clone, Copy)]
+pub struct DatabaseDiskFull;
 
 /// Result alias for handlers.
 pub type ApiResult<T> = Result<T, ApiError>;
@@ -59,6 +65,7 @@ impl ApiError {
             code,
             detail: detail.into(),
             extra: None,
+            database_disk_full: false,
         }
     }
 
@@ -182,16 +189,40 @@ impl IntoResponse for ApiError {
         if self.status == StatusCode::UNAUTHORIZED {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
+        if self.database_disk_full {
+            response.extensions_mut().insert(DatabaseDiskFull);
+        }
         response
     }
 }
 
 impl From<sqlx::Error> for ApiError {
     fn from(err: sqlx::Error) -> Self {
-        match &err {
-            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
+        let sqlstate = err
+            .as_database_error()
+            .and_then(|e| e.code())
+            .map(|c| c.into_owned());
+        match (&err, sqlstate.as_deref()) {
+            (sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed, _) => {
                 tracing::error!(error = %err, "database unavailable");
                 Self::unavailable("the database is unavailable; retry shortly")
+            }
+            // disk_full: nothing was written; the client may retry once space is freed.
+            (_, Some("53100")) => {
+                tracing::error!(error = %err, "the database's disk is full");
+                Self {
+                    database_disk_full: true,
+                    ..Self::new(
+                        StatusCode::INSUFFICIENT_STORAGE,
+                        "no_space",
+                        "the database's disk is full; nothing was stored",
+                    )
+                }
+            }
+            // out_of_memory, too_many_connections, insufficient_resources: transient.
+            (_, Some("53200" | "53300" | "53000")) => {
+                tracing::error!(error = %err, "the database is out of resources");
+                Self::unavailable("the database is out of resources; retry shortly")
             }
             _ => Self::internal(format_args!("database: {err}")),
         }

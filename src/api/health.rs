@@ -11,6 +11,9 @@ use utoipa_axum::routes;
 use crate::app::AppState;
 use crate::error::{ApiError, ApiResult};
 
+/// Below this much free space on the data folder's disk the service reports not ready.
+const MIN_FREE_BYTES: u64 = 64 << 20;
+
 /// `/healthz` and `/readyz`.
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -47,7 +50,8 @@ async fn healthz() -> Json<ProbeStatus> {
 
 /// Readiness
 ///
-/// The process can serve: PostgreSQL answers within two seconds.
+/// The process can serve: PostgreSQL answers within two seconds and has not refused a write
+/// for lack of disk space within the last 30 s, and the data folder's disk has room.
 #[utoipa::path(
     get,
     path = "/readyz",
@@ -55,10 +59,26 @@ async fn healthz() -> Json<ProbeStatus> {
     security(()),
     responses(
         (status = 200, description = "Ready", body = ProbeStatus),
-        (status = 503, description = "The database is not reachable"),
+        (status = 503, description = "The database is not reachable, or a disk is full"),
     )
 )]
 async fn readyz(State(state): State<AppState>) -> ApiResult<Json<ProbeStatus>> {
+    if state.database_disk_recently_full() {
+        return Err(ApiError::unavailable(format!(
+            "the database's disk was full within the last {} s",
+            crate::app::DISK_FULL_MEMORY.as_secs()
+        )));
+    }
+    if state
+        .blobs
+        .free_bytes()
+        .is_some_and(|free| free < MIN_FREE_BYTES)
+    {
+        return Err(ApiError::unavailable(format!(
+            "the data folder's disk has less than {} MiB free",
+            MIN_FREE_BYTES >> 20
+        )));
+    }
     let probe = sqlx::query_scalar::<_, i32>("select 1").fetch_one(&state.db);
     match tokio::time::timeout(Duration::from_secs(2), probe).await {
         Ok(Ok(_)) => Ok(Json(ProbeStatus {

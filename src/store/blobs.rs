@@ -41,6 +41,21 @@ impl BlobStore {
         self.root.join("tmp")
     }
 
+    /// Bytes free for an unprivileged writer on the store's file system.
+    pub fn free_bytes(&self) -> Option<u64> {
+        use std::os::unix::ffi::OsStrExt;
+        let path = std::ffi::CString::new(self.root.as_os_str().as_bytes()).ok()?;
+        let mut stats = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+        // SAFETY: statvfs fills the struct for a NUL-terminated path; read only on success.
+        let stats = unsafe {
+            if libc::statvfs(path.as_ptr(), stats.as_mut_ptr()) != 0 {
+                return None;
+            }
+            stats.assume_init()
+        };
+        Some(stats.f_bavail.saturating_mul(stats.f_frsize))
+    }
+
     /// A new temp file; it is deleted when dropped unless published.
     pub fn create_temp(&self) -> io::Result<TempBlob> {
         let path = self

@@ -531,3 +531,29 @@ async fn sign_in_codes_are_short_lived_void_after_a_restart_and_rate_limited() {
     assert!(throttled.headers().contains_key("retry-after"));
     assert!(is_problem(&throttled));
 }
+
+#[tokio::test]
+async fn a_full_database_disk_answers_507_and_makes_the_service_not_ready() {
+    let app = spawn_app().await;
+    let model_id = upload_ok(&app, "full", crate::common::small_model(8)).await;
+    assert_eq!(app.get("/readyz").await.status(), 200);
+    // PostgreSQL's own refusal for lack of space (SQLSTATE 53100), raised where a full disk
+    // would raise it: on the job's insert.
+    for statement in [
+        "create function refuse_for_space() returns trigger language plpgsql as
+         $$ begin raise exception 'could not extend file' using errcode = 'disk_full'; end $$",
+        "create trigger disk_full before insert on jobs
+         for each row execute function refuse_for_space()",
+    ] {
+        sqlx::query(statement).execute(&app.state.db).await.unwrap();
+    }
+    let response = submit(&app, json!({"model_id": model_id, "preset": "int8"}), None).await;
+    assert_eq!(response.status(), 507);
+    assert!(is_problem(&response));
+    let problem: Value = response.json().await.unwrap();
+    assert_eq!(problem["code"], "no_space");
+    let ready = app.get("/readyz").await;
+    assert_eq!(ready.status(), 503);
+    assert!(is_problem(&ready));
+    assert_eq!(app.get("/healthz").await.status(), 200);
+}
