@@ -111,9 +111,9 @@ impl Application {
         let database = Database::open(args.db.database_url.as_deref(), data_dir, 16).await?;
         database.migrate().await?;
         let blobs = BlobStore::open(&data_dir.join("blobs")).context("opening the blob store")?;
-        match blobs.sweep_stale(Duration::from_secs(3600)) {
+        match blobs.sweep_unowned() {
             Ok(0) => {}
-            Ok(n) => tracing::info!(files = n, "removed stale temp files"),
+            Ok(n) => tracing::info!(entries = n, "removed temp files no live process owns"),
             Err(err) => tracing::warn!(error = %err, "could not sweep temp files"),
         }
         let boot = auth::bootstrap(

@@ -353,6 +353,11 @@ async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
     database.migrate().await?;
     let blobs = crate::store::blobs::BlobStore::open(&args.db.data_dir.join("blobs"))
         .context("opening the blob store")?;
+    match blobs.sweep_unowned() {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(entries = n, "removed temp files no live process owns"),
+        Err(err) => tracing::warn!(error = %err, "could not sweep temp files"),
+    }
     let pool = crate::worker::WorkerPool::start(
         database.pool.clone(),
         blobs,

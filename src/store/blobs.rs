@@ -65,6 +65,7 @@ impl BlobStore {
             .write(true)
             .create_new(true)
             .open(&path)?;
+        hold_lock(&file)?;
         Ok(TempBlob {
             file,
             hasher: Sha256::new(),
@@ -73,25 +74,44 @@ impl BlobStore {
         })
     }
 
-    /// Deletes temp files and job folders untouched for `age` (left by a crash); work in progress
-    /// writes continuously, so it is never that old.
-    pub fn sweep_stale(&self, age: Duration) -> io::Result<usize> {
-        let mut removed = 0;
-        for dir in [self.temp_dir(), self.root.join("trash")] {
-            for entry in std::fs::read_dir(dir)? {
-                let path = entry?.path();
-                let idle = SystemTime::now()
-                    .duration_since(newest_mtime(&path)?)
-                    .unwrap_or_default();
-                if idle > age {
-                    if path.is_dir() {
-                        std::fs::remove_dir_all(&path)?;
-                    } else {
-                        std::fs::remove_file(&path)?;
-                    }
-                    removed += 1;
-                }
+    /// A new folder in the temp folder for one job attempt's outputs, owned by this process
+    /// while the returned guard lives (a lock on its `.owner` file) and removed with it.
+    /// Folders of earlier attempts of the same job are removed first.
+    pub fn create_work_dir(&self, prefix: &str, name: &str) -> io::Result<WorkDir> {
+        for entry in std::fs::read_dir(self.temp_dir())?.flatten() {
+            if entry.file_name().to_string_lossy().starts_with(prefix) {
+                let _ = remove_if_unowned(&entry.path(), Duration::ZERO);
             }
+        }
+        let dir = self.temp_dir().join(name);
+        create_private_dir(&dir)?;
+        let lock = std::fs::File::create(dir.join(OWNER_FILE))?;
+        hold_lock(&lock)?;
+        Ok(WorkDir {
+            path: dir,
+            _lock: lock,
+        })
+    }
+
+    /// Deletes what no live process owns in the temp folder (the partial uploads and job
+    /// folders of a process that was killed: their owner's lock went with it) and everything
+    /// in the trash. Entries younger than a couple of seconds are left, as their creator may
+    /// not have locked them yet.
+    pub fn sweep_unowned(&self) -> io::Result<usize> {
+        let mut removed = 0;
+        for entry in std::fs::read_dir(self.temp_dir())? {
+            if remove_if_unowned(&entry?.path(), FRESH)? {
+                removed += 1;
+            }
+        }
+        for entry in std::fs::read_dir(self.root.join("trash"))? {
+            let path = entry?.path();
+            if path.is_dir() {
+                std::fs::remove_dir_all(&path)?;
+            } else {
+                std::fs::remove_file(&path)?;
+            }
+            removed += 1;
         }
         Ok(removed)
     }
@@ -109,6 +129,8 @@ impl BlobStore {
             sha256: sha256.to_owned(),
             len,
             guard: RemoveOnDrop(Some(path.to_path_buf())),
+            // Inside a job folder, whose own lock covers it.
+            _lock: None,
         })
     }
 
@@ -118,15 +140,73 @@ impl BlobStore {
     }
 }
 
-/// The latest modification time of a file, or of anything inside a folder.
-fn newest_mtime(path: &Path) -> io::Result<SystemTime> {
-    let mut newest = std::fs::metadata(path)?.modified()?;
-    if path.is_dir() {
-        for entry in std::fs::read_dir(path)? {
-            newest = newest.max(newest_mtime(&entry?.path())?);
-        }
+/// The file in a job folder whose lock says the folder is in use.
+const OWNER_FILE: &str = ".owner";
+/// How young an unlocked temp entry may be and still be left alone by a sweep.
+const FRESH: Duration = Duration::from_secs(2);
+
+/// Takes an exclusive lock on `file`, held until it is closed (or its process ends).
+fn hold_lock(file: &std::fs::File) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock on a descriptor the caller keeps open.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(io::Error::last_os_error());
     }
-    Ok(newest)
+    Ok(())
+}
+
+/// Whether a live process holds the lock that marks `file` as its own.
+fn locked_elsewhere(file: &Path) -> bool {
+    use std::os::fd::AsRawFd;
+    let Ok(handle) = std::fs::OpenOptions::new().read(true).open(file) else {
+        return false;
+    };
+    // SAFETY: a non-blocking flock on a descriptor opened just above; released when it closes.
+    unsafe { libc::flock(handle.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) != 0 }
+}
+
+/// Removes a temp file or job folder unless a live process owns it or it is younger than
+/// `fresh`; whether it was removed.
+fn remove_if_unowned(path: &Path, fresh: Duration) -> io::Result<bool> {
+    let metadata = std::fs::symlink_metadata(path)?;
+    let age = SystemTime::now()
+        .duration_since(metadata.modified()?)
+        .unwrap_or_default();
+    if age < fresh {
+        return Ok(false);
+    }
+    if metadata.is_dir() {
+        if locked_elsewhere(&path.join(OWNER_FILE)) {
+            return Ok(false);
+        }
+        std::fs::remove_dir_all(path)?;
+    } else {
+        if locked_elsewhere(path) {
+            return Ok(false);
+        }
+        std::fs::remove_file(path)?;
+    }
+    Ok(true)
+}
+
+/// A job attempt's folder: locked while it lives, removed when dropped.
+#[derive(Debug)]
+pub struct WorkDir {
+    path: PathBuf,
+    _lock: std::fs::File,
+}
+
+impl WorkDir {
+    /// The folder.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
 }
 
 fn create_private_dir(dir: &Path) -> io::Result<()> {
@@ -198,6 +278,7 @@ impl TempBlob {
             sha256: hex::encode(self.hasher.finalize()),
             len: self.len,
             guard: self.guard,
+            _lock: Some(self.file),
         })
     }
 }
@@ -210,6 +291,8 @@ pub struct SealedBlob {
     /// Length in bytes.
     pub len: u64,
     guard: RemoveOnDrop,
+    /// The temp file's handle, whose lock marks it as this process's until it is published.
+    _lock: Option<std::fs::File>,
 }
 
 impl SealedBlob {
@@ -336,4 +419,51 @@ pub async fn release(
         }
     }
     Ok(released)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A file or folder as a killed process leaves it: no lock, written a while ago.
+    fn abandoned(path: &Path) {
+        let old = SystemTime::now() - Duration::from_secs(10);
+        let file = std::fs::File::options().write(true).open(path).unwrap();
+        file.set_modified(old).unwrap();
+    }
+
+    #[test]
+    fn a_sweep_removes_what_no_live_process_owns_and_nothing_else() {
+        let root = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(root.path()).unwrap();
+        // Owned by this process: a partial upload and a job folder in use.
+        let mut upload = store.create_temp().unwrap();
+        upload.write(b"partial").unwrap();
+        let work = store.create_work_dir("job-a.", "job-a.1").unwrap();
+        std::fs::write(work.path().join("model.safetensors"), b"out").unwrap();
+        // Old enough that only their locks keep them.
+        abandoned(upload.guard.path());
+        std::fs::File::open(work.path())
+            .unwrap()
+            .set_modified(SystemTime::now() - Duration::from_secs(10))
+            .unwrap();
+        // Left by a killed process: a partial upload, and a job folder whose owner is gone.
+        let left_file = store.temp_dir().join("dead.part");
+        std::fs::write(&left_file, b"partial").unwrap();
+        abandoned(&left_file);
+        let left_dir = store.temp_dir().join("job-b.1");
+        std::fs::create_dir(&left_dir).unwrap();
+        std::fs::write(left_dir.join(OWNER_FILE), b"").unwrap();
+        let dir_handle = std::fs::File::open(&left_dir).unwrap();
+        dir_handle
+            .set_modified(SystemTime::now() - Duration::from_secs(10))
+            .unwrap();
+        assert_eq!(store.sweep_unowned().unwrap(), 2);
+        assert!(!left_file.exists() && !left_dir.exists());
+        assert_eq!(store.temp_file_count().unwrap(), 2);
+        // Gone as soon as their owners are done with them.
+        drop(upload);
+        drop(work);
+        assert_eq!(store.temp_file_count().unwrap(), 0);
+    }
 }

@@ -24,7 +24,7 @@ use crate::compress::Cancel;
 use crate::eval::{EvalError, EvalReport, EvalSpec, Figures};
 use crate::jobs::queue::{self, Artifact, Claimed, Lease};
 use crate::jobs::recipe::Recipe;
-use crate::store::blobs::BlobStore;
+use crate::store::blobs::{BlobStore, WorkDir};
 use crate::store::{datasets, models};
 use pipeline::{InputFile, InputKind, PipelineError, Progress};
 
@@ -300,7 +300,8 @@ impl Worker {
                 name: f.name,
             })
             .collect();
-        let work_dir = self.work_dir(job.id, job.attempt)?;
+        let work = self.work_dir(job.id, job.attempt)?;
+        let work_dir = work.path().to_path_buf();
         let evaluation = match &job.eval {
             Some(spec) => Some(self.prepare_evaluation(model_id, &spec.0).await?),
             None => None,
@@ -462,7 +463,7 @@ impl Worker {
                 }
             }
         };
-        let _ = std::fs::remove_dir_all(&work_dir);
+        drop(work);
         Ok(ending)
     }
 
@@ -496,18 +497,12 @@ impl Worker {
     }
 
     /// A fresh folder for this attempt's outputs, inside the blob store's temp folder (same file
-    /// system, so publishing is a rename); folders of earlier attempts of the job are removed.
-    fn work_dir(&self, id: Uuid, attempt: i32) -> std::io::Result<PathBuf> {
-        let tmp = self.blobs.temp_dir();
+    /// system, so publishing is a rename), owned by this process and removed when the attempt
+    /// ends however it ends; folders of earlier attempts of the job are removed.
+    fn work_dir(&self, id: Uuid, attempt: i32) -> std::io::Result<WorkDir> {
         let prefix = format!("job-{id}.");
-        for entry in std::fs::read_dir(&tmp)?.flatten() {
-            if entry.file_name().to_string_lossy().starts_with(&prefix) {
-                let _ = std::fs::remove_dir_all(entry.path());
-            }
-        }
-        let dir = tmp.join(format!("{prefix}{attempt}"));
-        std::fs::create_dir_all(&dir)?;
-        Ok(dir)
+        self.blobs
+            .create_work_dir(&prefix, &format!("{prefix}{attempt}"))
     }
 }
 
