@@ -39,6 +39,18 @@ export async function problemOf(response) {
   }
 }
 
+/// Keys whose values are free text, never figures (a job may well be named "NaN").
+const TEXT_KEYS = new Set(["name", "model_name", "error", "eval_error", "detail", "title", "scheme", "worst_tensor", "created_by", "code", "type", "state"]);
+const NON_FINITE = { NaN: NaN, Infinity: Infinity, "-Infinity": -Infinity };
+
+/// JSON as the API writes it: figures that are not finite numbers arrive as the strings
+/// "NaN", "Infinity" and "-Infinity" (JSON has no such numbers) and become numbers again here.
+export function parseJson(text) {
+  return JSON.parse(text, (key, value) =>
+    typeof value === "string" && value in NON_FINITE && !TEXT_KEYS.has(key) ? NON_FINITE[value] : value,
+  );
+}
+
 /// GET and parse JSON; throws an Error carrying the server's message.
 export async function getJson(path) {
   const response = await api(path);
@@ -46,7 +58,7 @@ export async function getJson(path) {
     const problem = await problemOf(response);
     throw Object.assign(new Error(problem.detail), { problem });
   }
-  return response.json();
+  return parseJson(await response.text());
 }
 
 /// Redeems a one-time `#login=` code from the URL, then takes it out of the URL.

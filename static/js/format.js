@@ -1,4 +1,13 @@
-// Numbers with units, and times in the viewer's time zone.
+// Numbers with units, and times in the viewer's time zone. A figure that is not a finite
+// number (the API sends NaN and infinities for metrics that overflowed) is shown by name.
+
+const missing = (x) => x === null || x === undefined;
+
+/// "∞", "−∞" or "NaN" for a non-finite number, else null.
+export function nonFinite(x) {
+  if (typeof x !== "number" || Number.isFinite(x)) return null;
+  return Number.isNaN(x) ? "NaN" : x > 0 ? "∞" : "−∞";
+}
 
 export function bytes(n) {
   if (n === null || n === undefined || Number.isNaN(n)) return "";
@@ -14,6 +23,7 @@ export function bytes(n) {
 
 export function rate(bytesPerSecond) {
   if (!bytesPerSecond) return "";
+  if (nonFinite(bytesPerSecond)) return nonFinite(bytesPerSecond);
   const gb = bytesPerSecond / 1e9;
   return gb >= 1 ? `${gb.toFixed(2)} GB/s` : `${(bytesPerSecond / 1e6).toFixed(1)} MB/s`;
 }
@@ -27,19 +37,20 @@ export function count(n) {
 }
 
 export const percent = (x, digits = 2) =>
-  x === null || x === undefined ? "" : `${(x * 100).toFixed(digits)} %`;
+  missing(x) ? "" : nonFinite(x) ?? `${(x * 100).toFixed(digits)} %`;
 
 export const points = (x) =>
-  x === null || x === undefined ? "" : `${x >= 0 ? "+" : "−"}${Math.abs(x * 100).toFixed(2)} pt`;
+  missing(x) ? "" : nonFinite(x) ?? `${x >= 0 ? "+" : "−"}${Math.abs(x * 100).toFixed(2)} pt`;
 
-export const ms = (x) => (x === null || x === undefined ? "" : `${x < 10 ? x.toFixed(3) : x.toFixed(1)} ms`);
+export const ms = (x) => (missing(x) ? "" : nonFinite(x) ?? `${x < 10 ? x.toFixed(3) : x.toFixed(1)} ms`);
 
-export const ratio = (x) => (x ? `${x.toFixed(2)}×` : "");
+export const ratio = (x) => (x ? nonFinite(x) ?? `${x.toFixed(2)}×` : "");
 
-export const bits = (x) => (x ? `${x.toFixed(2)} bit` : "");
+export const bits = (x) => (x ? nonFinite(x) ?? `${x.toFixed(2)} bit` : "");
 
 export const seconds = (x) => {
-  if (x === null || x === undefined) return "";
+  if (missing(x)) return "";
+  if (nonFinite(x)) return nonFinite(x);
   if (x < 60) return `${x.toFixed(x < 10 ? 2 : 1)} s`;
   return `${Math.floor(x / 60)} min ${Math.round(x % 60)} s`;
 };
@@ -51,4 +62,4 @@ export function duration(start, end) {
   return seconds((new Date(end || Date.now()) - new Date(start)) / 1000);
 }
 
-export const sci = (x) => (x === null || x === undefined ? "" : x === 0 ? "0" : x.toExponential(2));
+export const sci = (x) => (missing(x) ? "" : x === 0 ? "0" : nonFinite(x) ?? x.toExponential(2));

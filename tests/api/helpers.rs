@@ -145,6 +145,13 @@ impl TestApp {
         response.json().await.unwrap()
     }
 
+    /// GET without a token; the JSON body of a 200.
+    pub async fn json_unauthenticated(&self, path: &str) -> serde_json::Value {
+        let response = self.client.get(self.url(path)).send().await.unwrap();
+        assert_eq!(response.status(), 200, "GET {path}");
+        response.json().await.unwrap()
+    }
+
     /// Ids of the team's models (first page).
     pub async fn model_ids(&self) -> Vec<String> {
         self.json("/api/v1/models?limit=100").await["items"]

@@ -9,6 +9,7 @@ mod errors;
 mod evaluation;
 mod helpers;
 mod hostile;
+mod isolation;
 mod jobs;
 mod malformed;
 mod openapi;

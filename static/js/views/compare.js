@@ -3,7 +3,7 @@
 // and highlighted, dominated jobs dimmed, the original as a star. Selecting 2-10 jobs gives a
 // side-by-side table ("differences only") and a tensors × jobs error heatmap.
 
-import { follow, getJson } from "../api.js";
+import { follow, getJson, parseJson } from "../api.js";
 import { emptyState, h } from "../dom.js";
 import { figures } from "../figures.js";
 import * as fmt from "../format.js";
@@ -114,7 +114,7 @@ export async function render(container, { params, signal }) {
   let pending = null;
   follow("/events", (kind, data) => {
     if (kind === "job") {
-      const job = JSON.parse(data);
+      const job = parseJson(data);
       if (job.model_id !== modelId || job.state !== "succeeded" || rows.some((r) => r.job_id === job.id)) return;
     }
     clearTimeout(pending);
@@ -258,7 +258,8 @@ async function drawSelection(side, heat, rows, selected) {
   const cells = [];
   reports.forEach((report, i) => {
     const job = chosen[i].name || chosen[i].job_id.slice(0, 8);
-    for (const t of report.tensors) if (t.scheme !== "unchanged") cells.push({ job, tensor: t.name, error: Math.max(t.rel_error, 1e-9) });
+    // A non-finite error has no colour on the scale: its cell stays empty (the table names it).
+    for (const t of report.tensors) if (t.scheme !== "unchanged" && Number.isFinite(t.rel_error)) cells.push({ job, tensor: t.name, error: Math.max(t.rel_error, 1e-9) });
   });
   if (!window.Plot || cells.length === 0) {
     heat.replaceChildren();

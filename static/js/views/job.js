@@ -3,7 +3,7 @@
 // (sortable, colour-scaled error, worst N), the artifact files, the recipe as JSON and curl,
 // and the error of a failed job.
 
-import { api, follow, getJson, problemOf } from "../api.js";
+import { api, follow, getJson, parseJson, problemOf } from "../api.js";
 import { h, progressBar, sortableTable, stateBadge } from "../dom.js";
 import { figures, method } from "../figures.js";
 import * as fmt from "../format.js";
@@ -35,7 +35,7 @@ export async function render(container, { argument: id, signal }) {
   };
   await draw(await getJson(`/jobs/${id}`));
   if (!["succeeded", "failed", "canceled"].includes(shownState)) {
-    follow(`/jobs/${id}/events`, (kind, data) => draw(JSON.parse(data)), signal, { reconnect: true });
+    follow(`/jobs/${id}/events`, (kind, data) => draw(parseJson(data)), signal, { reconnect: true });
   }
 }
 
@@ -49,7 +49,7 @@ function drawHead(head, job, message) {
         message.textContent = (await problemOf(response)).detail;
         return;
       }
-      const changed = await response.json();
+      const changed = parseJson(await response.text());
       if (changed.id !== job.id) location.hash = `#/jobs/${changed.id}`;
     },
   }, label);

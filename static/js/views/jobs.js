@@ -2,7 +2,7 @@
 // team, no polling), filters kept in the URL (state, model, method, text, dates, sort, page)
 // so a link shows the same list, and cancel / re-run on each row.
 
-import { api, follow, getJson, problemOf } from "../api.js";
+import { api, follow, getJson, parseJson, problemOf } from "../api.js";
 import { emptyState, h, progressBar, sortableTable, stateBadge } from "../dom.js";
 import { figures, method } from "../figures.js";
 import * as fmt from "../format.js";
@@ -88,7 +88,7 @@ export async function render(container, { params, signal }) {
   follow("/events", (kind, data) => {
     if (kind === "resync") return load();
     if (kind !== "job") return;
-    const job = JSON.parse(data);
+    const job = parseJson(data);
     const index = page.items.findIndex((j) => j.id === job.id);
     if (index >= 0) {
       page.items[index] = job;

@@ -2,7 +2,7 @@
 // optionally an evaluation set and a sweep, and submit every variant as its own job. A 422
 // from the server is shown next to the field it concerns (the problem's `stage` and `code`).
 
-import { api, getJson, problemOf } from "../api.js";
+import { api, getJson, parseJson, problemOf } from "../api.js";
 import { emptyState, field, h } from "../dom.js";
 import { method } from "../figures.js";
 
@@ -329,7 +329,7 @@ export async function render(container, { params }) {
       for (const body of list) {
         const response = await api("/jobs", { method: "POST", json: body });
         if (response.ok) {
-          const job = await response.json();
+          const job = parseJson(await response.text());
           results.append(h("li", {}, "Queued ", h("a", { href: `#/jobs/${job.id}` }, job.name || job.id)));
         } else {
           failed += 1;
