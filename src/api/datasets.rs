@@ -125,7 +125,7 @@ async fn upload_dataset(
         }
     };
     let parsing = bytes.clone();
-    let (_, stats) = tokio::task::spawn_blocking(move || dataset::parse(&parsing))
+    let stats = tokio::task::spawn_blocking(move || dataset::stats(&parsing))
         .await
         .map_err(ApiError::internal)?
         .map_err(|e| ApiError::unprocessable(e.code(), e.to_string()))?;

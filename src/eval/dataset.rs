@@ -82,15 +82,55 @@ impl DatasetError {
     }
 }
 
+/// `{"tokens": [...], "label": n}`. Read by its first character rather than as an untagged
+/// enum, which would first copy the whole line into a generic tree (tens of bytes per id).
 #[derive(Deserialize)]
-#[serde(untagged)]
-enum Line {
-    Object {
-        tokens: Vec<i64>,
-        #[serde(default)]
-        label: Option<i64>,
-    },
-    Array(Vec<i64>),
+struct TokenObject {
+    #[serde(deserialize_with = "bounded_ids")]
+    tokens: Vec<i64>,
+    #[serde(default)]
+    label: Option<i64>,
+}
+
+/// The message by which [`bounded_ids`] stops a line.
+const TOO_LONG: &str = "tokens; at most";
+
+/// A sequence of ids, refused at the first one past [`MAX_SEQUENCE`] (before the rest of an
+/// enormous line costs memory).
+fn bounded_ids<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<i64>, D::Error> {
+    struct Ids;
+    impl<'de> serde::de::Visitor<'de> for Ids {
+        type Value = Vec<i64>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("an array of token ids")
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<i64>, A::Error> {
+            let mut ids = Vec::new();
+            while let Some(id) = seq.next_element::<i64>()? {
+                if ids.len() == MAX_SEQUENCE {
+                    return Err(serde::de::Error::custom(format!(
+                        "more than {MAX_SEQUENCE} {TOO_LONG} {MAX_SEQUENCE} per sequence"
+                    )));
+                }
+                ids.push(id);
+            }
+            Ok(ids)
+        }
+    }
+    deserializer.deserialize_seq(Ids)
+}
+
+/// One line's ids and label.
+fn parse_line(raw: &str) -> Result<(Vec<i64>, Option<i64>), serde_json::Error> {
+    if raw.trim_start().starts_with('[') {
+        let mut de = serde_json::Deserializer::from_str(raw);
+        let ids = bounded_ids(&mut de)?;
+        de.end()?;
+        Ok((ids, None))
+    } else {
+        let object: TokenObject = serde_json::from_str(raw)?;
+        Ok((object.tokens, object.label))
+    }
 }
 
 /// Parses a set from its bytes, by content: safetensors when its header parses, else JSONL.
@@ -104,7 +144,11 @@ pub fn parse(bytes: &[u8]) -> Result<(Dataset, DatasetStats), DatasetError> {
     parse_jsonl(bytes)
 }
 
-fn parse_jsonl(bytes: &[u8]) -> Result<(Dataset, DatasetStats), DatasetError> {
+/// Calls `visit` with each non-empty line's tokens and label, checked.
+fn each_sequence(
+    bytes: &[u8],
+    mut visit: impl FnMut(Vec<u32>, Option<u32>),
+) -> Result<(), DatasetError> {
     let text = std::str::from_utf8(bytes).map_err(|e| DatasetError::Line {
         line: 1 + bytes[..e.valid_up_to()]
             .iter()
@@ -112,30 +156,26 @@ fn parse_jsonl(bytes: &[u8]) -> Result<(Dataset, DatasetStats), DatasetError> {
             .count(),
         message: "not UTF-8 text (a token set is JSONL; a classifier set is safetensors)".into(),
     })?;
-    let mut sequences = Vec::new();
     for (i, raw) in text.lines().enumerate() {
         let line = i + 1;
         let bad = |message: String| DatasetError::Line { line, message };
         if raw.trim().is_empty() {
             continue;
         }
-        let parsed: Line = serde_json::from_str(raw).map_err(|e| {
-            bad(format!(
-                "expected {{\"tokens\": [ids...]}} or [ids...]: {e}"
-            ))
+        let (ids, label) = parse_line(raw).map_err(|e| {
+            let text = e.to_string();
+            if text.contains(TOO_LONG) {
+                bad(format!(
+                    "more than {MAX_SEQUENCE} tokens; at most {MAX_SEQUENCE} per sequence"
+                ))
+            } else {
+                bad(format!(
+                    "expected {{\"tokens\": [ids...]}} or [ids...]: {text}"
+                ))
+            }
         })?;
-        let (ids, label) = match parsed {
-            Line::Object { tokens, label } => (tokens, label),
-            Line::Array(tokens) => (tokens, None),
-        };
         if ids.is_empty() {
             return Err(bad("the sequence has no tokens".into()));
-        }
-        if ids.len() > MAX_SEQUENCE {
-            return Err(bad(format!(
-                "{} tokens; at most {MAX_SEQUENCE} per sequence",
-                ids.len()
-            )));
         }
         let tokens = ids
             .iter()
@@ -146,28 +186,77 @@ fn parse_jsonl(bytes: &[u8]) -> Result<(Dataset, DatasetStats), DatasetError> {
         let label = label
             .map(|l| u32::try_from(l).map_err(|_| bad(format!("label {l} is not a class index"))))
             .transpose()?;
-        sequences.push(Sequence { tokens, label });
+        visit(tokens, label);
     }
-    if sequences.is_empty() {
+    Ok(())
+}
+
+/// The figures of a token set, gathered line by line.
+#[derive(Default)]
+struct TokenFigures {
+    rows: u64,
+    tokens: u64,
+    max_token: Option<u32>,
+    min_length: Option<u64>,
+    max_length: Option<u64>,
+    labelled: u64,
+    max_label: Option<u32>,
+}
+
+impl TokenFigures {
+    fn add(&mut self, tokens: &[u32], label: Option<u32>) {
+        let length = tokens.len() as u64;
+        self.rows += 1;
+        self.tokens += length;
+        self.max_token = self.max_token.max(tokens.iter().copied().max());
+        self.min_length = Some(self.min_length.map_or(length, |m| m.min(length)));
+        self.max_length = self.max_length.max(Some(length));
+        if let Some(label) = label {
+            self.labelled += 1;
+            self.max_label = self.max_label.max(Some(label));
+        }
+    }
+
+    fn stats(self) -> Result<DatasetStats, DatasetError> {
+        if self.rows == 0 {
+            return Err(DatasetError::Empty);
+        }
+        Ok(DatasetStats {
+            kind: "tokens".into(),
+            rows: self.rows,
+            tokens: Some(self.tokens),
+            max_token: self.max_token,
+            min_length: self.min_length,
+            max_length: self.max_length,
+            features: None,
+            labelled: self.labelled,
+            max_label: self.max_label,
+        })
+    }
+}
+
+fn parse_jsonl(bytes: &[u8]) -> Result<(Dataset, DatasetStats), DatasetError> {
+    let mut sequences = Vec::new();
+    let mut figures = TokenFigures::default();
+    each_sequence(bytes, |tokens, label| {
+        figures.add(&tokens, label);
+        sequences.push(Sequence { tokens, label });
+    })?;
+    Ok((Dataset::Tokens(sequences), figures.stats()?))
+}
+
+/// A set's figures without keeping its contents: what an upload checks and records. A token
+/// set is read one line at a time, so the memory is the bytes and one line.
+pub fn stats(bytes: &[u8]) -> Result<DatasetStats, DatasetError> {
+    if bytes.iter().all(|b| b.is_ascii_whitespace()) {
         return Err(DatasetError::Empty);
     }
-    let lengths = sequences.iter().map(|s| s.tokens.len() as u64);
-    let labels: Vec<u32> = sequences.iter().filter_map(|s| s.label).collect();
-    let stats = DatasetStats {
-        kind: "tokens".into(),
-        rows: sequences.len() as u64,
-        tokens: Some(lengths.clone().sum()),
-        max_token: sequences
-            .iter()
-            .flat_map(|s| s.tokens.iter().copied())
-            .max(),
-        min_length: lengths.clone().min(),
-        max_length: lengths.max(),
-        features: None,
-        labelled: labels.len() as u64,
-        max_label: labels.iter().copied().max(),
-    };
-    Ok((Dataset::Tokens(sequences), stats))
+    if bytes.len() >= 8 && safetensors::looks_like_safetensors(bytes) {
+        return parse_tensors(bytes).map(|(_, stats)| stats);
+    }
+    let mut figures = TokenFigures::default();
+    each_sequence(bytes, |tokens, label| figures.add(&tokens, label))?;
+    figures.stats()
 }
 
 fn parse_tensors(bytes: &[u8]) -> Result<(Dataset, DatasetStats), DatasetError> {

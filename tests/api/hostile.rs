@@ -557,3 +557,34 @@ async fn a_full_database_disk_answers_507_and_makes_the_service_not_ready() {
     assert!(is_problem(&ready));
     assert_eq!(app.get("/healthz").await.status(), 200);
 }
+
+#[tokio::test]
+async fn an_enormous_dataset_line_is_refused_at_its_limit() {
+    let app = spawn_app().await;
+    let mut line = String::from("[");
+    for i in 0..400_000 {
+        if i > 0 {
+            line.push(',');
+        }
+        line.push('1');
+    }
+    line.push_str("]\n");
+    let response = app
+        .client
+        .post(app.url("/api/v1/datasets?name=huge"))
+        .header("authorization", app.bearer())
+        .header("content-type", "application/octet-stream")
+        .body(line.into_bytes())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 422);
+    let problem: Value = response.json().await.unwrap();
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("at most 8192 per sequence"),
+        "{problem}"
+    );
+}
