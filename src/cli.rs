@@ -78,6 +78,17 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             })
             .await?
         }
+        Command::Bench(crate::config::BenchCommand::Events {
+            subscribers,
+            rounds,
+            work_dir,
+        }) => {
+            let bench = crate::bench::events::EventsBench {
+                subscribers,
+                rounds,
+            };
+            crate::bench::events::run(&bench, &work_dir).await
+        }
         Command::Bench(crate::config::BenchCommand::Queue {
             jobs,
             workers,

@@ -249,6 +249,18 @@ pub enum BenchCommand {
         #[arg(long)]
         only: Option<String>,
     },
+    /// The team event stream's fan-out to many subscribers, against one subscriber.
+    Events {
+        /// Subscribers on the team stream.
+        #[arg(long, default_value_t = 200)]
+        subscribers: usize,
+        /// Job changes timed.
+        #[arg(long, default_value_t = 50)]
+        rounds: usize,
+        /// Folder for the temporary database and files (removed afterwards).
+        #[arg(long, default_value = "./data/bench")]
+        work_dir: PathBuf,
+    },
     /// Job queue throughput and enqueue-to-start latency, next to database round trips, on a
     /// private PostgreSQL made for the run.
     Queue {

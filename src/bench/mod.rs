@@ -3,8 +3,10 @@
 //!
 //! `kernels` and `pipeline` measure the compression kernels (in memory) and the whole pipeline
 //! (with file I/O) against memory-copy bandwidth; `queue` measures the job queue and the worker
-//! pool against plain database round trips.
+//! pool against plain database round trips; `events` measures the team event stream's fan-out
+//! to many subscribers against one.
 
+pub mod events;
 pub mod kernels;
 pub mod pipeline;
 pub mod queue;

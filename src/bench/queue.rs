@@ -163,7 +163,7 @@ async fn measure(bench: &QueueBench, database: &Database, dir: &Path) -> anyhow:
 }
 
 /// A stored model of two 64×64 BF16 matrices.
-async fn tiny_model(
+pub(super) async fn tiny_model(
     db: &sqlx::PgPool,
     blobs: &BlobStore,
     team_id: Uuid,
@@ -193,7 +193,11 @@ async fn tiny_model(
     Ok((model.id, model.sha256))
 }
 
-async fn submit(db: &sqlx::PgPool, team_id: Uuid, model: &(Uuid, String)) -> anyhow::Result<Uuid> {
+pub(super) async fn submit(
+    db: &sqlx::PgPool,
+    team_id: Uuid,
+    model: &(Uuid, String),
+) -> anyhow::Result<Uuid> {
     let new = NewJob {
         team_id,
         created_by: None,

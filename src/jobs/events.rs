@@ -14,6 +14,10 @@ use uuid::Uuid;
 
 use super::queue::{self, EVENTS_CHANNEL, Job};
 
+/// Changed jobs read from the database by the fan-out since the process started (for
+/// `squeeze bench events`: one read per change, however many streams).
+pub static JOB_READS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// What a stream receives.
 #[derive(Debug)]
 pub enum JobChange {
@@ -47,6 +51,7 @@ impl JobEvents {
                         let Ok(id) = note.payload().parse::<Uuid>() else {
                             continue;
                         };
+                        JOB_READS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         match queue::get_with_team(&db, id).await {
                             Ok(Some((team_id, job))) => {
                                 let job = Box::new(job);

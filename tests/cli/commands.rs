@@ -324,3 +324,25 @@ fn the_kernel_benchmark_prints_a_table_against_memcpy() {
         }
     }
 }
+
+#[test]
+fn the_event_benchmark_reads_each_change_once_whatever_the_subscribers() {
+    let dir = tempfile::tempdir().unwrap();
+    let (status, stdout, stderr) = squeeze(&[
+        "bench",
+        "events",
+        "--subscribers",
+        "20",
+        "--rounds",
+        "5",
+        "--work-dir",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert!(status.success(), "{stderr}");
+    assert!(stdout.contains("baseline: 1 subscriber"), "{stdout}");
+    assert!(
+        stdout.contains("fan-out: 20 subscribers")
+            && stdout.contains("1.0 database reads per change"),
+        "{stdout}"
+    );
+}
