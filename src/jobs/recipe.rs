@@ -720,6 +720,31 @@ impl Recipe {
         })
     }
 
+    /// The tensors' shapes after a first `mlp_channels` stage: its projections lose the pruned
+    /// share of their intermediate channels (the rows of gate and up, the columns of down).
+    fn shapes_after_mlp_shrinking(&self, tensors: &[TensorMeta]) -> Vec<TensorMeta> {
+        let mut shapes = tensors.to_vec();
+        let Some(Stage::Prune(Prune::MlpChannels { sparsity, .. })) = self.stages.first() else {
+            return shapes;
+        };
+        let Ok(layers) = hf::gated_mlps(tensors.iter().map(|t| (t.name.as_str(), &t.shape[..])))
+        else {
+            return shapes;
+        };
+        for layer in layers {
+            let kept = layer.intermediate
+                - crate::compress::prune::prune_count(layer.intermediate, *sparsity);
+            for t in shapes.iter_mut() {
+                if t.name == layer.gate || t.name == layer.up {
+                    t.shape[0] = kept;
+                } else if t.name == layer.down {
+                    t.shape[1] = kept;
+                }
+            }
+        }
+        shapes
+    }
+
     /// Checks every rule against the model's tensors; returns the names that will be compressed.
     pub fn validate(&self, tensors: &[TensorMeta]) -> Result<Vec<String>, RecipeError> {
         if self.stages.is_empty() {
@@ -820,7 +845,9 @@ impl Recipe {
                 _ => {}
             }
         }
-        let selected: Vec<&TensorMeta> = tensors
+        // The later stages see the MLP projections as a first shrinking stage leaves them.
+        let shrunk = self.shapes_after_mlp_shrinking(tensors);
+        let selected: Vec<&TensorMeta> = shrunk
             .iter()
             .filter(|t| selection.selects(&t.name, t.dtype, &t.shape))
             .collect();
@@ -1437,6 +1464,18 @@ mod tests {
             late.validate(&llama).unwrap_err().code(),
             "stage_must_be_first"
         );
+        // Later stages are checked against the shrunk shapes: [64, 16] allows rank 12, the
+        // [32, 16] that halving leaves only rank 10.
+        let rank = |r: usize| {
+            parse(&format!(
+                r#"{{"stages": [{{"prune": {{"method": "mlp_channels", "sparsity": 0.5}}}},
+                               {{"low_rank": {{"rank": {r}}}}}]}}"#
+            ))
+        };
+        assert!(rank(10).validate(&llama).is_ok());
+        let err = rank(11).validate(&llama).unwrap_err();
+        assert_eq!(err.code(), "rank_grows_tensor");
+        assert!(err.to_string().contains("(32 × 16)"), "{err}");
     }
 
     #[test]
