@@ -102,3 +102,80 @@ async fn a_multi_gigabyte_upload_keeps_server_memory_flat() {
     );
     assert!(server.terminate().success());
 }
+
+/// Costly recipe patterns (the probe's 100 × `re:\w{100}` took 640 MB and 10 s) cost the
+/// server no lasting memory: each recipe is refused by its limits before it is compiled whole.
+#[tokio::test]
+async fn costly_recipe_patterns_leave_server_memory_flat() {
+    let dir = data_dir();
+    let server = Server::start(dir.path(), &[]);
+    let token = std::fs::read_to_string(dir.path().join("admin-token"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    let client = reqwest::Client::new();
+    let model = crate::common::bf16_model(2, 16, 64, 3);
+    let uploaded: serde_json::Value = client
+        .post(format!("{}/api/v1/models?name=patterns", server.base))
+        .bearer_auth(&token)
+        .header("content-type", "application/octet-stream")
+        .body(model)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let model_id = uploaded["id"].as_str().unwrap().to_owned();
+    let submit = |targets: Vec<String>| {
+        let client = client.clone();
+        let url = format!("{}/api/v1/jobs", server.base);
+        let token = token.clone();
+        let model_id = model_id.clone();
+        async move {
+            let body = serde_json::json!({"model_id": model_id, "recipe": {
+                "stages": [{"quantize": {"scheme": "int", "bits": 8}}], "targets": targets}});
+            let response = client
+                .post(url)
+                .bearer_auth(token)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            response.status().as_u16()
+        }
+    };
+    // Warm up the allocator and the paths a refusal takes.
+    assert_eq!(submit(vec![r"re:\w{100}".into()]).await, 422);
+    let warm = peak_rss_kib(server.pid());
+    for round in 0..20 {
+        let many: Vec<String> = (0..300)
+            .map(|i| format!(r"re:\w{{100}}{round}{i}"))
+            .collect();
+        assert_eq!(submit(many).await, 422);
+        let within: Vec<String> = (0..32)
+            .map(|i| format!(r"re:\w{{100}}{round}{i}"))
+            .collect();
+        assert_eq!(submit(within).await, 422);
+    }
+    let peak = peak_rss_kib(server.pid());
+    println!(
+        "600 recipes of costly patterns: server peak RSS {:.1} MiB before, {:.1} MiB after",
+        warm as f64 / 1024.0,
+        peak as f64 / 1024.0
+    );
+    assert!(
+        peak < warm + 32 * 1024,
+        "peak RSS grew from {warm} KiB to {peak} KiB"
+    );
+    assert_eq!(
+        client
+            .get(format!("{}/healthz", server.base))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert!(server.terminate().success());
+}
