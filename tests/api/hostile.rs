@@ -351,34 +351,28 @@ async fn every_response_carries_the_security_headers() {
 #[tokio::test]
 async fn oversized_or_deep_json_side_files_are_refused_without_building_them() {
     let app = spawn_app().await;
+    // A model and one JSON side file, as a browser uploads them.
+    let upload_with = |side: &'static str, json: String, seed: u64| {
+        let form = reqwest::multipart::Form::new()
+            .part(
+                "file",
+                reqwest::multipart::Part::bytes(crate::common::small_model(seed))
+                    .file_name("model.safetensors"),
+            )
+            .part(
+                "file",
+                reqwest::multipart::Part::bytes(json.into_bytes()).file_name(side),
+            );
+        app.upload_multipart(form)
+    };
     // A 2 MiB config.json: refused by size, before parsing.
     let config = format!("{{\"a\": [{}0]}}", "0,".repeat(1 << 20));
-    let form = reqwest::multipart::Form::new()
-        .part(
-            "file",
-            reqwest::multipart::Part::bytes(crate::common::small_model(6))
-                .file_name("model.safetensors"),
-        )
-        .part(
-            "file",
-            reqwest::multipart::Part::bytes(config.into_bytes()).file_name("config.json"),
-        );
-    let response = app.upload_multipart(form).await;
+    let response = upload_with("config.json", config, 6).await;
     assert_eq!(response.status(), 413);
     assert!(is_problem(&response));
     // A well-formed 4 MiB tokenizer.json is only checked, never built into a document.
     let tokenizer = format!("{{\"a\": [{}0]}}", "0,".repeat(2 << 20));
-    let form = reqwest::multipart::Form::new()
-        .part(
-            "file",
-            reqwest::multipart::Part::bytes(crate::common::small_model(7))
-                .file_name("model.safetensors"),
-        )
-        .part(
-            "file",
-            reqwest::multipart::Part::bytes(tokenizer.into_bytes()).file_name("tokenizer.json"),
-        );
-    let response = app.upload_multipart(form).await;
+    let response = upload_with("tokenizer.json", tokenizer, 7).await;
     assert_eq!(response.status(), 201);
     // __metadata__ holding an array: refused as metadata_not_string.
     let header =

@@ -22,6 +22,21 @@ fn peak_rss_kib(pid: i32) -> u64 {
 
 /// Streams a safetensors file of one U8 tensor of `len` bytes; returns (status, server sha256,
 /// client sha256, seconds).
+/// Prints the server's peak RSS against `warm` (KiB) and asserts it grew by less than
+/// `slack_mib`.
+fn assert_peak_within(server: &Server, warm: u64, slack_mib: u64, what: &str) {
+    let peak = peak_rss_kib(server.pid());
+    println!(
+        "{what}: server peak RSS {:.1} MiB before, {:.1} MiB after",
+        warm as f64 / 1024.0,
+        peak as f64 / 1024.0
+    );
+    assert!(
+        peak < warm + slack_mib * 1024,
+        "peak RSS grew from {warm} KiB to {peak} KiB"
+    );
+}
+
 async fn stream_upload(base: &str, token: &str, len: u64) -> (u16, String, String, f64) {
     let header = format!(r#"{{"big":{{"dtype":"U8","shape":[{len}],"data_offsets":[0,{len}]}}}}"#);
     let mut head = (header.len() as u64).to_le_bytes().to_vec();
@@ -89,17 +104,9 @@ async fn a_multi_gigabyte_upload_keeps_server_memory_flat() {
         server_sha, client_sha,
         "the server's digest must equal the client's"
     );
-    let peak = peak_rss_kib(server.pid());
     let mb_per_s = len as f64 / 1e6 / seconds;
-    println!(
-        "upload of {gib} GiB: {mb_per_s:.0} MB/s on loopback; server peak RSS {:.1} MiB after a 64 MiB upload, {:.1} MiB after {gib} GiB",
-        warm as f64 / 1024.0,
-        peak as f64 / 1024.0
-    );
-    assert!(
-        peak < warm + 64 * 1024,
-        "peak RSS grew from {warm} KiB to {peak} KiB with the file size"
-    );
+    println!("upload of {gib} GiB: {mb_per_s:.0} MB/s on loopback");
+    assert_peak_within(&server, warm, 64, &format!("an upload of {gib} GiB"));
     assert!(server.terminate().success());
 }
 
@@ -158,16 +165,7 @@ async fn costly_recipe_patterns_leave_server_memory_flat() {
             .collect();
         assert_eq!(submit(within).await, 422);
     }
-    let peak = peak_rss_kib(server.pid());
-    println!(
-        "600 recipes of costly patterns: server peak RSS {:.1} MiB before, {:.1} MiB after",
-        warm as f64 / 1024.0,
-        peak as f64 / 1024.0
-    );
-    assert!(
-        peak < warm + 32 * 1024,
-        "peak RSS grew from {warm} KiB to {peak} KiB"
-    );
+    assert_peak_within(&server, warm, 32, "40 recipes of 300 or 32 costly patterns");
     assert_eq!(
         client
             .get(format!("{}/healthz", server.base))
