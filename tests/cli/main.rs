@@ -68,6 +68,14 @@ impl Server {
         }
     }
 
+    /// The admin token a first start wrote into the data folder.
+    pub fn admin_token(&self, data_dir: &Path) -> String {
+        std::fs::read_to_string(data_dir.join("admin-token"))
+            .unwrap()
+            .trim()
+            .to_owned()
+    }
+
     pub fn pid(&self) -> i32 {
         self.child.id() as i32
     }

@@ -87,10 +87,7 @@ async fn a_multi_gigabyte_upload_keeps_server_memory_flat() {
         .unwrap_or(2);
     let dir = data_dir();
     let server = Server::start(dir.path(), &[]);
-    let token = std::fs::read_to_string(dir.path().join("admin-token"))
-        .unwrap()
-        .trim()
-        .to_owned();
+    let token = server.admin_token(dir.path());
 
     let (status, server_sha, client_sha, _) = stream_upload(&server.base, &token, 64 << 20).await;
     assert_eq!(status, 201);
@@ -116,10 +113,7 @@ async fn a_multi_gigabyte_upload_keeps_server_memory_flat() {
 async fn costly_recipe_patterns_leave_server_memory_flat() {
     let dir = data_dir();
     let server = Server::start(dir.path(), &[]);
-    let token = std::fs::read_to_string(dir.path().join("admin-token"))
-        .unwrap()
-        .trim()
-        .to_owned();
+    let token = server.admin_token(dir.path());
     let client = reqwest::Client::new();
     let model = crate::common::bf16_model(2, 16, 64, 3);
     let uploaded: serde_json::Value = client
