@@ -299,7 +299,7 @@ pub fn router(state: AppState, static_dir: &Path) -> Router {
                 response
             }
         }))
-        .layer(middleware::from_fn(refuse_nul_in_uri))
+        .layer(middleware::from_fn(check_request_head))
         // A body that stalls is cut; uploads meet their own idle limit (408) a second sooner.
         .layer(RequestBodyTimeoutLayer::new(
             body_idle + Duration::from_secs(1),
@@ -359,10 +359,43 @@ fn security_header(name: &'static str, value: &'static str) -> SetResponseHeader
     )
 }
 
-/// A NUL character in the path or query (`%00`) is refused before any handler sees it:
-/// PostgreSQL cannot store or compare it in text.
-async fn refuse_nul_in_uri(request: Request<Body>, next: middleware::Next) -> Response<Body> {
+/// Most headers a request may carry.
+pub const MAX_HEADERS: usize = 100;
+/// Most bytes of header names and values a request may carry.
+pub const MAX_HEADER_BYTES: usize = 64 << 10;
+/// Longest path and query.
+pub const MAX_URI_BYTES: usize = 8 << 10;
+
+/// Checks a request's head before any handler sees it: its headers' count and size (431), its
+/// URI's length (414), and NUL characters in its path or query (`%00`; PostgreSQL cannot store
+/// or compare them in text).
+async fn check_request_head(request: Request<Body>, next: middleware::Next) -> Response<Body> {
+    let headers = request.headers();
+    let header_bytes: usize = headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len())
+        .sum();
+    if headers.len() > MAX_HEADERS || header_bytes > MAX_HEADER_BYTES {
+        return ApiError::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "headers_too_large",
+            format!(
+                "{} headers of {header_bytes} bytes; at most {MAX_HEADERS} headers and {MAX_HEADER_BYTES} bytes",
+                headers.len()
+            ),
+        )
+        .into_response();
+    }
     let uri = request.uri();
+    let uri_bytes = uri.path().len() + uri.query().map_or(0, str::len);
+    if uri_bytes > MAX_URI_BYTES {
+        return ApiError::new(
+            StatusCode::URI_TOO_LONG,
+            "uri_too_long",
+            format!("the path and query are {uri_bytes} bytes; at most {MAX_URI_BYTES}"),
+        )
+        .into_response();
+    }
     let encoded_nul = |s: &str| {
         s.as_bytes()
             .windows(3)

@@ -47,6 +47,10 @@ pub async fn serve(
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout)
+        // Roomier than the router's own limits on headers, so that a request over those reaches
+        // the router and gets its problem+json answer (hyper's own refusals have empty bodies).
+        .max_headers(crate::app::MAX_HEADERS * 4)
+        .max_buf_size(crate::app::MAX_HEADER_BYTES * 4)
         .keep_alive(true);
     let builder = Arc::new(builder);
     tokio::pin!(shutdown);

@@ -582,3 +582,25 @@ async fn an_enormous_dataset_line_is_refused_at_its_limit() {
         "{problem}"
     );
 }
+
+#[tokio::test]
+async fn oversized_request_heads_get_problem_json() {
+    let app = spawn_app().await;
+    let mut many = app.client.get(app.url("/api/v1/models"));
+    for i in 0..150 {
+        many = many.header(format!("x-filler-{i}"), "1");
+    }
+    let long = app
+        .client
+        .get(app.url("/api/v1/models"))
+        .header("x-filler", "a".repeat(100 << 10));
+    let uri = app
+        .client
+        .get(app.url(&format!("/api/v1/models?q={}", "a".repeat(10 << 10))));
+    for (request, status) in [(many, 431), (long, 431), (uri, 414)] {
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), status);
+        assert!(is_problem(&response));
+    }
+    assert_eq!(app.get("/healthz").await.status(), 200);
+}
