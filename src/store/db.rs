@@ -122,10 +122,18 @@ async fn ensure_database(cluster: &Cluster) -> anyhow::Result<()> {
             .fetch_one(&mut conn)
             .await?;
     if !exists {
-        // The name is the constant DB_NAME ("squeeze").
-        sqlx::query("create database squeeze")
+        // The name is the constant DB_NAME ("squeeze"). Another squeeze process that found the
+        // cluster at the same moment may create it first: duplicate_database, or the catalog's
+        // unique violation when both got past the check together, means it exists.
+        if let Err(err) = sqlx::query("create database squeeze")
             .execute(&mut conn)
-            .await?;
+            .await
+        {
+            let code = err.as_database_error().and_then(|e| e.code());
+            if !matches!(code.as_deref(), Some("42P04" | "23505")) {
+                return Err(err.into());
+            }
+        }
     }
     Ok(())
 }
