@@ -228,7 +228,6 @@ impl Application {
 /// however the process ends) is held in `<data-dir>/serve.lock`, which names its pid.
 fn lock_data_dir(data_dir: &Path) -> anyhow::Result<std::fs::File> {
     use std::io::{Read, Seek, Write};
-    use std::os::fd::AsRawFd;
     let path = data_dir.join("serve.lock");
     let mut file = std::fs::OpenOptions::new()
         .read(true)
@@ -237,8 +236,7 @@ fn lock_data_dir(data_dir: &Path) -> anyhow::Result<std::fs::File> {
         .truncate(false)
         .open(&path)
         .with_context(|| format!("opening {}", path.display()))?;
-    // SAFETY: flock on a descriptor this function owns; LOCK_NB makes it return at once.
-    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+    if crate::store::blobs::hold_lock(&file).is_err() {
         let mut holder = String::new();
         let _ = file.read_to_string(&mut holder);
         anyhow::bail!(

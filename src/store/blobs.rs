@@ -145,8 +145,9 @@ const OWNER_FILE: &str = ".owner";
 /// How young an unlocked temp entry may be and still be left alone by a sweep.
 const FRESH: Duration = Duration::from_secs(2);
 
-/// Takes an exclusive lock on `file`, held until it is closed (or its process ends).
-fn hold_lock(file: &std::fs::File) -> io::Result<()> {
+/// Takes an exclusive lock on `file` without waiting, held until it is closed (or its
+/// process ends); an error when another process holds it.
+pub fn hold_lock(file: &std::fs::File) -> io::Result<()> {
     use std::os::fd::AsRawFd;
     // SAFETY: flock on a descriptor the caller keeps open.
     if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
