@@ -443,6 +443,25 @@ pub fn read(input: impl Read) -> Result<GgufFile, GgufError> {
             GgufError::Malformed(format!("tensor {name:?} has type {id}, unknown to squeeze"))
         })?;
         let offset = r.u64()?;
+        // Sizes come from the file: every product is checked, so `bytes()` cannot overflow.
+        let (block_len, block_bytes) = kind.block_shape();
+        let elements = shape.iter().try_fold(1u64, |n, &d| n.checked_mul(d));
+        if elements
+            .and_then(|n| (n / block_len).checked_mul(block_bytes))
+            .is_none()
+        {
+            return Err(GgufError::Malformed(format!(
+                "tensor {name:?} of shape {shape:?} is too large"
+            )));
+        }
+        if shape.last().is_some_and(|row| row % block_len != 0) || shape.is_empty() && block_len > 1
+        {
+            return Err(GgufError::Malformed(format!(
+                "tensor {name:?}: rows of {:?} values are not whole {} blocks of {block_len}",
+                shape.last(),
+                kind.name()
+            )));
+        }
         tensors.push(TensorEntry {
             name,
             shape,

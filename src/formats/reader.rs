@@ -123,6 +123,18 @@ impl ArtifactFile {
         if magic == gguf::MAGIC {
             let file = gguf::read(std::io::BufReader::new(File::open(path)?))
                 .map_err(|e| bad(e.to_string()))?;
+            let length = std::fs::metadata(path)?.len();
+            if let Some(t) = file.tensors.iter().find(|t| {
+                file.data_start
+                    .checked_add(t.offset)
+                    .and_then(|start| start.checked_add(t.bytes()))
+                    .is_none_or(|end| end > length)
+            }) {
+                return Err(bad(format!(
+                    "tensor {:?} lies beyond the file's {length} bytes",
+                    t.name
+                )));
+            }
             let weights = file
                 .tensors
                 .iter()
@@ -450,6 +462,14 @@ fn gguf_dtype(kind: GgmlType) -> Result<Dtype, ReadError> {
 }
 
 fn decode_dense(dtype: Dtype, bytes: &[u8], out: &mut [f32]) -> Result<(), ReadError> {
+    let width = dtype.bits() / 8;
+    if width == 0 || Some(bytes.len() as u64) != (out.len() as u64).checked_mul(width) {
+        return Err(bad(format!(
+            "{} bytes of {dtype} for {} values",
+            bytes.len(),
+            out.len()
+        )));
+    }
     match dtype {
         Dtype::F32 | Dtype::F16 | Dtype::BF16 => dtype::decode(dtype, bytes, out),
         Dtype::F8_E4M3 => {
@@ -476,7 +496,19 @@ fn round_to(dtype: Dtype, values: &mut [f32]) {
     }
 }
 
-/// One compressed-tensors weight's layout.
+/// How a compressed-tensors weight's zero-points are stored.
+#[derive(Clone, Copy)]
+enum ZeroPoints {
+    /// Symmetric: none.
+    None,
+    /// One int8 per scale.
+    Bytes,
+    /// Offset to unsigned and packed down the output dimension into `words` int32 per group.
+    Packed { words: usize },
+}
+
+/// One compressed-tensors weight's layout, every size checked against the file at open, so
+/// decoding trusts it.
 struct CtWeight {
     rows: usize,
     cols: usize,
@@ -487,6 +519,10 @@ struct CtWeight {
     packed: bool,
     sparse: Option<&'static str>,
     strategy: String,
+    /// Scale groups per row and the columns each covers (the last may be shorter); None when
+    /// the weight has no scale.
+    groups: Option<(usize, usize)>,
+    zero_points: ZeroPoints,
 }
 
 impl CtWeight {
@@ -526,10 +562,13 @@ impl CtWeight {
         let int = match (&args, scale) {
             (_, None) => None,
             (_, Some(_)) if fp8 => None,
-            (Some(a), Some(_)) => Some((
-                a["num_bits"].as_u64().unwrap_or(8) as u8,
-                a["symmetric"].as_bool().unwrap_or(true),
-            )),
+            (Some(a), Some(_)) => {
+                let bits = a["num_bits"].as_u64().unwrap_or(8);
+                if !(1..=8).contains(&bits) {
+                    return Err(bad(format!("{module}: {bits}-bit integer codes")));
+                }
+                Some((bits as u8, a["symmetric"].as_bool().unwrap_or(true)))
+            }
             (None, Some(_)) if !packed => Some((8, get("weight_zero_point").is_none())),
             (None, Some(_)) => {
                 return Err(bad(format!(
@@ -538,7 +577,13 @@ impl CtWeight {
             }
         };
         let dims = match get("weight_shape").or_else(|| get("shape")) {
-            Some(t) => stored_dims(&read(t)?),
+            Some(t) if t.dtype == Dtype::I64 && t.elements() == 2 => stored_dims(&read(t)?),
+            Some(t) => {
+                return Err(bad(format!(
+                    "{module}: its shape is stored as {} {:?}, not two I64",
+                    t.dtype, t.shape
+                )));
+            }
             None => values.shape.clone(),
         };
         let [rows, cols] = dims[..] else {
@@ -546,13 +591,93 @@ impl CtWeight {
                 "{module}: dense shape {dims:?} is not a matrix"
             )));
         };
-        let (rows, cols) = (rows as usize, cols as usize);
-        let strategy = match scale.map(|s| s.shape.as_slice()) {
-            None => String::new(),
-            Some([1]) => "per tensor".into(),
-            Some([_, 1]) => "per channel".into(),
-            Some([_, g]) if *g > 0 => format!("group {}", cols as u64 / g),
-            Some(_) => "blocks".into(),
+        let too_large = || bad(format!("{module}: a {rows} × {cols} matrix is too large"));
+        let (rows, cols) = (
+            usize::try_from(rows).map_err(|_| too_large())?,
+            usize::try_from(cols).map_err(|_| too_large())?,
+        );
+        let elements = rows.checked_mul(cols).ok_or_else(too_large)?;
+        if elements == 0 {
+            return Err(bad(format!("{module}: an empty {rows} × {cols} matrix")));
+        }
+        // The values must cover the matrix before anything of its size is allocated.
+        let mismatch = |what: &str, have: u64, want: Option<usize>| -> Result<(), ReadError> {
+            if want.is_some_and(|w| w as u64 == have) {
+                return Ok(());
+            }
+            Err(bad(format!(
+                "{module}: {have} {what} for a {rows} × {cols} matrix"
+            )))
+        };
+        if sparse.is_some() {
+            let mask = get("bitmask")
+                .ok_or_else(|| bad(format!("{module}: sparse values without a bitmask")))?;
+            mismatch(
+                "bitmask bytes",
+                mask.bytes(),
+                rows.checked_mul(cols.div_ceil(8)),
+            )?;
+        } else if packed {
+            let (bits, _) = int.expect("packed codes were given bits above");
+            mismatch(
+                "bytes of packed codes",
+                values.bytes(),
+                cols.checked_mul(usize::from(bits))
+                    .map(|b| b.div_ceil(32) * 4)
+                    .and_then(|row| row.checked_mul(rows)),
+            )?;
+        } else {
+            mismatch("values", values.elements(), Some(elements))?;
+        }
+        let (strategy, groups) = match scale.map(|s| s.shape.as_slice()) {
+            None => (String::new(), None),
+            Some([1]) => ("per tensor".into(), Some((1, cols))),
+            Some([r, 1]) if *r == rows as u64 => ("per channel".into(), Some((1, cols))),
+            Some([r, g]) if *r == rows as u64 && *g > 1 => {
+                let groups = usize::try_from(*g).map_err(|_| too_large())?;
+                // The group size is in the config; without one, the groups split rows evenly.
+                let len = args
+                    .as_ref()
+                    .and_then(|a| a["group_size"].as_u64())
+                    .and_then(|n| usize::try_from(n).ok())
+                    .filter(|&n| n > 0)
+                    .unwrap_or(cols / groups);
+                if len == 0 || cols.div_ceil(len) != groups {
+                    return Err(bad(format!(
+                        "{module}: {groups} scale groups of {len} for rows of {cols}"
+                    )));
+                }
+                (format!("group {len}"), Some((groups, len)))
+            }
+            Some(shape) => {
+                return Err(bad(format!(
+                    "{module}: a scale of shape {shape:?} for a {rows} × {cols} matrix"
+                )));
+            }
+        };
+        let scales = scale.map_or(0, TensorInfo::elements);
+        let zero_points = match (get("weight_zero_point"), int) {
+            (None, _) | (_, None) => ZeroPoints::None,
+            (Some(z), Some((bits, _))) if z.dtype == Dtype::I32 => {
+                let groups = groups.map_or(1, |(g, _)| g);
+                let words = (rows * usize::from(bits)).div_ceil(32);
+                if z.shape != [words as u64, groups as u64] {
+                    return Err(bad(format!(
+                        "{module}: packed zero-points of shape {:?} for {rows} rows of {groups} groups",
+                        z.shape
+                    )));
+                }
+                ZeroPoints::Packed { words }
+            }
+            (Some(z), Some(_)) if z.dtype == Dtype::I8 && z.elements() == scales => {
+                ZeroPoints::Bytes
+            }
+            (Some(z), Some(_)) => {
+                return Err(bad(format!(
+                    "{module}: zero-points of {} {:?} for {scales} scales",
+                    z.dtype, z.shape
+                )));
+            }
         };
         Ok(CtWeight {
             rows,
@@ -563,6 +688,8 @@ impl CtWeight {
             packed,
             sparse,
             strategy,
+            groups,
+            zero_points,
         })
     }
 
@@ -591,24 +718,20 @@ impl CtWeight {
     fn decode(&self, file: &ArtifactFile, module: &str) -> Result<Vec<f32>, ReadError> {
         let part = |p: &str| file.raw(&format!("{module}.{p}"));
         let (rows, cols) = (self.rows, self.cols);
-        let n = rows * cols;
         // The codes (or values), one per element.
         let mut codes: Vec<f32> = if let Some(format) = self.sparse {
             let (values_info, values) = part("compressed")?;
             let (_, mask) = part("bitmask")?;
-            let width = (values_info.dtype.bits() / 8) as usize;
-            let mut decoded = vec![0f32; values.len() / width.max(1)];
+            let mut decoded = vec![0f32; values_info.elements() as usize];
             decode_dense(values_info.dtype, &values, &mut decoded)?;
             let row_bytes = cols.div_ceil(8);
-            let mut out = vec![0f32; n];
+            let mut out = vec![0f32; rows * cols];
             let mut next = decoded.iter();
-            for r in 0..rows {
-                for c in 0..cols {
-                    if mask
-                        .get(r * row_bytes + c / 8)
-                        .is_some_and(|b| b >> (c % 8) & 1 == 1)
-                    {
-                        out[r * cols + c] = *next.next().ok_or_else(|| {
+            for (r, row) in out.chunks_exact_mut(cols).enumerate() {
+                let marks = &mask[r * row_bytes..(r + 1) * row_bytes];
+                for (c, v) in row.iter_mut().enumerate() {
+                    if marks[c / 8] >> (c % 8) & 1 == 1 {
+                        *v = *next.next().ok_or_else(|| {
                             bad(format!(
                                 "{module}: fewer values than the {format} mask marks"
                             ))
@@ -627,22 +750,18 @@ impl CtWeight {
                 .collect()
         } else {
             let (info, bytes) = part("weight")?;
-            let mut out = vec![0f32; n];
+            let mut out = vec![0f32; rows * cols];
             decode_dense(info.dtype, &bytes, &mut out)?;
             out
         };
-        if let Ok((scale_info, scale_bytes)) = part("weight_scale") {
+        if let Some((groups, group_len)) = self.groups {
+            let (scale_info, scale_bytes) = part("weight_scale")?;
             let mut scales = vec![0f32; scale_info.elements() as usize];
             decode_dense(scale_info.dtype, &scale_bytes, &mut scales)?;
-            let groups = match scale_info.shape.as_slice() {
-                [1] => 1,
-                [_, g] => *g as usize,
-                _ => return Err(bad(format!("{module}: scale shape {:?}", scale_info.shape))),
-            };
-            let zero_points: Vec<f32> = match (part("weight_zero_point"), self.int) {
-                (Ok((z, bytes)), Some((bits, _))) if z.dtype == Dtype::I32 => {
-                    // Packed down the output dimension: unpack each column of words.
-                    let words = z.shape[0] as usize;
+            let zero_points: Vec<f32> = match (self.zero_points, self.int) {
+                (ZeroPoints::Packed { words }, Some((bits, _))) => {
+                    let (_, bytes) = part("weight_zero_point")?;
+                    // Each group's column of words, unpacked down the output dimension.
                     let column = |g: usize| -> Vec<u8> {
                         (0..words)
                             .flat_map(|w| {
@@ -659,18 +778,21 @@ impl CtWeight {
                         .map(|i| (i64::from(per_group[i % groups][i / groups]) - offset) as f32)
                         .collect()
                 }
-                (Ok((_, bytes)), _) => bytes.iter().map(|&b| f32::from(b as i8)).collect(),
-                (Err(_), _) => vec![0.0; scales.len()],
+                (ZeroPoints::Bytes, _) => {
+                    let (_, bytes) = part("weight_zero_point")?;
+                    bytes.iter().map(|&b| f32::from(b as i8)).collect()
+                }
+                _ => vec![0.0; scales.len()],
             };
-            let group_len = if groups == 1 { cols } else { cols / groups };
-            for (i, v) in codes.iter_mut().enumerate() {
-                let (r, c) = (i / cols, i % cols);
-                let p = if scales.len() == 1 {
-                    0
-                } else {
-                    r * groups + c / group_len
-                };
-                *v = (*v - zero_points[p]) * scales[p];
+            for (r, row) in codes.chunks_exact_mut(cols).enumerate() {
+                for (c, v) in row.iter_mut().enumerate() {
+                    let p = if scales.len() == 1 {
+                        0
+                    } else {
+                        r * groups + c / group_len
+                    };
+                    *v = (*v - zero_points[p]) * scales[p];
+                }
             }
         }
         round_to(self.dtype, &mut codes);
@@ -707,5 +829,174 @@ mod fuzz_regressions {
             replayed += 1;
         }
         assert!(replayed > 0);
+    }
+}
+
+#[cfg(test)]
+mod hostile_sizes {
+    use super::*;
+
+    /// A safetensors file of `tensors` (name, dtype, shape, data) with `config` beside it.
+    fn write_folder(
+        config: serde_json::Value,
+        tensors: &[(&str, Dtype, Vec<u64>, Vec<u8>)],
+    ) -> (tempfile::TempDir, PathBuf) {
+        let mut header = serde_json::Map::new();
+        let mut data = Vec::new();
+        for (name, dtype, shape, bytes) in tensors {
+            header.insert(
+                (*name).to_owned(),
+                serde_json::json!({"dtype": dtype.as_str(), "shape": shape,
+                                   "data_offsets": [data.len(), data.len() + bytes.len()]}),
+            );
+            data.extend_from_slice(bytes);
+        }
+        let json = serde_json::to_vec(&header).unwrap();
+        let mut file = (json.len() as u64).to_le_bytes().to_vec();
+        file.extend_from_slice(&json);
+        file.extend_from_slice(&data);
+        let folder = tempfile::tempdir().unwrap();
+        std::fs::write(folder.path().join("config.json"), config.to_string()).unwrap();
+        let path = folder.path().join("model.safetensors");
+        std::fs::write(&path, file).unwrap();
+        (folder, path)
+    }
+
+    fn int4_config(bits: u64, group_size: Option<u64>) -> serde_json::Value {
+        serde_json::json!({"quantization_config": {"quant_method": "compressed-tensors",
+            "config_groups": {"group_0": {"targets": ["Linear"],
+                "weights": {"num_bits": bits, "symmetric": true, "group_size": group_size}}}}})
+    }
+
+    fn i64s(values: &[i64]) -> Vec<u8> {
+        values.iter().flat_map(|v| v.to_le_bytes()).collect()
+    }
+
+    /// A 2 × 8 int4 matrix of codes 0..8 (stored offset by 8), with scales 0.5, 2, 3, … of
+    /// `scale_shape`.
+    fn packed_int4(
+        shape: &[i64],
+        scale_shape: Vec<u64>,
+    ) -> Vec<(&'static str, Dtype, Vec<u64>, Vec<u8>)> {
+        let codes: Vec<u32> = (0..16).map(|i| (i % 8) + 8).collect();
+        let scales: Vec<u8> = (0..scale_shape.iter().product::<u64>())
+            .flat_map(|i| if i == 0 { 0.5f32 } else { i as f32 + 1.0 }.to_le_bytes())
+            .collect();
+        let packed = crate::formats::compressed_tensors::pack_rows(&codes, 2, 8, 4);
+        vec![
+            ("m.weight_packed", Dtype::I32, vec![2, 1], packed),
+            ("m.weight_scale", Dtype::F32, scale_shape, scales),
+            ("m.weight_shape", Dtype::I64, vec![2], i64s(shape)),
+        ]
+    }
+
+    fn opened(path: &Path) -> Result<Vec<Vec<f32>>, ReadError> {
+        let file = ArtifactFile::open(path)?;
+        file.weights.iter().map(|w| file.decode(w)).collect()
+    }
+
+    #[test]
+    fn well_formed_packed_weights_decode_with_even_and_ragged_groups() {
+        let scale = [0.5f32, 2.0, 3.0, 4.0];
+        for (group_size, scale_shape, group_of) in [
+            (
+                None,
+                vec![2, 1],
+                (|r: usize, _: usize| r) as fn(usize, usize) -> usize,
+            ),
+            (Some(4), vec![2, 2], |r, c| r * 2 + c / 4),
+            // A ragged last group: 6 and 2 columns.
+            (Some(6), vec![2, 2], |r, c| r * 2 + c / 6),
+        ] {
+            let (_dir, path) = write_folder(
+                int4_config(4, group_size),
+                &packed_int4(&[2, 8], scale_shape),
+            );
+            let expected: Vec<f32> = (0..16)
+                .map(|i| (i % 8) as f32 * scale[group_of(i / 8, i % 8)])
+                .collect();
+            assert_eq!(
+                opened(&path).unwrap(),
+                vec![expected],
+                "group {group_size:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn sizes_the_bytes_cannot_hold_are_errors_not_allocations() {
+        let huge = 1i64 << 33;
+        let normal = || packed_int4(&[2, 8], vec![2, 1]);
+        for (expected, config, tensors) in [
+            (
+                "too large",
+                int4_config(4, None),
+                packed_int4(&[huge, huge], vec![2, 1]),
+            ),
+            (
+                "8 bytes of packed codes",
+                int4_config(4, None),
+                packed_int4(&[huge, 8], vec![2, 1]),
+            ),
+            (
+                "an empty 0 × 8 matrix",
+                int4_config(4, None),
+                packed_int4(&[0, 8], vec![2, 1]),
+            ),
+            ("0-bit integer codes", int4_config(0, None), normal()),
+            ("260-bit integer codes", int4_config(260, None), normal()),
+            (
+                "a scale of shape [1, 2]",
+                int4_config(4, None),
+                packed_int4(&[2, 8], vec![1, 2]),
+            ),
+            (
+                "2 scale groups of 3",
+                int4_config(4, Some(3)),
+                packed_int4(&[2, 8], vec![2, 2]),
+            ),
+        ] {
+            let (_dir, path) = write_folder(config, &tensors);
+            let error = opened(&path)
+                .err()
+                .unwrap_or_else(|| panic!("read although {expected}"));
+            assert!(
+                error.to_string().contains(expected),
+                "{error}: not {expected}"
+            );
+        }
+    }
+
+    #[test]
+    fn gguf_sizes_beyond_the_file_or_the_blocks_are_errors() {
+        use crate::formats::gguf::{GgmlType, TensorEntry};
+        for (what, shape, kind, data) in [
+            (
+                "2^96 elements",
+                vec![1u64 << 32, 1 << 32, 1 << 32],
+                GgmlType::F32,
+                0,
+            ),
+            (
+                "rows that are not whole blocks",
+                vec![2, 33],
+                GgmlType::Q8_0,
+                2 * 34 + 2,
+            ),
+            ("data beyond the file", vec![1024, 1024], GgmlType::F32, 64),
+        ] {
+            let tensors = vec![TensorEntry {
+                name: "w".into(),
+                shape,
+                kind,
+                offset: 0,
+            }];
+            let mut file = gguf::header_bytes(&[], &tensors);
+            file.resize(file.len() + data, 0);
+            let folder = tempfile::tempdir().unwrap();
+            let path = folder.path().join("model.gguf");
+            std::fs::write(&path, file).unwrap();
+            assert!(opened(&path).is_err(), "{what} was read");
+        }
     }
 }
