@@ -666,7 +666,14 @@ async fn compress(args: CompressArgs) -> anyhow::Result<()> {
         (Some(path), _) => {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("reading {}", path.display()))?;
-            serde_json::from_str(&text)
+            // An artifact's recipe.json holds the recipe with its provenance: take either.
+            let value: serde_json::Value = serde_json::from_str(&text)
+                .with_context(|| format!("{} is not JSON", path.display()))?;
+            let recipe = match value.get("recipe") {
+                Some(inner) if value.get("stages").is_none() => inner.clone(),
+                _ => value,
+            };
+            serde_json::from_value(recipe)
                 .with_context(|| format!("{} is not a valid recipe", path.display()))?
         }
         (None, Some(name)) => recipe::preset(name)?,

@@ -1,5 +1,5 @@
 //! Recipe parsing and validation against a model: JSON from a client, checked as the API
-//! checks it, then turned into the kernel steps a worker would run.
+//! checks it, then planned into the kernel steps a worker would run.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -25,12 +25,17 @@ fuzz_target!(|data: &[u8]| {
         dtype,
         shape,
     });
-    if let Ok(selected) = recipe.validate(&model) {
-        let selection = recipe.selection().expect("a valid recipe compiles its patterns");
+    if let Ok(plan) = recipe.plan(&model) {
+        let selection = plan
+            .recipe
+            .selection()
+            .expect("a valid recipe compiles its patterns");
         for t in &model {
             let chosen = selection.selects(&t.name, t.dtype, &t.shape);
-            assert_eq!(chosen, selected.contains(&t.name), "{}", t.name);
-            let _ = recipe.steps_for(t.dtype);
+            assert_eq!(chosen, plan.tensor(&t.name).is_some(), "{}", t.name);
         }
+        // The API stores the planned recipe and a worker plans it again: the same recipe.
+        let again = plan.recipe.plan(&model).expect("a planned recipe plans again");
+        assert_eq!(again.recipe, plan.recipe);
     }
 });

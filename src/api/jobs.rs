@@ -191,9 +191,10 @@ async fn submit_job(
     // Compiling patterns and matching them against thousands of tensors is CPU work, bounded
     // by the recipe's limits but kept off the async threads all the same.
     let (recipe, tensors) = tokio::task::spawn_blocking(move || {
+        // The recipe stored is the one that runs: its format resolved, its group size fitted.
         recipe
-            .validate(&tensors)
-            .map(|_| (recipe, tensors))
+            .plan(&tensors)
+            .map(|plan| (plan.recipe, tensors))
             .map_err(recipe_error)
     })
     .await

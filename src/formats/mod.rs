@@ -8,6 +8,7 @@ pub mod bits;
 pub mod compressed_tensors;
 pub mod dtype;
 pub mod gguf;
+pub mod gguf_rules;
 pub mod hf;
 pub mod reader;
 pub mod safetensors;

@@ -461,10 +461,10 @@ pub async fn complete(
     let column = |f: fn(&TensorReport) -> String| tensors.iter().map(f).collect::<Vec<_>>();
     sqlx::query(
         "insert into job_tensors (job_id, name, scheme, dtype, shape, bytes_in, bytes_out, sparsity,
-                                  rel_error, sqnr_db, cosine, max_abs_error)
+                                  rel_error, sqnr_db, cosine, max_abs_error, note)
          select $1, t.* from unnest($2::text[], $3::text[], $4::text[], $5::jsonb[], $6::int8[],
                                     $7::int8[], $8::float8[], $9::float8[], $10::float8[],
-                                    $11::float8[], $12::float8[]) as t",
+                                    $11::float8[], $12::float8[], $13::text[]) as t",
     )
     .bind(id)
     .bind(column(|t| t.name.clone()))
@@ -478,6 +478,7 @@ pub async fn complete(
     .bind(tensors.iter().map(|t| t.sqnr_db).collect::<Vec<_>>())
     .bind(tensors.iter().map(|t| t.cosine).collect::<Vec<_>>())
     .bind(tensors.iter().map(|t| t.max_abs_error).collect::<Vec<_>>())
+    .bind(tensors.iter().map(|t| t.note.clone()).collect::<Vec<_>>())
     .execute(&mut *tx)
     .await?;
     sqlx::query(
@@ -618,7 +619,7 @@ pub async fn rescue_expired(pool: &PgPool, batch: i64) -> sqlx::Result<u64> {
 pub async fn report(pool: &PgPool, team_id: Uuid, id: Uuid) -> sqlx::Result<Vec<TensorReport>> {
     sqlx::query_as(
         "select t.name, t.scheme, t.dtype, t.shape, t.bytes_in, t.bytes_out, t.sparsity,
-                t.rel_error, t.sqnr_db, t.cosine, t.max_abs_error
+                t.rel_error, t.sqnr_db, t.cosine, t.max_abs_error, t.note
          from job_tensors t join jobs j on j.id = t.job_id
          where j.id = $1 and j.team_id = $2 order by t.name",
     )

@@ -5,11 +5,11 @@
 use regex::{Regex, RegexBuilder};
 use serde::{Deserialize, Serialize};
 
-use crate::compress::gguf::BlockType;
 use crate::compress::lowrank::{Rank, max_useful_rank};
 use crate::compress::prune::Norm;
 use crate::compress::quantize::{Granularity, IntScheme, ScaleDtype};
 use crate::compress::tensor::Step;
+use crate::formats::gguf_rules::{self, FileType, TensorShape};
 use crate::formats::safetensors::Dtype;
 use crate::formats::{dtype, hf};
 
@@ -223,14 +223,20 @@ pub enum Quantize {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         scale_dtype: Option<ScaleDtype>,
     },
-    /// A llama.cpp block type, bit-exact with its reference quantizer; rows must be a multiple of
-    /// the 32-value block.
+    /// A llama-quantize file type: llama.cpp's block types, bit-exact with its reference
+    /// quantizer, given to each tensor by llama-quantize's rules (the output projection, or a
+    /// tied token embedding, at Q6_K or Q8_0; more bits for some attention V and FFN down
+    /// projections in `Q4_K_M`; a tensor whose rows are not whole blocks falls back to the
+    /// nearest type that fits, Q4_K → Q5_0 and Q6_K → Q8_0, or stays unquantized). Each
+    /// tensor's type and the reason are in the job's report.
     Gguf {
-        /// `Q8_0`, `Q4_0`, `Q4_1`, `Q5_0`, `Q5_1` (rows a multiple of 32), `Q4_K` or `Q6_K`
-        /// (rows a multiple of 256).
+        /// `Q8_0`, `Q6_K`, `Q5_1`, `Q5_0`, `Q4_K_M` (also `Q4_K`), `Q4_1` or `Q4_0`.
         #[serde(rename = "type")]
-        #[schema(value_type = String, example = "Q8_0")]
-        kind: BlockType,
+        #[schema(value_type = String, example = "Q4_K_M")]
+        kind: FileType,
+        /// Every selected tensor at the base type (llama-quantize's `--pure`), fallbacks aside.
+        #[serde(default, skip_serializing_if = "is_false")]
+        pure: bool,
     },
     /// NF4 (bitsandbytes' 4-bit NormalFloat): 16 fixed levels scaled by the absmax of each block
     /// of 64 values of the flattened tensor.
@@ -239,6 +245,10 @@ pub enum Quantize {
 
 fn yes() -> bool {
     true
+}
+
+fn is_false(value: &bool) -> bool {
+    !*value
 }
 
 /// Scale sharing, by name.
@@ -258,8 +268,14 @@ pub enum GranularityName {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum OutputFormat {
-    /// Dense safetensors in the input's dtypes, values dequantized/masked: any loader reads it.
+    /// The format that stores what the last stage makes (the default): integer, FP8 and
+    /// pruned weights → `compressed-tensors`, GGUF types → `gguf`, clustered and low-rank
+    /// weights → `compact-safetensors`, anything else (NF4, structural pruning) or a recipe the
+    /// natural format cannot hold → `safetensors`. A job stores the format it resolved to.
     #[default]
+    Auto,
+    /// Dense safetensors in the input's dtypes, values dequantized/masked: any loader reads it
+    /// (a simulation of the compression: the file is as large as the input).
     Safetensors,
     /// compressed-tensors (what vLLM and transformers load): `pack-quantized` integer codes,
     /// `naive-quantized` int8, `float-quantized` FP8, `sparse-bitmask` / `sparse-24-bitmask`
@@ -277,6 +293,7 @@ impl OutputFormat {
     /// The name recipes use.
     pub fn name(self) -> &'static str {
         match self {
+            OutputFormat::Auto => "auto",
             OutputFormat::Safetensors => "safetensors",
             OutputFormat::CompressedTensors => "compressed-tensors",
             OutputFormat::Gguf => "gguf",
@@ -312,7 +329,7 @@ impl Quantize {
                 per_channel: granularity != GranularityName::Tensor,
                 scale_dtype: scale_dtype.unwrap_or_default(),
             },
-            Quantize::Gguf { kind } => Step::Gguf(kind),
+            Quantize::Gguf { kind, .. } => Step::Gguf(kind.base()),
             Quantize::Nf4 {} => Step::Nf4,
         }
     }
@@ -423,6 +440,9 @@ impl Stage {
     /// A short description for reports ("int4 sym group 128", "magnitude prune 50%").
     pub fn describe(&self) -> String {
         match (self, self.step()) {
+            (Stage::Quantize(Quantize::Gguf { kind, pure }), _) => {
+                format!("gguf {}{}", kind.name(), if *pure { " pure" } else { "" })
+            }
             (Stage::Prune(Prune::MlpChannels { sparsity, norm }), _) => {
                 format!("MLP channel shrink {:.0}% by {norm:?}", sparsity * 100.0)
             }
@@ -432,6 +452,68 @@ impl Stage {
             (_, Some(step)) => describe_step(step),
             (_, None) => unreachable!("only structural stages have no step"),
         }
+    }
+}
+
+/// The smallest group a recipe falls back to: below it the scales cost more than the codes save.
+const SMALLEST_FALLBACK_GROUP: usize = 16;
+
+/// The largest group size, at most `wanted` and at least [`SMALLEST_FALLBACK_GROUP`] (or
+/// `wanted` itself), that divides every row length.
+fn fitting_group(wanted: usize, rows: impl Iterator<Item = u64>) -> Option<usize> {
+    let common = rows.fold(0u64, gcd);
+    if common == 0 || common.is_multiple_of(wanted as u64) {
+        return Some(wanted);
+    }
+    (SMALLEST_FALLBACK_GROUP.min(wanted)..=wanted)
+        .rev()
+        .find(|g| common.is_multiple_of(*g as u64))
+}
+
+fn gcd(a: u64, b: u64) -> u64 {
+    let (mut x, mut y) = (a, b);
+    while y != 0 {
+        (x, y) = (y, x % y);
+    }
+    x
+}
+
+/// A recipe as it runs on one model: see [`Recipe::plan`].
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// The recipe as it runs (format resolved, group size fitted).
+    pub recipe: Recipe,
+    /// The selected tensors, in model order.
+    pub tensors: Vec<PlannedTensor>,
+}
+
+/// What happens to one selected tensor.
+#[derive(Debug, Clone)]
+pub struct PlannedTensor {
+    /// Its name.
+    pub name: String,
+    /// The kernel steps run on it, in order.
+    pub steps: Vec<Step>,
+    /// Why its steps differ from what the recipe names (a fallback, a rule of the format).
+    pub note: Option<String>,
+    /// What is done to it, for its report ("int4 sym group 96", "gguf Q8_0").
+    pub scheme: String,
+}
+
+impl Plan {
+    /// The recipe's stages, described.
+    pub fn scheme(&self) -> String {
+        self.recipe
+            .stages
+            .iter()
+            .map(Stage::describe)
+            .collect::<Vec<_>>()
+            .join(" + ")
+    }
+
+    /// The plan of one tensor, if it is selected.
+    pub fn tensor(&self, name: &str) -> Option<&PlannedTensor> {
+        self.tensors.iter().find(|t| t.name == name)
     }
 }
 
@@ -511,7 +593,7 @@ pub enum RecipeError {
     #[error("MLP channel shrinking: {0}")]
     Mlp(String),
     #[error(
-        "stage {stage}: group_size {group_size} does not divide the row length {row} of tensor {tensor:?}"
+        "stage {stage}: group_size {group_size} does not divide the row length {row} of tensor {tensor:?}, and no group of 16 or more divides every selected row; leave the tensor out with ignore, or use granularity channel"
     )]
     GroupSize {
         stage: usize,
@@ -529,14 +611,18 @@ pub enum RecipeError {
     NothingSelected,
     #[error("unknown preset {0:?}; GET /api/v1/presets lists them")]
     UnknownPreset(String),
-    #[error("stage {stage}: format {format} cannot store {what}; {hint}")]
+    #[error(
+        "stage {stage}: format {format} cannot store {what}; {hint} (format safetensors writes any recipe as a dense simulation)"
+    )]
     FormatStage {
         stage: usize,
         format: &'static str,
         what: String,
         hint: &'static str,
     },
-    #[error("format {format}: tensor {tensor:?} {reason}")]
+    #[error(
+        "format {format}: tensor {tensor:?} {reason} (format safetensors writes any tensor as a dense simulation)"
+    )]
     FormatTensor {
         format: &'static str,
         tensor: String,
@@ -747,6 +833,118 @@ impl Recipe {
 
     /// Checks every rule against the model's tensors; returns the names that will be compressed.
     pub fn validate(&self, tensors: &[TensorMeta]) -> Result<Vec<String>, RecipeError> {
+        Ok(self
+            .plan(tensors)?
+            .tensors
+            .into_iter()
+            .map(|t| t.name)
+            .collect())
+    }
+
+    /// The format an `auto` recipe writes: the one that stores what its last stage makes.
+    fn natural_format(&self) -> OutputFormat {
+        match self.stages.last() {
+            Some(Stage::Quantize(Quantize::Int { .. } | Quantize::Fp8 { .. })) => {
+                OutputFormat::CompressedTensors
+            }
+            Some(Stage::Prune(Prune::Magnitude { .. } | Prune::SemiStructured { .. })) => {
+                OutputFormat::CompressedTensors
+            }
+            Some(Stage::Quantize(Quantize::Gguf { .. })) => OutputFormat::Gguf,
+            Some(Stage::Cluster(_) | Stage::LowRank(_)) => OutputFormat::CompactSafetensors,
+            _ => OutputFormat::Safetensors,
+        }
+    }
+
+    /// Checks every rule against the model's tensors and decides what happens to each: the
+    /// recipe as it will run (an `auto` format resolved, a group size that no row allows
+    /// replaced by the largest that every row allows) and each selected tensor's steps, with
+    /// the reason wherever a tensor gets other steps than the recipe names.
+    pub fn plan(&self, tensors: &[TensorMeta]) -> Result<Plan, RecipeError> {
+        let mut recipe = self.clone();
+        let mut notes = Vec::new();
+        // An auto format is the natural one, with its rules: a recipe it cannot hold is
+        // refused with the reason, never written dense behind the user's back.
+        if recipe.format == OutputFormat::Auto {
+            recipe.format = self.natural_format();
+        }
+        let selected = recipe.check(tensors, &mut notes)?;
+        let gguf = recipe.stages.iter().find_map(|s| match s {
+            Stage::Quantize(Quantize::Gguf { kind, pure }) => Some((*kind, *pure)),
+            _ => None,
+        });
+        let choices = gguf.map(|(kind, pure)| {
+            let shapes: Vec<TensorShape> = selected
+                .iter()
+                .map(|t| TensorShape {
+                    name: &t.name,
+                    row: t.shape.last().copied().unwrap_or(1),
+                })
+                .collect();
+            let names: Vec<&str> = tensors.iter().map(|t| t.name.as_str()).collect();
+            gguf_rules::choose(kind, pure, &shapes, &names)
+        });
+        let planned = selected
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                let mut steps = recipe.steps_for(t.dtype);
+                let mut note = notes
+                    .iter()
+                    .find(|(name, _)| *name == t.name)
+                    .map(|(_, n)| n.clone());
+                if let Some(choice) = choices.as_ref().map(|c| &c[i]) {
+                    steps.retain_mut(|step| match step {
+                        Step::Gguf(kind) => match choice.kind {
+                            Some(chosen) => {
+                                *kind = chosen;
+                                true
+                            }
+                            None => false,
+                        },
+                        _ => true,
+                    });
+                    note = note.or_else(|| choice.reason.clone());
+                }
+                let chosen = steps.iter().find_map(|s| match s {
+                    Step::Gguf(kind) => Some(kind.name()),
+                    _ => None,
+                });
+                let scheme = recipe
+                    .stages
+                    .iter()
+                    .map(|stage| match stage {
+                        Stage::Quantize(Quantize::Gguf { .. }) => match chosen {
+                            Some(kind) => format!("gguf {kind}"),
+                            None => "unquantized".to_owned(),
+                        },
+                        other => other.describe(),
+                    })
+                    .collect::<Vec<_>>()
+                    .join(" + ");
+                PlannedTensor {
+                    name: t.name.clone(),
+                    steps,
+                    note,
+                    scheme,
+                }
+            })
+            .collect();
+        Ok(Plan {
+            recipe,
+            tensors: planned,
+        })
+    }
+
+    /// Checks every rule against the model's tensors; returns the tensors that will be
+    /// compressed (with their shapes after a structural stage). A group size that does not
+    /// divide some selected row is replaced by the largest that divides every one, with a note
+    /// for each tensor whose rows made it so.
+    fn check(
+        &mut self,
+        tensors: &[TensorMeta],
+        notes: &mut Vec<(String, String)>,
+    ) -> Result<Vec<TensorMeta>, RecipeError> {
         if self.stages.is_empty() {
             return Err(RecipeError::NoStages);
         }
@@ -854,24 +1052,63 @@ impl Recipe {
         if selected.is_empty() {
             return Err(RecipeError::NothingSelected);
         }
-        for (i, stage) in self.stages.iter().enumerate() {
-            if let Stage::Quantize(q) = stage
-                && let Step::Int(IntScheme {
-                    granularity: Granularity::Group(n),
-                    ..
-                }) = q.step()
+        for i in 0..self.stages.len() {
+            if let Stage::Quantize(Quantize::Int {
+                granularity: GranularityName::Group,
+                group_size: Some(n),
+                ..
+            }) = &mut self.stages[i]
             {
-                for t in &selected {
-                    if t.row_len() % n as u64 != 0 {
+                let wanted = *n;
+                let fitting = fitting_group(wanted, selected.iter().map(|t| t.row_len()));
+                match fitting {
+                    Some(g) if g == wanted => {}
+                    Some(g) => {
+                        *n = g;
+                        for t in selected.iter().filter(|t| t.row_len() % wanted as u64 != 0) {
+                            notes.push((
+                                t.name.clone(),
+                                format!(
+                                    "rows of {} values are not a multiple of {wanted}: groups of {g} for every tensor",
+                                    t.row_len()
+                                ),
+                            ));
+                        }
+                    }
+                    None => {
+                        // Name the tensor without which a group would fit, else the first
+                        // whose rows the group does not divide.
+                        let rows: Vec<u64> = selected.iter().map(|t| t.row_len()).collect();
+                        let mut before = vec![0u64; rows.len() + 1];
+                        let mut after = vec![0u64; rows.len() + 1];
+                        for i in 0..rows.len() {
+                            before[i + 1] = gcd(before[i], rows[i]);
+                            let j = rows.len() - 1 - i;
+                            after[j] = gcd(after[j + 1], rows[j]);
+                        }
+                        let t = (0..rows.len())
+                            .find(|&i| {
+                                let others = gcd(before[i], after[i + 1]);
+                                fitting_group(wanted, std::iter::once(others)).is_some()
+                            })
+                            .map(|i| selected[i])
+                            .or_else(|| {
+                                selected
+                                    .iter()
+                                    .copied()
+                                    .find(|t| t.row_len() % wanted as u64 != 0)
+                            })
+                            .expect("some row refuses the group size");
                         return Err(RecipeError::GroupSize {
                             stage: i + 1,
-                            group_size: n,
+                            group_size: wanted,
                             row: t.row_len(),
                             tensor: t.name.clone(),
                         });
                     }
                 }
             }
+            let stage = &self.stages[i];
             if let Stage::LowRank(LowRankStage {
                 rank: Some(rank), ..
             }) = stage
@@ -893,9 +1130,6 @@ impl Recipe {
                 }
             }
             let row_block = match stage {
-                Stage::Quantize(Quantize::Gguf { kind }) => {
-                    Some((kind.name().to_owned(), kind.block_len()))
-                }
                 Stage::Prune(Prune::SemiStructured { pattern }) => Some((
                     format!("{}:{} pruning", pattern.n, pattern.m),
                     usize::from(pattern.m),
@@ -915,7 +1149,7 @@ impl Recipe {
             }
         }
         self.check_format(tensors, &selected)?;
-        Ok(selected.into_iter().map(|t| t.name.clone()).collect())
+        Ok(selected.into_iter().cloned().collect())
     }
 
     /// The steps run on a tensor stored as `dtype`: the stages' steps, with scales kept in the
@@ -966,7 +1200,7 @@ impl Recipe {
         for (i, stage) in self.stages.iter().enumerate() {
             let what = stage.describe();
             match (self.format, stage) {
-                (OutputFormat::Safetensors, _)
+                (OutputFormat::Safetensors | OutputFormat::Auto, _)
                 | (OutputFormat::CompressedTensors, Stage::Prune(_)) => {}
                 (OutputFormat::CompressedTensors, Stage::Cluster(_) | Stage::LowRank(_)) => {
                     return stage_error(
@@ -1075,7 +1309,7 @@ impl Recipe {
                     );
                 }
             }
-            OutputFormat::Safetensors => {}
+            OutputFormat::Safetensors | OutputFormat::Auto => {}
         }
         Ok(())
     }
@@ -1094,9 +1328,9 @@ fn weight_scale_dtype(dtype: Dtype) -> ScaleDtype {
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Preset {
     /// Name to pass as `preset`.
-    pub name: &'static str,
-    /// What it does.
-    pub description: &'static str,
+    pub name: String,
+    /// What it does, what it writes and which runtimes load it.
+    pub description: String,
     /// The recipe.
     pub recipe: Recipe,
 }
@@ -1116,131 +1350,141 @@ fn int(
     })
 }
 
-fn recipe(stages: Vec<Stage>) -> Recipe {
+fn recipe(format: OutputFormat, stages: Vec<Stage>) -> Recipe {
     Recipe {
         stages,
         targets: default_targets(),
         ignore: Vec::new(),
-        format: OutputFormat::Safetensors,
+        format,
     }
 }
 
-/// The built-in presets.
+const CT: OutputFormat = OutputFormat::CompressedTensors;
+
+/// The runtimes that load each format, for the presets' descriptions.
+const CT_LOADERS: &str = "compressed-tensors safetensors: transformers (with the compressed-tensors package) and vLLM load it";
+const GGUF_LOADERS: &str = "GGUF for llama.cpp and everything built on it";
+
+/// The built-in presets: each writes the format that stores its result, so the file is as
+/// small as the method makes it.
 pub fn presets() -> Vec<Preset> {
     let prune50 = Stage::Prune(Prune::Magnitude {
         sparsity: 0.5,
         scope: PruneScope::Tensor,
     });
-    vec![
+    let mut all = vec![
         Preset {
-            name: "int8",
-            description: "8-bit integer weights, symmetric, one scale per output channel",
-            recipe: recipe(vec![int(8, true, GranularityName::Channel, None)]),
+            name: "int8".into(),
+            description: (format!(
+                "8-bit integer weights, symmetric, one scale per output channel (W8A16); writes {CT_LOADERS}"
+            )),
+            recipe: recipe(CT, vec![int(8, true, GranularityName::Channel, None)]),
         },
         Preset {
-            name: "int8-tensor",
-            description: "8-bit integer weights, symmetric, one scale per tensor",
-            recipe: recipe(vec![int(8, true, GranularityName::Tensor, None)]),
+            name: "int8-tensor".into(),
+            description: (format!(
+                "8-bit integer weights, symmetric, one scale per tensor; writes {CT_LOADERS}"
+            )),
+            recipe: recipe(CT, vec![int(8, true, GranularityName::Tensor, None)]),
         },
         Preset {
-            name: "w4-g128",
-            description: "4-bit integer weights, symmetric, one scale per 128 values of a row",
-            recipe: recipe(vec![int(4, true, GranularityName::Group, Some(128))]),
+            name: "w4-g128".into(),
+            description: (format!(
+                "4-bit integer weights, symmetric, one scale per 128 values of a row (the largest group that divides every row when 128 does not; W4A16); writes {CT_LOADERS}"
+            )),
+            recipe: recipe(CT, vec![int(4, true, GranularityName::Group, Some(128))]),
         },
         Preset {
-            name: "w4-g128-asym",
-            description: "4-bit integer weights with zero-points, one scale per 128 values",
-            recipe: recipe(vec![int(4, false, GranularityName::Group, Some(128))]),
+            name: "w4-g128-asym".into(),
+            description: (format!(
+                "4-bit integer weights with zero-points, one scale per 128 values (or the largest group that fits); writes {CT_LOADERS}"
+            )),
+            recipe: recipe(CT, vec![int(4, false, GranularityName::Group, Some(128))]),
         },
-        quantize_preset(
-            "fp8",
-            "FP8 E4M3 weights, one scale per output channel (absmax / 448)",
-            Quantize::Fp8 {
-                granularity: GranularityName::Channel,
-                scale_dtype: None,
-            },
-        ),
-        quantize_preset(
-            "fp8-tensor",
-            "FP8 E4M3 weights, one scale per tensor",
-            Quantize::Fp8 {
-                granularity: GranularityName::Tensor,
-                scale_dtype: None,
-            },
-        ),
-        quantize_preset(
-            "q8_0",
-            "llama.cpp Q8_0: 8-bit codes, one f16 scale per 32 values",
-            Quantize::Gguf {
-                kind: BlockType::Q8_0,
-            },
-        ),
-        quantize_preset(
-            "q4_0",
-            "llama.cpp Q4_0: 4-bit codes, one f16 scale per 32 values",
-            Quantize::Gguf {
-                kind: BlockType::Q4_0,
-            },
-        ),
-        quantize_preset(
-            "q4_k",
-            "llama.cpp Q4_K: 4-bit codes in 256-value super-blocks with 6-bit sub-block scales and mins",
-            Quantize::Gguf {
-                kind: BlockType::Q4_K,
-            },
-        ),
-        quantize_preset(
-            "q6_k",
-            "llama.cpp Q6_K: 6-bit codes in 256-value super-blocks with 8-bit sub-block scales",
-            Quantize::Gguf {
-                kind: BlockType::Q6_K,
-            },
-        ),
-        quantize_preset(
-            "nf4",
-            "NF4 (bitsandbytes' 4-bit NormalFloat), one absmax per 64 values",
-            Quantize::Nf4 {},
-        ),
         Preset {
-            name: "sparse-2of4",
-            description: "2:4 semi-structured sparsity: the 2 largest of every 4 weights kept",
-            recipe: recipe(vec![Stage::Prune(Prune::SemiStructured {
+            name: "fp8".into(),
+            description: (format!(
+                "FP8 E4M3 weights, one scale per output channel (absmax / 448); writes {CT_LOADERS}"
+            )),
+            recipe: recipe(
+                CT,
+                vec![Stage::Quantize(Quantize::Fp8 {
+                    granularity: GranularityName::Channel,
+                    scale_dtype: None,
+                })],
+            ),
+        },
+        Preset {
+            name: "fp8-tensor".into(),
+            description: (format!("FP8 E4M3 weights, one scale per tensor; writes {CT_LOADERS}")),
+            recipe: recipe(
+                CT,
+                vec![Stage::Quantize(Quantize::Fp8 {
+                    granularity: GranularityName::Tensor,
+                    scale_dtype: None,
+                })],
+            ),
+        },
+    ];
+    for kind in FileType::ALL {
+        let what = match kind {
+            FileType::Q8_0 => "8-bit codes, one f16 scale per 32 values",
+            FileType::Q6_K => "6-bit codes in 256-value super-blocks with 8-bit sub-block scales",
+            FileType::Q5_1 => "5-bit codes with an f16 scale and minimum per 32 values",
+            FileType::Q5_0 => "5-bit codes with an f16 scale per 32 values",
+            FileType::Q4_K_M => {
+                "4-bit K-quant super-blocks, with Q6_K for half the attention V and FFN down projections"
+            }
+            FileType::Q4_1 => "4-bit codes with an f16 scale and minimum per 32 values",
+            FileType::Q4_0 => "4-bit codes with an f16 scale per 32 values",
+        };
+        all.push(Preset {
+            name: kind.name().to_lowercase(),
+            description: (format!(
+                "llama.cpp {}: {what}; each tensor's type by llama-quantize's rules (the output projection or tied embedding at Q6_K or Q8_0; rows that are not whole blocks fall back to a type that fits); writes {GGUF_LOADERS}",
+                kind.name()
+            )),
+            recipe: recipe(OutputFormat::Gguf, vec![Stage::Quantize(Quantize::Gguf { kind, pure: false })]),
+        });
+    }
+    all.extend([
+        Preset {
+            name: "sparse-2of4".into(),
+            description: (format!("2:4 semi-structured sparsity: the 2 largest of every 4 weights kept; writes {CT_LOADERS}")),
+            recipe: recipe(CT, vec![Stage::Prune(Prune::SemiStructured {
                 pattern: NmPattern { n: 2, m: 4 },
             })]),
         },
         Preset {
-            name: "cluster-16",
-            description: "weight clustering: 16 k-means centroids per tensor (4-bit indices)",
-            recipe: recipe(vec![Stage::Cluster(Cluster {
+            name: "cluster-16".into(),
+            description: "weight clustering: 16 k-means centroids per tensor, stored as a codebook and 4-bit indices in compact safetensors (squeeze decompress rebuilds a dense checkpoint for any loader)".into(),
+            recipe: recipe(OutputFormat::CompactSafetensors, vec![Stage::Cluster(Cluster {
                 bits: 4,
                 granularity: GranularityName::Tensor,
                 seed: 0,
             })]),
         },
         Preset {
-            name: "prune-50",
-            description: "zero the 50% smallest-magnitude weights of each tensor",
-            recipe: recipe(vec![prune50.clone()]),
+            name: "prune-50".into(),
+            description: (format!("zero the 50% smallest-magnitude weights of each tensor; writes {CT_LOADERS}")),
+            recipe: recipe(CT, vec![prune50.clone()]),
         },
         Preset {
-            name: "prune-50-int8",
-            description: "magnitude pruning to 50%, then int8 per channel (the zeros stay exact)",
-            recipe: recipe(vec![prune50, int(8, true, GranularityName::Channel, None)]),
+            name: "prune-50-int8".into(),
+            description: (format!("magnitude pruning to 50%, then int8 per channel (the zeros stay exact); writes {CT_LOADERS}")),
+            recipe: recipe(CT, vec![prune50, int(8, true, GranularityName::Channel, None)]),
         },
-    ]
-}
-
-/// A preset of one quantize stage.
-fn quantize_preset(name: &'static str, description: &'static str, stage: Quantize) -> Preset {
-    Preset {
-        name,
-        description,
-        recipe: recipe(vec![Stage::Quantize(stage)]),
-    }
+    ]);
+    all
 }
 
 /// The preset with this name.
 pub fn preset(name: &str) -> Result<Recipe, RecipeError> {
+    // Earlier names of presets that were renamed.
+    let name = match name {
+        "q4_k" => "q4_k_m",
+        other => other,
+    };
     presets()
         .into_iter()
         .find(|p| p.name == name)
@@ -1303,9 +1547,25 @@ mod tests {
         let group = parse(
             r#"{"stages": [{"quantize": {"scheme": "int", "bits": 4, "granularity": "group", "group_size": 512}}]}"#,
         );
-        let err = group.validate(&model()).unwrap_err();
+        // 512 does not divide 768: every tensor gets the largest group that divides both.
+        let plan = group.plan(&model()).unwrap();
+        assert!(plan.scheme().contains("group 256"), "{}", plan.scheme());
+        let note = |name: &str| plan.tensor(name).unwrap().note.clone();
+        assert_eq!(note("layers.0.mlp.weight"), None);
+        assert!(
+            note("layers.1.mlp.weight")
+                .unwrap()
+                .contains("groups of 256")
+        );
+        let mut odd = model();
+        odd.push(TensorMeta {
+            name: "odd.weight".into(),
+            dtype: Dtype::F16,
+            shape: vec![8, 100],
+        });
+        let err = group.validate(&odd).unwrap_err();
         assert_eq!(err.code(), "group_size_does_not_divide_row");
-        assert_eq!(err.tensor(), Some("layers.1.mlp.weight"));
+        assert_eq!(err.tensor(), Some("odd.weight"));
         let cases = [
             (r#"{"stages": []}"#, "no_stages"),
             (
@@ -1547,10 +1807,16 @@ mod tests {
             dtype: Dtype::F16,
             shape: vec![8, 100],
         }];
-        let err = q8.validate(&odd).unwrap_err();
-        assert_eq!(err.code(), "row_not_multiple_of_block");
-        assert_eq!(err.tensor(), Some("odd.weight"));
-        assert!(err.to_string().contains("rows of 100"), "{err}");
+        // Rows that fit no block type stay unquantized, with the reason.
+        let plan = q8.plan(&odd).unwrap();
+        let odd_plan = plan.tensor("odd.weight").unwrap();
+        assert!(odd_plan.steps.is_empty());
+        assert!(odd_plan.note.as_ref().unwrap().contains("rows of 100"));
+        assert_eq!(
+            plan.recipe.format,
+            OutputFormat::Gguf,
+            "auto resolves to gguf"
+        );
         assert!(
             serde_json::from_str::<Recipe>(
                 r#"{"stages": [{"quantize": {"scheme": "gguf", "type": "Q3_X"}}]}"#

@@ -20,7 +20,7 @@ use crate::formats::compressed_tensors::{
 use crate::formats::gguf::{self, GgmlType, TensorEntry, Value};
 use crate::formats::reader::COMPACT_METADATA_KEY;
 use crate::formats::safetensors::{Dtype, Header, TensorInfo};
-use crate::jobs::recipe::{OutputFormat, Prune, Recipe, Stage};
+use crate::jobs::recipe::{OutputFormat, Plan, Prune, Recipe, Stage};
 use crate::worker::pipeline::{HashingFile, InputFile, OutputFile, PipelineError};
 
 /// What the pipeline tells a writer about one tensor.
@@ -60,14 +60,20 @@ fn pretty(v: &serde_json::Value) -> Vec<u8> {
     bytes
 }
 
-/// The writer for a recipe's format.
+/// The writer for a planned recipe's format.
 pub fn writer_for(
-    recipe: &Recipe,
+    plan: &Plan,
     out_dir: &Path,
     inputs: &[InputFile],
     headers: &[Header],
 ) -> Result<Box<dyn ArtifactWriter>, PipelineError> {
+    let recipe = &plan.recipe;
     Ok(match recipe.format {
+        OutputFormat::Auto => {
+            return Err(PipelineError::Internal(
+                "the recipe's format was not resolved before writing".into(),
+            ));
+        }
         OutputFormat::Safetensors => Box::new(DenseWriter {
             dir: out_dir.to_owned(),
             current: None,
@@ -77,7 +83,7 @@ pub fn writer_for(
             files: SpooledFiles::new(out_dir),
             layouts: BTreeMap::new(),
         }),
-        OutputFormat::Gguf => Box::new(GgufWriter::plan(out_dir, inputs, headers, recipe)?),
+        OutputFormat::Gguf => Box::new(GgufWriter::plan(out_dir, inputs, headers, plan)?),
     })
 }
 
@@ -526,7 +532,7 @@ impl GgufWriter {
         dir: &Path,
         inputs: &[InputFile],
         headers: &[Header],
-        recipe: &Recipe,
+        plan: &Plan,
     ) -> Result<GgufWriter, PipelineError> {
         let input_error = PipelineError::Input;
         let read_json = |name: &str| -> Result<Option<serde_json::Value>, PipelineError> {
@@ -542,14 +548,16 @@ impl GgufWriter {
             .as_ref()
             .and_then(|c| c["model_type"].as_str())
             .and_then(gguf::llama_family);
-        let selection = recipe.selection().map_err(|e| input_error(e.to_string()))?;
-        let block = recipe.stages.iter().rev().find_map(|s| match s {
-            Stage::Quantize(q) => match q.step() {
-                crate::compress::tensor::Step::Gguf(kind) => Some(kind),
-                _ => None,
-            },
-            _ => None,
-        });
+        // Each selected tensor's block type, as the plan chose it (None: stored dense).
+        let block_of = |name: &str| {
+            plan.tensor(name).and_then(|t| {
+                t.steps.iter().rev().find_map(|s| match s {
+                    crate::compress::tensor::Step::Gguf(kind) => Some(*kind),
+                    _ => None,
+                })
+            })
+        };
+        let quantized = plan.tensors.iter().any(|t| block_of(&t.name).is_some());
         let mut metadata: Vec<(String, Value)> = Vec::new();
         let name = config
             .as_ref()
@@ -563,7 +571,7 @@ impl GgufWriter {
         };
         metadata.push(("general.architecture".into(), Value::String(architecture)));
         metadata.push(("general.name".into(), Value::String(name)));
-        if block.is_some() {
+        if quantized {
             metadata.push((
                 "general.quantization_version".into(),
                 Value::U32(gguf::QUANTIZATION_VERSION),
@@ -602,10 +610,9 @@ impl GgufWriter {
                         gguf::MAX_NAME
                     )));
                 }
-                let selected = selection.selects(&t.name, t.dtype, &t.shape);
-                let kind = match block {
-                    Some(kind) if selected => GgmlType::from(kind),
-                    _ => gguf::dense_type(t.dtype).ok_or_else(|| {
+                let kind = match block_of(&t.name) {
+                    Some(kind) => GgmlType::from(kind),
+                    None => gguf::dense_type(t.dtype).ok_or_else(|| {
                         input_error(format!(
                             "tensor {:?} is {}; GGUF cannot hold it",
                             t.name, t.dtype

@@ -96,6 +96,9 @@ pub struct TensorReport {
     #[serde(with = "crate::numeric::metric")]
     #[schema(value_type = crate::numeric::Metric)]
     pub max_abs_error: f64,
+    /// Why the tensor got other steps than the recipe names: the GGUF type llama-quantize's
+    /// rules give it, a fallback for rows that are not whole blocks or groups.
+    pub note: Option<String>,
 }
 
 /// The figures of a whole job.
@@ -327,9 +330,10 @@ pub fn run(
             shape: t.shape.clone(),
         })
         .collect();
-    recipe
-        .validate(&metas)
+    let plan = recipe
+        .plan(&metas)
         .map_err(|e| PipelineError::Input(e.to_string()))?;
+    let recipe = &plan.recipe;
     let selection = recipe
         .selection()
         .map_err(|e| PipelineError::Input(e.to_string()))?;
@@ -340,13 +344,6 @@ pub fn run(
         ..Progress::default()
     };
     progress(&state);
-    let scheme = recipe
-        .stages
-        .iter()
-        .map(Stage::describe)
-        .collect::<Vec<_>>()
-        .join(" + ");
-    let has_steps = recipe.stages.iter().any(|s| s.step().is_some());
     let encode = recipe.format != OutputFormat::Safetensors;
     let shrink = match recipe.stages.first() {
         Some(Stage::Prune(Prune::MlpChannels { sparsity, norm })) => Some(MlpShrink::plan(
@@ -372,7 +369,7 @@ pub fn run(
             None => header.clone(),
         })
         .collect();
-    let mut writer = artifact::writer_for(recipe, out_dir, inputs, &out_headers)?;
+    let mut writer = artifact::writer_for(&plan, out_dir, inputs, &out_headers)?;
     let mut files = Vec::new();
     let mut reports = Vec::new();
     let mut theoretical_bits = 0f64;
@@ -388,7 +385,9 @@ pub fn run(
                 .as_ref()
                 .and_then(|plan| plan.gather(t, data.bytes()));
             let bytes = shrunk.as_ref().map_or(data.bytes(), |(b, _)| &b[..]);
-            let selected = selection.selects(&t.name, t.dtype, &t.shape) && has_steps;
+            let planned = plan.tensor(&t.name).filter(|p| !p.steps.is_empty());
+            let selected = planned.is_some();
+            let scheme = planned.map_or_else(|| plan.scheme(), |p| p.scheme.clone());
             let view = TensorView {
                 bytes,
                 dtype: t.dtype,
@@ -398,11 +397,7 @@ pub fn run(
                 || format!("tensor {:?} ({scheme})", t.name),
                 || -> Result<TensorReport, PipelineError> {
                     Ok(if selected || shrunk.is_some() {
-                        let mut steps = if selected {
-                            recipe.steps_for(t.dtype)
-                        } else {
-                            Vec::new()
-                        };
+                        let mut steps = planned.map(|p| p.steps.clone()).unwrap_or_default();
                         if let Some(counts) = &global_counts {
                             steps[0] = Step::MagnitudePruneCount {
                                 count: counts[&t.name],
@@ -445,6 +440,7 @@ pub fn run(
                         };
                         let mut r = report(t, &scheme, stored, &fidelity);
                         r.shape = out_info.shape.clone();
+                        r.note = plan.tensor(&t.name).and_then(|p| p.note.clone());
                         r
                     } else {
                         let stored = writer.tensor(artifact::TensorOut {
@@ -455,6 +451,7 @@ pub fn run(
                         theoretical_bits += (t.elements() * t.dtype.bits()) as f64;
                         let mut r = unchanged(t);
                         r.bytes_out = stored as i64;
+                        r.note = plan.tensor(&t.name).and_then(|p| p.note.clone());
                         r
                     })
                 },
@@ -768,6 +765,7 @@ fn report(t: &TensorInfo, scheme: &str, bytes_out: u64, fidelity: &Fidelity) -> 
         sqnr_db: fidelity.sqnr_db,
         cosine: fidelity.cosine,
         max_abs_error: fidelity.max_abs_error,
+        note: None,
     }
 }
 

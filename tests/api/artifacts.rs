@@ -161,7 +161,7 @@ async fn each_format_downloads_as_a_complete_folder_holding_the_measured_values(
         let dense = run_and_download(
             &app,
             &model_id,
-            json!({"stages": [dense_stage], "ignore": ignore}),
+            json!({"stages": [dense_stage], "ignore": ignore, "format": "safetensors"}),
             &dense_dir,
         )
         .await;

@@ -381,7 +381,8 @@ async fn a_decoder_job_on_gguf_blocks_reports_native_kernels_and_its_budget() {
         .await;
         let eval = &job["result"]["eval"];
         assert_eq!(eval["compressed"]["kernel"], "native", "{eval}");
-        assert_eq!(eval["compressed"]["kernel_types"], json!(["Q4_0"]));
+        // llama-quantize's rules: the tied embedding, which is also the output, at Q6_K.
+        assert_eq!(eval["compressed"]["kernel_types"], json!(["Q4_0", "Q6_K"]));
         assert_eq!(eval["original"]["kernel"], "dense");
         assert_eq!(eval["metric"], "perplexity");
         assert!(figure(eval, "compressed", "kl_mean") > 0.0);

@@ -238,7 +238,10 @@ async fn prune_then_quantize_keeps_the_zeros_and_reaches_the_sparsity() {
     let (model_id, _) = upload_model(&app, 32, 128).await;
     let job: Value = submit(
         &app,
-        json!({"model_id": model_id, "preset": "prune-50-int8"}),
+        // Dense output, to read the values back as they are.
+        json!({"model_id": model_id, "recipe": {"stages": [
+            {"prune": {"method": "magnitude", "sparsity": 0.5}},
+            {"quantize": {"scheme": "int", "bits": 8}}], "format": "safetensors"}}),
         None,
     )
     .await
@@ -320,7 +323,8 @@ async fn bad_recipes_are_refused_at_submission_naming_the_rule() {
     let (model_id, _) = upload_model(&app, 16, 96).await;
     let cases = [
         (
-            json!({"model_id": model_id, "recipe": {"stages": [{"quantize": {"scheme": "int", "bits": 4, "granularity": "group", "group_size": 64}}]}}),
+            // Rows of 96: a group of 10 does not divide them and no smaller group is tried.
+            json!({"model_id": model_id, "recipe": {"stages": [{"quantize": {"scheme": "int", "bits": 4, "granularity": "group", "group_size": 10}}]}}),
             "group_size_does_not_divide_row",
         ),
         (
@@ -352,7 +356,7 @@ async fn bad_recipes_are_refused_at_submission_naming_the_rule() {
         let problem: Value = response.json().await.unwrap();
         assert_eq!(problem["code"], code, "{problem}");
     }
-    let first: Value = submit(&app, json!({"model_id": model_id, "recipe": {"stages": [{"quantize": {"scheme": "int", "bits": 4, "granularity": "group", "group_size": 64}}]}}), None).await.json().await.unwrap();
+    let first: Value = submit(&app, json!({"model_id": model_id, "recipe": {"stages": [{"quantize": {"scheme": "int", "bits": 4, "granularity": "group", "group_size": 10}}]}}), None).await.json().await.unwrap();
     assert_eq!(first["tensor"], "layers.0.mlp.weight");
     assert_eq!(
         first["stage"], 1,
@@ -588,7 +592,8 @@ async fn four_workers_run_every_job_exactly_once() {
         .fetch_one(&app.state.db)
         .await
         .unwrap();
-    assert_eq!(file_rows, 24 * 2, "one artifact set per job");
+    // compressed-tensors: the weights, config.json with the quantization_config, recipe.json.
+    assert_eq!(file_rows, 24 * 3, "one artifact set per job");
     let models = app.json("/api/v1/jobs?state=succeeded&limit=100").await;
     assert_eq!(models["items"].as_array().unwrap().len(), 24);
     app.assert_no_temp_files().await;
@@ -645,9 +650,11 @@ async fn a_sharded_model_compresses_into_the_same_shards_with_its_index_and_conf
     let response = app.upload_multipart(form).await;
     assert_eq!(response.status(), 201);
     let model: Value = response.json().await.unwrap();
+    // Dense output: the config is copied as it is and the values read back directly.
     let job: Value = submit(
         &app,
-        json!({"model_id": model["id"], "preset": "int8"}),
+        json!({"model_id": model["id"], "recipe": {
+            "stages": [{"quantize": {"scheme": "int", "bits": 8}}], "format": "safetensors"}}),
         None,
     )
     .await

@@ -275,9 +275,13 @@ fn gguf_artifacts_open_in_the_gguf_package_with_llama_metadata() {
     for kind in ["Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q6_K"] {
         let recipe = json!({"stages": [{"quantize": {"scheme": "gguf", "type": kind}}],
                             "ignore": ["model.embed_tokens.weight"], "format": "gguf"});
+        // llama-quantize's rules: the output projection at Q6_K (Q8_0 stays Q8_0), and
+        // Q4_K (= Q4_K_M) gives the last layer's FFN down projection Q6_K.
+        let output = if kind == "Q8_0" { "Q8_0" } else { "Q6_K" };
+        let down = if kind == "Q4_K" { "Q6_K" } else { kind };
         let expect = json!({"names": names, "metadata": metadata, "heads": [4, 2],
-                            "types": {"blk.0.attn_q.weight": kind, "blk.1.ffn_down.weight": kind,
-                                      "output.weight": kind, "token_embd.weight": "F16",
+                            "types": {"blk.0.attn_q.weight": kind, "blk.1.ffn_down.weight": down,
+                                      "output.weight": output, "token_embd.weight": "F16",
                                       "output_norm.weight": "F16"}});
         let (summary, findings) = check(
             dir.path(),

@@ -130,9 +130,24 @@ fn compress_runs_offline_and_refuses_bad_input_in_one_line() {
         provenance["model_sha256"],
         crate::common::sha256_hex(&std::fs::read(&model).unwrap())
     );
+    // The artifact's recipe.json, as downloaded, reproduces the job.
+    let again = dir.path().join("again");
+    let (status, _, stderr) = squeeze(&[
+        "compress",
+        "--recipe",
+        out.join("recipe.json").to_str().unwrap(),
+        model.to_str().unwrap(),
+        "-o",
+        again.to_str().unwrap(),
+    ]);
+    assert!(status.success(), "{stderr}");
+    assert_eq!(
+        std::fs::read(again.join("model.safetensors")).unwrap(),
+        std::fs::read(out.join("model.safetensors")).unwrap()
+    );
 
     let recipe = dir.path().join("bad.json");
-    std::fs::write(&recipe, r#"{"stages": [{"quantize": {"scheme": "int", "bits": 4, "granularity": "group", "group_size": 48}}]}"#).unwrap();
+    std::fs::write(&recipe, r#"{"stages": [{"quantize": {"scheme": "int", "bits": 4, "granularity": "group", "group_size": 10}}]}"#).unwrap();
     let (status, _, stderr) = squeeze(&[
         "compress",
         "--recipe",
@@ -143,7 +158,7 @@ fn compress_runs_offline_and_refuses_bad_input_in_one_line() {
     ]);
     assert!(!status.success());
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
-    assert!(stderr.contains("group_size 48 does not divide"), "{stderr}");
+    assert!(stderr.contains("group_size 10 does not divide"), "{stderr}");
     let (status, _, stderr) = squeeze(&[
         "compress",
         "--preset",
@@ -231,11 +246,11 @@ fn the_simd_and_baseline_kernels_write_identical_bytes() {
     let model = dir.path().join("m.safetensors");
     std::fs::write(&model, awkward_model()).unwrap();
     let recipes = [
-        r#"{"stages": [{"quantize": {"scheme": "int", "bits": 8}}]}"#,
-        r#"{"stages": [{"quantize": {"scheme": "int", "bits": 4, "symmetric": false, "granularity": "tensor"}}]}"#,
-        r#"{"stages": [{"prune": {"method": "magnitude", "sparsity": 0.3}}, {"quantize": {"scheme": "int", "bits": 3, "symmetric": false}}]}"#,
-        r#"{"stages": [{"prune": {"method": "channels", "sparsity": 0.4}}, {"quantize": {"scheme": "nf4"}}]}"#,
-        r#"{"stages": [{"prune": {"method": "magnitude", "sparsity": 0.5, "scope": "global"}}, {"quantize": {"scheme": "fp8"}}]}"#,
+        r#"{"stages": [{"quantize": {"scheme": "int", "bits": 8}}], "format": "safetensors"}"#,
+        r#"{"stages": [{"quantize": {"scheme": "int", "bits": 4, "symmetric": false, "granularity": "tensor"}}], "format": "safetensors"}"#,
+        r#"{"stages": [{"prune": {"method": "magnitude", "sparsity": 0.3}}, {"quantize": {"scheme": "int", "bits": 3, "symmetric": false}}], "format": "safetensors"}"#,
+        r#"{"stages": [{"prune": {"method": "channels", "sparsity": 0.4}}, {"quantize": {"scheme": "nf4"}}], "format": "safetensors"}"#,
+        r#"{"stages": [{"prune": {"method": "magnitude", "sparsity": 0.5, "scope": "global"}}, {"quantize": {"scheme": "fp8"}}], "format": "safetensors"}"#,
     ];
     for (n, recipe) in recipes.iter().enumerate() {
         let recipe_file = dir.path().join(format!("r{n}.json"));
@@ -277,7 +292,7 @@ fn nan_or_infinite_weights_are_refused_in_one_line() {
         .collect();
     values[4..8].copy_from_slice(&f32::NAN.to_le_bytes());
     let model = dir.path().join("nan.safetensors");
-    std::fs::write(&model, safetensors(&[("w", "F32", &[2, 2], values)])).unwrap();
+    std::fs::write(&model, safetensors(&[("w.weight", "F32", &[2, 2], values)])).unwrap();
     let (status, _, stderr) = squeeze(&[
         "compress",
         "--preset",
@@ -289,7 +304,7 @@ fn nan_or_infinite_weights_are_refused_in_one_line() {
     assert!(!status.success());
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
     assert!(
-        stderr.contains("NaN or infinite") && stderr.contains("\"w\""),
+        stderr.contains("NaN or infinite") && stderr.contains("\"w.weight\""),
         "{stderr}"
     );
 }

@@ -187,7 +187,7 @@ fn gguf_blocks_run_on_candles_native_kernels_with_the_dense_figures() {
     compress(
         &model,
         &dense,
-        r#"{"stages": [{"quantize": {"scheme": "gguf", "type": "Q4_0"}}]}"#,
+        r#"{"stages": [{"quantize": {"scheme": "gguf", "type": "Q4_0"}}], "format": "safetensors"}"#,
     );
     let native = evaluate(&model, &gguf, &tokens);
     let fake = evaluate(&model, &dense, &tokens);

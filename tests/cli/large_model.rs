@@ -70,8 +70,16 @@ fn a_model_four_times_the_memory_limit_compresses_correctly() {
     assert!(model_bytes >= 4 * MEMORY_LIMIT);
     let out = dir.path().join("out");
 
+    // int8 per channel written dense, so the values can be checked where they lie.
+    let recipe = dir.path().join("int8-dense.json");
+    std::fs::write(
+        &recipe,
+        r#"{"stages": [{"quantize": {"scheme": "int", "bits": 8}}], "format": "safetensors"}"#,
+    )
+    .unwrap();
     let mut command = Command::new(squeeze_bin());
-    command.args(["compress", "--preset", "int8", "--json"]);
+    command.args(["compress", "--json", "--recipe"]);
+    command.arg(&recipe);
     command.arg(&model).arg("-o").arg(&out);
     // SAFETY: only async-signal-safe setrlimit runs between fork and exec.
     unsafe {

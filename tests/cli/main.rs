@@ -9,6 +9,7 @@ mod commands;
 mod embedded;
 mod evaluate;
 mod large_model;
+mod real_models;
 mod reference;
 mod upload_memory;
 mod workers;

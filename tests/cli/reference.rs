@@ -182,7 +182,14 @@ fn compress_each(
     let mut args = vec![model.to_path_buf()];
     for (label, recipe_json) in recipes {
         let recipe = dir.join(format!("{label}.json"));
-        std::fs::write(&recipe, recipe_json).unwrap();
+        // The references compare dense values: a recipe without a format writes them dense.
+        let mut parsed: serde_json::Value = serde_json::from_str(recipe_json).unwrap();
+        parsed
+            .as_object_mut()
+            .unwrap()
+            .entry("format")
+            .or_insert("safetensors".into());
+        std::fs::write(&recipe, parsed.to_string()).unwrap();
         let out = dir.join(format!("out-{label}"));
         let (status, _, stderr) = squeeze(&[
             "compress",
@@ -259,12 +266,21 @@ fn fp8_matches_numpy_with_ml_dtypes_bit_for_bit() {
         ],
     );
     let mut outputs = Vec::new();
-    for preset in ["fp8", "fp8-tensor"] {
+    for (preset, granularity) in [("fp8", "channel"), ("fp8-tensor", "tensor")] {
         let out = dir.path().join(preset);
+        // The preset's stage, written dense: compressed-tensors would refuse the 3-D tensor.
+        let recipe = dir.path().join(format!("{preset}.json"));
+        std::fs::write(
+            &recipe,
+            format!(
+                r#"{{"stages": [{{"quantize": {{"scheme": "fp8", "granularity": "{granularity}"}}}}], "format": "safetensors"}}"#
+            ),
+        )
+        .unwrap();
         let (status, _, stderr) = squeeze(&[
             "compress",
-            "--preset",
-            preset,
+            "--recipe",
+            recipe.to_str().unwrap(),
             model.to_str().unwrap(),
             "-o",
             out.to_str().unwrap(),
@@ -639,7 +655,11 @@ fn low_rank_matches_numpys_truncated_svd_and_refuses_growth_in_one_line() {
 
     // Keeping all the energy of a noisy matrix needs its full rank: refused, naming the tensor.
     let recipe = dir.path().join("all.json");
-    std::fs::write(&recipe, r#"{"stages": [{"low_rank": {"energy": 1.0}}]}"#).unwrap();
+    std::fs::write(
+        &recipe,
+        r#"{"stages": [{"low_rank": {"energy": 1.0}}], "format": "safetensors"}"#,
+    )
+    .unwrap();
     let (status, _, stderr) = squeeze(&[
         "compress",
         "--recipe",

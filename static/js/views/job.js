@@ -118,7 +118,7 @@ async function drawTensors(section, id) {
       rows,
       columns: [
         { key: "name", label: "Tensor" },
-        { key: "scheme", label: "Scheme" },
+        { key: "scheme", label: "Scheme", cell: (t) => (t.note ? h("span", { title: t.note }, `${t.scheme} *`) : t.scheme) },
         { key: "shape", label: "Shape", value: (t) => t.shape.reduce((a, b) => a * b, 1), cell: (t) => t.shape.join(" × ") },
         { key: "bytes_in", label: "Bytes in", numeric: true, cell: (t) => fmt.bytes(t.bytes_in) },
         { key: "bytes_out", label: "Bytes out", numeric: true, cell: (t) => fmt.bytes(t.bytes_out) },
@@ -130,7 +130,20 @@ async function drawTensors(section, id) {
     }));
   };
   worst.addEventListener("change", draw);
-  section.replaceChildren(h("h3", {}, `Tensors (${all.length})`), h("label", { class: "filter" }, "Show ", worst), holder);
+  // Tensors that got other steps than the recipe names: a format's per-tensor rule or a
+  // fallback for rows that are not whole blocks or groups.
+  const noted = all.filter((t) => t.note);
+  const notes = noted.length === 0 ? [] : [h("details", { id: "tensor-notes", open: true },
+    h("summary", {}, `${noted.length} ${noted.length === 1 ? "tensor differs" : "tensors differ"} from the recipe`),
+    h("div", { class: "scroll" }, sortableTable({
+      rows: noted,
+      columns: [
+        { key: "name", label: "Tensor" },
+        { key: "scheme", label: "Stored as" },
+        { key: "note", label: "Why" },
+      ],
+    })))];
+  section.replaceChildren(h("h3", {}, `Tensors (${all.length})`), ...notes, h("label", { class: "filter" }, "Show ", worst), holder);
   draw();
 }
 

@@ -6,8 +6,14 @@ import { api, getJson, parseJson, problemOf } from "../api.js";
 import { emptyState, field, h } from "../dom.js";
 import { method } from "../figures.js";
 
-const GGUF_TYPES = ["Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q6_K"];
-const FORMATS = ["safetensors", "compressed-tensors", "gguf", "compact-safetensors"];
+const GGUF_TYPES = ["Q8_0", "Q6_K", "Q5_1", "Q5_0", "Q4_K_M", "Q4_1", "Q4_0"];
+/// "auto" writes the format that stores the last stage's result; "safetensors" is a dense
+/// simulation, as large as the input.
+const FORMATS = ["auto", "compressed-tensors", "gguf", "compact-safetensors", "safetensors"];
+const FORMAT_LABELS = {
+  auto: "auto: the format that stores the result",
+  safetensors: "safetensors (dense simulation, no smaller)",
+};
 
 /// Each stage kind's parameters: [name, label, kind, default, options | check].
 const STAGES = {
@@ -160,7 +166,7 @@ export async function render(container, { params }) {
   const stagesBox = h("div", { id: "stages" });
   const targets = h("textarea", { id: "job-targets", rows: 2, placeholder: "default: every float tensor of 2 or more dimensions\ne.g. re:.*\\.weight$" });
   const ignore = h("textarea", { id: "job-ignore", rows: 2, placeholder: "e.g. lm_head.weight" });
-  const format = h("select", { id: "job-format" }, FORMATS.map((f) => h("option", { value: f }, f)));
+  const format = h("select", { id: "job-format" }, FORMATS.map((f) => h("option", { value: f }, FORMAT_LABELS[f] || f)));
   fields.targets = field("Targets (one per line; re: for a regular expression)", targets);
   fields.ignore = field("Ignore", ignore);
   fields.format = field("Format", format);
