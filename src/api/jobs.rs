@@ -191,10 +191,15 @@ async fn submit_job(
     // Compiling patterns and matching them against thousands of tensors is CPU work, bounded
     // by the recipe's limits but kept off the async threads all the same.
     let (recipe, tensors) = tokio::task::spawn_blocking(move || {
-        // The recipe stored is the one that runs: its format resolved, its group size fitted.
+        // The job keeps the recipe as asked, with an auto format resolved; the worker plans it
+        // again (the same plan) and records where a tensor got other steps, and why.
         recipe
             .plan(&tensors)
-            .map(|plan| (plan.recipe, tensors))
+            .map(|plan| {
+                let mut stored = recipe.clone();
+                stored.format = plan.recipe.format;
+                (stored, tensors)
+            })
             .map_err(recipe_error)
     })
     .await

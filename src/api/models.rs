@@ -27,7 +27,7 @@ const MAX_FILES_PER_UPLOAD: usize = 512;
 
 /// Routes of the models resource.
 pub fn router() -> OpenApiRouter<AppState> {
-    let (schemas, paths, collection) = routes!(list_models, upload_model);
+    let (schemas, paths, collection) = routes!(list_models, upload_model, put_model);
     // Uploads are streamed and capped by `Limits::max_upload` instead.
     let collection = collection.layer(DefaultBodyLimit::disable());
     OpenApiRouter::new()
@@ -53,6 +53,36 @@ struct UploadForm {
     file: Vec<Vec<u8>>,
     /// Display name of the model.
     name: Option<String>,
+}
+
+/// Upload a model with PUT
+///
+/// The same upload as `POST /models`, for clients that send a file with PUT: `curl -T
+/// model.safetensors '…/api/v1/models?name=my-model'` streams the file from disk.
+#[utoipa::path(
+    put,
+    path = "/models",
+    tag = "models",
+    params(UploadQuery),
+    request_body(description = "One safetensors file", content((Binary = "application/octet-stream"))),
+    responses(
+        (status = 201, description = "The stored model", body = Model,
+            headers(("Location" = String, description = "URL of the model"))),
+        (status = 400, description = "Malformed request (bad name)"),
+        (status = 408, description = "The client stopped sending"),
+        (status = 413, description = "Larger than the server's upload limit"),
+        (status = 415, description = "Not safetensors (pickle, zip, GGUF, ...)"),
+        (status = 422, description = "The file breaks the safetensors rules"),
+        (status = 507, description = "The server's storage is full"),
+    )
+)]
+async fn put_model(
+    state: State<AppState>,
+    caller: Caller,
+    query: Query<UploadQuery>,
+    request: Request,
+) -> ApiResult<impl IntoResponse> {
+    upload_model(state, caller, query, request).await
 }
 
 /// Upload a model

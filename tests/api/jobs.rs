@@ -286,6 +286,18 @@ async fn every_preset_and_method_runs_through_the_api() {
         json!({"low_rank": {"rank": 8}}),
         json!({"quantize": {"scheme": "int", "bits": 3, "scale_dtype": "f16"}}),
     ] {
+        // Written dense: f16 scales are not what compressed-tensors stores for this model.
+        bodies.push(
+            json!({"model_id": model_id, "recipe": {"stages": [stage], "format": "safetensors"}}),
+        );
+    }
+    // And each method in the format its result is stored in.
+    for stage in [
+        json!({"prune": {"method": "semi_structured", "pattern": "2:4"}}),
+        json!({"cluster": {"bits": 3, "granularity": "channel", "seed": 4}}),
+        json!({"low_rank": {"rank": 8}}),
+        json!({"quantize": {"scheme": "int", "bits": 3}}),
+    ] {
         bodies.push(json!({"model_id": model_id, "recipe": {"stages": [stage]}}));
     }
     let mut ids = Vec::new();
@@ -302,6 +314,8 @@ async fn every_preset_and_method_runs_through_the_api() {
     for (id, body) in ids.iter().zip(&bodies) {
         let job = wait_final(&app, id).await;
         assert_eq!(job["state"], "succeeded", "{body}: {job}");
+        // The job keeps the recipe as it ran: an auto format is stored resolved.
+        assert_ne!(job["recipe"]["format"], "auto", "{job}");
         let report = app.json(&format!("/api/v1/jobs/{id}/report")).await;
         let compressed: Vec<&Value> = report["tensors"]
             .as_array()

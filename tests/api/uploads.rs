@@ -356,3 +356,33 @@ async fn model_lists_page_with_a_cursor_newest_first() {
     assert_eq!(response.status(), 400);
     assert!(is_problem(&response));
 }
+
+/// README's first example: `curl -T model.safetensors '…/models?name=…'` sends a PUT.
+#[tokio::test]
+async fn a_put_upload_as_curl_t_sends_it_is_the_same_upload() {
+    let app = spawn_app().await;
+    let file = small_model(8);
+    let response = app
+        .client
+        .put(app.url("/api/v1/models"))
+        .query(&[("name", "put-model")])
+        .header(AUTHORIZATION, app.bearer())
+        .body(file.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    let model: Value = response.json().await.unwrap();
+    assert_eq!(model["name"], "put-model");
+    assert_eq!(model["sha256"], sha256_hex(&file));
+    let pickle = app
+        .client
+        .put(app.url("/api/v1/models"))
+        .header(AUTHORIZATION, app.bearer())
+        .body(b"\x80\x02}q\x00.".to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(pickle.status(), 415);
+    assert!(is_problem(&pickle));
+}

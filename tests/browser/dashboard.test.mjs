@@ -170,12 +170,32 @@ test("a refused recipe shows the server's message next to the field; bad values 
   assert.equal(await page.locator("#stage-0-bits").getAttribute("aria-invalid"), "true");
   await page.fill("#stage-0-bits", "4");
   assert.equal(await page.locator("#stage-0-bits-error").innerText(), "");
-  await page.fill("#stage-0-group_size", "96");
+  // Rows of 128: a group of 10 divides them no more than any group from 10 down would.
+  await page.fill("#stage-0-group_size", "10");
   await page.click("#job-submit");
   const message = page.locator("#stage-0-group_size-error");
   await message.filter({ hasText: "does not divide" }).waitFor();
-  assert.match(await message.innerText(), /group_size 96 does not divide the row length 128/);
+  assert.match(await message.innerText(), /group_size 10 does not divide the row length 128/);
   await shot("04-new-job-refused");
+});
+
+test("a 576-wide model takes w4-g128 and Q4_K_M, and the job page lists each tensor's fallback", async () => {
+  // SmolLM2's shapes, a few rows tall: rows of 576 (attention, gate, up) and of 1536 (down).
+  const model = await uploadByApi("wide576", [
+    ["model.layers.0.self_attn.v_proj.weight", [64, 576]],
+    ["model.layers.0.mlp.up_proj.weight", [96, 576]],
+    ["model.layers.0.mlp.down_proj.weight", [64, 1536]],
+  ]);
+  for (const [preset, why] of [["w4-g128", /not a multiple of 128: groups of 96/], ["q4_k_m", /not whole Q4_K blocks of 256: Q5_0 instead/]]) {
+    const submitted = await api("/jobs", { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ model_id: model.id, preset }) });
+    assert.equal(submitted.status, 202, JSON.stringify(submitted.body));
+    await page.goto(`${server.base}/#/jobs/${submitted.body.id}`);
+    const notes = page.locator("#tensor-notes");
+    await notes.waitFor({ timeout: 60000 });
+    assert.match(await notes.innerText(), why);
+    assert.match(await notes.locator("summary").innerText(), /tensors? differs? from the recipe/);
+    await shot(`09-fallbacks-${preset}`);
+  }
 });
 
 test("three jobs of one sweep draw three points on the compare view with the frontier marked", async () => {
