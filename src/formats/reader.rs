@@ -618,7 +618,11 @@ impl CtWeight {
                 rows.checked_mul(cols.div_ceil(8)),
             )?;
         } else if packed {
-            let (bits, _) = int.expect("packed codes were given bits above");
+            let Some((bits, _)) = int else {
+                return Err(bad(format!(
+                    "{module}: packed codes without an integer weight_scale"
+                )));
+            };
             mismatch(
                 "bytes of packed codes",
                 values.bytes(),
