@@ -144,7 +144,7 @@ fn row(job: Job) -> Option<CompareRow> {
     })
 }
 
-/// A short description of a recipe's stages: `prune 0.5 + quantize int 4 g128`.
+/// A short description of a recipe: `prune 0.5 + quantize int 4 g128 → compressed-tensors`.
 fn method(recipe: &serde_json::Value) -> String {
     let stages = recipe["stages"].as_array().cloned().unwrap_or_default();
     let parts: Vec<String> = stages
@@ -176,9 +176,14 @@ fn method(recipe: &serde_json::Value) -> String {
             Some(words.join(" "))
         })
         .collect();
-    if parts.is_empty() {
-        "none".into()
+    let stages = if parts.is_empty() {
+        "none".to_owned()
     } else {
         parts.join(" + ")
+    };
+    // The format is part of the method: the same int4 stage is a different file in each.
+    match recipe["format"].as_str() {
+        Some(format) => format!("{stages} → {format}"),
+        None => stages,
     }
 }

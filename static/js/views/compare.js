@@ -11,10 +11,27 @@ import { setParams } from "../route.js";
 
 const MAX_SELECTED = 10;
 
+/// The evaluation's metric over these jobs: its name and which way is better.
+function metricOf(rows) {
+  return rows.map((r) => figures(r)?.quality).find(Boolean) || null;
+}
+
+/// Each y axis names its figure and which way is better; the evaluation's metric decides both
+/// for "metric" (perplexity: lower; accuracy: higher), so the frontier joins the best jobs.
 const Y_AXES = {
-  accuracy: { label: "↑ accuracy (compressed)", value: (f) => f.quality?.compressed, original: (rows) => rows.map((r) => figures(r).quality?.original).find((v) => v !== undefined), better: "higher", needsEval: true },
-  drop: { label: "↓ drop against the original", value: (f) => f.quality?.drop, original: () => 0, better: "lower", needsEval: true },
-  error: { label: "↓ mean relative weight error", value: (f) => f.meanError, original: () => 0, better: "lower", needsEval: false },
+  metric: {
+    name: (rows) => metricOf(rows)?.metric || "metric",
+    label: (rows) => {
+      const q = metricOf(rows);
+      return q ? `${q.lowerIsBetter ? "↓" : "↑"} ${q.metric} (compressed; ${q.lowerIsBetter ? "lower" : "higher"} is better)` : "metric";
+    },
+    value: (f) => f.quality?.compressed,
+    original: (rows) => metricOf(rows)?.original,
+    better: (rows) => (metricOf(rows)?.lowerIsBetter ? "lower" : "higher"),
+    needsEval: true,
+  },
+  drop: { name: () => "drop", label: () => "↓ drop against the original (lower is better)", value: (f) => f.quality?.drop, original: () => 0, better: () => "lower", needsEval: true },
+  error: { name: () => "weight error", label: () => "↓ mean relative weight error (lower is better)", value: (f) => f.meanError, original: () => 0, better: () => "lower", needsEval: false },
 };
 
 /// The binary unit that keeps a model's sizes readable on an axis.
@@ -58,11 +75,14 @@ export async function render(container, { params, signal }) {
   const xSelect = h("select", { id: "compare-x" }, Object.entries(X_AXES).map(([k, a]) => h("option", { value: k, selected: params.get("x") === k }, k)));
   const ySelect = h("select", { id: "compare-y" });
   const colour = h("input", { id: "compare-colour", type: "checkbox", checked: params.get("colour") !== "0" });
+  // One outlier (a broken job's perplexity in the thousands) flattens a linear axis.
+  const logScale = h("input", { id: "compare-log", type: "checkbox", checked: params.get("log") === "1" });
   const controls = h("div", { class: "filters" },
     h("label", { class: "filter" }, "Model ", modelSelect),
     h("label", { class: "filter" }, "x ", xSelect),
     h("label", { class: "filter" }, "y ", ySelect),
-    h("label", { class: "filter check" }, colour, " latency as colour"));
+    h("label", { class: "filter check" }, colour, " latency as colour"),
+    h("label", { class: "filter check" }, logScale, " log scale (y)"));
   const status = h("p", { class: "muted", id: "compare-status", "aria-live": "polite" });
   const plot = h("figure", { id: "pareto", class: "plot" });
   const list = h("div", { id: "compare-list" });
@@ -77,6 +97,7 @@ export async function render(container, { params, signal }) {
     params.set("x", xSelect.value);
     params.set("y", ySelect.value);
     params.set("colour", colour.checked ? "1" : "0");
+    params.set("log", logScale.checked ? "1" : "0");
     if (selected.size) params.set("select", [...selected].join(","));
     else params.delete("select");
     setParams(params);
@@ -84,19 +105,21 @@ export async function render(container, { params, signal }) {
 
   function drawAll() {
     const evaluated = rows.some((r) => r.eval);
-    const wanted = params.get("y") || ySelect.value || (evaluated ? "accuracy" : "error");
+    // "accuracy" was the metric axis's name in links made before it named the metric.
+    const asked = params.get("y") === "accuracy" ? "metric" : params.get("y");
+    const wanted = asked || ySelect.value || (evaluated ? "metric" : "error");
     ySelect.replaceChildren(...Object.entries(Y_AXES).filter(([, a]) => evaluated || !a.needsEval)
-      .map(([k]) => h("option", { value: k, selected: k === wanted }, k)));
-    if (!ySelect.value) ySelect.value = evaluated ? "accuracy" : "error";
+      .map(([k, a]) => h("option", { value: k, selected: k === wanted }, a.name(rows))));
+    if (!ySelect.value) ySelect.value = evaluated ? "metric" : "error";
     keep();
-    drawPlot(plot, rows, X_AXES[xSelect.value], Y_AXES[ySelect.value], colour.checked);
+    drawPlot(plot, rows, X_AXES[xSelect.value], Y_AXES[ySelect.value], colour.checked, logScale.checked);
     drawList(list, rows, selected, () => { keep(); drawSelection(side, heat, rows, selected); });
     drawSelection(side, heat, rows, selected);
     status.textContent = rows.length
       ? `${rows.length} succeeded job${rows.length === 1 ? "" : "s"}${evaluated ? "" : "; none evaluated, so y is the weight error (give a job an evaluation set for accuracy and latency)"}`
       : "";
   }
-  for (const input of [xSelect, ySelect, colour]) input.addEventListener("change", () => { params.set("y", ySelect.value); drawAll(); });
+  for (const input of [xSelect, ySelect, colour, logScale]) input.addEventListener("change", () => { params.set("y", ySelect.value); drawAll(); });
 
   async function load() {
     rows = (await getJson(`/compare?model_id=${modelId}`)).items;
@@ -133,7 +156,7 @@ function summaryText(row, f) {
   ].filter(Boolean).join("\n");
 }
 
-function drawPlot(figure, rows, xAxis, yAxis, withColour) {
+function drawPlot(figure, rows, xAxis, yAxis, withColour, logY) {
   if (!window.Plot) {
     figure.replaceChildren(h("p", { class: "error" }, "The chart library is missing: run scripts/setup (it installs Observable Plot into static/vendor)."));
     return;
@@ -142,10 +165,12 @@ function drawPlot(figure, rows, xAxis, yAxis, withColour) {
     const f = figures(row);
     return { row, f, x: xAxis.value(f, rows), y: yAxis.value(f), size: f.bytesOut, latency: f.latencyMs, title: summaryText(row, f) };
   }).filter((p) => Number.isFinite(p.x) && Number.isFinite(p.y));
-  const front = frontier(points, yAxis.better);
+  const front = frontier(points, yAxis.better(rows));
   const onFront = new Set(front);
   const dominated = points.filter((p) => !onFront.has(p));
   const original = { x: xAxis.original(rows), y: yAxis.original(rows), title: "the original model" };
+  // A log axis needs positive values: offered only when every figure is.
+  const log = logY && points.every((p) => p.y > 0) && !(original.y <= 0);
   // Colour only when every job has a latency: Plot would drop points without one.
   const fill = withColour && points.length > 0 && points.every((p) => p.latency !== null) ? "latency" : null;
   const dot = (data, { defaultFill, ...options }) => Plot.dot(data, { x: "x", y: "y", r: 6, title: "title", fill: fill || defaultFill, ...options });
@@ -155,7 +180,7 @@ function drawPlot(figure, rows, xAxis, yAxis, withColour) {
     marginLeft: 60,
     grid: true,
     x: { label: xAxis.label(rows), nice: true },
-    y: { label: yAxis.label, nice: true, percent: yAxis === Y_AXES.error },
+    y: { label: yAxis.label(rows), nice: true, type: log ? "log" : "linear", percent: yAxis === Y_AXES.error && !log },
     color: fill ? { type: "linear", scheme: "viridis", label: "latency (ms)", legend: true } : undefined,
     marks: [
       Plot.line(front, { x: "x", y: "y", stroke: "#0b5cad", strokeWidth: 2, className: "frontier-line" }),
