@@ -62,7 +62,10 @@ export function sortableTable({ columns, rows, sort, onSort, rowAttrs, caption }
         const y = value(b);
         const missing = (v) => v === null || v === undefined || Number.isNaN(v);
         if (missing(x) !== missing(y)) return missing(x) ? 1 : -1;
-        const order = x < y ? -1 : x > y ? 1 : 0;
+        // Text in reading order (layers.2 before layers.10), numbers by value.
+        const order = typeof x === "string" && typeof y === "string"
+          ? x.localeCompare(y, undefined, { numeric: true })
+          : x < y ? -1 : x > y ? 1 : 0;
         return state.descending ? -order : order;
       });
     }

@@ -187,6 +187,8 @@ test("a 576-wide model takes w4-g128 and Q4_K_M, and the job page lists each ten
     ["model.layers.0.self_attn.v_proj.weight", [64, 576]],
     ["model.layers.0.mlp.up_proj.weight", [96, 576]],
     ["model.layers.0.mlp.down_proj.weight", [64, 1536]],
+    ["model.layers.10.mlp.up_proj.weight", [32, 576]],
+    ["model.layers.2.mlp.up_proj.weight", [32, 576]],
   ]);
   for (const [preset, why] of [["w4-g128", /not a multiple of 128: groups of 96/], ["q4_k_m", /not whole Q4_K blocks of 256: Q5_0 instead/]]) {
     const submitted = await api("/jobs", { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ model_id: model.id, preset }) });
@@ -196,6 +198,11 @@ test("a 576-wide model takes w4-g128 and Q4_K_M, and the job page lists each ten
     await notes.waitFor({ timeout: 60000 });
     assert.match(await notes.innerText(), why);
     assert.match(await notes.locator("summary").innerText(), /tensors? differs? from the recipe/);
+    // Tensors in reading order: layers.2 before layers.10.
+    const listed = await notes.innerText();
+    assert.ok(listed.indexOf("layers.2.") < listed.indexOf("layers.10."), listed);
+    // Where the bytes are: compressed against kept.
+    assert.match(await page.locator("#bytes-split").innerText(), /5 compressed tensors: .* → .*0 kept as they were/s);
     await shot(`09-fallbacks-${preset}`);
   }
 });

@@ -295,9 +295,12 @@ async function drawSelection(side, heat, rows, selected) {
     marginLeft: Math.min(320, 7 * Math.max(...cells.map((c) => c.tensor.length))),
     height: 40 + 16 * tensors,
     width: Math.max(360, 120 * chosen.length + 320),
-    x: { label: null, axis: "top" },
-    y: { label: null },
-    color: { type: "log", scheme: "reds", label: "relative error", legend: true },
+    // Long job names are cut so columns do not overlap (the title keeps the whole name).
+    x: { label: null, axis: "top", tickFormat: (name) => (name.length > 16 ? `${name.slice(0, 15)}…` : name) },
+    // Tensors in reading order: layers.2 before layers.10.
+    y: { label: null, domain: [...new Set(cells.map((c) => c.tensor))].sort((a, b) => a.localeCompare(b, undefined, { numeric: true })) },
+    // Relative error as percentages, not SI prefixes ("10m").
+    color: { type: "log", scheme: "reds", label: "relative error", legend: true, tickFormat: (v) => `${Number((v * 100).toPrecision(2))} %` },
     marks: [Plot.cell(cells, { x: "job", y: "tensor", fill: "error", title: (c) => `${c.tensor} in ${c.job}: ${fmt.percent(c.error, 3)}`, className: "heat-cell" })],
   });
   heat.replaceChildren(h("h3", {}, "Per-tensor relative error"), h("div", { class: "scroll" }, chart));

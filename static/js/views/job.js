@@ -29,7 +29,7 @@ export async function render(container, { argument: id, signal }) {
       shownState = job.state;
       drawRecipe(recipe, job);
       if (job.state === "succeeded") {
-        await Promise.all([drawTensors(tensors, id), drawFiles(files, id)]);
+        await Promise.all([drawTensors(tensors, id, job.result?.format), drawFiles(files, id)]);
       }
     }
   };
@@ -102,9 +102,32 @@ export function errorColour(value, low, high) {
   return `hsl(4 80% ${96 - t * 36}%)`;
 }
 
-async function drawTensors(section, id) {
+/// Tensor names in reading order: layers.2 before layers.10.
+const byName = (a, b) => a.localeCompare(b, undefined, { numeric: true });
+
+/// Where the artifact's bytes are: the compressed tensors against those kept as they were, the
+/// largest kept ones named, and why a format keeps them.
+function bytesSplit(all, format) {
+  const kept = all.filter((t) => t.scheme === "unchanged");
+  const compressed = all.filter((t) => t.scheme !== "unchanged");
+  const sum = (ts, key) => ts.reduce((a, t) => a + t[key], 0);
+  const total = sum(all, "bytes_out") || 1;
+  const largest = [...kept].sort((a, b) => b.bytes_out - a.bytes_out).slice(0, 3);
+  const embeddingsKept = kept.some((t) => /(embed_tokens|word_embeddings|wte|lm_head)/.test(t.name));
+  return h("div", { id: "bytes-split", class: "card wide" },
+    h("h3", {}, "Where the bytes are"),
+    h("p", {}, `${compressed.length} compressed tensors: ${fmt.bytes(sum(compressed, "bytes_in"))} → ${fmt.bytes(sum(compressed, "bytes_out"))} `,
+      `(${fmt.percent(sum(compressed, "bytes_out") / total, 0)} of the weights file). `,
+      `${kept.length} kept as they were: ${fmt.bytes(sum(kept, "bytes_out"))} (${fmt.percent(sum(kept, "bytes_out") / total, 0)})`,
+      largest.length ? `, the largest ${largest.map((t) => `${t.name} ${fmt.bytes(t.bytes_out)}`).join(", ")}.` : "."),
+    embeddingsKept && format === "compressed-tensors"
+      ? h("p", { class: "muted" }, "compressed-tensors keeps embeddings and lm_head in their own dtype (llm-compressor's convention; vLLM loads neither quantized), which caps the ratio. GGUF quantizes them: the q8_0 … q4_0 presets. To quantize them here anyway, name them in the recipe's targets.")
+      : null);
+}
+
+async function drawTensors(section, id, format) {
   const report = await getJson(`/jobs/${id}/report`);
-  const all = report.tensors;
+  const all = [...report.tensors].sort((a, b) => byName(a.name, b.name));
   const errors = all.map((t) => t.rel_error).filter((e) => e > 0);
   const low = Math.min(...errors, 1);
   const high = Math.max(...errors, 1e-12);
@@ -143,7 +166,7 @@ async function drawTensors(section, id) {
         { key: "note", label: "Why" },
       ],
     })))];
-  section.replaceChildren(h("h3", {}, `Tensors (${all.length})`), ...notes, h("label", { class: "filter" }, "Show ", worst), holder);
+  section.replaceChildren(bytesSplit(all, format), h("h3", {}, `Tensors (${all.length})`), ...notes, h("label", { class: "filter" }, "Show ", worst), holder);
   draw();
 }
 
