@@ -204,6 +204,24 @@ async fn submit_job(
     })
     .await
     .map_err(|e| ApiError::internal(format!("recipe validation stopped: {e}")))??;
+    // The upload found these; the worker would only find them after the queue.
+    let non_finite = models::non_finite_tensors(&state.db, request.model_id).await?;
+    if !non_finite.is_empty() {
+        let selection = recipe.selection().map_err(recipe_error)?;
+        if let Some(t) = tensors
+            .iter()
+            .find(|t| non_finite.contains(&t.name) && selection.selects(&t.name, t.dtype, &t.shape))
+        {
+            return Err(ApiError::unprocessable(
+                "non_finite_weights",
+                format!(
+                    "tensor {:?} holds NaN or infinite values (found at upload); leave it out with ignore",
+                    t.name
+                ),
+            )
+            .with("tensor", t.name.clone()));
+        }
+    }
     if let Some(spec) = &request.eval {
         evaluation::check_spec(
             &state.db,

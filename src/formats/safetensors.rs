@@ -675,13 +675,103 @@ fn validate_entries(header_len: u64, raw: RawHeader) -> Result<Header, Safetenso
     })
 }
 
-/// Validates a safetensors byte stream as it passes, holding at most the header in memory.
+/// Validates a safetensors byte stream as it passes, holding at most the header in memory,
+/// and notes the floating-point tensors that hold a NaN or an infinity.
 #[derive(Debug, Default)]
 pub struct StreamValidator {
     prefix: Vec<u8>,
     header_len: Option<u64>,
     header: Option<Header>,
     seen: u64,
+    finite: FiniteScan,
+}
+
+/// Finds non-finite values in the data section as it streams past, one element width at a
+/// time; an element split between chunks waits in `pending`.
+#[derive(Debug, Default)]
+struct FiniteScan {
+    /// Position in the data section.
+    pos: u64,
+    /// The tensor `pos` is in or before (tensors are sorted by offset).
+    tensor: usize,
+    pending: Vec<u8>,
+    flagged: Vec<bool>,
+}
+
+/// A test of one element's little-endian bytes.
+type ElementTest = fn(&[u8]) -> bool;
+
+/// The element width of `dtype` and the test of whether an element is NaN or infinite; None
+/// for dtypes that have no such values.
+fn non_finite_test(dtype: Dtype) -> Option<(usize, ElementTest)> {
+    Some(match dtype {
+        Dtype::F64 => (8, |b| {
+            u64::from_le_bytes(b.try_into().expect("8 bytes")) & 0x7FF0_0000_0000_0000
+                == 0x7FF0_0000_0000_0000
+        }),
+        Dtype::F32 => (4, |b| {
+            u32::from_le_bytes(b.try_into().expect("4 bytes")) & 0x7F80_0000 == 0x7F80_0000
+        }),
+        Dtype::F16 => (2, |b| u16::from_le_bytes([b[0], b[1]]) & 0x7C00 == 0x7C00),
+        Dtype::BF16 => (2, |b| u16::from_le_bytes([b[0], b[1]]) & 0x7F80 == 0x7F80),
+        // E4M3 has no infinity; S.1111.111 is NaN.
+        Dtype::F8_E4M3 => (1, |b| b[0] & 0x7F == 0x7F),
+        _ => return None,
+    })
+}
+
+impl FiniteScan {
+    fn feed(&mut self, header: &Header, mut data: &[u8]) {
+        if self.flagged.len() != header.tensors.len() {
+            self.flagged = vec![false; header.tensors.len()];
+        }
+        while !data.is_empty() {
+            while header
+                .tensors
+                .get(self.tensor)
+                .is_some_and(|t| t.end <= self.pos)
+            {
+                self.tensor += 1;
+                self.pending.clear();
+            }
+            let Some(t) = header.tensors.get(self.tensor) else {
+                return;
+            };
+            if self.pos < t.begin {
+                let skip = (t.begin - self.pos).min(data.len() as u64) as usize;
+                self.pos += skip as u64;
+                data = &data[skip..];
+                continue;
+            }
+            let take = (t.end - self.pos).min(data.len() as u64) as usize;
+            let (mut now, rest) = data.split_at(take);
+            self.pos += take as u64;
+            data = rest;
+            let Some((width, bad)) = non_finite_test(t.dtype) else {
+                continue;
+            };
+            if self.flagged[self.tensor] {
+                continue;
+            }
+            if !self.pending.is_empty() {
+                let fill = (width - self.pending.len()).min(now.len());
+                self.pending.extend_from_slice(&now[..fill]);
+                now = &now[fill..];
+                if self.pending.len() < width {
+                    continue;
+                }
+                if bad(&self.pending) {
+                    self.flagged[self.tensor] = true;
+                }
+                self.pending.clear();
+            }
+            let whole = now.len() / width * width;
+            if now[..whole].chunks_exact(width).any(bad) {
+                self.flagged[self.tensor] = true;
+            }
+            self.pending.extend_from_slice(&now[whole..]);
+        }
+    }
 }
 
 impl StreamValidator {
@@ -715,15 +805,30 @@ impl StreamValidator {
             }
             self.parse_when_complete()?;
         }
-        if let Some(header) = &self.header
-            && self.seen > header.file_len()
-        {
-            return Err(SafetensorsError::TrailingBytes {
-                expected: header.file_len(),
-                actual: self.seen,
-            });
+        if let Some(header) = &self.header {
+            if self.seen > header.file_len() {
+                return Err(SafetensorsError::TrailingBytes {
+                    expected: header.file_len(),
+                    actual: self.seen,
+                });
+            }
+            self.finite.feed(header, rest);
         }
         Ok(())
+    }
+
+    /// The floating-point tensors seen so far that hold a NaN or an infinity.
+    pub fn non_finite(&self) -> Vec<String> {
+        let Some(header) = &self.header else {
+            return Vec::new();
+        };
+        header
+            .tensors
+            .iter()
+            .zip(&self.finite.flagged)
+            .filter(|(_, flagged)| **flagged)
+            .map(|(t, _)| t.name.clone())
+            .collect()
     }
 
     fn decide_header_len(&mut self) -> Result<(), SafetensorsError> {
@@ -834,6 +939,29 @@ mod tests {
             v.feed(piece)?;
         }
         v.finish()
+    }
+
+    #[test]
+    fn non_finite_values_are_found_in_any_chunking_and_only_in_float_tensors() {
+        let header = r#"{"a":{"dtype":"F32","shape":[3],"data_offsets":[0,12]},"b":{"dtype":"BF16","shape":[2],"data_offsets":[12,16]},"c":{"dtype":"F16","shape":[2],"data_offsets":[16,20]},"d":{"dtype":"I32","shape":[1],"data_offsets":[20,24]},"e":{"dtype":"F32","shape":[1],"data_offsets":[24,28]}}"#;
+        let mut bytes = file(header, 0);
+        bytes.extend(1.0f32.to_le_bytes());
+        bytes.extend(f32::NAN.to_le_bytes());
+        bytes.extend(2.0f32.to_le_bytes());
+        bytes.extend(0x3F80u16.to_le_bytes());
+        bytes.extend(0xFF80u16.to_le_bytes()); // -inf in BF16
+        bytes.extend(0x7BFFu16.to_le_bytes()); // 65504, F16's largest finite value
+        bytes.extend(0x3C00u16.to_le_bytes());
+        bytes.extend(u32::MAX.to_le_bytes()); // an integer, whatever its bits
+        bytes.extend(f32::MAX.to_le_bytes());
+        for chunk in [1, 2, 3, 5, 7, 13, 4096] {
+            let mut v = StreamValidator::new();
+            for piece in bytes.chunks(chunk) {
+                v.feed(piece).unwrap();
+            }
+            assert_eq!(v.non_finite(), ["a", "b"], "chunks of {chunk}");
+            v.finish().unwrap();
+        }
     }
 
     #[test]

@@ -66,6 +66,8 @@ pub struct IngestedFile {
     pub header: Option<Header>,
     /// The parsed document, for the JSON files we interpret (index, config).
     pub json: Option<serde_json::Value>,
+    /// The floating-point tensors that hold a NaN or an infinity.
+    pub non_finite: Vec<String>,
 }
 
 /// Why an upload was refused or failed.
@@ -240,9 +242,13 @@ fn write_and_check(
         }
         temp.write(&chunk)?;
     }
-    let header = match validator {
-        Some(v) => Some(v.finish().map_err(|source| invalid(&name, source))?),
-        None => None,
+    let (header, non_finite) = match validator {
+        Some(v) => {
+            let non_finite = v.non_finite();
+            let header = v.finish().map_err(|source| invalid(&name, source))?;
+            (Some(header), non_finite)
+        }
+        None => (None, Vec::new()),
     };
     let temp_len = temp.len();
     let blob = temp.seal()?;
@@ -274,6 +280,7 @@ fn write_and_check(
         blob,
         header,
         json,
+        non_finite,
     })
 }
 

@@ -86,6 +86,9 @@ pub struct TensorEntry {
     pub file: String,
     /// Absolute byte offset of its data in that file.
     pub offset: i64,
+    /// Whether it holds a NaN or an infinity (found at upload): a job that selects it is
+    /// refused.
+    pub non_finite: bool,
 }
 
 /// Why a set of files is not a model.
@@ -336,16 +339,19 @@ pub async fn create(
         if let Some(header) = &file.header {
             for t in &header.tensors {
                 tensor_rows.push(&file.name, header.data_start(), t);
+                tensor_rows
+                    .non_finite
+                    .push(file.non_finite.contains(&t.name));
             }
         }
     }
     sqlx::query(
         "insert into model_tensors
-             (model_id, name, file_name, dtype, shape, file_offset, bytes, parameters)
-         select $1, t.name, t.file, t.dtype, t.shape::jsonb, t.off, t.len, t.params
+             (model_id, name, file_name, dtype, shape, file_offset, bytes, parameters, non_finite)
+         select $1, t.name, t.file, t.dtype, t.shape::jsonb, t.off, t.len, t.params, t.bad
          from unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::int8[], $7::int8[],
-                     $8::int8[])
-              as t(name, file, dtype, shape, off, len, params)",
+                     $8::int8[], $9::bool[])
+              as t(name, file, dtype, shape, off, len, params, bad)",
     )
     .bind(id)
     .bind(&tensor_rows.names)
@@ -355,6 +361,7 @@ pub async fn create(
     .bind(&tensor_rows.offsets)
     .bind(&tensor_rows.lengths)
     .bind(&tensor_rows.parameters)
+    .bind(&tensor_rows.non_finite)
     .execute(&mut *tx)
     .await?;
 
@@ -398,6 +405,7 @@ struct TensorColumns {
     offsets: Vec<i64>,
     lengths: Vec<i64>,
     parameters: Vec<i64>,
+    non_finite: Vec<bool>,
 }
 
 impl TensorColumns {
@@ -493,6 +501,16 @@ pub async fn files_for_processing(pool: &PgPool, id: Uuid) -> sqlx::Result<Vec<S
 
 /// The tensor inventory of one of the team's models, for recipe validation; `None` when the
 /// team has no such model.
+/// The names of a model's tensors that hold a NaN or an infinity.
+pub async fn non_finite_tensors(pool: &PgPool, id: Uuid) -> sqlx::Result<Vec<String>> {
+    sqlx::query_scalar(
+        "select name from model_tensors where model_id = $1 and non_finite order by name",
+    )
+    .bind(id)
+    .fetch_all(pool)
+    .await
+}
+
 pub async fn tensor_metas(
     pool: &PgPool,
     team_id: Uuid,
@@ -555,7 +573,8 @@ pub async fn tensors(
         return Ok(None);
     }
     let rows = sqlx::query_as(
-        "select name, dtype, shape, bytes, parameters, file_name as file, file_offset as offset
+        "select name, dtype, shape, bytes, parameters, file_name as file, file_offset as offset,
+                non_finite
          from model_tensors where model_id = $1 and ($2::text is null or name > $2)
          order by name limit $3",
     )

@@ -13,7 +13,7 @@ async fn framework_rejections_are_problem_json_too() {
         (app.get("/api/v1/models?limit=abc").await, 400),
         (
             app.client
-                .put(app.url("/api/v1/models"))
+                .patch(app.url("/api/v1/models"))
                 .header("authorization", app.bearer())
                 .send()
                 .await

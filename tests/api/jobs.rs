@@ -906,3 +906,55 @@ async fn the_job_list_filters_by_method_text_and_time_and_the_team_stream_sees_o
     let their_job: Value = response.json().await.unwrap();
     assert_eq!(next_event(&mut theirs, "job").await["id"], their_job["id"]);
 }
+
+/// A NaN found while the upload streamed refuses a job that selects its tensor at once,
+/// instead of after the queue; a recipe that leaves it out runs.
+#[tokio::test]
+async fn weights_with_nan_or_infinity_are_found_at_upload_and_refused_at_submission() {
+    let app = spawn_app().await;
+    let finite: Vec<u8> = (0..64)
+        .flat_map(|i| (i as f32 * 0.01).to_le_bytes())
+        .collect();
+    let mut broken = finite.clone();
+    broken[40..44].copy_from_slice(&f32::INFINITY.to_le_bytes());
+    let file = safetensors(&[
+        ("a.weight", "F32", &[8, 8], finite),
+        ("b.weight", "F32", &[8, 8], broken),
+    ]);
+    let response = app.upload("nan-model", file).await;
+    assert_eq!(response.status(), 201);
+    let model: Value = response.json().await.unwrap();
+    let id = model["id"].as_str().unwrap();
+    let tensors = app.json(&format!("/api/v1/models/{id}/tensors")).await;
+    let flags: Vec<(String, bool)> = tensors["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["name"].as_str().unwrap().to_owned(),
+                t["non_finite"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        flags,
+        [
+            ("a.weight".to_owned(), false),
+            ("b.weight".to_owned(), true)
+        ]
+    );
+    let refused = submit(&app, json!({"model_id": id, "preset": "int8"}), None).await;
+    assert_eq!(refused.status(), 422);
+    let problem: Value = refused.json().await.unwrap();
+    assert_eq!(problem["code"], "non_finite_weights", "{problem}");
+    assert_eq!(problem["tensor"], "b.weight");
+    let kept = submit(
+        &app,
+        json!({"model_id": id, "recipe": {"stages": [{"quantize": {"scheme": "int", "bits": 8}}],
+                                          "ignore": ["b.weight"]}}),
+        None,
+    )
+    .await;
+    assert_eq!(kept.status(), 202);
+}
