@@ -39,7 +39,8 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 struct UploadQuery {
-    /// Display name of the model (default: the file name without extension).
+    /// Display name of the model (default: the last part of `config.json`'s `_name_or_path`,
+    /// else the weight file's name without extension).
     name: Option<String>,
 }
 
@@ -259,6 +260,21 @@ async fn receive_multipart(
 }
 
 fn default_model_name(files: &[IngestedFile]) -> String {
+    // A Hugging Face folder's config names the model it was saved from ("org/name"); its
+    // weight files are all called "model".
+    let from_config = files
+        .iter()
+        .find(|f| f.kind == FileKind::Config)
+        .and_then(|f| f.json.as_ref())
+        .and_then(|c| c["_name_or_path"].as_str())
+        .and_then(|path| path.trim_end_matches('/').rsplit('/').next())
+        .map(str::trim)
+        .filter(|name| {
+            !name.is_empty() && name.len() <= 255 && !name.chars().any(char::is_control)
+        });
+    if let Some(name) = from_config {
+        return name.to_owned();
+    }
     files
         .iter()
         .find(|f| f.kind == FileKind::Safetensors)

@@ -47,6 +47,9 @@ pub struct Model {
     pub created_by: Option<String>,
     /// Upload time.
     pub created_at: DateTime<Utc>,
+    /// The team's earliest other model with the same content (the same sha256), if any: an
+    /// identical upload.
+    pub duplicate_of: Option<Uuid>,
     /// The stored files.
     #[sqlx(skip)]
     pub files: Vec<ModelFile>,
@@ -426,7 +429,10 @@ macro_rules! select_models {
     ($tail:literal) => {
         concat!(
             "select m.id, m.name, m.sha256, m.bytes, m.tensor_bytes, m.parameters, m.tensor_count,
-                    m.dtypes, m.architecture, m.model_type, t.name as created_by, m.created_at
+                    m.dtypes, m.architecture, m.model_type, t.name as created_by, m.created_at,
+                    (select d.id from models d
+                     where d.team_id = m.team_id and d.sha256 = m.sha256 and d.id <> m.id
+                     order by d.created_at, d.id limit 1) as duplicate_of
              from models m left join tokens t on t.id = m.created_by ",
             $tail
         )

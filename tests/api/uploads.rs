@@ -386,3 +386,28 @@ async fn a_put_upload_as_curl_t_sends_it_is_the_same_upload() {
     assert_eq!(pickle.status(), 415);
     assert!(is_problem(&pickle));
 }
+
+/// A Hugging Face folder's files are all called "model": the config names the model, and an
+/// identical second upload says which model it repeats.
+#[tokio::test]
+async fn a_folder_upload_is_named_from_its_config_and_an_identical_one_is_flagged() {
+    let app = spawn_app().await;
+    let weights = small_model(3);
+    let config = br#"{"_name_or_path": "HuggingFaceTB/SmolLM2-135M", "model_type": "llama"}"#;
+    let upload = || {
+        Form::new()
+            .part(
+                "file",
+                Part::bytes(weights.clone()).file_name("model.safetensors"),
+            )
+            .part(
+                "file",
+                Part::bytes(config.to_vec()).file_name("config.json"),
+            )
+    };
+    let first: Value = app.upload_multipart(upload()).await.json().await.unwrap();
+    assert_eq!(first["name"], "SmolLM2-135M");
+    assert_eq!(first["duplicate_of"], Value::Null);
+    let second: Value = app.upload_multipart(upload()).await.json().await.unwrap();
+    assert_eq!(second["duplicate_of"], first["id"]);
+}

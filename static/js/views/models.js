@@ -19,7 +19,11 @@ async function refresh(list) {
     return;
   }
   const columns = [
-    { key: "name", label: "Name", cell: (m) => h("a", { href: `#/compare?model=${m.id}` }, m.name) },
+    { key: "name", label: "Name", cell: (m) => {
+      const original = m.duplicate_of && page.items.find((o) => o.id === m.duplicate_of);
+      return h("span", {}, h("a", { href: `#/compare?model=${m.id}` }, m.name),
+        m.duplicate_of ? h("span", { class: "muted duplicate", title: "the same bytes as an earlier upload" }, ` · identical to ${original ? original.name : m.duplicate_of.slice(0, 8)}`) : null);
+    } },
     { key: "bytes", label: "Size", numeric: true, cell: (m) => fmt.bytes(m.bytes) },
     { key: "parameters", label: "Parameters", numeric: true, cell: (m) => fmt.count(m.parameters) },
     { key: "dtypes", label: "Dtypes", sortable: false, cell: (m) => Object.keys(m.dtypes).join(", ") },
@@ -129,7 +133,10 @@ function uploadForm(onUploaded) {
 /// what to tell the viewer.
 function send(files, name, ui, finished) {
   const form = new FormData();
-  if (name) form.append("name", name);
+  // A folder picked or dropped whole names the model; the server otherwise takes the name from
+  // config.json's _name_or_path or the weight file.
+  const folder = files.map((f) => (f.webkitRelativePath || "").split("/")).find((parts) => parts.length > 1)?.[0];
+  if (name || folder) form.append("name", name || folder);
   for (const file of files) form.append("file", file, file.name);
   const total = files.reduce((sum, f) => sum + f.size, 0);
   const xhr = new XMLHttpRequest();
