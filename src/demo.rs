@@ -27,7 +27,8 @@ pub const TRAINING: &str = include_str!("../static/demo/training.json");
 pub const MODEL_NAME: &str = "digits-mlp (demo)";
 pub const DATASET_NAME: &str = "digits held-out 30 % (demo)";
 
-/// The variants compared, weakest compression first.
+/// The variants compared, weakest compression first. The pruned ones leave their zeros out
+/// (the bitmask layout), so the comparison shows what sparsity saves on disk.
 pub fn variants() -> Vec<(&'static str, Recipe)> {
     [
         ("int8", r#"{"quantize": {"scheme": "int", "bits": 8, "granularity": "channel"}}"#, "compressed-tensors"),
@@ -39,8 +40,13 @@ pub fn variants() -> Vec<(&'static str, Recipe)> {
     ]
     .into_iter()
     .map(|(name, stage, format)| {
+        let layout = if name.starts_with("prune") {
+            r#", "sparse_layout": "bitmask""#
+        } else {
+            ""
+        };
         let json = format!(
-            r#"{{"stages": [{stage}], "targets": ["re:.*\\.weight$"], "format": "{format}"}}"#
+            r#"{{"stages": [{stage}], "targets": ["re:.*\\.weight$"], "format": "{format}"{layout}}}"#
         );
         let recipe = serde_json::from_str(&json).expect("demo recipes parse");
         (name, recipe)

@@ -380,6 +380,9 @@ pub struct SparseGroup {
     pub targets: Vec<String>,
     /// Fraction of zeros over them.
     pub global_sparsity: f64,
+    /// Whether the zeros are left out (the bitmask layouts); otherwise every value is stored
+    /// and `sparsity_config` only describes them (format `dense`).
+    pub zeros_left_out: bool,
 }
 
 /// The compressed-tensors version whose reader the file is written for: sparse layouts were
@@ -389,7 +392,7 @@ pub fn reader_version(quant: Option<&QuantGroup>, sparse: Option<&SparseGroup>) 
     let odd_bits = quant
         .and_then(|q| q.int)
         .is_some_and(|s| ![2, 4, 8].contains(&s.bits));
-    match (sparse.is_some(), odd_bits) {
+    match (sparse.is_some_and(|s| s.zeros_left_out), odd_bits) {
         (true, _) => "0.14.0",
         (false, true) => "0.18.0",
         (false, false) => "0.12.2",
@@ -398,7 +401,7 @@ pub fn reader_version(quant: Option<&QuantGroup>, sparse: Option<&SparseGroup>) 
 
 /// The `quantization_config` block: one config group whose targets are the quantized modules by
 /// exact name, every other linear-shaped module in `ignore` (vLLM refuses a linear layer that
-/// no target or ignore entry names), and the sparsity block when weights are bitmask-stored.
+/// no target or ignore entry names), and the sparsity block when weights were pruned.
 pub fn quantization_config(
     quant: Option<&QuantGroup>,
     sparse: Option<&SparseGroup>,
@@ -430,7 +433,8 @@ pub fn quantization_config(
     };
     let sparsity_config = match sparse {
         None => json!({}),
-        Some(s) => json!({"format": s.format.name(), "targets": s.targets, "ignore": [],
+        Some(s) => json!({"format": if s.zeros_left_out { s.format.name() } else { "dense" },
+                          "targets": s.targets, "ignore": [],
                           "global_sparsity": s.global_sparsity,
                           "sparsity_structure": s.format.structure()}),
     };

@@ -29,6 +29,23 @@ pub struct Recipe {
     /// Output format.
     #[serde(default)]
     pub format: OutputFormat,
+    /// How compressed-tensors stores pruned weights: `dense` (the default: every value, with a
+    /// `sparsity_config` saying where the zeros are, which transformers and vLLM load today) or
+    /// `bitmask` (the zeros left out: `sparse-bitmask` / `sparse-24-bitmask`, read only by
+    /// compressed-tensors 0.14 and earlier; transformers with 0.15+ loads such files with
+    /// random weights in place of the missing ones).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sparse_layout: Option<SparseLayout>,
+}
+
+/// How compressed-tensors stores pruned weights: see [`Recipe::sparse_layout`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SparseLayout {
+    /// Every value stored; the sparsity described in `sparsity_config` (format `dense`).
+    Dense,
+    /// The zeros left out (compressed-tensors 0.14 and earlier).
+    Bitmask,
 }
 
 /// Tensors compressed-tensors leaves dense unless a recipe names its own targets.
@@ -841,17 +858,23 @@ impl Recipe {
             .collect())
     }
 
-    /// The format an `auto` recipe writes: the one that stores what its last stage makes.
+    /// The format an `auto` recipe writes: the one that stores what its last stage makes, when
+    /// only pruning comes before it; otherwise dense safetensors (a clustered codebook then
+    /// quantized, say, is stored by no compact format).
     fn natural_format(&self) -> OutputFormat {
-        match self.stages.last() {
-            Some(Stage::Quantize(Quantize::Int { .. } | Quantize::Fp8 { .. })) => {
+        let Some((last, before)) = self.stages.split_last() else {
+            return OutputFormat::Safetensors;
+        };
+        if !before.iter().all(|s| matches!(s, Stage::Prune(_))) {
+            return OutputFormat::Safetensors;
+        }
+        match last {
+            Stage::Quantize(Quantize::Int { .. } | Quantize::Fp8 { .. })
+            | Stage::Prune(Prune::Magnitude { .. } | Prune::SemiStructured { .. }) => {
                 OutputFormat::CompressedTensors
             }
-            Some(Stage::Prune(Prune::Magnitude { .. } | Prune::SemiStructured { .. })) => {
-                OutputFormat::CompressedTensors
-            }
-            Some(Stage::Quantize(Quantize::Gguf { .. })) => OutputFormat::Gguf,
-            Some(Stage::Cluster(_) | Stage::LowRank(_)) => OutputFormat::CompactSafetensors,
+            Stage::Quantize(Quantize::Gguf { .. }) => OutputFormat::Gguf,
+            Stage::Cluster(_) | Stage::LowRank(_) => OutputFormat::CompactSafetensors,
             _ => OutputFormat::Safetensors,
         }
     }
@@ -1356,6 +1379,7 @@ fn recipe(format: OutputFormat, stages: Vec<Stage>) -> Recipe {
         targets: default_targets(),
         ignore: Vec::new(),
         format,
+        sparse_layout: None,
     }
 }
 
@@ -1396,9 +1420,7 @@ pub fn presets() -> Vec<Preset> {
         },
         Preset {
             name: "w4-g128-asym".into(),
-            description: (format!(
-                "4-bit integer weights with zero-points, one scale per 128 values (or the largest group that fits); writes {CT_LOADERS}"
-            )),
+            description: "4-bit integer weights with zero-points, one scale per 128 values (or the largest group that fits); writes compressed-tensors pack-quantized as llm-compressor does: vLLM and transformers with compressed-tensors 0.19 load it; transformers 5.25 with compressed-tensors 0.20.1 refuses every asymmetric packed file (its loader expects the zero-points unpacked, its decompressor packed)".into(),
             recipe: recipe(CT, vec![int(4, false, GranularityName::Group, Some(128))]),
         },
         Preset {
@@ -1450,7 +1472,7 @@ pub fn presets() -> Vec<Preset> {
     all.extend([
         Preset {
             name: "sparse-2of4".into(),
-            description: (format!("2:4 semi-structured sparsity: the 2 largest of every 4 weights kept; writes {CT_LOADERS}")),
+            description: (format!("2:4 semi-structured sparsity: the 2 largest of every 4 weights kept, every value stored with a sparsity_config (no smaller on disk; faster only where a 2:4 kernel runs it, as vLLM's); writes {CT_LOADERS}")),
             recipe: recipe(CT, vec![Stage::Prune(Prune::SemiStructured {
                 pattern: NmPattern { n: 2, m: 4 },
             })]),
@@ -1466,7 +1488,7 @@ pub fn presets() -> Vec<Preset> {
         },
         Preset {
             name: "prune-50".into(),
-            description: (format!("zero the 50% smallest-magnitude weights of each tensor; writes {CT_LOADERS}")),
+            description: (format!("zero the 50% smallest-magnitude weights of each tensor, every value stored with a sparsity_config (no smaller on disk; set sparse_layout bitmask to leave the zeros out for compressed-tensors 0.14 and earlier); writes {CT_LOADERS}")),
             recipe: recipe(CT, vec![prune50.clone()]),
         },
         Preset {
@@ -1537,7 +1559,7 @@ mod tests {
             ["layers.0.mlp.weight", "layers.1.mlp.weight"]
         );
         let named = parse(
-            r#"{"stages": [{"quantize": {"scheme": "int", "bits": 8}}], "targets": ["norm.weight"]}"#,
+            r#"{"stages": [{"quantize": {"scheme": "int", "bits": 8}}], "targets": ["norm.weight"], "format": "safetensors"}"#,
         );
         assert_eq!(named.validate(&model()).unwrap(), ["norm.weight"]);
     }
@@ -1772,6 +1794,11 @@ mod tests {
                            {"quantize": {"scheme": "int", "bits": 8}}]}"#,
         );
         assert_eq!(r.validate(&model()).unwrap().len(), 2);
+        // No compact format stores a quantized codebook: auto writes it dense.
+        assert_eq!(
+            r.plan(&model()).unwrap().recipe.format,
+            OutputFormat::Safetensors
+        );
         assert_eq!(r.stages[0].describe(), "k-means 8 centroids per channel");
         for (json, code) in [
             (r#"{"cluster": {"bits": 0}}"#, "bits_out_of_range"),

@@ -20,7 +20,7 @@ use crate::formats::compressed_tensors::{
 use crate::formats::gguf::{self, GgmlType, TensorEntry, Value};
 use crate::formats::reader::COMPACT_METADATA_KEY;
 use crate::formats::safetensors::{Dtype, Header, TensorInfo};
-use crate::jobs::recipe::{OutputFormat, Plan, Prune, Recipe, Stage};
+use crate::jobs::recipe::{OutputFormat, Plan, Prune, Recipe, SparseLayout, Stage};
 use crate::worker::pipeline::{HashingFile, InputFile, OutputFile, PipelineError};
 
 /// What the pipeline tells a writer about one tensor.
@@ -256,6 +256,9 @@ struct CompressedTensorsWriter {
     files: SpooledFiles,
     quant: Option<QuantGroup>,
     sparse_format: Option<SparseFormat>,
+    /// Whether pruned weights leave their zeros out (the bitmask layouts) or are stored dense
+    /// with a `sparsity_config` that describes them.
+    leave_zeros_out: bool,
     sparse: Option<SparseGroup>,
     sparse_counts: (f64, f64),
     layout_bits: Option<f64>,
@@ -278,6 +281,7 @@ impl CompressedTensorsWriter {
             files: SpooledFiles::new(dir),
             quant: None,
             sparse_format,
+            leave_zeros_out: recipe.sparse_layout == Some(SparseLayout::Bitmask),
             sparse: None,
             sparse_counts: (0.0, 0.0),
             layout_bits: None,
@@ -315,6 +319,7 @@ impl ArtifactWriter for CompressedTensorsWriter {
         let sparse = self
             .sparse_format
             .filter(|_| format != Some(QuantFormat::PackQuantized));
+        let left_out = sparse.filter(|_| self.leave_zeros_out);
         if let Some(f) = format {
             let group = self.quant.get_or_insert_with(|| QuantGroup {
                 format: f,
@@ -328,8 +333,10 @@ impl ArtifactWriter for CompressedTensorsWriter {
             group.targets.push(module.clone());
         }
         if let Some(f) = sparse {
+            let leave_zeros_out = self.leave_zeros_out;
             let group = self.sparse.get_or_insert_with(|| SparseGroup {
                 format: f,
+                zeros_left_out: leave_zeros_out,
                 targets: Vec::new(),
                 global_sparsity: 0.0,
             });
@@ -344,11 +351,14 @@ impl ArtifactWriter for CompressedTensorsWriter {
             self.sparse_counts.1 += (rows * cols) as f64;
             group.global_sparsity = self.sparse_counts.0 / self.sparse_counts.1.max(1.0);
             // Non-zeros at their width plus one mask bit per value, with the scheme's scales.
-            let n = (rows * cols) as u64;
-            let dtype_bits = info.dtype.bits();
-            let value_bits = if format.is_some() { 8 } else { dtype_bits };
-            let params = encoded.theoretical_bits(n, dtype_bits) - (n * value_bits) as f64;
-            self.layout_bits = Some(((n - zeros as u64) * value_bits + n) as f64 + params.max(0.0));
+            if left_out.is_some() {
+                let n = (rows * cols) as u64;
+                let dtype_bits = info.dtype.bits();
+                let value_bits = if format.is_some() { 8 } else { dtype_bits };
+                let params = encoded.theoretical_bits(n, dtype_bits) - (n * value_bits) as f64;
+                self.layout_bits =
+                    Some(((n - zeros as u64) * value_bits + n) as f64 + params.max(0.0));
+            }
         }
         let mut bytes = 0;
         for t in ct::weight_tensors(
@@ -358,7 +368,7 @@ impl ArtifactWriter for CompressedTensorsWriter {
             cols,
             encoded,
             tensor.dense,
-            sparse,
+            left_out,
         ) {
             bytes += self.files.spool().push(t)?;
         }

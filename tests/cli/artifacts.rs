@@ -160,26 +160,43 @@ fn compressed_tensors_artifacts_decode_to_the_measured_values() {
             json!({"stages": [{"quantize": {"scheme": "fp8", "granularity": "tensor"}}]}),
             json!({"format": "float-quantized", "strategy": "tensor"}),
         ),
+        // Pruned weights stored whole, with a sparsity_config (what transformers loads today).
+        (
+            "prune-50-dense",
+            json!({"stages": [{"prune": {"method": "magnitude", "sparsity": 0.5}}]}),
+            json!({"format": "dense", "sparse": "dense"}),
+        ),
+        (
+            "2of4-fp8-dense",
+            json!({"stages": [{"prune": {"method": "semi_structured", "pattern": "2:4"}},
+                              {"quantize": {"scheme": "fp8"}}]}),
+            json!({"format": "float-quantized", "sparse": "dense"}),
+        ),
+        // The zeros left out, asked for by sparse_layout (compressed-tensors 0.14 and earlier).
         (
             "prune-50",
-            json!({"stages": [{"prune": {"method": "magnitude", "sparsity": 0.5}}]}),
+            json!({"stages": [{"prune": {"method": "magnitude", "sparsity": 0.5}}],
+                   "sparse_layout": "bitmask"}),
             json!({"format": "dense", "sparse": "sparse-bitmask"}),
         ),
         (
             "sparse-2of4",
-            json!({"stages": [{"prune": {"method": "semi_structured", "pattern": "2:4"}}]}),
+            json!({"stages": [{"prune": {"method": "semi_structured", "pattern": "2:4"}}],
+                   "sparse_layout": "bitmask"}),
             json!({"format": "dense", "sparse": "sparse-24-bitmask"}),
         ),
         (
             "prune-50-int8",
             json!({"stages": [{"prune": {"method": "magnitude", "sparsity": 0.5}},
-                              {"quantize": {"scheme": "int", "bits": 8}}]}),
+                              {"quantize": {"scheme": "int", "bits": 8}}],
+                   "sparse_layout": "bitmask"}),
             json!({"format": "naive-quantized", "sparse": "sparse-bitmask"}),
         ),
         (
             "2of4-fp8",
             json!({"stages": [{"prune": {"method": "semi_structured", "pattern": "2:4"}},
-                              {"quantize": {"scheme": "fp8"}}]}),
+                              {"quantize": {"scheme": "fp8"}}],
+                   "sparse_layout": "bitmask"}),
             json!({"format": "float-quantized", "sparse": "sparse-24-bitmask"}),
         ),
         (

@@ -208,6 +208,12 @@ def check_compressed_tensors(spec):
                 if m + ".weight_zero_point" in t:
                     fail(f"{m}: symmetric scheme with a zero point")
             decoded = ((q - expand(zp, rows, cols)).astype(np.float32) * expand(scale, rows, cols)).astype(dtype)
+        elif sparse["format"] == "dense":
+            # Pruned, stored as it is: every value in the weight's own dtype.
+            decoded = t[m + ".weight"]
+            if decoded.dtype != dtype or decoded.shape != ref.shape:
+                fail(f"{m}: dense weight {decoded.dtype} {decoded.shape}")
+            covered.add(m + ".weight")
         else:
             decoded = bitmask_dense(t, m, dtype, sparse["format"] == "sparse-24-bitmask")
             covered |= {m + s for s in [".shape", ".compressed", ".bitmask", ".row_offsets"]}
