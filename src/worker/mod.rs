@@ -8,6 +8,7 @@
 //! chunks. Idle workers sleep until NOTIFY on `squeeze_job_queued` or a poll interval.
 
 pub mod artifact;
+pub mod memory;
 pub mod pipeline;
 
 use std::path::PathBuf;
@@ -336,10 +337,17 @@ impl Worker {
                         .unwrap_or_default();
                     evaluating.phase = Some("evaluating".into());
                     report(&evaluating);
+                    let evaluation_started = Instant::now();
+                    let evaluation_memory = memory::RssPeak::start();
                     let evaluated = pipeline::contain_panic(
                         || "evaluation".to_owned(),
                         || Ok(evaluation.run(&inputs, &work_dir, &cancel)),
                     );
+                    outcome.summary.eval_seconds = Some(evaluation_started.elapsed().as_secs_f64());
+                    outcome.summary.peak_rss_bytes = outcome
+                        .summary
+                        .peak_rss_bytes
+                        .max(evaluation_memory.finish());
                     match evaluated {
                         Ok(Ok(report)) => outcome.summary.eval = Some(report),
                         Ok(Err(crate::eval::EvalError::Canceled)) => {

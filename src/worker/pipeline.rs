@@ -157,8 +157,12 @@ pub struct Summary {
     #[serde(with = "crate::numeric::metric")]
     #[schema(value_type = crate::numeric::Metric)]
     pub throughput_bytes_per_s: f64,
-    /// Peak resident memory of the process that ran it.
+    /// Peak resident memory of the process while this job ran (sampled every 20 ms; with
+    /// other jobs running in the same process, theirs is included).
     pub peak_rss_bytes: Option<u64>,
+    /// Wall time of the evaluation, when the job had one (`wall_seconds` is the compression's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval_seconds: Option<f64>,
     /// squeeze version that produced it.
     pub squeeze_version: String,
     /// Latency and accuracy of the original and the compressed model, when the job asked for
@@ -312,6 +316,7 @@ pub fn run(
     progress: &mut dyn FnMut(&Progress),
 ) -> Result<Outcome, PipelineError> {
     let started = Instant::now();
+    let memory = crate::worker::memory::RssPeak::start();
     let mut weights: Vec<(&InputFile, Header)> = Vec::new();
     for input in inputs.iter().filter(|i| i.kind == InputKind::Weights) {
         let header = safetensors::read_header(&input.path)
@@ -510,6 +515,7 @@ pub fn run(
         recipe,
     );
     summary.theoretical_bits_per_weight = theoretical_bits / summary.parameters.max(1) as f64;
+    summary.peak_rss_bytes = memory.finish();
     summary.weight_files_bytes = weight_bytes_out;
     Ok(Outcome {
         files,
@@ -734,16 +740,12 @@ fn summarize(
         worst_tensor: worst.map(|(r, _)| r.name.clone()),
         wall_seconds: wall,
         throughput_bytes_per_s: weight_bytes_in as f64 / wall.max(1e-9),
-        peak_rss_bytes: peak_rss_bytes(),
+        peak_rss_bytes: None,
+        eval_seconds: None,
         squeeze_version: env!("CARGO_PKG_VERSION").to_owned(),
         eval: None,
         eval_error: None,
     }
-}
-
-/// Peak resident set of this process (Linux `VmHWM`).
-pub fn peak_rss_bytes() -> Option<u64> {
-    crate::eval::latency::proc_kib_field("/proc/self/status", "VmHWM:")
 }
 
 const UNCHANGED: &str = "unchanged";

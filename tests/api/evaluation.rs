@@ -380,6 +380,7 @@ async fn a_decoder_job_on_gguf_blocks_reports_native_kernels_and_its_budget() {
         )
         .await;
         let eval = &job["result"]["eval"];
+        assert!(job["result"]["eval_seconds"].as_f64().unwrap() > 0.0);
         assert_eq!(eval["compressed"]["kernel"], "native", "{eval}");
         // llama-quantize's rules: the tied embedding, which is also the output, at Q6_K.
         assert_eq!(eval["compressed"]["kernel_types"], json!(["Q4_0", "Q6_K"]));

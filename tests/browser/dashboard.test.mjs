@@ -290,6 +290,11 @@ test("on a perplexity axis (lower is better) the frontier joins the best jobs an
   await page.waitForFunction(() => document.querySelectorAll("#pareto g.frontier circle").length >= 1);
   assert.match(page.url(), /log=1/);
   await shot("10-compare-perplexity");
+  // The job page gives the whole time and each phase's, and this job's own peak memory.
+  await page.goto(`${server.base}/#/jobs/${ids.int8}`);
+  const wall = page.locator("#wall-time");
+  await wall.waitFor();
+  assert.match(await wall.innerText(), /in all[\s\S]*compression .* · evaluation /);
 });
 
 test("job filters live in the URL, so a link shows the same list", async () => {

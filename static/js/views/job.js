@@ -89,9 +89,20 @@ function drawCards(cards, job) {
     card(q ? q.metric : "Accuracy", q ? qualityCell(q) : f.evalError ? "evaluation failed" : "not evaluated",
       q ? `original ${q.lowerIsBetter || q.original > 1 ? q.original.toFixed(4) : fmt.percent(q.original)}${q.accepted === undefined || q.accepted === null ? "" : q.accepted ? " · within budget" : " · over budget"}` : f.evalError || null),
     card("Weight error", `${fmt.percent(f.meanError)} mean`, `worst ${fmt.percent(f.worstError)}${summary.worst_tensor ? ` (${summary.worst_tensor})` : ""}`),
-    card("Wall time", fmt.seconds(f.wallSeconds), fmt.rate(summary.throughput_bytes_per_s)),
-    card("Peak memory", fmt.bytes(f.peakRss)),
+    wallTimeCard(job, f, summary),
+    card("Peak memory", fmt.bytes(f.peakRss), "of the process while this job ran"),
   );
+}
+
+/// The job's whole time from start to finish, and each phase's: compression (with its
+/// throughput) and evaluation, when the job had one.
+function wallTimeCard(job, f, summary) {
+  const total = job.started_at && job.finished_at ? (Date.parse(job.finished_at) - Date.parse(job.started_at)) / 1000 : null;
+  const phases = [`compression ${fmt.seconds(f.wallSeconds)} (${fmt.rate(summary.throughput_bytes_per_s)})`];
+  if (summary.eval_seconds !== undefined && summary.eval_seconds !== null) phases.push(`evaluation ${fmt.seconds(summary.eval_seconds)}`);
+  return h("div", { class: "card stat", id: "wall-time" }, h("span", { class: "stat-label" }, "Wall time"),
+    h("strong", { class: "stat-value" }, total === null ? fmt.seconds(f.wallSeconds) : `${fmt.seconds(total)} in all`),
+    h("span", { class: "muted" }, phases.join(" · ")));
 }
 
 /// A red scale on log10 of the relative error, from the smallest to the largest in view.
