@@ -57,6 +57,32 @@ pub struct DatasetStats {
     pub labelled: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_label: Option<u32>,
+    /// What makes figures measured on this set unreliable (too few sequences, rows or tokens).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+}
+
+/// Below these, one sequence or row more or less moves a figure visibly.
+const FEW_ROWS: u64 = 32;
+const FEW_TOKENS: u64 = 4096;
+
+impl DatasetStats {
+    /// Fills `warnings` from the figures.
+    fn warned(mut self) -> DatasetStats {
+        if self.rows < FEW_ROWS {
+            self.warnings.push(format!(
+                "only {} {}: accuracy and perplexity measured on so few are noisy; {FEW_ROWS} or more are advised",
+                self.rows,
+                if self.kind == "tokens" { "sequences" } else { "rows" }
+            ));
+        }
+        if let Some(tokens) = self.tokens.filter(|t| *t < FEW_TOKENS) {
+            self.warnings.push(format!(
+                "only {tokens} tokens: a perplexity from so few is noisy; {FEW_TOKENS} or more are advised"
+            ));
+        }
+        self
+    }
 }
 
 /// Why a set was refused.
@@ -231,7 +257,9 @@ impl TokenFigures {
             features: None,
             labelled: self.labelled,
             max_label: self.max_label,
-        })
+            warnings: Vec::new(),
+        }
+        .warned())
     }
 }
 
@@ -375,7 +403,9 @@ fn parse_tensors(bytes: &[u8]) -> Result<(Dataset, DatasetStats), DatasetError> 
         features: Some(features),
         labelled: rows,
         max_label: labels.iter().copied().max(),
-    };
+        warnings: Vec::new(),
+    }
+    .warned();
     Ok((
         Dataset::Tensors {
             inputs: values,
@@ -398,9 +428,15 @@ pub fn tokenize_text(
     if text.trim().is_empty() {
         return Err(DatasetError::Empty);
     }
-    let tokenizer = tokenizers::Tokenizer::from_bytes(tokenizer_json).map_err(|e| {
+    let mut tokenizer = tokenizers::Tokenizer::from_bytes(tokenizer_json).map_err(|e| {
         DatasetError::Mismatch(format!("the model's tokenizer.json does not load: {e}"))
     })?;
+    // A tokenizer.json may carry the model's truncation (BERT's: 128 or 512 tokens) and
+    // padding: the whole text is wanted here, cut into windows below.
+    tokenizer
+        .with_truncation(None)
+        .map_err(|e| DatasetError::Mismatch(format!("the tokenizer's truncation: {e}")))?;
+    tokenizer.with_padding(None);
     let encoding = tokenizer
         .encode(text, true)
         .map_err(|e| DatasetError::Tensors(format!("the text does not tokenize: {e}")))?;
@@ -518,6 +554,39 @@ mod tests {
                 other => panic!("{body:?}: {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn a_tokenizers_own_truncation_does_not_cut_the_text() {
+        let tokenizer = br#"{"version": "1.0",
+            "truncation": {"direction": "Right", "max_length": 8, "strategy": "LongestFirst", "stride": 0},
+            "padding": null, "added_tokens": [], "normalizer": null,
+            "pre_tokenizer": {"type": "Whitespace"}, "post_processor": null, "decoder": null,
+            "model": {"type": "WordLevel", "vocab": {"a": 0, "b": 1, "[UNK]": 2}, "unk_token": "[UNK]"}}"#;
+        let text = "a b ".repeat(20);
+        let jsonl = tokenize_text(tokenizer, text.as_bytes(), 16).unwrap();
+        let lines: Vec<&str> = std::str::from_utf8(&jsonl).unwrap().lines().collect();
+        let tokens: usize = lines
+            .iter()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["tokens"]
+                    .as_array()
+                    .unwrap()
+                    .len()
+            })
+            .sum();
+        assert_eq!(tokens, 40, "{lines:?}");
+        assert_eq!(lines.len(), 3);
+        // Three short windows: the set says its figures will be noisy.
+        let warnings = stats(&jsonl).unwrap().warnings;
+        assert!(
+            warnings.iter().any(|w| w.contains("only 3 sequences")),
+            "{warnings:?}"
+        );
+        assert!(
+            warnings.iter().any(|w| w.contains("only 40 tokens")),
+            "{warnings:?}"
+        );
     }
 
     #[test]
