@@ -156,6 +156,27 @@ function summaryText(row, f) {
   ].filter(Boolean).join("\n");
 }
 
+/// Labels of a log colour legend in percent ("10m" is SI for 0.01): over a decade or more, only
+/// the powers of ten are labelled, so the labels do not overlap.
+function percentTick(values) {
+  const wide = Math.max(...values) / Math.min(...values) >= 10;
+  return (v) => {
+    const power = Math.abs(Math.log10(v) - Math.round(Math.log10(v))) < 1e-9;
+    return wide && !power ? "" : `${Number((v * 100).toPrecision(2))} %`;
+  };
+}
+
+/// A scale's extent with room around it; a single value (one job, or jobs of one size) gets
+/// ±5 % instead of a zero-width domain, whose ticks print as "516.519850".
+function padded(values) {
+  const finite = values.filter(Number.isFinite);
+  if (finite.length === 0) return undefined;
+  const low = Math.min(...finite);
+  const high = Math.max(...finite);
+  const pad = high > low ? (high - low) * 0.05 : Math.abs(high) * 0.05 || 1;
+  return [low - pad, high + pad];
+}
+
 function drawPlot(figure, rows, xAxis, yAxis, withColour, logY) {
   if (!window.Plot) {
     figure.replaceChildren(h("p", { class: "error" }, "The chart library is missing: run scripts/setup (it installs Observable Plot into static/vendor)."));
@@ -179,8 +200,8 @@ function drawPlot(figure, rows, xAxis, yAxis, withColour, logY) {
     height: 380,
     marginLeft: 60,
     grid: true,
-    x: { label: xAxis.label(rows), nice: true },
-    y: { label: yAxis.label(rows), nice: true, type: log ? "log" : "linear", percent: yAxis === Y_AXES.error && !log },
+    x: { label: xAxis.label(rows), nice: true, domain: padded([...points.map((p) => p.x), original.x]), tickFormat: "~g" },
+    y: { label: yAxis.label(rows), nice: true, type: log ? "log" : "linear", percent: yAxis === Y_AXES.error && !log, domain: log || yAxis === Y_AXES.error ? undefined : padded([...points.map((p) => p.y), original.y]) },
     color: fill ? { type: "linear", scheme: "viridis", label: "latency (ms)", legend: true } : undefined,
     marks: [
       Plot.line(front, { x: "x", y: "y", stroke: "#0b5cad", strokeWidth: 2, className: "frontier-line" }),
@@ -300,7 +321,7 @@ async function drawSelection(side, heat, rows, selected) {
     // Tensors in reading order: layers.2 before layers.10.
     y: { label: null, domain: [...new Set(cells.map((c) => c.tensor))].sort((a, b) => a.localeCompare(b, undefined, { numeric: true })) },
     // Relative error as percentages, not SI prefixes ("10m").
-    color: { type: "log", scheme: "reds", label: "relative error", legend: true, tickFormat: (v) => `${Number((v * 100).toPrecision(2))} %` },
+    color: { type: "log", scheme: "reds", label: "relative error", legend: true, tickFormat: percentTick(cells.map((c) => c.error)) },
     marks: [Plot.cell(cells, { x: "job", y: "tensor", fill: "error", title: (c) => `${c.tensor} in ${c.job}: ${fmt.percent(c.error, 3)}`, className: "heat-cell" })],
   });
   heat.replaceChildren(h("h3", {}, "Per-tensor relative error"), h("div", { class: "scroll" }, chart));
