@@ -290,6 +290,10 @@ test("on a perplexity axis (lower is better) the frontier joins the best jobs an
   await page.waitForFunction(() => document.querySelectorAll("#pareto g.frontier circle").length >= 1);
   assert.match(page.url(), /log=1/);
   await shot("10-compare-perplexity");
+  // The jobs table names the metric and gives its change relative to the original.
+  await page.goto(`${server.base}/#/jobs?model=${uploaded.body.id}`);
+  await page.locator("#job-list tbody tr").nth(2).waitFor();
+  assert.match(await page.locator("#job-list").innerText(), /perplexity \d+(\.\d+)? \([+−]\d/);
   // The job page gives the whole time and each phase's, and this job's own peak memory.
   await page.goto(`${server.base}/#/jobs/${ids.int8}`);
   const wall = page.locator("#wall-time");

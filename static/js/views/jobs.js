@@ -126,7 +126,8 @@ function columns(message, reload) {
     { key: "ratio", label: "Ratio", numeric: true, value: (j) => f(j)?.ratio, cell: (j) => fmt.ratio(f(j)?.ratio) },
     { key: "bpw", label: "Bits/weight", numeric: true, value: (j) => f(j)?.bitsPerWeight, cell: (j) => fmt.bits(f(j)?.bitsPerWeight) },
     { key: "latency", label: "Latency", numeric: true, value: (j) => f(j)?.latencyMs, cell: (j) => fmt.ms(f(j)?.latencyMs) },
-    { key: "accuracy", label: "Accuracy", numeric: true, value: (j) => f(j)?.quality?.compressed, cell: (j) => qualityCell(f(j)?.quality) },
+    { key: "accuracy", label: "Quality", numeric: true, value: (j) => f(j)?.quality?.compressed, cell: (j) => qualityCell(f(j)?.quality) },
+    { key: "budget", label: "Budget", value: (j) => f(j)?.quality?.accepted, cell: (j) => budgetCell(f(j)?.quality) },
     { key: "owner", label: "Owner", value: (j) => j.created_by || "", cell: (j) => j.created_by || "" },
     { key: "date", label: "Date", value: (j) => j.created_at, cell: (j) => fmt.when(j.created_at) },
     {
@@ -137,14 +138,23 @@ function columns(message, reload) {
   ];
 }
 
+/// The metric by name, its value and its change against the original: in points for a rate
+/// (accuracy), relative for anything else (perplexity +3.1 %), as budgets are set.
 export function qualityCell(quality) {
   if (!quality) return "";
-  const { metric, compressed, change, lowerIsBetter } = quality;
+  const { metric, compressed, original, change, lowerIsBetter } = quality;
   const isRate = !lowerIsBetter && compressed <= 1;
-  const value = isRate ? fmt.percent(compressed) : compressed.toFixed(4);
-  const delta = isRate ? fmt.points(change) : `${change >= 0 ? "+" : "−"}${Math.abs(change).toFixed(4)}`;
+  const value = isRate ? fmt.percent(compressed) : compressed.toFixed(compressed >= 100 ? 1 : 3);
+  const relative = original ? change / Math.abs(original) : null;
+  const delta = isRate ? fmt.points(change) : relative === null ? "" : `${relative >= 0 ? "+" : "−"}${fmt.percent(Math.abs(relative), 1)}`;
   const worse = lowerIsBetter ? change > 0 : change < 0;
-  return h("span", { title: metric }, value, " ", h("span", { class: worse ? "worse" : "better" }, `(${delta})`));
+  return h("span", { title: `${metric}: original ${original}` }, `${metric} ${value} `, h("span", { class: worse ? "worse" : "better" }, `(${delta})`));
+}
+
+/// Whether the job kept within its evaluation budget (max_drop), when it had one.
+function budgetCell(quality) {
+  if (!quality || quality.accepted === undefined || quality.accepted === null) return "";
+  return h("span", { class: quality.accepted ? "better" : "worse" }, quality.accepted ? "within" : "over");
 }
 
 function filters(params, models) {
