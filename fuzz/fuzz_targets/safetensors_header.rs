@@ -1,5 +1,6 @@
 //! The safetensors header parser and the streaming validator every upload passes through:
-//! whatever the bytes, an error or a header whose tensors fit the file, never a panic.
+//! whatever the bytes, an error or a header whose tensors fit the file, never a panic; the
+//! scan for NaN and infinite values runs over whatever data arrives.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -22,7 +23,10 @@ fuzz_target!(|data: &[u8]| {
             return;
         }
     }
+    // The non-finite scan ran over every data chunk fed; its names are the header's.
+    let flagged = validator.non_finite();
     if let Ok(header) = validator.finish() {
         assert_eq!(header.file_len(), file.len() as u64);
+        assert!(flagged.iter().all(|n| header.tensors.iter().any(|t| &t.name == n)));
     }
 });
