@@ -190,7 +190,7 @@ async fn submit_job(
         .ok_or_else(|| ApiError::not_found("model", request.model_id))?;
     // Compiling patterns and matching them against thousands of tensors is CPU work, bounded
     // by the recipe's limits but kept off the async threads all the same.
-    let (recipe, tensors) = tokio::task::spawn_blocking(move || {
+    let (recipe, tensors, planned) = tokio::task::spawn_blocking(move || {
         // The job keeps the recipe as asked, with an auto format resolved; the worker plans it
         // again (the same plan) and records where a tensor got other steps, and why.
         recipe
@@ -198,7 +198,8 @@ async fn submit_job(
             .map(|plan| {
                 let mut stored = recipe.clone();
                 stored.format = plan.recipe.format;
-                (stored, tensors)
+                let planned: Vec<String> = plan.tensors.into_iter().map(|t| t.name).collect();
+                (stored, tensors, planned)
             })
             .map_err(recipe_error)
     })
@@ -206,21 +207,14 @@ async fn submit_job(
     .map_err(|e| ApiError::internal(format!("recipe validation stopped: {e}")))??;
     // The upload found these; the worker would only find them after the queue.
     let non_finite = models::non_finite_tensors(&state.db, request.model_id).await?;
-    if !non_finite.is_empty() {
-        let selection = recipe.selection().map_err(recipe_error)?;
-        if let Some(t) = tensors
-            .iter()
-            .find(|t| non_finite.contains(&t.name) && selection.selects(&t.name, t.dtype, &t.shape))
-        {
-            return Err(ApiError::unprocessable(
-                "non_finite_weights",
-                format!(
-                    "tensor {:?} holds NaN or infinite values (found at upload); leave it out with ignore",
-                    t.name
-                ),
-            )
-            .with("tensor", t.name.clone()));
-        }
+    if let Some(name) = planned.iter().find(|name| non_finite.contains(name)) {
+        return Err(ApiError::unprocessable(
+            "non_finite_weights",
+            format!(
+                "tensor {name:?} holds NaN or infinite values (found at upload); leave it out with ignore"
+            ),
+        )
+        .with("tensor", name.clone()));
     }
     if let Some(spec) = &request.eval {
         evaluation::check_spec(

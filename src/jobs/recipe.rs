@@ -502,6 +502,8 @@ pub struct Plan {
     pub recipe: Recipe,
     /// The selected tensors, in model order.
     pub tensors: Vec<PlannedTensor>,
+    /// Position in `tensors` by name: the pipeline and the writers look each tensor up.
+    by_name: std::collections::HashMap<String, usize>,
 }
 
 /// What happens to one selected tensor.
@@ -530,7 +532,7 @@ impl Plan {
 
     /// The plan of one tensor, if it is selected.
     pub fn tensor(&self, name: &str) -> Option<&PlannedTensor> {
-        self.tensors.iter().find(|t| t.name == name)
+        self.by_name.get(name).map(|&i| &self.tensors[i])
     }
 }
 
@@ -907,7 +909,7 @@ impl Recipe {
             let names: Vec<&str> = tensors.iter().map(|t| t.name.as_str()).collect();
             gguf_rules::choose(kind, pure, &shapes, &names)
         });
-        let planned = selected
+        let planned: Vec<PlannedTensor> = selected
             .iter()
             .enumerate()
             .map(|(i, t)| {
@@ -953,9 +955,15 @@ impl Recipe {
                 }
             })
             .collect();
+        let by_name = planned
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.name.clone(), i))
+            .collect();
         Ok(Plan {
             recipe,
             tensors: planned,
+            by_name,
         })
     }
 
