@@ -2,7 +2,7 @@
 //! `bench`, `openapi`. Output for people goes to stdout;
 //! logs go to stderr; a failure is one line on stderr and a non-zero exit.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 
 use anyhow::Context;
 
@@ -23,7 +23,6 @@ pub fn init_tracing(format: LogFormat) {
         .or_else(|| EnvFilter::try_from_default_env().ok())
         .unwrap_or_else(|| EnvFilter::new("info,sqlx=warn,tower_http=info"));
     // Colours only for a terminal: escapes in a log file are noise.
-    use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
@@ -391,6 +390,31 @@ async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
 
 /// The model files of a local path: one .safetensors file (named model.safetensors in the
 /// output, as an upload would be), or a folder in the Hugging Face layout.
+/// One line on a terminal's stderr, rewritten as the evaluation advances.
+fn show_evaluation_progress(step: &crate::eval::EvalProgress) {
+    if !std::io::stderr().is_terminal() {
+        return;
+    }
+    let left = step
+        .seconds_left
+        .map(|s| format!(", about {} left", human_duration(s)))
+        .unwrap_or_default();
+    eprint!(
+        "\r\x1b[2K{} {}/{} {}{left}",
+        step.stage, step.done, step.total, step.unit
+    );
+}
+
+/// `42 s`, `3 min 5 s`, `1 h 2 min`.
+fn human_duration(seconds: f64) -> String {
+    let s = seconds.max(0.0).round() as u64;
+    match s {
+        0..60 => format!("{s} s"),
+        60..3600 => format!("{} min {} s", s / 60, s % 60),
+        _ => format!("{} h {} min", s / 3600, s % 3600 / 60),
+    }
+}
+
 fn evaluate(args: &crate::config::EvaluateArgs) -> anyhow::Result<()> {
     use crate::eval::{self, files};
     use crate::worker::pipeline::InputKind;
@@ -474,7 +498,11 @@ fn evaluate(args: &crate::config::EvaluateArgs) -> anyhow::Result<()> {
             &spec,
             None,
             &crate::compress::Cancel::new(),
+            &show_evaluation_progress,
         )?;
+        if std::io::stderr().is_terminal() {
+            eprintln!();
+        }
         report.dataset_id = None;
         if args.json {
             println!("{}", serde_json::to_string_pretty(&report)?);
@@ -530,7 +558,15 @@ fn demo(json: bool) -> anyhow::Result<()> {
                 architecture: None,
             };
             let report = crate::worker::cpu_pool().install(|| {
-                files::evaluate_artifact(&original, &out, &set, &spec, reuse.clone(), &cancel)
+                files::evaluate_artifact(
+                    &original,
+                    &out,
+                    &set,
+                    &spec,
+                    reuse.clone(),
+                    &cancel,
+                    &|_| {},
+                )
             })?;
             reuse.get_or_insert_with(|| report.original.clone());
             rows.push(

@@ -4,14 +4,16 @@
 
 import { getJson, redeemLoginCode, setToken, signOut, token } from "./js/api.js";
 import { $, h } from "./js/dom.js";
+import { loadFigureCatalogue } from "./js/figures.js";
 import { route } from "./js/route.js";
 import * as models from "./js/views/models.js";
+import * as model from "./js/views/model.js";
 import * as newJob from "./js/views/new-job.js";
 import * as jobs from "./js/views/jobs.js";
 import * as job from "./js/views/job.js";
 import * as compare from "./js/views/compare.js";
 
-const views = { models, new: newJob, jobs, job, compare };
+const views = { models, model, new: newJob, jobs, job, compare };
 let leave = null;
 
 async function showSignIn(message) {
@@ -54,13 +56,15 @@ async function render() {
   } catch (error) {
     return showSignIn(error.message);
   }
+  // Without the catalogue figures still show, by name and without a direction.
+  await loadFigureCatalogue().catch(() => {});
   $("who").textContent = `team ${me.team}`;
   $("nav").hidden = false;
   $("sign-out").hidden = false;
   const current = route();
   for (const link of document.querySelectorAll("#nav a")) {
     const target = link.getAttribute("href").slice(2);
-    const active = target === current.view || (target === "jobs" && current.view === "job");
+    const active = target === current.view || (target === "jobs" && current.view === "job") || (target === "models" && current.view === "model");
     if (active) link.setAttribute("aria-current", "page");
     else link.removeAttribute("aria-current");
   }

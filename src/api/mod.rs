@@ -4,6 +4,7 @@
 pub mod compare;
 pub mod datasets;
 pub mod demo;
+pub mod evaluation;
 pub mod health;
 pub mod jobs;
 pub mod metrics;
@@ -31,6 +32,7 @@ fn v1() -> OpenApiRouter<AppState> {
         .merge(models::router())
         .merge(jobs::router())
         .merge(datasets::router())
+        .merge(evaluation::router())
         .merge(compare::router())
         .merge(demo::router())
         .merge(session::router())

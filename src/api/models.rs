@@ -34,6 +34,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes((schemas, paths, collection))
         .routes(routes!(get_model, delete_model))
         .routes(routes!(list_tensors))
+        .routes(routes!(get_config))
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -418,6 +419,40 @@ async fn get_model(
         .await?
         .map(Json)
         .ok_or_else(|| ApiError::not_found("model", id))
+}
+
+/// Get a model's config.json
+///
+/// The model's `config.json` as uploaded (validated JSON), or 404 `no_config` when it has none.
+#[utoipa::path(
+    get,
+    path = "/models/{id}/config",
+    tag = "models",
+    params(("id" = Uuid, Path, description = "Model id")),
+    responses(
+        (status = 200, description = "The config.json", body = Object),
+        (status = 404, description = "No such model in the caller's team, or it has no config.json"),
+    )
+)]
+async fn get_config(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<Uuid>,
+) -> ApiResult<Json<serde_json::Value>> {
+    models::get(&state.db, caller.team_id, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("model", id))?;
+    crate::jobs::evaluation::model_config(&state.db, &state.blobs, id)
+        .await
+        .map_err(ApiError::internal)?
+        .map(Json)
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "no_config",
+                "the model was uploaded without a config.json",
+            )
+        })
 }
 
 /// List a model's tensors

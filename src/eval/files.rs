@@ -89,6 +89,7 @@ pub fn evaluate_artifact(
     spec: &EvalSpec,
     reuse: Option<Figures>,
     cancel: &Cancel,
+    progress: &dyn Fn(&super::EvalProgress),
 ) -> Result<EvalReport, EvalError> {
     let (arch, config, original_weights) = load_original(original, spec.architecture.as_deref())?;
     cancel.check()?;
@@ -112,6 +113,7 @@ pub fn evaluate_artifact(
             metric: spec.metric.as_deref(),
             max_drop: spec.max_drop,
             limits: Limits::default(),
+            progress,
         },
         cancel,
     )?;

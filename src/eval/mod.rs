@@ -15,13 +15,14 @@ pub mod mlp;
 pub mod weights;
 
 use std::collections::BTreeMap;
+use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::compress::Cancel;
 pub use dataset::{Dataset, DatasetStats};
-use latency::{Budget, Measure};
+use latency::{Budget, Measure, Speedup};
 use weights::{Kernel, Weights};
 
 /// Why an evaluation could not run.
@@ -213,6 +214,71 @@ pub fn lower_is_better(metric: &str) -> bool {
     metric == "perplexity" || metric.starts_with("kl_") || metric.starts_with("latency")
 }
 
+/// What one of an evaluation's figures is, for readers that show it: its label, its unit,
+/// which way is better, and how a budget on it is read.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct FigureInfo {
+    /// The key in `Figures::metrics` (`speedup` is `EvalReport::speedup`).
+    pub name: String,
+    pub label: String,
+    /// `rate` (0 to 1, shown as a percentage), `number`, `nats`, `ms`, `tokens/s` or `×`.
+    pub unit: &'static str,
+    pub lower_is_better: bool,
+    /// How `max_drop` is read for it: `relative increase`, `absolute increase` or
+    /// `absolute drop`; absent for figures a budget cannot name (speed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub budget: Option<&'static str>,
+}
+
+/// The figure `name`'s description; unknown names get a plain one.
+pub fn figure_info(name: &str) -> FigureInfo {
+    let (label, unit) = match name {
+        "perplexity" => ("Perplexity".to_owned(), "number"),
+        "kl_mean" => ("KL divergence, mean".to_owned(), "nats"),
+        "kl_p99" => ("KL divergence, 99th percentile".to_owned(), "nats"),
+        "top1_agreement" => ("Top-1 agreement with the original".to_owned(), "rate"),
+        "cosine_mean" => ("Embedding cosine, mean".to_owned(), "number"),
+        "cosine_min" => ("Embedding cosine, lowest".to_owned(), "number"),
+        "accuracy" => ("Accuracy".to_owned(), "rate"),
+        "latency_ms" => ("Latency".to_owned(), "ms"),
+        "prompt_tokens_per_s" => ("Prompt tokens per second".to_owned(), "tokens/s"),
+        "speedup" => ("Speed-up".to_owned(), "×"),
+        other => match other.strip_prefix("accuracy_noise_") {
+            Some(sigma) => (format!("Accuracy under noise σ = {sigma}"), "rate"),
+            None => (other.to_owned(), "number"),
+        },
+    };
+    let speed = matches!(name, "latency_ms" | "prompt_tokens_per_s" | "speedup");
+    let budget = if speed {
+        None
+    } else if name == "perplexity" {
+        Some("relative increase")
+    } else if lower_is_better(name) {
+        Some("absolute increase")
+    } else {
+        Some("absolute drop")
+    };
+    FigureInfo {
+        name: name.to_owned(),
+        label,
+        unit,
+        lower_is_better: lower_is_better(name),
+        budget,
+    }
+}
+
+/// Every figure an evaluation can report, accuracy first, then speed.
+pub fn figure_catalogue() -> Vec<FigureInfo> {
+    let accuracy = ["perplexity", "kl_mean", "kl_p99", "top1_agreement"]
+        .into_iter()
+        .chain(["cosine_mean", "cosine_min", "accuracy"])
+        .chain(NOISE_METRICS);
+    accuracy
+        .chain(["latency_ms", "prompt_tokens_per_s", "speedup"])
+        .map(figure_info)
+        .collect()
+}
+
 /// The figures of one model.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Figures {
@@ -263,12 +329,22 @@ pub struct EvalReport {
     pub evaluated: u64,
     pub original: Figures,
     pub compressed: Figures,
-    /// Original latency / compressed latency (headline figures): above 1 is faster.
+    /// Original latency / compressed latency of the headline measurement, the median of
+    /// rounds that time both models back to back: above 1 is faster.
     #[serde(with = "crate::numeric::metric")]
     #[schema(value_type = crate::numeric::Metric)]
     pub speedup: f64,
+    /// Every latency measurement's speed-up with its spread over rounds, the headline first.
+    #[serde(default)]
+    pub speedups: Vec<Speedup>,
+    /// Whether the compressed model can be faster in this runtime: only when it multiplies the
+    /// stored blocks natively. A dense runtime (every compressed-tensors, compact or dense
+    /// artifact) does the same f32 work as the original, so its speed-up is 1 within noise.
+    #[serde(default)]
+    pub speedup_expected: bool,
     pub runtime: Runtime,
-    /// Whether the original's figures came from an earlier job on the same model, set and CPU.
+    /// Whether the original's accuracy figures came from an earlier job on the same model, set
+    /// and CPU (its latency is always measured anew, interleaved with the compressed model's).
     pub original_reused: bool,
     /// The budget's metric.
     pub metric: String,
@@ -314,6 +390,142 @@ impl Default for Limits {
     }
 }
 
+/// How far an evaluation is, for the job's live progress: the accuracy pass over the set, then
+/// the latency measurements.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct EvalProgress {
+    /// `accuracy` or `latency`.
+    pub stage: String,
+    pub done: u64,
+    pub total: u64,
+    /// What `done` counts: `sequences`, `noise levels` or `measurements`.
+    pub unit: String,
+    /// Estimated seconds until the evaluation ends, from the pace so far.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seconds_left: Option<f64>,
+}
+
+/// Turns steps done into [`EvalProgress`] with an estimate of the time left.
+struct Tracker<'a> {
+    report: &'a dyn Fn(&EvalProgress),
+    started: Instant,
+    accuracy_total: u64,
+    accuracy_unit: &'static str,
+    latency_total: u64,
+    latency_started: Option<Instant>,
+    /// Seconds per accuracy step, once the accuracy pass is over.
+    accuracy_pace: Option<f64>,
+    target: f64,
+}
+
+impl<'a> Tracker<'a> {
+    fn new(
+        inputs: &Inputs<'a>,
+        accuracy_total: u64,
+        accuracy_unit: &'static str,
+        latency_total: u64,
+    ) -> Tracker<'a> {
+        let tracker = Tracker {
+            report: inputs.progress,
+            started: Instant::now(),
+            accuracy_total,
+            accuracy_unit,
+            latency_total,
+            latency_started: None,
+            accuracy_pace: None,
+            target: inputs.limits.budget.target.as_secs_f64(),
+        };
+        tracker.accuracy(0);
+        tracker
+    }
+
+    /// A latency measurement's expected seconds before any has run: its target time for both
+    /// models, or its minimum rounds at the pace of the accuracy pass, whichever is longer.
+    fn latency_guess(&self, pace: Option<f64>) -> f64 {
+        (2.0 * self.target).max(pace.unwrap_or(0.0) * 12.0)
+    }
+
+    fn accuracy(&self, done: u64) {
+        let pace = (done > 0).then(|| self.started.elapsed().as_secs_f64() / done as f64);
+        let seconds_left = pace.map(|p| {
+            p * self.accuracy_total.saturating_sub(done) as f64
+                + self.latency_total as f64 * self.latency_guess(Some(p))
+        });
+        (self.report)(&EvalProgress {
+            stage: "accuracy".into(),
+            done,
+            total: self.accuracy_total,
+            unit: self.accuracy_unit.into(),
+            seconds_left,
+        });
+    }
+
+    fn latency(&mut self, done: u64) {
+        if self.latency_started.is_none() {
+            let steps = self.accuracy_total.max(1) as f64;
+            self.accuracy_pace = Some(self.started.elapsed().as_secs_f64() / steps);
+            self.latency_started = Some(Instant::now());
+        }
+        let left = self.latency_total.saturating_sub(done) as f64;
+        let per = match (done, self.latency_started) {
+            (0, _) | (_, None) => self.latency_guess(self.accuracy_pace),
+            (n, Some(t)) => t.elapsed().as_secs_f64() / n as f64,
+        };
+        (self.report)(&EvalProgress {
+            stage: "latency".into(),
+            done,
+            total: self.latency_total,
+            unit: "measurements".into(),
+            seconds_left: Some(per * left),
+        });
+    }
+}
+
+/// Both models' timings of the latency measurements, and the speed-ups.
+#[derive(Default)]
+struct Latencies {
+    original: Vec<Measure>,
+    compressed: Vec<Measure>,
+    speedups: Vec<Speedup>,
+}
+
+impl Latencies {
+    /// Times the original and the compressed model's `name` in alternating rounds.
+    fn measure(
+        &mut self,
+        inputs: &Inputs<'_>,
+        (name, batch, tokens): (&str, u64, Option<u64>),
+        original: impl FnMut() -> Result<(), EvalError>,
+        compressed: impl FnMut() -> Result<(), EvalError>,
+    ) -> Result<(), EvalError> {
+        let paired = latency::time_pair(inputs.limits.budget, original, compressed)?;
+        for (side, timing) in [
+            (&mut self.original, paired.a),
+            (&mut self.compressed, paired.b),
+        ] {
+            side.push(Measure {
+                name: name.into(),
+                batch,
+                tokens,
+                median_ms: timing.median_ms,
+                p90_ms: timing.p90_ms,
+                repeats: timing.repeats,
+            });
+        }
+        let (median, p10, p90) = paired.ratio;
+        self.speedups.push(Speedup {
+            name: name.into(),
+            batch,
+            tokens,
+            median,
+            p10,
+            p90,
+            rounds: paired.rounds,
+        });
+        Ok(())
+    }
+}
+
 /// Everything one evaluation needs.
 pub struct Inputs<'a> {
     pub architecture: &'a Architecture,
@@ -326,11 +538,13 @@ pub struct Inputs<'a> {
     pub metric: Option<&'a str>,
     pub max_drop: Option<f64>,
     pub limits: Limits,
+    /// Called as the evaluation advances.
+    pub progress: &'a dyn Fn(&EvalProgress),
 }
 
 /// Runs both models and compares them.
 pub fn evaluate(inputs: Inputs<'_>, cancel: &Cancel) -> Result<EvalReport, EvalError> {
-    let (mut original, mut compressed, evaluated) = match inputs.architecture {
+    let (mut original, mut compressed, evaluated, latencies) = match inputs.architecture {
         Architecture::Decoder { .. } => run_decoder(&inputs, cancel)?,
         Architecture::Encoder { .. } => run_encoder(&inputs, cancel)?,
         Architecture::Mlp { config, .. } => run_mlp(&inputs, config, cancel)?,
@@ -338,11 +552,24 @@ pub fn evaluate(inputs: Inputs<'_>, cancel: &Cancel) -> Result<EvalReport, EvalE
     let original_reused = inputs.reuse.is_some();
     if let Some(reused) = inputs.reuse.clone() {
         // Comparative figures (KL, agreement, cosine) are recomputed each time; the original's
-        // own figures and latency come from the first measurement.
+        // own accuracy figures come from the first measurement. Latency never does: a figure
+        // measured under another load would make the speed-up noise.
         for (k, v) in reused.metrics {
-            original.metrics.insert(k, v);
+            if k != "latency_ms" && k != "prompt_tokens_per_s" {
+                original.metrics.insert(k, v);
+            }
         }
-        original.latency = reused.latency;
+    }
+    original.latency = latencies.original;
+    compressed.latency = latencies.compressed;
+    if let Some(prompt) = compressed.latency.iter().position(|m| m.name == "prompt") {
+        for figures in [&mut original, &mut compressed] {
+            let p = &figures.latency[prompt];
+            let per_second = p.tokens.unwrap_or(0) as f64 / (p.median_ms / 1e3);
+            figures
+                .metrics
+                .insert("prompt_tokens_per_s".into(), per_second);
+        }
     }
     for figures in [&mut original, &mut compressed] {
         if let Some(headline) = figures.latency.first() {
@@ -362,13 +589,11 @@ pub fn evaluate(inputs: Inputs<'_>, cancel: &Cancel) -> Result<EvalReport, EvalE
         compressed.metrics.get(&metric).copied().unwrap_or(f64::NAN),
     );
     let drop = drop_of(&metric, o, c);
-    let speedup = match (
-        original.metrics.get("latency_ms"),
-        compressed.metrics.get("latency_ms"),
-    ) {
-        (Some(o), Some(c)) if *c > 0.0 => o / c,
-        _ => f64::NAN,
-    };
+    let speedup = latencies
+        .speedups
+        .first()
+        .map_or(f64::NAN, |headline| headline.median);
+    let speedup_expected = compressed.kernel == "native";
     Ok(EvalReport {
         dataset_id: None,
         architecture: inputs.architecture.name().to_owned(),
@@ -376,6 +601,8 @@ pub fn evaluate(inputs: Inputs<'_>, cancel: &Cancel) -> Result<EvalReport, EvalE
         original,
         compressed,
         speedup,
+        speedups: latencies.speedups,
+        speedup_expected,
         runtime: Runtime::here(),
         original_reused,
         accepted: inputs.max_drop.map(|max| drop <= max),
@@ -421,7 +648,7 @@ fn cycled_tokens(sequences: &[&[u32]], n: usize) -> Vec<u32> {
         .collect()
 }
 
-type Run = (Figures, Figures, u64);
+type Run = (Figures, Figures, u64, Latencies);
 
 fn run_decoder(inputs: &Inputs<'_>, cancel: &Cancel) -> Result<Run, EvalError> {
     let Architecture::Decoder { model_type, .. } = inputs.architecture else {
@@ -434,12 +661,14 @@ fn run_decoder(inputs: &Inputs<'_>, cancel: &Cancel) -> Result<Run, EvalError> {
     let original = decoder::Decoder::load(parsed.clone(), inputs.original)?;
     let compressed = decoder::Decoder::load(parsed.clone(), inputs.compressed)?;
     let sequences = token_sequences(inputs);
+    let mut tracker = Tracker::new(inputs, sequences.len() as u64, "sequences", 2);
     let mut stats = metrics::NextToken::default();
-    for seq in &sequences {
+    for (i, seq) in sequences.iter().enumerate() {
         cancel.check()?;
         let lo = decoder::log_softmax_rows(&original.forward(seq, &mut Default::default())?)?;
         let lc = decoder::log_softmax_rows(&compressed.forward(seq, &mut Default::default())?)?;
         stats.add(seq, &lo, &lc);
+        tracker.accuracy(i as u64 + 1);
     }
     let mut fo = figures(inputs.original);
     let mut fc = figures(inputs.compressed);
@@ -463,50 +692,38 @@ fn run_decoder(inputs: &Inputs<'_>, cancel: &Cancel) -> Result<Run, EvalError> {
     let context = cycled_tokens(&sequences, 16);
     let prompt_len = 128.min(parsed.max_position_embeddings.unwrap_or(128));
     let prompt = cycled_tokens(&sequences, prompt_len);
-    let measure = |model: &decoder::Decoder| -> Result<Vec<Measure>, EvalError> {
+    let prefill = |model: &decoder::Decoder| -> Result<decoder::Cache, EvalError> {
         let mut prefilled = decoder::Cache::default();
         model.forward(&context, &mut prefilled)?;
-        let next = [context[0]];
-        let (median, p90, repeats) = latency::time(inputs.limits.budget, || {
-            cancel.check()?;
-            let mut cache = prefilled.clone();
-            model.forward(&next, &mut cache).map(|_| ())
-        })?;
-        let decode = Measure {
-            name: "decode_token".into(),
-            batch: 1,
-            tokens: Some(1),
-            median_ms: median,
-            p90_ms: p90,
-            repeats,
-        };
-        let (median, p90, repeats) = latency::time(inputs.limits.budget, || {
-            cancel.check()?;
-            model.forward(&prompt, &mut Default::default()).map(|_| ())
-        })?;
-        let whole = Measure {
-            name: "prompt".into(),
-            batch: 1,
-            tokens: Some(prompt.len() as u64),
-            median_ms: median,
-            p90_ms: p90,
-            repeats,
-        };
-        Ok(vec![decode, whole])
+        Ok(prefilled)
     };
-    if inputs.reuse.is_none() {
-        fo.latency = measure(&original)?;
-    }
-    fc.latency = measure(&compressed)?;
-    for f in [&mut fo, &mut fc] {
-        if let Some(p) = f.latency.get(1) {
-            f.metrics.insert(
-                "prompt_tokens_per_s".into(),
-                p.tokens.unwrap_or(0) as f64 / (p.median_ms / 1e3),
-            );
-        }
-    }
-    Ok((fo, fc, sequences.len() as u64))
+    let decode = |model: &decoder::Decoder, prefilled: &decoder::Cache| {
+        cancel.check()?;
+        let mut cache = prefilled.clone();
+        model.forward(&[context[0]], &mut cache).map(|_| ())
+    };
+    let whole = |model: &decoder::Decoder| {
+        cancel.check()?;
+        model.forward(&prompt, &mut Default::default()).map(|_| ())
+    };
+    let mut latencies = Latencies::default();
+    let (prefilled_o, prefilled_c) = (prefill(&original)?, prefill(&compressed)?);
+    tracker.latency(0);
+    latencies.measure(
+        inputs,
+        ("decode_token", 1, Some(1)),
+        || decode(&original, &prefilled_o),
+        || decode(&compressed, &prefilled_c),
+    )?;
+    tracker.latency(1);
+    latencies.measure(
+        inputs,
+        ("prompt", 1, Some(prompt.len() as u64)),
+        || whole(&original),
+        || whole(&compressed),
+    )?;
+    tracker.latency(2);
+    Ok((fo, fc, sequences.len() as u64, latencies))
 }
 
 /// Sizes of the larger batch in batch latency.
@@ -523,10 +740,14 @@ fn run_encoder(inputs: &Inputs<'_>, cancel: &Cancel) -> Result<Run, EvalError> {
         Dataset::Tokens(s) => s.iter().take(limited.len()).map(|s| s.label).collect(),
         Dataset::Tensors { .. } => Vec::new(),
     };
+    let mut tracker = Tracker::new(inputs, limited.len() as u64, "sequences", 2);
     let mut cosines = Vec::new();
     let (mut right_o, mut right_c, mut labelled) = (0u64, 0u64, 0u64);
-    for (seq, label) in limited.iter().zip(&labels) {
+    for (i, (seq, label)) in limited.iter().zip(&labels).enumerate() {
         cancel.check()?;
+        if i > 0 {
+            tracker.accuracy(i as u64);
+        }
         let (eo, lo) = original.embed(&[seq])?;
         let (ec, lc) = compressed.embed(&[seq])?;
         cosines.push(metrics::cosine(&eo[0], &ec[0]));
@@ -555,31 +776,23 @@ fn run_encoder(inputs: &Inputs<'_>, cancel: &Cancel) -> Result<Run, EvalError> {
             .insert("accuracy".into(), right_c as f64 / labelled as f64);
     }
     let sample = limited[0];
-    let measure = |model: &encoder::Encoder| -> Result<Vec<Measure>, EvalError> {
-        [1, LARGE_BATCH]
-            .into_iter()
-            .map(|batch| {
-                let rows = vec![sample; batch];
-                let (median, p90, repeats) = latency::time(inputs.limits.budget, || {
-                    cancel.check()?;
-                    model.hidden(&rows).map(|_| ())
-                })?;
-                Ok(Measure {
-                    name: "batch".into(),
-                    batch: batch as u64,
-                    tokens: Some(sample.len() as u64),
-                    median_ms: median,
-                    p90_ms: p90,
-                    repeats,
-                })
-            })
-            .collect()
+    let forward = |model: &encoder::Encoder, rows: &[&[u32]]| {
+        cancel.check()?;
+        model.hidden(rows).map(|_| ())
     };
-    if inputs.reuse.is_none() {
-        fo.latency = measure(&original)?;
+    let mut latencies = Latencies::default();
+    for (i, batch) in [1, LARGE_BATCH].into_iter().enumerate() {
+        tracker.latency(i as u64);
+        let rows = vec![sample; batch];
+        latencies.measure(
+            inputs,
+            ("batch", batch as u64, Some(sample.len() as u64)),
+            || forward(&original, &rows),
+            || forward(&compressed, &rows),
+        )?;
     }
-    fc.latency = measure(&compressed)?;
-    Ok((fo, fc, limited.len() as u64))
+    tracker.latency(2);
+    Ok((fo, fc, limited.len() as u64, latencies))
 }
 
 fn run_mlp(
@@ -604,8 +817,12 @@ fn run_mlp(
     let mut fc = figures(inputs.compressed);
     let sigma = metrics::std_dev(x);
     let levels = std::iter::once(0.0).chain(NOISE_LEVELS);
+    let mut tracker = Tracker::new(inputs, 1 + NOISE_LEVELS.len() as u64, "noise levels", 2);
     for (i, level) in levels.enumerate() {
         cancel.check()?;
+        if i > 0 {
+            tracker.accuracy(i as u64);
+        }
         let noisy = if level == 0.0 {
             x.clone()
         } else {
@@ -624,31 +841,38 @@ fn run_mlp(
         fc.metrics.insert(name, acc);
     }
     let rows = labels.len();
-    let measure = |model: &mlp::Mlp| -> Result<Vec<Measure>, EvalError> {
-        [1, LARGE_BATCH.min(rows).max(1)]
-            .into_iter()
-            .map(|batch| {
-                let slice = &x[..batch * features];
-                let (median, p90, repeats) = latency::time(inputs.limits.budget, || {
-                    cancel.check()?;
-                    model.logits(slice, features).map(|_| ())
-                })?;
-                Ok(Measure {
-                    name: "batch".into(),
-                    batch: batch as u64,
-                    tokens: None,
-                    median_ms: median,
-                    p90_ms: p90,
-                    repeats,
-                })
-            })
-            .collect()
+    let forward = |model: &mlp::Mlp, slice: &[f32]| {
+        cancel.check()?;
+        model.logits(slice, features).map(|_| ())
     };
-    if inputs.reuse.is_none() {
-        fo.latency = measure(&original)?;
+    let mut latencies = Latencies::default();
+    for (i, batch) in [1, LARGE_BATCH.min(rows).max(1)].into_iter().enumerate() {
+        tracker.latency(i as u64);
+        let slice = &x[..batch * features];
+        latencies.measure(
+            inputs,
+            ("batch", batch as u64, None),
+            || forward(&original, slice),
+            || forward(&compressed, slice),
+        )?;
     }
-    fc.latency = measure(&compressed)?;
-    Ok((fo, fc, rows as u64))
+    tracker.latency(2);
+    Ok((fo, fc, rows as u64, latencies))
+}
+
+/// The headline speed-up with its spread, and whether one can be expected at all.
+pub fn speedup_text(report: &EvalReport) -> String {
+    let spread = report
+        .speedups
+        .first()
+        .map(|h| format!(" (rounds {:.2}–{:.2}×, {} rounds)", h.p10, h.p90, h.rounds))
+        .unwrap_or_default();
+    let expected = if report.speedup_expected {
+        ""
+    } else {
+        "; no speed-up expected: the runtime multiplies dense f32 weights for both"
+    };
+    format!("speed-up {:.2}×{spread}{expected}", report.speedup)
 }
 
 /// The report as a text table: one row per figure, original and compressed side by side.
@@ -697,11 +921,8 @@ pub fn render_table(report: &EvalReport) -> String {
         mb(report.original.weights_bytes),
         mb(report.compressed.weights_bytes)
     );
-    let _ = write!(
-        out,
-        "speed-up {:.2}×; {} dropped by {:.4}",
-        report.speedup, report.metric, report.drop
-    );
+    let _ = write!(out, "{}; ", speedup_text(report));
+    let _ = write!(out, "{} dropped by {:.4}", report.metric, report.drop);
     match (report.max_drop, report.accepted) {
         (Some(max), Some(ok)) => {
             let _ = writeln!(

@@ -139,3 +139,122 @@ pub async fn check_spec(
 pub fn check_set(stats: &DatasetStats, arch: &Architecture) -> Result<(), EvalCheckError> {
     check_fits(stats, arch).map_err(EvalCheckError::from)
 }
+
+/// How many of the team's sets the evaluation options look at (the newest).
+const SETS_CONSIDERED: i64 = 200;
+
+/// One of the team's sets, and whether a job on the model can evaluate on it.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct SetFit {
+    pub id: Uuid,
+    pub name: String,
+    /// Sequences or rows.
+    pub rows: u64,
+    pub labelled: u64,
+    pub fits: bool,
+    /// Why it does not fit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// What makes figures on it unreliable (too small).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+}
+
+/// A budget metric a job on the model may name.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct MetricChoice {
+    #[serde(flatten)]
+    pub figure: crate::eval::FigureInfo,
+    /// Only on a labelled set.
+    pub needs_labels: bool,
+}
+
+/// What a job on one model can evaluate: the architecture, the budget metrics (the default
+/// first), the sets that fit and whether raw text can be uploaded for it.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct EvaluationOptions {
+    /// `llama`, `bert`, `mlp`, … when recognised.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub architecture: Option<String>,
+    /// Why the model cannot be evaluated, when it cannot.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub not_evaluable: Option<String>,
+    /// `tokens` or `tensors`: the kind of set it takes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dataset_kind: Option<String>,
+    /// Whether the model has a tokenizer.json, so a raw-text set can be uploaded for it.
+    pub takes_text: bool,
+    pub metrics: Vec<MetricChoice>,
+    /// The team's newest sets, those that fit first.
+    pub datasets: Vec<SetFit>,
+}
+
+/// The evaluation options of one of the team's models; `None` when there is no such model.
+pub async fn options(
+    db: &PgPool,
+    blobs: &BlobStore,
+    team_id: Uuid,
+    model_id: Uuid,
+) -> Result<Option<EvaluationOptions>, EvalCheckError> {
+    let Some((_, tensors)) = models::tensor_metas(db, team_id, model_id)
+        .await
+        .map_err(anyhow::Error::from)?
+    else {
+        return Ok(None);
+    };
+    let takes_text = models::get(db, team_id, model_id)
+        .await
+        .map_err(anyhow::Error::from)?
+        .is_some_and(|m| m.files.iter().any(|f| f.name == "tokenizer.json"));
+    let sets = datasets::list(db, team_id, SETS_CONSIDERED, None)
+        .await
+        .map_err(anyhow::Error::from)?;
+    let arch = match architecture(db, blobs, model_id, &tensors, None).await {
+        Ok(arch) => arch,
+        Err(EvalCheckError::Model(reason)) => {
+            return Ok(Some(EvaluationOptions {
+                architecture: None,
+                not_evaluable: Some(reason),
+                dataset_kind: None,
+                takes_text,
+                metrics: Vec::new(),
+                datasets: Vec::new(),
+            }));
+        }
+        Err(other) => return Err(other),
+    };
+    let unlabelled = arch.metrics(false);
+    let metrics = arch
+        .metrics(true)
+        .into_iter()
+        .map(|name| MetricChoice {
+            figure: crate::eval::figure_info(name),
+            needs_labels: !unlabelled.contains(&name),
+        })
+        .collect();
+    let mut datasets: Vec<SetFit> = sets
+        .into_iter()
+        .map(|set| {
+            let stats = set.stats.0;
+            let reason = check_set(&stats, &arch).err().map(|e| e.to_string());
+            SetFit {
+                id: set.id,
+                name: set.name,
+                rows: stats.rows,
+                labelled: stats.labelled,
+                fits: reason.is_none(),
+                reason,
+                warnings: stats.warnings,
+            }
+        })
+        .collect();
+    datasets.sort_by_key(|s| !s.fits);
+    Ok(Some(EvaluationOptions {
+        architecture: Some(arch.name().to_owned()),
+        not_evaluable: None,
+        dataset_kind: Some(arch.dataset_kind().to_owned()),
+        takes_text,
+        metrics,
+        datasets,
+    }))
+}

@@ -495,6 +495,7 @@ pub async fn complete(
         bytes_done: tensors.iter().map(|t| t.bytes_in as u64).sum(),
         bytes_total: tensors.iter().map(|t| t.bytes_in as u64).sum(),
         phase: None,
+        evaluation: None,
     }))
     .execute(&mut *tx)
     .await?;

@@ -339,9 +339,16 @@ impl Worker {
                     report(&evaluating);
                     let evaluation_started = Instant::now();
                     let evaluation_memory = memory::RssPeak::start();
+                    let advanced = |step: &crate::eval::EvalProgress| {
+                        let mut shown = evaluating.clone();
+                        shown.evaluation = Some(step.clone());
+                        *progress
+                            .lock()
+                            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(shown);
+                    };
                     let evaluated = pipeline::contain_panic(
                         || "evaluation".to_owned(),
-                        || Ok(evaluation.run(&inputs, &work_dir, &cancel)),
+                        || Ok(evaluation.run(&inputs, &work_dir, &cancel, &advanced)),
                     );
                     outcome.summary.eval_seconds = Some(evaluation_started.elapsed().as_secs_f64());
                     outcome.summary.peak_rss_bytes = outcome
@@ -547,6 +554,7 @@ impl Evaluation {
         inputs: &[InputFile],
         work_dir: &std::path::Path,
         cancel: &Cancel,
+        progress: &dyn Fn(&crate::eval::EvalProgress),
     ) -> Result<EvalReport, EvalError> {
         let (spec, dataset_path, config) = self.setup.map_err(EvalError::Model)?;
         let bytes = std::fs::read(&dataset_path)?;
@@ -562,7 +570,7 @@ impl Evaluation {
             weight_files: &weight_files,
         };
         crate::eval::files::evaluate_artifact(
-            &original, work_dir, &dataset, &spec, self.reuse, cancel,
+            &original, work_dir, &dataset, &spec, self.reuse, cancel, progress,
         )
     }
 }

@@ -189,6 +189,9 @@ pub struct Progress {
     pub bytes_done: u64,
     /// Weight bytes in the model.
     pub bytes_total: u64,
+    /// How far the evaluation is, in the `evaluating` phase.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evaluation: Option<crate::eval::EvalProgress>,
 }
 
 /// What a run produced.

@@ -1,5 +1,7 @@
 // A tiny element builder and the sortable table every view uses.
 
+import * as fmt from "./format.js";
+
 /// h("a", {href: "#/x", class: "y", onclick: f}, "text", child, ...)
 export function h(tag, attrs = {}, ...children) {
   const element = document.createElement(tag);
@@ -107,14 +109,21 @@ export function emptyState(text, ...actions) {
   return h("div", { class: "empty" }, h("p", {}, text), ...actions);
 }
 
-/// A job's progress: a bar with the fraction done while queued or running, else nothing.
+/// A job's progress: a bar with the fraction done while queued or running, else nothing. While
+/// it evaluates, the bar follows the evaluation's stage (sequences scored, then latency
+/// measurements) with the time left.
 export function progressBar(job) {
   const p = job.progress || {};
   const total = p.bytes_total || 0;
-  const fraction = job.state === "succeeded" ? 1 : total ? p.bytes_done / total : 0;
-  const label = job.state === "running" && p.phase === "evaluating"
-    ? "evaluating"
-    : `${Math.round(fraction * 100)} %${p.tensors_total ? ` · ${p.tensors_done}/${p.tensors_total} tensors` : ""}`;
+  let fraction = job.state === "succeeded" ? 1 : total ? p.bytes_done / total : 0;
+  let label = `${Math.round(fraction * 100)} %${p.tensors_total ? ` · ${p.tensors_done}/${p.tensors_total} tensors` : ""}`;
+  if (job.state === "running" && p.phase === "evaluating") {
+    const e = p.evaluation;
+    fraction = e && e.total ? e.done / e.total : 0;
+    label = e
+      ? `evaluating: ${e.stage === "latency" ? "latency" : "accuracy"} ${e.done}/${e.total} ${e.unit}${e.seconds_left === undefined || e.seconds_left === null ? "" : ` · about ${fmt.roughly(e.seconds_left)} left`}`
+      : "evaluating";
+  }
   return h("span", { class: "progress" },
     h("progress", { max: 1, value: fraction, "aria-label": `progress ${label}` }),
     h("span", { class: "progress-label" }, label));

@@ -1,5 +1,44 @@
 // What a job's summary says about size, speed and quality, in one place for every view: the
-// same numbers in the jobs list, the job page and the comparison.
+// same numbers in the jobs list, the job page and the comparison. What each evaluation figure
+// is (label, unit, which way is better) comes from the server's catalogue, loaded once.
+
+import { getJson } from "./api.js";
+import * as fmt from "./format.js";
+
+let catalogue = new Map();
+
+/// Loads `/evaluation/figures` once per page load.
+export async function loadFigureCatalogue() {
+  if (catalogue.size) return;
+  const list = await getJson("/evaluation/figures");
+  catalogue = new Map(list.map((f) => [f.name, f]));
+}
+
+/// What the figure `name` is; a plain description for one the catalogue does not know.
+export function figureInfo(name) {
+  return catalogue.get(name) || { name, label: name, unit: "number", lower_is_better: false };
+}
+
+/// The evaluation figures in the catalogue's order, then any others by name.
+export function figureOrder(names) {
+  const known = [...catalogue.keys()];
+  const rank = (n) => (known.includes(n) ? known.indexOf(n) : known.length);
+  return [...names].sort((a, b) => rank(a) - rank(b) || a.localeCompare(b));
+}
+
+/// A figure's value in its unit.
+export function formatFigure(name, value) {
+  if (value === null || value === undefined) return "";
+  if (fmt.nonFinite(value)) return fmt.nonFinite(value);
+  switch (figureInfo(name).unit) {
+    case "rate": return fmt.percent(value);
+    case "ms": return fmt.ms(value);
+    case "tokens/s": return `${value.toFixed(value >= 100 ? 0 : 1)} tok/s`;
+    case "×": return fmt.ratio(value);
+    case "nats": return value === 0 ? "0" : value < 0.001 ? value.toExponential(2) : value.toFixed(4);
+    default: return Math.abs(value) >= 100 ? value.toFixed(1) : value.toFixed(4);
+  }
+}
 
 /// The evaluation's headline metric of the original and the compressed model, and the change.
 export function quality(evalReport) {
@@ -7,7 +46,7 @@ export function quality(evalReport) {
   const metric = evalReport.metric;
   const compressed = evalReport.compressed.metrics[metric];
   const original = evalReport.original.metrics[metric];
-  const lowerIsBetter = metric === "perplexity" || metric.endsWith("loss") || metric === "mse";
+  const lowerIsBetter = figureInfo(metric).lower_is_better;
   return {
     metric,
     compressed,
@@ -34,6 +73,8 @@ export function figures(item) {
     latencyMs: evalReport ? evalReport.compressed.metrics.latency_ms : null,
     originalLatencyMs: evalReport ? evalReport.original.metrics.latency_ms : null,
     speedup: evalReport ? evalReport.speedup : null,
+    speedupSpread: evalReport && evalReport.speedups && evalReport.speedups[0] ? [evalReport.speedups[0].p10, evalReport.speedups[0].p90] : null,
+    speedupExpected: evalReport ? Boolean(evalReport.speedup_expected) : null,
     quality: quality(evalReport),
     evalError: summary.eval_error,
     wallSeconds: summary.wall_seconds,

@@ -63,3 +63,11 @@ export function duration(start, end) {
 }
 
 export const sci = (x) => (missing(x) ? "" : x === 0 ? "0" : nonFinite(x) ?? x.toExponential(2));
+
+/// A time estimate, rounded as estimates are: "8 s", "3 min", "1 h 20 min".
+export function roughly(x) {
+  if (missing(x) || nonFinite(x)) return "";
+  if (x < 60) return `${Math.max(1, Math.round(x))} s`;
+  if (x < 3600) return `${Math.round(x / 60)} min`;
+  return `${Math.floor(x / 3600)} h ${Math.round((x % 3600) / 60)} min`;
+}

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use crate::artifacts::upload_tiny_llama;
 use crate::common::safetensors;
 use crate::helpers::{TestApp, spawn_app};
-use crate::jobs::{submit, wait_final};
+use crate::jobs::{follow_events, submit, wait_final};
 
 fn demo_file(name: &str) -> Vec<u8> {
     std::fs::read(
@@ -205,6 +205,28 @@ async fn run_job(app: &TestApp, body: Value) -> Value {
     done
 }
 
+/// Both models timed in the same rounds: as many samples each, a speed-up per measurement with
+/// its spread around the median, the headline speed-up being the first's median.
+fn assert_interleaved_latency(eval: &Value, expected: bool) {
+    let speedups = eval["speedups"].as_array().expect("speedups");
+    assert_eq!(speedups.len(), 2, "{eval}");
+    for (i, s) in speedups.iter().enumerate() {
+        let (low, median, high) = (
+            s["p10"].as_f64().unwrap(),
+            s["median"].as_f64().unwrap(),
+            s["p90"].as_f64().unwrap(),
+        );
+        assert!(0.0 < low && low <= median && median <= high, "{s}");
+        let rounds = s["rounds"].as_u64().unwrap();
+        assert!(rounds >= 10, "{s}");
+        for side in ["original", "compressed"] {
+            assert_eq!(eval[side]["latency"][i]["repeats"].as_u64(), Some(rounds));
+        }
+    }
+    assert_eq!(eval["speedup"], speedups[0]["median"]);
+    assert_eq!(eval["speedup_expected"], expected, "{eval}");
+}
+
 fn figure(eval: &Value, side: &str, name: &str) -> f64 {
     eval[side]["metrics"][name]
         .as_f64()
@@ -269,6 +291,7 @@ async fn evaluated_jobs_report_both_models_the_budget_verdict_and_compare_rows()
     }
     assert!(eval["runtime"]["threads"].as_u64().unwrap() >= 1);
     assert!(!eval["runtime"]["cpu"].as_str().unwrap().is_empty());
+    assert_interleaved_latency(eval, false);
 
     let pruned = run_job(
         &app,
@@ -283,6 +306,8 @@ async fn evaluated_jobs_report_both_models_the_budget_verdict_and_compare_rows()
     );
     assert_eq!(eval["original_reused"], true);
     assert_eq!(figure(eval, "original", "accuracy"), original);
+    // Accuracy figures are reused; latency never is: both models are timed in this job.
+    assert_interleaved_latency(eval, false);
     assert!(eval["drop"].as_f64().unwrap() > 0.2);
     let loose = run_job(
         &app,
@@ -389,6 +414,10 @@ async fn a_decoder_job_on_gguf_blocks_reports_native_kernels_and_its_budget() {
         assert!(figure(eval, "compressed", "kl_mean") > 0.0);
         assert!(figure(eval, "compressed", "prompt_tokens_per_s") > 0.0);
         assert!(eval["speedup"].as_f64().unwrap() > 0.0);
+        // GGUF blocks are multiplied natively, so a speed-up can be expected.
+        assert_interleaved_latency(eval, true);
+        assert_eq!(eval["speedups"][0]["name"], "decode_token");
+        assert_eq!(eval["speedups"][1]["name"], "prompt");
         verdicts.push(eval["accepted"].as_bool().unwrap());
     }
     assert_eq!(
@@ -430,4 +459,156 @@ async fn the_demo_installs_a_model_a_set_and_evaluated_jobs() {
         accepted.contains(&("demo prune-90".into(), false)),
         "{accepted:?}"
     );
+}
+
+#[tokio::test]
+async fn evaluation_progress_streams_over_sse_while_a_job_evaluates() {
+    let app = spawn_app().await;
+    let digits = upload_digits(&app).await;
+    let set: Value = upload_set(
+        &app,
+        "test",
+        Some(&digits),
+        demo_file("digits-test.safetensors"),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    let response = submit(
+        &app,
+        json!({"model_id": digits, "preset": "int8", "eval": {"dataset_id": set["id"]}}),
+        None,
+    )
+    .await;
+    assert_eq!(response.status(), 202);
+    let job: Value = response.json().await.unwrap();
+    let (last, text) = follow_events(&app, job["id"].as_str().unwrap()).await;
+    assert_eq!(last["state"], "succeeded", "{last}");
+    // Latency alone takes at least two 0.8 s measurements, longer than the 250 ms between
+    // progress events, so the stream carries the evaluation's steps with a time left.
+    let steps: Vec<Value> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .map(|d| serde_json::from_str::<Value>(d.trim()).unwrap())
+        .filter(|j| j["progress"]["phase"] == "evaluating")
+        .filter_map(|j| j["progress"].get("evaluation").cloned())
+        .collect();
+    assert!(!steps.is_empty(), "no evaluation progress in {text}");
+    for step in &steps {
+        assert!(["accuracy", "latency"].contains(&step["stage"].as_str().unwrap()));
+        assert!(step["done"].as_u64().unwrap() <= step["total"].as_u64().unwrap());
+    }
+    assert!(
+        steps
+            .iter()
+            .any(|s| s["stage"] == "latency" && s["seconds_left"].as_f64().is_some()),
+        "{steps:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_model_says_what_it_can_evaluate_and_which_sets_fit_it() {
+    let app = spawn_app().await;
+    let dir = tempfile::tempdir().unwrap();
+    let llama = upload_tiny_llama(&app, dir.path()).await;
+    let digits = upload_digits(&app).await;
+    let tokens: Value = upload_set(
+        &app,
+        "tokens",
+        None,
+        b"{\"tokens\": [1, 2, 3, 4]}\n".to_vec(),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    let images: Value = upload_set(&app, "digits", None, demo_file("digits-test.safetensors"))
+        .await
+        .json()
+        .await
+        .unwrap();
+
+    let options = app
+        .json(&format!("/api/v1/models/{llama}/evaluation"))
+        .await;
+    assert_eq!(options["architecture"], "llama");
+    assert_eq!(options["dataset_kind"], "tokens");
+    assert_eq!(options["takes_text"], true);
+    let metrics: Vec<&str> = options["metrics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        metrics,
+        ["perplexity", "kl_mean", "kl_p99", "top1_agreement"]
+    );
+    assert_eq!(options["metrics"][0]["lower_is_better"], true);
+    assert_eq!(options["metrics"][0]["budget"], "relative increase");
+    assert_eq!(options["metrics"][3]["lower_is_better"], false);
+    let fit = |options: &Value, id: &Value| {
+        options["datasets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["id"] == *id)
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(fit(&options, &tokens["id"])["fits"], true);
+    let wrong = fit(&options, &images["id"]);
+    assert_eq!(wrong["fits"], false);
+    assert!(
+        wrong["reason"].as_str().unwrap().contains("token"),
+        "{wrong}"
+    );
+    assert_eq!(
+        options["datasets"][0]["id"], tokens["id"],
+        "sets that fit come first"
+    );
+
+    let options = app
+        .json(&format!("/api/v1/models/{digits}/evaluation"))
+        .await;
+    assert_eq!(options["architecture"], "mlp");
+    assert_eq!(options["takes_text"], false);
+    assert_eq!(fit(&options, &images["id"])["fits"], true);
+    assert_eq!(fit(&options, &tokens["id"])["fits"], false);
+
+    let catalogue = app.json("/api/v1/evaluation/figures").await;
+    let info = |name: &str| {
+        catalogue
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("{name} missing from {catalogue}"))
+    };
+    assert_eq!(info("kl_mean")["lower_is_better"], true);
+    assert_eq!(info("prompt_tokens_per_s")["lower_is_better"], false);
+    assert!(info("speedup").get("budget").is_none());
+    assert_eq!(info("accuracy")["unit"], "rate");
+
+    let config = app.json(&format!("/api/v1/models/{llama}/config")).await;
+    assert_eq!(config["model_type"], "llama");
+    let bare = crate::jobs::upload_model(&app, 4, 32).await.0;
+    let missing = app.get(&format!("/api/v1/models/{bare}/config")).await;
+    refused(missing, 404, "no_config").await;
+    let other = app.token_of("elsewhere").await;
+    for path in [
+        format!("/api/v1/models/{llama}/config"),
+        format!("/api/v1/models/{llama}/evaluation"),
+    ] {
+        let response = app
+            .client
+            .get(app.url(&path))
+            .header("authorization", format!("Bearer {other}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 404, "{path}");
+    }
 }

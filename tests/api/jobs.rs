@@ -73,7 +73,7 @@ fn read_tensors(bytes: &[u8]) -> Vec<(String, Vec<f32>)> {
     out
 }
 
-async fn upload_model(
+pub async fn upload_model(
     app: &TestApp,
     rows: usize,
     cols: usize,
@@ -116,7 +116,7 @@ pub(crate) async fn wait_final(app: &TestApp, id: &str) -> Value {
 }
 
 /// Reads a job's event stream to its end: the last event's job, and the whole text.
-async fn follow_events(app: &TestApp, id: &str) -> (Value, String) {
+pub async fn follow_events(app: &TestApp, id: &str) -> (Value, String) {
     let mut events = app
         .client
         .get(app.url(&format!("/api/v1/jobs/{id}/events")))

@@ -5,7 +5,7 @@
 
 import { follow, getJson, parseJson } from "../api.js";
 import { emptyState, h } from "../dom.js";
-import { figures } from "../figures.js";
+import { figureInfo, figureOrder, figures, formatFigure } from "../figures.js";
 import * as fmt from "../format.js";
 import { setParams } from "../route.js";
 
@@ -33,6 +33,33 @@ const Y_AXES = {
   drop: { name: () => "drop", label: () => "↓ drop against the original (lower is better)", value: (f) => f.quality?.drop, original: () => 0, better: () => "lower", needsEval: true },
   error: { name: () => "weight error", label: () => "↓ mean relative weight error (lower is better)", value: (f) => f.meanError, original: () => 0, better: () => "lower", needsEval: false },
 };
+
+/// One y axis per evaluation figure the jobs report (KL, top-1 agreement, prompt tokens/s,
+/// latency, speed-up…), each with its direction from the server's catalogue.
+function figureAxes(rows) {
+  const names = new Set();
+  for (const r of rows) for (const n of Object.keys(r.eval?.compressed?.metrics || {})) names.add(n);
+  if (rows.some((r) => r.eval)) names.add("speedup");
+  const valueOf = (row, name) => (name === "speedup" ? row.eval?.speedup : row.eval?.compressed?.metrics?.[name]);
+  const originalOf = (name) => {
+    if (name === "speedup") return 1;
+    const r = rows.find((x) => x.eval && x.eval.original.metrics[name] !== undefined);
+    return r ? r.eval.original.metrics[name] : undefined;
+  };
+  return Object.fromEntries(figureOrder([...names]).map((name) => {
+    const info = figureInfo(name);
+    const better = info.lower_is_better ? "lower" : "higher";
+    return [`figure:${name}`, {
+      name: () => info.label,
+      label: () => `${info.lower_is_better ? "↓" : "↑"} ${info.label}${info.unit === "number" || info.unit === "rate" ? "" : ` (${info.unit})`} (${better} is better)`,
+      value: (f) => valueOf(f.row, name),
+      original: () => originalOf(name),
+      better: () => better,
+      needsEval: true,
+      percent: info.unit === "rate",
+    }];
+  }));
+}
 
 /// The binary unit that keeps a model's sizes readable on an axis.
 function sizeUnit(rows) {
@@ -108,11 +135,12 @@ export async function render(container, { params, signal }) {
     // "accuracy" was the metric axis's name in links made before it named the metric.
     const asked = params.get("y") === "accuracy" ? "metric" : params.get("y");
     const wanted = asked || ySelect.value || (evaluated ? "metric" : "error");
-    ySelect.replaceChildren(...Object.entries(Y_AXES).filter(([, a]) => evaluated || !a.needsEval)
+    const axes = { ...Y_AXES, ...figureAxes(rows) };
+    ySelect.replaceChildren(...Object.entries(axes).filter(([, a]) => evaluated || !a.needsEval)
       .map(([k, a]) => h("option", { value: k, selected: k === wanted }, a.name(rows))));
-    if (!ySelect.value) ySelect.value = evaluated ? "metric" : "error";
+    if (!ySelect.value || !axes[ySelect.value]) ySelect.value = evaluated ? "metric" : "error";
     keep();
-    drawPlot(plot, rows, X_AXES[xSelect.value], Y_AXES[ySelect.value], colour.checked, logScale.checked);
+    drawPlot(plot, rows, X_AXES[xSelect.value], axes[ySelect.value], colour.checked, logScale.checked);
     drawList(list, rows, selected, () => { keep(); drawSelection(side, heat, rows, selected); });
     drawSelection(side, heat, rows, selected);
     status.textContent = rows.length
@@ -183,7 +211,7 @@ function drawPlot(figure, rows, xAxis, yAxis, withColour, logY) {
     return;
   }
   const points = rows.map((row) => {
-    const f = figures(row);
+    const f = { ...figures(row), row };
     return { row, f, x: xAxis.value(f, rows), y: yAxis.value(f), size: f.bytesOut, latency: f.latencyMs, title: summaryText(row, f) };
   }).filter((p) => Number.isFinite(p.x) && Number.isFinite(p.y));
   const front = frontier(points, yAxis.better(rows));
@@ -201,7 +229,7 @@ function drawPlot(figure, rows, xAxis, yAxis, withColour, logY) {
     marginLeft: 60,
     grid: true,
     x: { label: xAxis.label(rows), nice: true, domain: padded([...points.map((p) => p.x), original.x]), tickFormat: "~g" },
-    y: { label: yAxis.label(rows), nice: true, type: log ? "log" : "linear", percent: yAxis === Y_AXES.error && !log, domain: log || yAxis === Y_AXES.error ? undefined : padded([...points.map((p) => p.y), original.y]) },
+    y: { label: yAxis.label(rows), nice: true, type: log ? "log" : "linear", percent: (yAxis === Y_AXES.error || yAxis.percent) && !log, domain: log || yAxis === Y_AXES.error || yAxis.percent ? undefined : padded([...points.map((p) => p.y), original.y]) },
     color: fill ? { type: "linear", scheme: "viridis", label: "latency (ms)", legend: true } : undefined,
     marks: [
       Plot.line(front, { x: "x", y: "y", stroke: "#0b5cad", strokeWidth: 2, className: "frontier-line" }),
@@ -235,6 +263,7 @@ function drawList(holder, rows, selected, changed) {
   const table = h("table", { class: "data" }, h("caption", {}, `Select 2 to ${MAX_SELECTED} jobs to compare side by side`),
     h("thead", {}, h("tr", {}, ["", "Job", "Method", "Size", "Ratio", "Bits/weight", "Latency", "Quality"].map((t, i) => h("th", { scope: "col", class: i >= 3 ? "num" : null }, t)))));
   const body = h("tbody");
+  body.append(originalRow(rows));
   for (const row of rows) {
     const f = figures(row);
     const box = h("input", {
@@ -256,10 +285,24 @@ function drawList(holder, rows, selected, changed) {
     body.append(h("tr", {}, h("td", {}, box), h("td", {}, h("a", { href: `#/jobs/${row.job_id}` }, row.name || row.job_id.slice(0, 8))),
       h("td", {}, row.method), h("td", { class: "num" }, fmt.bytes(f.bytesOut)), h("td", { class: "num" }, fmt.ratio(f.ratio)),
       h("td", { class: "num" }, fmt.bits(f.bitsPerWeight)), h("td", { class: "num" }, fmt.ms(f.latencyMs)),
-      h("td", { class: "num" }, q ? `${q.metric} ${q.compressed.toFixed(4)}` : `error ${fmt.percent(f.meanError)}`)));
+      h("td", { class: "num" }, q ? `${q.metric} ${formatFigure(q.metric, q.compressed)}` : `error ${fmt.percent(f.meanError)}`)));
   }
   table.append(body);
   holder.replaceChildren(h("div", { class: "scroll" }, table));
+}
+
+/// The uploaded model as the list's first row: every job is read against it.
+function originalRow(rows) {
+  const first = rows[0];
+  const evaluated = rows.find((r) => r.eval);
+  const parameters = first.bits_per_weight && first.bytes_out ? (first.bytes_out * 8) / first.bits_per_weight : null;
+  const metric = evaluated ? evaluated.eval.metric : null;
+  const cell = (text) => h("td", { class: "num" }, text);
+  return h("tr", { id: "compare-original", class: "original-row" }, h("td", {}, "★"), h("td", {}, "the original"),
+    h("td", {}, "uploaded weights"), cell(fmt.bytes(first.bytes_in)), cell("1.00×"),
+    cell(parameters ? fmt.bits((first.bytes_in * 8) / parameters) : ""),
+    cell(evaluated ? fmt.ms(evaluated.eval.original.metrics.latency_ms) : ""),
+    cell(metric ? `${metric} ${formatFigure(metric, evaluated.eval.original.metrics[metric])}` : ""));
 }
 
 const SIDE_ROWS = [
@@ -272,7 +315,10 @@ const SIDE_ROWS = [
   ["Mean weight error", (r, f) => fmt.percent(f.meanError, 3)],
   ["Worst weight error", (r, f) => fmt.percent(f.worstError, 3)],
   ["Latency", (r, f) => fmt.ms(f.latencyMs)],
-  ["Speed-up", (r, f) => (f.speedup ? `${f.speedup.toFixed(2)}×` : "")],
+  ["Speed-up", (r, f) => (f.speedup ? `${f.speedup.toFixed(2)}×${f.speedupSpread ? ` (${f.speedupSpread[0].toFixed(2)}–${f.speedupSpread[1].toFixed(2)})` : ""}${f.speedupExpected === false ? ", none expected" : ""}` : "")],
+  ["KL mean", (r) => formatFigure("kl_mean", r.eval?.compressed?.metrics?.kl_mean)],
+  ["Top-1 agreement", (r) => formatFigure("top1_agreement", r.eval?.compressed?.metrics?.top1_agreement)],
+  ["Prompt tokens/s", (r) => formatFigure("prompt_tokens_per_s", r.eval?.compressed?.metrics?.prompt_tokens_per_s)],
   ["Quality", (r, f) => (f.quality ? `${f.quality.metric} ${f.quality.compressed.toFixed(4)}` : "")],
   ["Change", (r, f) => (f.quality ? `${f.quality.change >= 0 ? "+" : ""}${f.quality.change.toFixed(4)}` : "")],
   ["Within budget", (r, f) => (f.quality && f.quality.accepted !== undefined && f.quality.accepted !== null ? (f.quality.accepted ? "yes" : "no") : "")],

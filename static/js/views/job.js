@@ -5,7 +5,7 @@
 
 import { api, follow, getJson, parseJson, problemOf } from "../api.js";
 import { h, progressBar, sortableTable, stateBadge } from "../dom.js";
-import { figures, method } from "../figures.js";
+import { figureInfo, figureOrder, figures, formatFigure, method } from "../figures.js";
 import * as fmt from "../format.js";
 import { cancel, qualityCell, rerun } from "./jobs.js";
 
@@ -13,11 +13,12 @@ export async function render(container, { argument: id, signal }) {
   const head = h("div", { id: "job-head" });
   const cards = h("div", { id: "job-cards", class: "cards" });
   const problem = h("div", { id: "job-problem" });
+  const evaluation = h("section", { id: "job-evaluation" });
   const tensors = h("section", { id: "job-tensors" });
   const files = h("section", { id: "job-files" });
   const recipe = h("section", { id: "job-recipe" });
   const message = h("p", { class: "error", role: "alert" });
-  container.append(head, message, problem, cards, tensors, files, recipe);
+  container.append(head, message, problem, cards, evaluation, tensors, files, recipe);
   let shownState = null;
   const draw = async (job) => {
     drawHead(head, job, message);
@@ -28,6 +29,7 @@ export async function render(container, { argument: id, signal }) {
     if (job.state !== shownState) {
       shownState = job.state;
       drawRecipe(recipe, job);
+      await drawEvaluation(evaluation, job);
       if (job.state === "succeeded") {
         await Promise.all([drawTensors(tensors, id, job.result?.format), drawFiles(files, id)]);
       }
@@ -58,7 +60,7 @@ function drawHead(head, job, message) {
     h("h2", {}, job.name || `Job ${job.id.slice(0, 8)}`, " ", stateBadge(job.state)),
     h("p", { class: "muted" },
       `${method(job.recipe)} on `,
-      job.model_id ? h("a", { href: `#/compare?model=${job.model_id}` }, job.model_name || job.model_id) : "a deleted model",
+      job.model_id ? h("a", { href: `#/models/${job.model_id}` }, job.model_name || job.model_id) : "a deleted model",
       ` · submitted ${fmt.when(job.created_at)} by ${job.created_by || "a deleted token"} · attempt ${job.attempt} of ${job.max_attempts}`,
       job.finished_at ? ` · finished ${fmt.when(job.finished_at)}` : ""),
     live ? h("div", { id: "job-progress" }, progressBar(job)) : null,
@@ -85,13 +87,94 @@ function drawCards(cards, job) {
     card("Size", `${fmt.bytes(f.bytesIn)} → ${fmt.bytes(f.bytesOut)}`, `${summary.compressed_tensors} tensors compressed · ${f.format}`),
     card("Ratio", fmt.ratio(f.ratio)),
     card("Bits per weight", fmt.bits(f.bitsPerWeight), summary.theoretical_bits_per_weight ? `${summary.theoretical_bits_per_weight.toFixed(2)} bit from the schemes alone` : null),
-    card("Latency", f.latencyMs === null ? "not evaluated" : fmt.ms(f.latencyMs), f.latencyMs === null ? null : `original ${fmt.ms(f.originalLatencyMs)} · ${f.speedup ? `${f.speedup.toFixed(2)}× speed-up` : ""} · ${summary.eval.compressed.kernel}`),
+    latencyCard(f),
     card(q ? q.metric : "Accuracy", q ? qualityCell(q) : f.evalError ? "evaluation failed" : "not evaluated",
       q ? `original ${q.lowerIsBetter || q.original > 1 ? q.original.toFixed(4) : fmt.percent(q.original)}${q.accepted === undefined || q.accepted === null ? "" : q.accepted ? " · within budget" : " · over budget"}` : f.evalError || null),
     card("Weight error", `${fmt.percent(f.meanError)} mean`, `worst ${fmt.percent(f.worstError)}${summary.worst_tensor ? ` (${summary.worst_tensor})` : ""}`),
     wallTimeCard(job, f, summary),
     card("Peak memory", fmt.bytes(f.peakRss), "of the process while this job ran"),
   );
+}
+
+/// The headline latency, the speed-up measured in interleaved rounds with its spread, and
+/// whether a speed-up can be expected in this runtime at all.
+function latencyCard(f) {
+  if (f.latencyMs === null || f.latencyMs === undefined) return card("Latency", "not evaluated");
+  const spread = f.speedupSpread ? ` (${f.speedupSpread[0].toFixed(2)}–${f.speedupSpread[1].toFixed(2)})` : "";
+  const speed = f.speedupExpected
+    ? `${fmt.ratio(f.speedup)} speed-up${spread}`
+    : `${fmt.ratio(f.speedup)}${spread}: no speed-up expected, the runtime multiplies dense weights for both`;
+  return h("div", { class: "card stat", id: "latency-card" }, h("span", { class: "stat-label" }, "Latency"),
+    h("strong", { class: "stat-value" }, fmt.ms(f.latencyMs)),
+    h("span", { class: "muted" }, `original ${fmt.ms(f.originalLatencyMs)} · ${speed}`));
+}
+
+/// What one latency measurement timed, in words.
+function measureName(m) {
+  if (m.name === "decode_token") return "one token after a 16-token prompt (KV cache)";
+  if (m.name === "prompt") return `a ${m.tokens}-token prompt in one forward`;
+  return `a batch of ${m.batch}${m.tokens ? ` × ${m.tokens} tokens` : ""}`;
+}
+
+/// Every figure the evaluation measured, original beside compressed, the latency of each
+/// measurement with its spread, where it ran, and on which set.
+async function drawEvaluation(section, job) {
+  const report = job.result?.eval;
+  if (!job.eval) {
+    section.replaceChildren();
+    return;
+  }
+  const set = await getJson(`/datasets/${job.eval.dataset_id}`).catch(() => null);
+  const setName = set ? set.name : `a deleted set (${job.eval.dataset_id.slice(0, 8)})`;
+  const budget = job.eval.max_drop !== undefined && job.eval.max_drop !== null
+    ? ` · budget: ${figureInfo(job.eval.metric || report?.metric || "").budget || "drop"} of ${job.eval.metric || report?.metric || "the default metric"} at most ${job.eval.max_drop}`
+    : "";
+  const heading = [h("h3", {}, "Evaluation"), h("p", { id: "evaluation-set" }, `On the set “${setName}”${set ? ` (${set.stats.rows} ${set.kind === "tensors" ? "rows" : "sequences"})` : ""}${budget}.`)];
+  if (!report) {
+    section.replaceChildren(...heading, h("p", { class: "muted" }, job.result?.eval_error ? `The evaluation failed: ${job.result.eval_error}` : job.state === "succeeded" ? "No evaluation figures." : "Figures appear when the job ends."));
+    return;
+  }
+  const names = figureOrder(Object.keys(report.compressed.metrics).filter((n) => n !== "latency_ms"));
+  const change = (name, o, c) => {
+    if (!Number.isFinite(o) || !Number.isFinite(c) || o === c) return "";
+    const info = figureInfo(name);
+    const text = info.unit === "rate" ? fmt.points(c - o) : o !== 0 ? `${c >= o ? "+" : "−"}${fmt.percent(Math.abs(c / o - 1), 1)}` : "";
+    const worse = info.lower_is_better ? c > o : c < o;
+    return h("span", { class: worse ? "worse" : "better" }, text);
+  };
+  const figureRows = names.map((name) => {
+    const info = figureInfo(name);
+    const o = report.original.metrics[name];
+    const c = report.compressed.metrics[name];
+    return h("tr", { dataset: { figure: name } },
+      h("th", { scope: "row" }, `${info.label} ${info.lower_is_better ? "↓" : "↑"}`, name === report.metric ? h("span", { class: "muted" }, " (budget metric)") : ""),
+      h("td", { class: "num" }, formatFigure(name, o)), h("td", { class: "num" }, formatFigure(name, c)), h("td", { class: "num" }, change(name, o, c)));
+  });
+  const figuresTable = h("table", { class: "data", id: "evaluation-figures" },
+    h("thead", {}, h("tr", {}, ["Figure", "Original", "Compressed", "Change"].map((t, i) => h("th", { scope: "col", class: i ? "num" : null }, t)))),
+    h("tbody", {}, figureRows));
+  const speedups = report.speedups || [];
+  const latencyRows = report.compressed.latency.map((c, i) => {
+    const o = report.original.latency[i] || {};
+    const s = speedups[i];
+    return h("tr", {},
+      h("th", { scope: "row" }, measureName(c)),
+      h("td", { class: "num" }, `${fmt.ms(o.median_ms)} / ${fmt.ms(o.p90_ms)}`),
+      h("td", { class: "num" }, `${fmt.ms(c.median_ms)} / ${fmt.ms(c.p90_ms)}`),
+      h("td", { class: "num" }, s ? `${fmt.ratio(s.median)} (${s.p10.toFixed(2)}–${s.p90.toFixed(2)}, ${s.rounds} rounds)` : ""));
+  });
+  const latencyTable = h("table", { class: "data", id: "evaluation-latency" },
+    h("thead", {}, h("tr", {}, ["Latency of", "Original median / p90", "Compressed median / p90", "Speed-up (p10–p90)"].map((t, i) => h("th", { scope: "col", class: i ? "num" : null }, t)))),
+    h("tbody", {}, latencyRows));
+  const kernel = (f) => `${f.kernel}${f.kernel_types && f.kernel_types.length ? ` (${f.kernel_types.join(", ")})` : ""}`;
+  const notes = [
+    h("p", { class: "muted", id: "evaluation-runtime" },
+      `${report.architecture} model, ${report.evaluated} ${report.architecture === "mlp" ? "rows" : "sequences"} scored · runtime ${report.runtime.engine} on ${report.runtime.cpu}, ${report.runtime.threads} threads · kernel: original ${kernel(report.original)}, compressed ${kernel(report.compressed)} · weights in the runtime ${fmt.bytes(report.original.weights_bytes)} → ${fmt.bytes(report.compressed.weights_bytes)}`),
+    h("p", { class: "muted" }, "Both models are timed in alternating rounds in this job, so they share the machine's load; the speed-up is the median of the per-round ratios, with the 10th–90th percentile of the rounds.",
+      report.speedup_expected ? "" : " No speed-up is expected here: the runtime multiplies dense f32 weights for both models, so the ratio only shows the noise between two equal workloads."),
+    report.original_reused ? h("p", { class: "muted" }, "The original's accuracy figures come from an earlier job on the same model, set and CPU.") : null,
+  ].filter(Boolean);
+  section.replaceChildren(...heading, h("div", { class: "scroll" }, figuresTable), h("div", { class: "scroll" }, latencyTable), ...notes);
 }
 
 /// The job's whole time from start to finish, and each phase's: compression (with its
@@ -142,7 +225,9 @@ async function drawTensors(section, id, format) {
   const errors = all.map((t) => t.rel_error).filter((e) => e > 0);
   const low = Math.min(...errors, 1);
   const high = Math.max(...errors, 1e-12);
-  const worst = h("select", { id: "worst-n" }, [["all", "all tensors"], ["5", "worst 5"], ["10", "worst 10"], ["20", "worst 20"], ["50", "worst 50"]].map(([v, t]) => h("option", { value: v }, t)));
+  // A large model's hundreds of tensors start as its worst 20; the select shows them all.
+  const initial = all.length > 50 ? "20" : "all";
+  const worst = h("select", { id: "worst-n" }, [["all", `all ${all.length} tensors`], ["5", "worst 5"], ["10", "worst 10"], ["20", "worst 20"], ["50", "worst 50"]].map(([v, t]) => h("option", { value: v, selected: v === initial }, t)));
   const holder = h("div", { class: "scroll" });
   const draw = () => {
     const n = worst.value === "all" ? all.length : Number(worst.value);
@@ -241,5 +326,5 @@ function drawRecipe(section, job) {
   section.replaceChildren(...[h("h3", {}, "Recipe"),
     h("div", { class: "row" }, copyButton("Copy JSON", () => json), copyButton("Copy as curl", () => curl)),
     h("pre", { class: "code", id: "recipe-json" }, json),
-    job.eval ? h("p", { class: "muted" }, `Evaluated on dataset ${job.eval.dataset_id}${job.eval.max_drop !== undefined ? ` with a budget of ${job.eval.max_drop}` : ""}.`) : null].filter(Boolean));
+  ].filter(Boolean));
 }

@@ -118,7 +118,7 @@ function columns(message, reload) {
   const f = (job) => (job.result ? figures(job) : null);
   return [
     { key: "name", label: "Name", value: (j) => j.name || "", cell: (j) => h("a", { href: `#/jobs/${j.id}` }, j.name || j.id.slice(0, 8)) },
-    { key: "model", label: "Model", value: (j) => j.model_name || "", cell: (j) => j.model_id ? h("a", { href: `#/compare?model=${j.model_id}` }, j.model_name || j.model_id.slice(0, 8)) : "deleted" },
+    { key: "model", label: "Model", value: (j) => j.model_name || "", cell: (j) => j.model_id ? h("a", { href: `#/models/${j.model_id}` }, j.model_name || j.model_id.slice(0, 8)) : "deleted" },
     { key: "method", label: "Method", value: (j) => method(j.recipe), cell: (j) => method(j.recipe) },
     { key: "state", label: "State", cell: (j) => stateBadge(j.state) },
     { key: "progress", label: "Progress", sortable: false, cell: (j) => (["queued", "running", "succeeded"].includes(j.state) ? progressBar(j) : h("span", { class: "muted", title: j.error || "" }, (j.error || "").slice(0, 60))) },

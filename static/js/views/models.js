@@ -21,7 +21,7 @@ async function refresh(list) {
   const columns = [
     { key: "name", label: "Name", cell: (m) => {
       const original = m.duplicate_of && page.items.find((o) => o.id === m.duplicate_of);
-      return h("span", {}, h("a", { href: `#/compare?model=${m.id}` }, m.name),
+      return h("span", {}, h("a", { href: `#/models/${m.id}` }, m.name),
         m.duplicate_of ? h("span", { class: "muted duplicate", title: "the same bytes as an earlier upload" }, ` · identical to ${original ? original.name : m.duplicate_of.slice(0, 8)}`) : null);
     } },
     { key: "bytes", label: "Size", numeric: true, cell: (m) => fmt.bytes(m.bytes) },

@@ -5,6 +5,7 @@
 import { api, getJson, parseJson, problemOf } from "../api.js";
 import { emptyState, field, h } from "../dom.js";
 import { method } from "../figures.js";
+import { evaluationFields } from "./evaluation-fields.js";
 
 const GGUF_TYPES = ["Q8_0", "Q6_K", "Q5_1", "Q5_0", "Q4_K_M", "Q4_1", "Q4_0"];
 /// "auto" writes the format that stores the last stage's result; "safetensors" is a dense
@@ -128,10 +129,9 @@ function fieldOf(problem) {
 }
 
 export async function render(container, { params }) {
-  const [models, presets, datasets] = await Promise.all([
+  const [models, presets] = await Promise.all([
     getJson("/models?limit=100"),
     getJson("/presets"),
-    getJson("/datasets?limit=100").catch(() => ({ items: [] })),
   ]);
   container.append(h("h2", {}, "New job"));
   if (models.items.length === 0) {
@@ -181,13 +181,9 @@ export async function render(container, { params }) {
     h("div", { class: "grid" }, fields.targets, fields.ignore, fields.format),
     h("div", { class: "grid" }, fields.sweep, fields.sweepValues));
 
-  const datasetSelect = h("select", { id: "job-dataset" }, h("option", { value: "" }, "none"),
-    datasets.items.map((d) => h("option", { value: d.id }, `${d.name} (${d.kind}, ${d.stats.rows} rows)`)));
-  const metric = h("input", { id: "job-metric", type: "text", placeholder: "default for the set" });
-  const maxDrop = h("input", { id: "job-max-drop", type: "number", step: "any", min: 0, placeholder: "e.g. 0.01" });
-  fields.dataset = field("Evaluation set", datasetSelect, datasets.items.length ? null : "none uploaded yet (POST /api/v1/datasets)");
-  fields.metric = field("Metric", metric);
-  fields.max_drop = field("Accuracy budget (largest drop accepted)", maxDrop);
+  const evaluation = evaluationFields(() => update());
+  Object.assign(fields, evaluation.fields);
+  modelSelect.addEventListener("change", () => evaluation.load(modelSelect.value));
 
   const modeRadios = ["presets", "recipe"].map((mode) => h("label", { class: "check" },
     h("input", { type: "radio", name: "mode", value: mode, checked: state.mode === mode, onchange: () => { state.mode = mode; update(); } }),
@@ -257,17 +253,8 @@ export async function render(container, { params }) {
       if (fields[key]) fields[key].setError(message);
     };
     const common = { model_id: modelSelect.value };
-    if (datasetSelect.value) {
-      common.eval = { dataset_id: datasetSelect.value };
-      if (metric.value.trim()) common.eval.metric = metric.value.trim();
-      if (maxDrop.value !== "") {
-        const drop = Number(maxDrop.value);
-        if (!(drop >= 0)) fail("max_drop", "a number of at least 0");
-        common.eval.max_drop = drop;
-      }
-    } else if (maxDrop.value !== "" || metric.value.trim()) {
-      fail("dataset", "choose an evaluation set for a metric or a budget");
-    }
+    const evalSpec = evaluation.spec(fail);
+    if (evalSpec) common.eval = evalSpec;
     const base = nameInput.value.trim();
     if (state.mode === "presets") {
       const chosen = presetBoxes.map((l) => l.querySelector("input")).filter((i) => i.checked).map((i) => i.value);
@@ -354,10 +341,12 @@ export async function render(container, { params }) {
   h("div", { class: "grid" }, fields.model, fields.name),
   h("fieldset", { class: "modes" }, h("legend", {}, "Recipe"), modeRadios),
   presetList, builder,
-  h("fieldset", {}, h("legend", {}, "Evaluation (optional)"), h("div", { class: "grid" }, fields.dataset, fields.metric, fields.max_drop)),
+  evaluation.box,
   h("details", {}, h("summary", {}, "Requests this form sends"), preview),
   h("div", { class: "row" }, submit), formError, results);
   container.append(form);
   drawStages();
+  update();
+  await evaluation.load(modelSelect.value, params.get("dataset"));
   update();
 }
