@@ -122,7 +122,7 @@ test("a model uploaded through the file input is listed; a pickle file is refuse
   assert.equal(await page.locator("#model-list tbody tr").count(), 1, "the refused file is not listed");
 });
 
-test("a job from a preset reaches 100 % and succeeded without a reload; its page downloads the artifact", async () => {
+test("a job from a preset succeeds without a reload and its row shows the figures; its page downloads the artifact", async () => {
   await page.evaluate(() => { window.sameDocument = true; });
   await page.click("nav >> text=New job");
   await page.locator("#job-form").waitFor();
@@ -133,8 +133,9 @@ test("a job from a preset reaches 100 % and succeeded without a reload; its page
   const first = page.locator("#job-list tbody tr").first();
   const row = page.locator(`#job-list tr[data-job="${await first.getAttribute("data-job")}"]`);
   await row.locator(".state-succeeded").waitFor({ timeout: 60000 });
-  assert.equal(await row.locator("progress").getAttribute("value"), "1");
-  assert.match(await row.locator(".progress-label").innerText(), /^100 %/);
+  // A finished row trades its progress bar for the figures.
+  assert.equal(await row.locator("progress").count(), 0);
+  assert.match(await row.innerText(), /\d+(\.\d+)? (KiB|MiB)[\s\S]*\d\.\d\d×/);
 
   // A job submitted while the list is open appears and finishes through the event stream.
   const models = (await api("/models")).body.items;
@@ -299,6 +300,118 @@ test("on a perplexity axis (lower is better) the frontier joins the best jobs an
   const wall = page.locator("#wall-time");
   await wall.waitFor();
   assert.match(await wall.innerText(), /in all[\s\S]*compression .* · evaluation /);
+});
+
+/// Uploads a random Llama folder written by tests/python/tiny_llama.py with `args`.
+async function uploadLlama(name, args = []) {
+  const folder = join(work, name);
+  const python = new URL("../../target/pyvenv/bin/python", import.meta.url).pathname;
+  const made = spawnSync(python, [new URL("../python/tiny_llama.py", import.meta.url).pathname, folder, ...args]);
+  assert.equal(made.status, 0, String(made.stderr));
+  const form = new FormData();
+  for (const file of ["model.safetensors", "config.json", "tokenizer.json", "generation_config.json"]) {
+    form.append("file", new Blob([readFileSync(join(folder, file))]), file);
+  }
+  form.append("name", name);
+  const uploaded = await api("/models", { method: "POST", body: form });
+  assert.equal(uploaded.status, 201, JSON.stringify(uploaded.body));
+  return uploaded.body;
+}
+
+test("evaluation from the dashboard: sets that fit, the metric list, a text set uploaded, progress while it evaluates, every figure after, the model page", async () => {
+  // Large enough that the evaluation runs for seconds, so its progress can be watched.
+  const llama = await uploadLlama("llama-eval", ["--hidden", "512", "--intermediate", "1024", "--layers", "6", "--heads", "8", "--kv-heads", "4"]);
+  const digits = await api("/datasets?name=digits-images", { method: "POST", headers: { "Content-Type": "application/octet-stream" }, body: readFileSync(new URL("../../static/demo/digits-test.safetensors", import.meta.url)) });
+  assert.equal(digits.status, 201, JSON.stringify(digits.body));
+  await page.goto(`${server.base}/#/new?model=${llama.id}`);
+  // A set of the wrong kind is offered disabled, with the reason, instead of four 422s.
+  const wrong = page.locator(`#job-dataset option[value="${digits.body.id}"]`);
+  await wrong.waitFor({ state: "attached" });
+  assert.equal(await wrong.isDisabled(), true);
+  assert.match(await wrong.innerText(), /does not fit/);
+  assert.match(await page.locator("#evaluation-about").innerText(), /A llama model: it takes token sequences/);
+  // The metric is a list of what the architecture reports, and the budget field says how it reads.
+  const metrics = await page.locator("#job-metric option").allInnerTexts();
+  assert.deepEqual(metrics, ["Perplexity (default)", "KL divergence, mean", "KL divergence, 99th percentile", "Top-1 agreement with the original"]);
+  const budgetLabel = page.locator("label[for=job-max-drop]");
+  assert.match(await budgetLabel.innerText(), /largest relative increase of perplexity/);
+  await page.locator("#job-metric").selectOption("kl_mean");
+  assert.match(await budgetLabel.innerText(), /largest increase of kl_mean/);
+  await page.locator("#job-metric").selectOption("");
+  // A text file, tokenized by the server with the model's tokenizer into 256-token sequences.
+  await page.locator("#dataset-upload-box summary").click();
+  const words = "the quick brown fox jumps over the lazy dog while compressed models keep their accuracy ";
+  await page.locator("#dataset-file").setInputFiles({ name: "corpus.txt", mimeType: "text/plain", buffer: Buffer.from(words.repeat(50)) });
+  await page.fill("#dataset-window", "256");
+  await page.click("#dataset-upload");
+  await page.locator("#dataset-status").filter({ hasText: "Stored" }).waitFor();
+  const selected = await page.locator("#job-dataset option:checked").innerText();
+  assert.match(selected, /^corpus \(\d+ rows\)$/);
+  const rows = Number(selected.match(/\((\d+) rows/)[1]);
+  assert.ok(rows >= 8, selected);
+  await page.locator("#preset-list input[value=int8]").check();
+  await page.fill("#job-max-drop", "0.5");
+  await page.click("#job-submit");
+  await page.waitForURL(/#\/jobs\?model=/);
+  const jobs = await api(`/jobs?model_id=${llama.id}`);
+  const job = jobs.body.items[0];
+  assert.equal(job.eval.metric, undefined, "the default metric is left to the server");
+  assert.equal(job.eval.max_drop, 0.5);
+  await page.goto(`${server.base}/#/jobs/${job.id}`);
+  // While it evaluates: the stage, sequences done of the total, and the time left.
+  await page.waitForFunction(() => /evaluating: accuracy \d+\/\d+ sequences · about \d+ (s|min) left/.test(document.querySelector("#job-progress")?.textContent || ""), null, { timeout: 120000 });
+  assert.match(await page.locator("#job-progress").innerText(), new RegExp(`/${Math.min(rows, 64)} sequences`));
+  await shot("11-job-evaluating");
+  const figuresTable = page.locator("#evaluation-figures");
+  await figuresTable.waitFor({ timeout: 180000 });
+  const shown = await figuresTable.innerText();
+  for (const label of [/Perplexity ↓ \(budget metric\)/, /KL divergence, mean ↓/, /KL divergence, 99th percentile ↓/, /Top-1 agreement with the original ↑/, /Prompt tokens per second ↑\s+\d+ tok\/s\s+\d+ tok\/s/]) {
+    assert.match(shown, label);
+  }
+  const latency = await page.locator("#evaluation-latency").innerText();
+  assert.match(latency, /one token after a 16-token prompt/);
+  assert.match(latency, /\d\.\d\d× \(\d\.\d\d–\d\.\d\d, \d+ rounds\)/);
+  assert.match(await page.locator("#evaluation-set").innerText(), /On the set “corpus” \(\d+ sequences\) · budget: relative increase of perplexity at most 0\.5/);
+  assert.match(await page.locator("#evaluation-runtime").innerText(), /candle .* threads · kernel: original dense, compressed dense/);
+  // compressed-tensors int8 runs dense here: no speed-up can be expected, and the page says so.
+  assert.match(await page.locator("#latency-card").innerText(), /no speed-up expected/);
+  await shot("12-job-evaluated");
+
+  // The compare view offers every figure as an axis, with its direction, and lists the original.
+  await page.goto(`${server.base}/#/compare?model=${llama.id}&y=figure:kl_mean`);
+  await page.locator("#pareto g.frontier circle").first().waitFor();
+  assert.equal(await page.locator("#compare-y option:checked").innerText(), "KL divergence, mean");
+  assert.match(await page.locator("#pareto").textContent(), /↓ KL divergence, mean \(nats\) \(lower is better\)/);
+  assert.match(await page.locator("#compare-original").innerText(), /the original/);
+  const axes = await page.locator("#compare-y option").allInnerTexts();
+  for (const axis of ["Top-1 agreement with the original", "Prompt tokens per second", "Speed-up"]) assert.ok(axes.includes(axis), axes.join(", "));
+
+  // The model page: files, config, architecture, tensors, its jobs.
+  await page.goto(`${server.base}/#/models/${llama.id}`);
+  await page.locator("#model-tensors tbody tr").first().waitFor();
+  assert.match(await page.locator("#model-files").innerText(), /tokenizer\.json/);
+  assert.match(await page.locator("#model-config summary").innerText(), /model_type llama · hidden_size 512/);
+  assert.match(await page.locator("#model-cards").innerText(), /ARCHITECTURE\s+llama/i);
+  assert.match(await page.locator("#model-evaluation").innerText(), /Sets that fit: corpus/);
+  assert.match(await page.locator("#model-jobs").innerText(), /int8/);
+  const tensors = await page.locator("#model-tensors caption").innerText();
+  await page.fill("#tensor-filter", "layers.1.");
+  await page.waitForFunction((before) => document.querySelector("#model-tensors caption").textContent !== before, tensors);
+  const names = await page.locator("#model-tensors tbody td:first-child").allInnerTexts();
+  assert.ok(names.length > 0 && names.every((n) => n.includes("layers.1.")), names.join(", "));
+  await shot("13-model");
+
+  // At 1400 px the jobs table fits its column: nothing cut off at the right.
+  await page.setViewportSize({ width: 1400, height: 900 });
+  await page.goto(`${server.base}/#/jobs`);
+  await page.locator("#job-list tbody tr").first().waitFor();
+  const overflow = await page.evaluate(() => {
+    const holder = document.querySelector("#job-list .scroll");
+    return holder.scrollWidth - holder.clientWidth;
+  });
+  assert.ok(overflow <= 0, `the jobs table is ${overflow} px wider than its column`);
+  await shot("14-jobs-1400");
+  await page.setViewportSize({ width: 1280, height: 900 });
 });
 
 test("job filters live in the URL, so a link shows the same list", async () => {

@@ -127,7 +127,9 @@ async function drawEvaluation(section, job) {
   const set = await getJson(`/datasets/${job.eval.dataset_id}`).catch(() => null);
   const setName = set ? set.name : `a deleted set (${job.eval.dataset_id.slice(0, 8)})`;
   const budget = job.eval.max_drop !== undefined && job.eval.max_drop !== null
-    ? ` · budget: ${figureInfo(job.eval.metric || report?.metric || "").budget || "drop"} of ${job.eval.metric || report?.metric || "the default metric"} at most ${job.eval.max_drop}`
+    ? (job.eval.metric || report?.metric
+      ? ` · budget: ${figureInfo(job.eval.metric || report.metric).budget || "drop"} of ${job.eval.metric || report.metric} at most ${job.eval.max_drop}`
+      : ` · budget: max_drop ${job.eval.max_drop} on the architecture's default metric`)
     : "";
   const heading = [h("h3", {}, "Evaluation"), h("p", { id: "evaluation-set" }, `On the set “${setName}”${set ? ` (${set.stats.rows} ${set.kind === "tensors" ? "rows" : "sequences"})` : ""}${budget}.`)];
   if (!report) {

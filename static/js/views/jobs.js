@@ -117,19 +117,18 @@ function columns(message, reload) {
   }, label);
   const f = (job) => (job.result ? figures(job) : null);
   return [
-    { key: "name", label: "Name", value: (j) => j.name || "", cell: (j) => h("a", { href: `#/jobs/${j.id}` }, j.name || j.id.slice(0, 8)) },
+    // Columns are paired (name and method, state and progress, ratio and bits, date and owner)
+    // so the whole table fits a 1400 px window.
+    { key: "name", label: "Job", value: (j) => j.name || "", cell: (j) => h("span", { class: "stacked" }, h("a", { href: `#/jobs/${j.id}` }, j.name || j.id.slice(0, 8)), j.name === method(j.recipe) ? null : h("small", { class: "muted" }, method(j.recipe))) },
     { key: "model", label: "Model", value: (j) => j.model_name || "", cell: (j) => j.model_id ? h("a", { href: `#/models/${j.model_id}` }, j.model_name || j.model_id.slice(0, 8)) : "deleted" },
-    { key: "method", label: "Method", value: (j) => method(j.recipe), cell: (j) => method(j.recipe) },
-    { key: "state", label: "State", cell: (j) => stateBadge(j.state) },
-    { key: "progress", label: "Progress", sortable: false, cell: (j) => (["queued", "running", "succeeded"].includes(j.state) ? progressBar(j) : h("span", { class: "muted", title: j.error || "" }, (j.error || "").slice(0, 60))) },
+    { key: "state", label: "State", cell: (j) => h("span", { class: "stacked" }, stateBadge(j.state),
+      ["queued", "running"].includes(j.state) ? progressBar(j) : j.error ? h("small", { class: "muted", title: j.error }, j.error.slice(0, 60)) : null) },
     { key: "size", label: "Size", numeric: true, value: (j) => f(j)?.bytesOut, cell: (j) => fmt.bytes(f(j)?.bytesOut) },
-    { key: "ratio", label: "Ratio", numeric: true, value: (j) => f(j)?.ratio, cell: (j) => fmt.ratio(f(j)?.ratio) },
-    { key: "bpw", label: "Bits/weight", numeric: true, value: (j) => f(j)?.bitsPerWeight, cell: (j) => fmt.bits(f(j)?.bitsPerWeight) },
+    { key: "ratio", label: "Ratio · bits", numeric: true, value: (j) => f(j)?.ratio, cell: (j) => (f(j) ? h("span", { class: "stacked" }, fmt.ratio(f(j).ratio), h("small", { class: "muted" }, fmt.bits(f(j).bitsPerWeight))) : "") },
     { key: "latency", label: "Latency", numeric: true, value: (j) => f(j)?.latencyMs, cell: (j) => fmt.ms(f(j)?.latencyMs) },
     { key: "accuracy", label: "Quality", numeric: true, value: (j) => f(j)?.quality?.compressed, cell: (j) => qualityCell(f(j)?.quality) },
     { key: "budget", label: "Budget", value: (j) => f(j)?.quality?.accepted, cell: (j) => budgetCell(f(j)?.quality) },
-    { key: "owner", label: "Owner", value: (j) => j.created_by || "", cell: (j) => j.created_by || "" },
-    { key: "date", label: "Date", value: (j) => j.created_at, cell: (j) => fmt.when(j.created_at) },
+    { key: "date", label: "Submitted", value: (j) => j.created_at, cell: (j) => h("span", { class: "stacked" }, fmt.when(j.created_at), h("small", { class: "muted" }, j.created_by ? `by ${j.created_by}` : "")) },
     {
       key: "actions", label: "", sortable: false, cell: (j) => h("span", { class: "actions" },
         ["queued", "running"].includes(j.state) && !j.cancel_requested ? action("Cancel", () => cancel(j)) : null,
