@@ -60,6 +60,7 @@ fn kernels(rows: usize, cols: usize) -> Vec<(&'static str, Vec<Step>)> {
         ("gguf Q4_0", vec![Step::Gguf(BlockType::Q4_0)]),
         ("gguf Q5_1", vec![Step::Gguf(BlockType::Q5_1)]),
         ("gguf Q4_K", vec![Step::Gguf(BlockType::Q4_K)]),
+        ("gguf Q5_K", vec![Step::Gguf(BlockType::Q5_K)]),
         ("gguf Q6_K", vec![Step::Gguf(BlockType::Q6_K)]),
         ("nf4", vec![Step::Nf4]),
         (

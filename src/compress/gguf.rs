@@ -1,5 +1,5 @@
 //! GGUF (llama.cpp) block quantization: the legacy 32-value block types Q8_0, Q4_0, Q4_1, Q5_0
-//! and Q5_1 here, and the 256-value K-quants Q4_K and Q6_K in `kquants`, byte for byte as `quantize_row_*_ref` in ggml-quants.c lays them out and as the
+//! and Q5_1 here, and the 256-value K-quants Q4_K, Q5_K and Q6_K in `kquants`, byte for byte as `quantize_row_*_ref` in ggml-quants.c lays them out and as the
 //! `gguf` Python package computes them (shared/reference/formats.md §3.3).
 //!
 //! Rounding follows the reference exactly: the inverse scale comes from the unrounded f32 scale
@@ -39,6 +39,9 @@ pub enum BlockType {
     /// 4-bit codes in super-blocks of 256 with 6-bit sub-block scales and mins: 144 bytes.
     #[serde(rename = "Q4_K")]
     Q4_K,
+    /// 5-bit codes in super-blocks of 256 with 6-bit sub-block scales and mins: 176 bytes.
+    #[serde(rename = "Q5_K")]
+    Q5_K,
     /// 6-bit codes in super-blocks of 256 with 8-bit sub-block scales: 210 bytes.
     #[serde(rename = "Q6_K")]
     Q6_K,
@@ -56,7 +59,7 @@ impl BlockType {
             BlockType::Q4_0 => 8.0,
             BlockType::Q4_1 | BlockType::Q4_K => 15.0,
             BlockType::Q5_0 => 16.0,
-            BlockType::Q5_1 => 31.0,
+            BlockType::Q5_1 | BlockType::Q5_K => 31.0,
             BlockType::Q6_K => 32.0,
         };
         half::f16::MAX.to_f32() * largest_code
@@ -71,6 +74,7 @@ impl BlockType {
             BlockType::Q5_0 => 22,
             BlockType::Q5_1 => 24,
             BlockType::Q4_K => kquants::Q4_K_BYTES,
+            BlockType::Q5_K => kquants::Q5_K_BYTES,
             BlockType::Q6_K => kquants::Q6_K_BYTES,
         }
     }
@@ -78,7 +82,7 @@ impl BlockType {
     /// Values per block (rows must be a multiple of it).
     pub fn block_len(self) -> usize {
         match self {
-            BlockType::Q4_K | BlockType::Q6_K => kquants::SUPER_BLOCK,
+            BlockType::Q4_K | BlockType::Q5_K | BlockType::Q6_K => kquants::SUPER_BLOCK,
             _ => BLOCK,
         }
     }
@@ -92,6 +96,7 @@ impl BlockType {
             BlockType::Q5_0 => "Q5_0",
             BlockType::Q5_1 => "Q5_1",
             BlockType::Q4_K => "Q4_K",
+            BlockType::Q5_K => "Q5_K",
             BlockType::Q6_K => "Q6_K",
         }
     }
@@ -140,6 +145,7 @@ pub fn quantize_block(kind: BlockType, x: &[f32], out: &mut [u8]) {
     let mut codes = [0u8; BLOCK];
     match kind {
         BlockType::Q4_K => kquants::quantize_q4_k(x, out),
+        BlockType::Q5_K => kquants::quantize_q5_k(x, out),
         BlockType::Q6_K => kquants::quantize_q6_k(x, out),
         BlockType::Q8_0 => {
             let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
@@ -227,6 +233,7 @@ pub fn dequantize_block(kind: BlockType, block: &[u8], out: &mut [f32]) {
     let d = f16_at(block);
     match kind {
         BlockType::Q4_K => kquants::dequantize_q4_k(block, out),
+        BlockType::Q5_K => kquants::dequantize_q5_k(block, out),
         BlockType::Q6_K => kquants::dequantize_q6_k(block, out),
         BlockType::Q8_0 => {
             for (o, &q) in out.iter_mut().zip(&block[2..2 + BLOCK]) {
@@ -469,7 +476,9 @@ mod tests {
                     BlockType::Q8_0 => 254.0,
                     BlockType::Q4_0 | BlockType::Q4_1 => 15.0,
                     BlockType::Q5_0 | BlockType::Q5_1 => 31.0,
-                    BlockType::Q4_K | BlockType::Q6_K => unreachable!("legacy types only"),
+                    BlockType::Q4_K | BlockType::Q5_K | BlockType::Q6_K => {
+                        unreachable!("legacy types only")
+                    }
                 };
                 let step = (hi - lo).max(2.0 * lo.abs().max(hi.abs())) / levels;
                 // Q4_0 and Q5_0 put the signed extreme at the code range's end, so a value of the

@@ -1,9 +1,10 @@
-//! llama.cpp's K-quants Q4_K and Q6_K: super-blocks of 256 values whose sub-block scales are
-//! themselves quantized. The search for each sub-block's scale follows the reference quantizers
-//! (`quantize_row_q4_K_ref` with `make_qkx2_quants`, `quantize_row_q6_K_ref` with
-//! `make_qx_quants` in ggml-quants.c) operation for operation in f32, without fused
-//! multiply-adds, so results match a C build without FMA contraction; the block layouts are in
-//! shared/reference/formats.md §3.2–3.3.
+//! llama.cpp's K-quants Q4_K, Q5_K and Q6_K: super-blocks of 256 values whose sub-block scales
+//! are themselves quantized. The search for each sub-block's scale follows the reference
+//! quantizers (`quantize_row_q4_K_ref` and `quantize_row_q5_K_ref` with `make_qkx2_quants`,
+//! `quantize_row_q6_K_ref` with `make_qx_quants` in ggml-quants.c) operation for operation in
+//! f32, without fused multiply-adds, so results match a C build without FMA contraction; the
+//! block layouts are in shared/reference/formats.md §3.2–3.3 (Q5_K is Q4_K's with a 32-byte
+//! plane of fifth bits before the nibbles).
 
 use half::f16;
 
@@ -11,6 +12,9 @@ use half::f16;
 pub const SUPER_BLOCK: usize = 256;
 /// Bytes of a Q4_K block: f16 d, f16 dmin, 12 bytes of 6-bit scales and mins, 128 of nibbles.
 pub const Q4_K_BYTES: usize = 144;
+/// Bytes of a Q5_K block: f16 d, f16 dmin, 12 bytes of 6-bit scales and mins, 32 bytes of
+/// fifth bits, 128 of nibbles.
+pub const Q5_K_BYTES: usize = 176;
 /// Bytes of a Q6_K block: 128 low nibbles, 64 bytes of high bits, 16 i8 scales, f16 d.
 pub const Q6_K_BYTES: usize = 210;
 
@@ -31,14 +35,35 @@ fn f16_at(bytes: &[u8]) -> f32 {
     f16::from_bits(u16::from_le_bytes([bytes[0], bytes[1]])).to_f32()
 }
 
+/// How `make_qkx2_quants` searches: candidate inverse scales (nmax + rmin + 0.1·step) / range
+/// for step 0..=steps.
+#[derive(Clone, Copy)]
+struct Search {
+    nmax: i32,
+    rmin: f32,
+    steps: i32,
+}
+
+/// Q4_K's search: codes 0..=15, rmin −1, 20 steps.
+const Q4_K_SEARCH: Search = Search {
+    nmax: 15,
+    rmin: -1.0,
+    steps: 20,
+};
+/// Q5_K's search: codes 0..=31, rmin −0.5, 15 steps.
+const Q5_K_SEARCH: Search = Search {
+    nmax: 31,
+    rmin: -0.5,
+    steps: 15,
+};
+
 /// A scale and a (non-positive) minimum for `x` with codes 0..=nmax, minimising the weighted
-/// squared error over 21 candidate scales (`make_qkx2_quants` with rmin −1, rdelta 0.1, 20
-/// steps). Writes the codes into `codes`; returns (scale, −min).
+/// squared error over the search's candidate scales (`make_qkx2_quants`, rdelta 0.1). Writes
+/// the codes into `codes`; returns (scale, −min).
 #[inline(always)]
-fn scale_and_min(x: &[f32], weights: &[f32], nmax: i32, codes: &mut [u8]) -> (f32, f32) {
-    const RMIN: f32 = -1.0;
+fn scale_and_min(x: &[f32], weights: &[f32], search: Search, codes: &mut [u8]) -> (f32, f32) {
     const RDELTA: f32 = 0.1;
-    const STEPS: i32 = 20;
+    let Search { nmax, rmin, steps } = search;
     let n = x.len();
     let mut min = x[0];
     let mut max = x[0];
@@ -74,8 +99,8 @@ fn scale_and_min(x: &[f32], weights: &[f32], nmax: i32, codes: &mut [u8]) -> (f3
     }
     let mut trial = [0u8; 32];
     let trial = &mut trial[..n];
-    for step in 0..=STEPS {
-        iscale = (RMIN + RDELTA * step as f32 + nmax_f) / (max - min);
+    for step in 0..=steps {
+        iscale = (rmin + RDELTA * step as f32 + nmax_f) / (max - min);
         let (mut sum_l, mut sum_l2, mut sum_xl) = (0f32, 0f32, 0f32);
         for i in 0..n {
             let l = nearest_int(iscale * (x[i] - min)).clamp(0, nmax);
@@ -139,7 +164,42 @@ fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
 /// Quantizes 256 values into a Q4_K block.
 #[inline(always)]
 pub fn quantize_q4_k(x: &[f32], out: &mut [u8]) {
+    let codes = scaled_codes(x, Q4_K_SEARCH, &mut out[..16]);
+    let qs = &mut out[16..Q4_K_BYTES];
+    for (chunk, q) in codes.chunks_exact(64).zip(qs.chunks_exact_mut(32)) {
+        for l in 0..32 {
+            q[l] = chunk[l] | (chunk[l + 32] << 4);
+        }
+    }
+}
+
+/// Quantizes 256 values into a Q5_K block: Q4_K's scales with codes 0..=31, the fifth bit of
+/// each in a plane where bit 2c of byte l belongs to value 64c + l and bit 2c+1 to 64c + 32 + l.
+#[inline(always)]
+pub fn quantize_q5_k(x: &[f32], out: &mut [u8]) {
+    let codes = scaled_codes(x, Q5_K_SEARCH, &mut out[..16]);
+    let (high, low) = out[16..Q5_K_BYTES].split_at_mut(32);
+    high.fill(0);
+    for (c, (chunk, q)) in codes
+        .chunks_exact(64)
+        .zip(low.chunks_exact_mut(32))
+        .enumerate()
+    {
+        for l in 0..32 {
+            let (a, b) = (chunk[l], chunk[l + 32]);
+            high[l] |= ((a >> 4) << (2 * c)) | ((b >> 4) << (2 * c + 1));
+            q[l] = (a & 0x0F) | ((b & 0x0F) << 4);
+        }
+    }
+}
+
+/// The shared part of Q4_K and Q5_K: per sub-block of 32 a scale and a min by `search`, both
+/// quantized to 6 bits of the super-block's largest and written with d and dmin into `head`
+/// (16 bytes); returns each value's code under the stored scales.
+#[inline(always)]
+fn scaled_codes(x: &[f32], search: Search, head: &mut [u8]) -> [u8; SUPER_BLOCK] {
     debug_assert_eq!(x.len(), SUPER_BLOCK);
+    let nmax = search.nmax;
     let mut codes = [0u8; SUPER_BLOCK];
     let mut scales = [0f32; 8];
     let mut mins = [0f32; 8];
@@ -155,7 +215,8 @@ pub fn quantize_q4_k(x: &[f32], out: &mut [u8]) {
         for (w, &v) in weights.iter_mut().zip(sub) {
             *w = av_x + v.abs();
         }
-        (scales[j], mins[j]) = scale_and_min(sub, &weights, 15, &mut codes[32 * j..32 * (j + 1)]);
+        (scales[j], mins[j]) =
+            scale_and_min(sub, &weights, search, &mut codes[32 * j..32 * (j + 1)]);
         if scales[j] > max_scale {
             max_scale = scales[j];
         }
@@ -169,7 +230,7 @@ pub fn quantize_q4_k(x: &[f32], out: &mut [u8]) {
         0.0
     };
     let inv_min = if max_min > 0.0 { 63.0 / max_min } else { 0.0 };
-    let packed = &mut out[4..16];
+    let packed = &mut head[4..16];
     packed.fill(0);
     for j in 0..8 {
         // The reference stores nearest_int into a u8 before capping at 63.
@@ -177,26 +238,21 @@ pub fn quantize_q4_k(x: &[f32], out: &mut [u8]) {
         let lm = (nearest_int(inv_min * mins[j]) as u8).min(63);
         pack_scale_min_k4(j, ls, lm, packed);
     }
-    out[0..2].copy_from_slice(&f16_bits(max_scale / 63.0));
-    out[2..4].copy_from_slice(&f16_bits(max_min / 63.0));
-    let (d_all, dmin_all) = (f16_at(&out[0..2]), f16_at(&out[2..4]));
+    head[0..2].copy_from_slice(&f16_bits(max_scale / 63.0));
+    head[2..4].copy_from_slice(&f16_bits(max_min / 63.0));
+    let (d_all, dmin_all) = (f16_at(&head[0..2]), f16_at(&head[2..4]));
     for j in 0..8 {
-        let (sc, m) = scale_min_k4(j, &out[4..16]);
+        let (sc, m) = scale_min_k4(j, &head[4..16]);
         let d = d_all * f32::from(sc);
         if d == 0.0 {
             continue;
         }
         let dm = dmin_all * f32::from(m);
         for i in 32 * j..32 * (j + 1) {
-            codes[i] = nearest_int((x[i] + dm) / d).clamp(0, 15) as u8;
+            codes[i] = nearest_int((x[i] + dm) / d).clamp(0, nmax) as u8;
         }
     }
-    let qs = &mut out[16..Q4_K_BYTES];
-    for (chunk, q) in codes.chunks_exact(64).zip(qs.chunks_exact_mut(32)) {
-        for l in 0..32 {
-            q[l] = chunk[l] | (chunk[l + 32] << 4);
-        }
-    }
+    codes
 }
 
 /// Decodes a Q4_K block into 256 values.
@@ -216,6 +272,30 @@ pub fn dequantize_q4_k(block: &[u8], out: &mut [f32]) {
         for l in 0..32 {
             y[l] = d1 * f32::from(q[l] & 0x0F) - min1;
             y[l + 32] = d2 * f32::from(q[l] >> 4) - min2;
+        }
+    }
+}
+
+/// Decodes a Q5_K block into 256 values.
+#[inline(always)]
+pub fn dequantize_q5_k(block: &[u8], out: &mut [f32]) {
+    let (d, dmin) = (f16_at(&block[0..2]), f16_at(&block[2..4]));
+    let scales = &block[4..16];
+    let high = &block[16..48];
+    for (c, (q, y)) in block[48..Q5_K_BYTES]
+        .chunks_exact(32)
+        .zip(out.chunks_exact_mut(64))
+        .enumerate()
+    {
+        let (sc1, m1) = scale_min_k4(2 * c, scales);
+        let (sc2, m2) = scale_min_k4(2 * c + 1, scales);
+        let (d1, min1) = (d * f32::from(sc1), dmin * f32::from(m1));
+        let (d2, min2) = (d * f32::from(sc2), dmin * f32::from(m2));
+        for l in 0..32 {
+            let fifth_a = (high[l] >> (2 * c)) & 1;
+            let fifth_b = (high[l] >> (2 * c + 1)) & 1;
+            y[l] = d1 * f32::from((q[l] & 0x0F) | (fifth_a << 4)) - min1;
+            y[l + 32] = d2 * f32::from((q[l] >> 4) | (fifth_b << 4)) - min2;
         }
     }
 }
@@ -364,15 +444,29 @@ mod tests {
             .collect()
     }
 
-    fn round_trip(x: &[f32], q6: bool) -> Vec<f32> {
+    #[derive(Clone, Copy, Debug, PartialEq)]
+    enum Kind {
+        Q4,
+        Q5,
+        Q6,
+    }
+
+    fn round_trip(x: &[f32], kind: Kind) -> Vec<f32> {
         let mut block = [0u8; Q6_K_BYTES];
         let mut out = vec![0f32; SUPER_BLOCK];
-        if q6 {
-            quantize_q6_k(x, &mut block);
-            dequantize_q6_k(&block, &mut out);
-        } else {
-            quantize_q4_k(x, &mut block[..Q4_K_BYTES]);
-            dequantize_q4_k(&block[..Q4_K_BYTES], &mut out);
+        match kind {
+            Kind::Q6 => {
+                quantize_q6_k(x, &mut block);
+                dequantize_q6_k(&block, &mut out);
+            }
+            Kind::Q5 => {
+                quantize_q5_k(x, &mut block[..Q5_K_BYTES]);
+                dequantize_q5_k(&block[..Q5_K_BYTES], &mut out);
+            }
+            Kind::Q4 => {
+                quantize_q4_k(x, &mut block[..Q4_K_BYTES]);
+                dequantize_q4_k(&block[..Q4_K_BYTES], &mut out);
+            }
         }
         out
     }
@@ -381,9 +475,9 @@ mod tests {
     fn errors_stay_near_a_step_of_each_sub_block() {
         for seed in 1..20 {
             let x = values(seed, 0.05 * seed as f32);
-            for (q6, levels) in [(false, 15.0), (true, 63.0)] {
-                let y = round_trip(&x, q6);
-                let sub = if q6 { 16 } else { 32 };
+            for (kind, levels) in [(Kind::Q4, 15.0), (Kind::Q5, 31.0), (Kind::Q6, 63.0)] {
+                let y = round_trip(&x, kind);
+                let sub = if kind == Kind::Q6 { 16 } else { 32 };
                 for (xs, ys) in x.chunks(sub).zip(y.chunks(sub)) {
                     let lo = xs.iter().fold(0f32, |m, &v| m.min(v));
                     let hi = xs.iter().fold(0f32, |m, &v| m.max(v));
@@ -392,7 +486,7 @@ mod tests {
                         // Half a step, widened by the 6/8-bit quantization of the scales.
                         assert!(
                             (a - b).abs() <= step * 1.2,
-                            "q6 {q6}: {a} -> {b}, step {step}"
+                            "{kind:?}: {a} -> {b}, step {step}"
                         );
                     }
                 }
@@ -403,8 +497,9 @@ mod tests {
     #[test]
     fn zero_blocks_decode_to_zero_and_scales_pack_and_unpack() {
         let zeros = vec![0f32; SUPER_BLOCK];
-        assert!(round_trip(&zeros, false).iter().all(|v| *v == 0.0));
-        assert!(round_trip(&zeros, true).iter().all(|v| *v == 0.0));
+        for kind in [Kind::Q4, Kind::Q5, Kind::Q6] {
+            assert!(round_trip(&zeros, kind).iter().all(|v| *v == 0.0));
+        }
         // Every 6-bit value in every slot survives packing next to others.
         for shift in 0..64u8 {
             let mut packed = [0u8; 12];

@@ -305,7 +305,9 @@ fn gguf_types_decode_within_their_block_bound() {
                     gguf::BlockType::Q5_0 => absmax / 16.0,
                     gguf::BlockType::Q4_1 => (hi - lo) / 15.0 * 0.5,
                     gguf::BlockType::Q5_1 => (hi - lo) / 31.0 * 0.5,
-                    gguf::BlockType::Q4_K | gguf::BlockType::Q6_K => unreachable!("legacy only"),
+                    gguf::BlockType::Q4_K | gguf::BlockType::Q5_K | gguf::BlockType::Q6_K => {
+                        unreachable!("legacy only")
+                    }
                 } + (absmax + lo.abs()) * 2f64.powi(-10)
                     + 1e-7;
                 for (&a, &b) in g.iter().zip(x) {
@@ -652,6 +654,7 @@ fn k_quants_decode_within_a_step_of_each_sub_block() {
     for case in cases(256) {
         for (kind, sub, levels) in [
             (gguf::BlockType::Q4_K, 32, 15.0),
+            (gguf::BlockType::Q5_K, 32, 31.0),
             (gguf::BlockType::Q6_K, 16, 63.0),
         ] {
             let (got, _) = run(&case, &[Step::Gguf(kind)]).unwrap();
@@ -663,7 +666,7 @@ fn k_quants_decode_within_a_step_of_each_sub_block() {
                     .iter()
                     .fold(0f64, |m, v| m.max(f64::from(v.abs())));
                 // A step of the sub-block, plus the quantization of the sub-block scales and
-                // mins to 6 (Q4_K) or 8 (Q6_K) bits of the super-block's largest.
+                // mins to 6 (Q4_K, Q5_K) or 8 (Q6_K) bits of the super-block's largest.
                 let bound = (hi - lo) / levels * 1.2 + super_absmax / 63.0 + 1e-7;
                 for (&a, &b) in g.iter().zip(x) {
                     let err = (f64::from(a) - f64::from(b)).abs();

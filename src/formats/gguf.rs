@@ -35,6 +35,7 @@ pub enum GgmlType {
     Q5_1 = 7,
     Q8_0 = 8,
     Q4_K = 12,
+    Q5_K = 13,
     Q6_K = 14,
     I8 = 24,
     I16 = 25,
@@ -45,7 +46,7 @@ pub enum GgmlType {
 }
 
 impl GgmlType {
-    const ALL: [GgmlType; 15] = [
+    const ALL: [GgmlType; 16] = [
         GgmlType::F32,
         GgmlType::F16,
         GgmlType::Q4_0,
@@ -54,6 +55,7 @@ impl GgmlType {
         GgmlType::Q5_1,
         GgmlType::Q8_0,
         GgmlType::Q4_K,
+        GgmlType::Q5_K,
         GgmlType::Q6_K,
         GgmlType::I8,
         GgmlType::I16,
@@ -77,6 +79,7 @@ impl GgmlType {
             GgmlType::Q5_1 => BlockType::Q5_1,
             GgmlType::Q8_0 => BlockType::Q8_0,
             GgmlType::Q4_K => BlockType::Q4_K,
+            GgmlType::Q5_K => BlockType::Q5_K,
             GgmlType::Q6_K => BlockType::Q6_K,
             _ => return None,
         })
@@ -129,6 +132,7 @@ impl From<BlockType> for GgmlType {
             BlockType::Q5_0 => GgmlType::Q5_0,
             BlockType::Q5_1 => GgmlType::Q5_1,
             BlockType::Q4_K => GgmlType::Q4_K,
+            BlockType::Q5_K => GgmlType::Q5_K,
             BlockType::Q6_K => GgmlType::Q6_K,
         }
     }

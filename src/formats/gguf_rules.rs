@@ -2,10 +2,12 @@
 //! expects the file `llama-quantize … Q4_0` writes, not every tensor at Q4_0. The rules
 //! (llama.cpp's `src/llama-quant.cpp`, `llama_tensor_get_type`) keep the output projection,
 //! or the token embedding when it doubles as the output, at Q6_K (Q8_0 when its rows do not
-//! fit Q6_K's super-blocks); the `_M` mixes give more bits to the attention V and FFN down
+//! fit Q6_K's super-blocks); the `_M` mixes give Q6_K to the attention V and FFN down
 //! projections of the first and last eighth of the layers and of every third layer between;
-//! and a tensor whose rows are not whole blocks of its type falls back to the nearest legacy
-//! type that fits (Q4_K → Q5_0, Q6_K → Q8_0), or stays unquantized when none does. `pure`
+//! Q4_K_S gives Q5_K to the first four attention V projections and the FFN down projections
+//! of the first eighth of the layers; and a tensor whose rows are not whole blocks of its type
+//! falls back to the nearest legacy type that fits (Q4_K → Q5_0, Q5_K → Q5_1, Q6_K → Q8_0),
+//! or stays unquantized when none does. `pure`
 //! (llama-quantize's `--pure`) gives every tensor the base type, with the same fallbacks.
 //!
 //! Tensors are recognised by their llama.cpp names (Hugging Face names of Llama-family
@@ -31,22 +33,36 @@ pub enum FileType {
     Q5_0,
     #[serde(rename = "Q5_1")]
     Q5_1,
+    /// Q4_K with Q5_K for the first four attention V projections and the first eighth of
+    /// the FFN down projections.
+    #[serde(rename = "Q4_K_S")]
+    Q4_K_S,
     /// Q4_K with Q6_K for half the attention V and FFN down projections; llama-quantize's
     /// `Q4_K` is the same file type.
     #[serde(rename = "Q4_K_M", alias = "Q4_K")]
     Q4_K_M,
+    /// Q5_K throughout; llama-quantize's `Q5_K` is `Q5_K_M`, not this.
+    #[serde(rename = "Q5_K_S")]
+    Q5_K_S,
+    /// Q5_K with Q6_K for half the attention V and FFN down projections; llama-quantize's
+    /// `Q5_K` is the same file type.
+    #[serde(rename = "Q5_K_M", alias = "Q5_K")]
+    Q5_K_M,
     #[serde(rename = "Q6_K")]
     Q6_K,
 }
 
 impl FileType {
     /// Every file type, in the order presets list them.
-    pub const ALL: [FileType; 7] = [
+    pub const ALL: [FileType; 10] = [
         FileType::Q8_0,
         FileType::Q6_K,
+        FileType::Q5_K_M,
+        FileType::Q5_K_S,
         FileType::Q5_1,
         FileType::Q5_0,
         FileType::Q4_K_M,
+        FileType::Q4_K_S,
         FileType::Q4_1,
         FileType::Q4_0,
     ];
@@ -59,7 +75,8 @@ impl FileType {
             FileType::Q4_1 => BlockType::Q4_1,
             FileType::Q5_0 => BlockType::Q5_0,
             FileType::Q5_1 => BlockType::Q5_1,
-            FileType::Q4_K_M => BlockType::Q4_K,
+            FileType::Q4_K_S | FileType::Q4_K_M => BlockType::Q4_K,
+            FileType::Q5_K_S | FileType::Q5_K_M => BlockType::Q5_K,
             FileType::Q6_K => BlockType::Q6_K,
         }
     }
@@ -67,15 +84,19 @@ impl FileType {
     /// llama-quantize's name.
     pub fn name(self) -> &'static str {
         match self {
+            FileType::Q4_K_S => "Q4_K_S",
             FileType::Q4_K_M => "Q4_K_M",
+            FileType::Q5_K_S => "Q5_K_S",
+            FileType::Q5_K_M => "Q5_K_M",
             other => other.base().name(),
         }
     }
 
-    /// The file type with this name (llama-quantize's `Q4_K` is `Q4_K_M`).
+    /// The file type with this name (llama-quantize's `Q4_K` is `Q4_K_M`, `Q5_K` `Q5_K_M`).
     pub fn parse(name: &str) -> Option<FileType> {
         match name {
             "Q4_K" => Some(FileType::Q4_K_M),
+            "Q5_K" => Some(FileType::Q5_K_M),
             _ => FileType::ALL.into_iter().find(|t| t.name() == name),
         }
     }
@@ -104,6 +125,7 @@ pub struct TensorShape<'a> {
 enum Category {
     TokenEmbedding,
     Output,
+    /// Attention V, or a fused QKV or KV projection (llama.cpp's `category_is_attn_v`).
     AttentionV,
     FfnDown,
     Other,
@@ -152,6 +174,7 @@ fn fallback(kind: BlockType, row: u64) -> Option<BlockType> {
     }
     let legacy = match kind {
         BlockType::Q4_K => BlockType::Q5_0,
+        BlockType::Q5_K => BlockType::Q5_1,
         BlockType::Q6_K => BlockType::Q8_0,
         other => other,
     };
@@ -205,23 +228,38 @@ pub fn choose(
                         }
                         why = Some(format!("{what} keeps more bits, as llama-quantize does"));
                     }
-                    Category::AttentionV | Category::FfnDown if file_type == FileType::Q4_K_M => {
+                    Category::AttentionV | Category::FfnDown => {
                         let (i, n) = match role {
                             Category::AttentionV => (index.unwrap_or(0), v_projections),
                             _ => (index.unwrap_or(0), layers),
                         };
-                        if use_more_bits(i, n) {
-                            wanted = BlockType::Q6_K;
+                        let more = match file_type {
+                            FileType::Q4_K_M | FileType::Q5_K_M if use_more_bits(i, n) => {
+                                Some(BlockType::Q6_K)
+                            }
+                            FileType::Q4_K_S if role == Category::AttentionV && i < 4 => {
+                                Some(BlockType::Q5_K)
+                            }
+                            FileType::Q4_K_S if role == Category::FfnDown && i < n / 8 => {
+                                Some(BlockType::Q5_K)
+                            }
+                            _ => None,
+                        };
+                        if let Some(more) = more {
+                            wanted = more;
                             why = Some(format!(
-                                "Q4_K_M gives layer {i}'s {} Q6_K",
+                                "{} gives layer {i}'s {} {}",
+                                file_type.name(),
                                 if role == Category::AttentionV {
                                     "attention V"
                                 } else {
                                     "FFN down projection"
-                                }
+                                },
+                                more.name()
                             ));
                         }
                     }
+
                     _ => {}
                 }
             }
@@ -350,6 +388,36 @@ mod tests {
         let q6 = types(FileType::Q6_K, false, &smollm2());
         assert_eq!(type_of(&q6, "model.layers.0.mlp.down_proj.weight"), "Q6_K");
         assert_eq!(type_of(&q6, "model.layers.0.mlp.up_proj.weight"), "Q8_0");
+    }
+
+    #[test]
+    fn q4_k_s_and_q5_k_mixes_follow_llama_quantize() {
+        let model = smollm2();
+        let s = types(FileType::Q4_K_S, false, &model);
+        for layer in [0, 3, 4, 29] {
+            let v = type_of(&s, &format!("model.layers.{layer}.self_attn.v_proj.weight"));
+            // The first four V projections get Q5_K, which 576-wide rows take as Q5_1.
+            assert_eq!(v, if layer < 4 { "Q5_1" } else { "Q5_0" }, "layer {layer}");
+            // FFN down of the first eighth (30 / 8 = 3 layers) at Q5_K: 1536 fits.
+            let down = type_of(&s, &format!("model.layers.{layer}.mlp.down_proj.weight"));
+            assert_eq!(
+                down,
+                if layer < 3 { "Q5_K" } else { "Q4_K" },
+                "layer {layer}"
+            );
+        }
+        let m = types(FileType::Q5_K_M, false, &model);
+        assert_eq!(type_of(&m, "model.layers.0.mlp.down_proj.weight"), "Q6_K");
+        assert_eq!(type_of(&m, "model.layers.3.mlp.down_proj.weight"), "Q5_K");
+        assert_eq!(type_of(&m, "model.layers.3.mlp.up_proj.weight"), "Q5_1");
+        assert_eq!(type_of(&m, "model.embed_tokens.weight"), "Q8_0");
+        let plain = types(FileType::Q5_K_S, false, &model);
+        assert_eq!(
+            type_of(&plain, "model.layers.0.mlp.down_proj.weight"),
+            "Q5_K"
+        );
+        assert_eq!(FileType::parse("Q5_K"), Some(FileType::Q5_K_M));
+        assert_eq!(FileType::parse("Q4_K_S"), Some(FileType::Q4_K_S));
     }
 
     #[test]

@@ -243,11 +243,12 @@ pub enum Quantize {
     /// A llama-quantize file type: llama.cpp's block types, bit-exact with its reference
     /// quantizer, given to each tensor by llama-quantize's rules (the output projection, or a
     /// tied token embedding, at Q6_K or Q8_0; more bits for some attention V and FFN down
-    /// projections in `Q4_K_M`; a tensor whose rows are not whole blocks falls back to the
-    /// nearest type that fits, Q4_K → Q5_0 and Q6_K → Q8_0, or stays unquantized). Each
-    /// tensor's type and the reason are in the job's report.
+    /// projections in the `_M` and `_S` K-quant mixes; a tensor whose rows are not whole blocks
+    /// falls back to the nearest type that fits, Q4_K → Q5_0, Q5_K → Q5_1 and Q6_K → Q8_0, or
+    /// stays unquantized). Each tensor's type and the reason are in the job's report.
     Gguf {
-        /// `Q8_0`, `Q6_K`, `Q5_1`, `Q5_0`, `Q4_K_M` (also `Q4_K`), `Q4_1` or `Q4_0`.
+        /// `Q8_0`, `Q6_K`, `Q5_K_M` (also `Q5_K`), `Q5_K_S`, `Q5_1`, `Q5_0`, `Q4_K_M` (also
+        /// `Q4_K`), `Q4_K_S`, `Q4_1` or `Q4_0`.
         #[serde(rename = "type")]
         #[schema(value_type = String, example = "Q4_K_M")]
         kind: FileType,
@@ -1462,8 +1463,15 @@ pub fn presets() -> Vec<Preset> {
             FileType::Q6_K => "6-bit codes in 256-value super-blocks with 8-bit sub-block scales",
             FileType::Q5_1 => "5-bit codes with an f16 scale and minimum per 32 values",
             FileType::Q5_0 => "5-bit codes with an f16 scale per 32 values",
+            FileType::Q5_K_M => {
+                "5-bit K-quant super-blocks, with Q6_K for half the attention V and FFN down projections"
+            }
+            FileType::Q5_K_S => "5-bit K-quant super-blocks with 6-bit sub-block scales and mins",
             FileType::Q4_K_M => {
                 "4-bit K-quant super-blocks, with Q6_K for half the attention V and FFN down projections"
+            }
+            FileType::Q4_K_S => {
+                "4-bit K-quant super-blocks, with Q5_K for the first four attention V and the first eighth of the FFN down projections"
             }
             FileType::Q4_1 => "4-bit codes with an f16 scale and minimum per 32 values",
             FileType::Q4_0 => "4-bit codes with an f16 scale per 32 values",

@@ -289,15 +289,25 @@ fn gguf_artifacts_open_in_the_gguf_package_with_llama_metadata() {
         "tokenizer.ggml.tokens": 128, "tokenizer.ggml.bos_token_id": 1,
     });
     let mut sizes = Vec::new();
-    for kind in ["Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q6_K"] {
+    for kind in [
+        "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q4_K_S", "Q5_K", "Q6_K",
+    ] {
         let recipe = json!({"stages": [{"quantize": {"scheme": "gguf", "type": kind}}],
                             "ignore": ["model.embed_tokens.weight"], "format": "gguf"});
-        // llama-quantize's rules: the output projection at Q6_K (Q8_0 stays Q8_0), and
-        // Q4_K (= Q4_K_M) gives the last layer's FFN down projection Q6_K.
+        // llama-quantize's rules: the output projection at Q6_K (Q8_0 stays Q8_0); Q4_K
+        // (= Q4_K_M) and Q5_K (= Q5_K_M) give the last layer's FFN down projection Q6_K;
+        // Q4_K_S gives its first four attention V projections Q5_K.
         let output = if kind == "Q8_0" { "Q8_0" } else { "Q6_K" };
-        let down = if kind == "Q4_K" { "Q6_K" } else { kind };
+        let base = kind.trim_end_matches("_S");
+        let down = if kind == "Q4_K" || kind == "Q5_K" {
+            "Q6_K"
+        } else {
+            base
+        };
+        let value = if kind == "Q4_K_S" { "Q5_K" } else { base };
         let expect = json!({"names": names, "metadata": metadata, "heads": [4, 2],
-                            "types": {"blk.0.attn_q.weight": kind, "blk.1.ffn_down.weight": down,
+                            "types": {"blk.0.attn_q.weight": base, "blk.1.ffn_down.weight": down,
+                                      "blk.0.attn_v.weight": value,
                                       "output.weight": output, "token_embd.weight": "F16",
                                       "output_norm.weight": "F16"}});
         let (summary, findings) = check(

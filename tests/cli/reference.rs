@@ -676,7 +676,7 @@ fn low_rank_matches_numpys_truncated_svd_and_refuses_growth_in_one_line() {
     );
 }
 
-/// Our Q4_K / Q6_K blocks, decoded by the `gguf` package (which has dequantizers for the
+/// Our Q4_K / Q5_K / Q6_K blocks, decoded by the `gguf` package (which has dequantizers for the
 /// K-quants but no quantizers): its values must equal ours exactly.
 const K_QUANT_REFERENCE: &str = r#"
 import sys
@@ -705,7 +705,7 @@ fn k_quant_blocks_decode_identically_in_the_gguf_package() {
         .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
         .collect();
     let mut args = vec![PathBuf::from(rows.to_string())];
-    for kind in [BlockType::Q4_K, BlockType::Q6_K] {
+    for kind in [BlockType::Q4_K, BlockType::Q5_K, BlockType::Q6_K] {
         let mut blocks = vec![0u8; rows * cols / kind.block_len() * kind.block_bytes()];
         gguf::quantize(kind, &values, &mut blocks);
         let mut decoded = vec![0f32; rows * cols];

@@ -7,7 +7,7 @@ import { emptyState, field, h } from "../dom.js";
 import { method } from "../figures.js";
 import { evaluationFields } from "./evaluation-fields.js";
 
-const GGUF_TYPES = ["Q8_0", "Q6_K", "Q5_1", "Q5_0", "Q4_K_M", "Q4_1", "Q4_0"];
+const GGUF_TYPES = ["Q8_0", "Q6_K", "Q5_K_M", "Q5_K_S", "Q5_1", "Q5_0", "Q4_K_M", "Q4_K_S", "Q4_1", "Q4_0"];
 /// "auto" writes the format that stores the last stage's result; "safetensors" is a dense
 /// simulation, as large as the input.
 const FORMATS = ["auto", "compressed-tensors", "gguf", "compact-safetensors", "safetensors"];
