@@ -83,6 +83,16 @@ export function figures(item) {
   };
 }
 
+/// The span of a colour scale for relative errors: from the 2nd percentile of the positive
+/// values (so a few exactly stored tensors do not stretch it) to the largest.
+export function errorDomain(values) {
+  const positive = values.filter((v) => v > 0 && Number.isFinite(v)).sort((a, b) => a - b);
+  if (positive.length === 0) return [1e-9, 1];
+  const low = positive[Math.floor(0.02 * (positive.length - 1))];
+  const high = positive[positive.length - 1];
+  return high > low ? [low, high] : [low / 2, low * 2];
+}
+
 /// A short description of a recipe's stages: `prune magnitude 0.5 + quantize int 4 g128`.
 export function method(recipe) {
   const stages = (recipe && recipe.stages) || [];

@@ -23,3 +23,22 @@ test("formatters name non-finite values", () => {
   assert.equal(fmt.ratio(Infinity), "∞");
   assert.equal(fmt.percent(0.0123), "1.23 %");
 });
+
+test("the error colour scale starts at the 2nd percentile, so an exactly stored tensor does not flatten it", async () => {
+  const { errorDomain } = await import("../../static/js/figures.js");
+  // SmolLM2's tied embedding is already on Q8_0's grid: 1e-9 beside errors of 0.5–0.7 %.
+  const errors = [1e-9, ...Array.from({ length: 210 }, (_, i) => 0.005 + i * 1e-5)];
+  const [low, high] = errorDomain(errors);
+  assert.ok(low >= 0.005, `low ${low}`);
+  assert.equal(high, errors[errors.length - 1]);
+  assert.deepEqual(errorDomain([0, 0]), [1e-9, 1]);
+  assert.deepEqual(errorDomain([0.01]), [0.005, 0.02]);
+});
+
+test("time estimates are rounded as estimates are", () => {
+  assert.equal(fmt.roughly(7.4), "7 s");
+  assert.equal(fmt.roughly(0.2), "1 s");
+  assert.equal(fmt.roughly(185), "3 min");
+  assert.equal(fmt.roughly(4800), "1 h 20 min");
+  assert.equal(fmt.roughly(NaN), "");
+});

@@ -5,7 +5,7 @@
 
 import { follow, getJson, parseJson } from "../api.js";
 import { emptyState, h } from "../dom.js";
-import { figureInfo, figureOrder, figures, formatFigure } from "../figures.js";
+import { errorDomain, figureInfo, figureOrder, figures, formatFigure } from "../figures.js";
 import * as fmt from "../format.js";
 import { setParams } from "../route.js";
 
@@ -367,7 +367,10 @@ async function drawSelection(side, heat, rows, selected) {
     // Tensors in reading order: layers.2 before layers.10.
     y: { label: null, domain: [...new Set(cells.map((c) => c.tensor))].sort((a, b) => a.localeCompare(b, undefined, { numeric: true })) },
     // Relative error as percentages, not SI prefixes ("10m").
-    color: { type: "log", scheme: "reds", label: "relative error", legend: true, tickFormat: percentTick(cells.map((c) => c.error)) },
+    // From the 2nd percentile up: one exactly stored tensor (an embedding already on the
+    // type's grid) would otherwise stretch the scale down to 1e-9 and turn every other cell
+    // the same dark red.
+    color: { type: "log", scheme: "reds", label: "relative error", legend: true, domain: errorDomain(cells.map((c) => c.error)), clamp: true, tickFormat: percentTick(cells.map((c) => c.error)) },
     marks: [Plot.cell(cells, { x: "job", y: "tensor", fill: "error", title: (c) => `${c.tensor} in ${c.job}: ${fmt.percent(c.error, 3)}`, className: "heat-cell" })],
   });
   heat.replaceChildren(h("h3", {}, "Per-tensor relative error"), h("div", { class: "scroll" }, chart));

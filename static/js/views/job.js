@@ -5,7 +5,7 @@
 
 import { api, follow, getJson, parseJson, problemOf } from "../api.js";
 import { h, progressBar, sortableTable, stateBadge } from "../dom.js";
-import { figureInfo, figureOrder, figures, formatFigure, method } from "../figures.js";
+import { errorDomain, figureInfo, figureOrder, figures, formatFigure, method } from "../figures.js";
 import * as fmt from "../format.js";
 import { cancel, qualityCell, rerun } from "./jobs.js";
 
@@ -101,9 +101,9 @@ function drawCards(cards, job) {
 function latencyCard(f) {
   if (f.latencyMs === null || f.latencyMs === undefined) return card("Latency", "not evaluated");
   const spread = f.speedupSpread ? ` (${f.speedupSpread[0].toFixed(2)}–${f.speedupSpread[1].toFixed(2)})` : "";
-  const speed = f.speedupExpected
-    ? `${fmt.ratio(f.speedup)} speed-up${spread}`
-    : `${fmt.ratio(f.speedup)}${spread}: no speed-up expected, the runtime multiplies dense weights for both`;
+  const speed = !f.speedupExpected
+    ? `${fmt.ratio(f.speedup)}${spread}: no speed-up expected, the runtime multiplies dense weights for both`
+    : f.speedup >= 1 ? `${fmt.ratio(f.speedup)} faster${spread}` : `${fmt.ratio(1 / f.speedup)} slower (speed-up ${f.speedup.toFixed(2)}×${spread})`;
   return h("div", { class: "card stat", id: "latency-card" }, h("span", { class: "stat-label" }, "Latency"),
     h("strong", { class: "stat-value" }, fmt.ms(f.latencyMs)),
     h("span", { class: "muted" }, `original ${fmt.ms(f.originalLatencyMs)} · ${speed}`));
@@ -224,9 +224,7 @@ function bytesSplit(all, format) {
 async function drawTensors(section, id, format) {
   const report = await getJson(`/jobs/${id}/report`);
   const all = [...report.tensors].sort((a, b) => byName(a.name, b.name));
-  const errors = all.map((t) => t.rel_error).filter((e) => e > 0);
-  const low = Math.min(...errors, 1);
-  const high = Math.max(...errors, 1e-12);
+  const [low, high] = errorDomain(all.map((t) => t.rel_error));
   // A large model's hundreds of tensors start as its worst 20; the select shows them all.
   const initial = all.length > 50 ? "20" : "all";
   const worst = h("select", { id: "worst-n" }, [["all", `all ${all.length} tensors`], ["5", "worst 5"], ["10", "worst 10"], ["20", "worst 20"], ["50", "worst 50"]].map(([v, t]) => h("option", { value: v, selected: v === initial }, t)));
