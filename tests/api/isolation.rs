@@ -187,8 +187,10 @@ async fn no_operation_reaches_another_teams_data_or_answers_without_a_valid_toke
                             (
                                 "get",
                                 "/api/v1/models" | "/api/v1/jobs" | "/api/v1/datasets"
-                            ) | ("get", "/api/v1/me" | "/api/v1/presets")
-                                | ("get", "/api/v1/compare")
+                            ) | (
+                                "get",
+                                "/api/v1/me" | "/api/v1/presets" | "/api/v1/evaluation/figures"
+                            ) | ("get", "/api/v1/compare")
                                 | ("post", "/api/v1/models" | "/api/v1/demo")
                         );
                     assert!(
