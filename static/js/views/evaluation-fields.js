@@ -151,10 +151,11 @@ function uploadBox(uploaded) {
     }
     const created = parseJson(await response.text());
     const warnings = created.stats.warnings || [];
-    status.textContent = `Stored "${created.name}": ${created.stats.rows} ${created.kind === "tensors" ? "rows" : "sequences"}${created.stats.tokens ? `, ${created.stats.tokens} tokens` : ""}.${warnings.length ? ` Note: ${warnings.join("; ")}` : ""}`;
     file.value = "";
     name.value = "";
+    // Said once the set is listed and selected, so the form never shows it stored but absent.
     await uploaded(created);
+    status.textContent = `Stored "${created.name}": ${created.stats.rows} ${created.kind === "tensors" ? "rows" : "sequences"}${created.stats.tokens ? `, ${created.stats.tokens} tokens` : ""}, and selected.${warnings.length ? ` Note: ${warnings.join("; ")}` : ""}`;
   });
   return {
     element,
