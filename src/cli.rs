@@ -316,7 +316,8 @@ fn inspect(args: &InspectArgs) -> anyhow::Result<()> {
 
 fn decompress(args: &crate::config::DecompressArgs) -> anyhow::Result<()> {
     use crate::formats::reader::ArtifactFile;
-    use crate::formats::safetensors::{Dtype, TensorInfo};
+    use crate::formats::safetensors::TensorInfo;
+    use crate::numeric::Dtype;
     let artifact = ArtifactFile::open(&args.file)
         .with_context(|| format!("reading {}", args.file.display()))?;
     // Sizes follow from shapes, so the header goes first and one weight at a time after it.
@@ -324,10 +325,9 @@ fn decompress(args: &crate::config::DecompressArgs) -> anyhow::Result<()> {
     let mut offset = 0u64;
     for w in &artifact.weights {
         let dtype = Dtype::parse(&w.dtype)
-            .filter(|d| crate::formats::dtype::is_float(*d))
+            .filter(|d| crate::numeric::is_float(*d))
             .unwrap_or(Dtype::F32);
-        let len =
-            w.shape.iter().product::<u64>() * crate::formats::dtype::float_width(dtype) as u64;
+        let len = w.shape.iter().product::<u64>() * crate::numeric::float_width(dtype) as u64;
         infos.push(TensorInfo {
             name: w.name.clone(),
             dtype,
@@ -346,7 +346,7 @@ fn decompress(args: &crate::config::DecompressArgs) -> anyhow::Result<()> {
             .decode(w)
             .with_context(|| format!("decoding {}", w.name))?;
         let mut bytes = vec![0u8; info.bytes() as usize];
-        crate::formats::dtype::encode(info.dtype, &values, &mut bytes);
+        crate::numeric::codec::encode(info.dtype, &values, &mut bytes);
         std::io::Write::write_all(&mut out, &bytes)?;
     }
     std::io::Write::flush(&mut out)?;
@@ -497,7 +497,7 @@ fn evaluate(args: &crate::config::EvaluateArgs) -> anyhow::Result<()> {
             &dataset,
             &spec,
             None,
-            &crate::compress::Cancel::new(),
+            &crate::numeric::Cancel::new(),
             &show_evaluation_progress,
         )?;
         if std::io::stderr().is_terminal() {
@@ -542,7 +542,7 @@ fn demo(json: bool) -> anyhow::Result<()> {
         };
         let (set, _) = dataset::parse(crate::demo::TEST_SET)?;
         let sha = file_sha256(&model_dir.join("model.safetensors"))?;
-        let cancel = crate::compress::Cancel::new();
+        let cancel = crate::numeric::Cancel::new();
         let mut reuse = None;
         let mut rows = Vec::new();
         for (name, recipe) in crate::demo::variants() {
@@ -732,7 +732,7 @@ async fn compress(args: CompressArgs) -> anyhow::Result<()> {
             use sha2::Digest;
             hex::encode(sha2::Sha256::digest(digests.concat()))
         };
-        let cancel = crate::compress::Cancel::new();
+        let cancel = crate::numeric::Cancel::new();
         crate::worker::cpu_pool()
             .install(|| {
                 crate::worker::pipeline::run(

@@ -3,8 +3,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use squeeze::formats::safetensors::Dtype;
-use squeeze::jobs::recipe::{Recipe, TensorMeta};
+use squeeze::numeric::Dtype;
+use squeeze::formats::TensorMeta;
+use squeeze::jobs::recipe::Recipe;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(recipe) = serde_json::from_slice::<Recipe>(data) else {

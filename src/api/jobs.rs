@@ -28,8 +28,8 @@ use crate::jobs::evaluation::{self, EvalCheckError};
 use crate::jobs::events::JobChange;
 use crate::jobs::queue::{self, Job, JobFile, JobFilter, NewJob, SubmitError};
 use crate::jobs::recipe::{self, Preset, Recipe, RecipeError};
+use crate::jobs::report::{Summary, TensorReport};
 use crate::store::models;
-use crate::worker::pipeline::{Summary, TensorReport};
 
 /// Attempts a job gets unless the request says otherwise.
 const DEFAULT_MAX_ATTEMPTS: i32 = 3;

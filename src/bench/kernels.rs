@@ -5,15 +5,15 @@
 
 use std::time::Instant;
 
-use crate::compress::Cancel;
 use crate::compress::gguf::BlockType;
 use crate::compress::lowrank::{Rank, max_useful_rank};
 use crate::compress::prune::Norm;
 use crate::compress::quantize::{Granularity, IntScheme, ScaleDtype};
-use crate::compress::simd;
 use crate::compress::tensor::{self, Step, TensorView};
-use crate::formats::dtype;
-use crate::formats::safetensors::Dtype;
+use crate::numeric::Cancel;
+use crate::numeric::Dtype;
+use crate::numeric::codec;
+use crate::numeric::simd;
 
 fn int(bits: u8, symmetric: bool, granularity: Granularity) -> Step {
     Step::Int(IntScheme {
@@ -113,7 +113,7 @@ fn kernels(rows: usize, cols: usize) -> Vec<(&'static str, Vec<Step>)> {
 /// factor, as real weight rows differ in range: with one range for all rows, every row's scale
 /// would be the same power of two, a case the kernels take a shortcut for.
 fn tensor_bytes(rows: usize, cols: usize, dtype: Dtype) -> Vec<u8> {
-    let block = super::pipeline::weight_like_bf16_block();
+    let block = crate::numeric::rng::weight_like_bf16_block();
     let bf16: Vec<u8> = block
         .iter()
         .copied()
@@ -121,7 +121,7 @@ fn tensor_bytes(rows: usize, cols: usize, dtype: Dtype) -> Vec<u8> {
         .take(rows * cols * 2)
         .collect();
     let mut values = vec![0f32; rows * cols];
-    dtype::decode(Dtype::BF16, &bf16, &mut values);
+    codec::decode(Dtype::BF16, &bf16, &mut values);
     for (r, row) in values.chunks_mut(cols).enumerate() {
         // The golden ratio's fractional part spreads the factors over [0.5, 1.5).
         let factor = 0.5 + (r as f64 * 0.618_033_988_749_895).fract() as f32;
@@ -129,8 +129,8 @@ fn tensor_bytes(rows: usize, cols: usize, dtype: Dtype) -> Vec<u8> {
             *v *= factor;
         }
     }
-    let mut out = vec![0u8; rows * cols * dtype::float_width(dtype)];
-    dtype::encode(dtype, &values, &mut out);
+    let mut out = vec![0u8; rows * cols * crate::numeric::float_width(dtype)];
+    codec::encode(dtype, &values, &mut out);
     out
 }
 

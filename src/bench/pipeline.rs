@@ -8,8 +8,8 @@ use std::time::Instant;
 
 use anyhow::Context;
 
-use crate::compress::Cancel;
 use crate::jobs::recipe;
+use crate::numeric::Cancel;
 use crate::worker::pipeline::{self, InputFile, InputKind};
 
 /// Best-of-three bandwidth of copying a 256 MiB buffer, in bytes per second (read + write
@@ -54,7 +54,7 @@ pub fn write_synthetic_model(
     let mut out = std::io::BufWriter::new(out);
     out.write_all(&(header.len() as u64).to_le_bytes())?;
     out.write_all(header.as_bytes())?;
-    let block = weight_like_bf16_block();
+    let block = crate::numeric::rng::weight_like_bf16_block();
     let mut left = count * per;
     while left > 0 {
         let n = left.min(block.len() as u64) as usize;
@@ -63,21 +63,6 @@ pub fn write_synthetic_model(
     }
     out.flush()?;
     Ok(count * per)
-}
-
-/// 2 MiB of BF16 values shaped like weights (sign, exponent 2^-8..2^-1, random mantissa), a
-/// fixed pseudo-random sequence so runs are comparable.
-pub fn weight_like_bf16_block() -> Vec<u8> {
-    let mut state = 0x9E37_79B9_7F4A_7C15u64;
-    (0..(1 << 20))
-        .flat_map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            let bits = ((state as u16) & 0x807F) | ((119 + (state >> 20) as u16 % 8) << 7);
-            bits.to_le_bytes()
-        })
-        .collect()
 }
 
 /// Runs the pipeline benchmark and prints its figures.

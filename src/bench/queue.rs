@@ -16,11 +16,11 @@ use uuid::Uuid;
 
 use crate::jobs::queue::{self, NewJob};
 use crate::jobs::recipe;
+use crate::jobs::report::Summary;
 use crate::store::blobs::BlobStore;
 use crate::store::db::Database;
 use crate::store::ingest::{self, FileKind};
 use crate::store::models::{self, Owner};
-use crate::worker::pipeline::Summary;
 use crate::worker::{WorkerConfig, WorkerPool};
 
 /// What to run.

@@ -8,36 +8,13 @@
 //! [`SAMPLE`] values (the whole tensor when smaller), then one refinement step over every value
 //! moves each centroid to the mean of the values assigned to it; rows are clustered exactly.
 
+use crate::numeric::SplitMix;
+
 /// Most values a tensor-wide k-means iterates on before its refinement pass.
 pub const SAMPLE: usize = 1 << 20;
 
 /// Lloyd iterations at most (each costs O(k log n) on sorted values, so this is generous).
 const MAX_ITERATIONS: usize = 10_000;
-
-/// A small, fixed pseudo-random generator (SplitMix64).
-#[derive(Debug, Clone)]
-pub struct SplitMix(u64);
-
-impl SplitMix {
-    /// A generator for `seed` and a stream number (e.g. a row index).
-    pub fn new(seed: u64, stream: u64) -> SplitMix {
-        SplitMix(seed ^ stream.wrapping_mul(0xD1B5_4A32_D192_ED03))
-    }
-
-    /// The next 64 random bits.
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [0, 1).
-    pub fn next_unit(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
 
 /// Sorted centroids and the boundaries between them.
 #[derive(Debug, Clone, PartialEq)]

@@ -5,11 +5,12 @@
 //! decoded from exactly these codes (`tensor::transform_encoded` checks nothing else is done),
 //! so what a runtime reads back is what the job's metrics describe.
 
-use crate::compress::cluster::{self, Codebook, SplitMix};
+use crate::compress::cluster::{self, Codebook};
 use crate::compress::gguf::{self, BlockType};
 use crate::compress::lowrank::Factors;
 use crate::compress::quantize::{IntScheme, QParams, ScaleDtype, fake_value, min_max};
 use crate::compress::{fp8, nf4};
+use crate::numeric::SplitMix;
 
 /// A tensor's codes and parameters, in row-major order over the tensor as rows × cols.
 #[derive(Debug, Clone, PartialEq)]

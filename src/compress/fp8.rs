@@ -4,7 +4,7 @@
 //! PyTorch's `fp8e4m3fn_from_fp32_value`: round to nearest, ties to even, subnormals down to
 //! 2^-9 (shared/reference/formats.md §5).
 
-use crate::compress::simd::multiversion;
+use crate::numeric::simd::multiversion;
 
 /// Largest finite E4M3 value.
 pub const E4M3_MAX: f32 = 448.0;

@@ -16,9 +16,9 @@ use crate::compress::gguf::{self, BlockStep, BlockType};
 use crate::compress::measure::{Bf16, Codec, F32, LANES, Lanes, Sums, store_lanes};
 use crate::compress::quantize::ScaleDtype;
 use crate::compress::quantize::{self, Granularity, IntScheme, QParams, min_max_stored};
-use crate::compress::simd::{self, multiversion};
 use crate::compress::tensor::Step;
-use crate::formats::safetensors::Dtype;
+use crate::numeric::Dtype;
+use crate::numeric::simd::{self, multiversion};
 
 /// Values read, transformed and stored together: groups are whole multiples of it.
 const BLOCK: usize = 32;
@@ -400,9 +400,9 @@ mod tests {
     fn dispatched_and_portable_kernels_agree_bit_for_bit() {
         let (rows, cols) = (16, 512);
         let bf16: Vec<u8> =
-            crate::bench::pipeline::weight_like_bf16_block()[..rows * cols * 2].to_vec();
+            crate::numeric::rng::weight_like_bf16_block()[..rows * cols * 2].to_vec();
         let mut values = vec![0f32; rows * cols];
-        crate::formats::dtype::decode(Dtype::BF16, &bf16, &mut values);
+        crate::numeric::codec::decode(Dtype::BF16, &bf16, &mut values);
         for (i, v) in values.iter_mut().enumerate() {
             *v *= 1.0 + (i % 7) as f32 * 0.0137;
         }

@@ -12,7 +12,7 @@
 use half::f16;
 
 use crate::compress::kquants;
-use crate::compress::simd::multiversion;
+use crate::numeric::simd::multiversion;
 
 /// Values per block of the legacy types.
 pub const BLOCK: usize = 32;

@@ -10,7 +10,7 @@
 
 use faer::Mat;
 
-use crate::compress::cluster::SplitMix;
+use crate::numeric::SplitMix;
 
 /// Matrices with at most this many rows or columns are factorized exactly.
 pub const EXACT_LIMIT: usize = 512;

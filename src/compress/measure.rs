@@ -3,9 +3,9 @@
 //! storing the values in the output dtype where that dtype allows it, so the original is re-read
 //! from the input bytes rather than kept as a decoded copy.
 
-use crate::compress::simd::multiversion;
-use crate::formats::dtype;
-use crate::formats::safetensors::Dtype;
+use crate::numeric::Dtype;
+use crate::numeric::codec;
+use crate::numeric::simd::multiversion;
 
 /// Partial sums for the fidelity metrics.
 #[derive(Debug, Default, Clone, Copy, PartialEq)]
@@ -70,12 +70,12 @@ fn finite_max(dtype: Dtype) -> f32 {
 /// non-finite stored value where the original was finite is counted as unrepresentable, for
 /// the caller to refuse.
 pub(crate) fn settle_overflow(dtype: Dtype, input: &[u8], out: &mut [u8]) -> Sums {
-    let width = dtype::float_width(dtype);
+    let width = crate::numeric::float_width(dtype);
     let count = input.len() / width;
     let mut original = vec![0f32; count];
     let mut stored = vec![0f32; count];
-    dtype::decode(dtype, input, &mut original);
-    dtype::decode(dtype, out, &mut stored);
+    codec::decode(dtype, input, &mut original);
+    codec::decode(dtype, out, &mut stored);
     let max = finite_max(dtype);
     // Only a store into a narrower dtype rounds a finite f32 up to infinity; an infinity in
     // F32 came from a computation that overflowed, which no saturation makes right.
@@ -88,7 +88,7 @@ pub(crate) fn settle_overflow(dtype: Dtype, input: &[u8], out: &mut [u8]) -> Sum
         }
     }
     if saturated {
-        dtype::encode(dtype, &stored, out);
+        codec::encode(dtype, &stored, out);
     }
     let mut sums = Sums {
         count: count as u64,
@@ -214,8 +214,8 @@ pub(crate) fn store_and_measure(
         Dtype::F32 => store_f32_and_measure(input, values, out),
         _ => {
             scratch.resize(values.len(), 0.0);
-            dtype::decode(dtype, input, scratch);
-            dtype::encode_rounding(dtype, values, out);
+            codec::decode(dtype, input, scratch);
+            codec::encode_rounding(dtype, values, out);
             chunk_sums(scratch, values)
         }
     }
@@ -252,7 +252,7 @@ impl Codec for Bf16 {
 
     #[inline(always)]
     fn round(v: f32) -> f32 {
-        dtype::bf16_rounded(v)
+        codec::bf16_rounded(v)
     }
 
     #[inline(always)]

@@ -4,7 +4,7 @@
 //! to the lower level. Reference: bitsandbytes `functional.py::get_4bit_type("nf4")` and the
 //! quantizer in `backends/default/ops.py` (shared/reference/formats.md §4).
 
-use crate::compress::simd::multiversion;
+use crate::numeric::simd::multiversion;
 
 /// Values per scale.
 pub const BLOCK: usize = 64;

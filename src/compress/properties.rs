@@ -5,8 +5,9 @@
 use crate::compress::prune::Norm;
 use crate::compress::quantize::{Granularity, IntScheme, ScaleDtype};
 use crate::compress::tensor::{self, Step, TensorView, TransformError};
-use crate::compress::{Cancel, gguf, nf4};
-use crate::formats::safetensors::Dtype;
+use crate::compress::{gguf, nf4};
+use crate::numeric::Cancel;
+use crate::numeric::Dtype;
 
 /// A deterministic stream of awkward values.
 struct Values(u64);
@@ -43,8 +44,8 @@ struct Case {
 impl Case {
     /// The values as a tensor of `dtype` stores them.
     fn stored_as(&self, dtype: Dtype) -> Vec<u8> {
-        let mut bytes = vec![0u8; self.values.len() * crate::formats::dtype::float_width(dtype)];
-        crate::formats::dtype::encode(dtype, &self.values, &mut bytes);
+        let mut bytes = vec![0u8; self.values.len() * crate::numeric::float_width(dtype)];
+        crate::numeric::codec::encode(dtype, &self.values, &mut bytes);
         bytes
     }
 
@@ -824,10 +825,10 @@ fn stored_forms_decode_to_exactly_the_dense_values() {
                     None => assert!(!last_is_stored, "{name}: no stored form"),
                     Some(decoded) => {
                         let mut again = vec![0u8; bytes.len()];
-                        crate::formats::dtype::encode(dtype, &decoded, &mut again);
+                        crate::numeric::codec::encode(dtype, &decoded, &mut again);
                         let (mut a, mut b) = (vec![0f32; decoded.len()], vec![0f32; decoded.len()]);
-                        crate::formats::dtype::decode(dtype, &again, &mut a);
-                        crate::formats::dtype::decode(dtype, &dense.0, &mut b);
+                        crate::numeric::codec::decode(dtype, &again, &mut a);
+                        crate::numeric::codec::decode(dtype, &dense.0, &mut b);
                         // Equal as numbers: integer codes decode a rounded-away −0 as +0.
                         assert!(a == b, "{name}: the stored form decodes differently");
                     }

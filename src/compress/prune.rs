@@ -11,7 +11,7 @@
 
 use rayon::prelude::*;
 
-use crate::compress::{Cancel, Canceled};
+use crate::numeric::{Cancel, Canceled};
 
 const BUCKETS: usize = 1 << 16;
 

@@ -9,7 +9,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::compress::measure::{Bf16, Codec, F32};
-use crate::compress::simd::multiversion;
+use crate::numeric::simd::multiversion;
 
 /// How many values share one scale.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -12,7 +12,7 @@ use std::cell::RefCell;
 
 use rayon::prelude::*;
 
-use crate::compress::cluster::{self, Codebook, SplitMix};
+use crate::compress::cluster::{self, Codebook};
 use crate::compress::encoded::{self, Assembly, Encoded, Piece};
 use crate::compress::fused::OnePass;
 use crate::compress::gguf::{self, BlockType};
@@ -23,10 +23,11 @@ use crate::compress::quantize::{
     Granularity, IntScheme, QParams, ScaleDtype, min_max, min_max_bf16, min_max_f32,
 };
 use crate::compress::structure::LineStats;
-use crate::compress::{Cancel, Canceled};
 use crate::compress::{fp8, nf4};
-use crate::formats::dtype;
-use crate::formats::safetensors::Dtype;
+use crate::numeric::Dtype;
+use crate::numeric::SplitMix;
+use crate::numeric::codec;
+use crate::numeric::{Cancel, Canceled};
 
 /// Values per chunk, at least one whole row: small enough for a core's L2 cache.
 const CHUNK_VALUES: usize = 1 << 14;
@@ -266,7 +267,7 @@ impl Layout {
             cols,
             rows: total as usize / cols,
             rows_per_chunk,
-            width: dtype::float_width(view.dtype),
+            width: crate::numeric::float_width(view.dtype),
         }
     }
 
@@ -284,7 +285,7 @@ impl Layout {
     fn decode(&self, view: &TensorView, c: usize, buf: &mut Vec<f32>) {
         let range = self.chunk_values(c);
         buf.resize(range.len(), 0.0);
-        dtype::decode(
+        codec::decode(
             view.dtype,
             &view.bytes[range.start * self.width..range.end * self.width],
             buf,

@@ -10,8 +10,9 @@
 use serde::{Deserialize, Serialize};
 
 use super::Architecture;
-use crate::formats::dtype;
-use crate::formats::safetensors::{self, Dtype};
+use crate::formats::safetensors;
+use crate::numeric::Dtype;
+use crate::numeric::codec;
 
 /// Longest token sequence accepted.
 pub const MAX_SEQUENCE: usize = 8192;
@@ -313,7 +314,7 @@ fn parse_tensors(bytes: &[u8]) -> Result<(Dataset, DatasetStats), DatasetError> 
     };
     let (inputs, labels) = (find("inputs")?, find("labels")?);
     let data = &bytes[header.data_start() as usize..];
-    if !dtype::is_float(inputs.dtype) {
+    if !crate::numeric::is_float(inputs.dtype) {
         return Err(bad(format!(
             "`inputs` is {}; expected F32, F16 or BF16",
             inputs.dtype.as_str()
@@ -337,7 +338,7 @@ fn parse_tensors(bytes: &[u8]) -> Result<(Dataset, DatasetStats), DatasetError> 
         )));
     }
     let mut values = vec![0f32; (rows * features) as usize];
-    dtype::decode(
+    codec::decode(
         inputs.dtype,
         &data[inputs.begin as usize..inputs.end as usize],
         &mut values,

@@ -9,7 +9,7 @@ use candle_core::{Device, Tensor};
 
 use super::weights::Weights;
 use super::{Architecture, Dataset, EvalError, EvalReport, EvalSpec, Figures, Inputs, Limits};
-use crate::compress::Cancel;
+use crate::numeric::Cancel;
 
 /// The original model as uploaded.
 pub struct Original<'a> {

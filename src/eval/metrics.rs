@@ -2,7 +2,7 @@
 //! hand-computed values): next-token statistics between two decoders, cosine similarity,
 //! top-1 accuracy, percentiles, and the seeded Gaussian noise of the robustness curve.
 
-use crate::compress::cluster::SplitMix;
+use crate::numeric::SplitMix;
 
 /// Running next-token figures of a compressed decoder against the original.
 #[derive(Debug, Default, Clone)]

@@ -20,7 +20,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::compress::Cancel;
+use crate::numeric::Cancel;
 pub use dataset::{Dataset, DatasetStats};
 use latency::{Budget, Measure, Speedup};
 use weights::{Kernel, Weights};
@@ -43,8 +43,8 @@ pub enum EvalError {
     Io(#[from] std::io::Error),
 }
 
-impl From<crate::compress::Canceled> for EvalError {
-    fn from(_: crate::compress::Canceled) -> Self {
+impl From<crate::numeric::Canceled> for EvalError {
+    fn from(_: crate::numeric::Canceled) -> Self {
         EvalError::Canceled
     }
 }

@@ -11,8 +11,8 @@ use candle_core::quantized::{GgmlDType, QMatMul, QTensor, gguf_file};
 use candle_core::{DType, Device, Module, Tensor};
 
 use super::EvalError;
-use crate::formats::safetensors::Dtype;
-use crate::formats::{dtype, gguf, reader};
+use crate::formats::{gguf, reader};
+use crate::numeric::Dtype;
 
 /// How a model's linear layers are multiplied.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -140,7 +140,7 @@ impl Weights {
             for w in &file.weights {
                 // Integer tensors (position ids, say) are buffers, not weights; the runtime's
                 // models recompute them.
-                if Dtype::parse(&w.dtype).is_some_and(|d| !dtype::is_float(d)) {
+                if Dtype::parse(&w.dtype).is_some_and(|d| !crate::numeric::is_float(d)) {
                     continue;
                 }
                 let values = file

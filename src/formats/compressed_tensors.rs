@@ -9,8 +9,9 @@ use serde_json::{Value, json};
 
 use crate::compress::encoded::Encoded;
 use crate::compress::quantize::{Granularity, IntScheme};
-use crate::formats::safetensors::Dtype;
-use crate::formats::{bits, dtype};
+use crate::formats::bits;
+use crate::numeric::Dtype;
+use crate::numeric::codec;
 
 /// One tensor as stored.
 #[derive(Debug, Clone, PartialEq)]
@@ -102,8 +103,8 @@ pub fn unpack_rows(bytes: &[u8], rows: usize, cols: usize, bits: u8) -> Vec<u32>
 }
 
 fn encode_floats(dtype: Dtype, values: &[f32]) -> Vec<u8> {
-    let mut out = vec![0u8; values.len() * dtype::float_width(dtype)];
-    dtype::encode(dtype, values, &mut out);
+    let mut out = vec![0u8; values.len() * crate::numeric::float_width(dtype)];
+    codec::encode(dtype, values, &mut out);
     out
 }
 
@@ -287,7 +288,7 @@ fn magnitude_rank(dtype: Dtype, bytes: &[u8]) -> f32 {
     match dtype {
         Dtype::F32 | Dtype::F16 | Dtype::BF16 => {
             let mut v = [0f32];
-            dtype::decode(dtype, bytes, &mut v);
+            codec::decode(dtype, bytes, &mut v);
             v[0].abs()
         }
         Dtype::F8_E4M3 => crate::compress::fp8::e4m3_to_f32(bytes[0]).abs(),

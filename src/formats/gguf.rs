@@ -10,7 +10,7 @@
 use std::io::{self, Read};
 
 use crate::compress::gguf::BlockType;
-use crate::formats::safetensors::Dtype;
+use crate::numeric::Dtype;
 
 /// "GGUF".
 pub const MAGIC: [u8; 4] = *b"GGUF";

@@ -13,9 +13,10 @@ use serde::Serialize;
 
 use crate::compress::{fp8, gguf as blocks};
 use crate::formats::compressed_tensors::unpack_rows;
-use crate::formats::dtype;
 use crate::formats::gguf::{self, GgmlType};
-use crate::formats::safetensors::{self, Dtype, Header, TensorInfo};
+use crate::formats::safetensors::{self, Header, TensorInfo};
+use crate::numeric::Dtype;
+use crate::numeric::codec;
 
 /// The `__metadata__` key under which compact safetensors describe their substituted tensors
 /// (a JSON object: weight name → layout).
@@ -471,7 +472,7 @@ fn decode_dense(dtype: Dtype, bytes: &[u8], out: &mut [f32]) -> Result<(), ReadE
         )));
     }
     match dtype {
-        Dtype::F32 | Dtype::F16 | Dtype::BF16 => dtype::decode(dtype, bytes, out),
+        Dtype::F32 | Dtype::F16 | Dtype::BF16 => codec::decode(dtype, bytes, out),
         Dtype::F8_E4M3 => {
             for (o, &b) in out.iter_mut().zip(bytes) {
                 *o = fp8::e4m3_to_f32(b);
@@ -489,10 +490,10 @@ fn decode_dense(dtype: Dtype, bytes: &[u8], out: &mut [f32]) -> Result<(), ReadE
 
 /// Rounds values to what `dtype` stores (a float dtype; others are left as they are).
 fn round_to(dtype: Dtype, values: &mut [f32]) {
-    if dtype::is_float(dtype) {
-        let mut bytes = vec![0u8; values.len() * dtype::float_width(dtype)];
-        dtype::encode(dtype, values, &mut bytes);
-        dtype::decode(dtype, &bytes, values);
+    if crate::numeric::is_float(dtype) {
+        let mut bytes = vec![0u8; values.len() * crate::numeric::float_width(dtype)];
+        codec::encode(dtype, values, &mut bytes);
+        codec::decode(dtype, &bytes, values);
     }
 }
 

@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use crate::eval::dataset::{DatasetError, check_fits};
 use crate::eval::{Architecture, DatasetStats, EvalSpec};
-use crate::jobs::recipe::TensorMeta;
+use crate::formats::TensorMeta;
 use crate::store::blobs::BlobStore;
 use crate::store::{datasets, models};
 

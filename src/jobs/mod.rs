@@ -1,7 +1,9 @@
-//! Jobs: the recipe (what to do, validated against the model) and the queue (the `jobs` table
-//! and its results: submission, claiming, leases, fencing, retries, cancellation).
+//! Jobs: the recipe (what to do, validated against the model), the queue (the `jobs` table
+//! and its results: submission, claiming, leases, fencing, retries, cancellation) and the
+//! report a job produces (per-tensor metrics, summary, progress).
 
 pub mod evaluation;
 pub mod events;
 pub mod queue;
 pub mod recipe;
+pub mod report;

@@ -17,8 +17,8 @@ use sqlx::types::Json;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
+use crate::jobs::report::{Progress, Summary, TensorReport};
 use crate::store::blobs::{self, BlobStore, SealedBlob};
-use crate::worker::pipeline::{Progress, Summary, TensorReport};
 
 /// Channel that wakes idle workers.
 pub const QUEUED_CHANNEL: &str = "squeeze_job_queued";
@@ -299,27 +299,6 @@ pub async fn cancel(pool: &PgPool, team_id: Uuid, id: Uuid) -> sqlx::Result<Opti
     }
     tx.commit().await?;
     get(pool, team_id, id).await
-}
-
-/// Whether any job still needs this model.
-pub async fn model_in_use(conn: &mut PgConnection, model_id: Uuid) -> sqlx::Result<bool> {
-    sqlx::query_scalar(
-        "select exists (select 1 from jobs where model_id = $1 and state in ('queued', 'running'))",
-    )
-    .bind(model_id)
-    .fetch_one(conn)
-    .await
-}
-
-/// Whether any queued or running job will evaluate on this set.
-pub async fn dataset_in_use(conn: &mut PgConnection, dataset_id: Uuid) -> sqlx::Result<bool> {
-    sqlx::query_scalar(
-        "select exists (select 1 from jobs where eval->>'dataset_id' = $1::text
-                        and state in ('queued', 'running'))",
-    )
-    .bind(dataset_id)
-    .fetch_one(conn)
-    .await
 }
 
 /// A job a worker holds.

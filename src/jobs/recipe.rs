@@ -10,8 +10,8 @@ use crate::compress::prune::Norm;
 use crate::compress::quantize::{Granularity, IntScheme, ScaleDtype};
 use crate::compress::tensor::Step;
 use crate::formats::gguf_rules::{self, FileType, TensorShape};
-use crate::formats::safetensors::Dtype;
-use crate::formats::{dtype, hf};
+use crate::formats::{TensorMeta, hf};
+use crate::numeric::Dtype;
 
 /// A compression recipe.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -537,28 +537,6 @@ impl Plan {
     }
 }
 
-/// The facts about a tensor that validation needs.
-#[derive(Debug, Clone)]
-pub struct TensorMeta {
-    /// Name.
-    pub name: String,
-    /// Element type.
-    pub dtype: Dtype,
-    /// Dimensions.
-    pub shape: Vec<u64>,
-}
-
-impl TensorMeta {
-    /// Length of a row: the product of all dimensions but the first (the whole tensor if 1-D).
-    pub fn row_len(&self) -> u64 {
-        if self.shape.len() <= 1 {
-            self.shape.iter().product()
-        } else {
-            self.shape[1..].iter().product()
-        }
-    }
-}
-
 /// Why a recipe cannot run on a model. Every message names the rule and, where there is one,
 /// the tensor.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -784,7 +762,7 @@ impl Selection {
     /// A tensor with a zero dimension has nothing to compress: every format stores it unchanged.
     pub fn selects(&self, name: &str, dtype: Dtype, shape: &[u64]) -> bool {
         if self.ignore.iter().any(|p| p.matches(name))
-            || !dtype::is_float(dtype)
+            || !crate::numeric::is_float(dtype)
             || shape.contains(&0)
         {
             return false;
@@ -1066,7 +1044,7 @@ impl Recipe {
                         pattern: text.clone(),
                     });
                 }
-                Some(t) if pattern.is_exact() && !dtype::is_float(t.dtype) => {
+                Some(t) if pattern.is_exact() && !crate::numeric::is_float(t.dtype) => {
                     return Err(RecipeError::NotFloat {
                         tensor: t.name.clone(),
                         dtype: t.dtype,

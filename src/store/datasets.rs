@@ -128,7 +128,7 @@ pub async fn delete(
     let Some(sha) = sha else {
         return Ok(Deleted::NotFound);
     };
-    if crate::jobs::queue::dataset_in_use(&mut tx, id).await? {
+    if in_use(&mut tx, id).await? {
         return Ok(Deleted::InUse);
     }
     sqlx::query("delete from datasets where id = $1")
@@ -177,4 +177,16 @@ pub async fn keep_baseline(
     .execute(pool)
     .await?;
     Ok(())
+}
+
+/// Whether any queued or running job will evaluate on this set: a read of the jobs table,
+/// under the delete's transaction so no job can be submitted on the set in between.
+async fn in_use(conn: &mut sqlx::PgConnection, dataset_id: Uuid) -> sqlx::Result<bool> {
+    sqlx::query_scalar(
+        "select exists (select 1 from jobs where eval->>'dataset_id' = $1::text
+                        and state in ('queued', 'running'))",
+    )
+    .bind(dataset_id)
+    .fetch_one(conn)
+    .await
 }

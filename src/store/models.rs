@@ -521,7 +521,7 @@ pub async fn tensor_metas(
     pool: &PgPool,
     team_id: Uuid,
     id: Uuid,
-) -> sqlx::Result<Option<(String, Vec<crate::jobs::recipe::TensorMeta>)>> {
+) -> sqlx::Result<Option<(String, Vec<crate::formats::TensorMeta>)>> {
     let sha: Option<String> =
         sqlx::query_scalar("select sha256 from models where id = $1 and team_id = $2")
             .bind(id)
@@ -540,9 +540,9 @@ pub async fn tensor_metas(
     let metas = rows
         .into_iter()
         .filter_map(|(name, dtype, shape)| {
-            Some(crate::jobs::recipe::TensorMeta {
+            Some(crate::formats::TensorMeta {
                 name,
-                dtype: crate::formats::safetensors::Dtype::parse(&dtype)?,
+                dtype: crate::numeric::Dtype::parse(&dtype)?,
                 shape: shape.0,
             })
         })
@@ -609,7 +609,7 @@ pub async fn delete(
     if found.is_none() {
         return Ok(Deleted::NotFound);
     }
-    if crate::jobs::queue::model_in_use(&mut tx, id).await? {
+    if in_use(&mut tx, id).await? {
         return Ok(Deleted::InUse);
     }
     let digests: Vec<String> =
@@ -624,4 +624,15 @@ pub async fn delete(
     let released = blobs::release(&mut tx, store, digests).await?;
     blobs::commit_releasing(tx, released).await?;
     Ok(Deleted::Yes)
+}
+
+/// Whether any queued or running job uses this model: a read of the jobs table, under the
+/// delete's transaction.
+async fn in_use(conn: &mut sqlx::PgConnection, model_id: Uuid) -> sqlx::Result<bool> {
+    sqlx::query_scalar(
+        "select exists (select 1 from jobs where model_id = $1 and state in ('queued', 'running'))",
+    )
+    .bind(model_id)
+    .fetch_one(conn)
+    .await
 }

@@ -19,8 +19,9 @@ use crate::formats::compressed_tensors::{
 };
 use crate::formats::gguf::{self, GgmlType, TensorEntry, Value};
 use crate::formats::reader::COMPACT_METADATA_KEY;
-use crate::formats::safetensors::{Dtype, Header, TensorInfo};
+use crate::formats::safetensors::{Header, TensorInfo};
 use crate::jobs::recipe::{OutputFormat, Plan, Prune, Recipe, SparseLayout, Stage};
+use crate::numeric::Dtype;
 use crate::worker::pipeline::{HashingFile, InputFile, OutputFile, PipelineError};
 
 /// What the pipeline tells a writer about one tensor.
@@ -341,7 +342,7 @@ impl ArtifactWriter for CompressedTensorsWriter {
                 global_sparsity: 0.0,
             });
             group.targets.push(module);
-            let width = crate::formats::dtype::float_width(info.dtype);
+            let width = crate::numeric::float_width(info.dtype);
             let zeros = tensor
                 .dense
                 .chunks(width)

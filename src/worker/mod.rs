@@ -21,13 +21,14 @@ use tokio::sync::{Notify, watch};
 use tracing::Instrument;
 use uuid::Uuid;
 
-use crate::compress::Cancel;
 use crate::eval::{EvalError, EvalReport, EvalSpec, Figures};
 use crate::jobs::queue::{self, Artifact, Claimed, Lease};
 use crate::jobs::recipe::Recipe;
+use crate::jobs::report::Progress;
+use crate::numeric::Cancel;
 use crate::store::blobs::{BlobStore, WorkDir};
 use crate::store::{datasets, models};
-use pipeline::{InputFile, InputKind, PipelineError, Progress};
+use pipeline::{InputFile, InputKind, PipelineError};
 
 /// How workers behave.
 #[derive(Debug, Clone)]

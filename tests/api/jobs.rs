@@ -473,7 +473,7 @@ async fn a_stale_worker_is_fenced_and_an_expired_lease_is_rescued() {
     assert!(!queue::fail(db, id, 1, "stale", true).await.unwrap());
     assert!(!queue::mark_canceled(db, id, 1).await.unwrap());
     assert!(!queue::hand_back(db, id, 1).await.unwrap());
-    let summary: squeeze::worker::pipeline::Summary = serde_json::from_value(json!({
+    let summary: squeeze::jobs::report::Summary = serde_json::from_value(json!({
         "format": "safetensors", "bytes_in": 1, "bytes_out": 1, "ratio": 1.0, "bits_per_weight": 16.0,
         "parameters": 1, "compressed_parameters": 1, "compressed_tensors": 1, "sparsity": 0.0,
         "mean_rel_error": 0.0, "worst_rel_error": 0.0, "worst_tensor": null, "wall_seconds": 0.0,

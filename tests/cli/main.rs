@@ -1,5 +1,6 @@
 //! Tests of the `squeeze` binary as people and scripts run it: `serve` with its private
-//! PostgreSQL, the token commands, `inspect`, and a multi-gigabyte upload's memory profile.
+//! PostgreSQL, the token commands, `inspect`, and a multi-gigabyte upload's memory profile;
+//! and the source's module layering (`layers`).
 
 #[path = "../common/mod.rs"]
 mod common;
@@ -9,6 +10,7 @@ mod commands;
 mod embedded;
 mod evaluate;
 mod large_model;
+mod layers;
 mod real_models;
 mod reference;
 mod upload_memory;

@@ -386,7 +386,7 @@ fn store<const BF16: bool>(v: __m256, out: &mut [u8]) {
     }
 }
 
-/// `dtype::bf16_rounded` in eight lanes, for finite values: a tensor holding NaN is refused
+/// `codec::bf16_rounded` in eight lanes, for finite values: a tensor holding NaN is refused
 /// from its metric sums, its output never kept, so the portable code's quiet-NaN rule is not
 /// repeated here.
 #[inline]

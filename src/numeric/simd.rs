@@ -88,13 +88,13 @@ macro_rules! multiversion {
                 fn avx512($($arg: $ty),*) $(-> $ret)? {
                     body($($arg),*)
                 }
-                match $crate::compress::simd::level() {
+                match $crate::numeric::simd::level() {
                     // SAFETY: `level` returns Avx512 only when the CPU has AVX-512 F/BW/VL and
                     // AVX2, FMA and F16C.
-                    $crate::compress::simd::Level::Avx512 => return unsafe { avx512($($arg),*) },
+                    $crate::numeric::simd::Level::Avx512 => return unsafe { avx512($($arg),*) },
                     // SAFETY: `level` returns Avx2 only when the CPU has AVX2, FMA and F16C.
-                    $crate::compress::simd::Level::Avx2 => return unsafe { avx2($($arg),*) },
-                    $crate::compress::simd::Level::Baseline => {}
+                    $crate::numeric::simd::Level::Avx2 => return unsafe { avx2($($arg),*) },
+                    $crate::numeric::simd::Level::Baseline => {}
                 }
             }
             body($($arg),*)

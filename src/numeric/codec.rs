@@ -1,22 +1,8 @@
 //! Conversions between the float encodings of stored tensors and f32 working values,
 //! chunk by chunk over little-endian bytes that may be unaligned (straight from an mmap).
 
-use crate::compress::simd::multiversion;
-use crate::formats::safetensors::Dtype;
-
-/// Whether squeeze can read and write tensors of this dtype as floating-point values.
-pub fn is_float(dtype: Dtype) -> bool {
-    matches!(dtype, Dtype::F32 | Dtype::F16 | Dtype::BF16)
-}
-
-/// Bytes per element for the float dtypes squeeze computes on.
-pub fn float_width(dtype: Dtype) -> usize {
-    match dtype {
-        Dtype::F32 => 4,
-        Dtype::F16 | Dtype::BF16 => 2,
-        other => panic!("{other} is not a float dtype squeeze computes on"),
-    }
-}
+use crate::numeric::Dtype;
+use crate::numeric::simd::multiversion;
 
 /// Decodes `out.len()` elements of `dtype` from `bytes` into f32.
 pub fn decode(dtype: Dtype, bytes: &[u8], out: &mut [f32]) {
@@ -129,6 +115,7 @@ fn encode_f16(values: &mut [f32], out: &mut [u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::numeric::float_width;
 
     #[test]
     fn round_trips_are_exact_for_representable_values() {
