@@ -12,12 +12,10 @@ use anyhow::Context;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::DefaultBodyLimit;
-use axum::extract::FromRef;
 use axum::http::HeaderValue;
 use axum::http::{Request, Response, StatusCode, header};
 use axum::middleware;
 use axum::response::IntoResponse;
-use sqlx::PgPool;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::services::ServeDir;
@@ -25,63 +23,16 @@ use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::timeout::RequestBodyTimeoutLayer;
 use tower_http::trace::TraceLayer;
 
+use crate::api::state::{AppState, UploadLimits};
 use crate::config::ServeArgs;
 use crate::connections::ConnectionLimits;
+use crate::connections::{MAX_HEADER_BYTES, MAX_HEADERS};
 use crate::error::{ApiError, DatabaseDiskFull, PROBLEM_JSON};
 use crate::jobs::events::JobEvents;
 use crate::store::blobs::BlobStore;
 use crate::store::db::Database;
 use crate::worker::{WorkerConfig, WorkerPool};
 use crate::{api, auth};
-
-/// Limits applied to uploads.
-#[derive(Debug, Clone)]
-pub struct Limits {
-    /// Largest request body for an upload.
-    pub max_upload: u64,
-    /// Largest evaluation set.
-    pub max_dataset: u64,
-    /// Longest wait for the next chunk of an upload.
-    pub upload_idle: Duration,
-}
-
-/// State shared by all handlers.
-#[derive(Debug, Clone)]
-pub struct AppState {
-    /// Database pool.
-    pub db: PgPool,
-    /// Uploaded files.
-    pub blobs: BlobStore,
-    /// Upload limits.
-    pub limits: Arc<Limits>,
-    /// Job change notifications.
-    pub events: JobEvents,
-    /// Workers running in this process.
-    pub worker_count: usize,
-    /// Sign-in attempts per client address.
-    pub login_throttle: Arc<auth::throttle::Throttle>,
-    /// When PostgreSQL last refused a write for lack of disk space.
-    pub database_disk_full_at: Arc<std::sync::Mutex<Option<std::time::Instant>>>,
-}
-
-/// How long after PostgreSQL refused a write for lack of space `/readyz` says not ready.
-pub const DISK_FULL_MEMORY: Duration = Duration::from_secs(30);
-
-impl AppState {
-    /// Whether PostgreSQL refused a write for lack of disk space within [`DISK_FULL_MEMORY`].
-    pub fn database_disk_recently_full(&self) -> bool {
-        self.database_disk_full_at
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .is_some_and(|at| at.elapsed() < DISK_FULL_MEMORY)
-    }
-}
-
-impl FromRef<AppState> for PgPool {
-    fn from_ref(state: &AppState) -> PgPool {
-        state.db.clone()
-    }
-}
 
 /// A built, bound, not yet serving application.
 pub struct Application {
@@ -142,7 +93,7 @@ impl Application {
         let state = AppState {
             db: database.pool.clone(),
             blobs,
-            limits: Arc::new(Limits {
+            limits: Arc::new(UploadLimits {
                 max_upload: args.max_upload,
                 max_dataset: args.max_dataset,
                 upload_idle: Duration::from_secs(args.upload_idle_secs),
@@ -357,10 +308,6 @@ fn security_header(name: &'static str, value: &'static str) -> SetResponseHeader
     )
 }
 
-/// Most headers a request may carry.
-pub const MAX_HEADERS: usize = 100;
-/// Most bytes of header names and values a request may carry.
-pub const MAX_HEADER_BYTES: usize = 64 << 10;
 /// Longest path and query.
 pub const MAX_URI_BYTES: usize = 8 << 10;
 

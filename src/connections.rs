@@ -8,7 +8,6 @@
 //! out. Bodies are bounded separately, per frame, by the router's body timeout.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,6 +20,11 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tower::ServiceExt;
+
+/// Most headers a request may carry.
+pub const MAX_HEADERS: usize = 100;
+/// Most bytes of header names and values a request may carry.
+pub const MAX_HEADER_BYTES: usize = 64 << 10;
 
 /// How connections are bounded.
 #[derive(Debug, Clone, Copy)]
@@ -49,8 +53,8 @@ pub async fn serve(
         .header_read_timeout(limits.header_timeout)
         // Roomier than the router's own limits on headers, so that a request over those reaches
         // the router and gets its problem+json answer (hyper's own refusals have empty bodies).
-        .max_headers(crate::app::MAX_HEADERS * 4)
-        .max_buf_size(crate::app::MAX_HEADER_BYTES * 4)
+        .max_headers(MAX_HEADERS * 4)
+        .max_buf_size(MAX_HEADER_BYTES * 4)
         .keep_alive(true);
     let builder = Arc::new(builder);
     tokio::pin!(shutdown);
@@ -155,6 +159,3 @@ pub fn fitting_cap(requested: usize, open_files: Option<u64>) -> usize {
         None => requested,
     }
 }
-
-/// The peer address as handlers see it.
-pub type Peer = ConnectInfo<SocketAddr>;

@@ -7,7 +7,7 @@ use axum::http::StatusCode;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::app::AppState;
+use crate::api::state::AppState;
 use crate::auth::Caller;
 use crate::demo::{self, Installed};
 use crate::error::ApiResult;

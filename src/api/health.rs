@@ -8,7 +8,7 @@ use serde::Serialize;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::app::AppState;
+use crate::api::state::AppState;
 use crate::error::{ApiError, ApiResult};
 
 /// Below this much free space on the data folder's disk the service reports not ready.
@@ -66,7 +66,7 @@ async fn readyz(State(state): State<AppState>) -> ApiResult<Json<ProbeStatus>> {
     if state.database_disk_recently_full() {
         return Err(ApiError::unavailable(format!(
             "the database's disk was full within the last {} s",
-            crate::app::DISK_FULL_MEMORY.as_secs()
+            crate::api::state::DISK_FULL_MEMORY.as_secs()
         )));
     }
     if state

@@ -19,8 +19,8 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::api::openapi::Binary;
+use crate::api::state::AppState;
 use crate::api::{Page, page_limit};
-use crate::app::AppState;
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::eval::EvalSpec;

@@ -11,7 +11,7 @@ use axum::response::IntoResponse;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::app::AppState;
+use crate::api::state::AppState;
 use crate::error::ApiResult;
 use crate::jobs::queue;
 use crate::store::ingest::UPLOADED_BYTES;

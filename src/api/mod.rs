@@ -11,10 +11,11 @@ pub mod metrics;
 pub mod models;
 pub mod openapi;
 pub mod session;
+pub mod state;
 
 use utoipa_axum::router::OpenApiRouter;
 
-use crate::app::AppState;
+use crate::api::state::AppState;
 use crate::error::{ApiError, ApiResult};
 
 /// Every route of the HTTP surface except the dashboard, with its OpenAPI entries.

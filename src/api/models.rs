@@ -16,7 +16,7 @@ use uuid::Uuid;
 use crate::api::openapi::Binary;
 use crate::api::{Page, page_limit};
 
-use crate::app::AppState;
+use crate::api::state::AppState;
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::store::ingest::{self, FileKind, IngestError, IngestedFile};

@@ -20,7 +20,7 @@ use utoipa::openapi::{Content, Ref, RefOr, Response};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::app::AppState;
+use crate::api::state::AppState;
 use crate::error::{PROBLEM_JSON, Problem};
 
 #[derive(OpenApi)]

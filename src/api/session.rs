@@ -10,11 +10,11 @@ use serde::Deserialize;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::app::AppState;
+use crate::api::state::AppState;
+use crate::api::state::Peer;
 use crate::auth::throttle::LOGIN_ATTEMPTS_PER_WINDOW;
 use crate::auth::tokens::{self, IssuedToken};
 use crate::auth::{Caller, Identity};
-use crate::connections::Peer;
 use crate::error::ApiError;
 
 /// `/me` and `/login`.

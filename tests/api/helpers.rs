@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use reqwest::header::AUTHORIZATION;
-use squeeze::app::{AppState, Application};
+use squeeze::api::state::AppState;
+use squeeze::app::Application;
 use squeeze::config::{DbArgs, ServeArgs};
 use tempfile::TempDir;
 
