@@ -5,7 +5,7 @@
 
 use std::time::Instant;
 
-use crate::compress::gguf::BlockType;
+use crate::compress::blocks::BlockType;
 use crate::compress::lowrank::{Rank, max_useful_rank};
 use crate::compress::prune::Norm;
 use crate::compress::quantize::{Granularity, IntScheme, ScaleDtype};

@@ -5,8 +5,8 @@
 //! decoded from exactly these codes (`tensor::transform_encoded` checks nothing else is done),
 //! so what a runtime reads back is what the job's metrics describe.
 
+use crate::compress::blocks::{self, BlockType};
 use crate::compress::cluster::{self, Codebook};
-use crate::compress::gguf::{self, BlockType};
 use crate::compress::lowrank::Factors;
 use crate::compress::quantize::{IntScheme, QParams, ScaleDtype, fake_value, min_max};
 use crate::compress::{fp8, nf4};
@@ -156,8 +156,8 @@ pub(crate) fn gguf_rows(kind: BlockType, values: &mut [f32]) -> Piece {
         .chunks_exact_mut(kind.block_len())
         .zip(codes.chunks_exact_mut(kind.block_bytes()))
     {
-        gguf::quantize_block(kind, x, block);
-        gguf::dequantize_block(kind, block, x);
+        blocks::quantize_block(kind, x, block);
+        blocks::dequantize_block(kind, block, x);
     }
     Piece {
         codes,
@@ -359,7 +359,7 @@ impl Encoded {
                     .chunks_exact_mut(kind.block_len())
                     .zip(blocks.chunks_exact(kind.block_bytes()))
                 {
-                    gguf::dequantize_block(*kind, block, x);
+                    blocks::dequantize_block(*kind, block, x);
                 }
                 out
             }

@@ -11,8 +11,8 @@
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 
+use crate::compress::blocks::{self, BlockStep, BlockType};
 use crate::compress::fp8;
-use crate::compress::gguf::{self, BlockStep, BlockType};
 use crate::compress::measure::{Bf16, Codec, F32, LANES, Lanes, Sums, store_lanes};
 use crate::compress::quantize::ScaleDtype;
 use crate::compress::quantize::{self, Granularity, IntScheme, QParams, min_max_stored};
@@ -83,7 +83,7 @@ impl OnePass {
                 Granularity::Tensor | Granularity::Channel => cols,
             },
             OnePass::Fp8 { .. } => cols,
-            OnePass::Q8_0 | OnePass::Q4_0 => gguf::BLOCK,
+            OnePass::Q8_0 | OnePass::Q4_0 => blocks::BLOCK,
         }
     }
 
@@ -336,12 +336,12 @@ impl Rule for Q4Rule {
 /// when both ends have the same magnitude).
 #[inline(always)]
 fn q4_0_signed_absmax<C: Codec>(lo: f32, hi: f32, bytes: &[u8]) -> f32 {
-    gguf::signed_absmax_of_range(lo, hi, || {
-        let mut block = [0f32; gguf::BLOCK];
+    blocks::signed_absmax_of_range(lo, hi, || {
+        let mut block = [0f32; blocks::BLOCK];
         for (v, b) in block.iter_mut().zip(bytes.chunks_exact(C::WIDTH)) {
             *v = C::read(b);
         }
-        gguf::signed_absmax(&block)
+        blocks::signed_absmax(&block)
     })
 }
 

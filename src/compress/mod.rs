@@ -3,11 +3,11 @@
 //! between chunks. `tensor` drives one tensor through its steps; the hot loops are compiled for
 //! the CPU at hand by `numeric::simd`. Imports only `numeric`.
 
+pub mod blocks;
 pub mod cluster;
 pub mod encoded;
 pub mod fp8;
 mod fused;
-pub mod gguf;
 pub mod kquants;
 pub mod lowrank;
 mod measure;

@@ -5,7 +5,7 @@
 use crate::compress::prune::Norm;
 use crate::compress::quantize::{Granularity, IntScheme, ScaleDtype};
 use crate::compress::tensor::{self, Step, TensorView, TransformError};
-use crate::compress::{gguf, nf4};
+use crate::compress::{blocks, nf4};
 use crate::numeric::Cancel;
 use crate::numeric::Dtype;
 
@@ -279,16 +279,19 @@ fn nf4_picks_the_nearest_level_of_each_block_of_the_flattened_tensor() {
 
 #[test]
 fn gguf_types_decode_within_their_block_bound() {
-    for case in cases(gguf::BLOCK) {
+    for case in cases(blocks::BLOCK) {
         for kind in [
-            gguf::BlockType::Q8_0,
-            gguf::BlockType::Q4_0,
-            gguf::BlockType::Q4_1,
-            gguf::BlockType::Q5_0,
-            gguf::BlockType::Q5_1,
+            blocks::BlockType::Q8_0,
+            blocks::BlockType::Q4_0,
+            blocks::BlockType::Q4_1,
+            blocks::BlockType::Q5_0,
+            blocks::BlockType::Q5_1,
         ] {
             let (got, _) = run(&case, &[Step::Gguf(kind)]).unwrap();
-            for (g, x) in got.chunks(gguf::BLOCK).zip(case.values.chunks(gguf::BLOCK)) {
+            for (g, x) in got
+                .chunks(blocks::BLOCK)
+                .zip(case.values.chunks(blocks::BLOCK))
+            {
                 let lo = x.iter().fold(0f64, |m, v| m.min(f64::from(*v)));
                 let hi = x.iter().fold(0f64, |m, v| m.max(f64::from(*v)));
                 let absmax = lo.abs().max(hi);
@@ -301,12 +304,12 @@ fn gguf_types_decode_within_their_block_bound() {
                 // stops one step short: a whole step of error there. Offset types err by half
                 // a step. Both add the f16 rounding of the scale (and of the minimum).
                 let bound = match kind {
-                    gguf::BlockType::Q8_0 => absmax / 127.0 * 0.5,
-                    gguf::BlockType::Q4_0 => absmax / 8.0,
-                    gguf::BlockType::Q5_0 => absmax / 16.0,
-                    gguf::BlockType::Q4_1 => (hi - lo) / 15.0 * 0.5,
-                    gguf::BlockType::Q5_1 => (hi - lo) / 31.0 * 0.5,
-                    gguf::BlockType::Q4_K | gguf::BlockType::Q5_K | gguf::BlockType::Q6_K => {
+                    blocks::BlockType::Q8_0 => absmax / 127.0 * 0.5,
+                    blocks::BlockType::Q4_0 => absmax / 8.0,
+                    blocks::BlockType::Q5_0 => absmax / 16.0,
+                    blocks::BlockType::Q4_1 => (hi - lo) / 15.0 * 0.5,
+                    blocks::BlockType::Q5_1 => (hi - lo) / 31.0 * 0.5,
+                    blocks::BlockType::Q4_K | blocks::BlockType::Q5_K | blocks::BlockType::Q6_K => {
                         unreachable!("legacy only")
                     }
                 } + (absmax + lo.abs()) * 2f64.powi(-10)
@@ -489,7 +492,7 @@ fn non_finite_input_is_refused_by_every_step() {
             per_channel: true,
             scale_dtype: ScaleDtype::F32,
         },
-        Step::Gguf(gguf::BlockType::Q4_0),
+        Step::Gguf(blocks::BlockType::Q4_0),
         Step::Nf4,
     ];
     for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
@@ -654,9 +657,9 @@ fn low_rank_error_is_the_discarded_spectral_energy() {
 fn k_quants_decode_within_a_step_of_each_sub_block() {
     for case in cases(256) {
         for (kind, sub, levels) in [
-            (gguf::BlockType::Q4_K, 32, 15.0),
-            (gguf::BlockType::Q5_K, 32, 31.0),
-            (gguf::BlockType::Q6_K, 16, 63.0),
+            (blocks::BlockType::Q4_K, 32, 15.0),
+            (blocks::BlockType::Q5_K, 32, 31.0),
+            (blocks::BlockType::Q6_K, 16, 63.0),
         ] {
             let (got, _) = run(&case, &[Step::Gguf(kind)]).unwrap();
             for (i, (g, x)) in got.chunks(sub).zip(case.values.chunks(sub)).enumerate() {
@@ -722,8 +725,8 @@ fn one_pass_kernels_equal_the_general_path_bit_for_bit() {
             per_channel: false,
             scale_dtype: ScaleDtype::F32,
         },
-        Step::Gguf(gguf::BlockType::Q8_0),
-        Step::Gguf(gguf::BlockType::Q4_0),
+        Step::Gguf(blocks::BlockType::Q8_0),
+        Step::Gguf(blocks::BlockType::Q4_0),
     ];
     let mut all = cases(32);
     all.push(ties());
@@ -765,10 +768,10 @@ fn stored_forms_decode_to_exactly_the_dense_values() {
             per_channel: false,
             scale_dtype: ScaleDtype::F32,
         }],
-        vec![Step::Gguf(gguf::BlockType::Q4_1)],
-        vec![Step::Gguf(gguf::BlockType::Q5_0)],
-        vec![Step::Gguf(gguf::BlockType::Q4_K)],
-        vec![Step::Gguf(gguf::BlockType::Q6_K)],
+        vec![Step::Gguf(blocks::BlockType::Q4_1)],
+        vec![Step::Gguf(blocks::BlockType::Q5_0)],
+        vec![Step::Gguf(blocks::BlockType::Q4_K)],
+        vec![Step::Gguf(blocks::BlockType::Q6_K)],
         vec![Step::Nf4],
         vec![Step::Cluster {
             bits: 3,

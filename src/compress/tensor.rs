@@ -12,10 +12,10 @@ use std::cell::RefCell;
 
 use rayon::prelude::*;
 
+use crate::compress::blocks::{self, BlockType};
 use crate::compress::cluster::{self, Codebook};
 use crate::compress::encoded::{self, Assembly, Encoded, Piece};
 use crate::compress::fused::OnePass;
-use crate::compress::gguf::{self, BlockType};
 use crate::compress::lowrank::{self, Factors, LowRankError, Rank};
 use crate::compress::measure::{self, Sums, store_and_measure};
 use crate::compress::prune::{self, GlobalCut, GlobalPass, MagnitudeCut, Norm, prune_count};
@@ -365,7 +365,7 @@ fn apply_steps(
                     fp8::fake_quantize(row, scale);
                 }
             }
-            (Step::Gguf(kind), _) => gguf::fake_quantize(*kind, values),
+            (Step::Gguf(kind), _) => blocks::fake_quantize(*kind, values),
             (Step::MagnitudePrune { .. } | Step::MagnitudePruneCount { .. }, _) => {
                 unreachable!("every magnitude step has its cut")
             }

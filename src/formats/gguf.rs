@@ -9,7 +9,7 @@
 
 use std::io::{self, Read};
 
-use crate::compress::gguf::BlockType;
+use crate::compress::blocks::BlockType;
 use crate::numeric::Dtype;
 
 /// "GGUF".

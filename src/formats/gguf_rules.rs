@@ -16,7 +16,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::compress::gguf::BlockType;
+use crate::compress::blocks::BlockType;
 use crate::formats::gguf;
 
 /// A llama-quantize file type: the base block type and the per-tensor rules that go with it.

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::compress::{fp8, gguf as blocks};
+use crate::compress::{blocks, fp8};
 use crate::formats::compressed_tensors::unpack_rows;
 use crate::formats::gguf::{self, GgmlType};
 use crate::formats::safetensors::{self, Header, TensorInfo};

@@ -697,7 +697,7 @@ print("ok")
 
 #[test]
 fn k_quant_blocks_decode_identically_in_the_gguf_package() {
-    use squeeze::compress::gguf::{self, BlockType};
+    use squeeze::compress::blocks::{self, BlockType};
     let dir = data_dir();
     let (rows, cols) = (6usize, 768usize);
     let values: Vec<f32> = f32_weights(rows * cols, 0.05, 77)
@@ -707,13 +707,13 @@ fn k_quant_blocks_decode_identically_in_the_gguf_package() {
     let mut args = vec![PathBuf::from(rows.to_string())];
     for kind in [BlockType::Q4_K, BlockType::Q5_K, BlockType::Q6_K] {
         let mut blocks = vec![0u8; rows * cols / kind.block_len() * kind.block_bytes()];
-        gguf::quantize(kind, &values, &mut blocks);
+        blocks::quantize(kind, &values, &mut blocks);
         let mut decoded = vec![0f32; rows * cols];
         for (block, out) in blocks
             .chunks_exact(kind.block_bytes())
             .zip(decoded.chunks_exact_mut(kind.block_len()))
         {
-            gguf::dequantize_block(kind, block, out);
+            blocks::dequantize_block(kind, block, out);
         }
         let stem = dir.path().join(kind.name());
         std::fs::write(stem.with_extension("blocks"), &blocks).unwrap();

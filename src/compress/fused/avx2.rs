@@ -10,8 +10,8 @@
 use std::arch::x86_64::*;
 
 use super::{Fp8Rule, IntParams, IntRule, Rule, q4_0_signed_absmax};
+use crate::compress::blocks;
 use crate::compress::fp8::E4M3_MAX;
-use crate::compress::gguf;
 use crate::compress::measure::{Bf16, Codec, F32, LANES, Lanes, Sums};
 use crate::compress::quantize::min_max_stored;
 
@@ -132,7 +132,7 @@ pub(super) fn fp8_groups<const BF16: bool>(
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) fn q8_0_groups<const BF16: bool>(input: &[u8], out: &mut [u8]) -> Sums {
     each_group::<BF16, _>(
-        gguf::BLOCK,
+        blocks::BLOCK,
         input,
         out,
         |bytes| {
@@ -157,7 +157,7 @@ pub(super) fn q8_0_groups<const BF16: bool>(input: &[u8], out: &mut [u8]) -> Sum
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) fn q4_0_groups<const BF16: bool>(input: &[u8], out: &mut [u8]) -> Sums {
     each_group::<BF16, _>(
-        gguf::BLOCK,
+        blocks::BLOCK,
         input,
         out,
         |bytes| {

@@ -1,6 +1,8 @@
-//! GGUF (llama.cpp) block quantization: the legacy 32-value block types Q8_0, Q4_0, Q4_1, Q5_0
-//! and Q5_1 here, and the 256-value K-quants Q4_K, Q5_K and Q6_K in `kquants`, byte for byte as `quantize_row_*_ref` in ggml-quants.c lays them out and as the
-//! `gguf` Python package computes them (shared/reference/formats.md §3.3).
+//! llama.cpp's block quantization (the blocks GGUF files store; the container is
+//! `formats::gguf`): the legacy 32-value block types Q8_0, Q4_0, Q4_1, Q5_0 and Q5_1 here, and
+//! the 256-value K-quants Q4_K, Q5_K and Q6_K in `kquants`, byte for byte as
+//! `quantize_row_*_ref` in ggml-quants.c lays them out and as the `gguf` Python package computes
+//! them (shared/reference/formats.md §3.3).
 //!
 //! Rounding follows the reference exactly: the inverse scale comes from the unrounded f32 scale
 //! before the scale is stored as f16 (round to nearest even); Q8_0 rounds half away from zero
