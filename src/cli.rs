@@ -339,7 +339,7 @@ fn decompress(args: &crate::config::DecompressArgs) -> anyhow::Result<()> {
     }
     let temp = args.output.with_extension("part");
     let mut out = std::io::BufWriter::new(std::fs::File::create(&temp)?);
-    let header = crate::worker::artifact::header_bytes(None, &infos);
+    let header = crate::pipeline::artifact::header_bytes(None, &infos);
     std::io::Write::write_all(&mut out, &header)?;
     for (w, info) in artifact.weights.iter().zip(&infos) {
         let values = artifact
@@ -417,7 +417,7 @@ fn human_duration(seconds: f64) -> String {
 
 fn evaluate(args: &crate::config::EvaluateArgs) -> anyhow::Result<()> {
     use crate::eval::{self, files};
-    use crate::worker::pipeline::InputKind;
+    use crate::pipeline::InputKind;
     let inputs = local_inputs(&args.original)?;
     let weight_files: Vec<_> = inputs
         .iter()
@@ -515,7 +515,7 @@ fn evaluate(args: &crate::config::EvaluateArgs) -> anyhow::Result<()> {
 
 fn demo(json: bool) -> anyhow::Result<()> {
     use crate::eval::{dataset, files};
-    use crate::worker::pipeline::{InputFile, InputKind};
+    use crate::pipeline::{InputFile, InputKind};
     let root = std::env::temp_dir().join(format!("squeeze-demo-{}", uuid::Uuid::new_v4().simple()));
     let model_dir = root.join("model");
     std::fs::create_dir_all(&model_dir)?;
@@ -549,7 +549,7 @@ fn demo(json: bool) -> anyhow::Result<()> {
             let out = root.join(name.replace(' ', "-"));
             std::fs::create_dir_all(&out)?;
             let outcome = crate::worker::cpu_pool().install(|| {
-                crate::worker::pipeline::run(&inputs, &recipe, &sha, &out, &cancel, &mut |_| {})
+                crate::pipeline::run(&inputs, &recipe, &sha, &out, &cancel, &mut |_| {})
             })?;
             let spec = crate::eval::EvalSpec {
                 dataset_id: uuid::Uuid::nil(),
@@ -650,9 +650,9 @@ fn demo(json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn local_inputs(path: &std::path::Path) -> anyhow::Result<Vec<crate::worker::pipeline::InputFile>> {
+fn local_inputs(path: &std::path::Path) -> anyhow::Result<Vec<crate::pipeline::InputFile>> {
+    use crate::pipeline::{InputFile, InputKind};
     use crate::store::ingest::{FileKind, classify};
-    use crate::worker::pipeline::{InputFile, InputKind};
     if path.is_file() {
         return Ok(vec![InputFile {
             name: "model.safetensors".into(),
@@ -735,7 +735,7 @@ async fn compress(args: CompressArgs) -> anyhow::Result<()> {
         let cancel = crate::numeric::Cancel::new();
         crate::worker::cpu_pool()
             .install(|| {
-                crate::worker::pipeline::run(
+                crate::pipeline::run(
                     &inputs,
                     &recipe,
                     &model_sha,

@@ -17,5 +17,6 @@ pub mod eval;
 pub mod formats;
 pub mod jobs;
 pub mod numeric;
+pub mod pipeline;
 pub mod store;
 pub mod worker;

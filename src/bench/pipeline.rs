@@ -10,7 +10,7 @@ use anyhow::Context;
 
 use crate::jobs::recipe;
 use crate::numeric::Cancel;
-use crate::worker::pipeline::{self, InputFile, InputKind};
+use crate::pipeline::{self, InputFile, InputKind};
 
 /// Best-of-three bandwidth of copying a 256 MiB buffer, in bytes per second (read + write
 /// counted once, as `memcpy` benchmarks usually do).

@@ -7,10 +7,6 @@
 //! is lost or the user cancels, it sets the kernel's cancel flag, which the kernels check between
 //! chunks. Idle workers sleep until NOTIFY on `squeeze_job_queued` or a poll interval.
 
-pub mod artifact;
-pub mod memory;
-pub mod pipeline;
-
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -26,9 +22,9 @@ use crate::jobs::queue::{self, Artifact, Claimed, Lease};
 use crate::jobs::recipe::Recipe;
 use crate::jobs::report::Progress;
 use crate::numeric::Cancel;
+use crate::pipeline::{self, InputFile, InputKind, PipelineError, memory};
 use crate::store::blobs::{BlobStore, WorkDir};
 use crate::store::{datasets, models};
-use pipeline::{InputFile, InputKind, PipelineError};
 
 /// How workers behave.
 #[derive(Debug, Clone)]

@@ -1,11 +1,15 @@
-//! The pipeline: runs a recipe over a model's files and writes the artifact set into a folder,
-//! with the per-tensor metrics and the summary. Shared by the workers and `squeeze compress`;
-//! no database, no async. Call it inside the worker's rayon pool: chunks of a tensor run in
-//! parallel there.
+//! The pipeline: everything that happens to one job's bytes. Runs a recipe over a model's files
+//! and writes the artifact set into a folder (`artifact` holds the writers), with the
+//! per-tensor metrics and the summary; `memory` samples the job's own peak. Shared by the
+//! workers and `squeeze compress`; no database, no async. Call it inside the worker's rayon
+//! pool: chunks of a tensor run in parallel there.
 //!
 //! Memory stays at a few tensors whatever the model size: each tensor is mapped on its own and
 //! unmapped when done (so its pages leave the process), transformed in row chunks, and written
 //! out before the next one; `compress::tensor` does the chunked work.
+
+pub mod artifact;
+pub mod memory;
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -26,7 +30,6 @@ use crate::formats::safetensors::{self, Header, TensorInfo};
 use crate::jobs::recipe::{OutputFormat, Prune, Recipe, Selection, Stage};
 use crate::jobs::report::{Progress, Summary, TensorReport};
 use crate::numeric::{Cancel, Canceled};
-use crate::worker::artifact;
 
 /// What a model file is to the pipeline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -187,7 +190,7 @@ pub fn run(
     progress: &mut dyn FnMut(&Progress),
 ) -> Result<Outcome, PipelineError> {
     let started = Instant::now();
-    let memory = crate::worker::memory::RssPeak::start();
+    let memory = memory::RssPeak::start();
     let mut weights: Vec<(&InputFile, Header)> = Vec::new();
     for input in inputs.iter().filter(|i| i.kind == InputKind::Weights) {
         let header = safetensors::read_header(&input.path)

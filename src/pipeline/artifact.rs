@@ -22,7 +22,7 @@ use crate::formats::reader::COMPACT_METADATA_KEY;
 use crate::formats::safetensors::{Header, TensorInfo};
 use crate::jobs::recipe::{OutputFormat, Plan, Prune, Recipe, SparseLayout, Stage};
 use crate::numeric::Dtype;
-use crate::worker::pipeline::{HashingFile, InputFile, OutputFile, PipelineError};
+use crate::pipeline::{HashingFile, InputFile, OutputFile, PipelineError};
 
 /// What the pipeline tells a writer about one tensor.
 pub struct TensorOut<'a> {
