@@ -9,6 +9,7 @@
 //! out before the next one; `compress::tensor` does the chunked work.
 
 pub mod artifact;
+pub mod evaluation;
 pub mod memory;
 
 use std::collections::HashMap;

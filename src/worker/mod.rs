@@ -7,7 +7,6 @@
 //! is lost or the user cancels, it sets the kernel's cancel flag, which the kernels check between
 //! chunks. Idle workers sleep until NOTIFY on `squeeze_job_queued` or a poll interval.
 
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -17,12 +16,13 @@ use tokio::sync::{Notify, watch};
 use tracing::Instrument;
 use uuid::Uuid;
 
-use crate::eval::{EvalError, EvalReport, EvalSpec, Figures};
+use crate::eval::EvalSpec;
 use crate::jobs::queue::{self, Artifact, Claimed, Lease};
 use crate::jobs::recipe::Recipe;
 use crate::jobs::report::Progress;
 use crate::numeric::Cancel;
-use crate::pipeline::{self, InputFile, InputKind, PipelineError, memory};
+use crate::pipeline::evaluation::Evaluation;
+use crate::pipeline::{self, InputFile, InputKind, PipelineError};
 use crate::store::blobs::{BlobStore, WorkDir};
 use crate::store::{datasets, models};
 
@@ -326,39 +326,23 @@ impl Worker {
                     || "compression".to_owned(),
                     || pipeline::run(&inputs, &recipe, &sha, &work_dir, &cancel, &mut report),
                 );
-                if let (Ok(outcome), Some(evaluation)) = (&mut result, evaluation) {
-                    let mut evaluating = progress
+                if let Ok(outcome) = &mut result
+                    && let Some(evaluation) = evaluation
+                {
+                    let publish = |p: &Progress| {
+                        *progress
+                            .lock()
+                            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(p.clone());
+                    };
+                    let compressed = progress
                         .lock()
                         .unwrap_or_else(|poisoned| poisoned.into_inner())
                         .clone()
                         .unwrap_or_default();
-                    evaluating.phase = Some("evaluating".into());
-                    report(&evaluating);
-                    let evaluation_started = Instant::now();
-                    let evaluation_memory = memory::RssPeak::start();
-                    let advanced = |step: &crate::eval::EvalProgress| {
-                        let mut shown = evaluating.clone();
-                        shown.evaluation = Some(step.clone());
-                        *progress
-                            .lock()
-                            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(shown);
-                    };
-                    let evaluated = pipeline::contain_panic(
-                        || "evaluation".to_owned(),
-                        || Ok(evaluation.run(&inputs, &work_dir, &cancel, &advanced)),
-                    );
-                    outcome.summary.eval_seconds = Some(evaluation_started.elapsed().as_secs_f64());
-                    outcome.summary.peak_rss_bytes = outcome
-                        .summary
-                        .peak_rss_bytes
-                        .max(evaluation_memory.finish());
-                    match evaluated {
-                        Ok(Ok(report)) => outcome.summary.eval = Some(report),
-                        Ok(Err(crate::eval::EvalError::Canceled)) => {
-                            result = Err(PipelineError::Canceled)
-                        }
-                        Ok(Err(err)) => outcome.summary.eval_error = Some(err.to_string()),
-                        Err(err) => result = Err(err),
+                    if let Err(err) = pipeline::evaluation::run(
+                        evaluation, outcome, &inputs, &work_dir, &cancel, compressed, &publish,
+                    ) {
+                        result = Err(err);
                     }
                 }
                 let _ = done_tx.send(result);
@@ -528,46 +512,4 @@ fn baseline_key() -> String {
         runtime.engine,
         env!("CARGO_PKG_VERSION")
     )
-}
-
-/// A job's evaluation, ready to run after its pipeline.
-struct Evaluation {
-    /// The spec, the set's file and the model's config.json; or why it cannot run.
-    setup: Result<(EvalSpec, PathBuf, Option<serde_json::Value>), String>,
-    reuse: Option<Figures>,
-}
-
-impl Evaluation {
-    fn refused(reason: String) -> Evaluation {
-        Evaluation {
-            setup: Err(reason),
-            reuse: None,
-        }
-    }
-
-    /// Runs on the CPU pool, after the artifact is written into `work_dir`.
-    fn run(
-        self,
-        inputs: &[InputFile],
-        work_dir: &std::path::Path,
-        cancel: &Cancel,
-        progress: &dyn Fn(&crate::eval::EvalProgress),
-    ) -> Result<EvalReport, EvalError> {
-        let (spec, dataset_path, config) = self.setup.map_err(EvalError::Model)?;
-        let bytes = std::fs::read(&dataset_path)?;
-        let (dataset, _) = crate::eval::dataset::parse(&bytes)
-            .map_err(|e| EvalError::Model(format!("the dataset no longer parses: {e}")))?;
-        let weight_files: Vec<PathBuf> = inputs
-            .iter()
-            .filter(|f| f.kind == InputKind::Weights)
-            .map(|f| f.path.clone())
-            .collect();
-        let original = crate::eval::files::Original {
-            config: config.as_ref(),
-            weight_files: &weight_files,
-        };
-        crate::eval::files::evaluate_artifact(
-            &original, work_dir, &dataset, &spec, self.reuse, cancel, progress,
-        )
-    }
 }
