@@ -242,17 +242,17 @@ impl From<Canceled> for TransformError {
     }
 }
 
-/// Layout of a tensor as rows × cols and its chunks of whole rows.
+/// ChunkLayout of a tensor as rows × cols and its chunks of whole rows.
 #[derive(Clone, Copy)]
-struct Layout {
+struct ChunkLayout {
     cols: usize,
     rows: usize,
     rows_per_chunk: usize,
     width: usize,
 }
 
-impl Layout {
-    fn of(view: &TensorView, steps: &[Step]) -> Layout {
+impl ChunkLayout {
+    fn of(view: &TensorView, steps: &[Step]) -> ChunkLayout {
         let total: u64 = view.shape.iter().product();
         let cols = if view.shape.len() <= 1 {
             total.max(1) as usize
@@ -263,7 +263,7 @@ impl Layout {
         let block = steps.iter().map(Step::flat_block).fold(1, lcm);
         let rows_multiple = block / gcd(block, cols);
         let rows_per_chunk = (CHUNK_VALUES / cols).max(1).next_multiple_of(rows_multiple);
-        Layout {
+        ChunkLayout {
             cols,
             rows: total as usize / cols,
             rows_per_chunk,
@@ -321,7 +321,7 @@ fn apply_steps(
     globals: &[Global],
     chunk: usize,
     values: &mut [f32],
-    layout: &Layout,
+    layout: &ChunkLayout,
 ) {
     let cols = layout.cols;
     for (step, global) in steps.iter().zip(globals) {
@@ -380,7 +380,7 @@ fn encode_step(
     global: &Global,
     chunk: usize,
     values: &mut [f32],
-    layout: &Layout,
+    layout: &ChunkLayout,
 ) -> Piece {
     let cols = layout.cols;
     let first_row = chunk * layout.rows_per_chunk;
@@ -489,7 +489,7 @@ where
 /// [`cluster::SAMPLE`] values, then one refinement step over every value (sums folded in chunk
 /// order, so the result does not depend on the thread count).
 fn tensor_codebook<F>(
-    layout: &Layout,
+    layout: &ChunkLayout,
     visit: &F,
     bits: u8,
     seed: u64,
@@ -544,7 +544,7 @@ pub fn line_stats(
     columns: bool,
     cancel: &Cancel,
 ) -> Result<Vec<LineStats>, TransformError> {
-    let layout = Layout::of(view, &[]);
+    let layout = ChunkLayout::of(view, &[]);
     let partials: Vec<Vec<LineStats>> = (0..layout.chunks())
         .into_par_iter()
         .map(|c| -> Result<Vec<LineStats>, Canceled> {
@@ -587,7 +587,7 @@ pub fn observe_global(
     pass: GlobalPass,
     cancel: &Cancel,
 ) -> Result<u64, TransformError> {
-    let layout = Layout::of(view, &[]);
+    let layout = ChunkLayout::of(view, &[]);
     let visit = |c: usize, sink: &mut dyn FnMut(&[f32])| {
         BUFFERS.with_borrow_mut(|(buf, _)| {
             layout.decode(view, c, buf);
@@ -663,7 +663,7 @@ fn transform_choosing(
     path: Path,
 ) -> Result<(Fidelity, Option<Encoded>), TransformError> {
     assert_eq!(out.len(), view.bytes.len(), "output length");
-    let layout = Layout::of(view, steps);
+    let layout = ChunkLayout::of(view, steps);
     let decode_chunk = |c: usize, buf: &mut Vec<f32>| layout.decode(view, c, buf);
     let mut globals: Vec<Global> = Vec::with_capacity(steps.len());
     let mut low_rank = None;

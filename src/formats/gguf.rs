@@ -245,7 +245,7 @@ fn write_string(out: &mut Vec<u8>, s: &str) {
 /// One tensor's entry: its name, shape in PyTorch order (written reversed), type and where its
 /// data starts, relative to the data section.
 #[derive(Debug, Clone, PartialEq)]
-pub struct TensorEntry {
+pub struct GgufTensor {
     /// Name (at most [`MAX_NAME`] bytes).
     pub name: String,
     /// Dimensions, outermost first as in safetensors.
@@ -256,7 +256,7 @@ pub struct TensorEntry {
     pub offset: u64,
 }
 
-impl TensorEntry {
+impl GgufTensor {
     /// Bytes of its data (without padding).
     pub fn bytes(&self) -> u64 {
         self.kind.bytes(self.shape.iter().product())
@@ -270,7 +270,7 @@ pub fn padded(n: u64) -> u64 {
 
 /// Gives each tensor its offset in order, each aligned; returns the data section's length
 /// (the last tensor's padding included).
-pub fn assign_offsets(tensors: &mut [TensorEntry]) -> u64 {
+pub fn assign_offsets(tensors: &mut [GgufTensor]) -> u64 {
     let mut offset = 0;
     for t in tensors {
         t.offset = offset;
@@ -280,7 +280,7 @@ pub fn assign_offsets(tensors: &mut [TensorEntry]) -> u64 {
 }
 
 /// Everything before the data: header, metadata, tensor infos, padding to the alignment.
-pub fn header_bytes(metadata: &[(String, Value)], tensors: &[TensorEntry]) -> Vec<u8> {
+pub fn header_bytes(metadata: &[(String, Value)], tensors: &[GgufTensor]) -> Vec<u8> {
     let mut out = Vec::new();
     out.extend_from_slice(&MAGIC);
     out.extend_from_slice(&VERSION.to_le_bytes());
@@ -312,7 +312,7 @@ pub struct GgufFile {
     /// Metadata in file order.
     pub metadata: Vec<(String, Value)>,
     /// Tensors in file order (shape in PyTorch order).
-    pub tensors: Vec<TensorEntry>,
+    pub tensors: Vec<GgufTensor>,
     /// Where the data section starts.
     pub data_start: u64,
 }
@@ -466,7 +466,7 @@ pub fn read(input: impl Read) -> Result<GgufFile, GgufError> {
                 kind.name()
             )));
         }
-        tensors.push(TensorEntry {
+        tensors.push(GgufTensor {
             name,
             shape,
             kind,
@@ -713,13 +713,13 @@ mod tests {
             ),
         ];
         let mut tensors = vec![
-            TensorEntry {
+            GgufTensor {
                 name: "a".into(),
                 shape: vec![3, 64],
                 kind: GgmlType::Q8_0,
                 offset: 0,
             },
-            TensorEntry {
+            GgufTensor {
                 name: "b".into(),
                 shape: vec![5],
                 kind: GgmlType::F32,

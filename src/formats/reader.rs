@@ -22,7 +22,7 @@ use crate::numeric::codec;
 /// (a JSON object: weight name → layout).
 pub const COMPACT_METADATA_KEY: &str = "squeeze.compact";
 
-fn read_tensor(path: &Path, header: &Header, t: &TensorInfo) -> Result<Vec<u8>, ReadError> {
+fn read_tensor(path: &Path, header: &Header, t: &TensorInfo) -> Result<Vec<u8>, ArtifactError> {
     let mut f = File::open(path)?;
     f.seek(SeekFrom::Start(header.data_start() + t.begin))?;
     let mut bytes = vec![0u8; t.bytes() as usize];
@@ -78,10 +78,10 @@ pub struct ArtifactFile {
     pub kind: Kind,
     /// Its weights, in file order.
     pub weights: Vec<StoredWeight>,
-    layout: Layout,
+    layout: ArtifactLayout,
 }
 
-enum Layout {
+enum ArtifactLayout {
     Safetensors {
         header: Header,
         by_name: BTreeMap<String, TensorInfo>,
@@ -94,15 +94,15 @@ enum Layout {
 
 /// Why an artifact could not be read.
 #[derive(Debug, thiserror::Error)]
-pub enum ReadError {
+pub enum ArtifactError {
     #[error("{0}")]
     Format(String),
     #[error(transparent)]
     Io(#[from] std::io::Error),
 }
 
-fn bad(message: impl Into<String>) -> ReadError {
-    ReadError::Format(message.into())
+fn bad(message: impl Into<String>) -> ArtifactError {
+    ArtifactError::Format(message.into())
 }
 
 const PARTS: [&str; 7] = [
@@ -118,7 +118,7 @@ const PARTS: [&str; 7] = [
 impl ArtifactFile {
     /// Opens a safetensors or GGUF file; a compressed-tensors file's `config.json` is looked for
     /// beside it.
-    pub fn open(path: &Path) -> Result<ArtifactFile, ReadError> {
+    pub fn open(path: &Path) -> Result<ArtifactFile, ArtifactError> {
         let mut magic = [0u8; 4];
         File::open(path)?.read_exact(&mut magic).ok();
         if magic == gguf::MAGIC {
@@ -155,7 +155,7 @@ impl ArtifactFile {
                 path: path.to_owned(),
                 kind: Kind::Gguf,
                 weights,
-                layout: Layout::Gguf(file),
+                layout: ArtifactLayout::Gguf(file),
             });
         }
         let header = safetensors::read_header(path).map_err(|e| bad(e.to_string()))?;
@@ -282,7 +282,7 @@ impl ArtifactFile {
             path: path.to_owned(),
             kind,
             weights,
-            layout: Layout::Safetensors {
+            layout: ArtifactLayout::Safetensors {
                 header,
                 by_name,
                 compact,
@@ -291,8 +291,8 @@ impl ArtifactFile {
         })
     }
 
-    fn raw(&self, name: &str) -> Result<(TensorInfo, Vec<u8>), ReadError> {
-        let Layout::Safetensors {
+    fn raw(&self, name: &str) -> Result<(TensorInfo, Vec<u8>), ArtifactError> {
+        let ArtifactLayout::Safetensors {
             header, by_name, ..
         } = &self.layout
         else {
@@ -305,9 +305,9 @@ impl ArtifactFile {
     }
 
     /// A weight's dense values, as the runtime computes them, in its dense dtype's precision.
-    pub fn decode(&self, weight: &StoredWeight) -> Result<Vec<f32>, ReadError> {
+    pub fn decode(&self, weight: &StoredWeight) -> Result<Vec<f32>, ArtifactError> {
         match &self.layout {
-            Layout::Gguf(file) => {
+            ArtifactLayout::Gguf(file) => {
                 let t = file
                     .tensors
                     .iter()
@@ -332,7 +332,7 @@ impl ArtifactFile {
                 }
                 Ok(out)
             }
-            Layout::Safetensors {
+            ArtifactLayout::Safetensors {
                 compact,
                 compressed,
                 ..
@@ -359,7 +359,7 @@ impl ArtifactFile {
         &self,
         weight: &StoredWeight,
         layout: &serde_json::Value,
-    ) -> Result<Vec<f32>, ReadError> {
+    ) -> Result<Vec<f32>, ArtifactError> {
         // The layout comes from the file: every size is checked against the bytes it has.
         let &[rows, cols] = &weight.shape[..] else {
             return Err(bad(format!(
@@ -370,7 +370,7 @@ impl ArtifactFile {
         let (Ok(rows), Ok(cols)) = (usize::try_from(rows), usize::try_from(cols)) else {
             return Err(bad(format!("{}: shape too large", weight.name)));
         };
-        let floats = |name: &str| -> Result<Vec<f32>, ReadError> {
+        let floats = |name: &str| -> Result<Vec<f32>, ArtifactError> {
             let (t, bytes) = self.raw(name)?;
             let mut out = vec![0f32; t.elements() as usize];
             decode_dense(t.dtype, &bytes, &mut out)?;
@@ -408,7 +408,7 @@ impl ArtifactFile {
                             .copied()
                             .ok_or_else(|| bad("index beyond the codebook"))
                     })
-                    .collect::<Result<Vec<f32>, ReadError>>()?
+                    .collect::<Result<Vec<f32>, ArtifactError>>()?
             }
             Some("low_rank") => {
                 let rank = layout["rank"].as_u64().unwrap_or(0) as usize;
@@ -449,11 +449,11 @@ fn shape_of(v: &serde_json::Value) -> Vec<u64> {
         .unwrap_or_default()
 }
 
-fn parse_dtype(name: &str) -> Result<Dtype, ReadError> {
+fn parse_dtype(name: &str) -> Result<Dtype, ArtifactError> {
     Dtype::parse(name).ok_or_else(|| bad(format!("unknown dtype {name}")))
 }
 
-fn gguf_dtype(kind: GgmlType) -> Result<Dtype, ReadError> {
+fn gguf_dtype(kind: GgmlType) -> Result<Dtype, ArtifactError> {
     Ok(match kind {
         GgmlType::F32 => Dtype::F32,
         GgmlType::F16 => Dtype::F16,
@@ -462,7 +462,7 @@ fn gguf_dtype(kind: GgmlType) -> Result<Dtype, ReadError> {
     })
 }
 
-fn decode_dense(dtype: Dtype, bytes: &[u8], out: &mut [f32]) -> Result<(), ReadError> {
+fn decode_dense(dtype: Dtype, bytes: &[u8], out: &mut [f32]) -> Result<(), ArtifactError> {
     let width = dtype.bits() / 8;
     if width == 0 || Some(bytes.len() as u64) != (out.len() as u64).checked_mul(width) {
         return Err(bad(format!(
@@ -531,8 +531,8 @@ impl CtWeight {
         module: &str,
         by_name: &BTreeMap<String, TensorInfo>,
         quant: Option<&serde_json::Value>,
-        read: &dyn Fn(&TensorInfo) -> Result<Vec<u8>, ReadError>,
-    ) -> Result<CtWeight, ReadError> {
+        read: &dyn Fn(&TensorInfo) -> Result<Vec<u8>, ArtifactError>,
+    ) -> Result<CtWeight, ArtifactError> {
         let get = |p: &str| by_name.get(&format!("{module}.{p}"));
         let args = quant.and_then(|q| {
             q["config_groups"].as_object()?.values().find_map(|g| {
@@ -602,7 +602,7 @@ impl CtWeight {
             return Err(bad(format!("{module}: an empty {rows} × {cols} matrix")));
         }
         // The values must cover the matrix before anything of its size is allocated.
-        let mismatch = |what: &str, have: u64, want: Option<usize>| -> Result<(), ReadError> {
+        let mismatch = |what: &str, have: u64, want: Option<usize>| -> Result<(), ArtifactError> {
             if want.is_some_and(|w| w as u64 == have) {
                 return Ok(());
             }
@@ -720,7 +720,7 @@ impl CtWeight {
         }
     }
 
-    fn decode(&self, file: &ArtifactFile, module: &str) -> Result<Vec<f32>, ReadError> {
+    fn decode(&self, file: &ArtifactFile, module: &str) -> Result<Vec<f32>, ArtifactError> {
         let part = |p: &str| file.raw(&format!("{module}.{p}"));
         let (rows, cols) = (self.rows, self.cols);
         // The codes (or values), one per element.
@@ -895,7 +895,7 @@ mod hostile_sizes {
         ]
     }
 
-    fn opened(path: &Path) -> Result<Vec<Vec<f32>>, ReadError> {
+    fn opened(path: &Path) -> Result<Vec<Vec<f32>>, ArtifactError> {
         let file = ArtifactFile::open(path)?;
         file.weights.iter().map(|w| file.decode(w)).collect()
     }
@@ -974,7 +974,7 @@ mod hostile_sizes {
 
     #[test]
     fn gguf_sizes_beyond_the_file_or_the_blocks_are_errors() {
-        use crate::formats::gguf::{GgmlType, TensorEntry};
+        use crate::formats::gguf::{GgmlType, GgufTensor};
         for (what, shape, kind, data) in [
             (
                 "2^96 elements",
@@ -990,7 +990,7 @@ mod hostile_sizes {
             ),
             ("data beyond the file", vec![1024, 1024], GgmlType::F32, 64),
         ] {
-            let tensors = vec![TensorEntry {
+            let tensors = vec![GgufTensor {
                 name: "w".into(),
                 shape,
                 kind,

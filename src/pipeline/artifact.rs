@@ -17,7 +17,7 @@ use crate::compress::encoded::Encoded;
 use crate::formats::compressed_tensors::{
     self as ct, QuantFormat, QuantGroup, SparseFormat, SparseGroup, StoredTensor,
 };
-use crate::formats::gguf::{self, GgmlType, TensorEntry, Value};
+use crate::formats::gguf::{self, GgmlType, GgufTensor, Value};
 use crate::formats::reader::COMPACT_METADATA_KEY;
 use crate::formats::safetensors::{Header, TensorInfo};
 use crate::jobs::recipe::{OutputFormat, Plan, Prune, Recipe, SparseLayout, Stage};
@@ -531,7 +531,7 @@ struct GgufWriter {
     out: Option<HashingFile>,
     /// Per input tensor in pipeline order: its GGUF entry (None: left out) and, for a permuted
     /// query/key projection, the head count.
-    plan: Vec<(Option<TensorEntry>, Option<usize>)>,
+    plan: Vec<(Option<GgufTensor>, Option<usize>)>,
     next: usize,
     /// Weight files of the model not yet ended: the GGUF file is complete after the last.
     files_left: usize,
@@ -647,7 +647,7 @@ impl GgufWriter {
                     )));
                 }
                 plan.push((
-                    Some(TensorEntry {
+                    Some(GgufTensor {
                         name: mapped,
                         shape: t.shape.clone(),
                         kind,
@@ -657,7 +657,7 @@ impl GgufWriter {
                 ));
             }
         }
-        let mut entries: Vec<TensorEntry> = plan.iter().filter_map(|(e, _)| e.clone()).collect();
+        let mut entries: Vec<GgufTensor> = plan.iter().filter_map(|(e, _)| e.clone()).collect();
         let mut seen = std::collections::HashSet::new();
         if let Some(dup) = entries.iter().find(|e| !seen.insert(e.name.clone())) {
             return Err(input_error(format!(

@@ -9,7 +9,7 @@ use anyhow::Context;
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
-use super::embedded::{self, Cluster};
+use super::embedded::{self, PostgresCluster};
 
 /// The migrations under `migrations/`, embedded at compile time (no database needed to build).
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -19,7 +19,7 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 pub struct Database {
     /// The pool every module queries through.
     pub pool: PgPool,
-    cluster: Option<Cluster>,
+    cluster: Option<PostgresCluster>,
 }
 
 impl Database {
@@ -37,7 +37,8 @@ impl Database {
             ),
             None => {
                 let dir = data_dir.to_path_buf();
-                let cluster = tokio::task::spawn_blocking(move || Cluster::ensure(&dir)).await??;
+                let cluster =
+                    tokio::task::spawn_blocking(move || PostgresCluster::ensure(&dir)).await??;
                 tracing::info!(url = %cluster.url(embedded::DB_NAME), started = cluster.started_here(), "private PostgreSQL ready");
                 ensure_database(&cluster).await?;
                 (cluster.connect_options(embedded::DB_NAME), Some(cluster))
@@ -109,7 +110,7 @@ fn application_name() -> String {
     format!("squeeze:{}", std::process::id())
 }
 
-async fn ensure_database(cluster: &Cluster) -> anyhow::Result<()> {
+async fn ensure_database(cluster: &PostgresCluster) -> anyhow::Result<()> {
     use sqlx::ConnectOptions;
     let mut conn = cluster
         .connect_options("postgres")

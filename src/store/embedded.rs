@@ -182,16 +182,16 @@ pub fn process_alive(pid: u32) -> bool {
 
 /// A running private cluster.
 #[derive(Debug)]
-pub struct Cluster {
+pub struct PostgresCluster {
     pgdata: PathBuf,
     socket_dir: PathBuf,
     runner: Runner,
     started_here: bool,
 }
 
-impl Cluster {
+impl PostgresCluster {
     /// Creates the cluster on first use and starts it if it is not running. Blocking.
-    pub fn ensure(data_dir: &Path) -> Result<Cluster, EmbeddedError> {
+    pub fn ensure(data_dir: &Path) -> Result<PostgresCluster, EmbeddedError> {
         let bindir = locate_binaries()?;
         let run_as = if is_root() {
             Some(postgres_user().ok_or(EmbeddedError::NoPostgresUser)?)
@@ -215,7 +215,7 @@ impl Cluster {
         }
         let socket_dir = socket_dir_for(&pgdata, &runner)?;
         write_settings(&pgdata, &socket_dir, &runner)?;
-        let mut cluster = Cluster {
+        let mut cluster = PostgresCluster {
             pgdata,
             socket_dir,
             runner,

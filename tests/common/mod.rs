@@ -12,9 +12,9 @@ use std::sync::OnceLock;
 
 use sha2::{Digest, Sha256};
 use sqlx::ConnectOptions;
-use squeeze::store::embedded::Cluster;
+use squeeze::store::embedded::PostgresCluster;
 
-static CLUSTER: OnceLock<Cluster> = OnceLock::new();
+static CLUSTER: OnceLock<PostgresCluster> = OnceLock::new();
 
 extern "C" fn stop_test_cluster() {
     if let Some(cluster) = CLUSTER.get() {
@@ -38,7 +38,7 @@ fn server_url_template() -> String {
             .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
             .unwrap_or_else(|| "tests".into());
         let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("pg-{name}"));
-        let cluster = Cluster::ensure(&dir).expect("starting the test PostgreSQL cluster");
+        let cluster = PostgresCluster::ensure(&dir).expect("starting the test PostgreSQL cluster");
         // SAFETY: registering a plain extern "C" function with no captured state.
         unsafe { libc::atexit(stop_test_cluster) };
         cluster
