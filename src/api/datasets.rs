@@ -192,10 +192,7 @@ async fn list_datasets(
 ) -> ApiResult<Json<Page<DatasetRow>>> {
     let limit = page_limit(query.limit, 50, 100)?;
     let items = datasets::list(&state.db, caller.team_id, limit, query.cursor).await?;
-    let next_cursor = (items.len() as i64 == limit)
-        .then(|| items.last().map(|d| d.id.to_string()))
-        .flatten();
-    Ok(Json(Page { items, next_cursor }))
+    Ok(Json(Page::of(items, limit, |d| d.id.to_string())))
 }
 
 /// Get an evaluation set

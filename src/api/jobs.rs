@@ -312,10 +312,7 @@ async fn list_jobs(
         created_before: q.created_before,
     };
     let items = queue::list(&state.db, caller.team_id, &filter, limit, q.cursor).await?;
-    let next_cursor = (items.len() as i64 == limit)
-        .then(|| items.last().map(|j| j.id.to_string()))
-        .flatten();
-    Ok(Json(Page { items, next_cursor }))
+    Ok(Json(Page::of(items, limit, |j| j.id.to_string())))
 }
 
 async fn job_of(state: &AppState, caller: &Caller, id: Uuid) -> ApiResult<Job> {

@@ -55,6 +55,17 @@ pub struct Page<T> {
     pub next_cursor: Option<String>,
 }
 
+impl<T> Page<T> {
+    /// A page of `items` fetched with `limit`: a full page may have a next one, which starts
+    /// after its last item's `cursor`.
+    pub fn of(items: Vec<T>, limit: i64, cursor: impl Fn(&T) -> String) -> Page<T> {
+        let next_cursor = (items.len() as i64 == limit)
+            .then(|| items.last().map(cursor))
+            .flatten();
+        Page { items, next_cursor }
+    }
+}
+
 /// The page size a list request asked for, `default` when absent; out of `1..=max` is a 400.
 pub fn page_limit(requested: Option<i64>, default: i64, max: i64) -> ApiResult<i64> {
     match requested {

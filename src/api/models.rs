@@ -393,10 +393,7 @@ async fn list_models(
         })?),
     };
     let items = models::list(&state.db, caller.team_id, limit, cursor).await?;
-    let next_cursor = (items.len() as i64 == limit)
-        .then(|| items.last().map(|m| m.id.to_string()))
-        .flatten();
-    Ok(Json(Page { items, next_cursor }))
+    Ok(Json(Page::of(items, limit, |m| m.id.to_string())))
 }
 
 /// Get a model
@@ -485,10 +482,7 @@ async fn list_tensors(
     )
     .await?
     .ok_or_else(|| ApiError::not_found("model", id))?;
-    let next_cursor = (items.len() as i64 == limit)
-        .then(|| items.last().map(|t| t.name.clone()))
-        .flatten();
-    Ok(Json(Page { items, next_cursor }))
+    Ok(Json(Page::of(items, limit, |t| t.name.clone())))
 }
 
 /// Delete a model
