@@ -1,0 +1,85 @@
+//! `squeeze compress`: a recipe or preset over a model folder or file, offline.
+
+use super::*;
+
+pub(super) async fn compress(args: CompressArgs) -> anyhow::Result<()> {
+    use crate::jobs::recipe::{self, Recipe};
+    let recipe: Recipe = match (&args.recipe, &args.preset) {
+        (Some(path), _) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            // An artifact's recipe.json holds the recipe with its provenance: take either.
+            let value: serde_json::Value = serde_json::from_str(&text)
+                .with_context(|| format!("{} is not JSON", path.display()))?;
+            let recipe = match value.get("recipe") {
+                Some(inner) if value.get("stages").is_none() => inner.clone(),
+                _ => value,
+            };
+            serde_json::from_value(recipe)
+                .with_context(|| format!("{} is not a valid recipe", path.display()))?
+        }
+        (None, Some(name)) => recipe::preset(name)?,
+        (None, None) => anyhow::bail!("give --recipe FILE or --preset NAME"),
+    };
+    let inputs = local_inputs(&args.input)?;
+    std::fs::create_dir_all(&args.output)
+        .with_context(|| format!("creating {}", args.output.display()))?;
+    let outcome = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+        let mut digests = Vec::new();
+        for input in &inputs {
+            digests.push(format!("{}  {}\n", file_sha256(&input.path)?, input.name));
+        }
+        let model_sha = if inputs.len() == 1 {
+            digests[0][..64].to_owned()
+        } else {
+            use sha2::Digest;
+            hex::encode(sha2::Sha256::digest(digests.concat()))
+        };
+        let cancel = crate::numeric::Cancel::new();
+        crate::worker::cpu_pool()
+            .install(|| {
+                crate::pipeline::run(
+                    &inputs,
+                    &recipe,
+                    &model_sha,
+                    &args.output,
+                    &cancel,
+                    &mut |_| {},
+                )
+            })
+            .map_err(anyhow::Error::from)
+    })
+    .await??;
+    let s = &outcome.summary;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &serde_json::json!({"summary": s, "files": outcome.files, "tensors": outcome.tensors})
+            )?
+        );
+        return Ok(());
+    }
+    for f in &outcome.files {
+        println!("{:<40} {:>14} bytes  sha256 {}", f.name, f.bytes, f.sha256);
+    }
+    println!(
+        "{} of {} tensors compressed; {} -> {} bytes (ratio {:.2}, {:.2} bits/weight on disk, {:.2} in theory); sparsity {:.1}%; relative error mean {:.2e}, worst {:.2e}{}; {:.2} s",
+        s.compressed_tensors,
+        outcome.tensors.len(),
+        s.bytes_in,
+        s.bytes_out,
+        s.ratio,
+        s.bits_per_weight,
+        s.theoretical_bits_per_weight,
+        s.sparsity * 100.0,
+        s.mean_rel_error,
+        s.worst_rel_error,
+        s.worst_tensor
+            .as_ref()
+            .map(|t| format!(" ({t})"))
+            .unwrap_or_default(),
+        s.wall_seconds
+    );
+    Ok(())
+}
