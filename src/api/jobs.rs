@@ -1,34 +1,24 @@
-//! `/jobs` and `/presets`: submit (idempotent), list, read, cancel, follow (Server-Sent Events),
-//! per-tensor report, artifact files (streamed, with ETag and Range).
-
-use std::convert::Infallible;
-use std::time::Duration;
+//! `/jobs` and `/presets`: submit (idempotent), list, read, cancel. A job's event streams are in
+//! `job_events`, its report and artifact files in `job_files`.
 
 use axum::Json;
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::sse::{Event, KeepAlive, Sse};
-use axum::response::{IntoResponse, Response};
-use futures_util::Stream;
+use axum::http::{HeaderMap, StatusCode};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
-use crate::api::openapi::Binary;
 use crate::api::state::AppState;
 use crate::api::{Page, page_limit};
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::eval::EvalSpec;
 use crate::jobs::evaluation::{self, EvalCheckError};
-use crate::jobs::events::JobChange;
-use crate::jobs::queue::{self, Job, JobFile, JobFilter, NewJob, SubmitError};
+use crate::jobs::queue::{self, Job, JobFilter, NewJob, SubmitError};
 use crate::jobs::recipe::{self, Preset, Recipe, RecipeError};
-use crate::jobs::report::{Summary, TensorReport};
 use crate::store::models;
 
 /// Attempts a job gets unless the request says otherwise.
@@ -41,11 +31,6 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(submit_job, list_jobs))
         .routes(routes!(get_job))
         .routes(routes!(cancel_job))
-        .routes(routes!(job_events))
-        .routes(routes!(team_events))
-        .routes(routes!(job_report))
-        .routes(routes!(list_files))
-        .routes(routes!(download_file))
 }
 
 /// List presets
@@ -315,7 +300,7 @@ async fn list_jobs(
     Ok(Json(Page::of(items, limit, |j| j.id.to_string())))
 }
 
-async fn job_of(state: &AppState, caller: &Caller, id: Uuid) -> ApiResult<Job> {
+pub(crate) async fn job_of(state: &AppState, caller: &Caller, id: Uuid) -> ApiResult<Job> {
     queue::get(&state.db, caller.team_id, id)
         .await?
         .ok_or_else(|| ApiError::not_found("job", id))
@@ -365,379 +350,4 @@ async fn cancel_job(
         .await?
         .ok_or_else(|| ApiError::not_found("job", id))?;
     Ok((StatusCode::ACCEPTED, Json(job)))
-}
-
-struct Follow {
-    state: AppState,
-    team_id: Uuid,
-    id: Uuid,
-    events: tokio::sync::broadcast::Receiver<std::sync::Arc<JobChange>>,
-    first: Option<Job>,
-    last: Option<(String, serde_json::Value)>,
-    done: bool,
-    sequence: u64,
-}
-
-impl Follow {
-    /// Waits for a change of this job: the job as the fan-out read it, or `None` when it
-    /// should be re-read (a resync, a lag, or five quiet seconds).
-    async fn wait(&mut self) -> Option<Job> {
-        let id = self.id;
-        let events = &mut self.events;
-        let team_id = self.team_id;
-        let notified = async {
-            loop {
-                match events.recv().await {
-                    Ok(change) => match change.as_ref() {
-                        JobChange::Changed { team_id: t, job } if *t == team_id && job.id == id => {
-                            return Some(Job::clone(job));
-                        }
-                        JobChange::Resync => return None,
-                        JobChange::Changed { .. } => {}
-                    },
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => return None,
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => {
-                        std::future::pending::<()>().await
-                    }
-                }
-            }
-        };
-        // The timer is the fallback for a notification lost before the listener noticed.
-        tokio::time::timeout(Duration::from_secs(5), notified)
-            .await
-            .ok()
-            .flatten()
-    }
-}
-
-/// Follow a job
-///
-/// Server-Sent Events: the job as it is now (event `state`), then one event per change of
-/// state (`state`) or of progress (`progress`), each carrying the whole job as JSON in `data`;
-/// the stream ends after a final state.
-#[utoipa::path(
-    get,
-    path = "/jobs/{id}/events",
-    tag = "jobs",
-    params(("id" = Uuid, Path, description = "Job id")),
-    responses(
-        (status = 200, description = "An event stream whose `data` are jobs", body = Job, content_type = "text/event-stream"),
-        (status = 404, description = "No such job in the caller's team"),
-    )
-)]
-async fn job_events(
-    State(state): State<AppState>,
-    caller: Caller,
-    Path(id): Path<Uuid>,
-) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
-    let first = job_of(&state, &caller, id).await?;
-    let follow = Follow {
-        events: state.events.subscribe(),
-        state,
-        team_id: caller.team_id,
-        id,
-        first: Some(first),
-        last: None,
-        done: false,
-        sequence: 0,
-    };
-    let stream = futures_util::stream::unfold(follow, |mut f| async move {
-        if f.done {
-            return None;
-        }
-        loop {
-            let job = match f.first.take() {
-                Some(job) => job,
-                None => match f.wait().await {
-                    Some(job) => job,
-                    None => match queue::get(&f.state.db, f.team_id, f.id).await {
-                        Ok(Some(job)) => job,
-                        _ => return None,
-                    },
-                },
-            };
-            let progress = serde_json::to_value(&job.progress.0).unwrap_or_default();
-            let key = (job.state.clone(), progress);
-            if f.last.as_ref() == Some(&key) {
-                continue;
-            }
-            let kind = if f.last.as_ref().map(|l| &l.0) == Some(&job.state) {
-                "progress"
-            } else {
-                "state"
-            };
-            f.last = Some(key);
-            f.done = job.is_terminal();
-            f.sequence += 1;
-            let event = Event::default()
-                .event(kind)
-                .id(f.sequence.to_string())
-                .json_data(&job)
-                .unwrap_or_else(|_| Event::default().comment("unserialisable job"));
-            return Some((Ok(event), f));
-        }
-    });
-    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
-}
-
-/// Follow every job of the team
-///
-/// Server-Sent Events for dashboards that watch a list: one `job` event (the whole job as
-/// JSON in `data`) each time any of the caller's team's jobs is submitted or changes state or
-/// progress, for as long as the client stays connected. A `resync` event (empty `data`) says
-/// changes were missed because the client fell behind: read the list again.
-#[utoipa::path(
-    get,
-    path = "/events",
-    tag = "jobs",
-    responses(
-        (status = 200, description = "An event stream of `job` and `resync` events", body = Job, content_type = "text/event-stream"),
-    )
-)]
-async fn team_events(
-    State(state): State<AppState>,
-    caller: Caller,
-) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
-    let events = state.events.subscribe();
-    let stream = futures_util::stream::unfold(
-        (state, caller.team_id, events),
-        |(state, team_id, mut events)| async move {
-            loop {
-                let change = match events.recv().await {
-                    Ok(change) => change,
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                        let resync = Event::default().event("resync").data("");
-                        return Some((Ok(resync), (state, team_id, events)));
-                    }
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
-                };
-                let job = match change.as_ref() {
-                    JobChange::Changed { team_id: t, job } if *t == team_id => job,
-                    // Another team's job.
-                    JobChange::Changed { .. } => continue,
-                    JobChange::Resync => {
-                        let resync = Event::default().event("resync").data("");
-                        return Some((Ok(resync), (state, team_id, events)));
-                    }
-                };
-                let event = Event::default()
-                    .event("job")
-                    .json_data(job)
-                    .unwrap_or_else(|_| Event::default().comment("unserialisable job"));
-                return Some((Ok(event), (state, team_id, events)));
-            }
-        },
-    );
-    Sse::new(stream).keep_alive(KeepAlive::default())
-}
-
-/// A job's figures: the summary and every tensor's metrics.
-#[derive(serde::Serialize, utoipa::ToSchema)]
-struct Report {
-    /// The job.
-    job_id: Uuid,
-    /// Its state.
-    state: String,
-    /// The summary, once it succeeded.
-    summary: Option<Summary>,
-    /// Per-tensor metrics against the original weights (empty until it succeeded).
-    tensors: Vec<TensorReport>,
-}
-
-/// Get a job's report
-#[utoipa::path(
-    get,
-    path = "/jobs/{id}/report",
-    tag = "jobs",
-    params(("id" = Uuid, Path, description = "Job id")),
-    responses(
-        (status = 200, description = "The report", body = Report),
-        (status = 404, description = "No such job in the caller's team"),
-    )
-)]
-async fn job_report(
-    State(state): State<AppState>,
-    caller: Caller,
-    Path(id): Path<Uuid>,
-) -> ApiResult<Json<Report>> {
-    let job = job_of(&state, &caller, id).await?;
-    let tensors = queue::report(&state.db, caller.team_id, id).await?;
-    Ok(Json(Report {
-        job_id: id,
-        state: job.state,
-        summary: job.result.map(|r| r.0),
-        tensors,
-    }))
-}
-
-/// List a job's artifact files
-///
-/// Empty until the job succeeded.
-#[utoipa::path(
-    get,
-    path = "/jobs/{id}/files",
-    tag = "jobs",
-    params(("id" = Uuid, Path, description = "Job id")),
-    responses(
-        (status = 200, description = "The files (one page)", body = Page<JobFile>),
-        (status = 404, description = "No such job in the caller's team"),
-    )
-)]
-async fn list_files(
-    State(state): State<AppState>,
-    caller: Caller,
-    Path(id): Path<Uuid>,
-) -> ApiResult<Json<Page<JobFile>>> {
-    job_of(&state, &caller, id).await?;
-    let items = queue::files(&state.db, caller.team_id, id).await?;
-    Ok(Json(Page {
-        items,
-        next_cursor: None,
-    }))
-}
-
-/// A byte range request, resolved against the file length.
-fn parse_range(value: &str, len: u64) -> Option<(u64, u64)> {
-    let spec = value.strip_prefix("bytes=")?.trim();
-    if spec.contains(',') {
-        return None;
-    }
-    let (start, end) = spec.split_once('-')?;
-    let (start, end) = match (start.trim(), end.trim()) {
-        ("", suffix) => {
-            let n: u64 = suffix.parse().ok()?;
-            if n == 0 {
-                return None;
-            }
-            (len.saturating_sub(n), len.checked_sub(1)?)
-        }
-        (s, "") => (s.parse().ok()?, len.checked_sub(1)?),
-        (s, e) => (
-            s.parse().ok()?,
-            e.parse::<u64>().ok()?.min(len.checked_sub(1)?),
-        ),
-    };
-    (start <= end && start < len).then_some((start, end))
-}
-
-/// Download an artifact file
-///
-/// Streams the file. Its ETag is its sha256: `If-None-Match` gives 304; a single byte `Range`
-/// gives 206, or 416 when it cannot be satisfied.
-#[utoipa::path(
-    get,
-    path = "/jobs/{id}/files/{name}",
-    tag = "jobs",
-    params(
-        ("id" = Uuid, Path, description = "Job id"),
-        ("name" = String, Path, description = "File name"),
-        ("Range" = Option<String>, Header, description = "One byte range, e.g. `bytes=0-1023`"),
-        ("If-None-Match" = Option<String>, Header, description = "An ETag from an earlier download"),
-    ),
-    responses(
-        (status = 200, description = "The file", body = Binary, content_type = "application/octet-stream",
-            headers(("ETag" = String, description = "The quoted sha256"))),
-        (status = 206, description = "The requested range", body = Binary, content_type = "application/octet-stream",
-            headers(("Content-Range" = String))),
-        (status = 304, description = "Unchanged since the given ETag"),
-        (status = 404, description = "No such job or file"),
-        (status = 416, description = "The range lies outside the file"),
-    )
-)]
-async fn download_file(
-    State(state): State<AppState>,
-    caller: Caller,
-    Path((id, name)): Path<(Uuid, String)>,
-    headers: HeaderMap,
-) -> ApiResult<Response> {
-    job_of(&state, &caller, id).await?;
-    let file = queue::files(&state.db, caller.team_id, id)
-        .await?
-        .into_iter()
-        .find(|f| f.name == name)
-        .ok_or_else(|| ApiError::not_found("file", &name))?;
-    let etag = format!("\"{}\"", file.sha256);
-    let len = file.bytes as u64;
-    let mut response_headers = HeaderMap::new();
-    response_headers.insert(
-        header::ETAG,
-        HeaderValue::from_str(&etag).expect("hex is a valid header"),
-    );
-    response_headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-    if headers
-        .get(header::IF_NONE_MATCH)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"))
-    {
-        return Ok((StatusCode::NOT_MODIFIED, response_headers).into_response());
-    }
-    let content_type = if name.ends_with(".json") {
-        "application/json"
-    } else {
-        "application/octet-stream"
-    };
-    response_headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    if let Ok(disposition) = HeaderValue::from_str(&format!("attachment; filename=\"{name}\"")) {
-        response_headers.insert(header::CONTENT_DISPOSITION, disposition);
-    }
-    let (status, start, count) = match headers.get(header::RANGE).and_then(|v| v.to_str().ok()) {
-        None => (StatusCode::OK, 0, len),
-        Some(range) => match parse_range(range, len) {
-            Some((start, end)) => {
-                let value = format!("bytes {start}-{end}/{len}");
-                response_headers.insert(
-                    header::CONTENT_RANGE,
-                    HeaderValue::from_str(&value).expect("ascii"),
-                );
-                (StatusCode::PARTIAL_CONTENT, start, end - start + 1)
-            }
-            None => {
-                let value = format!("bytes */{len}");
-                response_headers.insert(
-                    header::CONTENT_RANGE,
-                    HeaderValue::from_str(&value).expect("ascii"),
-                );
-                let problem = ApiError::new(
-                    StatusCode::RANGE_NOT_SATISFIABLE,
-                    "range_not_satisfiable",
-                    format!("the file has {len} bytes"),
-                );
-                let mut response = problem.into_response();
-                response.headers_mut().extend(response_headers);
-                return Ok(response);
-            }
-        },
-    };
-    let mut handle = tokio::fs::File::open(state.blobs.path(&file.sha256))
-        .await
-        .map_err(|e| {
-            ApiError::internal(format_args!("artifact {} of job {id}: {e}", file.sha256))
-        })?;
-    handle
-        .seek(std::io::SeekFrom::Start(start))
-        .await
-        .map_err(ApiError::internal)?;
-    response_headers.insert(header::CONTENT_LENGTH, HeaderValue::from(count));
-    let body = Body::from_stream(tokio_util::io::ReaderStream::with_capacity(
-        handle.take(count),
-        256 * 1024,
-    ));
-    Ok((status, response_headers, body).into_response())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_range;
-
-    #[test]
-    fn ranges_follow_rfc_9110() {
-        assert_eq!(parse_range("bytes=0-9", 100), Some((0, 9)));
-        assert_eq!(parse_range("bytes=90-", 100), Some((90, 99)));
-        assert_eq!(parse_range("bytes=-10", 100), Some((90, 99)));
-        assert_eq!(parse_range("bytes=50-500", 100), Some((50, 99)));
-        assert_eq!(parse_range("bytes=100-", 100), None);
-        assert_eq!(parse_range("bytes=9-3", 100), None);
-        assert_eq!(parse_range("bytes=0-1,5-6", 100), None);
-        assert_eq!(parse_range("items=0-1", 100), None);
-    }
 }

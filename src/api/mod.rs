@@ -6,6 +6,8 @@ pub mod datasets;
 pub mod demo;
 pub mod evaluation;
 pub mod health;
+pub mod job_events;
+pub mod job_files;
 pub mod jobs;
 pub mod metrics;
 pub mod models;
@@ -32,6 +34,8 @@ fn v1() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .merge(models::router())
         .merge(jobs::router())
+        .merge(job_events::router())
+        .merge(job_files::router())
         .merge(datasets::router())
         .merge(evaluation::router())
         .merge(compare::router())
