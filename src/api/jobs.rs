@@ -219,11 +219,8 @@ async fn submit_job(
         model_id: request.model_id,
         model_sha256,
         name: request.name,
-        recipe: serde_json::to_value(&recipe).expect("a recipe serialises"),
-        eval: request
-            .eval
-            .as_ref()
-            .map(|e| serde_json::to_value(e).expect("an eval section serialises")),
+        recipe,
+        eval: request.eval,
         max_attempts,
         idempotency: key.map(|k| (k, Sha256::digest(&body).to_vec())),
     };

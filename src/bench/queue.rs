@@ -204,7 +204,7 @@ pub(super) async fn submit(
         model_id: model.0,
         model_sha256: model.1.clone(),
         name: None,
-        recipe: serde_json::to_value(recipe::preset("int8")?)?,
+        recipe: recipe::preset("int8")?,
         eval: None,
         max_attempts: 1,
         idempotency: None,

@@ -110,10 +110,10 @@ pub struct NewJob {
     pub model_sha256: String,
     /// Label.
     pub name: Option<String>,
-    /// The validated recipe.
-    pub recipe: serde_json::Value,
-    /// The validated evaluation section.
-    pub eval: Option<serde_json::Value>,
+    /// The recipe, parsed and validated against the model at the edge.
+    pub recipe: crate::jobs::recipe::Recipe,
+    /// The evaluation section, checked against the model and the set at the edge.
+    pub eval: Option<crate::eval::EvalSpec>,
     /// Attempts allowed.
     pub max_attempts: i32,
     /// Client's idempotency key and the digest of its request body.
@@ -149,12 +149,12 @@ pub async fn submit(pool: &PgPool, new: NewJob) -> Result<(Job, bool), SubmitErr
     .bind(new.model_id)
     .bind(&new.model_sha256)
     .bind(&new.name)
-    .bind(&new.recipe)
+    .bind(Json(&new.recipe))
     .bind(new.max_attempts)
     .bind(key)
     .bind(hash)
     .bind(new.created_by)
-    .bind(&new.eval)
+    .bind(new.eval.as_ref().map(Json))
     .fetch_optional(&mut *tx)
     .await?;
     let (id, replayed) = match id {
