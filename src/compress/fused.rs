@@ -16,7 +16,7 @@ use crate::compress::fp8;
 use crate::compress::measure::{Bf16, Codec, F32, LANES, Lanes, Sums, store_lanes};
 use crate::compress::quantize::ScaleDtype;
 use crate::compress::quantize::{self, Granularity, IntScheme, QParams, min_max_stored};
-use crate::compress::tensor::Step;
+use crate::compress::step::Step;
 use crate::numeric::Dtype;
 use crate::numeric::simd::{self, multiversion};
 

@@ -16,5 +16,6 @@ pub mod nf4;
 mod properties;
 pub mod prune;
 pub mod quantize;
+pub mod step;
 pub mod structure;
 pub mod tensor;

@@ -4,7 +4,8 @@
 
 use crate::compress::prune::Norm;
 use crate::compress::quantize::{Granularity, IntScheme, ScaleDtype};
-use crate::compress::tensor::{self, Step, TensorView, TransformError};
+use crate::compress::step::Step;
+use crate::compress::tensor::{self, TensorView, TransformError};
 use crate::compress::{blocks, nf4};
 use crate::numeric::Cancel;
 use crate::numeric::Dtype;

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::compress::lowrank::{Rank, max_useful_rank};
 use crate::compress::prune::Norm;
 use crate::compress::quantize::{Granularity, IntScheme, ScaleDtype};
-use crate::compress::tensor::Step;
+use crate::compress::step::Step;
 use crate::formats::gguf_rules::{self, FileType, TensorShape};
 use crate::formats::{TensorMeta, hf};
 use crate::numeric::Dtype;

@@ -22,7 +22,7 @@ use crate::formats::reader::COMPACT_METADATA_KEY;
 use crate::formats::safetensors::{Header, TensorInfo};
 use crate::jobs::recipe::{OutputFormat, Plan, Prune, Recipe, SparseLayout, Stage};
 use crate::numeric::Dtype;
-use crate::pipeline::{HashingFile, InputFile, OutputFile, PipelineError};
+use crate::pipeline::files::{HashingFile, InputFile, OutputFile, PipelineError};
 
 /// What the pipeline tells a writer about one tensor.
 pub struct TensorOut<'a> {
@@ -563,7 +563,7 @@ impl GgufWriter {
         let block_of = |name: &str| {
             plan.tensor(name).and_then(|t| {
                 t.steps.iter().rev().find_map(|s| match s {
-                    crate::compress::tensor::Step::Gguf(kind) => Some(*kind),
+                    crate::compress::step::Step::Gguf(kind) => Some(*kind),
                     _ => None,
                 })
             })

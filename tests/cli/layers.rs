@@ -1,6 +1,5 @@
 //! The source's layering, read from its own `use crate::` lines: every module stands in a
-//! layer, and a module may use only its own layer's siblings it does not form a cycle with, and
-//! the layers below. `KNOWN` lists the arrows that still point the wrong way while the redesign
+//! layer and may use only the layers below its own, and no two files use each other. `KNOWN` lists the arrows that still point the wrong way while the redesign
 //! (issue 18) moves code; it may only shrink: an arrow that disappears must leave the list, and
 //! a new wrong arrow fails here with the file and line that drew it.
 
@@ -97,7 +96,6 @@ fn every_use_crate_arrow_points_down_a_layer() {
     rust_files(&src, &mut files);
     files.sort();
     let mut wrong: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    let mut graph: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for file in &files {
         let from = module_of(&src, file);
         let text = std::fs::read_to_string(file).unwrap();
@@ -105,7 +103,6 @@ fn every_use_crate_arrow_points_down_a_layer() {
             if to == from {
                 continue;
             }
-            graph.entry(from.clone()).or_default().insert(to.clone());
             if layer(&to) >= layer(&from) {
                 let place = format!("{}:{line}", file.strip_prefix(&src).unwrap().display());
                 wrong
@@ -139,6 +136,87 @@ fn every_use_crate_arrow_points_down_a_layer() {
     );
 }
 
+/// Every `crate::a::b::c` path a file names outside comments, braces of a `use` expanded one
+/// level (`crate::a::{b, c::d}` is `a::b` and `a::c::d`).
+fn paths(text: &str) -> Vec<Vec<String>> {
+    let mut found = Vec::new();
+    for line in text.lines() {
+        let code = line.split("//").next().unwrap_or("");
+        let mut rest = code;
+        while let Some(at) = rest.find("crate::") {
+            let after = &rest[at + "crate::".len()..];
+            let stem: String = after
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == ':')
+                .collect();
+            rest = &after[stem.len()..];
+            let base: Vec<String> = stem
+                .split("::")
+                .filter(|p| !p.is_empty())
+                .map(str::to_owned)
+                .collect();
+            if stem.ends_with("::") && rest.starts_with('{') {
+                let group = &rest[1..rest.find('}').unwrap_or(rest.len())];
+                for member in group.split(',') {
+                    let mut path = base.clone();
+                    path.extend(
+                        member
+                            .trim()
+                            .split("::")
+                            .map(|p| p.trim().to_owned())
+                            .filter(|p| !p.is_empty() && p != "self"),
+                    );
+                    found.push(path);
+                }
+            } else if !base.is_empty() {
+                found.push(base);
+            }
+        }
+    }
+    found
+}
+
+/// The file a path leads into: the longest prefix that is a file or a folder's mod.rs.
+fn file_of(src: &Path, path: &[String]) -> Option<PathBuf> {
+    (1..=path.len()).rev().find_map(|n| {
+        let stem = path[..n].join("/");
+        [format!("{stem}.rs"), format!("{stem}/mod.rs")]
+            .into_iter()
+            .map(|candidate| src.join(candidate))
+            .find(|candidate| candidate.is_file())
+    })
+}
+
+#[test]
+fn no_two_files_use_each_other() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let mut edges = BTreeSet::new();
+    for file in &files {
+        let text = std::fs::read_to_string(file).unwrap();
+        for path in paths(&text) {
+            if let Some(target) = file_of(&src, &path)
+                && &target != file
+            {
+                edges.insert((file.clone(), target));
+            }
+        }
+    }
+    let cycles: Vec<String> = edges
+        .iter()
+        .filter(|(a, b)| a < b && edges.contains(&(b.clone(), a.clone())))
+        .map(|(a, b)| {
+            format!(
+                "{} <-> {}",
+                a.strip_prefix(&src).unwrap().display(),
+                b.strip_prefix(&src).unwrap().display()
+            )
+        })
+        .collect();
+    assert!(cycles.is_empty(), "files that use each other: {cycles:?}");
+}
+
 #[test]
 fn the_layer_reader_sees_uses_in_code_and_not_in_comments() {
     let text = "use crate::numeric::Dtype;\n// crate::api in a comment\nlet x = crate::store::db::pool(); f($crate::compress::x);\n";
@@ -151,4 +229,8 @@ fn the_layer_reader_sees_uses_in_code_and_not_in_comments() {
             ("compress".to_owned(), 3)
         ]
     );
+    let grouped =
+        paths("use crate::compress::{blocks, quantize::{IntScheme}};\nuse crate::numeric::Dtype;");
+    assert_eq!(grouped[0], ["compress", "blocks"]);
+    assert_eq!(grouped[2], ["numeric", "Dtype"]);
 }
