@@ -6,7 +6,6 @@
 pub mod bits;
 pub mod compressed_tensors;
 pub mod gguf;
-pub mod gguf_rules;
 pub mod hf;
 pub mod meta;
 pub mod reader;

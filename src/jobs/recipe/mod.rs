@@ -21,7 +21,7 @@ use crate::compress::lowrank::{Rank, max_useful_rank};
 use crate::compress::prune::Norm;
 use crate::compress::quantize::{Granularity, IntScheme, ScaleDtype};
 use crate::compress::step::Step;
-use crate::formats::gguf_rules::{self, FileType, TensorShape};
+use crate::formats::gguf::rules::{FileType, TensorShape};
 use crate::formats::{TensorMeta, hf};
 use crate::numeric::Dtype;
 

@@ -267,7 +267,7 @@ impl Recipe {
                 })
                 .collect();
             let names: Vec<&str> = tensors.iter().map(|t| t.name.as_str()).collect();
-            gguf_rules::choose(kind, pure, &shapes, &names)
+            crate::formats::gguf::rules::choose(kind, pure, &shapes, &names)
         });
         let planned: Vec<PlannedTensor> = selected
             .iter()
