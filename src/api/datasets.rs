@@ -18,7 +18,7 @@ use crate::api::{Page, page_limit};
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::eval::dataset;
-use crate::jobs::evaluation;
+use crate::jobs::eval_checks;
 use crate::store::datasets::{self, DatasetRow};
 use crate::store::models::{self, Deleted, Owner};
 
@@ -105,7 +105,7 @@ async fn upload_dataset(
                 )
             })?;
             let tokenizer =
-                evaluation::tokenizer_json(&state.db, &state.blobs, caller.team_id, model_id)
+                eval_checks::tokenizer_json(&state.db, &state.blobs, caller.team_id, model_id)
                     .await
                     .map_err(eval_check_error)?;
             let window = query.window.unwrap_or(512);
@@ -133,7 +133,7 @@ async fn upload_dataset(
         let (_, tensors) = models::tensor_metas(&state.db, caller.team_id, model_id)
             .await?
             .ok_or_else(|| ApiError::not_found("model", model_id))?;
-        let arch = evaluation::architecture(
+        let arch = eval_checks::architecture(
             &state.db,
             &state.blobs,
             model_id,
@@ -142,7 +142,7 @@ async fn upload_dataset(
         )
         .await
         .map_err(eval_check_error)?;
-        evaluation::check_set(&stats, &arch).map_err(eval_check_error)?;
+        eval_checks::check_set(&stats, &arch).map_err(eval_check_error)?;
     }
     let blobs = state.blobs.clone();
     let sealed = tokio::task::spawn_blocking(move || -> std::io::Result<_> {

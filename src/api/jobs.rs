@@ -16,7 +16,7 @@ use crate::api::{Page, page_limit};
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::eval::EvalSpec;
-use crate::jobs::evaluation::{self, EvalCheckError};
+use crate::jobs::eval_checks::{self, EvalCheckError};
 use crate::jobs::queue::{self, Job, JobFilter, NewJob, SubmitError};
 use crate::jobs::recipe::{self, Preset, Recipe, RecipeError};
 use crate::store::models;
@@ -202,7 +202,7 @@ async fn submit_job(
         .with("tensor", name.clone()));
     }
     if let Some(spec) = &request.eval {
-        evaluation::check_spec(
+        eval_checks::check_spec(
             &state.db,
             &state.blobs,
             caller.team_id,

@@ -4,7 +4,7 @@
 pub mod compare;
 pub mod datasets;
 pub mod demo;
-pub mod evaluation;
+pub mod eval_options;
 pub mod health;
 pub mod job_events;
 pub mod job_files;
@@ -37,7 +37,7 @@ fn v1() -> OpenApiRouter<AppState> {
         .merge(job_events::router())
         .merge(job_files::router())
         .merge(datasets::router())
-        .merge(evaluation::router())
+        .merge(eval_options::router())
         .merge(compare::router())
         .merge(demo::router())
         .merge(session::router())

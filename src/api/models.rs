@@ -439,7 +439,7 @@ async fn get_config(
     models::get(&state.db, caller.team_id, id)
         .await?
         .ok_or_else(|| ApiError::not_found("model", id))?;
-    crate::jobs::evaluation::model_config(&state.db, &state.blobs, id)
+    crate::jobs::eval_checks::model_config(&state.db, &state.blobs, id)
         .await
         .map_err(ApiError::internal)?
         .map(Json)

@@ -2,7 +2,7 @@
 //! and its results: submission, claiming, leases, fencing, retries, cancellation) and the
 //! report a job produces (per-tensor metrics, summary, progress).
 
-pub mod evaluation;
+pub mod eval_checks;
 pub mod events;
 pub mod queue;
 pub mod recipe;

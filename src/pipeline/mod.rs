@@ -9,7 +9,7 @@
 //! out before the next one; `compress::tensor` does the chunked work.
 
 pub mod artifact;
-pub mod evaluation;
+pub mod eval_step;
 pub mod files;
 pub mod memory;
 

@@ -21,7 +21,7 @@ use crate::jobs::queue::{self, Artifact, Claimed, Lease};
 use crate::jobs::recipe::Recipe;
 use crate::jobs::report::Progress;
 use crate::numeric::Cancel;
-use crate::pipeline::evaluation::Evaluation;
+use crate::pipeline::eval_step::Evaluation;
 use crate::pipeline::{self, InputFile, InputKind, PipelineError};
 use crate::store::blobs::{BlobStore, WorkDir};
 use crate::store::{datasets, models};
@@ -339,7 +339,7 @@ impl Worker {
                         .unwrap_or_else(|poisoned| poisoned.into_inner())
                         .clone()
                         .unwrap_or_default();
-                    if let Err(err) = pipeline::evaluation::run(
+                    if let Err(err) = pipeline::eval_step::run(
                         evaluation, outcome, &inputs, &work_dir, &cancel, compressed, &publish,
                     ) {
                         result = Err(err);
@@ -483,7 +483,8 @@ impl Worker {
                 spec.dataset_id
             )));
         };
-        let config = crate::jobs::evaluation::model_config(&self.db, &self.blobs, model_id).await?;
+        let config =
+            crate::jobs::eval_checks::model_config(&self.db, &self.blobs, model_id).await?;
         let reuse =
             datasets::baseline(&self.db, model_id, spec.dataset_id, &baseline_key()).await?;
         Ok(Evaluation {

@@ -14,7 +14,7 @@ use crate::api::state::AppState;
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::eval::FigureInfo;
-use crate::jobs::evaluation::{self, EvaluationOptions};
+use crate::jobs::eval_checks::{self, EvaluationOptions};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -56,7 +56,7 @@ async fn model_options(
     caller: Caller,
     Path(id): Path<Uuid>,
 ) -> ApiResult<Json<EvaluationOptions>> {
-    evaluation::options(&state.db, &state.blobs, caller.team_id, id)
+    eval_checks::options(&state.db, &state.blobs, caller.team_id, id)
         .await
         .map_err(eval_check_error)?
         .map(Json)
