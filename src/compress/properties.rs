@@ -1,6 +1,7 @@
 //! Property tests of every kernel step through [`tensor::transform`], on awkward tensors (one
 //! row, one column, odd sizes, outliers, all-zero rows, ±0, subnormals, constants), each against
-//! a plain f64 scalar reference or the defining property of the method.
+//! a plain f64 scalar reference or the defining property of the method. Longer than other
+//! files because it is a table of cases, one short test per step, read one at a time.
 
 use crate::compress::prune::Norm;
 use crate::compress::quantize::{Granularity, IntScheme, ScaleDtype};
