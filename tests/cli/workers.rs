@@ -195,6 +195,12 @@ async fn a_killed_workers_job_is_finished_by_another_with_one_artifact_set() {
     let names = crate::common::item_strings(&files, "name");
     // compressed-tensors, the format an int8 recipe writes: config.json holds its scheme.
     assert_eq!(names, ["config.json", "model.safetensors", "recipe.json"]);
+    // The attempt's folder goes when the attempt ends, just after the job is published as
+    // succeeded: give the worker a moment past that commit.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !temp_entries(dir.path()).is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert!(
         temp_entries(dir.path()).is_empty(),
         "temp files left: {:?}",
