@@ -99,7 +99,7 @@ impl Application {
                 upload_idle: Duration::from_secs(args.upload_idle_secs),
             }),
             events: JobEvents::start(database.pool.clone()),
-            worker_count: args.workers,
+            worker_count: args.worker.workers,
             login_throttle: Arc::default(),
             database_disk_full_at: Arc::default(),
         };
@@ -107,8 +107,8 @@ impl Application {
             database.pool.clone(),
             state.blobs.clone(),
             WorkerConfig {
-                count: args.workers,
-                poll: Duration::from_secs(args.poll_secs.max(1)),
+                count: args.worker.workers,
+                poll: Duration::from_secs(args.worker.poll_secs.max(1)),
                 ..WorkerConfig::default()
             },
         );

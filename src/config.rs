@@ -116,7 +116,16 @@ pub struct ServeArgs {
     /// minutes, void after a restart). Later ones: `squeeze token login-url`.
     #[arg(long, env = "SQUEEZE_LOGIN_URL")]
     pub login_url: bool,
-    /// Compression workers in this process (0: API only, run `squeeze worker` elsewhere).
+    /// The workers running in this process.
+    #[command(flatten)]
+    pub worker: WorkerFlags,
+}
+
+/// The workers a process runs, for `serve` and `worker` alike.
+#[derive(Debug, Clone, Args)]
+pub struct WorkerFlags {
+    /// Compression workers in this process (`serve --workers 0`: the API only, with
+    /// `squeeze worker` running elsewhere; `worker` runs at least one).
     #[arg(long, env = "SQUEEZE_WORKERS", default_value_t = 1)]
     pub workers: usize,
     /// Longest wait, in seconds, before idle workers look for queued jobs when no NOTIFY
@@ -131,9 +140,9 @@ pub struct WorkerArgs {
     /// Database and data folder (the same as the server's).
     #[command(flatten)]
     pub db: DbArgs,
-    /// Concurrent jobs.
-    #[arg(long, env = "SQUEEZE_WORKERS", default_value_t = 1)]
-    pub workers: usize,
+    /// The workers.
+    #[command(flatten)]
+    pub worker: WorkerFlags,
     /// Seconds running jobs may continue after SIGTERM before they are handed back.
     #[arg(long, env = "SQUEEZE_SHUTDOWN_GRACE_SECS", default_value_t = 20)]
     pub shutdown_grace_secs: u64,
@@ -141,10 +150,6 @@ pub struct WorkerArgs {
     /// requeued after it.
     #[arg(long, env = "SQUEEZE_LEASE_SECS", default_value_t = 30)]
     pub lease_secs: u64,
-    /// Longest wait, in seconds, before idle workers look for queued jobs when no NOTIFY
-    /// arrives (the fallback while the LISTEN connection is down).
-    #[arg(long, env = "SQUEEZE_POLL_SECS", default_value_t = 2)]
-    pub poll_secs: u64,
 }
 
 /// `squeeze compress`.

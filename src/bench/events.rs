@@ -46,8 +46,10 @@ pub async fn run(bench: &EventsBench, work_dir: &Path) -> anyhow::Result<()> {
         static_dir: None,
         shutdown_grace_secs: 1,
         login_url: false,
-        workers: 0,
-        poll_secs: 2,
+        worker: crate::config::WorkerFlags {
+            workers: 0,
+            poll_secs: 2,
+        },
     })
     .await?;
     let address = app.local_addr();

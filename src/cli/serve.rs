@@ -36,13 +36,13 @@ pub(super) async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
         database.pool.clone(),
         blobs,
         crate::worker::WorkerConfig {
-            count: args.workers.max(1),
+            count: args.worker.workers.max(1),
             grace: std::time::Duration::from_secs(args.shutdown_grace_secs),
             lease: std::time::Duration::from_secs(args.lease_secs.max(1)),
-            poll: std::time::Duration::from_secs(args.poll_secs.max(1)),
+            poll: std::time::Duration::from_secs(args.worker.poll_secs.max(1)),
         },
     );
-    tracing::info!(workers = args.workers.max(1), "workers running");
+    tracing::info!(workers = args.worker.workers.max(1), "workers running");
     app::shutdown_signal().await;
     tracing::info!("stopping: no new jobs; running jobs finish or are handed back");
     pool.shutdown().await;

@@ -70,8 +70,10 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
         static_dir: None,
         shutdown_grace_secs: 1,
         login_url: false,
-        workers: options.workers,
-        poll_secs: options.poll_secs,
+        worker: squeeze::config::WorkerFlags {
+            workers: options.workers,
+            poll_secs: options.poll_secs,
+        },
     };
     let app = Application::build(args).await.expect("the app builds");
     let base = format!("http://{}", app.local_addr());
