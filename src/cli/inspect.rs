@@ -132,7 +132,7 @@ pub(super) fn decompress(args: &crate::config::DecompressArgs) -> anyhow::Result
     }
     let temp = args.output.with_extension("part");
     let mut out = std::io::BufWriter::new(std::fs::File::create(&temp)?);
-    let header = crate::pipeline::artifact::header_bytes(None, &infos);
+    let header = crate::pipeline::writers::header_bytes(None, &infos);
     std::io::Write::write_all(&mut out, &header)?;
     for (w, info) in artifact.weights.iter().zip(&infos) {
         let values = artifact

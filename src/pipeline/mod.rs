@@ -8,10 +8,10 @@
 //! unmapped when done (so its pages leave the process), transformed in row chunks, and written
 //! out before the next one; `compress::tensor` does the chunked work.
 
-pub mod artifact;
 pub mod eval_step;
 pub mod files;
 pub mod memory;
+pub mod writers;
 
 pub(crate) use files::HashingFile;
 pub use files::{
@@ -104,7 +104,7 @@ pub fn run(
             None => header.clone(),
         })
         .collect();
-    let mut writer = artifact::writer_for(&plan, out_dir, inputs, &out_headers)?;
+    let mut writer = writers::writer_for(&plan, out_dir, inputs, &out_headers)?;
     let mut files = Vec::new();
     let mut reports = Vec::new();
     let mut theoretical_bits = 0f64;
@@ -153,7 +153,7 @@ pub fn run(
                             fidelity = fidelity.including_removed(removed);
                         }
                         let encoded = encoded.filter(|_| selected);
-                        let stored = writer.tensor(artifact::TensorOut {
+                        let stored = writer.tensor(writers::TensorOut {
                             info: out_info,
                             dense: transformed,
                             encoded: encoded.as_ref(),
@@ -178,7 +178,7 @@ pub fn run(
                         r.note = plan.tensor(&t.name).and_then(|p| p.note.clone());
                         r
                     } else {
-                        let stored = writer.tensor(artifact::TensorOut {
+                        let stored = writer.tensor(writers::TensorOut {
                             info: out_info,
                             dense: bytes,
                             encoded: None,

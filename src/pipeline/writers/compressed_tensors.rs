@@ -1,0 +1,169 @@
+//! compressed-tensors: a model folder that transformers (with the compressed-tensors package)
+//! and vLLM load, with the `quantization_config` and `sparsity_config` in config.json.
+
+use super::*;
+
+/// compressed-tensors: a loadable model folder for vLLM and transformers.
+pub(super) struct CompressedTensorsWriter {
+    pub(super) files: SpooledFiles,
+    pub(super) quant: Option<QuantGroup>,
+    pub(super) sparse_format: Option<SparseFormat>,
+    /// Whether pruned weights leave their zeros out (the bitmask layouts) or are stored dense
+    /// with a `sparsity_config` that describes them.
+    pub(super) leave_zeros_out: bool,
+    pub(super) sparse: Option<SparseGroup>,
+    pub(super) sparse_counts: (f64, f64),
+    pub(super) layout_bits: Option<f64>,
+    /// Linear-shaped weights left as they were: `ignore` entries.
+    pub(super) ignored: Vec<String>,
+    pub(super) saw_config: bool,
+}
+
+impl CompressedTensorsWriter {
+    pub(super) fn new(recipe: &Recipe, dir: &Path) -> CompressedTensorsWriter {
+        let sparse_format = recipe.stages.iter().find_map(|s| match s {
+            Stage::Prune(Prune::SemiStructured { pattern }) if pattern.n == 2 && pattern.m == 4 => {
+                Some(SparseFormat::TwoFour)
+            }
+            Stage::Prune(Prune::MlpChannels { .. }) => None,
+            Stage::Prune(_) => Some(SparseFormat::Bitmask),
+            _ => None,
+        });
+        CompressedTensorsWriter {
+            files: SpooledFiles::new(dir),
+            quant: None,
+            sparse_format,
+            leave_zeros_out: recipe.sparse_layout == Some(SparseLayout::Bitmask),
+            sparse: None,
+            sparse_counts: (0.0, 0.0),
+            layout_bits: None,
+            ignored: Vec::new(),
+            saw_config: false,
+        }
+    }
+
+    fn quantization_config(&self) -> serde_json::Value {
+        ct::quantization_config(self.quant.as_ref(), self.sparse.as_ref(), &self.ignored)
+    }
+}
+
+impl ArtifactWriter for CompressedTensorsWriter {
+    fn begin_file(&mut self, input: &InputFile, _: &Header) -> Result<(), PipelineError> {
+        Ok(self.files.begin(&input.name)?)
+    }
+
+    fn tensor(&mut self, tensor: TensorOut) -> Result<u64, PipelineError> {
+        let info = tensor.info;
+        self.layout_bits = None;
+        let Some(encoded) = tensor.encoded else {
+            if info.shape.len() == 2 && info.name.ends_with(".weight") {
+                self.ignored.push(ct::module_of(&info.name).to_owned());
+            }
+            let spool = self.files.spool();
+            return spool
+                .push_bytes(&info.name, info.dtype, info.shape.clone(), tensor.dense)
+                .map_err(PipelineError::from);
+        };
+        let (rows, cols) = (info.shape[0] as usize, info.shape[1] as usize);
+        let format = ct::quant_format(encoded);
+        let module = ct::module_of(&info.name).to_owned();
+        // Packed codes cannot leave zeros out: pruning then saves nothing in this format.
+        let sparse = self
+            .sparse_format
+            .filter(|_| format != Some(QuantFormat::PackQuantized));
+        let left_out = sparse.filter(|_| self.leave_zeros_out);
+        if let Some(f) = format {
+            let group = self.quant.get_or_insert_with(|| QuantGroup {
+                format: f,
+                int: match encoded {
+                    Encoded::Int { scheme, .. } => Some(*scheme),
+                    _ => None,
+                },
+                fp8_per_channel: matches!(encoded, Encoded::Fp8 { scales, .. } if scales.len() > 1 || rows == 1),
+                targets: Vec::new(),
+            });
+            group.targets.push(module.clone());
+        }
+        if let Some(f) = sparse {
+            let leave_zeros_out = self.leave_zeros_out;
+            let group = self.sparse.get_or_insert_with(|| SparseGroup {
+                format: f,
+                zeros_left_out: leave_zeros_out,
+                targets: Vec::new(),
+                global_sparsity: 0.0,
+            });
+            group.targets.push(module);
+            let width = crate::numeric::float_width(info.dtype);
+            let zeros = tensor
+                .dense
+                .chunks(width)
+                .filter(|e| ct::is_zero(info.dtype, e))
+                .count();
+            self.sparse_counts.0 += zeros as f64;
+            self.sparse_counts.1 += (rows * cols) as f64;
+            group.global_sparsity = self.sparse_counts.0 / self.sparse_counts.1.max(1.0);
+            // Non-zeros at their width plus one mask bit per value, with the scheme's scales.
+            if left_out.is_some() {
+                let n = (rows * cols) as u64;
+                let dtype_bits = info.dtype.bits();
+                let value_bits = if format.is_some() { 8 } else { dtype_bits };
+                let params = encoded.theoretical_bits(n, dtype_bits) - (n * value_bits) as f64;
+                self.layout_bits =
+                    Some(((n - zeros as u64) * value_bits + n) as f64 + params.max(0.0));
+            }
+        }
+        let mut bytes = 0;
+        for t in ct::weight_tensors(
+            &info.name,
+            info.dtype,
+            rows,
+            cols,
+            encoded,
+            tensor.dense,
+            left_out,
+        ) {
+            bytes += self.files.spool().push(t)?;
+        }
+        Ok(bytes)
+    }
+
+    fn layout_bits(&mut self) -> Option<f64> {
+        self.layout_bits.take()
+    }
+
+    fn end_file(&mut self) -> Result<Option<OutputFile>, PipelineError> {
+        Ok(Some(self.files.end(None)?))
+    }
+
+    fn side_file(&mut self, name: &str, bytes: Vec<u8>) -> Result<Option<Vec<u8>>, PipelineError> {
+        if name == "config.json" {
+            self.saw_config = true;
+            let mut config: serde_json::Value = serde_json::from_slice(&bytes)
+                .map_err(|e| PipelineError::Input(format!("config.json is not JSON: {e}")))?;
+            if !config.is_object() {
+                return Err(PipelineError::Input(
+                    "config.json is not a JSON object".into(),
+                ));
+            }
+            config["quantization_config"] = self.quantization_config();
+            return Ok(Some(pretty(&config)));
+        }
+        if name.ends_with(".safetensors.index.json") {
+            return Ok(Some(self.files.index(&bytes)));
+        }
+        Ok(Some(bytes))
+    }
+
+    fn finish(&mut self) -> Result<Vec<OutputFile>, PipelineError> {
+        if self.saw_config {
+            return Ok(Vec::new());
+        }
+        // Weights uploaded without a config: the block alone, where compressed-tensors'
+        // `ModelCompressor.from_pretrained` looks for it.
+        let mut out = HashingFile::create(&self.files.dir, "config.json")?;
+        out.write(&pretty(
+            &json!({"quantization_config": self.quantization_config()}),
+        ))?;
+        Ok(vec![out.finish("config.json")?])
+    }
+}
