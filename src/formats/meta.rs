@@ -2,6 +2,7 @@
 //! element type and shape. Built from a model's inventory in the database (`store`) or from a
 //! safetensors header (`pipeline`), read by recipe validation (`jobs`).
 
+use crate::formats::safetensors::TensorInfo;
 use crate::numeric::Dtype;
 
 /// The facts about a tensor that validation needs.
@@ -22,6 +23,16 @@ impl TensorMeta {
             self.shape.iter().product()
         } else {
             self.shape[1..].iter().product()
+        }
+    }
+}
+
+impl From<&TensorInfo> for TensorMeta {
+    fn from(t: &TensorInfo) -> TensorMeta {
+        TensorMeta {
+            name: t.name.clone(),
+            dtype: t.dtype,
+            shape: t.shape.clone(),
         }
     }
 }

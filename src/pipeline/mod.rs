@@ -59,11 +59,7 @@ pub fn run(
     let metas: Vec<TensorMeta> = weights
         .iter()
         .flat_map(|(_, h)| h.tensors.iter())
-        .map(|t| TensorMeta {
-            name: t.name.clone(),
-            dtype: t.dtype,
-            shape: t.shape.clone(),
-        })
+        .map(TensorMeta::from)
         .collect();
     let plan = recipe
         .plan(&metas)
