@@ -378,8 +378,11 @@ test("evaluation from the dashboard: sets that fit, the metric list, a text set 
   await shot("12-job-evaluated");
 
   // The compare view offers every figure as an axis, with its direction, and lists the original.
-  await page.goto(`${server.base}/#/compare?model=${llama.id}&y=figure:kl_mean`);
+  await page.goto(`${server.base}/#/compare?model=${llama.id}&y=figure:kl_mean&log=1`);
   await page.locator("#pareto g.frontier circle").first().waitFor();
+  // The original's KL is 0: a log axis leaves it off and says so, rather than going linear.
+  assert.match(await page.locator("#pareto figcaption").innerText(), /the original \(0 on this axis\) is off the log scale/);
+  assert.doesNotMatch(await page.locator("#pareto").textContent(), /\de\+\d/, "ticks read 150, not 1.5e+2");
   assert.equal(await page.locator("#compare-y option:checked").innerText(), "KL divergence, mean");
   assert.match(await page.locator("#pareto").textContent(), /↓ KL divergence, mean \(nats\) \(lower is better\)/);
   assert.match(await page.locator("#compare-original").innerText(), /the original/);

@@ -194,6 +194,9 @@ function percentTick(values) {
   };
 }
 
+/// An axis tick as a person writes it: 150, 0.25, 1200 (never 1.5e+2).
+const plainNumber = (v) => String(Number(Number(v).toPrecision(4)));
+
 /// A scale's extent with room around it; a single value (one job, or jobs of one size) gets
 /// ±5 % instead of a zero-width domain, whose ticks print as "516.519850".
 function padded(values) {
@@ -219,7 +222,10 @@ function drawPlot(figure, rows, xAxis, yAxis, withColour, logY) {
   const dominated = points.filter((p) => !onFront.has(p));
   const original = { x: xAxis.original(rows), y: yAxis.original(rows), title: "the original model" };
   // A log axis needs positive values: offered only when every figure is.
-  const log = logY && points.every((p) => p.y > 0) && !(original.y <= 0);
+  // A log axis needs positive values. The original's KL or drop is 0 by definition: under a log
+  // axis it is left off rather than turning the scale back to linear.
+  const log = logY && points.length > 0 && points.every((p) => p.y > 0);
+  const showOriginal = Number.isFinite(original.x) && Number.isFinite(original.y) && !(log && original.y <= 0);
   // Colour only when every job has a latency: Plot would drop points without one.
   const fill = withColour && points.length > 0 && points.every((p) => p.latency !== null) ? "latency" : null;
   const dot = (data, { defaultFill, ...options }) => Plot.dot(data, { x: "x", y: "y", r: 6, title: "title", fill: fill || defaultFill, ...options });
@@ -228,14 +234,14 @@ function drawPlot(figure, rows, xAxis, yAxis, withColour, logY) {
     height: 380,
     marginLeft: 60,
     grid: true,
-    x: { label: xAxis.label(rows), nice: true, domain: padded([...points.map((p) => p.x), original.x]), tickFormat: "~g" },
+    x: { label: xAxis.label(rows), nice: true, domain: padded([...points.map((p) => p.x), original.x]), tickFormat: plainNumber },
     y: { label: yAxis.label(rows), nice: true, type: log ? "log" : "linear", percent: (yAxis === Y_AXES.error || yAxis.percent) && !log, domain: log || yAxis === Y_AXES.error || yAxis.percent ? undefined : padded([...points.map((p) => p.y), original.y]) },
     color: fill ? { type: "linear", scheme: "viridis", label: "latency (ms)", legend: true } : undefined,
     marks: [
       Plot.line(front, { x: "x", y: "y", stroke: "#0b5cad", strokeWidth: 2, className: "frontier-line" }),
       dot(dominated, { className: "dominated", opacity: 0.5, defaultFill: "#57606a" }),
       dot(front, { className: "frontier", stroke: "#111", strokeWidth: 2, defaultFill: "#0b5cad" }),
-      Number.isFinite(original.x) && Number.isFinite(original.y)
+      showOriginal
         ? Plot.dot([original], { x: "x", y: "y", symbol: "star", r: 9, fill: "#f0b400", stroke: "#111", title: "title", className: "original" })
         : null,
       Plot.tip(points, Plot.pointer({ x: "x", y: "y", title: "title" })),
@@ -256,7 +262,7 @@ function drawPlot(figure, rows, xAxis, yAxis, withColour, logY) {
     if (chart.value && chart.value.row) location.hash = `#/jobs/${chart.value.row.job_id}`;
   });
   figure.replaceChildren(chart, h("figcaption", { class: "muted" },
-    `${front.length} of ${points.length} jobs on the frontier (joined); dominated jobs dimmed; ★ the original. Click a point to open its job.`));
+    `${front.length} of ${points.length} jobs on the frontier (joined); dominated jobs dimmed; ${showOriginal ? "★ the original" : "the original (0 on this axis) is off the log scale"}.${logY && !log ? " Log scale off: a job's value is 0 or less." : ""} Click a point to open its job.`));
 }
 
 function drawList(holder, rows, selected, changed) {
