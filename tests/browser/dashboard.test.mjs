@@ -383,6 +383,9 @@ test("evaluation from the dashboard: sets that fit, the metric list, a text set 
   // The original's KL is 0: a log axis leaves it off and says so, rather than going linear.
   assert.match(await page.locator("#pareto figcaption").innerText(), /the original \(0 on this axis\) is off the log scale/);
   assert.doesNotMatch(await page.locator("#pareto").textContent(), /\de\+\d/, "ticks read 150, not 1.5e+2");
+  // Log ticks in plain numbers too: 0.01, not SI's "10m".
+  const ticks = await page.locator("#pareto svg g[aria-label='y-axis tick label'] text").allTextContents();
+  assert.ok(ticks.length > 0 && ticks.every((t) => /^[\d.]*$/.test(t)), ticks.join(" "));
   assert.equal(await page.locator("#compare-y option:checked").innerText(), "KL divergence, mean");
   assert.match(await page.locator("#pareto").textContent(), /↓ KL divergence, mean \(nats\) \(lower is better\)/);
   assert.match(await page.locator("#compare-original").innerText(), /the original/);

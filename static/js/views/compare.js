@@ -235,7 +235,7 @@ function drawPlot(figure, rows, xAxis, yAxis, withColour, logY) {
     marginLeft: 60,
     grid: true,
     x: { label: xAxis.label(rows), nice: true, domain: padded([...points.map((p) => p.x), original.x]), tickFormat: plainNumber },
-    y: { label: yAxis.label(rows), nice: true, type: log ? "log" : "linear", percent: (yAxis === Y_AXES.error || yAxis.percent) && !log, domain: log || yAxis === Y_AXES.error || yAxis.percent ? undefined : padded([...points.map((p) => p.y), original.y]) },
+    y: { label: yAxis.label(rows), nice: true, type: log ? "log" : "linear", tickFormat: log ? plainNumber : undefined, percent: (yAxis === Y_AXES.error || yAxis.percent) && !log, domain: log || yAxis === Y_AXES.error || yAxis.percent ? undefined : padded([...points.map((p) => p.y), original.y]) },
     color: fill ? { type: "linear", scheme: "viridis", label: "latency (ms)", legend: true } : undefined,
     marks: [
       Plot.line(front, { x: "x", y: "y", stroke: "#0b5cad", strokeWidth: 2, className: "frontier-line" }),
