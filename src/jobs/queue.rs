@@ -475,6 +475,7 @@ pub async fn complete(
         bytes_total: tensors.iter().map(|t| t.bytes_in as u64).sum(),
         phase: None,
         evaluation: None,
+        compressed: None,
     }))
     .execute(&mut *tx)
     .await?;

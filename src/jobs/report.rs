@@ -136,4 +136,25 @@ pub struct Progress {
     /// How far the evaluation is, in the `evaluating` phase.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub evaluation: Option<crate::eval::EvalProgress>,
+    /// The artifact's size, known once compression is done: shown while the job evaluates,
+    /// before the summary lands with the job's end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compressed: Option<CompressedSize>,
+}
+
+/// What compression made, before the job ends.
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize, PartialEq, utoipa::ToSchema)]
+pub struct CompressedSize {
+    /// Bytes of the model's files.
+    pub bytes_in: u64,
+    /// Bytes of the artifact's model files.
+    pub bytes_out: u64,
+    /// bytes_in / bytes_out.
+    #[serde(with = "crate::numeric::metric")]
+    #[schema(value_type = crate::numeric::Metric)]
+    pub ratio: f64,
+    /// Bits on disk per parameter.
+    #[serde(with = "crate::numeric::metric")]
+    #[schema(value_type = crate::numeric::Metric)]
+    pub bits_per_weight: f64,
 }

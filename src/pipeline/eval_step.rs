@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use crate::eval::{EvalError, EvalProgress, EvalReport, EvalSpec, Figures};
-use crate::jobs::report::Progress;
+use crate::jobs::report::{CompressedSize, Progress};
 use crate::numeric::Cancel;
 use crate::pipeline::{InputFile, InputKind, Outcome, PipelineError, contain_panic, memory};
 
@@ -69,6 +69,13 @@ pub fn run(
 ) -> Result<(), PipelineError> {
     let mut evaluating = compressed;
     evaluating.phase = Some("evaluating".into());
+    let summary = &outcome.summary;
+    evaluating.compressed = Some(CompressedSize {
+        bytes_in: summary.bytes_in,
+        bytes_out: summary.bytes_out,
+        ratio: summary.ratio,
+        bits_per_weight: summary.bits_per_weight,
+    });
     publish(&evaluating);
     let started = Instant::now();
     let peak = memory::RssPeak::start();

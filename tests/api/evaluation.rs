@@ -495,6 +495,18 @@ async fn evaluation_progress_streams_over_sse_while_a_job_evaluates() {
         .filter_map(|j| j["progress"].get("evaluation").cloned())
         .collect();
     assert!(!steps.is_empty(), "no evaluation progress in {text}");
+    // While it evaluates, the artifact's size is already in the progress.
+    let sizes: Vec<f64> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .map(|d| serde_json::from_str::<Value>(d.trim()).unwrap())
+        .filter(|j| j["progress"]["phase"] == "evaluating")
+        .map(|j| j["progress"]["compressed"]["ratio"].as_f64().unwrap())
+        .collect();
+    assert!(
+        !sizes.is_empty() && sizes.iter().all(|r| *r > 1.0),
+        "{sizes:?}"
+    );
     for step in &steps {
         assert!(["accuracy", "latency"].contains(&step["stage"].as_str().unwrap()));
         assert!(step["done"].as_u64().unwrap() <= step["total"].as_u64().unwrap());

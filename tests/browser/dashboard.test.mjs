@@ -361,6 +361,8 @@ test("evaluation from the dashboard: sets that fit, the metric list, a text set 
   // While it evaluates: the stage, sequences done of the total, and the time left.
   await page.waitForFunction(() => /evaluating: accuracy \d+\/\d+ sequences · about \d+ (s|min) left/.test(document.querySelector("#job-progress")?.textContent || ""), null, { timeout: 120000 });
   assert.match(await page.locator("#job-progress").innerText(), new RegExp(`/${Math.min(rows, 64)} sequences`));
+  // The artifact's size is known once compression is done, before the evaluation ends.
+  assert.match(await page.locator("#job-cards").innerText(), /RATIO\s+\d+\.\d\d×/i);
   await shot("11-job-evaluating");
   const figuresTable = page.locator("#evaluation-figures");
   await figuresTable.waitFor({ timeout: 180000 });

@@ -77,6 +77,16 @@ function card(label, value, detail) {
 
 function drawCards(cards, job) {
   const f = job.result ? figures(job) : null;
+  const made = job.progress && job.progress.compressed;
+  if (!f && made && job.state === "running") {
+    // Compression is done and the job is evaluating: its size is already known.
+    cards.replaceChildren(
+      card("Size", `${fmt.bytes(made.bytes_in)} → ${fmt.bytes(made.bytes_out)}`, "compressed; evaluating now"),
+      card("Ratio", fmt.ratio(made.ratio)),
+      card("Bits per weight", fmt.bits(made.bits_per_weight)),
+    );
+    return;
+  }
   if (!f) {
     cards.replaceChildren();
     return;
