@@ -258,31 +258,23 @@ fn scaled_codes(x: &[f32], search: Search, head: &mut [u8]) -> [u8; SUPER_BLOCK]
 /// Decodes a Q4_K block into 256 values.
 #[inline(always)]
 pub fn dequantize_q4_k(block: &[u8], out: &mut [f32]) {
-    let (d, dmin) = (f16_at(&block[0..2]), f16_at(&block[2..4]));
-    let scales = &block[4..16];
-    for (c, (q, y)) in block[16..Q4_K_BYTES]
-        .chunks_exact(32)
-        .zip(out.chunks_exact_mut(64))
-        .enumerate()
-    {
-        let (sc1, m1) = scale_min_k4(2 * c, scales);
-        let (sc2, m2) = scale_min_k4(2 * c + 1, scales);
-        let (d1, min1) = (d * f32::from(sc1), dmin * f32::from(m1));
-        let (d2, min2) = (d * f32::from(sc2), dmin * f32::from(m2));
-        for l in 0..32 {
-            y[l] = d1 * f32::from(q[l] & 0x0F) - min1;
-            y[l + 32] = d2 * f32::from(q[l] >> 4) - min2;
-        }
-    }
+    dequantize_scaled(block, &block[16..Q4_K_BYTES], None, out);
 }
 
 /// Decodes a Q5_K block into 256 values.
 #[inline(always)]
 pub fn dequantize_q5_k(block: &[u8], out: &mut [f32]) {
+    dequantize_scaled(block, &block[48..Q5_K_BYTES], Some(&block[16..48]), out);
+}
+
+/// The shared decode of Q4_K and Q5_K: d and dmin, 6-bit scales and mins per sub-block of 32,
+/// nibbles in 32-byte chunks of two sub-blocks each, and for Q5_K a plane of fifth bits
+/// (bit 2c of byte l for value 64c + l, bit 2c+1 for value 64c + 32 + l).
+#[inline(always)]
+fn dequantize_scaled(block: &[u8], nibbles: &[u8], fifth: Option<&[u8]>, out: &mut [f32]) {
     let (d, dmin) = (f16_at(&block[0..2]), f16_at(&block[2..4]));
     let scales = &block[4..16];
-    let high = &block[16..48];
-    for (c, (q, y)) in block[48..Q5_K_BYTES]
+    for (c, (q, y)) in nibbles
         .chunks_exact(32)
         .zip(out.chunks_exact_mut(64))
         .enumerate()
@@ -292,10 +284,15 @@ pub fn dequantize_q5_k(block: &[u8], out: &mut [f32]) {
         let (d1, min1) = (d * f32::from(sc1), dmin * f32::from(m1));
         let (d2, min2) = (d * f32::from(sc2), dmin * f32::from(m2));
         for l in 0..32 {
-            let fifth_a = (high[l] >> (2 * c)) & 1;
-            let fifth_b = (high[l] >> (2 * c + 1)) & 1;
-            y[l] = d1 * f32::from((q[l] & 0x0F) | (fifth_a << 4)) - min1;
-            y[l + 32] = d2 * f32::from((q[l] >> 4) | (fifth_b << 4)) - min2;
+            let (high_a, high_b) = match fifth {
+                Some(h) => (
+                    ((h[l] >> (2 * c)) & 1) << 4,
+                    ((h[l] >> (2 * c + 1)) & 1) << 4,
+                ),
+                None => (0, 0),
+            };
+            y[l] = d1 * f32::from((q[l] & 0x0F) | high_a) - min1;
+            y[l + 32] = d2 * f32::from((q[l] >> 4) | high_b) - min2;
         }
     }
 }
