@@ -128,3 +128,8 @@ export function progressBar(job) {
     h("progress", { max: 1, value: fraction, "aria-label": `progress ${label}` }),
     h("span", { class: "progress-label" }, label));
 }
+
+/// A figure card: its label, its value ("–" when there is none) and an optional detail line.
+export function statCard(label, value, detail) {
+  return h("div", { class: "card stat" }, h("span", { class: "stat-label" }, label), h("strong", { class: "stat-value" }, value || "–"), detail ? h("span", { class: "muted" }, detail) : null);
+}

@@ -36,6 +36,22 @@ async fn upload_digits(app: &TestApp) -> String {
     model["id"].as_str().unwrap().to_owned()
 }
 
+/// The demo's digits classifier and its test set, checked against it at upload.
+async fn digits_with_test_set(app: &TestApp) -> (String, Value) {
+    let digits = upload_digits(app).await;
+    let set: Value = upload_set(
+        app,
+        "test",
+        Some(&digits),
+        demo_file("digits-test.safetensors"),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    (digits, set)
+}
+
 async fn upload_set(
     app: &TestApp,
     name: &str,
@@ -236,17 +252,7 @@ fn figure(eval: &Value, side: &str, name: &str) -> f64 {
 #[tokio::test]
 async fn evaluated_jobs_report_both_models_the_budget_verdict_and_compare_rows() {
     let app = spawn_app().await;
-    let digits = upload_digits(&app).await;
-    let set: Value = upload_set(
-        &app,
-        "test",
-        Some(&digits),
-        demo_file("digits-test.safetensors"),
-    )
-    .await
-    .json()
-    .await
-    .unwrap();
+    let (digits, set) = digits_with_test_set(&app).await;
     let dataset = set["id"].as_str().unwrap();
     for (eval, code) in [
         (
@@ -464,17 +470,7 @@ async fn the_demo_installs_a_model_a_set_and_evaluated_jobs() {
 #[tokio::test]
 async fn evaluation_progress_streams_over_sse_while_a_job_evaluates() {
     let app = spawn_app().await;
-    let digits = upload_digits(&app).await;
-    let set: Value = upload_set(
-        &app,
-        "test",
-        Some(&digits),
-        demo_file("digits-test.safetensors"),
-    )
-    .await
-    .json()
-    .await
-    .unwrap();
+    let (digits, set) = digits_with_test_set(&app).await;
     let response = submit(
         &app,
         json!({"model_id": digits, "preset": "int8", "eval": {"dataset_id": set["id"]}}),

@@ -4,7 +4,7 @@
 // and the error of a failed job.
 
 import { api, follow, getJson, parseJson, problemOf } from "../api.js";
-import { h, progressBar, sortableTable, stateBadge } from "../dom.js";
+import { statCard as card, h, progressBar, sortableTable, stateBadge } from "../dom.js";
 import { errorDomain, figureInfo, figureOrder, figures, formatFigure, method } from "../figures.js";
 import * as fmt from "../format.js";
 import { cancel, qualityCell, rerun } from "./jobs.js";
@@ -71,9 +71,6 @@ function drawHead(head, job, message) {
   ].filter(Boolean));
 }
 
-function card(label, value, detail) {
-  return h("div", { class: "card stat" }, h("span", { class: "stat-label" }, label), h("strong", { class: "stat-value" }, value || "–"), detail ? h("span", { class: "muted" }, detail) : null);
-}
 
 function drawCards(cards, job) {
   const f = job.result ? figures(job) : null;

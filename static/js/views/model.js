@@ -3,7 +3,7 @@
 // inventory (natural order, filterable, paged from the API), and the team's jobs on it.
 
 import { getJson } from "../api.js";
-import { h, sortableTable, stateBadge } from "../dom.js";
+import { h, sortableTable, statCard, stateBadge } from "../dom.js";
 import { figures, method } from "../figures.js";
 import * as fmt from "../format.js";
 import { qualityCell } from "./jobs.js";
@@ -26,10 +26,10 @@ export async function render(container, { argument: id }) {
       h("a", { class: "button secondary", href: `#/jobs?model=${id}` }, "All its jobs"),
       h("a", { class: "button secondary", href: `#/compare?model=${id}` }, "Compare its jobs")),
     h("div", { class: "cards", id: "model-cards" },
-      stat("Size", fmt.bytes(model.bytes), `${fmt.bytes(model.tensor_bytes)} of tensor data`),
-      stat("Parameters", fmt.count(model.parameters), Object.entries(model.dtypes).map(([d, n]) => `${d} ${fmt.count(n)}`).join(" · ")),
-      stat("Tensors", String(model.tensor_count)),
-      stat("Architecture", evaluation?.architecture || model.model_type || "not recognised",
+      statCard("Size", fmt.bytes(model.bytes), `${fmt.bytes(model.tensor_bytes)} of tensor data`),
+      statCard("Parameters", fmt.count(model.parameters), Object.entries(model.dtypes).map(([d, n]) => `${d} ${fmt.count(n)}`).join(" · ")),
+      statCard("Tensors", String(model.tensor_count)),
+      statCard("Architecture", evaluation?.architecture || model.model_type || "not recognised",
         model.architecture || (evaluation?.not_evaluable ? `cannot be evaluated: ${evaluation.not_evaluable}` : null))),
     evaluationSection(evaluation),
     filesSection(model),
@@ -37,10 +37,6 @@ export async function render(container, { argument: id }) {
     jobsSection(jobs.items, id),
     await tensorsSection(id, model.tensor_count),
   );
-}
-
-function stat(label, value, detail) {
-  return h("div", { class: "card stat" }, h("span", { class: "stat-label" }, label), h("strong", { class: "stat-value" }, value), detail ? h("span", { class: "muted" }, detail) : null);
 }
 
 function evaluationSection(options) {
