@@ -32,7 +32,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
-struct UploadQuery {
+struct DatasetUploadQuery {
     /// Display name (required).
     name: String,
     /// Check the set against this model at upload (vocabulary, lengths, features, classes).
@@ -59,7 +59,7 @@ struct UploadQuery {
     post,
     path = "/datasets",
     tag = "datasets",
-    params(UploadQuery),
+    params(DatasetUploadQuery),
     request_body(description = "The set", content((Binary = "application/octet-stream"))),
     responses(
         (status = 201, description = "The stored set", body = DatasetRow,
@@ -73,7 +73,7 @@ struct UploadQuery {
 async fn upload_dataset(
     State(state): State<AppState>,
     caller: Caller,
-    Query(query): Query<UploadQuery>,
+    Query(query): Query<DatasetUploadQuery>,
     request: Request,
 ) -> ApiResult<impl IntoResponse> {
     check_model_name(&query.name)?;
@@ -168,7 +168,7 @@ async fn upload_dataset(
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
-struct ListQuery {
+struct DatasetListQuery {
     /// Page size, 1-100 (default 50).
     limit: Option<i64>,
     /// `next_cursor` of the previous page.
@@ -182,13 +182,13 @@ struct ListQuery {
     get,
     path = "/datasets",
     tag = "datasets",
-    params(ListQuery),
+    params(DatasetListQuery),
     responses((status = 200, description = "A page of sets", body = Page<DatasetRow>))
 )]
 async fn list_datasets(
     State(state): State<AppState>,
     caller: Caller,
-    Query(query): Query<ListQuery>,
+    Query(query): Query<DatasetListQuery>,
 ) -> ApiResult<Json<Page<DatasetRow>>> {
     let limit = page_limit(query.limit, 50, 100)?;
     let items = datasets::list(&state.db, caller.team_id, limit, query.cursor).await?;

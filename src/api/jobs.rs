@@ -236,7 +236,7 @@ async fn submit_job(
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
-struct ListQuery {
+struct JobListQuery {
     /// Only jobs of this model.
     model_id: Option<Uuid>,
     /// Only jobs in this state: queued, running, succeeded, failed or canceled.
@@ -264,7 +264,7 @@ struct ListQuery {
     get,
     path = "/jobs",
     tag = "jobs",
-    params(ListQuery),
+    params(JobListQuery),
     responses(
         (status = 200, description = "A page of jobs", body = Page<Job>),
         (status = 400, description = "Bad filter, `limit` or `cursor`"),
@@ -273,7 +273,7 @@ struct ListQuery {
 async fn list_jobs(
     State(state): State<AppState>,
     caller: Caller,
-    Query(q): Query<ListQuery>,
+    Query(q): Query<JobListQuery>,
 ) -> ApiResult<Json<Page<Job>>> {
     let limit = page_limit(q.limit, 50, 100)?;
     if let Some(s) = &q.state

@@ -39,7 +39,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
-struct UploadQuery {
+struct ModelUploadQuery {
     /// Display name of the model (default: the last part of `config.json`'s `_name_or_path`,
     /// else the weight file's name without extension).
     name: Option<String>,
@@ -65,7 +65,7 @@ struct UploadForm {
     put,
     path = "/models",
     tag = "models",
-    params(UploadQuery),
+    params(ModelUploadQuery),
     request_body(description = "One safetensors file", content((Binary = "application/octet-stream"))),
     responses(
         (status = 201, description = "The stored model", body = Model,
@@ -81,7 +81,7 @@ struct UploadForm {
 async fn put_model(
     state: State<AppState>,
     caller: Caller,
-    query: Query<UploadQuery>,
+    query: Query<ModelUploadQuery>,
     request: Request,
 ) -> ApiResult<impl IntoResponse> {
     upload_model(state, caller, query, request).await
@@ -97,7 +97,7 @@ async fn put_model(
     post,
     path = "/models",
     tag = "models",
-    params(UploadQuery),
+    params(ModelUploadQuery),
     request_body(
         description = "The model's files",
         content(
@@ -119,7 +119,7 @@ async fn put_model(
 async fn upload_model(
     State(state): State<AppState>,
     caller: Caller,
-    Query(query): Query<UploadQuery>,
+    Query(query): Query<ModelUploadQuery>,
     request: Request,
 ) -> ApiResult<impl IntoResponse> {
     if let Some(name) = &query.name {
@@ -360,7 +360,7 @@ fn plan_error(err: PlanError) -> ApiError {
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
-struct ListQuery {
+struct ModelListQuery {
     /// Page size.
     limit: Option<i64>,
     /// `next_cursor` of the previous page.
@@ -374,7 +374,7 @@ struct ListQuery {
     get,
     path = "/models",
     tag = "models",
-    params(ListQuery),
+    params(ModelListQuery),
     responses(
         (status = 200, description = "A page of models", body = Page<Model>),
         (status = 400, description = "Bad `limit` or `cursor`"),
@@ -383,7 +383,7 @@ struct ListQuery {
 async fn list_models(
     State(state): State<AppState>,
     caller: Caller,
-    Query(query): Query<ListQuery>,
+    Query(query): Query<ModelListQuery>,
 ) -> ApiResult<Json<Page<Model>>> {
     let limit = page_limit(query.limit, 50, 100)?;
     let cursor = match query.cursor.as_deref() {
@@ -459,7 +459,7 @@ async fn get_config(
     get,
     path = "/models/{id}/tensors",
     tag = "models",
-    params(("id" = Uuid, Path, description = "Model id"), ListQuery),
+    params(("id" = Uuid, Path, description = "Model id"), ModelListQuery),
     responses(
         (status = 200, description = "A page of tensors", body = Page<TensorEntry>),
         (status = 400, description = "Bad `limit`"),
@@ -470,7 +470,7 @@ async fn list_tensors(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<Uuid>,
-    Query(query): Query<ListQuery>,
+    Query(query): Query<ModelListQuery>,
 ) -> ApiResult<Json<Page<TensorEntry>>> {
     let limit = page_limit(query.limit, 1000, 10_000)?;
     let items = models::tensors(

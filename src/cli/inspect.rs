@@ -9,7 +9,7 @@ fn column_width<'a>(names: impl Iterator<Item = &'a str>) -> usize {
 }
 
 pub(super) fn inspect(args: &InspectArgs) -> anyhow::Result<()> {
-    use crate::formats::reader::{ArtifactFile, Kind};
+    use crate::formats::reader::{ArtifactFile, ArtifactKind};
     // Its reader names a malformed file's defect (and a missing file's error).
     let artifact = ArtifactFile::open(&args.file).with_context(|| {
         format!(
@@ -18,7 +18,7 @@ pub(super) fn inspect(args: &InspectArgs) -> anyhow::Result<()> {
         )
     })?;
     let file_bytes = std::fs::metadata(&args.file)?.len();
-    if artifact.kind != Kind::Safetensors {
+    if artifact.kind != ArtifactKind::Safetensors {
         let weights_bytes: u64 = artifact.weights.iter().map(|w| w.bytes).sum();
         let parameters: u64 = artifact
             .weights
@@ -132,7 +132,7 @@ pub(super) fn decompress(args: &crate::config::DecompressArgs) -> anyhow::Result
     }
     let temp = args.output.with_extension("part");
     let mut out = std::io::BufWriter::new(std::fs::File::create(&temp)?);
-    let header = crate::pipeline::writers::header_bytes(None, &infos);
+    let header = crate::formats::safetensors::write::header_bytes(None, &infos);
     std::io::Write::write_all(&mut out, &header)?;
     for (w, info) in artifact.weights.iter().zip(&infos) {
         let values = artifact

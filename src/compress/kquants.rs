@@ -442,25 +442,25 @@ mod tests {
     }
 
     #[derive(Clone, Copy, Debug, PartialEq)]
-    enum Kind {
+    enum SuperBlock {
         Q4,
         Q5,
         Q6,
     }
 
-    fn round_trip(x: &[f32], kind: Kind) -> Vec<f32> {
+    fn round_trip(x: &[f32], kind: SuperBlock) -> Vec<f32> {
         let mut block = [0u8; Q6_K_BYTES];
         let mut out = vec![0f32; SUPER_BLOCK];
         match kind {
-            Kind::Q6 => {
+            SuperBlock::Q6 => {
                 quantize_q6_k(x, &mut block);
                 dequantize_q6_k(&block, &mut out);
             }
-            Kind::Q5 => {
+            SuperBlock::Q5 => {
                 quantize_q5_k(x, &mut block[..Q5_K_BYTES]);
                 dequantize_q5_k(&block[..Q5_K_BYTES], &mut out);
             }
-            Kind::Q4 => {
+            SuperBlock::Q4 => {
                 quantize_q4_k(x, &mut block[..Q4_K_BYTES]);
                 dequantize_q4_k(&block[..Q4_K_BYTES], &mut out);
             }
@@ -472,9 +472,13 @@ mod tests {
     fn errors_stay_near_a_step_of_each_sub_block() {
         for seed in 1..20 {
             let x = values(seed, 0.05 * seed as f32);
-            for (kind, levels) in [(Kind::Q4, 15.0), (Kind::Q5, 31.0), (Kind::Q6, 63.0)] {
+            for (kind, levels) in [
+                (SuperBlock::Q4, 15.0),
+                (SuperBlock::Q5, 31.0),
+                (SuperBlock::Q6, 63.0),
+            ] {
                 let y = round_trip(&x, kind);
-                let sub = if kind == Kind::Q6 { 16 } else { 32 };
+                let sub = if kind == SuperBlock::Q6 { 16 } else { 32 };
                 for (xs, ys) in x.chunks(sub).zip(y.chunks(sub)) {
                     let lo = xs.iter().fold(0f32, |m, &v| m.min(v));
                     let hi = xs.iter().fold(0f32, |m, &v| m.max(v));
@@ -494,7 +498,7 @@ mod tests {
     #[test]
     fn zero_blocks_decode_to_zero_and_scales_pack_and_unpack() {
         let zeros = vec![0f32; SUPER_BLOCK];
-        for kind in [Kind::Q4, Kind::Q5, Kind::Q6] {
+        for kind in [SuperBlock::Q4, SuperBlock::Q5, SuperBlock::Q6] {
             assert!(round_trip(&zeros, kind).iter().all(|v| *v == 0.0));
         }
         // Every 6-bit value in every slot survives packing next to others.

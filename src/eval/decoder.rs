@@ -109,7 +109,7 @@ impl DecoderConfig {
     }
 }
 
-struct Layer {
+struct DecoderLayer {
     attn_norm: Tensor,
     q: Linear,
     k: Linear,
@@ -125,7 +125,7 @@ struct Layer {
 pub struct Decoder {
     config: DecoderConfig,
     embed: Tensor,
-    layers: Vec<Layer>,
+    layers: Vec<DecoderLayer>,
     norm: Tensor,
     head: Linear,
     inverse_frequencies: Tensor,
@@ -157,7 +157,7 @@ impl Decoder {
         let layers = (0..config.num_hidden_layers)
             .map(|i| {
                 let p = format!("model.layers.{i}");
-                Ok(Layer {
+                Ok(DecoderLayer {
                     attn_norm: weights.tensor(&format!("{p}.input_layernorm.weight"))?,
                     q: weights.linear(&format!("{p}.self_attn.q_proj"), bias)?,
                     k: weights.linear(&format!("{p}.self_attn.k_proj"), bias)?,

@@ -60,14 +60,14 @@ pub fn parse_config(config: &serde_json::Value) -> Result<BertConfig, EvalError>
     Ok(parsed)
 }
 
-struct Norm {
+struct LayerNorm {
     weight: Tensor,
     bias: Tensor,
 }
 
-impl Norm {
-    fn load(weights: &Weights, prefix: &str) -> Result<Norm, EvalError> {
-        Ok(Norm {
+impl LayerNorm {
+    fn load(weights: &Weights, prefix: &str) -> Result<LayerNorm, EvalError> {
+        Ok(LayerNorm {
             weight: weights.tensor(&format!("{prefix}.weight"))?,
             bias: weights.tensor(&format!("{prefix}.bias"))?,
         })
@@ -84,15 +84,15 @@ impl Norm {
     }
 }
 
-struct Layer {
+struct EncoderLayer {
     query: Linear,
     key: Linear,
     value: Linear,
     attention_out: Linear,
-    attention_norm: Norm,
+    attention_norm: LayerNorm,
     intermediate: Linear,
     output: Linear,
-    output_norm: Norm,
+    output_norm: LayerNorm,
 }
 
 /// An encoder ready to run.
@@ -101,8 +101,8 @@ pub struct Encoder {
     word: Tensor,
     position: Tensor,
     token_type: Tensor,
-    embedding_norm: Norm,
-    layers: Vec<Layer>,
+    embedding_norm: LayerNorm,
+    layers: Vec<EncoderLayer>,
     head: Option<(Linear, Linear)>,
 }
 
@@ -124,18 +124,18 @@ impl Encoder {
         let layers = (0..config.num_hidden_layers)
             .map(|i| {
                 let p = format!("{root}encoder.layer.{i}");
-                Ok(Layer {
+                Ok(EncoderLayer {
                     query: weights.linear(&format!("{p}.attention.self.query"), true)?,
                     key: weights.linear(&format!("{p}.attention.self.key"), true)?,
                     value: weights.linear(&format!("{p}.attention.self.value"), true)?,
                     attention_out: weights.linear(&format!("{p}.attention.output.dense"), true)?,
-                    attention_norm: Norm::load(
+                    attention_norm: LayerNorm::load(
                         weights,
                         &format!("{p}.attention.output.LayerNorm"),
                     )?,
                     intermediate: weights.linear(&format!("{p}.intermediate.dense"), true)?,
                     output: weights.linear(&format!("{p}.output.dense"), true)?,
-                    output_norm: Norm::load(weights, &format!("{p}.output.LayerNorm"))?,
+                    output_norm: LayerNorm::load(weights, &format!("{p}.output.LayerNorm"))?,
                 })
             })
             .collect::<Result<Vec<_>, EvalError>>()?;
@@ -155,7 +155,7 @@ impl Encoder {
             word: table("word_embeddings")?,
             position: table("position_embeddings")?,
             token_type: table("token_type_embeddings")?,
-            embedding_norm: Norm::load(weights, &format!("{root}embeddings.LayerNorm"))?,
+            embedding_norm: LayerNorm::load(weights, &format!("{root}embeddings.LayerNorm"))?,
             layers,
             head,
             config,

@@ -1,15 +1,11 @@
-//! What goes in and out of a run: the model's files, the artifact's files (written through a
-//! hasher and published by rename), what a run produced, and how it stops (`PipelineError`,
-//! with panics contained to the job that raised them). A leaf of the pipeline: the run and the
-//! writers both import it.
+//! What goes in and out of a run: the model's files, what a run produced, and how it stops
+//! (`PipelineError`, with panics contained to the job that raised them). A leaf of the
+//! pipeline: the run and the choice of writer both import it.
 
-use std::fs::File;
-use std::io::{self, BufWriter, Read, Write};
-use std::path::{Path, PathBuf};
+use std::io;
+use std::path::PathBuf;
 
-use serde::Serialize;
-use sha2::{Digest, Sha256};
-
+use crate::formats::writer::{OutputFile, WriteError};
 use crate::jobs::report::{Summary, TensorReport};
 use crate::numeric::Canceled;
 
@@ -31,20 +27,6 @@ pub struct InputFile {
     pub kind: InputKind,
     /// Where its bytes are.
     pub path: PathBuf,
-}
-
-/// One file of the artifact set.
-#[derive(Debug, Clone, Serialize)]
-pub struct OutputFile {
-    /// Name in the artifact folder.
-    pub name: String,
-    /// Where it was written.
-    #[serde(skip)]
-    pub path: PathBuf,
-    /// Size.
-    pub bytes: u64,
-    /// Content digest.
-    pub sha256: String,
 }
 
 /// What a run produced.
@@ -103,61 +85,17 @@ pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
+impl From<WriteError> for PipelineError {
+    fn from(e: WriteError) -> Self {
+        match e {
+            WriteError::Input(message) => PipelineError::Input(message),
+            WriteError::Io(e) => PipelineError::Io(e),
+        }
+    }
+}
+
 impl From<Canceled> for PipelineError {
     fn from(_: Canceled) -> Self {
         PipelineError::Canceled
-    }
-}
-
-/// A file written through a hasher, published by rename when finished.
-pub(crate) struct HashingFile {
-    out: BufWriter<File>,
-    hasher: Sha256,
-    bytes: u64,
-    temp: PathBuf,
-    path: PathBuf,
-}
-
-impl HashingFile {
-    pub(crate) fn create(dir: &Path, name: &str) -> io::Result<HashingFile> {
-        let path = dir.join(name);
-        let temp = dir.join(format!(".{name}.part"));
-        Ok(HashingFile {
-            out: BufWriter::with_capacity(1 << 20, File::create(&temp)?),
-            hasher: Sha256::new(),
-            bytes: 0,
-            temp,
-            path,
-        })
-    }
-
-    pub(crate) fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.hasher.update(bytes);
-        self.bytes += bytes.len() as u64;
-        self.out.write_all(bytes)
-    }
-
-    /// Appends everything `input` holds, a megabyte at a time.
-    pub(crate) fn copy_from(&mut self, input: &mut impl Read) -> io::Result<()> {
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            let n = input.read(&mut buf)?;
-            if n == 0 {
-                return Ok(());
-            }
-            self.write(&buf[..n])?;
-        }
-    }
-
-    pub(crate) fn finish(self, name: &str) -> io::Result<OutputFile> {
-        let file = self.out.into_inner().map_err(|e| e.into_error())?;
-        file.sync_all()?;
-        std::fs::rename(&self.temp, &self.path)?;
-        Ok(OutputFile {
-            name: name.to_owned(),
-            path: self.path,
-            bytes: self.bytes,
-            sha256: hex::encode(self.hasher.finalize()),
-        })
     }
 }

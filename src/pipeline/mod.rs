@@ -1,5 +1,5 @@
 //! The pipeline: everything that happens to one job's bytes. Runs a recipe over a model's files
-//! and writes the artifact set into a folder (`artifact` holds the writers), with the
+//! and writes the artifact set into a folder (`writers` picks the format's writer), with the
 //! per-tensor metrics and the summary; `memory` samples the job's own peak. Shared by the
 //! workers and `squeeze compress`; no database, no async. Call it inside the worker's rayon
 //! pool: chunks of a tensor run in parallel there.
@@ -13,10 +13,7 @@ pub mod files;
 pub mod memory;
 pub mod writers;
 
-pub(crate) use files::HashingFile;
-pub use files::{
-    InputFile, InputKind, Outcome, OutputFile, PipelineError, contain_panic, panic_message,
-};
+pub use files::{InputFile, InputKind, Outcome, PipelineError, contain_panic, panic_message};
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -32,6 +29,7 @@ use crate::compress::tensor::{self, Fidelity, TensorView, TransformError};
 use crate::formats::TensorMeta;
 use crate::formats::hf;
 use crate::formats::safetensors::{self, Header, TensorInfo};
+use crate::formats::writer::{HashingFile, TensorOut};
 use crate::jobs::recipe::{OutputFormat, Prune, Recipe, Selection, Stage};
 use crate::jobs::report::{Progress, Summary, TensorReport};
 use crate::numeric::Cancel;
@@ -106,7 +104,7 @@ pub fn run(
     let mut theoretical_bits = 0f64;
     let mut buffer: Vec<u8> = Vec::new();
     for ((input, header), out_header) in weights.iter().zip(&out_headers) {
-        writer.begin_file(input, out_header)?;
+        writer.begin_file(&input.name, out_header)?;
         let file = File::open(&input.path)?;
         for (t, out_info) in header.tensors.iter().zip(&out_header.tensors) {
             cancel.check()?;
@@ -149,7 +147,7 @@ pub fn run(
                             fidelity = fidelity.including_removed(removed);
                         }
                         let encoded = encoded.filter(|_| selected);
-                        let stored = writer.tensor(writers::TensorOut {
+                        let stored = writer.tensor(TensorOut {
                             info: out_info,
                             dense: transformed,
                             encoded: encoded.as_ref(),
@@ -174,7 +172,7 @@ pub fn run(
                         r.note = plan.tensor(&t.name).and_then(|p| p.note.clone());
                         r
                     } else {
-                        let stored = writer.tensor(writers::TensorOut {
+                        let stored = writer.tensor(TensorOut {
                             info: out_info,
                             dense: bytes,
                             encoded: None,

@@ -3,10 +3,11 @@
 //! aligned to `general.alignment` (32) and padded after, the last included (ggml's reader
 //! requires both); and a reader of the same structure, for `squeeze inspect` and our tests.
 //! The Llama-family conventions of llama.cpp's converter are in `llama`, llama-quantize's
-//! per-tensor type rules in `rules`. Byte facts: shared/reference/formats.md §3.
+//! per-tensor type rules in `rules`, the writer in `write`. Byte facts: shared/reference/formats.md §3.
 
 pub mod llama;
 pub mod rules;
+pub mod write;
 
 pub use llama::{
     llama_family, llama_metadata, llama_tensor_name, rotary_permutation, tokenizer_metadata,

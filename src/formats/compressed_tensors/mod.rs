@@ -13,6 +13,9 @@ use crate::formats::bits;
 use crate::numeric::Dtype;
 use crate::numeric::codec;
 
+pub mod read;
+pub mod write;
+
 /// One tensor as stored.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredTensor {

@@ -1,58 +1,63 @@
-//! One GGUF file with every tensor of the model, each at the type llama-quantize's rules give it.
+//! The GGUF writer: one file with every tensor of the model, each at the block type the caller
+//! chose for it (llama-quantize's rules, applied by the recipe's plan) or dense; for a
+//! Llama-family model, llama.cpp's converter's names, metadata, tokenizer and rotary
+//! permutation of the query and key projections.
 
-use super::*;
+use std::path::{Path, PathBuf};
+
+use crate::compress::blocks::BlockType;
+use crate::compress::encoded::Encoded;
+use crate::formats::gguf::{self, GgmlType, GgufTensor, Value};
+use crate::formats::safetensors::Header;
+use crate::formats::writer::{ArtifactWriter, HashingFile, OutputFile, TensorOut, WriteError};
+
+/// What the GGUF writer needs to know of the model besides its tensors.
+pub struct GgufModel<'a> {
+    /// `config.json`, when the model has one.
+    pub config: Option<&'a serde_json::Value>,
+    /// `tokenizer.json`, when the model has one.
+    pub tokenizer: Option<&'a serde_json::Value>,
+    /// The output headers of the model's weight files, in the order they will be written.
+    pub headers: &'a [Header],
+}
 
 /// One GGUF file with every tensor of the model.
-pub(super) struct GgufWriter {
-    pub(super) dir: PathBuf,
-    pub(super) out: Option<HashingFile>,
-    /// Per input tensor in pipeline order: its GGUF entry (None: left out) and, for a permuted
+pub struct GgufWriter {
+    dir: PathBuf,
+    out: Option<HashingFile>,
+    /// Per input tensor in write order: its GGUF entry (None: left out) and, for a permuted
     /// query/key projection, the head count.
-    pub(super) plan: Vec<(Option<GgufTensor>, Option<usize>)>,
-    pub(super) next: usize,
+    plan: Vec<(Option<GgufTensor>, Option<usize>)>,
+    next: usize,
     /// Weight files of the model not yet ended: the GGUF file is complete after the last.
-    pub(super) files_left: usize,
-    pub(super) header: Vec<u8>,
+    files_left: usize,
+    header: Vec<u8>,
 }
 
 impl GgufWriter {
-    pub(super) fn plan(
+    /// Lays out the file: every tensor's name, type and offset, and the metadata. `block_of`
+    /// gives a tensor's block type by its input name (None: stored dense).
+    pub fn new(
         dir: &Path,
-        inputs: &[InputFile],
-        headers: &[Header],
-        plan: &Plan,
-    ) -> Result<GgufWriter, PipelineError> {
-        let input_error = PipelineError::Input;
-        let read_json = |name: &str| -> Result<Option<serde_json::Value>, PipelineError> {
-            match inputs.iter().find(|i| i.name == name) {
-                None => Ok(None),
-                Some(i) => serde_json::from_slice(&std::fs::read(&i.path)?)
-                    .map(Some)
-                    .map_err(|e| input_error(format!("{name} is not JSON: {e}"))),
-            }
-        };
-        let config = read_json("config.json")?;
+        model: GgufModel,
+        block_of: impl Fn(&str) -> Option<BlockType>,
+    ) -> Result<GgufWriter, WriteError> {
+        let input_error = WriteError::Input;
+        let config = model.config;
         let family = config
-            .as_ref()
             .and_then(|c| c["model_type"].as_str())
             .and_then(gguf::llama_family);
-        // Each selected tensor's block type, as the plan chose it (None: stored dense).
-        let block_of = |name: &str| {
-            plan.tensor(name).and_then(|t| {
-                t.steps.iter().rev().find_map(|s| match s {
-                    crate::compress::step::Step::Gguf(kind) => Some(*kind),
-                    _ => None,
-                })
-            })
-        };
-        let quantized = plan.tensors.iter().any(|t| block_of(&t.name).is_some());
+        let quantized = model
+            .headers
+            .iter()
+            .flat_map(|h| &h.tensors)
+            .any(|t| block_of(&t.name).is_some());
         let mut metadata: Vec<(String, Value)> = Vec::new();
         let name = config
-            .as_ref()
             .and_then(|c| c["_name_or_path"].as_str())
             .unwrap_or("model")
             .to_owned();
-        let architecture = match (family, &config) {
+        let architecture = match (family, config) {
             (Some((arch, _)), _) => arch.to_owned(),
             (None, Some(c)) => c["model_type"].as_str().unwrap_or("unknown").to_owned(),
             (None, None) => "unknown".to_owned(),
@@ -66,10 +71,9 @@ impl GgufWriter {
             ));
         }
         let mut heads = (0usize, 0usize);
-        if let (Some((arch, permute)), Some(config)) = (family, &config) {
+        if let (Some((arch, permute)), Some(config)) = (family, config) {
             metadata.extend(gguf::llama_metadata(arch, config).map_err(input_error)?);
-            let tokenizer = read_json("tokenizer.json")?;
-            metadata.extend(gguf::tokenizer_metadata(tokenizer.as_ref(), config));
+            metadata.extend(gguf::tokenizer_metadata(model.tokenizer, config));
             if permute {
                 let h = config["num_attention_heads"].as_u64().unwrap_or(1) as usize;
                 heads = (
@@ -81,7 +85,7 @@ impl GgufWriter {
             }
         }
         let mut plan = Vec::new();
-        for header in headers {
+        for header in model.headers {
             for t in &header.tensors {
                 let mapped = match family {
                     Some(_) => gguf::llama_tensor_name(&t.name),
@@ -161,7 +165,7 @@ impl GgufWriter {
             out: None,
             plan,
             next: 0,
-            files_left: headers.len(),
+            files_left: model.headers.len(),
             header,
         })
     }
@@ -178,7 +182,7 @@ fn permute_rows(bytes: &[u8], order: &[usize]) -> Vec<u8> {
 }
 
 impl ArtifactWriter for GgufWriter {
-    fn begin_file(&mut self, _: &InputFile, _: &Header) -> Result<(), PipelineError> {
+    fn begin_file(&mut self, _: &str, _: &Header) -> Result<(), WriteError> {
         if self.out.is_none() {
             let mut out = HashingFile::create(&self.dir, "model.gguf")?;
             out.write(&self.header)?;
@@ -187,7 +191,7 @@ impl ArtifactWriter for GgufWriter {
         Ok(())
     }
 
-    fn tensor(&mut self, tensor: TensorOut) -> Result<u64, PipelineError> {
+    fn tensor(&mut self, tensor: TensorOut) -> Result<u64, WriteError> {
         let (entry, heads) = &self.plan[self.next];
         self.next += 1;
         let Some(entry) = entry else {
@@ -211,7 +215,7 @@ impl ArtifactWriter for GgufWriter {
         Ok(data.len() as u64)
     }
 
-    fn end_file(&mut self) -> Result<Option<OutputFile>, PipelineError> {
+    fn end_file(&mut self) -> Result<Option<OutputFile>, WriteError> {
         self.files_left -= 1;
         if self.files_left > 0 {
             return Ok(None);
@@ -220,12 +224,12 @@ impl ArtifactWriter for GgufWriter {
         Ok(Some(out.finish("model.gguf")?))
     }
 
-    fn side_file(&mut self, _: &str, _: Vec<u8>) -> Result<Option<Vec<u8>>, PipelineError> {
+    fn side_file(&mut self, _: &str, _: Vec<u8>) -> Result<Option<Vec<u8>>, WriteError> {
         // The config and tokenizer live in the GGUF metadata.
         Ok(None)
     }
 
-    fn finish(&mut self) -> Result<Vec<OutputFile>, PipelineError> {
+    fn finish(&mut self) -> Result<Vec<OutputFile>, WriteError> {
         Ok(Vec::new())
     }
 }

@@ -1,39 +1,50 @@
-//! compressed-tensors: a model folder that transformers (with the compressed-tensors package)
-//! and vLLM load, with the `quantization_config` and `sparsity_config` in config.json.
+//! The compressed-tensors writer: a model folder that transformers (with the compressed-tensors
+//! package) and vLLM load, with the `quantization_config` and `sparsity_config` in config.json.
 
-use super::*;
+use serde_json::json;
 
-/// compressed-tensors: a loadable model folder for vLLM and transformers.
-pub(super) struct CompressedTensorsWriter {
-    pub(super) files: SpooledFiles,
-    pub(super) quant: Option<QuantGroup>,
-    pub(super) sparse_format: Option<SparseFormat>,
+use std::path::Path;
+
+use crate::compress::encoded::Encoded;
+use crate::formats::compressed_tensors::{
+    self as ct, QuantFormat, QuantGroup, SparseFormat, SparseGroup,
+};
+use crate::formats::safetensors::Header;
+use crate::formats::safetensors::write::SpooledFiles;
+use crate::formats::writer::{
+    ArtifactWriter, HashingFile, OutputFile, TensorOut, WriteError, pretty_json,
+};
+
+/// How pruned weights are described, decided by the recipe.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SparsityLayout {
+    /// The `sparsity_config` format of pruned weights; None: the recipe prunes nothing that
+    /// compressed-tensors describes (or removes whole channels).
+    pub format: Option<SparseFormat>,
     /// Whether pruned weights leave their zeros out (the bitmask layouts) or are stored dense
     /// with a `sparsity_config` that describes them.
-    pub(super) leave_zeros_out: bool,
-    pub(super) sparse: Option<SparseGroup>,
-    pub(super) sparse_counts: (f64, f64),
-    pub(super) layout_bits: Option<f64>,
+    pub leave_zeros_out: bool,
+}
+
+/// compressed-tensors: a loadable model folder for vLLM and transformers.
+pub struct CompressedTensorsWriter {
+    files: SpooledFiles,
+    quant: Option<QuantGroup>,
+    sparsity: SparsityLayout,
+    sparse: Option<SparseGroup>,
+    sparse_counts: (f64, f64),
+    layout_bits: Option<f64>,
     /// Linear-shaped weights left as they were: `ignore` entries.
-    pub(super) ignored: Vec<String>,
-    pub(super) saw_config: bool,
+    ignored: Vec<String>,
+    saw_config: bool,
 }
 
 impl CompressedTensorsWriter {
-    pub(super) fn new(recipe: &Recipe, dir: &Path) -> CompressedTensorsWriter {
-        let sparse_format = recipe.stages.iter().find_map(|s| match s {
-            Stage::Prune(Prune::SemiStructured { pattern }) if pattern.n == 2 && pattern.m == 4 => {
-                Some(SparseFormat::TwoFour)
-            }
-            Stage::Prune(Prune::MlpChannels { .. }) => None,
-            Stage::Prune(_) => Some(SparseFormat::Bitmask),
-            _ => None,
-        });
+    pub fn new(dir: &Path, sparsity: SparsityLayout) -> CompressedTensorsWriter {
         CompressedTensorsWriter {
             files: SpooledFiles::new(dir),
             quant: None,
-            sparse_format,
-            leave_zeros_out: recipe.sparse_layout == Some(SparseLayout::Bitmask),
+            sparsity,
             sparse: None,
             sparse_counts: (0.0, 0.0),
             layout_bits: None,
@@ -48,11 +59,11 @@ impl CompressedTensorsWriter {
 }
 
 impl ArtifactWriter for CompressedTensorsWriter {
-    fn begin_file(&mut self, input: &InputFile, _: &Header) -> Result<(), PipelineError> {
-        Ok(self.files.begin(&input.name)?)
+    fn begin_file(&mut self, name: &str, _: &Header) -> Result<(), WriteError> {
+        Ok(self.files.begin(name)?)
     }
 
-    fn tensor(&mut self, tensor: TensorOut) -> Result<u64, PipelineError> {
+    fn tensor(&mut self, tensor: TensorOut) -> Result<u64, WriteError> {
         let info = tensor.info;
         self.layout_bits = None;
         let Some(encoded) = tensor.encoded else {
@@ -62,16 +73,18 @@ impl ArtifactWriter for CompressedTensorsWriter {
             let spool = self.files.spool();
             return spool
                 .push_bytes(&info.name, info.dtype, info.shape.clone(), tensor.dense)
-                .map_err(PipelineError::from);
+                .map_err(WriteError::from);
         };
         let (rows, cols) = (info.shape[0] as usize, info.shape[1] as usize);
         let format = ct::quant_format(encoded);
         let module = ct::module_of(&info.name).to_owned();
         // Packed codes cannot leave zeros out: pruning then saves nothing in this format.
         let sparse = self
-            .sparse_format
+            .sparsity
+            .format
             .filter(|_| format != Some(QuantFormat::PackQuantized));
-        let left_out = sparse.filter(|_| self.leave_zeros_out);
+        let leave_zeros_out = self.sparsity.leave_zeros_out;
+        let left_out = sparse.filter(|_| leave_zeros_out);
         if let Some(f) = format {
             let group = self.quant.get_or_insert_with(|| QuantGroup {
                 format: f,
@@ -85,7 +98,6 @@ impl ArtifactWriter for CompressedTensorsWriter {
             group.targets.push(module.clone());
         }
         if let Some(f) = sparse {
-            let leave_zeros_out = self.leave_zeros_out;
             let group = self.sparse.get_or_insert_with(|| SparseGroup {
                 format: f,
                 zeros_left_out: leave_zeros_out,
@@ -122,7 +134,10 @@ impl ArtifactWriter for CompressedTensorsWriter {
             tensor.dense,
             left_out,
         ) {
-            bytes += self.files.spool().push(t)?;
+            bytes += self
+                .files
+                .spool()
+                .push_bytes(&t.name, t.dtype, t.shape, &t.data)?;
         }
         Ok(bytes)
     }
@@ -131,22 +146,20 @@ impl ArtifactWriter for CompressedTensorsWriter {
         self.layout_bits.take()
     }
 
-    fn end_file(&mut self) -> Result<Option<OutputFile>, PipelineError> {
+    fn end_file(&mut self) -> Result<Option<OutputFile>, WriteError> {
         Ok(Some(self.files.end(None)?))
     }
 
-    fn side_file(&mut self, name: &str, bytes: Vec<u8>) -> Result<Option<Vec<u8>>, PipelineError> {
+    fn side_file(&mut self, name: &str, bytes: Vec<u8>) -> Result<Option<Vec<u8>>, WriteError> {
         if name == "config.json" {
             self.saw_config = true;
             let mut config: serde_json::Value = serde_json::from_slice(&bytes)
-                .map_err(|e| PipelineError::Input(format!("config.json is not JSON: {e}")))?;
+                .map_err(|e| WriteError::Input(format!("config.json is not JSON: {e}")))?;
             if !config.is_object() {
-                return Err(PipelineError::Input(
-                    "config.json is not a JSON object".into(),
-                ));
+                return Err(WriteError::Input("config.json is not a JSON object".into()));
             }
             config["quantization_config"] = self.quantization_config();
-            return Ok(Some(pretty(&config)));
+            return Ok(Some(pretty_json(&config)));
         }
         if name.ends_with(".safetensors.index.json") {
             return Ok(Some(self.files.index(&bytes)));
@@ -154,14 +167,14 @@ impl ArtifactWriter for CompressedTensorsWriter {
         Ok(Some(bytes))
     }
 
-    fn finish(&mut self) -> Result<Vec<OutputFile>, PipelineError> {
+    fn finish(&mut self) -> Result<Vec<OutputFile>, WriteError> {
         if self.saw_config {
             return Ok(Vec::new());
         }
         // Weights uploaded without a config: the block alone, where compressed-tensors'
         // `ModelCompressor.from_pretrained` looks for it.
         let mut out = HashingFile::create(&self.files.dir, "config.json")?;
-        out.write(&pretty(
+        out.write(&pretty_json(
             &json!({"quantization_config": self.quantization_config()}),
         ))?;
         Ok(vec![out.finish("config.json")?])

@@ -1,0 +1,132 @@
+//! What every artifact writer shares: the [`ArtifactWriter`] trait the pipeline drives one
+//! tensor at a time, the tensor it hands over ([`TensorOut`]), and the file every output goes
+//! through ([`HashingFile`]: hashed as written, synced, published by rename). Each format's
+//! writer lives with its reader: `safetensors::write` (dense), `compressed_tensors::write`,
+//! `compact`, `gguf::write`.
+
+use std::fs::File;
+use std::io::{self, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::compress::encoded::Encoded;
+use crate::formats::safetensors::{Header, TensorInfo};
+
+/// What the pipeline tells a writer about one tensor.
+pub struct TensorOut<'a> {
+    /// Name, dtype and (possibly shrunk) shape of the output tensor.
+    pub info: &'a TensorInfo,
+    /// The dense bytes: compressed values decoded, or the original when unchanged.
+    pub dense: &'a [u8],
+    /// The stored form, for a tensor the recipe compressed.
+    pub encoded: Option<&'a Encoded>,
+}
+
+/// Why a writer stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    /// The model cannot be laid out in this format (a dtype it cannot hold, a config that is not
+    /// JSON): retrying cannot help.
+    #[error("{0}")]
+    Input(String),
+    /// Writing failed: another attempt may succeed.
+    #[error("I/O: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// One output format's layout of the artifact.
+pub trait ArtifactWriter {
+    /// The model's weight file `name` begins; `header` is its output header (shrunk shapes).
+    fn begin_file(&mut self, name: &str, header: &Header) -> Result<(), WriteError>;
+    /// One tensor of the current file; returns the bytes it takes in the artifact.
+    fn tensor(&mut self, tensor: TensorOut) -> Result<u64, WriteError>;
+    /// The nominal bits of the last tensor's stored form when the layout, not the scheme,
+    /// decides them (zeros left out of a sparse layout); None: the scheme's own.
+    fn layout_bits(&mut self) -> Option<f64> {
+        None
+    }
+    /// The current weight file ends; returns the weight file it completes, if any (GGUF: one
+    /// file, after the last).
+    fn end_file(&mut self) -> Result<Option<OutputFile>, WriteError>;
+    /// A side file (config, index, tokenizer) as it goes into the artifact, or None to leave it
+    /// out.
+    fn side_file(&mut self, name: &str, bytes: Vec<u8>) -> Result<Option<Vec<u8>>, WriteError>;
+    /// Side files the format adds once every tensor is written.
+    fn finish(&mut self) -> Result<Vec<OutputFile>, WriteError>;
+}
+
+/// One file of the artifact set.
+#[derive(Debug, Clone, Serialize)]
+pub struct OutputFile {
+    /// Name in the artifact folder.
+    pub name: String,
+    /// Where it was written.
+    #[serde(skip)]
+    pub path: PathBuf,
+    /// Size.
+    pub bytes: u64,
+    /// Content digest.
+    pub sha256: String,
+}
+
+/// A file written through a hasher, published by rename when finished.
+pub struct HashingFile {
+    out: BufWriter<File>,
+    hasher: Sha256,
+    bytes: u64,
+    temp: PathBuf,
+    path: PathBuf,
+}
+
+impl HashingFile {
+    pub fn create(dir: &Path, name: &str) -> io::Result<HashingFile> {
+        let path = dir.join(name);
+        let temp = dir.join(format!(".{name}.part"));
+        Ok(HashingFile {
+            out: BufWriter::with_capacity(1 << 20, File::create(&temp)?),
+            hasher: Sha256::new(),
+            bytes: 0,
+            temp,
+            path,
+        })
+    }
+
+    pub fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.hasher.update(bytes);
+        self.bytes += bytes.len() as u64;
+        self.out.write_all(bytes)
+    }
+
+    /// Appends everything `input` holds, a megabyte at a time.
+    pub fn copy_from(&mut self, input: &mut impl Read) -> io::Result<()> {
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = input.read(&mut buf)?;
+            if n == 0 {
+                return Ok(());
+            }
+            self.write(&buf[..n])?;
+        }
+    }
+
+    pub fn finish(self, name: &str) -> io::Result<OutputFile> {
+        let file = self.out.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()?;
+        std::fs::rename(&self.temp, &self.path)?;
+        Ok(OutputFile {
+            name: name.to_owned(),
+            path: self.path,
+            bytes: self.bytes,
+            sha256: hex::encode(self.hasher.finalize()),
+        })
+    }
+}
+
+/// `v` as indented JSON with a final newline, as Hugging Face writes its side files.
+pub(crate) fn pretty_json(v: &serde_json::Value) -> Vec<u8> {
+    let mut bytes = serde_json::to_vec_pretty(v).expect("JSON serialises");
+    bytes.push(b'\n');
+    bytes
+}

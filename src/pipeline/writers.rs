@@ -1,0 +1,84 @@
+//! The recipe's output format, as a writer: picks the format's [`ArtifactWriter`] (they live
+//! with their readers in `formats`) and tells it what only the recipe knows (how pruned
+//! weights are laid out, each tensor's GGUF block type) and what the model's side files say.
+
+use std::path::Path;
+
+use crate::compress::step::Step;
+use crate::formats::compact::CompactWriter;
+use crate::formats::compressed_tensors::SparseFormat;
+use crate::formats::compressed_tensors::write::{CompressedTensorsWriter, SparsityLayout};
+use crate::formats::gguf::write::{GgufModel, GgufWriter};
+use crate::formats::safetensors::Header;
+use crate::formats::safetensors::write::DenseWriter;
+use crate::formats::writer::ArtifactWriter;
+use crate::jobs::recipe::{OutputFormat, Plan, Prune, Recipe, SparseLayout, Stage};
+use crate::pipeline::files::{InputFile, PipelineError};
+
+/// The writer for a planned recipe's format.
+pub fn writer_for(
+    plan: &Plan,
+    out_dir: &Path,
+    inputs: &[InputFile],
+    headers: &[Header],
+) -> Result<Box<dyn ArtifactWriter>, PipelineError> {
+    let recipe = &plan.recipe;
+    Ok(match recipe.format {
+        OutputFormat::Auto => {
+            return Err(PipelineError::Internal(
+                "the recipe's format was not resolved before writing".into(),
+            ));
+        }
+        OutputFormat::Safetensors => Box::new(DenseWriter::new(out_dir)),
+        OutputFormat::CompressedTensors => Box::new(CompressedTensorsWriter::new(
+            out_dir,
+            sparsity_layout(recipe),
+        )),
+        OutputFormat::CompactSafetensors => Box::new(CompactWriter::new(out_dir)),
+        OutputFormat::Gguf => {
+            let config = read_json(inputs, "config.json")?;
+            let tokenizer = read_json(inputs, "tokenizer.json")?;
+            let model = GgufModel {
+                config: config.as_ref(),
+                tokenizer: tokenizer.as_ref(),
+                headers,
+            };
+            // Each selected tensor's block type, as the plan chose it (None: stored dense).
+            let block_of = |name: &str| {
+                plan.tensor(name).and_then(|t| {
+                    t.steps.iter().rev().find_map(|s| match s {
+                        Step::Gguf(kind) => Some(*kind),
+                        _ => None,
+                    })
+                })
+            };
+            Box::new(GgufWriter::new(out_dir, model, block_of)?)
+        }
+    })
+}
+
+/// How compressed-tensors describes the recipe's pruning.
+fn sparsity_layout(recipe: &Recipe) -> SparsityLayout {
+    let format = recipe.stages.iter().find_map(|s| match s {
+        Stage::Prune(Prune::SemiStructured { pattern }) if pattern.n == 2 && pattern.m == 4 => {
+            Some(SparseFormat::TwoFour)
+        }
+        Stage::Prune(Prune::MlpChannels { .. }) => None,
+        Stage::Prune(_) => Some(SparseFormat::Bitmask),
+        _ => None,
+    });
+    SparsityLayout {
+        format,
+        leave_zeros_out: recipe.sparse_layout == Some(SparseLayout::Bitmask),
+    }
+}
+
+/// The model's side file `name` parsed as JSON, if the model has it.
+fn read_json(inputs: &[InputFile], name: &str) -> Result<Option<serde_json::Value>, PipelineError> {
+    match inputs.iter().find(|i| i.name == name) {
+        None => Ok(None),
+        Some(i) => serde_json::from_slice(&std::fs::read(&i.path)?)
+            .map(Some)
+            .map_err(|e| PipelineError::Input(format!("{name} is not JSON: {e}"))),
+    }
+}
