@@ -138,8 +138,7 @@ fn start_worker(dir: &std::path::Path) -> std::process::Child {
 }
 
 fn stop(mut child: std::process::Child) {
-    // SAFETY: signalling a child process we own.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    crate::sigterm(child.id());
     let status = child.wait().unwrap();
     assert!(status.success(), "{status}");
 }

@@ -85,8 +85,7 @@ impl Server {
 
     /// SIGTERM, then wait for a clean exit.
     pub fn terminate(mut self) -> std::process::ExitStatus {
-        // SAFETY: signalling a child process we own.
-        unsafe { libc::kill(self.pid(), libc::SIGTERM) };
+        sigterm(self.child.id());
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
@@ -125,6 +124,12 @@ pub fn squeeze(args: &[&str]) -> (std::process::ExitStatus, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// Asks a child process to shut down gracefully (SIGTERM), as a service manager would.
+pub fn sigterm(pid: u32) {
+    // SAFETY: signalling a child process we own.
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
 }
 
 /// Whether a postmaster is running for the cluster in `data_dir`.

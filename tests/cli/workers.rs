@@ -206,7 +206,7 @@ async fn a_killed_workers_job_is_finished_by_another_with_one_artifact_set() {
         "temp files left: {:?}",
         temp_entries(dir.path())
     );
-    unsafe { libc::kill(second.id() as i32, libc::SIGTERM) };
+    crate::sigterm(second.id());
     assert!(second.wait().unwrap().success());
     assert!(server.terminate().success());
 }
@@ -238,7 +238,7 @@ async fn a_running_job_cancels_within_seconds_and_sigterm_hands_a_job_back() {
     // SIGTERM with no grace: the running job goes back to the queue, its attempt not counted.
     let id = client.submit(&model).await;
     client.wait_for(&id, "ran", running_with_progress).await;
-    unsafe { libc::kill(worker.id() as i32, libc::SIGTERM) };
+    crate::sigterm(worker.id());
     let status = worker.wait().unwrap();
     assert!(status.success(), "the worker exits cleanly: {status}");
     let job = client.get(&format!("/api/v1/jobs/{id}")).await;
@@ -250,7 +250,7 @@ async fn a_running_job_cancels_within_seconds_and_sigterm_hands_a_job_back() {
         .wait_for(&id, "finished", |j| j["state"] == "succeeded")
         .await;
     assert_eq!(job["attempt"], 1);
-    unsafe { libc::kill(next.id() as i32, libc::SIGTERM) };
+    crate::sigterm(next.id());
     assert!(next.wait().unwrap().success());
     assert!(server.terminate().success());
 }

@@ -264,6 +264,7 @@ fn by_rule<R: Rule>(rule: R, p: R::Params, x: __m256) -> __m256 {
     for v in &mut values {
         *v = rule.value(p, *v);
     }
+    // SAFETY: `values` holds exactly eight f32 for the unaligned load.
     unsafe { _mm256_loadu_ps(values.as_ptr()) }
 }
 
