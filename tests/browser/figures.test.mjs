@@ -42,3 +42,24 @@ test("time estimates are rounded as estimates are", () => {
   assert.equal(fmt.roughly(4800), "1 h 20 min");
   assert.equal(fmt.roughly(NaN), "");
 });
+
+test("a quality change reads as its budget does: points for a rate, relative for perplexity, absolute for cosine", async () => {
+  const { qualityChange, useFigureCatalogue } = await import("../../static/js/figures.js");
+  // As `/evaluation/figures` describes them.
+  useFigureCatalogue([
+    { name: "perplexity", label: "Perplexity", unit: "number", lower_is_better: true, budget: "relative increase" },
+    { name: "accuracy", label: "Accuracy", unit: "rate", lower_is_better: false, budget: "absolute drop" },
+    { name: "cosine_mean", label: "Embedding cosine, mean", unit: "number", lower_is_better: false, budget: "absolute drop" },
+  ]);
+  const perplexity = qualityChange({ metric: "perplexity", compressed: 65.081, original: 61.446, change: 65.081 - 61.446, lowerIsBetter: true });
+  assert.equal(perplexity.delta, "+5.9 %");
+  assert.equal(perplexity.worse, true);
+  const accuracy = qualityChange({ metric: "accuracy", compressed: 0.95, original: 0.97, change: -0.02, lowerIsBetter: false });
+  assert.equal(accuracy.value, "95.00 %");
+  assert.equal(accuracy.delta, "−2.00 pt");
+  // A cosine is not a rate: 0.9931 is shown as 0.9931, not "99.3 %", and its change as a difference.
+  const cosine = qualityChange({ metric: "cosine_mean", compressed: 0.9931, original: 1, change: -0.0069, lowerIsBetter: false });
+  assert.equal(cosine.value, "0.9931");
+  assert.equal(cosine.delta, "−0.0069");
+  assert.equal(cosine.worse, true);
+});

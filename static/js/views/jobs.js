@@ -4,7 +4,7 @@
 
 import { api, follow, getJson, parseJson, problemOf } from "../api.js";
 import { emptyState, h, progressBar, sortableTable, stateBadge } from "../dom.js";
-import { figures, method } from "../figures.js";
+import { figures, method, qualityChange } from "../figures.js";
 import * as fmt from "../format.js";
 import { setParams } from "../route.js";
 
@@ -137,17 +137,11 @@ function columns(message, reload) {
   ];
 }
 
-/// The metric by name, its value and its change against the original: in points for a rate
-/// (accuracy), relative for anything else (perplexity +3.1 %), as budgets are set.
+/// The metric by name, its value and its change against the original (`qualityChange`).
 export function qualityCell(quality) {
   if (!quality) return "";
-  const { metric, compressed, original, change, lowerIsBetter } = quality;
-  const isRate = !lowerIsBetter && compressed <= 1;
-  const value = isRate ? fmt.percent(compressed) : compressed.toFixed(compressed >= 100 ? 1 : 3);
-  const relative = original ? change / Math.abs(original) : null;
-  const delta = isRate ? fmt.points(change) : relative === null ? "" : `${relative >= 0 ? "+" : "−"}${fmt.percent(Math.abs(relative), 1)}`;
-  const worse = lowerIsBetter ? change > 0 : change < 0;
-  return h("span", { title: `${metric}: original ${original}` }, `${metric} ${value} `, h("span", { class: worse ? "worse" : "better" }, `(${delta})`));
+  const shown = qualityChange(quality);
+  return h("span", { title: `${shown.label}: original ${shown.original}` }, `${quality.metric} ${shown.value} `, h("span", { class: shown.worse ? "worse" : "better" }, `(${shown.delta})`));
 }
 
 /// Whether the job kept within its evaluation budget (max_drop), when it had one.
