@@ -111,6 +111,7 @@ impl Application {
                 poll: Duration::from_secs(args.worker.poll_secs.max(1)),
                 ..WorkerConfig::default()
             },
+            state.events.queued(),
         );
         let static_dir = args.static_dir.clone().unwrap_or_else(default_static_dir);
         Ok(Application {

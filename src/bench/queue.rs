@@ -112,6 +112,7 @@ async fn measure(bench: &QueueBench, database: &Database, dir: &Path) -> anyhow:
             count: workers,
             ..WorkerConfig::default()
         },
+        crate::jobs::events::JobEvents::start(db.clone()).queued(),
     );
     // Let the idle workers and the wake-up listener settle.
     tokio::time::sleep(Duration::from_millis(500)).await;

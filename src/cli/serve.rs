@@ -41,6 +41,7 @@ pub(super) async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
             lease: std::time::Duration::from_secs(args.lease_secs.max(1)),
             poll: std::time::Duration::from_secs(args.worker.poll_secs.max(1)),
         },
+        crate::jobs::events::JobEvents::start(database.pool.clone()).queued(),
     );
     tracing::info!(workers = args.worker.workers.max(1), "workers running");
     app::shutdown_signal().await;

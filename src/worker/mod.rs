@@ -5,13 +5,13 @@
 //! waits on a oneshot; it never computes on a tokio thread. While the pipeline runs, a keeper
 //! renews the lease and writes progress (a few times a second, fenced by attempt); when the lease
 //! is lost or the user cancels, it sets the kernel's cancel flag, which the kernels check between
-//! chunks. Idle workers sleep until NOTIFY on `squeeze_job_queued` or a poll interval.
+//! chunks. Idle workers sleep until the process's listener (`jobs::events`) hears of a queued job,
+//! or a poll interval.
 
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use sqlx::PgPool;
-use sqlx::postgres::PgListener;
 use tokio::sync::{Notify, watch};
 use tracing::Instrument;
 use uuid::Uuid;
@@ -81,17 +81,17 @@ pub struct WorkerPool {
 }
 
 impl WorkerPool {
-    /// Starts `config.count` workers, the wake-up listener and the lease rescuer.
-    pub fn start(db: PgPool, blobs: BlobStore, config: WorkerConfig) -> WorkerPool {
+    /// Starts `config.count` workers and the lease rescuer. Idle workers wait on `wake`, the
+    /// process's listener's wake-up for queued jobs ([`JobEvents::queued`]).
+    pub fn start(
+        db: PgPool,
+        blobs: BlobStore,
+        config: WorkerConfig,
+        wake: Arc<Notify>,
+    ) -> WorkerPool {
         let (stop, stopped) = watch::channel(false);
-        let wake = Arc::new(Notify::new());
         let mut tasks = Vec::new();
         if config.count > 0 {
-            tasks.push(tokio::spawn(listen_for_work(
-                db.clone(),
-                wake.clone(),
-                stopped.clone(),
-            )));
             tasks.push(tokio::spawn(rescue_loop(
                 db.clone(),
                 config.lease,
@@ -118,54 +118,6 @@ impl WorkerPool {
         let _ = self.stop.send(true);
         for task in self.tasks {
             let _ = task.await;
-        }
-    }
-}
-
-/// Wakes idle workers on each NOTIFY of a queued job. When the connection drops it reconnects
-/// (backing off while PostgreSQL is unreachable) and wakes the workers once listening again, so
-/// jobs queued in the gap start then rather than at the next poll.
-async fn listen_for_work(db: PgPool, wake: Arc<Notify>, mut stopped: watch::Receiver<bool>) {
-    const FIRST_BACKOFF: Duration = Duration::from_millis(200);
-    let mut backoff = FIRST_BACKOFF;
-    while !*stopped.borrow() {
-        let listening = async {
-            let mut listener = PgListener::connect_with(&db).await?;
-            listener.listen(queue::QUEUED_CHANNEL).await?;
-            Ok::<_, sqlx::Error>(listener)
-        };
-        let mut listener = tokio::select! {
-            result = listening => match result {
-                Ok(listener) => listener,
-                Err(err) => {
-                    tracing::warn!(error = %err, "job wake-up listener cannot connect; workers poll meanwhile");
-                    tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
-                        _ = stopped.changed() => break,
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(10));
-                    continue;
-                }
-            },
-            _ = stopped.changed() => break,
-        };
-        backoff = FIRST_BACKOFF;
-        wake.notify_waiters();
-        loop {
-            tokio::select! {
-                received = listener.try_recv() => match received {
-                    Ok(Some(_)) => wake.notify_waiters(),
-                    Ok(None) => {
-                        tracing::warn!("job wake-up listener lost its connection; reconnecting");
-                        break;
-                    }
-                    Err(err) => {
-                        tracing::warn!(error = %err, "job wake-up listener failed; reconnecting");
-                        break;
-                    }
-                },
-                _ = stopped.changed() => return,
-            }
         }
     }
 }
