@@ -9,6 +9,11 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
+use crate::eval::dataset::DatasetError;
+use crate::jobs::eval_checks::EvalCheckError;
+use crate::jobs::recipe::RecipeError;
+use crate::store::models::PlanError;
+
 /// Media type of every error body.
 pub const PROBLEM_JSON: &str = "application/problem+json";
 
@@ -226,6 +231,54 @@ impl From<sqlx::Error> for ApiError {
             }
             _ => Self::internal(format_args!("database: {err}")),
         }
+    }
+}
+
+// How each domain error becomes a problem, so handlers `?` them.
+
+/// An evaluation that cannot run as asked.
+impl From<EvalCheckError> for ApiError {
+    fn from(err: EvalCheckError) -> Self {
+        match err {
+            EvalCheckError::Internal(e) => Self::internal(e),
+            EvalCheckError::NoModel(id) => Self::not_found("model", id),
+            other => Self::unprocessable(other.code(), other.to_string()),
+        }
+    }
+}
+
+/// A recipe that breaks a rule; `stage` (1-based) and `tensor` say where, so a form can show
+/// the message next to the field it concerns.
+impl From<RecipeError> for ApiError {
+    fn from(err: RecipeError) -> Self {
+        let mut problem = Self::unprocessable(err.code(), err.to_string());
+        if let Some(stage) = err.stage() {
+            problem = problem.with("stage", stage);
+        }
+        match err.tensor() {
+            Some(t) => problem.with("tensor", t.to_owned()),
+            None => problem,
+        }
+    }
+}
+
+/// Uploaded files that do not form one model; `tensor` names the one at fault.
+impl From<PlanError> for ApiError {
+    fn from(err: PlanError) -> Self {
+        let problem = Self::unprocessable(err.code(), err.to_string());
+        match &err {
+            PlanError::IndexMismatch { tensor, .. } | PlanError::DuplicateTensor { tensor, .. } => {
+                problem.with("tensor", tensor.clone())
+            }
+            _ => problem,
+        }
+    }
+}
+
+/// An evaluation set that cannot be read or does not fit.
+impl From<DatasetError> for ApiError {
+    fn from(err: DatasetError) -> Self {
+        Self::unprocessable(err.code(), err.to_string())
     }
 }
 

@@ -10,7 +10,6 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
-use crate::api::jobs::eval_check_error;
 use crate::api::models::check_model_name;
 use crate::api::openapi::Binary;
 use crate::api::state::AppState;
@@ -106,13 +105,11 @@ async fn upload_dataset(
             })?;
             let tokenizer =
                 eval_checks::tokenizer_json(&state.db, &state.blobs, caller.team_id, model_id)
-                    .await
-                    .map_err(eval_check_error)?;
+                    .await?;
             let window = query.window.unwrap_or(512);
             tokio::task::spawn_blocking(move || dataset::tokenize_text(&tokenizer, &bytes, window))
                 .await
-                .map_err(ApiError::internal)?
-                .map_err(|e| ApiError::unprocessable(e.code(), e.to_string()))?
+                .map_err(ApiError::internal)??
                 .into()
         }
         Some(other) => {
@@ -127,8 +124,7 @@ async fn upload_dataset(
     let parsing = bytes.clone();
     let stats = tokio::task::spawn_blocking(move || dataset::stats(&parsing))
         .await
-        .map_err(ApiError::internal)?
-        .map_err(|e| ApiError::unprocessable(e.code(), e.to_string()))?;
+        .map_err(ApiError::internal)??;
     if let Some(model_id) = query.model_id {
         let (_, tensors) = models::tensor_metas(&state.db, caller.team_id, model_id)
             .await?
@@ -140,9 +136,8 @@ async fn upload_dataset(
             &tensors,
             query.architecture.as_deref(),
         )
-        .await
-        .map_err(eval_check_error)?;
-        eval_checks::check_set(&stats, &arch).map_err(eval_check_error)?;
+        .await?;
+        eval_checks::check_set(&stats, &arch)?;
     }
     let blobs = state.blobs.clone();
     let sealed = tokio::task::spawn_blocking(move || -> std::io::Result<_> {

@@ -9,7 +9,6 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
-use crate::api::jobs::eval_check_error;
 use crate::api::state::AppState;
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
@@ -57,8 +56,7 @@ async fn model_options(
     Path(id): Path<Uuid>,
 ) -> ApiResult<Json<EvaluationOptions>> {
     eval_checks::options(&state.db, &state.blobs, caller.team_id, id)
-        .await
-        .map_err(eval_check_error)?
+        .await?
         .map(Json)
         .ok_or_else(|| ApiError::not_found("model", id))
 }

@@ -16,9 +16,9 @@ use crate::api::{Page, page_limit};
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::eval::EvalSpec;
-use crate::jobs::eval_checks::{self, EvalCheckError};
+use crate::jobs::eval_checks;
 use crate::jobs::queue::{self, Job, JobFilter, NewJob, SubmitError};
-use crate::jobs::recipe::{self, Preset, Recipe, RecipeError};
+use crate::jobs::recipe::{self, Preset, Recipe};
 use crate::store::models;
 
 /// Attempts a job gets unless the request says otherwise.
@@ -67,28 +67,6 @@ struct SubmitRequest {
     max_attempts: Option<i32>,
     /// Evaluate the original and the compressed model on a dataset after compressing.
     eval: Option<EvalSpec>,
-}
-
-/// The problem for an evaluation that cannot run as asked.
-pub fn eval_check_error(err: EvalCheckError) -> ApiError {
-    match err {
-        EvalCheckError::Internal(e) => ApiError::internal(e),
-        EvalCheckError::NoModel(id) => ApiError::not_found("model", id),
-        other => ApiError::unprocessable(other.code(), other.to_string()),
-    }
-}
-
-/// The problem for a recipe that breaks a rule; `stage` (1-based) and `tensor` say where, so
-/// a form can show the message next to the field it concerns.
-fn recipe_error(err: RecipeError) -> ApiError {
-    let mut problem = ApiError::unprocessable(err.code(), err.to_string());
-    if let Some(stage) = err.stage() {
-        problem = problem.with("stage", stage);
-    }
-    match err.tensor() {
-        Some(t) => problem.with("tensor", t.to_owned()),
-        None => problem,
-    }
 }
 
 /// Submit a job
@@ -141,7 +119,7 @@ async fn submit_job(
         (Some(recipe), None) => serde_json::from_value(recipe).map_err(|e| {
             ApiError::unprocessable("bad_recipe", format!("the recipe is not valid: {e}"))
         })?,
-        (None, Some(name)) => recipe::preset(name).map_err(recipe_error)?,
+        (None, Some(name)) => recipe::preset(name)?,
         _ => {
             return Err(ApiError::unprocessable(
                 "recipe_or_preset",
@@ -186,7 +164,7 @@ async fn submit_job(
                 let planned: Vec<String> = plan.tensors.into_iter().map(|t| t.name).collect();
                 (stored, tensors, planned)
             })
-            .map_err(recipe_error)
+            .map_err(ApiError::from)
     })
     .await
     .map_err(|e| ApiError::internal(format!("recipe validation stopped: {e}")))??;
@@ -210,8 +188,7 @@ async fn submit_job(
             &tensors,
             spec,
         )
-        .await
-        .map_err(eval_check_error)?;
+        .await?;
     }
     let new = NewJob {
         team_id: caller.team_id,

@@ -20,7 +20,7 @@ use crate::api::state::AppState;
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::store::ingest::{self, FileKind, IngestError, IngestedFile};
-use crate::store::models::{self, Deleted, Model, Owner, PlanError, TensorEntry};
+use crate::store::models::{self, Deleted, Model, Owner, TensorEntry};
 
 /// Most files one multipart upload may carry.
 const MAX_FILES_PER_UPLOAD: usize = 512;
@@ -161,7 +161,7 @@ async fn upload_model(
         .or(part_name)
         .unwrap_or_else(|| default_model_name(&files));
     check_model_name(&name)?;
-    let plan = models::plan(files).map_err(plan_error)?;
+    let plan = models::plan(files)?;
     let owner = Owner {
         team_id: caller.team_id,
         token_id: Some(caller.token_id),
@@ -344,17 +344,6 @@ fn ingest_error(err: IngestError, limit: u64) -> ApiError {
             "the server's storage is full; nothing was kept",
         ),
         IngestError::Io(io) => ApiError::internal(format_args!("upload storage: {io}")),
-    }
-}
-
-fn plan_error(err: PlanError) -> ApiError {
-    let code = err.code();
-    let problem = ApiError::unprocessable(code, err.to_string());
-    match &err {
-        PlanError::IndexMismatch { tensor, .. } | PlanError::DuplicateTensor { tensor, .. } => {
-            problem.with("tensor", tensor.clone())
-        }
-        _ => problem,
     }
 }
 
