@@ -17,6 +17,8 @@ use sqlx::types::Json;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
+use crate::eval::EvalSpec;
+use crate::jobs::recipe::Recipe;
 use crate::jobs::report::{Progress, Summary, TensorReport};
 use crate::store::blobs::{self, BlobStore, SealedBlob};
 
@@ -301,6 +303,31 @@ pub async fn cancel(pool: &PgPool, team_id: Uuid, id: Uuid) -> sqlx::Result<Opti
     get(pool, team_id, id).await
 }
 
+/// A JSON column read back as `T`, or why it no longer parses as one (a row an older version
+/// wrote): the worker fails that job with the reason, where a typed decode would fail the claim
+/// and leave the job running until its lease ran out, again and again.
+#[derive(Debug, Clone)]
+pub struct Stored<T>(pub Result<T, String>);
+
+impl<T> sqlx::Type<sqlx::Postgres> for Stored<T> {
+    fn type_info() -> sqlx::postgres::PgTypeInfo {
+        <Json<serde_json::Value> as sqlx::Type<sqlx::Postgres>>::type_info()
+    }
+
+    fn compatible(ty: &sqlx::postgres::PgTypeInfo) -> bool {
+        <Json<serde_json::Value> as sqlx::Type<sqlx::Postgres>>::compatible(ty)
+    }
+}
+
+impl<'r, T: serde::de::DeserializeOwned> sqlx::Decode<'r, sqlx::Postgres> for Stored<T> {
+    fn decode(value: sqlx::postgres::PgValueRef<'r>) -> Result<Self, sqlx::error::BoxDynError> {
+        let Json(json) = <Json<serde_json::Value> as sqlx::Decode<sqlx::Postgres>>::decode(value)?;
+        Ok(Stored(
+            serde_json::from_value(json).map_err(|e| e.to_string()),
+        ))
+    }
+}
+
 /// A job a worker holds.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Claimed {
@@ -314,10 +341,10 @@ pub struct Claimed {
     pub model_id: Option<Uuid>,
     /// Its digest.
     pub model_sha256: String,
-    /// The recipe.
-    pub recipe: Json<serde_json::Value>,
+    /// The recipe, as the API validated it.
+    pub recipe: Stored<Recipe>,
     /// The evaluation section.
-    pub eval: Option<Json<serde_json::Value>>,
+    pub eval: Option<Stored<EvalSpec>>,
 }
 
 /// Claims the oldest runnable job, if any, with a lease of `lease`.

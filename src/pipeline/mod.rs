@@ -1,8 +1,9 @@
 //! The pipeline: everything that happens to one job's bytes. Runs a recipe over a model's files
 //! and writes the artifact set into a folder (`writers` picks the format's writer), with the
-//! per-tensor metrics and the summary; `memory` samples the job's own peak. Shared by the
-//! workers and `squeeze compress`; no database, no async. Call it inside the worker's rayon
-//! pool: chunks of a tensor run in parallel there.
+//! per-tensor metrics and the summary; `memory` samples the job's own peak. A job's run
+//! (`run_job`) is that compression, then its evaluation step (`eval_step`) when it asks for one.
+//! Shared by the workers and `squeeze compress`; no database, no async. Call it inside the
+//! worker's rayon pool: chunks of a tensor run in parallel there.
 //!
 //! Memory stays at a few tensors whatever the model size: each tensor is mapped on its own and
 //! unmapped when done (so its pages leave the process), transformed in row chunks, and written
@@ -33,6 +34,42 @@ use crate::formats::writer::{HashingFile, TensorOut};
 use crate::jobs::recipe::{OutputFormat, Prune, Recipe, Selection, Stage};
 use crate::jobs::report::{Progress, Summary, TensorReport};
 use crate::numeric::Cancel;
+
+/// A job's whole run on the CPU pool: the compression, then, when the job asks for one, its
+/// evaluation step on the artifact; a panic in either phase is contained and names it. Both
+/// phases' progress goes to `progress` (the evaluation's on top of the compression's last).
+pub fn run_job(
+    inputs: &[InputFile],
+    recipe: &Recipe,
+    model_sha256: &str,
+    out_dir: &Path,
+    cancel: &Cancel,
+    evaluation: Option<eval_step::Evaluation>,
+    progress: &dyn Fn(&Progress),
+) -> Result<Outcome, PipelineError> {
+    let mut compressed = Progress::default();
+    let mut outcome = contain_panic(
+        || "compression".to_owned(),
+        || {
+            run(inputs, recipe, model_sha256, out_dir, cancel, &mut |p| {
+                compressed = p.clone();
+                progress(p);
+            })
+        },
+    )?;
+    if let Some(evaluation) = evaluation {
+        eval_step::run(
+            evaluation,
+            &mut outcome,
+            inputs,
+            out_dir,
+            cancel,
+            compressed,
+            progress,
+        )?;
+    }
+    Ok(outcome)
+}
 
 /// Runs `recipe` over the model and writes the artifact set into `out_dir` (which must exist).
 pub fn run(

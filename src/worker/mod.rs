@@ -222,8 +222,8 @@ impl Worker {
     }
 
     async fn attempt(&mut self, job: &Claimed) -> anyhow::Result<Ending> {
-        let recipe: Recipe = match serde_json::from_value(job.recipe.0.clone()) {
-            Ok(recipe) => recipe,
+        let recipe: Recipe = match &job.recipe.0 {
+            Ok(recipe) => recipe.clone(),
             Err(err) => {
                 return Ok(Ending::Failed {
                     error: format!("the stored recipe is not valid: {err}"),
@@ -269,34 +269,14 @@ impl Worker {
             let span = tracing::Span::current();
             cpu_pool().spawn(move || {
                 let _entered = span.enter();
-                let mut report = |p: &Progress| {
+                let report = |p: &Progress| {
                     *progress
                         .lock()
                         .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(p.clone());
                 };
-                let mut result = pipeline::contain_panic(
-                    || "compression".to_owned(),
-                    || pipeline::run(&inputs, &recipe, &sha, &work_dir, &cancel, &mut report),
+                let result = pipeline::run_job(
+                    &inputs, &recipe, &sha, &work_dir, &cancel, evaluation, &report,
                 );
-                if let Ok(outcome) = &mut result
-                    && let Some(evaluation) = evaluation
-                {
-                    let publish = |p: &Progress| {
-                        *progress
-                            .lock()
-                            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(p.clone());
-                    };
-                    let compressed = progress
-                        .lock()
-                        .unwrap_or_else(|poisoned| poisoned.into_inner())
-                        .clone()
-                        .unwrap_or_default();
-                    if let Err(err) = pipeline::eval_step::run(
-                        evaluation, outcome, &inputs, &work_dir, &cancel, compressed, &publish,
-                    ) {
-                        result = Err(err);
-                    }
-                }
                 let _ = done_tx.send(result);
             });
         }
@@ -419,10 +399,10 @@ impl Worker {
     async fn prepare_evaluation(
         &self,
         model_id: Uuid,
-        spec: &serde_json::Value,
+        spec: &Result<EvalSpec, String>,
     ) -> anyhow::Result<Evaluation> {
-        let spec: EvalSpec = match serde_json::from_value(spec.clone()) {
-            Ok(spec) => spec,
+        let spec: EvalSpec = match spec {
+            Ok(spec) => spec.clone(),
             Err(err) => {
                 return Ok(Evaluation::refused(format!(
                     "the stored eval section is not valid: {err}"
