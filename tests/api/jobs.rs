@@ -772,6 +772,40 @@ async fn jobs_start_and_events_flow_after_the_listen_connections_are_killed() {
     assert_eq!(job["state"], "succeeded", "{job}");
 }
 
+#[tokio::test]
+async fn a_stored_recipe_that_no_longer_parses_fails_its_job_with_the_reason() {
+    let app = spawn_queue_only().await;
+    let (model_id, _) = upload_model(&app, 8, 32).await;
+    let job = submit_int8(&app, &model_id).await;
+    let id = job["id"].as_str().unwrap();
+    // As a row another version wrote might hold it: valid JSON, no longer a recipe.
+    sqlx::query("update jobs set recipe = '{\"stages\": \"all\"}' where id = $1::uuid")
+        .bind(id)
+        .execute(&app.state.db)
+        .await
+        .unwrap();
+    // The claim itself must not fail on it, or the job would stay running until its lease ran
+    // out, and be claimed again, forever.
+    let workers = squeeze::worker::WorkerPool::start(
+        app.state.db.clone(),
+        app.state.blobs.clone(),
+        squeeze::worker::WorkerConfig {
+            count: 1,
+            ..Default::default()
+        },
+        app.state.events.queued(),
+    );
+    let job = wait_final(&app, id).await;
+    workers.shutdown().await;
+    assert_eq!(job["state"], "failed", "{job}");
+    assert_eq!(job["attempt"], 1, "{job}");
+    let error = job["error"].as_str().unwrap();
+    assert!(
+        error.starts_with("the stored recipe is not valid"),
+        "{error}"
+    );
+}
+
 /// A server with no workers: submitted jobs stay queued until a test claims them.
 async fn spawn_queue_only() -> TestApp {
     spawn_app_with(Options {
