@@ -1,0 +1,225 @@
+"""Side by side: `squeeze compress` against the tools a user would run instead, on one input, in
+one run, rounds interleaved so every tool sees the same machine load.
+
+The input is a synthetic Llama-7B slice (N decoder layers of BF16 weights, rows scaled like
+real weights; 4 layers = 1.6 GB) or a real model folder (--model). Each round times, in
+turn: `cp` of the input (the disk's pace), `squeeze compress` per kernel, and the peers where
+they exist: llama.cpp's `llama-quantize` with the same thread count for every GGUF type (built
+by scripts/peer-gguf-types), and a plain numpy + safetensors script for int8 per channel and
+50% magnitude pruning. Prints medians of wall time, CPU time and peak RSS, each tool's time
+against the copy, and squeeze against its peer. Run by scripts/bench-compare.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+GGUF_KERNELS = {"q8_0": "Q8_0", "q4_0": "Q4_0", "q4_1": "Q4_1", "q5_0": "Q5_0", "q5_1": "Q5_1",
+                "q6_k": "Q6_K", "q5_k_m": "Q5_K_M", "q5_k_s": "Q5_K_S", "q4_k_m": "Q4_K_M",
+                "q4_k_s": "Q4_K_S"}
+NUMPY_KERNELS = {"int8", "prune-50"}
+
+# Llama-7B's linear layers.
+HIDDEN, INTERMEDIATE = 4096, 11008
+
+
+def layer_tensors(i):
+    p = f"model.layers.{i}"
+    square = [f"{p}.self_attn.{n}_proj.weight" for n in "qkvo"]
+    return ([(n, (HIDDEN, HIDDEN)) for n in square]
+            + [(f"{p}.mlp.gate_proj.weight", (INTERMEDIATE, HIDDEN)),
+               (f"{p}.mlp.up_proj.weight", (INTERMEDIATE, HIDDEN)),
+               (f"{p}.mlp.down_proj.weight", (HIDDEN, INTERMEDIATE))])
+
+
+def make_synthetic(folder, layers):
+    """Writes model.safetensors (BF16) and config.json, streaming one tensor at a time. Runs in
+    its own process (--make-synthetic): every tool's peak RSS is read from wait4, which counts
+    the memory of the process it was spawned from, so the driver must stay small."""
+    import numpy as np
+
+    def to_bf16_bits(x):
+        bits = x.astype(np.float32).view(np.uint32)
+        return ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
+
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "model.safetensors"
+    tensors = [t for i in range(layers) for t in layer_tensors(i)]
+    header, offset = {"__metadata__": {"format": "pt"}}, 0
+    for name, shape in tensors:
+        size = shape[0] * shape[1] * 2
+        header[name] = {"dtype": "BF16", "shape": list(shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    rng = np.random.default_rng(0)
+    with open(path.with_suffix(".part"), "wb") as out:
+        out.write(len(text).to_bytes(8, "little") + text)
+        for name, (rows, cols) in tensors:
+            # Per-row scales spread over a decade, as trained weights' rows are; a few outliers.
+            scale = (0.02 * np.exp(rng.normal(0, 0.5, size=(rows, 1)))).astype(np.float32)
+            for start in range(0, rows, 1024):
+                block = rng.standard_normal((min(1024, rows - start), cols), dtype=np.float32)
+                block *= scale[start:start + len(block)]
+                out.write(to_bf16_bits(block).tobytes())
+    path.with_suffix(".part").rename(path)
+    config = {"architectures": ["LlamaForCausalLM"], "model_type": "llama",
+              "hidden_size": HIDDEN, "intermediate_size": INTERMEDIATE,
+              "num_attention_heads": 32, "num_key_value_heads": 32,
+              "num_hidden_layers": layers, "vocab_size": 32000, "rms_norm_eps": 1e-5,
+              "rope_theta": 10000.0, "max_position_embeddings": 4096,
+              "torch_dtype": "bfloat16", "_name_or_path": f"synthetic-llama7b-{layers}-layers"}
+    (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+
+
+# The numpy peer: what a user writes in twenty lines when no tool does the job. It reads the
+# safetensors header itself because numpy has no BF16.
+NUMPY_PEER = r'''
+import json, sys
+import numpy as np
+from safetensors.numpy import save_file
+src, kind, out = sys.argv[1:]
+data = np.memmap(src, dtype=np.uint8, mode="r")
+n = int.from_bytes(data[:8].tobytes(), "little")
+header = json.loads(data[8:8 + n].tobytes())
+header.pop("__metadata__", None)
+result = {}
+for name, t in header.items():
+    a, b = t["data_offsets"]
+    raw = data[8 + n + a:8 + n + b].view(np.uint16).reshape(t["shape"])
+    w = (raw.astype(np.uint32) << 16).view(np.float32)
+    if kind == "int8":
+        scale = np.abs(w).max(axis=1, keepdims=True) / 127
+        scale[scale == 0] = 1
+        result[name] = np.clip(np.rint(w / scale), -127, 127).astype(np.int8)
+        result[name.replace(".weight", ".weight_scale")] = scale.astype(np.float32)
+    else:
+        magnitude = np.abs(w)
+        cut = np.partition(magnitude.ravel(), magnitude.size // 2)[magnitude.size // 2]
+        w = np.where(magnitude < cut, 0, w).astype(np.float32)
+        bits = w.view(np.uint32)
+        result[name] = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
+save_file(result, out)
+'''
+
+
+def run(cmd, cwd=None):
+    """Runs `cmd`; its wall seconds, CPU seconds and peak RSS in MiB (children included)."""
+    started = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    stderr = proc.stderr.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - started
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        sys.exit(f"bench-compare: {' '.join(map(str, cmd))} failed:\n{stderr.decode()[-2000:]}")
+    return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--layers", type=int, default=4, help="synthetic Llama-7B decoder layers (4 = 1.6 GB)")
+    parser.add_argument("--model", type=Path, help="a real model folder (safetensors + config.json) instead")
+    parser.add_argument("--kernels", default="int8,fp8,q8_0,q4_0,q6_k,q4_k_m,prune-50")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--squeeze", type=Path, default=Path("target/release/squeeze"))
+    parser.add_argument("--llama-bin", type=Path,
+                        default=Path.home() / ".cache/squeeze/peer/build/bin")
+    parser.add_argument("--work", type=Path, default=Path("target/bench-compare"))
+    parser.add_argument("--json", type=Path, help="also write every sample here")
+    parser.add_argument("--make-synthetic", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.make_synthetic:
+        make_synthetic(args.make_synthetic, args.layers)
+        return
+    kernels = [k for k in args.kernels.split(",") if k]
+    args.work.mkdir(parents=True, exist_ok=True)
+
+    if args.model:
+        model = args.model
+    else:
+        model = args.work / f"llama7b-{args.layers}-layers"
+        if not (model / "model.safetensors").exists():
+            print(f"making {model} ...", file=sys.stderr)
+            subprocess.run([sys.executable, __file__, "--layers", str(args.layers),
+                            "--make-synthetic", model], check=True)
+    weights = sorted(model.glob("*.safetensors"))
+    input_bytes = sum(p.stat().st_size for p in weights)
+
+    quantize = args.llama_bin / "llama-quantize"
+    have_llama = quantize.exists() and any(k in GGUF_KERNELS for k in kernels)
+    gguf_input = args.work / f"{model.name}.bf16.gguf"
+    if have_llama and not gguf_input.exists():
+        # llama-quantize reads GGUF: squeeze's dense GGUF of the same weights (not timed).
+        recipe = args.work / "dense-gguf.json"
+        recipe.write_text(json.dumps({"format": "gguf", "stages": []}))
+        dense = args.work / "dense-gguf"
+        run([args.squeeze, "compress", "--recipe", recipe, model, "-o", dense])
+        (dense / "model.gguf").rename(gguf_input)
+        shutil.rmtree(dense)
+    numpy_peer = args.work / "numpy_peer.py"
+    numpy_peer.write_text(NUMPY_PEER)
+
+    tasks = [("copy", "cp", [["cp", *weights, args.work / "copy"]])]
+    for k in kernels:
+        tasks.append((k, "squeeze", [[args.squeeze, "compress", "--preset", k, model,
+                                      "-o", args.work / f"out-{k}"]]))
+        if have_llama and k in GGUF_KERNELS:
+            tasks.append((k, "llama-quantize", [[quantize, gguf_input, args.work / f"llama-{k}.gguf",
+                                                 GGUF_KERNELS[k], str(args.threads)]]))
+        if k in NUMPY_KERNELS and len(weights) == 1:
+            tasks.append((k, "numpy", [[sys.executable, numpy_peer, weights[0], k,
+                                        args.work / f"numpy-{k}.safetensors"]]))
+
+    def clear_outputs():
+        for path in [args.work / "copy", *args.work.glob("out-*")]:
+            shutil.rmtree(path, ignore_errors=True)
+        for path in [args.work / "copy.safetensors", *args.work.glob("llama-*.gguf"),
+                     *args.work.glob("numpy-*.safetensors")]:
+            path.unlink(missing_ok=True)
+        (args.work / "copy").mkdir()
+
+    samples = {}
+    clear_outputs()
+    for r in range(args.rounds):
+        # Rotate the order so no tool always runs first or last in a round.
+        order = tasks[r % len(tasks):] + tasks[:r % len(tasks)]
+        for kernel, tool, commands in order:
+            wall = cpu = rss = 0.0
+            for cmd in commands:
+                w, c, m = run(cmd)
+                wall, cpu, rss = wall + w, cpu + c, max(rss, m)
+            samples.setdefault((kernel, tool), []).append((wall, cpu, rss))
+            print(f"round {r + 1}: {kernel:9} {tool:15} {wall:7.2f} s wall {cpu:7.2f} s CPU "
+                  f"{rss:7.0f} MiB", file=sys.stderr)
+            clear_outputs()
+
+    median = {key: tuple(statistics.median(s[i] for s in v) for i in range(3))
+              for key, v in samples.items()}
+    copy_wall = median[("copy", "cp")][0]
+    print(f"\n{input_bytes / 1e9:.2f} GB input ({model}), {args.rounds} interleaved rounds, "
+          f"{args.threads} threads for the peers; medians. Peak RSS includes the driver's "
+          f"~10 MiB (wait4 counts the process a tool is spawned from).")
+    print("| kernel | tool | wall s | CPU s | peak RSS MiB | ÷ cp | squeeze ÷ peer |")
+    print("|---|---|---|---|---|---|---|")
+    for (kernel, tool), (wall, cpu, rss) in median.items():
+        versus = ""
+        if tool != "squeeze" and (kernel, "squeeze") in median and tool != "cp":
+            versus = f"{median[(kernel, 'squeeze')][0] / wall:.2f}×"
+        print(f"| {kernel} | {tool} | {wall:.2f} | {cpu:.2f} | {rss:.0f} | "
+              f"{wall / copy_wall:.1f}× | {versus} |")
+    if args.json:
+        args.json.write_text(json.dumps({"input_bytes": input_bytes, "rounds": args.rounds,
+                                         "samples": {f"{k}/{t}": v for (k, t), v in samples.items()}},
+                                        indent=2))
+
+
+if __name__ == "__main__":
+    main()
