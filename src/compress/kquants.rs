@@ -22,15 +22,17 @@ pub const Q6_K_BYTES: usize = 210;
 const GROUP_MAX_EPS: f32 = 1e-15;
 
 /// Round half to even, as ggml's `nearest_int` does for |x| ≤ 4194303.
-#[inline]
+#[inline(always)]
 fn nearest_int(x: f32) -> i32 {
     x.round_ties_even() as i32
 }
 
+#[inline(always)]
 fn f16_bits(x: f32) -> [u8; 2] {
     f16::from_f32(x).to_bits().to_le_bytes()
 }
 
+#[inline(always)]
 fn f16_at(bytes: &[u8]) -> f32 {
     f16::from_bits(u16::from_le_bytes([bytes[0], bytes[1]])).to_f32()
 }
