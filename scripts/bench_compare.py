@@ -78,6 +78,63 @@ def make_synthetic(folder, layers):
     (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
 
 
+LLAMA_NAMES = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k",
+               "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output",
+               "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down",
+               "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm"}
+
+
+def gguf_name(name):
+    """llama.cpp's name for a Llama-family tensor."""
+    top = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
+           "lm_head.weight": "output.weight"}
+    if name in top:
+        return top[name]
+    parts = name.split(".")
+    if parts[:2] == ["model", "layers"]:
+        inner = ".".join(parts[3:-1])
+        if inner in LLAMA_NAMES:
+            return f"blk.{parts[2]}.{LLAMA_NAMES[inner]}.{parts[-1]}"
+    return name
+
+
+def make_gguf(folder, out):
+    """The model's weights unchanged in a GGUF file for llama-quantize (which reads only GGUF),
+    named and described as llama.cpp's converter would (the rotary permutation is left out: it
+    moves rows, which costs a quantizer nothing). Runs in its own process (--make-gguf)."""
+    import gguf
+    import numpy as np
+    config = json.loads((folder / "config.json").read_text())
+    writer = gguf.GGUFWriter(str(out), "llama")
+    writer.add_block_count(config["num_hidden_layers"])
+    writer.add_context_length(config.get("max_position_embeddings", 4096))
+    writer.add_embedding_length(config["hidden_size"])
+    writer.add_feed_forward_length(config["intermediate_size"])
+    writer.add_head_count(config["num_attention_heads"])
+    writer.add_head_count_kv(config.get("num_key_value_heads", config["num_attention_heads"]))
+    writer.add_layer_norm_rms_eps(config.get("rms_norm_eps", 1e-5))
+    writer.add_rope_dimension_count(config["hidden_size"] // config["num_attention_heads"])
+    writer.add_vocab_size(config.get("vocab_size", 32000))
+    writer.add_file_type(gguf.LlamaFileType.MOSTLY_BF16)
+    for path in sorted(folder.glob("*.safetensors")):
+        data = np.memmap(path, dtype=np.uint8, mode="r")
+        n = int.from_bytes(data[:8].tobytes(), "little")
+        header = json.loads(data[8:8 + n].tobytes())
+        header.pop("__metadata__", None)
+        for name, t in header.items():
+            a, b = t["data_offsets"]
+            raw = data[8 + n + a:8 + n + b]
+            kind = {"BF16": (np.uint16, gguf.GGMLQuantizationType.BF16),
+                    "F16": (np.float16, gguf.GGMLQuantizationType.F16),
+                    "F32": (np.float32, gguf.GGMLQuantizationType.F32)}[t["dtype"]]
+            writer.add_tensor(gguf_name(name), raw.view(kind[0]).reshape(t["shape"]),
+                              raw_dtype=kind[1])
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
 # The numpy peer: what a user writes in twenty lines when no tool does the job. It reads the
 # safetensors header itself because numpy has no BF16.
 NUMPY_PEER = r'''
@@ -130,12 +187,18 @@ def main():
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--squeeze", type=Path, default=Path("target/release/squeeze"))
+    parser.add_argument("--baseline", type=Path,
+                        help="another squeeze binary timed beside it (an A/B of a change)")
     parser.add_argument("--llama-bin", type=Path,
                         default=Path.home() / ".cache/squeeze/peer/build/bin")
     parser.add_argument("--work", type=Path, default=Path("target/bench-compare"))
     parser.add_argument("--json", type=Path, help="also write every sample here")
     parser.add_argument("--make-synthetic", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--make-gguf", type=Path, nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.make_gguf:
+        make_gguf(*args.make_gguf)
+        return
     if args.make_synthetic:
         make_synthetic(args.make_synthetic, args.layers)
         return
@@ -157,13 +220,8 @@ def main():
     have_llama = quantize.exists() and any(k in GGUF_KERNELS for k in kernels)
     gguf_input = args.work / f"{model.name}.bf16.gguf"
     if have_llama and not gguf_input.exists():
-        # llama-quantize reads GGUF: squeeze's dense GGUF of the same weights (not timed).
-        recipe = args.work / "dense-gguf.json"
-        recipe.write_text(json.dumps({"format": "gguf", "stages": []}))
-        dense = args.work / "dense-gguf"
-        run([args.squeeze, "compress", "--recipe", recipe, model, "-o", dense])
-        (dense / "model.gguf").rename(gguf_input)
-        shutil.rmtree(dense)
+        print(f"making {gguf_input} ...", file=sys.stderr)
+        subprocess.run([sys.executable, __file__, "--make-gguf", model, gguf_input], check=True)
     numpy_peer = args.work / "numpy_peer.py"
     numpy_peer.write_text(NUMPY_PEER)
 
@@ -171,6 +229,9 @@ def main():
     for k in kernels:
         tasks.append((k, "squeeze", [[args.squeeze, "compress", "--preset", k, model,
                                       "-o", args.work / f"out-{k}"]]))
+        if args.baseline:
+            tasks.append((k, "squeeze-baseline", [[args.baseline, "compress", "--preset", k, model,
+                                                   "-o", args.work / f"out-{k}"]]))
         if have_llama and k in GGUF_KERNELS:
             tasks.append((k, "llama-quantize", [[quantize, gguf_input, args.work / f"llama-{k}.gguf",
                                                  GGUF_KERNELS[k], str(args.threads)]]))
