@@ -25,23 +25,31 @@ pub(super) async fn compress(args: CompressArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.output)
         .with_context(|| format!("creating {}", args.output.display()))?;
     let outcome = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-        let mut digests = Vec::new();
-        for input in &inputs {
-            digests.push(format!("{}  {}\n", file_sha256(&input.path)?, input.name));
-        }
-        let model_sha = if inputs.len() == 1 {
-            digests[0][..64].to_owned()
-        } else {
-            use sha2::Digest;
-            hex::encode(sha2::Sha256::digest(digests.concat()))
-        };
+        // The input's digest (for the provenance in recipe.json) is computed beside the run, on
+        // its own thread: it reads the whole input once more, which need not come first.
+        let hashed: Vec<_> = inputs
+            .iter()
+            .map(|i| (i.path.clone(), i.name.clone()))
+            .collect();
+        let digest = std::thread::spawn(move || -> std::io::Result<String> {
+            let mut digests = Vec::new();
+            for (path, name) in &hashed {
+                digests.push(format!("{}  {}\n", file_sha256(path)?, name));
+            }
+            Ok(if digests.len() == 1 {
+                digests[0][..64].to_owned()
+            } else {
+                use sha2::Digest;
+                hex::encode(sha2::Sha256::digest(digests.concat()))
+            })
+        });
         let cancel = crate::numeric::Cancel::new();
         crate::worker::cpu_pool()
             .install(|| {
                 crate::pipeline::run(
                     &inputs,
                     &recipe,
-                    &model_sha,
+                    crate::pipeline::ModelDigest::Computing(digest),
                     &args.output,
                     &cancel,
                     &mut |_| {},

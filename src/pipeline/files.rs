@@ -29,6 +29,43 @@ pub struct InputFile {
     pub path: PathBuf,
 }
 
+/// The model's sha256 for the artifact's provenance (written last): known already (a worker's,
+/// from the database), or being computed on another thread while the run compresses
+/// (`squeeze compress`, which would otherwise read the whole input once more before starting).
+pub enum ModelDigest {
+    Known(String),
+    Computing(std::thread::JoinHandle<io::Result<String>>),
+}
+
+impl ModelDigest {
+    pub(crate) fn wait(self) -> Result<String, PipelineError> {
+        match self {
+            ModelDigest::Known(digest) => Ok(digest),
+            ModelDigest::Computing(thread) => thread
+                .join()
+                .map_err(|payload| {
+                    PipelineError::Internal(format!(
+                        "hashing the input: {}",
+                        panic_message(payload.as_ref())
+                    ))
+                })?
+                .map_err(PipelineError::from),
+        }
+    }
+}
+
+impl From<String> for ModelDigest {
+    fn from(digest: String) -> Self {
+        ModelDigest::Known(digest)
+    }
+}
+
+impl From<&str> for ModelDigest {
+    fn from(digest: &str) -> Self {
+        ModelDigest::Known(digest.to_owned())
+    }
+}
+
 /// What a run produced.
 #[derive(Debug)]
 pub struct Outcome {

@@ -14,7 +14,9 @@ pub mod files;
 pub mod memory;
 pub mod writers;
 
-pub use files::{InputFile, InputKind, Outcome, PipelineError, contain_panic, panic_message};
+pub use files::{
+    InputFile, InputKind, ModelDigest, Outcome, PipelineError, contain_panic, panic_message,
+};
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -41,7 +43,7 @@ use crate::numeric::Cancel;
 pub fn run_job(
     inputs: &[InputFile],
     recipe: &Recipe,
-    model_sha256: &str,
+    model_sha256: impl Into<ModelDigest>,
     out_dir: &Path,
     cancel: &Cancel,
     evaluation: Option<eval_step::Evaluation>,
@@ -75,7 +77,7 @@ pub fn run_job(
 pub fn run(
     inputs: &[InputFile],
     recipe: &Recipe,
-    model_sha256: &str,
+    model_sha256: impl Into<ModelDigest>,
     out_dir: &Path,
     cancel: &Cancel,
     progress: &mut dyn FnMut(&Progress),
@@ -252,7 +254,7 @@ pub fn run(
         .sum();
     let provenance = serde_json::json!({
         "recipe": recipe,
-        "model_sha256": model_sha256,
+        "model_sha256": model_sha256.into().wait()?,
         "squeeze_version": env!("CARGO_PKG_VERSION"),
     });
     let mut out = HashingFile::create(out_dir, "recipe.json")?;

@@ -275,7 +275,7 @@ impl Worker {
                         .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(p.clone());
                 };
                 let result = pipeline::run_job(
-                    &inputs, &recipe, &sha, &work_dir, &cancel, evaluation, &report,
+                    &inputs, &recipe, sha, &work_dir, &cancel, evaluation, &report,
                 );
                 let _ = done_tx.send(result);
             });
