@@ -149,8 +149,14 @@ header.pop("__metadata__", None)
 result = {}
 for name, t in header.items():
     a, b = t["data_offsets"]
-    raw = data[8 + n + a:8 + n + b].view(np.uint16).reshape(t["shape"])
-    w = (raw.astype(np.uint32) << 16).view(np.float32)
+    raw = data[8 + n + a:8 + n + b]
+    if t["dtype"] == "BF16":
+        w = (raw.view(np.uint16).astype(np.uint32) << 16).view(np.float32).reshape(t["shape"])
+    else:
+        w = raw.view({"F32": np.float32, "F16": np.float16}[t["dtype"]]).astype(np.float32).reshape(t["shape"])
+    if w.ndim != 2:
+        result[name] = w
+        continue
     if kind == "int8":
         scale = np.abs(w).max(axis=1, keepdims=True) / 127
         scale[scale == 0] = 1
@@ -160,8 +166,10 @@ for name, t in header.items():
         magnitude = np.abs(w)
         cut = np.partition(magnitude.ravel(), magnitude.size // 2)[magnitude.size // 2]
         w = np.where(magnitude < cut, 0, w).astype(np.float32)
-        bits = w.view(np.uint32)
-        result[name] = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
+        if t["dtype"] == "BF16":
+            bits = w.view(np.uint32)
+            w = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
+        result[name] = w
 save_file(result, out)
 '''
 
