@@ -5,8 +5,8 @@ The input is a synthetic Llama-7B slice (N decoder layers of BF16 weights, rows 
 real weights; 4 layers = 1.6 GB) or a real model folder (--model). Each round times, in
 turn: `cp` of the input (the disk's pace), `squeeze compress` per kernel, and the peers where
 they exist: llama.cpp's `llama-quantize` with the same thread count for every GGUF type (built
-by scripts/peer-gguf-types), and a plain numpy + safetensors script for int8 per channel and
-50% magnitude pruning. Prints medians of wall time, CPU time and peak RSS, each tool's time
+by scripts/peer-gguf-types), gguf-py (llama.cpp's Python package) for the legacy block types,
+and a plain numpy + safetensors script for int8 per channel and 50% magnitude pruning. Prints medians of wall time, CPU time and peak RSS, each tool's time
 against the copy, and squeeze against its peer. Run by scripts/bench-compare.
 """
 
@@ -24,6 +24,9 @@ GGUF_KERNELS = {"q8_0": "Q8_0", "q4_0": "Q4_0", "q4_1": "Q4_1", "q5_0": "Q5_0", 
                 "q6_k": "Q6_K", "q5_k_m": "Q5_K_M", "q5_k_s": "Q5_K_S", "q4_k_m": "Q4_K_M",
                 "q4_k_s": "Q4_K_S"}
 NUMPY_KERNELS = {"int8", "prune-50"}
+# The legacy block types gguf-py (llama.cpp's Python package) quantizes in numpy; it has no
+# K-quant quantizers.
+GGUF_PY_KERNELS = {"q8_0": "Q8_0", "q4_0": "Q4_0", "q4_1": "Q4_1", "q5_0": "Q5_0", "q5_1": "Q5_1"}
 
 # Llama-7B's linear layers.
 HIDDEN, INTERMEDIATE = 4096, 11008
@@ -174,6 +177,38 @@ save_file(result, out)
 '''
 
 
+# The gguf-py peer: every weight matrix quantized by gguf.quants in numpy (vectors stay F32),
+# written with gguf.GGUFWriter; names as they are (no rules, no mixes: the plainest use).
+GGUF_PY_PEER = r'''
+import json, sys
+import numpy as np
+import gguf
+from gguf import quants
+src, kind, out = sys.argv[1:]
+kind = gguf.GGMLQuantizationType[kind]
+data = np.memmap(src, dtype=np.uint8, mode="r")
+n = int.from_bytes(data[:8].tobytes(), "little")
+header = json.loads(data[8:8 + n].tobytes())
+header.pop("__metadata__", None)
+writer = gguf.GGUFWriter(out, "llama")
+for name, t in header.items():
+    a, b = t["data_offsets"]
+    raw = data[8 + n + a:8 + n + b]
+    if t["dtype"] == "BF16":
+        w = (raw.view(np.uint16).astype(np.uint32) << 16).view(np.float32).reshape(t["shape"])
+    else:
+        w = raw.view({"F32": np.float32, "F16": np.float16}[t["dtype"]]).astype(np.float32).reshape(t["shape"])
+    if w.ndim == 2 and w.shape[1] % 32 == 0:
+        writer.add_tensor(name, quants.quantize(w, kind), raw_dtype=kind)
+    else:
+        writer.add_tensor(name, w)
+writer.write_header_to_file()
+writer.write_kv_data_to_file()
+writer.write_tensors_to_file()
+writer.close()
+'''
+
+
 def run(cmd, cwd=None):
     """Runs `cmd`; its wall seconds, CPU seconds and peak RSS in MiB (children included)."""
     started = time.perf_counter()
@@ -232,6 +267,8 @@ def main():
         subprocess.run([sys.executable, __file__, "--make-gguf", model, gguf_input], check=True)
     numpy_peer = args.work / "numpy_peer.py"
     numpy_peer.write_text(NUMPY_PEER)
+    gguf_py_peer = args.work / "gguf_py_peer.py"
+    gguf_py_peer.write_text(GGUF_PY_PEER)
 
     tasks = [("copy", "cp", [["cp", *weights, args.work / "copy"]])]
     for k in kernels:
@@ -243,6 +280,9 @@ def main():
         if have_llama and k in GGUF_KERNELS:
             tasks.append((k, "llama-quantize", [[quantize, gguf_input, args.work / f"llama-{k}.gguf",
                                                  GGUF_KERNELS[k], str(args.threads)]]))
+        if k in GGUF_PY_KERNELS and len(weights) == 1:
+            tasks.append((k, "gguf-py", [[sys.executable, gguf_py_peer, weights[0], GGUF_PY_KERNELS[k],
+                                          args.work / f"ggufpy-{k}.gguf"]]))
         if k in NUMPY_KERNELS and len(weights) == 1:
             tasks.append((k, "numpy", [[sys.executable, numpy_peer, weights[0], k,
                                         args.work / f"numpy-{k}.safetensors"]]))
@@ -251,6 +291,7 @@ def main():
         for path in [args.work / "copy", *args.work.glob("out-*")]:
             shutil.rmtree(path, ignore_errors=True)
         for path in [args.work / "copy.safetensors", *args.work.glob("llama-*.gguf"),
+                     *args.work.glob("ggufpy-*.gguf"),
                      *args.work.glob("numpy-*.safetensors")]:
             path.unlink(missing_ok=True)
         (args.work / "copy").mkdir()
