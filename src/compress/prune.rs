@@ -11,6 +11,7 @@
 
 use rayon::prelude::*;
 
+use crate::numeric::simd::multiversion;
 use crate::numeric::{Cancel, Canceled};
 
 const BUCKETS: usize = 1 << 16;
@@ -22,8 +23,22 @@ pub struct MagnitudeCut {
     tie_quota: Vec<u64>,
 }
 
+#[inline(always)]
 fn magnitude_bits(x: f32) -> u32 {
     x.abs().to_bits()
+}
+
+multiversion! {
+    /// Zeroes every value whose magnitude's bits are below `threshold_bits`; how many.
+    fn zero_below(values: &mut [f32], threshold_bits: u32) -> u64 {
+        let mut zeroed = 0u64;
+        for v in values.iter_mut() {
+            let below = magnitude_bits(*v) < threshold_bits;
+            zeroed += u64::from(below);
+            *v = if below { 0.0 } else { *v };
+        }
+        zeroed
+    }
 }
 
 fn histogram<F>(
@@ -127,13 +142,16 @@ impl MagnitudeCut {
 
     /// Applies the cut to a chunk visited in several parts: `quota` carries the ties left.
     pub fn apply_part(&self, values: &mut [f32], quota: &mut u64) -> u64 {
-        let mut zeroed = 0;
+        // Below the threshold in one branch-free pass; then the first `quota` values on it, in
+        // order. A value zeroed by the first pass is below a non-zero threshold and cannot be
+        // taken for a tie; with a zero threshold the first pass zeroes nothing.
+        let mut zeroed = zero_below(values, self.threshold_bits);
         for v in values.iter_mut() {
-            let bits = magnitude_bits(*v);
-            if bits < self.threshold_bits || (bits == self.threshold_bits && *quota > 0) {
-                if bits == self.threshold_bits {
-                    *quota -= 1;
-                }
+            if *quota == 0 {
+                break;
+            }
+            if magnitude_bits(*v) == self.threshold_bits {
+                *quota -= 1;
                 *v = 0.0;
                 zeroed += 1;
             }

@@ -12,6 +12,7 @@ use crate::compress::quantize::{Granularity, IntScheme};
 use crate::formats::bits;
 use crate::numeric::Dtype;
 use crate::numeric::codec;
+use crate::numeric::simd::multiversion;
 
 pub mod read;
 pub mod write;
@@ -275,6 +276,38 @@ fn packed_zero_points(
     }
 }
 
+/// How many of the elements in `bytes` (of `dtype`) are zeros, as [`is_zero`] counts them.
+pub fn count_zeros(dtype: Dtype, bytes: &[u8]) -> usize {
+    match dtype {
+        Dtype::F16 | Dtype::BF16 => count_zero_halves(bytes),
+        Dtype::F32 => count_zero_singles(bytes),
+        _ => {
+            let width = usize::try_from(dtype.bits() / 8).unwrap_or(1).max(1);
+            bytes.chunks(width).filter(|e| is_zero(dtype, e)).count()
+        }
+    }
+}
+
+multiversion! {
+    /// Zeros of either sign among 16-bit floats.
+    fn count_zero_halves(bytes: &[u8]) -> usize {
+        bytes
+            .chunks_exact(2)
+            .map(|b| usize::from(u16::from_le_bytes([b[0], b[1]]) << 1 == 0))
+            .sum()
+    }
+}
+
+multiversion! {
+    /// Zeros of either sign among 32-bit floats.
+    fn count_zero_singles(bytes: &[u8]) -> usize {
+        bytes
+            .chunks_exact(4)
+            .map(|b| usize::from(u32::from_le_bytes([b[0], b[1], b[2], b[3]]) << 1 == 0))
+            .sum()
+    }
+}
+
 /// Whether an element's bytes are a zero (for floats, either sign).
 pub fn is_zero(dtype: Dtype, bytes: &[u8]) -> bool {
     match dtype {
@@ -460,6 +493,33 @@ pub fn quantization_config(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn zeros_are_counted_as_is_zero_counts_them() {
+        // Zeros of both signs among values, subnormals and NaN-like patterns, odd lengths.
+        let mut state = 7u64;
+        let bytes: Vec<u8> = (0..4099)
+            .map(|_| {
+                state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                match state >> 61 {
+                    0 => 0x00,
+                    1 => 0x80,
+                    _ => (state >> 33) as u8,
+                }
+            })
+            .collect();
+        for dtype in [Dtype::BF16, Dtype::F16, Dtype::F32, Dtype::F8_E4M3] {
+            let width = (dtype.bits() / 8) as usize;
+            let whole = &bytes[..bytes.len() / width * width];
+            let expected = whole.chunks(width).filter(|e| is_zero(dtype, e)).count();
+            assert_eq!(count_zeros(dtype, whole), expected, "{dtype}");
+        }
+        let zeros = [0u8, 0x80, 0, 0, 0, 0x80, 0, 0, 1, 0, 0, 0];
+        assert_eq!(count_zeros(Dtype::BF16, &zeros), 5);
+        // Little-endian −0.0, +0.0 and the smallest subnormal.
+        let singles = [0u8, 0, 0, 0x80, 0, 0, 0, 0, 1, 0, 0, 0];
+        assert_eq!(count_zeros(Dtype::F32, &singles), 2);
+    }
 
     fn hex_words(bytes: &[u8]) -> Vec<u32> {
         bytes

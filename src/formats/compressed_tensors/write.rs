@@ -105,12 +105,7 @@ impl ArtifactWriter for CompressedTensorsWriter {
                 global_sparsity: 0.0,
             });
             group.targets.push(module);
-            let width = crate::numeric::float_width(info.dtype);
-            let zeros = tensor
-                .dense
-                .chunks(width)
-                .filter(|e| ct::is_zero(info.dtype, e))
-                .count();
+            let zeros = ct::count_zeros(info.dtype, tensor.dense);
             self.sparse_counts.0 += zeros as f64;
             self.sparse_counts.1 += (rows * cols) as f64;
             group.global_sparsity = self.sparse_counts.0 / self.sparse_counts.1.max(1.0);
