@@ -500,7 +500,9 @@ mod tests {
         let mut state = 7u64;
         let bytes: Vec<u8> = (0..4099)
             .map(|_| {
-                state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 match state >> 61 {
                     0 => 0x00,
                     1 => 0x80,
