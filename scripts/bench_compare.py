@@ -11,6 +11,7 @@ against the copy, and squeeze against its peer. Run by scripts/bench-compare.
 """
 
 import argparse
+import inspect
 import json
 import os
 import shutil
@@ -119,93 +120,86 @@ def make_gguf(folder, out):
     writer.add_rope_dimension_count(config["hidden_size"] // config["num_attention_heads"])
     writer.add_vocab_size(config.get("vocab_size", 32000))
     writer.add_file_type(gguf.LlamaFileType.MOSTLY_BF16)
+    kinds = {"BF16": (np.uint16, gguf.GGMLQuantizationType.BF16),
+             "F16": (np.float16, gguf.GGMLQuantizationType.F16),
+             "F32": (np.float32, gguf.GGMLQuantizationType.F32)}
     for path in sorted(folder.glob("*.safetensors")):
-        data = np.memmap(path, dtype=np.uint8, mode="r")
-        n = int.from_bytes(data[:8].tobytes(), "little")
-        header = json.loads(data[8:8 + n].tobytes())
-        header.pop("__metadata__", None)
-        for name, t in header.items():
-            a, b = t["data_offsets"]
-            raw = data[8 + n + a:8 + n + b]
-            kind = {"BF16": (np.uint16, gguf.GGMLQuantizationType.BF16),
-                    "F16": (np.float16, gguf.GGMLQuantizationType.F16),
-                    "F32": (np.float32, gguf.GGMLQuantizationType.F32)}[t["dtype"]]
-            writer.add_tensor(gguf_name(name), raw.view(kind[0]).reshape(t["shape"]),
-                              raw_dtype=kind[1])
+        for name, t, raw in raw_tensors(path):
+            view, kind = kinds[t["dtype"]]
+            writer.add_tensor(gguf_name(name), raw.view(view).reshape(t["shape"]), raw_dtype=kind)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
 
 
-# The numpy peer: what a user writes in twenty lines when no tool does the job. It reads the
-# safetensors header itself because numpy has no BF16.
-NUMPY_PEER = r'''
-import json, sys
-import numpy as np
-from safetensors.numpy import save_file
-src, kind, out = sys.argv[1:]
-data = np.memmap(src, dtype=np.uint8, mode="r")
-n = int.from_bytes(data[:8].tobytes(), "little")
-header = json.loads(data[8:8 + n].tobytes())
-header.pop("__metadata__", None)
-result = {}
-for name, t in header.items():
-    a, b = t["data_offsets"]
-    raw = data[8 + n + a:8 + n + b]
-    if t["dtype"] == "BF16":
-        w = (raw.view(np.uint16).astype(np.uint32) << 16).view(np.float32).reshape(t["shape"])
-    else:
-        w = raw.view({"F32": np.float32, "F16": np.float16}[t["dtype"]]).astype(np.float32).reshape(t["shape"])
-    if w.ndim != 2:
-        result[name] = w
-        continue
-    if kind == "int8":
-        scale = np.abs(w).max(axis=1, keepdims=True) / 127
-        scale[scale == 0] = 1
-        result[name] = np.clip(np.rint(w / scale), -127, 127).astype(np.int8)
-        result[name.replace(".weight", ".weight_scale")] = scale.astype(np.float32)
-    else:
-        magnitude = np.abs(w)
-        cut = np.partition(magnitude.ravel(), magnitude.size // 2)[magnitude.size // 2]
-        w = np.where(magnitude < cut, 0, w).astype(np.float32)
-        if t["dtype"] == "BF16":
-            bits = w.view(np.uint32)
-            w = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
-        result[name] = w
-save_file(result, out)
-'''
+def raw_tensors(path):
+    """Each tensor of a safetensors file: its name, header entry and raw bytes (read by hand,
+    as numpy has no BF16)."""
+    import numpy as np
+    data = np.memmap(path, dtype=np.uint8, mode="r")
+    n = int.from_bytes(data[:8].tobytes(), "little")
+    header = json.loads(data[8:8 + n].tobytes())
+    header.pop("__metadata__", None)
+    for name, t in header.items():
+        a, b = t["data_offsets"]
+        yield name, t, data[8 + n + a:8 + n + b]
 
 
-# The gguf-py peer: every weight matrix quantized by gguf.quants in numpy (vectors stay F32),
-# written with gguf.GGUFWriter; names as they are (no rules, no mixes: the plainest use).
-GGUF_PY_PEER = r'''
-import json, sys
-import numpy as np
-import gguf
-from gguf import quants
-src, kind, out = sys.argv[1:]
-kind = gguf.GGMLQuantizationType[kind]
-data = np.memmap(src, dtype=np.uint8, mode="r")
-n = int.from_bytes(data[:8].tobytes(), "little")
-header = json.loads(data[8:8 + n].tobytes())
-header.pop("__metadata__", None)
-writer = gguf.GGUFWriter(out, "llama")
-for name, t in header.items():
-    a, b = t["data_offsets"]
-    raw = data[8 + n + a:8 + n + b]
+def as_f32(t, raw):
+    """A tensor's raw bytes as f32 values in its shape."""
+    import numpy as np
     if t["dtype"] == "BF16":
-        w = (raw.view(np.uint16).astype(np.uint32) << 16).view(np.float32).reshape(t["shape"])
+        w = (raw.view(np.uint16).astype(np.uint32) << 16).view(np.float32)
     else:
-        w = raw.view({"F32": np.float32, "F16": np.float16}[t["dtype"]]).astype(np.float32).reshape(t["shape"])
-    if w.ndim == 2 and w.shape[1] % 32 == 0:
-        writer.add_tensor(name, quants.quantize(w, kind), raw_dtype=kind)
-    else:
-        writer.add_tensor(name, w)
-writer.write_header_to_file()
-writer.write_kv_data_to_file()
-writer.write_tensors_to_file()
-writer.close()
+        w = raw.view({"F32": np.float32, "F16": np.float16}[t["dtype"]]).astype(np.float32)
+    return w.reshape(t["shape"])
+
+
+# The peers: what a user writes in twenty lines when no tool does the job. `int8` and
+# `prune-50` in numpy + safetensors; a GGUF type name with gguf-py, every weight matrix
+# quantized by gguf.quants (vectors stay F32), names as they are (no rules, no mixes: the
+# plainest use).
+PEERS = """import json, sys
+import numpy as np
+""" + inspect.getsource(raw_tensors) + inspect.getsource(as_f32) + r'''
+src, kind, out = sys.argv[1:]
+if kind in ("int8", "prune-50"):
+    from safetensors.numpy import save_file
+    result = {}
+    for name, t, raw in raw_tensors(src):
+        w = as_f32(t, raw)
+        if w.ndim != 2:
+            result[name] = w
+        elif kind == "int8":
+            scale = np.abs(w).max(axis=1, keepdims=True) / 127
+            scale[scale == 0] = 1
+            result[name] = np.clip(np.rint(w / scale), -127, 127).astype(np.int8)
+            result[name.replace(".weight", ".weight_scale")] = scale.astype(np.float32)
+        else:
+            magnitude = np.abs(w)
+            cut = np.partition(magnitude.ravel(), magnitude.size // 2)[magnitude.size // 2]
+            w = np.where(magnitude < cut, 0, w).astype(np.float32)
+            if t["dtype"] == "BF16":
+                bits = w.view(np.uint32)
+                w = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
+            result[name] = w
+    save_file(result, out)
+else:
+    import gguf
+    from gguf import quants
+    kind = gguf.GGMLQuantizationType[kind]
+    writer = gguf.GGUFWriter(out, "llama")
+    for name, t, raw in raw_tensors(src):
+        w = as_f32(t, raw)
+        if w.ndim == 2 and w.shape[1] % 32 == 0:
+            writer.add_tensor(name, quants.quantize(w, kind), raw_dtype=kind)
+        else:
+            writer.add_tensor(name, w)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
 '''
 
 
@@ -265,10 +259,8 @@ def main():
     if have_llama and not gguf_input.exists():
         print(f"making {gguf_input} ...", file=sys.stderr)
         subprocess.run([sys.executable, __file__, "--make-gguf", model, gguf_input], check=True)
-    numpy_peer = args.work / "numpy_peer.py"
-    numpy_peer.write_text(NUMPY_PEER)
-    gguf_py_peer = args.work / "gguf_py_peer.py"
-    gguf_py_peer.write_text(GGUF_PY_PEER)
+    peers = args.work / "peers.py"
+    peers.write_text(PEERS)
 
     tasks = [("copy", "cp", [["cp", *weights, args.work / "copy"]])]
     for k in kernels:
@@ -281,10 +273,10 @@ def main():
             tasks.append((k, "llama-quantize", [[quantize, gguf_input, args.work / f"llama-{k}.gguf",
                                                  GGUF_KERNELS[k], str(args.threads)]]))
         if k in GGUF_PY_KERNELS and len(weights) == 1:
-            tasks.append((k, "gguf-py", [[sys.executable, gguf_py_peer, weights[0], GGUF_PY_KERNELS[k],
+            tasks.append((k, "gguf-py", [[sys.executable, peers, weights[0], GGUF_PY_KERNELS[k],
                                           args.work / f"ggufpy-{k}.gguf"]]))
         if k in NUMPY_KERNELS and len(weights) == 1:
-            tasks.append((k, "numpy", [[sys.executable, numpy_peer, weights[0], k,
+            tasks.append((k, "numpy", [[sys.executable, peers, weights[0], k,
                                         args.work / f"numpy-{k}.safetensors"]]))
 
     def clear_outputs():
