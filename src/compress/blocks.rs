@@ -349,19 +349,36 @@ impl BlockStep {
         }
     }
 
+    /// The step as the block stores it (an f16, widened).
+    #[inline(always)]
+    pub(crate) fn stored(self) -> f32 {
+        self.stored
+    }
+
     /// What a Q8_0 block with this step decodes `x` to.
     #[inline(always)]
     pub(crate) fn q8_0_value(self, x: f32) -> f32 {
-        round_half_away(x * self.inverse) * self.stored
+        self.q8_0_code(x) * self.stored
+    }
+
+    /// `x`'s Q8_0 code, -127..=127 (as a float).
+    #[inline(always)]
+    pub(crate) fn q8_0_code(self, x: f32) -> f32 {
+        round_half_away(x * self.inverse)
     }
 
     /// What a Q4_0 block with this step decodes `x` to.
     #[inline(always)]
     pub(crate) fn q4_0_value(self, x: f32) -> f32 {
+        (self.q4_0_code(x) - 8.0) * self.stored
+    }
+
+    /// `x`'s Q4_0 level, 0..=15 (as a float).
+    #[inline(always)]
+    pub(crate) fn q4_0_code(self, x: f32) -> f32 {
         // The shifted value lies in [0.5, 16.5]: truncation is the reference's integer cast.
         let q = (x * self.inverse + 8.5).trunc();
-        let q = if q > 15.0 { 15.0 } else { q };
-        (q - 8.0) * self.stored
+        if q > 15.0 { 15.0 } else { q }
     }
 }
 

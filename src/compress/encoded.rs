@@ -323,6 +323,40 @@ impl Assembly {
     }
 }
 
+impl Assembly {
+    /// The tensor's stored form from a one-pass kernel's codes (one byte per value, or whole
+    /// GGUF blocks) and its groups' parameters (`fused::CodesOut::groups`).
+    pub(crate) fn assemble_codes(self, codes: Vec<u8>, groups: Vec<[f32; 2]>) -> Encoded {
+        match self {
+            Assembly::Int { scheme, tensor } => Encoded::Int {
+                scheme,
+                codes: codes.into_iter().map(|b| b as i8).collect(),
+                params: tensor.map_or_else(
+                    || {
+                        groups
+                            .iter()
+                            .map(|&[scale, zero_point]| QParams {
+                                scale,
+                                zero_point: zero_point as i32,
+                            })
+                            .collect()
+                    },
+                    |p| vec![p],
+                ),
+            },
+            Assembly::Fp8 { tensor } => Encoded::Fp8 {
+                codes,
+                scales: tensor.map_or_else(|| groups.iter().map(|g| g[0]).collect(), |s| vec![s]),
+            },
+            Assembly::Gguf(kind) => Encoded::Gguf {
+                kind,
+                blocks: codes,
+            },
+            _ => unreachable!("one-pass kernels store integer, FP8 and GGUF codes only"),
+        }
+    }
+}
+
 /// The parameter of value `i` when each covers `per` consecutive values (or one covers all).
 fn shared<T: Copy>(params: &[T], i: usize, per: usize) -> T {
     if params.len() == 1 {

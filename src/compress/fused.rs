@@ -75,6 +75,15 @@ impl OnePass {
         (group.is_multiple_of(BLOCK) && cols.is_multiple_of(group)).then_some(kernel)
     }
 
+    /// The GGUF block type the kernel writes, if it writes one.
+    pub(crate) fn block_type(&self) -> Option<BlockType> {
+        match self {
+            OnePass::Q8_0 => Some(BlockType::Q8_0),
+            OnePass::Q4_0 => Some(BlockType::Q4_0),
+            OnePass::Int { .. } | OnePass::Fp8 { .. } => None,
+        }
+    }
+
     /// Values that share parameters.
     fn group_len(&self, cols: usize) -> usize {
         match self {
@@ -88,60 +97,162 @@ impl OnePass {
     }
 
     /// Transforms whole rows of `input` (rows of `cols` values in `dtype`) into `out` and
-    /// returns the metric sums.
-    pub(crate) fn run(self, dtype: Dtype, cols: usize, input: &[u8], out: &mut [u8]) -> Sums {
+    /// returns the metric sums; with `codes`, also writes the stored form there.
+    pub(crate) fn run(
+        self,
+        dtype: Dtype,
+        cols: usize,
+        input: &[u8],
+        out: &mut [u8],
+        codes: Option<&mut CodesOut>,
+    ) -> Sums {
         let group = self.group_len(cols);
         #[cfg(target_arch = "x86_64")]
         if simd::level() >= simd::Level::Avx2 {
+            let bf16 = dtype == Dtype::BF16;
             // SAFETY: `level` is Avx2 or above only when the CPU has AVX2, FMA and F16C.
-            return unsafe { self.run_avx2(dtype == Dtype::BF16, group, input, out) };
+            return unsafe {
+                match codes {
+                    Some(codes) => self.run_avx2::<true>(bf16, group, input, out, codes),
+                    None => self.run_avx2::<false>(bf16, group, input, out, &mut CodesOut::none()),
+                }
+            };
         }
-        self.run_portable(dtype, group, input, out)
+        self.run_portable(dtype, group, input, out, codes)
     }
 
-    /// [`OnePass::run`] by the AVX2 kernels, on BF16 or else F32 input.
+    /// [`OnePass::run`] by the AVX2 kernels, on BF16 or else F32 input, writing `codes` when
+    /// `EMIT`.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma,f16c")]
-    fn run_avx2(self, bf16: bool, group: usize, input: &[u8], out: &mut [u8]) -> Sums {
+    fn run_avx2<const EMIT: bool>(
+        self,
+        bf16: bool,
+        group: usize,
+        input: &[u8],
+        out: &mut [u8],
+        codes: &mut CodesOut,
+    ) -> Sums {
+        use avx2::{fp8_groups, int_groups, q4_0_groups, q8_0_groups};
         match (self, bf16) {
             (OnePass::Int { scheme, tensor }, true) => {
-                avx2::int_groups::<true>(IntRule::new(scheme, tensor), group, input, out)
+                let rule = IntRule::new(scheme, tensor);
+                int_groups::<true, EMIT>(rule, group, input, out, codes)
             }
             (OnePass::Int { scheme, tensor }, false) => {
-                avx2::int_groups::<false>(IntRule::new(scheme, tensor), group, input, out)
+                let rule = IntRule::new(scheme, tensor);
+                int_groups::<false, EMIT>(rule, group, input, out, codes)
             }
             (OnePass::Fp8 { tensor_scale }, true) => {
-                avx2::fp8_groups::<true>(Fp8Rule { tensor_scale }, group, input, out)
+                fp8_groups::<true, EMIT>(Fp8Rule { tensor_scale }, group, input, out, codes)
             }
             (OnePass::Fp8 { tensor_scale }, false) => {
-                avx2::fp8_groups::<false>(Fp8Rule { tensor_scale }, group, input, out)
+                fp8_groups::<false, EMIT>(Fp8Rule { tensor_scale }, group, input, out, codes)
             }
-            (OnePass::Q8_0, true) => avx2::q8_0_groups::<true>(input, out),
-            (OnePass::Q8_0, false) => avx2::q8_0_groups::<false>(input, out),
-            (OnePass::Q4_0, true) => avx2::q4_0_groups::<true>(input, out),
-            (OnePass::Q4_0, false) => avx2::q4_0_groups::<false>(input, out),
+            (OnePass::Q8_0, true) => q8_0_groups::<true, EMIT>(input, out, codes),
+            (OnePass::Q8_0, false) => q8_0_groups::<false, EMIT>(input, out, codes),
+            (OnePass::Q4_0, true) => q4_0_groups::<true, EMIT>(input, out, codes),
+            (OnePass::Q4_0, false) => q4_0_groups::<false, EMIT>(input, out, codes),
         }
     }
 
     /// [`OnePass::run`] by the portable loops only (the hand-written kernels' scalar twin).
-    fn run_portable(self, dtype: Dtype, group: usize, input: &[u8], out: &mut [u8]) -> Sums {
+    fn run_portable(
+        self,
+        dtype: Dtype,
+        group: usize,
+        input: &[u8],
+        out: &mut [u8],
+        codes: Option<&mut CodesOut>,
+    ) -> Sums {
         match dtype {
-            Dtype::BF16 => run_bf16(self, group, input, out),
-            Dtype::F32 => run_f32(self, group, input, out),
+            Dtype::BF16 => run_bf16(self, group, input, out, codes),
+            Dtype::F32 => run_f32(self, group, input, out, codes),
             _ => unreachable!("one-pass kernels are chosen for BF16 and F32 only"),
         }
     }
 }
 
-multiversion! {
-    fn run_bf16(kernel: OnePass, group: usize, input: &[u8], out: &mut [u8]) -> Sums {
-        run_stored::<Bf16>(kernel, group, input, out)
+/// The stored form a one-pass kernel writes beside the dense values, for the formats that keep
+/// codes rather than values.
+#[derive(Debug, Default)]
+pub(crate) struct CodesOut<'a> {
+    /// One byte per value, in value order: integer codes in two's complement (so 8-bit
+    /// unsigned ones as they are), E4M3 bytes, Q8_0's signed codes, Q4_0's levels 0–15 (packed
+    /// into blocks by [`pack_blocks`]).
+    pub(crate) codes: &'a mut [u8],
+    /// Per group, in order: the integer (scale, zero-point), FP8's (scale, 0), or a GGUF
+    /// block's (step as stored, 0). Pushed for per-tensor parameters too.
+    pub(crate) groups: Vec<[f32; 2]>,
+}
+
+impl CodesOut<'_> {
+    /// Nowhere to write (the kernels then skip the codes).
+    fn none() -> CodesOut<'static> {
+        CodesOut::default()
+    }
+}
+
+/// GGUF blocks of `kind` (Q8_0 or Q4_0) from a kernel's codes and steps.
+pub(crate) fn pack_blocks(kind: BlockType, codes: &[u8], steps: &[[f32; 2]], out: &mut [u8]) {
+    match kind {
+        BlockType::Q8_0 => q8_0_blocks(codes, steps, out),
+        BlockType::Q4_0 => q4_0_blocks(codes, steps, out),
+        _ => unreachable!("one-pass kernels are Q8_0 and Q4_0 among the block types"),
+    }
+}
+
+/// Q8_0 blocks (an f16 step, then 32 signed codes) from a kernel's codes and steps.
+fn q8_0_blocks(codes: &[u8], steps: &[[f32; 2]], out: &mut [u8]) {
+    let block_bytes = BlockType::Q8_0.block_bytes();
+    for ((block, codes), step) in out
+        .chunks_exact_mut(block_bytes)
+        .zip(codes.chunks_exact(blocks::BLOCK))
+        .zip(steps)
+    {
+        block[..2].copy_from_slice(&half::f16::from_f32(step[0]).to_bits().to_le_bytes());
+        block[2..].copy_from_slice(codes);
+    }
+}
+
+/// Q4_0 blocks (an f16 step, then 16 bytes whose low nibble is code j and high nibble code
+/// j + 16) from a kernel's levels and steps.
+fn q4_0_blocks(codes: &[u8], steps: &[[f32; 2]], out: &mut [u8]) {
+    let block_bytes = BlockType::Q4_0.block_bytes();
+    let half_block = blocks::BLOCK / 2;
+    for ((block, codes), step) in out
+        .chunks_exact_mut(block_bytes)
+        .zip(codes.chunks_exact(blocks::BLOCK))
+        .zip(steps)
+    {
+        block[..2].copy_from_slice(&half::f16::from_f32(step[0]).to_bits().to_le_bytes());
+        for j in 0..half_block {
+            block[2 + j] = codes[j] | (codes[j + half_block] << 4);
+        }
     }
 }
 
 multiversion! {
-    fn run_f32(kernel: OnePass, group: usize, input: &[u8], out: &mut [u8]) -> Sums {
-        run_stored::<F32>(kernel, group, input, out)
+    fn run_bf16(
+        kernel: OnePass,
+        group: usize,
+        input: &[u8],
+        out: &mut [u8],
+        codes: Option<&mut CodesOut>,
+    ) -> Sums {
+        run_stored::<Bf16>(kernel, group, input, out, codes)
+    }
+}
+
+multiversion! {
+    fn run_f32(
+        kernel: OnePass,
+        group: usize,
+        input: &[u8],
+        out: &mut [u8],
+        codes: Option<&mut CodesOut>,
+    ) -> Sums {
+        run_stored::<F32>(kernel, group, input, out, codes)
     }
 }
 
@@ -149,16 +260,22 @@ multiversion! {
 /// functions (plain functions and trait methods, all inlined: a closure here would stay out of
 /// line, compiled for the baseline target).
 #[inline(always)]
-fn run_stored<C: Codec>(kernel: OnePass, group: usize, input: &[u8], out: &mut [u8]) -> Sums {
+fn run_stored<C: Codec>(
+    kernel: OnePass,
+    group: usize,
+    input: &[u8],
+    out: &mut [u8],
+    codes: Option<&mut CodesOut>,
+) -> Sums {
     match kernel {
         OnePass::Int { scheme, tensor } => {
-            each_group::<C>(group, input, out, IntRule::new(scheme, tensor))
+            each_group::<C>(group, input, out, IntRule::new(scheme, tensor), codes)
         }
         OnePass::Fp8 { tensor_scale } => {
-            each_group::<C>(group, input, out, Fp8Rule { tensor_scale })
+            each_group::<C>(group, input, out, Fp8Rule { tensor_scale }, codes)
         }
-        OnePass::Q8_0 => each_group::<C>(group, input, out, Q8Rule),
-        OnePass::Q4_0 => each_group::<C>(group, input, out, Q4Rule),
+        OnePass::Q8_0 => each_group::<C>(group, input, out, Q8Rule, codes),
+        OnePass::Q4_0 => each_group::<C>(group, input, out, Q4Rule, codes),
     }
 }
 
@@ -177,6 +294,12 @@ trait Rule: Copy {
 
     /// What `x` becomes.
     fn value(self, p: Self::Params, x: f32) -> f32;
+
+    /// The byte stored for `x` (see [`CodesOut::codes`]).
+    fn code(self, p: Self::Params, x: f32) -> u8;
+
+    /// The group's parameters as [`CodesOut::groups`] holds them.
+    fn stored_params(self, p: Self::Params) -> [f32; 2];
 
     /// What each of `x` becomes.
     #[inline(always)]
@@ -249,6 +372,16 @@ impl Rule for IntRule {
         quantize::fake_value(x, p.scale, p.zero_point, self.qmin, self.qmax)
     }
 
+    #[inline(always)]
+    fn code(self, p: IntParams, x: f32) -> u8 {
+        quantize::code(x, p.scale, p.zero_point, self.qmin, self.qmax) as i32 as u8
+    }
+
+    #[inline(always)]
+    fn stored_params(self, p: IntParams) -> [f32; 2] {
+        [p.scale, p.zero_point]
+    }
+
     /// The codes by multiplying with the reciprocal (a vector division costs several
     /// multiplications), falling back to the division for the whole block when any code lands
     /// near a tie, where the two could round apart; so the values are exactly the division's.
@@ -296,6 +429,16 @@ impl Rule for Fp8Rule {
     fn value(self, scale: f32, x: f32) -> f32 {
         fp8::fake_value(x, scale)
     }
+
+    #[inline(always)]
+    fn code(self, scale: f32, x: f32) -> u8 {
+        fp8::code(x, scale)
+    }
+
+    #[inline(always)]
+    fn stored_params(self, scale: f32) -> [f32; 2] {
+        [scale, 0.0]
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -313,6 +456,16 @@ impl Rule for Q8Rule {
     fn value(self, step: BlockStep, x: f32) -> f32 {
         step.q8_0_value(x)
     }
+
+    #[inline(always)]
+    fn code(self, step: BlockStep, x: f32) -> u8 {
+        step.q8_0_code(x) as i32 as u8
+    }
+
+    #[inline(always)]
+    fn stored_params(self, step: BlockStep) -> [f32; 2] {
+        [step.stored(), 0.0]
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -329,6 +482,16 @@ impl Rule for Q4Rule {
     #[inline(always)]
     fn value(self, step: BlockStep, x: f32) -> f32 {
         step.q4_0_value(x)
+    }
+
+    #[inline(always)]
+    fn code(self, step: BlockStep, x: f32) -> u8 {
+        step.q4_0_code(x) as u8
+    }
+
+    #[inline(always)]
+    fn stored_params(self, step: BlockStep) -> [f32; 2] {
+        [step.stored(), 0.0]
     }
 }
 
@@ -348,12 +511,19 @@ fn q4_0_signed_absmax<C: Codec>(lo: f32, hi: f32, bytes: &[u8]) -> f32 {
 /// For each group of `group` values stored in `C`: its parameters, then each value through the
 /// rule, stored, and measured against the original.
 #[inline(always)]
-fn each_group<C: Codec>(group: usize, input: &[u8], out: &mut [u8], rule: impl Rule) -> Sums {
+fn each_group<C: Codec>(
+    group: usize,
+    input: &[u8],
+    out: &mut [u8],
+    rule: impl Rule,
+    mut codes: Option<&mut CodesOut>,
+) -> Sums {
     let (width, group_bytes) = (C::WIDTH, group * C::WIDTH);
     let mut lanes = Lanes::default();
-    for (group_in, group_out) in input
+    for (g, (group_in, group_out)) in input
         .chunks_exact(group_bytes)
         .zip(out.chunks_exact_mut(group_bytes))
+        .enumerate()
     {
         let (lo, hi) = if rule.needs_range() {
             min_max_stored(group_in, width, C::read)
@@ -361,13 +531,23 @@ fn each_group<C: Codec>(group: usize, input: &[u8], out: &mut [u8], rule: impl R
             (0.0, 0.0)
         };
         let p = rule.params::<C>(lo, hi, group_in);
-        for (inp, o) in group_in
+        if let Some(codes) = codes.as_deref_mut() {
+            codes.groups.push(rule.stored_params(p));
+        }
+        for (b, (inp, o)) in group_in
             .chunks_exact(width * BLOCK)
             .zip(group_out.chunks_exact_mut(width * BLOCK))
+            .enumerate()
         {
             let mut original = [0f32; BLOCK];
             for i in 0..BLOCK {
                 original[i] = C::read(&inp[width * i..]);
+            }
+            if let Some(codes) = codes.as_deref_mut() {
+                let first = g * group + b * BLOCK;
+                for (c, &x) in codes.codes[first..first + BLOCK].iter_mut().zip(&original) {
+                    *c = rule.code(p, x);
+                }
             }
             let mut stored = [0f32; BLOCK];
             rule.values(p, &original, &mut stored);
@@ -433,11 +613,31 @@ mod tests {
                     .expect("a one-pass kernel");
                 let mut dispatched = vec![0u8; input.len()];
                 let mut portable = vec![0u8; input.len()];
-                let a = kernel.run(dtype, cols, input, &mut dispatched);
-                let b = kernel.run_portable(dtype, kernel.group_len(cols), input, &mut portable);
+                let a = kernel.run(dtype, cols, input, &mut dispatched, None);
+                let group = kernel.group_len(cols);
+                let b = kernel.run_portable(dtype, group, input, &mut portable, None);
                 let name = format!("{dtype} {step:?}");
                 assert!(dispatched == portable, "{name}: bytes differ");
                 assert_eq!(a, b, "{name}: sums differ");
+                // With codes: the same values and sums, and the same codes and parameters.
+                let (mut codes_a, mut codes_b) = (vec![0u8; rows * cols], vec![0u8; rows * cols]);
+                let mut out_a = CodesOut {
+                    codes: &mut codes_a,
+                    groups: Vec::new(),
+                };
+                let mut out_b = CodesOut {
+                    codes: &mut codes_b,
+                    groups: Vec::new(),
+                };
+                let c = kernel.run(dtype, cols, input, &mut dispatched, Some(&mut out_a));
+                let d = kernel.run_portable(dtype, group, input, &mut portable, Some(&mut out_b));
+                assert!(dispatched == portable, "{name}: bytes differ with codes");
+                assert_eq!((a, b), (c, d), "{name}: sums differ with codes");
+                assert_eq!(out_a.groups.len(), rows * cols / group, "{name}");
+                let groups_a: Vec<_> = out_a.groups.iter().map(|g| g.map(f32::to_bits)).collect();
+                let groups_b: Vec<_> = out_b.groups.iter().map(|g| g.map(f32::to_bits)).collect();
+                assert_eq!(groups_a, groups_b, "{name}: parameters differ");
+                assert!(codes_a == codes_b, "{name}: codes differ");
             }
         }
     }

@@ -3,6 +3,7 @@
 //! a plain f64 scalar reference or the defining property of the method. Longer than other
 //! files because it is a table of cases, one short test per step, read one at a time.
 
+use crate::compress::encoded::Encoded;
 use crate::compress::prune::Norm;
 use crate::compress::quantize::{Granularity, IntScheme, ScaleDtype};
 use crate::compress::step::Step;
@@ -746,6 +747,22 @@ fn one_pass_kernels_equal_the_general_path_bit_for_bit() {
                 let general = tensor::transform_general(&view, &[step]).expect(&name);
                 assert!(one_pass.0 == general.0, "{name}: bytes differ");
                 assert_eq!(one_pass.1, general.1, "{name}: metrics differ");
+                // The stored forms too: the kernels' codes and parameters are the general
+                // encoders' exactly (compared as bits, so a -0 code byte would show).
+                let mut out = vec![0u8; bytes.len()];
+                let (fidelity, codes) =
+                    tensor::transform_encoded(&view, &[step], &Cancel::new(), &mut out)
+                        .expect(&name);
+                let (dense, general_fidelity, general_codes) =
+                    tensor::transform_encoded_general(&view, &[step]).expect(&name);
+                assert!(out == dense, "{name}: encoded dense bytes differ");
+                assert_eq!(fidelity, general_fidelity, "{name}: encoded metrics differ");
+                assert_eq!(
+                    format!("{codes:?}"),
+                    format!("{general_codes:?}"),
+                    "{name}: stored forms differ"
+                );
+                assert!(!matches!(codes, Encoded::Dense), "{name}: no stored form");
             }
         }
     }

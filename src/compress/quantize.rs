@@ -200,11 +200,17 @@ multiversion! {
 /// dequantized.
 #[inline(always)]
 pub(crate) fn fake_value(x: f32, scale: f32, zero_point: f32, qmin: f32, qmax: f32) -> f32 {
+    (code(x, scale, zero_point, qmin, qmax) - zero_point) * scale
+}
+
+/// The integer code of `x` (as a float: it is whole and within `qmin..=qmax`).
+#[inline(always)]
+pub(crate) fn code(x: f32, scale: f32, zero_point: f32, qmin: f32, qmax: f32) -> f32 {
     // Selects rather than `clamp` keep the loop branch-free for the vectoriser.
     let x = x / scale + zero_point;
     let x = if x < qmin { qmin } else { x };
     let x = if x > qmax { qmax } else { x };
-    (x.round_ties_even() - zero_point) * scale
+    x.round_ties_even()
 }
 
 multiversion! {

@@ -15,7 +15,7 @@ use rayon::prelude::*;
 use crate::compress::blocks::{self};
 use crate::compress::cluster::{self, Codebook};
 use crate::compress::encoded::{self, Assembly, Encoded, Piece};
-use crate::compress::fused::OnePass;
+use crate::compress::fused::{self, CodesOut, OnePass};
 use crate::compress::lowrank::{self, Factors, LowRankError};
 use crate::compress::measure::{self, Sums, store_and_measure};
 use crate::compress::prune::{self, GlobalCut, GlobalPass, MagnitudeCut, prune_count};
@@ -556,8 +556,125 @@ enum Path {
     /// The general path only.
     #[cfg(test)]
     General,
-    /// The general path, keeping the last step's codes.
+    /// The one-pass kernels where they apply, or else the general path, keeping the last
+    /// step's codes.
     Encoding,
+    /// The general path only, keeping the last step's codes.
+    #[cfg(test)]
+    EncodingGeneral,
+}
+
+impl Path {
+    fn keeps_codes(self) -> bool {
+        match self {
+            Path::Encoding => true,
+            #[cfg(test)]
+            Path::EncodingGeneral => true,
+            _ => false,
+        }
+    }
+}
+
+/// Refuses a result whose sums show non-finite inputs or unrepresentable outputs.
+fn check_sums(sums: &Sums) -> Result<(), TransformError> {
+    if sums.non_finite > 0 {
+        return Err(TransformError::NonFinite {
+            count: sums.non_finite,
+        });
+    }
+    if sums.unrepresentable > 0 {
+        return Err(TransformError::OutOfRange {
+            count: sums.unrepresentable,
+        });
+    }
+    Ok(())
+}
+
+thread_local! {
+    /// Per-thread codes of one chunk, before they are packed into GGUF blocks.
+    static CHUNK_CODES: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// What [`one_pass_encoded`] gives: the metric sums, the codes, the groups' parameters.
+type KernelOutput = (Sums, Vec<u8>, Vec<[f32; 2]>);
+
+/// Chunks through a one-pass kernel that also writes the stored form: the dense values into
+/// `out`, and returns the metric sums, the codes (one byte per value, or whole GGUF blocks)
+/// and each group's parameters (none for GGUF, whose blocks hold them).
+fn one_pass_encoded(
+    view: &TensorView,
+    layout: &ChunkLayout,
+    kernel: OnePass,
+    cancel: &Cancel,
+    out: &mut [u8],
+) -> Result<KernelOutput, Canceled> {
+    let chunk_values = layout.rows_per_chunk * layout.cols;
+    let total = layout.rows * layout.cols;
+    let block = kernel.block_type();
+    let stored_len = |values: usize| match block {
+        Some(kind) => values / kind.block_len() * kind.block_bytes(),
+        None => values,
+    };
+    let mut stored = vec![0u8; stored_len(total)];
+    let chunks: Vec<(Sums, Vec<[f32; 2]>)> = out
+        .par_chunks_mut((chunk_values * layout.width).max(1))
+        .zip(stored.par_chunks_mut(stored_len(chunk_values).max(1)))
+        .enumerate()
+        .map(|(c, (out_chunk, stored_chunk))| {
+            cancel.check()?;
+            let range = layout.chunk_values(c);
+            let input = &view.bytes[range.start * layout.width..range.end * layout.width];
+            let (sums, groups) = match block {
+                None => {
+                    let mut codes = CodesOut {
+                        codes: stored_chunk,
+                        groups: Vec::new(),
+                    };
+                    let sums =
+                        kernel.run(view.dtype, layout.cols, input, out_chunk, Some(&mut codes));
+                    (sums, codes.groups)
+                }
+                Some(kind) => CHUNK_CODES.with_borrow_mut(|scratch| {
+                    scratch.resize(range.len(), 0);
+                    let mut codes = CodesOut {
+                        codes: &mut scratch[..],
+                        groups: Vec::new(),
+                    };
+                    let sums =
+                        kernel.run(view.dtype, layout.cols, input, out_chunk, Some(&mut codes));
+                    let steps = codes.groups;
+                    fused::pack_blocks(kind, scratch, &steps, stored_chunk);
+                    (sums, Vec::new())
+                }),
+            };
+            let sums = if sums.overflowed() {
+                measure::settle_overflow(view.dtype, input, out_chunk)
+            } else {
+                sums
+            };
+            Ok((sums, groups))
+        })
+        .collect::<Result<_, Canceled>>()?;
+    let mut sums = Sums::default();
+    let mut groups = Vec::new();
+    for (s, g) in chunks {
+        sums = sums.merge(s);
+        groups.extend(g);
+    }
+    Ok((sums, stored, groups))
+}
+
+/// [`transform_encoded`] on the general path only (never the one-pass kernels), for tests
+/// that compare the two.
+#[cfg(test)]
+pub(crate) fn transform_encoded_general(
+    view: &TensorView,
+    steps: &[Step],
+) -> Result<(Vec<u8>, Fidelity, Encoded), TransformError> {
+    let mut out = vec![0u8; view.bytes.len()];
+    let (fidelity, encoded) =
+        transform_choosing(view, steps, &Cancel::new(), &mut out, Path::EncodingGeneral)?;
+    Ok((out, fidelity, encoded.unwrap_or(Encoded::Dense)))
 }
 
 /// [`transform`] on the general path only (never the one-pass kernels), for tests that
@@ -702,14 +819,24 @@ fn transform_choosing(
         _ => None,
     });
     let one_pass = match path {
-        Path::Fastest => {
+        Path::Fastest | Path::Encoding => {
             OnePass::for_steps(steps, view.dtype, layout.cols, tensor_params, tensor_scale)
         }
-        _ => None,
+        #[cfg(test)]
+        Path::General | Path::EncodingGeneral => None,
     };
     let encoded_step = steps
         .last()
-        .filter(|s| path == Path::Encoding && s.has_stored_form());
+        .filter(|s| path.keeps_codes() && s.has_stored_form());
+    if let (Some(kernel), Some(step)) = (one_pass, encoded_step) {
+        let (sums, codes, groups) = one_pass_encoded(view, &layout, kernel, cancel, out)?;
+        check_sums(&sums)?;
+        let assembly = assembly(Some(step), globals.pop());
+        return Ok((
+            Fidelity::from_sums(sums),
+            Some(assembly.assemble_codes(codes, groups)),
+        ));
+    }
     let plain = steps.len() - usize::from(encoded_step.is_some());
     let chunks: Vec<(Sums, Option<Piece>)> = out
         .par_chunks_mut(chunk_bytes.max(1))
@@ -727,7 +854,7 @@ fn transform_choosing(
                     }
                 };
                 if let Some(kernel) = one_pass {
-                    let sums = kernel.run(view.dtype, layout.cols, input, out_chunk);
+                    let sums = kernel.run(view.dtype, layout.cols, input, out_chunk, None);
                     return Ok((settled(sums, out_chunk), None));
                 }
                 Ok(BUFFERS.with_borrow_mut(|(original, values)| {
@@ -749,17 +876,8 @@ fn transform_choosing(
         sums = sums.merge(s);
         pieces.extend(piece);
     }
-    if sums.non_finite > 0 {
-        return Err(TransformError::NonFinite {
-            count: sums.non_finite,
-        });
-    }
-    if sums.unrepresentable > 0 {
-        return Err(TransformError::OutOfRange {
-            count: sums.unrepresentable,
-        });
-    }
-    let encoded = (path == Path::Encoding).then(|| {
+    check_sums(&sums)?;
+    let encoded = path.keeps_codes().then(|| {
         let global = encoded_step.and_then(|_| globals.pop());
         assembly(encoded_step, global).assemble(pieces)
     });

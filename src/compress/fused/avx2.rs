@@ -9,7 +9,7 @@
 
 use std::arch::x86_64::*;
 
-use super::{Fp8Rule, IntParams, IntRule, Rule, q4_0_signed_absmax};
+use super::{CodesOut, Fp8Rule, IntParams, IntRule, Rule, q4_0_signed_absmax};
 use crate::compress::blocks;
 use crate::compress::fp8::E4M3_MAX;
 use crate::compress::measure::{Bf16, Codec, F32, LANES, Lanes, Sums};
@@ -21,31 +21,42 @@ const fn width<const BF16: bool>() -> usize {
 }
 
 /// Each group of `group` values, stored as BF16 when `BF16` is true and as F32 otherwise:
-/// its parameters from `params` (given the group's bytes), then each eight values through
-/// `values`, rounded to the dtype, stored and measured.
+/// its parameters from `params` (given the group's bytes; with `EMIT`, recorded in `codes` as
+/// `stored` gives them), then each eight values through `values`, which gives what they become
+/// and their codes (whole numbers in i32 lanes, whose low bytes are stored when `EMIT`),
+/// rounded to the dtype, stored and measured.
 #[inline]
 #[target_feature(enable = "avx2,fma")]
-fn each_group<const BF16: bool, P>(
+fn each_group<const BF16: bool, const EMIT: bool, P>(
     group: usize,
     input: &[u8],
     out: &mut [u8],
+    codes: &mut CodesOut,
     params: impl Fn(&[u8]) -> P,
-    values: impl Fn(&P, __m256) -> __m256,
+    stored: impl Fn(&P) -> [f32; 2],
+    values: impl Fn(&P, __m256) -> (__m256, __m256i),
 ) -> Sums {
     let width = width::<BF16>();
     let group_bytes = group * width;
     let mut sums = Accumulators::new();
+    let mut code_bytes = codes.codes.chunks_exact_mut(LANES);
     for (group_in, group_out) in input
         .chunks_exact(group_bytes)
         .zip(out.chunks_exact_mut(group_bytes))
     {
         let p = params(group_in);
+        if EMIT {
+            codes.groups.push(stored(&p));
+        }
         for (inp, o) in group_in
             .chunks_exact(width * LANES)
             .zip(group_out.chunks_exact_mut(width * LANES))
         {
             let x = load::<BF16>(inp);
-            let y = values(&p, x);
+            let (y, code) = values(&p, x);
+            if EMIT {
+                store_low_bytes(code, code_bytes.next().expect("a code per value"));
+            }
             let y = if BF16 { bf16_rounded(y) } else { y };
             store::<BF16>(y, o);
             sums.add(x, y);
@@ -78,20 +89,23 @@ fn group_params<const BF16: bool, R: Rule>(rule: R, group_in: &[u8]) -> R::Param
 
 /// The integer rule, like the portable loop with an [`IntRule`].
 #[target_feature(enable = "avx2,fma")]
-pub(super) fn int_groups<const BF16: bool>(
+pub(super) fn int_groups<const BF16: bool, const EMIT: bool>(
     rule: IntRule,
     group: usize,
     input: &[u8],
     out: &mut [u8],
+    codes: &mut CodesOut,
 ) -> Sums {
-    each_group::<BF16, _>(
+    each_group::<BF16, EMIT, _>(
         group,
         input,
         out,
+        codes,
         |bytes| {
             let p = group_params::<BF16, _>(rule, bytes);
             (p, Constants::new(rule, p))
         },
+        |(p, _)| rule.stored_params(*p),
         |(p, constants), x| {
             if constants.exact_residual {
                 constants.values(x)
@@ -104,16 +118,18 @@ pub(super) fn int_groups<const BF16: bool>(
 
 /// FP8 E4M3, like the portable loop with an [`Fp8Rule`].
 #[target_feature(enable = "avx2,fma")]
-pub(super) fn fp8_groups<const BF16: bool>(
+pub(super) fn fp8_groups<const BF16: bool, const EMIT: bool>(
     rule: Fp8Rule,
     group: usize,
     input: &[u8],
     out: &mut [u8],
+    codes: &mut CodesOut,
 ) -> Sums {
-    each_group::<BF16, _>(
+    each_group::<BF16, EMIT, _>(
         group,
         input,
         out,
+        codes,
         |bytes| {
             let scale = group_params::<BF16, _>(rule, bytes);
             let inverse = 1.0 / scale;
@@ -121,6 +137,7 @@ pub(super) fn fp8_groups<const BF16: bool>(
             let exact = scale >= SMALLEST_FP8_SCALE && inverse.is_normal();
             (scale, exact.then(|| Quotients::new(scale, inverse)))
         },
+        |(scale, _)| rule.stored_params(*scale),
         |(scale, quotients), x| match quotients {
             Some(quotients) => fp8_values(quotients.exact(x), x, _mm256_set1_ps(*scale)),
             None => by_rule(rule, *scale, x),
@@ -130,15 +147,21 @@ pub(super) fn fp8_groups<const BF16: bool>(
 
 /// Q8_0, like the portable loop with a `Q8Rule`.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) fn q8_0_groups<const BF16: bool>(input: &[u8], out: &mut [u8]) -> Sums {
-    each_group::<BF16, _>(
+pub(super) fn q8_0_groups<const BF16: bool, const EMIT: bool>(
+    input: &[u8],
+    out: &mut [u8],
+    codes: &mut CodesOut,
+) -> Sums {
+    each_group::<BF16, EMIT, _>(
         blocks::BLOCK,
         input,
         out,
+        codes,
         |bytes| {
             let (lo, hi) = block_range::<BF16>(bytes);
             Steps::of(lo.abs().max(hi.abs()) / 127.0)
         },
+        |steps| [steps.stored_scalar, 0.0],
         |steps, x| {
             let t = _mm256_mul_ps(x, steps.inverse);
             // round_half_away: the truncation, or one further from zero when the fraction
@@ -148,18 +171,23 @@ pub(super) fn q8_0_groups<const BF16: bool>(input: &[u8], out: &mut [u8]) -> Sum
             let fraction = abs(_mm256_sub_ps(t, truncated));
             let half = _mm256_cmp_ps::<_CMP_GE_OQ>(fraction, _mm256_set1_ps(0.5));
             let code = _mm256_add_ps(_mm256_blendv_ps(truncated, away, half), _mm256_setzero_ps());
-            _mm256_mul_ps(code, steps.stored)
+            (_mm256_mul_ps(code, steps.stored), _mm256_cvttps_epi32(code))
         },
     )
 }
 
 /// Q4_0, like the portable loop with a `Q4Rule`.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) fn q4_0_groups<const BF16: bool>(input: &[u8], out: &mut [u8]) -> Sums {
-    each_group::<BF16, _>(
+pub(super) fn q4_0_groups<const BF16: bool, const EMIT: bool>(
+    input: &[u8],
+    out: &mut [u8],
+    codes: &mut CodesOut,
+) -> Sums {
+    each_group::<BF16, EMIT, _>(
         blocks::BLOCK,
         input,
         out,
+        codes,
         |bytes| {
             let (lo, hi) = block_range::<BF16>(bytes);
             let signed_absmax = if BF16 {
@@ -169,20 +197,39 @@ pub(super) fn q4_0_groups<const BF16: bool>(input: &[u8], out: &mut [u8]) -> Sum
             };
             Steps::of(signed_absmax / -8.0)
         },
+        |steps| [steps.stored_scalar, 0.0],
         |steps, x| {
             let shifted = _mm256_add_ps(_mm256_mul_ps(x, steps.inverse), _mm256_set1_ps(8.5));
             let q = _mm256_round_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(shifted);
             // min(a, b) is `a < b ? a : b`: with the bound first, exactly `if q > 15 { 15 }`.
             let q = _mm256_min_ps(_mm256_set1_ps(15.0), q);
-            _mm256_mul_ps(_mm256_sub_ps(q, _mm256_set1_ps(8.0)), steps.stored)
+            let y = _mm256_mul_ps(_mm256_sub_ps(q, _mm256_set1_ps(8.0)), steps.stored);
+            (y, _mm256_cvttps_epi32(q))
         },
     )
+}
+
+/// The low byte of each of eight i32 lanes, in order, into `out`.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn store_low_bytes(lanes: __m256i, out: &mut [u8]) {
+    let out: &mut [u8; LANES] = out.try_into().expect("eight codes");
+    // Bytes 0, 4, 8 and 12 of each 128-bit half to that half's first four.
+    let pick = _mm256_setr_epi8(
+        0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, //
+        0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+    );
+    let picked = _mm256_shuffle_epi8(lanes, pick);
+    let low = _mm_cvtsi128_si32(_mm256_castsi256_si128(picked)) as u32;
+    let high = _mm_cvtsi128_si32(_mm256_extracti128_si256::<1>(picked)) as u32;
+    *out = (u64::from(low) | u64::from(high) << 32).to_le_bytes();
 }
 
 /// A GGUF block's inverse step and stored step, in every lane.
 struct Steps {
     inverse: __m256,
     stored: __m256,
+    stored_scalar: f32,
 }
 
 impl Steps {
@@ -193,9 +240,11 @@ impl Steps {
     fn of(d: f32) -> Steps {
         let inverse = if d != 0.0 { 1.0 / d } else { 0.0 };
         let half = _mm_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm_set_ss(d));
+        let stored = _mm_cvtph_ps(half);
         Steps {
             inverse: _mm256_set1_ps(inverse),
-            stored: _mm256_broadcastss_ps(_mm_cvtph_ps(half)),
+            stored: _mm256_broadcastss_ps(stored),
+            stored_scalar: _mm_cvtss_f32(stored),
         }
     }
 }
@@ -231,7 +280,7 @@ fn copysign_one(v: __m256) -> __m256 {
 /// from `x`: the corrected quotient of -0 is +0.
 #[inline]
 #[target_feature(enable = "avx2,fma")]
-fn fp8_values(quotients: __m256, x: __m256, scale: __m256) -> __m256 {
+fn fp8_values(quotients: __m256, x: __m256, scale: __m256) -> (__m256, __m256i) {
     let q = _mm256_max_ps(_mm256_set1_ps(-E4M3_MAX), quotients);
     let q = _mm256_min_ps(_mm256_set1_ps(E4M3_MAX), q);
     let magnitude = abs(q);
@@ -251,21 +300,43 @@ fn fp8_values(quotients: __m256, x: __m256, scale: __m256) -> __m256 {
     let subnormal = _mm256_mul_ps(steps, _mm256_set1_ps(1.0 / 512.0));
     let below_normal = _mm256_cmp_ps::<_CMP_LT_OQ>(magnitude, _mm256_set1_ps(1.0 / 64.0));
     let rounded = _mm256_or_ps(_mm256_blendv_ps(normal, subnormal, below_normal), sign);
-    _mm256_mul_ps(rounded, scale)
+    // The E4M3 byte: the normal one rebiased from f32's exponent, the subnormal one the count
+    // of 2^-9 steps (8 of them, 2^-6, is also the smallest normal's byte), and the sign.
+    let normal_code = _mm256_srli_epi32::<20>(_mm256_sub_epi32(
+        _mm256_castps_si256(normal),
+        _mm256_set1_epi32((127 - 7) << 23),
+    ));
+    let code = _mm256_castps_si256(_mm256_blendv_ps(
+        _mm256_castsi256_ps(normal_code),
+        _mm256_castsi256_ps(_mm256_cvttps_epi32(steps)),
+        below_normal,
+    ));
+    let sign_code = _mm256_srli_epi32::<24>(_mm256_castps_si256(sign));
+    (
+        _mm256_mul_ps(rounded, scale),
+        _mm256_or_si256(code, sign_code),
+    )
 }
 
-/// Eight values through the portable rule, one by one.
+/// Eight values and their codes through the portable rule, one by one.
 #[inline]
 #[target_feature(enable = "avx2,fma")]
-fn by_rule<R: Rule>(rule: R, p: R::Params, x: __m256) -> __m256 {
+fn by_rule<R: Rule>(rule: R, p: R::Params, x: __m256) -> (__m256, __m256i) {
     let mut values = [0f32; LANES];
+    let mut codes = [0i32; LANES];
     // SAFETY: `values` holds exactly eight f32 for the unaligned store and load.
     unsafe { _mm256_storeu_ps(values.as_mut_ptr(), x) };
-    for v in &mut values {
+    for (v, c) in values.iter_mut().zip(&mut codes) {
+        *c = i32::from(rule.code(p, *v));
         *v = rule.value(p, *v);
     }
-    // SAFETY: `values` holds exactly eight f32 for the unaligned load.
-    unsafe { _mm256_loadu_ps(values.as_ptr()) }
+    // SAFETY: `values` and `codes` hold exactly eight 32-bit lanes for the unaligned loads.
+    unsafe {
+        (
+            _mm256_loadu_ps(values.as_ptr()),
+            _mm256_loadu_si256(codes.as_ptr().cast()),
+        )
+    }
 }
 
 /// Exact quotients x / s by the reciprocal: q = x·(1/s), then q + (x - q·s)·(1/s), the residual
@@ -326,16 +397,17 @@ impl Constants {
         }
     }
 
-    /// The values, from exact quotients; only when [`Constants::exact_residual`].
+    /// The values and codes, from exact quotients; only when [`Constants::exact_residual`].
     #[inline]
     #[target_feature(enable = "avx2,fma")]
-    fn values(&self, x: __m256) -> __m256 {
+    fn values(&self, x: __m256) -> (__m256, __m256i) {
         let t = _mm256_add_ps(self.quotients.exact(x), self.zero_point);
         // max(a, b) is `a > b ? a : b`: with the bound first, exactly the portable selects.
         let t = _mm256_max_ps(self.qmin, t);
         let t = _mm256_min_ps(self.qmax, t);
         let code = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(t);
-        _mm256_mul_ps(_mm256_sub_ps(code, self.zero_point), self.scale)
+        let value = _mm256_mul_ps(_mm256_sub_ps(code, self.zero_point), self.scale);
+        (value, _mm256_cvttps_epi32(code))
     }
 }
 
@@ -558,7 +630,7 @@ mod tests {
                 for chunk in xs.chunks_exact(LANES) {
                     let x = _mm256_loadu_ps(chunk.as_ptr());
                     let mut got = [0f32; LANES];
-                    _mm256_storeu_ps(got.as_mut_ptr(), constants.values(x));
+                    _mm256_storeu_ps(got.as_mut_ptr(), constants.values(x).0);
                     for (&x, got) in chunk.iter().zip(got) {
                         // Quotients beyond the residual's range take the division in the kernel.
                         if (x * inverse).abs() < LARGEST_QUOTIENT {
@@ -600,7 +672,7 @@ mod tests {
                 for chunk in xs.chunks_exact(LANES) {
                     let x = _mm256_loadu_ps(chunk.as_ptr());
                     let mut got = [0f32; LANES];
-                    let values = fp8_values(quotients.exact(x), x, _mm256_set1_ps(scale));
+                    let (values, _) = fp8_values(quotients.exact(x), x, _mm256_set1_ps(scale));
                     _mm256_storeu_ps(got.as_mut_ptr(), values);
                     for (&x, got) in chunk.iter().zip(got) {
                         // Kernel scales are a range over 448: no quotient comes near overflow.
