@@ -2,12 +2,13 @@
 //! with their readers in `formats`) and tells it what only the recipe knows (how pruned
 //! weights are laid out, each tensor's GGUF block type) and what the model's side files say.
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use crate::compress::step::Step;
 use crate::formats::compact::CompactWriter;
-use crate::formats::compressed_tensors::SparseFormat;
 use crate::formats::compressed_tensors::write::{CompressedTensorsWriter, SparsityLayout};
+use crate::formats::compressed_tensors::{SparseFormat, StoredForm};
 use crate::formats::gguf::write::{GgufModel, GgufWriter};
 use crate::formats::safetensors::Header;
 use crate::formats::safetensors::write::DenseWriter;
@@ -30,10 +31,29 @@ pub fn writer_for(
             ));
         }
         OutputFormat::Safetensors => Box::new(DenseWriter::new(out_dir)),
-        OutputFormat::CompressedTensors => Box::new(CompressedTensorsWriter::new(
-            out_dir,
-            sparsity_layout(recipe),
-        )),
+        OutputFormat::CompressedTensors => {
+            // What each weight's last step stores, as the pipeline will encode it.
+            let forms: HashMap<String, StoredForm> = headers
+                .iter()
+                .flat_map(|h| &h.tensors)
+                .filter_map(|t| {
+                    let steps = &plan.tensor(&t.name)?.steps;
+                    let form = match steps.last()? {
+                        Step::Int(scheme) => StoredForm::Int(*scheme),
+                        Step::Fp8 { per_channel, .. } => StoredForm::Fp8 {
+                            per_channel: *per_channel,
+                        },
+                        _ => StoredForm::Dense,
+                    };
+                    Some((t.name.clone(), form))
+                })
+                .collect();
+            Box::new(CompressedTensorsWriter::new(
+                out_dir,
+                sparsity_layout(recipe),
+                Some(Box::new(move |name: &str| forms.get(name).copied())),
+            ))
+        }
         OutputFormat::CompactSafetensors => Box::new(CompactWriter::new(out_dir)),
         OutputFormat::Gguf => {
             let config = read_json(inputs, "config.json")?;

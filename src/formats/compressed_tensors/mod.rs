@@ -227,6 +227,83 @@ pub fn weight_tensors(
     out
 }
 
+/// What a weight's last step stores, as far as the names, dtypes and shapes of its tensors
+/// depend on it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum StoredForm {
+    /// Values, one per element, in the weight's dtype.
+    Dense,
+    /// Integer codes.
+    Int(IntScheme),
+    /// E4M3 bytes with one scale per row, or one for the tensor.
+    Fp8 {
+        /// One scale per row.
+        per_channel: bool,
+    },
+}
+
+/// The tensors [`weight_tensors`] stores for weight `name` ([rows, cols], of `dtype`) in
+/// `form` when no zeros are left out, as (name, dtype, shape), in order. They do not depend
+/// on the values, so a writer can put a file's header before its data.
+pub fn planned_tensors(
+    name: &str,
+    dtype: Dtype,
+    rows: u64,
+    cols: u64,
+    form: StoredForm,
+) -> Vec<(String, Dtype, Vec<u64>)> {
+    let module = module_of(name);
+    let tensor =
+        |suffix: &str, dtype: Dtype, shape: Vec<u64>| (format!("{module}.{suffix}"), dtype, shape);
+    match form {
+        StoredForm::Dense => vec![tensor("weight", dtype, vec![rows, cols])],
+        StoredForm::Fp8 { per_channel } => {
+            let scale_shape = if per_channel && rows != 1 {
+                vec![rows, 1]
+            } else {
+                vec![1]
+            };
+            vec![
+                tensor("weight", Dtype::F8_E4M3, vec![rows, cols]),
+                tensor("weight_scale", dtype, scale_shape),
+            ]
+        }
+        StoredForm::Int(scheme) if scheme.bits < 8 => {
+            let bits = u64::from(scheme.bits);
+            let scale_shape = param_shape(&scheme, rows, cols);
+            let mut out = vec![
+                tensor(
+                    "weight_packed",
+                    Dtype::I32,
+                    vec![rows, (cols * bits).div_ceil(32)],
+                ),
+                tensor("weight_scale", dtype, scale_shape.clone()),
+                tensor("weight_shape", Dtype::I64, vec![2]),
+            ];
+            if !scheme.symmetric {
+                out.push(if scale_shape == [1] {
+                    tensor("weight_zero_point", Dtype::I8, vec![1])
+                } else {
+                    let words = (scale_shape[0] * bits).div_ceil(32);
+                    tensor("weight_zero_point", Dtype::I32, vec![words, scale_shape[1]])
+                });
+            }
+            out
+        }
+        StoredForm::Int(scheme) => {
+            let scale_shape = param_shape(&scheme, rows, cols);
+            let mut out = vec![
+                tensor("weight", Dtype::I8, vec![rows, cols]),
+                tensor("weight_scale", dtype, scale_shape.clone()),
+            ];
+            if !scheme.symmetric {
+                out.push(tensor("weight_zero_point", Dtype::I8, scale_shape));
+            }
+            out
+        }
+    }
+}
+
 fn param_shape(scheme: &IntScheme, rows: u64, cols: u64) -> Vec<u64> {
     match scheme.granularity {
         Granularity::Tensor => vec![1],
@@ -493,6 +570,96 @@ pub fn quantization_config(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::compress::quantize::{Granularity, ScaleDtype};
+    use crate::compress::step::Step;
+    use crate::compress::tensor::{TensorView, transform_encoded};
+    use crate::numeric::Cancel;
+
+    /// The header a writer plans before the data names exactly the tensors `weight_tensors`
+    /// then stores, with their dtypes, shapes and byte lengths, for every integer scheme, FP8
+    /// and dense weights, in BF16 and F32, with one row and with many.
+    #[test]
+    fn planned_tensors_are_the_stored_ones() {
+        let int = |bits, symmetric, granularity| {
+            Step::Int(IntScheme {
+                bits,
+                symmetric,
+                granularity,
+                scale_dtype: ScaleDtype::F32,
+            })
+        };
+        let mut steps = Vec::new();
+        for bits in [2, 3, 4, 8] {
+            for symmetric in [true, false] {
+                for granularity in [
+                    Granularity::Tensor,
+                    Granularity::Channel,
+                    Granularity::Group(32),
+                ] {
+                    steps.push(int(bits, symmetric, granularity));
+                }
+            }
+        }
+        for per_channel in [true, false] {
+            steps.push(Step::Fp8 {
+                per_channel,
+                scale_dtype: ScaleDtype::F32,
+            });
+        }
+        steps.push(Step::SemiStructured { n: 2, m: 4 });
+        for (dtype, rows, cols) in [
+            (Dtype::BF16, 5, 96),
+            (Dtype::F32, 1, 64),
+            (Dtype::F32, 37, 32),
+        ] {
+            let width = crate::numeric::float_width(dtype);
+            let values: Vec<f32> = (0..rows * cols)
+                .map(|i| ((i * 7919) % 201) as f32 / 50.0 - 2.0)
+                .collect();
+            let mut bytes = vec![0u8; values.len() * width];
+            codec::encode(dtype, &values, &mut bytes);
+            let shape = [rows as u64, cols as u64];
+            for step in &steps {
+                let view = TensorView {
+                    bytes: &bytes,
+                    dtype,
+                    shape: &shape,
+                };
+                let mut dense = vec![0u8; bytes.len()];
+                let (_, encoded) = transform_encoded(
+                    &view,
+                    std::slice::from_ref(step),
+                    &Cancel::new(),
+                    &mut dense,
+                )
+                .expect("transforms");
+                let form = match step {
+                    Step::Int(scheme) => StoredForm::Int(*scheme),
+                    Step::Fp8 { per_channel, .. } => StoredForm::Fp8 {
+                        per_channel: *per_channel,
+                    },
+                    _ => StoredForm::Dense,
+                };
+                let name = "model.layers.0.mlp.up_proj.weight";
+                let stored: Vec<_> =
+                    weight_tensors(name, dtype, rows, cols, &encoded, &dense, None)
+                        .into_iter()
+                        .map(|t| {
+                            let elements: u64 = t.shape.iter().product();
+                            assert_eq!(
+                                t.data.len() as u64,
+                                elements * t.dtype.bits() / 8,
+                                "{step:?} {}",
+                                t.name
+                            );
+                            (t.name, t.dtype, t.shape)
+                        })
+                        .collect();
+                let planned = planned_tensors(name, dtype, shape[0], shape[1], form);
+                assert_eq!(planned, stored, "{dtype} {rows}x{cols} {step:?}");
+            }
+        }
+    }
 
     #[test]
     fn zeros_are_counted_as_is_zero_counts_them() {

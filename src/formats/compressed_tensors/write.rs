@@ -7,13 +7,14 @@ use std::path::Path;
 
 use crate::compress::encoded::Encoded;
 use crate::formats::compressed_tensors::{
-    self as ct, QuantFormat, QuantGroup, SparseFormat, SparseGroup,
+    self as ct, QuantFormat, QuantGroup, SparseFormat, SparseGroup, StoredForm,
 };
 use crate::formats::safetensors::Header;
 use crate::formats::safetensors::write::SpooledFiles;
 use crate::formats::writer::{
     ArtifactWriter, HashingFile, OutputFile, TensorOut, WriteError, pretty_json,
 };
+use crate::numeric::Dtype;
 
 /// How pruned weights are described, decided by the recipe.
 #[derive(Debug, Clone, Copy, Default)]
@@ -26,9 +27,14 @@ pub struct SparsityLayout {
     pub leave_zeros_out: bool,
 }
 
+/// Which form each weight is stored in, by name (None: left as it was), when the recipe knows
+/// it before the weights are compressed.
+pub type FormOf = Box<dyn Fn(&str) -> Option<StoredForm>>;
+
 /// compressed-tensors: a loadable model folder for vLLM and transformers.
 pub struct CompressedTensorsWriter {
     files: SpooledFiles,
+    form_of: Option<FormOf>,
     quant: Option<QuantGroup>,
     sparsity: SparsityLayout,
     sparse: Option<SparseGroup>,
@@ -40,9 +46,16 @@ pub struct CompressedTensorsWriter {
 }
 
 impl CompressedTensorsWriter {
-    pub fn new(dir: &Path, sparsity: SparsityLayout) -> CompressedTensorsWriter {
+    /// A writer; with `form_of`, each weight file whose layout does not depend on the values
+    /// (no zeros left out) is written header first, its data once, rather than spooled.
+    pub fn new(
+        dir: &Path,
+        sparsity: SparsityLayout,
+        form_of: Option<FormOf>,
+    ) -> CompressedTensorsWriter {
         CompressedTensorsWriter {
             files: SpooledFiles::new(dir),
+            form_of,
             quant: None,
             sparsity,
             sparse: None,
@@ -56,11 +69,34 @@ impl CompressedTensorsWriter {
     fn quantization_config(&self) -> serde_json::Value {
         ct::quantization_config(self.quant.as_ref(), self.sparse.as_ref(), &self.ignored)
     }
+
+    /// Every tensor a weight file will hold, in order, when that is known before its data.
+    fn planned(&self, header: &Header) -> Option<Vec<(String, Dtype, Vec<u64>)>> {
+        let form_of = self.form_of.as_ref()?;
+        if self.sparsity.format.is_some() && self.sparsity.leave_zeros_out {
+            return None;
+        }
+        let mut planned = Vec::new();
+        for t in &header.tensors {
+            match (form_of(&t.name), &t.shape[..]) {
+                (None, _) => planned.push((t.name.clone(), t.dtype, t.shape.clone())),
+                (Some(form), &[rows, cols]) => {
+                    planned.extend(ct::planned_tensors(&t.name, t.dtype, rows, cols, form));
+                }
+                (Some(_), _) => return None,
+            }
+        }
+        Some(planned)
+    }
 }
 
 impl ArtifactWriter for CompressedTensorsWriter {
-    fn begin_file(&mut self, name: &str, _: &Header) -> Result<(), WriteError> {
-        Ok(self.files.begin(name)?)
+    fn begin_file(&mut self, name: &str, header: &Header) -> Result<(), WriteError> {
+        match self.planned(header) {
+            Some(planned) => self.files.begin_planned(name, planned)?,
+            None => self.files.begin(name)?,
+        }
+        Ok(())
     }
 
     fn tensor(&mut self, tensor: TensorOut) -> Result<u64, WriteError> {

@@ -93,14 +93,26 @@ impl ArtifactWriter for DenseWriter {
     }
 }
 
-/// A safetensors file whose tensors are known only one by one: data goes to a spool file,
-/// and the file is assembled (header, then the spool) when it ends.
+/// A safetensors file whose tensors are known only one by one. When its header could be
+/// planned (every tensor's name, dtype and shape known before the data), the header is written
+/// first and the data straight after it; otherwise data goes to a spool file, and the file is
+/// assembled (header, then the spool) when it ends, which writes the data twice.
 pub(crate) struct Spool {
     name: String,
     tensors: Vec<TensorInfo>,
-    data: BufWriter<File>,
-    path: PathBuf,
+    sink: SpoolSink,
     len: u64,
+}
+
+enum SpoolSink {
+    Spooled {
+        data: BufWriter<File>,
+        path: PathBuf,
+    },
+    Direct {
+        out: HashingFile,
+        planned: Vec<TensorInfo>,
+    },
 }
 
 impl Spool {
@@ -111,16 +123,28 @@ impl Spool {
         shape: Vec<u64>,
         data: &[u8],
     ) -> io::Result<u64> {
-        self.data.write_all(data)?;
         let begin = self.len;
-        self.len += data.len() as u64;
-        self.tensors.push(TensorInfo {
+        let info = TensorInfo {
             name: name.to_owned(),
             dtype,
             shape,
             begin,
-            end: self.len,
-        });
+            end: begin + data.len() as u64,
+        };
+        match &mut self.sink {
+            SpoolSink::Spooled { data: spool, .. } => spool.write_all(data)?,
+            SpoolSink::Direct { out, planned } => {
+                if planned.get(self.tensors.len()) != Some(&info) {
+                    return Err(io::Error::other(format!(
+                        "tensor {name:?} ({dtype}, {:?}) is not the one {} planned in its header",
+                        info.shape, self.name
+                    )));
+                }
+                out.write(data)?;
+            }
+        }
+        self.len = info.end;
+        self.tensors.push(info);
         Ok(data.len() as u64)
     }
 }
@@ -143,13 +167,51 @@ impl SpooledFiles {
         }
     }
 
+    /// Starts file `name`, spooling its data until its tensors are all known.
     pub(crate) fn begin(&mut self, name: &str) -> io::Result<()> {
         let path = self.dir.join(format!(".{name}.data"));
         self.current = Some(Spool {
             name: name.to_owned(),
             tensors: Vec::new(),
-            data: BufWriter::with_capacity(1 << 20, File::create(&path)?),
-            path,
+            sink: SpoolSink::Spooled {
+                data: BufWriter::with_capacity(1 << 20, File::create(&path)?),
+                path,
+            },
+            len: 0,
+        });
+        Ok(())
+    }
+
+    /// Starts file `name` whose tensors will be `planned` (name, dtype, shape, in order),
+    /// writing its header now and each tensor's data as it comes; with no metadata but the
+    /// format, as [`SpooledFiles::end`] with None writes.
+    pub(crate) fn begin_planned(
+        &mut self,
+        name: &str,
+        planned: Vec<(String, Dtype, Vec<u64>)>,
+    ) -> io::Result<()> {
+        let mut offset = 0;
+        let planned: Vec<TensorInfo> = planned
+            .into_iter()
+            .map(|(name, dtype, shape)| {
+                let bytes = shape.iter().product::<u64>() * dtype.bits() / 8;
+                let info = TensorInfo {
+                    name,
+                    dtype,
+                    shape,
+                    begin: offset,
+                    end: offset + bytes,
+                };
+                offset += bytes;
+                info
+            })
+            .collect();
+        let mut out = HashingFile::create(&self.dir, name)?;
+        out.write(&header_bytes(None, &planned))?;
+        self.current = Some(Spool {
+            name: name.to_owned(),
+            tensors: Vec::new(),
+            sink: SpoolSink::Direct { out, planned },
             len: 0,
         });
         Ok(())
@@ -164,13 +226,27 @@ impl SpooledFiles {
         metadata: Option<&BTreeMap<String, String>>,
     ) -> io::Result<OutputFile> {
         let spool = self.current.take().expect("a file is open");
-        let data = spool.data.into_inner().map_err(|e| e.into_error())?;
-        drop(data);
-        let mut out = HashingFile::create(&self.dir, &spool.name)?;
-        out.write(&header_bytes(metadata, &spool.tensors))?;
-        let mut data = File::open(&spool.path)?;
-        out.copy_from(&mut data)?;
-        std::fs::remove_file(&spool.path)?;
+        let out = match spool.sink {
+            SpoolSink::Spooled { data, path } => {
+                drop(data.into_inner().map_err(|e| e.into_error())?);
+                let mut out = HashingFile::create(&self.dir, &spool.name)?;
+                out.write(&header_bytes(metadata, &spool.tensors))?;
+                out.copy_from(&mut File::open(&path)?)?;
+                std::fs::remove_file(&path)?;
+                out
+            }
+            SpoolSink::Direct { out, planned } => {
+                if metadata.is_some() || planned.len() != spool.tensors.len() {
+                    return Err(io::Error::other(format!(
+                        "{} ended with {} of the {} tensors its header planned",
+                        spool.name,
+                        spool.tensors.len(),
+                        planned.len()
+                    )));
+                }
+                out
+            }
+        };
         for t in &spool.tensors {
             self.weight_map.insert(t.name.clone(), spool.name.clone());
         }
