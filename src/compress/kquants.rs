@@ -59,11 +59,141 @@ const Q5_K_SEARCH: Search = Search {
     steps: 15,
 };
 
+/// Candidate scales searched side by side, one per lane: every search has at most 21.
+const LANES: usize = 24;
+
 /// A scale and a (non-positive) minimum for `x` with codes 0..=nmax, minimising the weighted
 /// squared error over the search's candidate scales (`make_qkx2_quants`, rdelta 0.1). Writes
 /// the codes into `codes`; returns (scale, −min).
+///
+/// The candidates are tried side by side, one per lane, each lane summing over the values in
+/// the reference's order with the reference's operations (no fused multiply-adds), and the
+/// winner is then picked in the reference's order with its comparisons. The reference moves
+/// the minimum to each winner's, and the candidates after it are measured from there: so the
+/// lanes after a winner that moved it are measured again. The result is the reference's
+/// (`scale_and_min_reference`, which the tests compare), in a few vector passes rather than
+/// one scalar pass per candidate.
 #[inline(always)]
 fn scale_and_min(x: &[f32], weights: &[f32], search: Search, codes: &mut [u8]) -> (f32, f32) {
+    const RDELTA: f32 = 0.1;
+    let Search { nmax, rmin, steps } = search;
+    let n = x.len();
+    let mut min = x[0];
+    let mut max = x[0];
+    let mut sum_w = weights[0];
+    let mut sum_x = sum_w * x[0];
+    for i in 1..n {
+        if x[i] < min {
+            min = x[i];
+        }
+        if x[i] > max {
+            max = x[i];
+        }
+        let w = weights[i];
+        sum_w += w;
+        sum_x += w * x[i];
+    }
+    if min > 0.0 {
+        min = 0.0;
+    }
+    if max == min {
+        codes.fill(0);
+        return (0.0, -min);
+    }
+    let nmax_f = nmax as f32;
+    let code = |iscale: f32, min: f32, v: f32| {
+        let l = (iscale * (v - min)).round_ties_even();
+        if l < 0.0 {
+            0.0
+        } else if l > nmax_f {
+            nmax_f
+        } else {
+            l
+        }
+    };
+    let first_iscale = nmax_f / (max - min);
+    let mut scale = 1.0 / first_iscale;
+    let mut best_error = 0f32;
+    for i in 0..n {
+        let l = code(first_iscale, min, x[i]);
+        let diff = scale * l + min - x[i];
+        best_error += weights[i] * (diff * diff);
+    }
+    // The winning candidate's inverse scale and the minimum its codes were measured from.
+    let mut chosen = (first_iscale, min);
+    let candidates = steps as usize + 1;
+    let mut next = 0;
+    while next < candidates {
+        // Lane k is step next + k, measured from the current minimum.
+        let mut iscales = [0f32; LANES];
+        for (k, iscale) in iscales.iter_mut().enumerate().take(candidates - next) {
+            *iscale = (rmin + RDELTA * (next + k) as f32 + nmax_f) / (max - min);
+        }
+        let (mut sum_l, mut sum_l2, mut sum_xl) = ([0f32; LANES], [0f32; LANES], [0f32; LANES]);
+        for i in 0..n {
+            let (w, v) = (weights[i], x[i]);
+            for k in 0..LANES {
+                let l = code(iscales[k], min, v);
+                sum_l[k] += w * l;
+                sum_l2[k] += w * l * l;
+                sum_xl[k] += w * l * v;
+            }
+        }
+        let (mut fitted_scale, mut fitted_min, mut fits) =
+            ([0f32; LANES], [0f32; LANES], [false; LANES]);
+        for k in 0..LANES {
+            let det = sum_w * sum_l2[k] - sum_l[k] * sum_l[k];
+            fits[k] = det > 0.0;
+            let this_scale = (sum_w * sum_xl[k] - sum_x * sum_l[k]) / det;
+            let this_min = (sum_l2[k] * sum_x - sum_l[k] * sum_xl[k]) / det;
+            (fitted_scale[k], fitted_min[k]) = if this_min > 0.0 {
+                (sum_xl[k] / sum_l2[k], 0.0)
+            } else {
+                (this_scale, this_min)
+            };
+        }
+        let mut errors = [0f32; LANES];
+        for i in 0..n {
+            let (w, v) = (weights[i], x[i]);
+            for k in 0..LANES {
+                let diff = fitted_scale[k] * code(iscales[k], min, v) + fitted_min[k] - v;
+                errors[k] += w * (diff * diff);
+            }
+        }
+        let measured_from = min;
+        let mut restart = None;
+        for k in 0..candidates - next {
+            if fits[k] && errors[k] < best_error {
+                best_error = errors[k];
+                scale = fitted_scale[k];
+                min = fitted_min[k];
+                chosen = (iscales[k], measured_from);
+                if min != measured_from {
+                    restart = Some(next + k + 1);
+                    break;
+                }
+            }
+        }
+        match restart {
+            Some(step) => next = step,
+            None => break,
+        }
+    }
+    for (q, &v) in codes.iter_mut().zip(x) {
+        *q = code(chosen.0, chosen.1, v) as u8;
+    }
+    (scale, -min)
+}
+
+#[cfg(test)]
+/// [`scale_and_min`] one candidate after another, as `make_qkx2_quants` runs: the reference
+/// the candidate lanes are checked against.
+fn scale_and_min_reference(
+    x: &[f32],
+    weights: &[f32],
+    search: Search,
+    codes: &mut [u8],
+) -> (f32, f32) {
     const RDELTA: f32 = 0.1;
     let Search { nmax, rmin, steps } = search;
     let n = x.len();
@@ -300,9 +430,72 @@ fn dequantize_scaled(block: &[u8], nibbles: &[u8], fifth: Option<&[u8]>, out: &m
 }
 
 /// A signed scale for 16 values with codes −nmax..nmax−1 stored as code + nmax, chosen among 19
-/// candidates by the x²-weighted fit (`make_qx_quants` with rmse_type 1).
+/// candidates by the x²-weighted fit (`make_qx_quants` with rmse_type 1). The candidates are
+/// fitted side by side, one per lane, and picked in the reference's order, as in
+/// [`scale_and_min`].
 #[inline(always)]
 fn signed_scale(x: &[f32], nmax: i32, codes: &mut [i8]) -> f32 {
+    let mut max = 0f32;
+    let mut amax = 0f32;
+    for &v in x {
+        if v.abs() > amax {
+            amax = v.abs();
+            max = v;
+        }
+    }
+    if amax < GROUP_MAX_EPS {
+        codes.fill(0);
+        return 0.0;
+    }
+    let nmax_f = nmax as f32;
+    let code = |iscale: f32, v: f32| {
+        let l = (iscale * v).round_ties_even();
+        if l < -nmax_f {
+            -nmax_f
+        } else if l > nmax_f - 1.0 {
+            nmax_f - 1.0
+        } else {
+            l
+        }
+    };
+    // Lane 0 is the first guess; then the steps −9..=9 without 0, in the reference's order.
+    let mut iscales = [-nmax_f / max; LANES];
+    for (lane, step) in (-9..=9).filter(|&s| s != 0).enumerate() {
+        iscales[lane + 1] = -(nmax_f + 0.1 * step as f32) / max;
+    }
+    let (mut sumlx, mut suml2) = ([0f32; LANES], [0f32; LANES]);
+    for &v in x {
+        let w = v * v;
+        for c in 0..LANES {
+            let l = code(iscales[c], v);
+            sumlx[c] += w * v * l;
+            suml2[c] += w * l * l;
+        }
+    }
+    let mut scale = if suml2[0] != 0.0 {
+        sumlx[0] / suml2[0]
+    } else {
+        0.0
+    };
+    let mut best = scale * sumlx[0];
+    let mut chosen = iscales[0];
+    for c in 1..19 {
+        if suml2[c] > 0.0 && sumlx[c] * sumlx[c] > best * suml2[c] {
+            scale = sumlx[c] / suml2[c];
+            best = scale * sumlx[c];
+            chosen = iscales[c];
+        }
+    }
+    for (q, &v) in codes.iter_mut().zip(x) {
+        *q = (code(chosen, v) + nmax_f) as i8;
+    }
+    scale
+}
+
+#[cfg(test)]
+/// [`signed_scale`] one candidate after another, as `make_qx_quants` runs: the reference the
+/// candidate lanes are checked against.
+fn signed_scale_reference(x: &[f32], nmax: i32, codes: &mut [i8]) -> f32 {
     let mut max = 0f32;
     let mut amax = 0f32;
     for &v in x {
@@ -493,6 +686,50 @@ mod tests {
                         );
                     }
                 }
+            }
+        }
+    }
+
+    /// The candidate lanes choose what the reference's one-by-one search chooses, bit for bit,
+    /// on random sub-blocks at many magnitudes, with repeated values, a lone non-zero, all
+    /// values equal, all positive and all negative.
+    #[test]
+    fn candidate_lanes_equal_the_one_by_one_search() {
+        let mut cases: Vec<Vec<f32>> = Vec::new();
+        for seed in 1..400u64 {
+            let scale = 10f32.powi((seed % 13) as i32 - 8);
+            let x = values(seed, scale);
+            cases.push(x[..32].to_vec());
+            cases.push(
+                x[..32]
+                    .iter()
+                    .map(|v| (v / scale * 4.0).round() * scale)
+                    .collect(),
+            );
+            cases.push(x[..32].iter().map(|v| v.abs()).collect());
+            cases.push(x[..32].iter().map(|v| -v.abs()).collect());
+        }
+        let mut lone = vec![0f32; 32];
+        lone[7] = 0.3;
+        cases.extend([lone, vec![0.25; 32], vec![-1e-20; 32]]);
+        for x in &cases {
+            let sum_x2: f32 = x.iter().map(|v| v * v).sum();
+            let av_x = (sum_x2 / 32.0).sqrt();
+            let weights: Vec<f32> = x.iter().map(|v| av_x + v.abs()).collect();
+            for search in [Q4_K_SEARCH, Q5_K_SEARCH] {
+                let (mut a, mut b) = ([0u8; 32], [0u8; 32]);
+                let lanes = scale_and_min(x, &weights, search, &mut a);
+                let reference = scale_and_min_reference(x, &weights, search, &mut b);
+                assert_eq!(lanes.0.to_bits(), reference.0.to_bits(), "{x:?}");
+                assert_eq!(lanes.1.to_bits(), reference.1.to_bits(), "{x:?}");
+                assert_eq!(a, b, "{x:?}");
+            }
+            for half in x.chunks(16) {
+                let (mut a, mut b) = ([0i8; 16], [0i8; 16]);
+                let lanes = signed_scale(half, 32, &mut a);
+                let reference = signed_scale_reference(half, 32, &mut b);
+                assert_eq!(lanes.to_bits(), reference.to_bits(), "{half:?}");
+                assert_eq!(a, b, "{half:?}");
             }
         }
     }
