@@ -843,6 +843,17 @@ fn stored_forms_decode_to_exactly_the_dense_values() {
                 }
                 assert_eq!(fidelity.rel_error, dense.1.rel_error, "{name}");
                 let last_is_stored = steps.last().unwrap().has_stored_form();
+                // The codes alone: the same stored form and metrics, no dense copy kept.
+                let mut buffer = vec![1u8; 3];
+                let (codes_fidelity, codes) =
+                    tensor::transform_codes(&view, steps, &Cancel::new(), &mut buffer)
+                        .expect(&name);
+                assert_eq!(
+                    codes_fidelity, fidelity,
+                    "{name}: codes-only metrics differ"
+                );
+                assert_eq!(format!("{codes:?}"), format!("{encoded:?}"), "{name}");
+                assert_eq!(buffer.is_empty(), last_is_stored, "{name}");
                 match encoded.decode(rows, cols) {
                     None => assert!(!last_is_stored, "{name}: no stored form"),
                     Some(decoded) => {

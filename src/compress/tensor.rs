@@ -548,6 +548,24 @@ pub fn transform_encoded(
     Ok((fidelity, encoded.unwrap_or(Encoded::Dense)))
 }
 
+/// [`transform_encoded`] for a writer that stores the codes alone: when the last step has a
+/// stored form, the dense values are computed and measured chunk by chunk but not kept (no
+/// tensor-sized buffer is touched) and `buffer` is left empty; otherwise the dense values are
+/// the stored form, and `buffer` is sized to the tensor and holds them.
+pub fn transform_codes(
+    view: &TensorView,
+    steps: &[Step],
+    cancel: &Cancel,
+    buffer: &mut Vec<u8>,
+) -> Result<(Fidelity, Encoded), TransformError> {
+    if steps.last().is_some_and(Step::has_stored_form) {
+        buffer.clear();
+    } else {
+        buffer.resize(view.bytes.len(), 0);
+    }
+    transform_encoded(view, steps, cancel, buffer)
+}
+
 /// Which loop runs a tensor's chunks.
 #[derive(Clone, Copy, PartialEq)]
 enum Path {
@@ -593,14 +611,17 @@ fn check_sums(sums: &Sums) -> Result<(), TransformError> {
 thread_local! {
     /// Per-thread codes of one chunk, before they are packed into GGUF blocks.
     static CHUNK_CODES: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    /// Per-thread dense values of one chunk, when only the codes are kept (`transform_codes`).
+    static CHUNK_DENSE: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
 /// What [`one_pass_encoded`] gives: the metric sums, the codes, the groups' parameters.
 type KernelOutput = (Sums, Vec<u8>, Vec<[f32; 2]>);
 
 /// Chunks through a one-pass kernel that also writes the stored form: the dense values into
-/// `out`, and returns the metric sums, the codes (one byte per value, or whole GGUF blocks)
-/// and each group's parameters (none for GGUF, whose blocks hold them).
+/// `out` (or, when `out` is empty, into a per-thread chunk that is dropped), and returns the
+/// metric sums, the codes (one byte per value, or whole GGUF blocks) and each group's
+/// parameters (none for GGUF, whose blocks hold them).
 fn one_pass_encoded(
     view: &TensorView,
     layout: &ChunkLayout,
@@ -616,45 +637,56 @@ fn one_pass_encoded(
         None => values,
     };
     let mut stored = vec![0u8; stored_len(total)];
-    let chunks: Vec<(Sums, Vec<[f32; 2]>)> = out
-        .par_chunks_mut((chunk_values * layout.width).max(1))
-        .zip(stored.par_chunks_mut(stored_len(chunk_values).max(1)))
-        .enumerate()
-        .map(|(c, (out_chunk, stored_chunk))| {
-            cancel.check()?;
-            let range = layout.chunk_values(c);
-            let input = &view.bytes[range.start * layout.width..range.end * layout.width];
-            let (sums, groups) = match block {
-                None => {
-                    let mut codes = CodesOut {
-                        codes: stored_chunk,
-                        groups: Vec::new(),
-                    };
-                    let sums =
-                        kernel.run(view.dtype, layout.cols, input, out_chunk, Some(&mut codes));
-                    (sums, codes.groups)
-                }
-                Some(kind) => CHUNK_CODES.with_borrow_mut(|scratch| {
-                    scratch.resize(range.len(), 0);
-                    let mut codes = CodesOut {
-                        codes: &mut scratch[..],
-                        groups: Vec::new(),
-                    };
-                    let sums =
-                        kernel.run(view.dtype, layout.cols, input, out_chunk, Some(&mut codes));
-                    let steps = codes.groups;
-                    fused::pack_blocks(kind, scratch, &steps, stored_chunk);
-                    (sums, Vec::new())
-                }),
-            };
-            let sums = if sums.overflowed() {
-                measure::settle_overflow(view.dtype, input, out_chunk)
-            } else {
-                sums
-            };
-            Ok((sums, groups))
-        })
-        .collect::<Result<_, Canceled>>()?;
+    let run_chunk = |c: usize, out_chunk: &mut [u8], stored_chunk: &mut [u8]| {
+        cancel.check()?;
+        let range = layout.chunk_values(c);
+        let input = &view.bytes[range.start * layout.width..range.end * layout.width];
+        let (sums, groups) = match block {
+            None => {
+                let mut codes = CodesOut {
+                    codes: stored_chunk,
+                    groups: Vec::new(),
+                };
+                let sums = kernel.run(view.dtype, layout.cols, input, out_chunk, Some(&mut codes));
+                (sums, codes.groups)
+            }
+            Some(kind) => CHUNK_CODES.with_borrow_mut(|scratch| {
+                scratch.resize(range.len(), 0);
+                let mut codes = CodesOut {
+                    codes: &mut scratch[..],
+                    groups: Vec::new(),
+                };
+                let sums = kernel.run(view.dtype, layout.cols, input, out_chunk, Some(&mut codes));
+                let steps = codes.groups;
+                fused::pack_blocks(kind, scratch, &steps, stored_chunk);
+                (sums, Vec::new())
+            }),
+        };
+        let sums = if sums.overflowed() {
+            measure::settle_overflow(view.dtype, input, out_chunk)
+        } else {
+            sums
+        };
+        Ok((sums, groups))
+    };
+    let stored_chunks = stored.par_chunks_mut(stored_len(chunk_values).max(1));
+    let chunks: Vec<(Sums, Vec<[f32; 2]>)> = if out.is_empty() {
+        stored_chunks
+            .enumerate()
+            .map(|(c, stored_chunk)| {
+                CHUNK_DENSE.with_borrow_mut(|dense| {
+                    dense.resize(layout.chunk_values(c).len() * layout.width, 0);
+                    run_chunk(c, dense, stored_chunk)
+                })
+            })
+            .collect::<Result<_, Canceled>>()?
+    } else {
+        out.par_chunks_mut((chunk_values * layout.width).max(1))
+            .zip(stored_chunks)
+            .enumerate()
+            .map(|(c, (out_chunk, stored_chunk))| run_chunk(c, out_chunk, stored_chunk))
+            .collect::<Result<_, Canceled>>()?
+    };
     let mut sums = Sums::default();
     let mut groups = Vec::new();
     for (s, g) in chunks {
@@ -696,7 +728,6 @@ fn transform_choosing(
     out: &mut [u8],
     path: Path,
 ) -> Result<(Fidelity, Option<Encoded>), TransformError> {
-    assert_eq!(out.len(), view.bytes.len(), "output length");
     let layout = ChunkLayout::of(view, steps);
     let decode_chunk = |c: usize, buf: &mut Vec<f32>| layout.decode(view, c, buf);
     let mut globals: Vec<Global> = Vec::with_capacity(steps.len());
@@ -828,6 +859,12 @@ fn transform_choosing(
     let encoded_step = steps
         .last()
         .filter(|s| path.keeps_codes() && s.has_stored_form());
+    // Only the codes are wanted (`transform_codes`) when `out` is empty.
+    let dense_dropped = out.is_empty() && !view.bytes.is_empty();
+    assert!(
+        out.len() == view.bytes.len() || dense_dropped && encoded_step.is_some(),
+        "output length"
+    );
     if let (Some(kernel), Some(step)) = (one_pass, encoded_step) {
         let (sums, codes, groups) = one_pass_encoded(view, &layout, kernel, cancel, out)?;
         check_sums(&sums)?;
@@ -838,38 +875,47 @@ fn transform_choosing(
         ));
     }
     let plain = steps.len() - usize::from(encoded_step.is_some());
-    let chunks: Vec<(Sums, Option<Piece>)> = out
-        .par_chunks_mut(chunk_bytes.max(1))
-        .enumerate()
-        .map(
-            |(c, out_chunk)| -> Result<(Sums, Option<Piece>), Canceled> {
-                cancel.check()?;
-                let range = layout.chunk_values(c);
-                let input = &view.bytes[range.start * layout.width..range.end * layout.width];
-                let settled = |sums: Sums, out_chunk: &mut [u8]| {
-                    if sums.overflowed() {
-                        measure::settle_overflow(view.dtype, input, out_chunk)
-                    } else {
-                        sums
-                    }
-                };
-                if let Some(kernel) = one_pass {
-                    let sums = kernel.run(view.dtype, layout.cols, input, out_chunk, None);
-                    return Ok((settled(sums, out_chunk), None));
-                }
-                Ok(BUFFERS.with_borrow_mut(|(original, values)| {
-                    decode_chunk(c, values);
-                    apply_steps(&steps[..plain], &globals[..plain], c, values, &layout);
-                    let piece =
-                        encoded_step.map(|s| encode_step(s, &globals[plain], c, values, &layout));
-                    // Measure what is stored, after rounding to the output dtype, against the
-                    // original re-read from the input (cheaper than keeping a decoded copy).
-                    let sums = store_and_measure(view.dtype, input, original, values, out_chunk);
-                    (settled(sums, out_chunk), piece)
-                }))
-            },
-        )
-        .collect::<Result<_, _>>()?;
+    let run_chunk = |c: usize, out_chunk: &mut [u8]| -> Result<(Sums, Option<Piece>), Canceled> {
+        cancel.check()?;
+        let range = layout.chunk_values(c);
+        let input = &view.bytes[range.start * layout.width..range.end * layout.width];
+        let settled = |sums: Sums, out_chunk: &mut [u8]| {
+            if sums.overflowed() {
+                measure::settle_overflow(view.dtype, input, out_chunk)
+            } else {
+                sums
+            }
+        };
+        if let Some(kernel) = one_pass {
+            let sums = kernel.run(view.dtype, layout.cols, input, out_chunk, None);
+            return Ok((settled(sums, out_chunk), None));
+        }
+        Ok(BUFFERS.with_borrow_mut(|(original, values)| {
+            decode_chunk(c, values);
+            apply_steps(&steps[..plain], &globals[..plain], c, values, &layout);
+            let piece = encoded_step.map(|s| encode_step(s, &globals[plain], c, values, &layout));
+            // Measure what is stored, after rounding to the output dtype, against the
+            // original re-read from the input (cheaper than keeping a decoded copy).
+            let sums = store_and_measure(view.dtype, input, original, values, out_chunk);
+            (settled(sums, out_chunk), piece)
+        }))
+    };
+    let chunks: Vec<(Sums, Option<Piece>)> = if dense_dropped {
+        (0..layout.chunks())
+            .into_par_iter()
+            .map(|c| {
+                CHUNK_DENSE.with_borrow_mut(|dense| {
+                    dense.resize(layout.chunk_values(c).len() * layout.width, 0);
+                    run_chunk(c, dense)
+                })
+            })
+            .collect::<Result<_, _>>()?
+    } else {
+        out.par_chunks_mut(chunk_bytes.max(1))
+            .enumerate()
+            .map(|(c, out_chunk)| run_chunk(c, out_chunk))
+            .collect::<Result<_, _>>()?
+    };
     let mut sums = Sums::default();
     let mut pieces = Vec::with_capacity(chunks.len());
     for (s, piece) in chunks {

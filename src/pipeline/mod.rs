@@ -6,12 +6,15 @@
 //! worker's rayon pool: chunks of a tensor run in parallel there.
 //!
 //! Memory stays at a few tensors whatever the model size: each tensor is mapped on its own and
-//! unmapped when done (so its pages leave the process), transformed in row chunks, and written
-//! out before the next one; `compress::tensor` does the chunked work.
+//! unmapped when done (so its pages leave the process), transformed in row chunks
+//! (`compress::tensor` does the chunked work), and handed to the writer's thread
+//! (`write_behind`), which writes it while the next one is transformed; no more than two are in
+//! flight. Where the writer stores codes alone, no dense copy of the tensor is kept.
 
 pub mod eval_step;
 pub mod files;
 pub mod memory;
+mod write_behind;
 pub mod writers;
 
 pub use files::{
@@ -32,10 +35,11 @@ use crate::compress::tensor::{self, Fidelity, TensorView, TransformError};
 use crate::formats::TensorMeta;
 use crate::formats::hf;
 use crate::formats::safetensors::{self, Header, TensorInfo};
-use crate::formats::writer::{HashingFile, TensorOut};
+use crate::formats::writer::HashingFile;
 use crate::jobs::recipe::{OutputFormat, Prune, Recipe, Selection, Stage};
 use crate::jobs::report::{Progress, Summary, TensorReport};
 use crate::numeric::Cancel;
+use write_behind::{Dense, WriteBehind};
 
 /// A job's whole run on the CPU pool: the compression, then, when the job asks for one, its
 /// evaluation step on the artifact; a panic in either phase is contained and names it. Both
@@ -137,91 +141,83 @@ pub fn run(
             None => header.clone(),
         })
         .collect();
-    let mut writer = writers::writer_for(&plan, out_dir, inputs, &out_headers)?;
-    let mut files = Vec::new();
+    let mut writer = WriteBehind::start(writers::writer_for(&plan, out_dir, inputs, &out_headers)?);
     let mut reports = Vec::new();
-    let mut theoretical_bits = 0f64;
-    let mut buffer: Vec<u8> = Vec::new();
     for ((input, header), out_header) in weights.iter().zip(&out_headers) {
         writer.begin_file(&input.name, out_header)?;
         let file = File::open(&input.path)?;
         for (t, out_info) in header.tensors.iter().zip(&out_header.tensors) {
             cancel.check()?;
+            let index = reports.len();
             let offset = header.data_start() + t.begin;
             let data = map_range(&file, offset, t.bytes())?;
             let shrunk = shrink
                 .as_ref()
                 .and_then(|plan| plan.gather(t, data.bytes()));
-            let bytes = shrunk.as_ref().map_or(data.bytes(), |(b, _)| &b[..]);
             let planned = plan.tensor(&t.name).filter(|p| !p.steps.is_empty());
             let selected = planned.is_some();
             let scheme = planned.map_or_else(|| plan.scheme(), |p| p.scheme.clone());
-            let view = TensorView {
-                bytes,
-                dtype: t.dtype,
-                shape: &out_info.shape,
-            };
+            let note = plan.tensor(&t.name).and_then(|p| p.note.clone());
             let report = contain_panic(
                 || format!("tensor {:?} ({scheme})", t.name),
                 || -> Result<TensorReport, PipelineError> {
-                    Ok(if selected || shrunk.is_some() {
-                        let mut steps = planned.map(|p| p.steps.clone()).unwrap_or_default();
-                        if let Some(counts) = &global_counts {
-                            steps[0] = Step::MagnitudePruneCount {
-                                count: counts[&t.name],
-                            };
-                        }
-                        // One buffer for every tensor: fresh memory would cost a page fault per 4 KiB.
-                        buffer.resize(bytes.len(), 0);
-                        let transformed = &mut buffer[..];
-                        let (mut fidelity, encoded) = if encode {
-                            tensor::transform_encoded(&view, &steps, cancel, transformed)
-                                .map(|(f, e)| (f, Some(e)))
-                        } else {
-                            tensor::transform_into(&view, &steps, cancel, transformed)
-                                .map(|f| (f, None))
-                        }
-                        .map_err(|e| transform_error(&t.name, e))?;
-                        if let Some((_, removed)) = &shrunk {
-                            fidelity = fidelity.including_removed(removed);
-                        }
-                        let encoded = encoded.filter(|_| selected);
-                        let stored = writer.tensor(TensorOut {
-                            info: out_info,
-                            dense: transformed,
-                            encoded: encoded.as_ref(),
-                        })?;
-                        theoretical_bits += match (writer.layout_bits(), &encoded) {
-                            (Some(bits), _) => bits,
-                            (None, Some(e)) => {
-                                e.theoretical_bits(out_info.elements(), t.dtype.bits())
-                            }
-                            (None, None) => (out_info.elements() * t.dtype.bits()) as f64,
-                        };
-                        let scheme = match fidelity.low_rank {
-                            Some(lr) => format!(
-                                "{scheme} (rank {}, {:.1}% of the parameters)",
-                                lr.rank,
-                                lr.parameter_fraction * 100.0
-                            ),
-                            None => scheme.clone(),
-                        };
-                        let mut r = report(t, &scheme, stored, &fidelity);
-                        r.shape = out_info.shape.clone();
-                        r.note = plan.tensor(&t.name).and_then(|p| p.note.clone());
-                        r
-                    } else {
-                        let stored = writer.tensor(TensorOut {
-                            info: out_info,
-                            dense: bytes,
-                            encoded: None,
-                        })?;
-                        theoretical_bits += (t.elements() * t.dtype.bits()) as f64;
+                    if !selected && shrunk.is_none() {
+                        let bits = (t.elements() * t.dtype.bits()) as f64;
+                        writer.tensor(index, out_info, Dense::Mapped(data), None, bits)?;
                         let mut r = unchanged(t);
-                        r.bytes_out = stored as i64;
-                        r.note = plan.tensor(&t.name).and_then(|p| p.note.clone());
-                        r
-                    })
+                        r.note = note;
+                        return Ok(r);
+                    }
+                    let bytes = shrunk.as_ref().map_or(data.bytes(), |(b, _)| &b[..]);
+                    let view = TensorView {
+                        bytes,
+                        dtype: t.dtype,
+                        shape: &out_info.shape,
+                    };
+                    let mut steps = planned.map(|p| p.steps.clone()).unwrap_or_default();
+                    if let Some(counts) = &global_counts {
+                        steps[0] = Step::MagnitudePruneCount {
+                            count: counts[&t.name],
+                        };
+                    }
+                    // A reused buffer: fresh memory would cost a page fault per 4 KiB.
+                    let mut buffer = writer.buffer();
+                    let (mut fidelity, encoded) = if !encode {
+                        buffer.resize(bytes.len(), 0);
+                        tensor::transform_into(&view, &steps, cancel, &mut buffer)
+                            .map(|f| (f, None))
+                    } else if selected && !writers::reads_dense(recipe, steps.last()) {
+                        tensor::transform_codes(&view, &steps, cancel, &mut buffer)
+                            .map(|(f, e)| (f, Some(e)))
+                    } else {
+                        buffer.resize(bytes.len(), 0);
+                        tensor::transform_encoded(&view, &steps, cancel, &mut buffer)
+                            .map(|(f, e)| (f, Some(e)))
+                    }
+                    .map_err(|e| transform_error(&t.name, e))?;
+                    if let Some((_, removed)) = &shrunk {
+                        fidelity = fidelity.including_removed(removed);
+                    }
+                    let encoded = encoded.filter(|_| selected);
+                    let bits = match &encoded {
+                        Some(e) => e.theoretical_bits(out_info.elements(), t.dtype.bits()),
+                        None => (out_info.elements() * t.dtype.bits()) as f64,
+                    };
+                    let scheme = match fidelity.low_rank {
+                        Some(lr) => format!(
+                            "{scheme} (rank {}, {:.1}% of the parameters)",
+                            lr.rank,
+                            lr.parameter_fraction * 100.0
+                        ),
+                        None => scheme.clone(),
+                    };
+                    drop(data);
+                    writer.tensor(index, out_info, Dense::Buffer(buffer), encoded, bits)?;
+                    // Bytes out are filled in once the writer has stored the tensor.
+                    let mut r = report(t, &scheme, 0, &fidelity);
+                    r.shape = out_info.shape.clone();
+                    r.note = note;
+                    Ok(r)
                 },
             )?;
             reports.push(report);
@@ -229,8 +225,15 @@ pub fn run(
             state.bytes_done += t.bytes();
             progress(&state);
         }
-        files.extend(writer.end_file()?);
+        writer.end_file()?;
     }
+    let (mut writer, written) = writer.finish()?;
+    let mut theoretical_bits = 0f64;
+    for (index, stored, bits) in written.tensors {
+        reports[index].bytes_out = stored as i64;
+        theoretical_bits += bits;
+    }
+    let mut files = written.files;
     let weight_files: Vec<String> = files.iter().map(|f| f.name.clone()).collect();
     for input in inputs.iter().filter(|i| i.kind == InputKind::Other) {
         cancel.check()?;

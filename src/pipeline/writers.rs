@@ -22,7 +22,7 @@ pub fn writer_for(
     out_dir: &Path,
     inputs: &[InputFile],
     headers: &[Header],
-) -> Result<Box<dyn ArtifactWriter>, PipelineError> {
+) -> Result<Box<dyn ArtifactWriter + Send>, PipelineError> {
     let recipe = &plan.recipe;
     Ok(match recipe.format {
         OutputFormat::Auto => {
@@ -75,6 +75,19 @@ pub fn writer_for(
             Box::new(GgufWriter::new(out_dir, model, block_of)?)
         }
     })
+}
+
+/// Whether the format's writer reads a tensor's dense values when the tensor's last step is
+/// `last`: compressed-tensors stores integer and FP8 weights as their codes alone (unless it
+/// counts their zeros for a sparsity description), GGUF its block-quantized weights as blocks.
+pub fn reads_dense(recipe: &Recipe, last: Option<&Step>) -> bool {
+    match (recipe.format, last) {
+        (OutputFormat::Gguf, Some(Step::Gguf(_))) => false,
+        (OutputFormat::CompressedTensors, Some(Step::Int(_) | Step::Fp8 { .. })) => {
+            sparsity_layout(recipe).format.is_some()
+        }
+        _ => true,
+    }
 }
 
 /// How compressed-tensors describes the recipe's pruning.

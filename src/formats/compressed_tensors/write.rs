@@ -29,7 +29,7 @@ pub struct SparsityLayout {
 
 /// Which form each weight is stored in, by name (None: left as it was), when the recipe knows
 /// it before the weights are compressed.
-pub type FormOf = Box<dyn Fn(&str) -> Option<StoredForm>>;
+pub type FormOf = Box<dyn Fn(&str) -> Option<StoredForm> + Send>;
 
 /// compressed-tensors: a loadable model folder for vLLM and transformers.
 pub struct CompressedTensorsWriter {
