@@ -5,6 +5,8 @@
 //! `quantization_config` block of `config.json` that describes them. Byte facts and their
 //! sources: shared/reference/formats.md §2.
 
+use std::borrow::Cow;
+
 use serde_json::{Value, json};
 
 use crate::compress::encoded::Encoded;
@@ -19,15 +21,15 @@ pub mod write;
 
 /// One tensor as stored.
 #[derive(Debug, Clone, PartialEq)]
-pub struct StoredTensor {
+pub struct StoredTensor<'a> {
     /// Name.
     pub name: String,
     /// Element type.
     pub dtype: Dtype,
     /// Dimensions.
     pub shape: Vec<u64>,
-    /// Little-endian data.
-    pub data: Vec<u8>,
+    /// Little-endian data: borrowed where the codes or dense bytes are stored as they are.
+    pub data: Cow<'a, [u8]>,
 }
 
 /// How a compressed weight's values are stored.
@@ -122,26 +124,20 @@ fn i64s(values: &[u64]) -> Vec<u8> {
 /// The tensors that store one compressed weight `name` ([rows, cols], of `dtype`): its codes
 /// and parameters when quantized, its dense bytes (`dense`) otherwise, with the zeros left out
 /// by `sparse` where the values are stored one per element.
-pub fn weight_tensors(
+pub fn weight_tensors<'a>(
     name: &str,
     dtype: Dtype,
     rows: usize,
     cols: usize,
-    encoded: &Encoded,
-    dense: &[u8],
+    encoded: &'a Encoded,
+    dense: &'a [u8],
     sparse: Option<SparseFormat>,
-) -> Vec<StoredTensor> {
+) -> Vec<StoredTensor<'a>> {
     let module = module_of(name);
-    let tensor = |suffix: &str, dtype: Dtype, shape: Vec<u64>, data: Vec<u8>| StoredTensor {
-        name: format!("{module}.{suffix}"),
-        dtype,
-        shape,
-        data,
-    };
     let (r, c) = (rows as u64, cols as u64);
     let mut out = Vec::new();
     // The tensor holding one value per element, when there is one: it may be sparse-compressed.
-    let mut elementwise: Option<(Dtype, Vec<u8>)> = None;
+    let mut elementwise: Option<(Dtype, Cow<'a, [u8]>)> = None;
     match encoded {
         Encoded::Int {
             scheme,
@@ -150,7 +146,8 @@ pub fn weight_tensors(
         } => {
             let scale_shape = param_shape(scheme, r, c);
             let scales: Vec<f32> = params.iter().map(|p| p.scale).collect();
-            out.push(tensor(
+            out.push(stored(
+                module,
                 "weight_scale",
                 dtype,
                 scale_shape.clone(),
@@ -165,14 +162,21 @@ pub fn weight_tensors(
                     .collect();
                 out.insert(
                     0,
-                    tensor(
+                    stored(
+                        module,
                         "weight_packed",
                         Dtype::I32,
                         vec![r, (c * u64::from(scheme.bits)).div_ceil(32)],
                         pack_rows(&unsigned, rows, cols, scheme.bits),
                     ),
                 );
-                out.push(tensor("weight_shape", Dtype::I64, vec![2], i64s(&[r, c])));
+                out.push(stored(
+                    module,
+                    "weight_shape",
+                    Dtype::I64,
+                    vec![2],
+                    i64s(&[r, c]),
+                ));
                 if !scheme.symmetric {
                     out.push(packed_zero_points(
                         module,
@@ -182,13 +186,17 @@ pub fn weight_tensors(
                     ));
                 }
             } else {
-                elementwise = Some((Dtype::I8, codes.iter().map(|&q| q as u8).collect()));
+                elementwise = Some((Dtype::I8, Cow::Borrowed(bytemuck::cast_slice(codes))));
                 if !scheme.symmetric {
-                    out.push(tensor(
+                    out.push(stored(
+                        module,
                         "weight_zero_point",
                         Dtype::I8,
                         scale_shape,
-                        zero_points.iter().map(|&z| z as i8 as u8).collect(),
+                        zero_points
+                            .iter()
+                            .map(|&z| z as i8 as u8)
+                            .collect::<Vec<u8>>(),
                     ));
                 }
             }
@@ -199,19 +207,20 @@ pub fn weight_tensors(
             } else {
                 vec![r, 1]
             };
-            out.push(tensor(
+            out.push(stored(
+                module,
                 "weight_scale",
                 dtype,
                 shape,
                 encode_floats(dtype, scales),
             ));
-            elementwise = Some((Dtype::F8_E4M3, codes.clone()));
+            elementwise = Some((Dtype::F8_E4M3, Cow::Borrowed(codes)));
         }
-        _ => elementwise = Some((dtype, dense.to_vec())),
+        _ => elementwise = Some((dtype, Cow::Borrowed(dense))),
     }
     if let Some((element_dtype, data)) = elementwise {
         match sparse {
-            None => out.insert(0, tensor("weight", element_dtype, vec![r, c], data)),
+            None => out.insert(0, stored(module, "weight", element_dtype, vec![r, c], data)),
             Some(format) => {
                 let width = (element_dtype.bits() / 8) as usize;
                 let mut parts = sparse_tensors(format, element_dtype, width, rows, cols, &data);
@@ -225,6 +234,22 @@ pub fn weight_tensors(
         }
     }
     out
+}
+
+/// A tensor of `module`'s.
+fn stored<'a>(
+    module: &str,
+    suffix: &str,
+    dtype: Dtype,
+    shape: Vec<u64>,
+    data: impl Into<Cow<'a, [u8]>>,
+) -> StoredTensor<'a> {
+    StoredTensor {
+        name: format!("{module}.{suffix}"),
+        dtype,
+        shape,
+        data: data.into(),
+    }
 }
 
 /// What a weight's last step stores, as far as the names, dtypes and shapes of its tensors
@@ -320,13 +345,13 @@ fn packed_zero_points(
     scheme: &IntScheme,
     zero_points: &[i32],
     shape: &[u64],
-) -> StoredTensor {
+) -> StoredTensor<'static> {
     if shape == [1] {
         return StoredTensor {
             name: format!("{module}.weight_zero_point"),
             dtype: Dtype::I8,
             shape: vec![1],
-            data: vec![zero_points[0] as i8 as u8],
+            data: Cow::Owned(vec![zero_points[0] as i8 as u8]),
         };
     }
     let (rows, groups) = (shape[0] as usize, shape[1] as usize);
@@ -349,7 +374,7 @@ fn packed_zero_points(
         name: format!("{module}.weight_zero_point"),
         dtype: Dtype::I32,
         shape: vec![words as u64, groups as u64],
-        data,
+        data: Cow::Owned(data),
     }
 }
 
@@ -419,7 +444,7 @@ pub fn sparse_tensors(
     rows: usize,
     cols: usize,
     data: &[u8],
-) -> Vec<StoredTensor> {
+) -> Vec<StoredTensor<'static>> {
     let mask_row = cols.div_ceil(8);
     let mut bitmask = vec![0u8; rows * mask_row];
     let mut compressed = Vec::new();
@@ -454,7 +479,7 @@ pub fn sparse_tensors(
         name: name.to_owned(),
         dtype,
         shape,
-        data,
+        data: Cow::Owned(data),
     };
     let nnz = (compressed.len() / width) as u64;
     match format {
