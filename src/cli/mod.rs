@@ -161,7 +161,7 @@ fn local_inputs(path: &std::path::Path) -> anyhow::Result<Vec<crate::pipeline::I
 fn file_sha256(path: &std::path::Path) -> std::io::Result<String> {
     use sha2::Digest;
     /// Bytes mapped at a time: the mapped pages count in the process's resident memory.
-    const WINDOW: u64 = 1 << 26;
+    const WINDOW: u64 = 1 << 24;
     let file = std::fs::File::open(path)?;
     let len = file.metadata()?.len();
     let mut hasher = sha2::Sha256::new();
