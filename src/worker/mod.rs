@@ -260,19 +260,33 @@ impl Worker {
 
         let cancel = Cancel::new();
         let progress = Arc::new(Mutex::new(None::<Progress>));
+        // A new phase or evaluation stage is published at once, not at the next tick: a short
+        // evaluation would otherwise never show.
+        let milestone = Arc::new(tokio::sync::Notify::new());
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
         {
             let cancel = cancel.clone();
             let progress = progress.clone();
+            let milestone = milestone.clone();
             let work_dir = work_dir.clone();
             let sha = job.model_sha256.clone();
             let span = tracing::Span::current();
             cpu_pool().spawn(move || {
                 let _entered = span.enter();
                 let report = |p: &Progress| {
-                    *progress
+                    let mut current = progress
                         .lock()
-                        .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(p.clone());
+                        .unwrap_or_else(|poisoned| poisoned.into_inner());
+                    let stage = |p: &Progress| {
+                        (
+                            p.phase.clone(),
+                            p.evaluation.as_ref().map(|e| e.stage.clone()),
+                        )
+                    };
+                    if current.as_ref().map(stage) != Some(stage(p)) {
+                        milestone.notify_one();
+                    }
+                    *current = Some(p.clone());
                 };
                 let result = pipeline::run_job(
                     &inputs, &recipe, sha, &work_dir, &cancel, evaluation, &report,
@@ -293,6 +307,7 @@ impl Worker {
             tokio::select! {
                 result = &mut done_rx => break result.map_err(|_| anyhow::anyhow!("the pipeline thread stopped"))?,
                 _ = tick.tick() => {}
+                _ = milestone.notified() => {}
             }
             if *self.stopped.borrow() && stop_reason.is_none() {
                 let deadline =
