@@ -165,11 +165,7 @@ impl OnePass {
         out: &mut [u8],
         codes: Option<&mut CodesOut>,
     ) -> Sums {
-        match dtype {
-            Dtype::BF16 => run_bf16(self, group, input, out, codes),
-            Dtype::F32 => run_f32(self, group, input, out, codes),
-            _ => unreachable!("one-pass kernels are chosen for BF16 and F32 only"),
-        }
+        run_portable_as(self, dtype, group, input, out, codes)
     }
 }
 
@@ -233,26 +229,20 @@ fn q4_0_blocks(codes: &[u8], steps: &[[f32; 2]], out: &mut [u8]) {
 }
 
 multiversion! {
-    fn run_bf16(
+    /// The portable loops for `dtype`, compiled for each SIMD level.
+    fn run_portable_as(
         kernel: OnePass,
+        dtype: Dtype,
         group: usize,
         input: &[u8],
         out: &mut [u8],
         codes: Option<&mut CodesOut>,
     ) -> Sums {
-        run_stored::<Bf16>(kernel, group, input, out, codes)
-    }
-}
-
-multiversion! {
-    fn run_f32(
-        kernel: OnePass,
-        group: usize,
-        input: &[u8],
-        out: &mut [u8],
-        codes: Option<&mut CodesOut>,
-    ) -> Sums {
-        run_stored::<F32>(kernel, group, input, out, codes)
+        match dtype {
+            Dtype::BF16 => run_stored::<Bf16>(kernel, group, input, out, codes),
+            Dtype::F32 => run_stored::<F32>(kernel, group, input, out, codes),
+            _ => unreachable!("one-pass kernels are chosen for BF16 and F32 only"),
+        }
     }
 }
 

@@ -59,6 +59,42 @@ const Q5_K_SEARCH: Search = Search {
     steps: 15,
 };
 
+/// What `make_qkx2_quants` reads off a sub-block before its search: the smallest value (at
+/// most 0), the largest, and the weights' sum and weighted sum, folded in the reference's order.
+struct Range {
+    min: f32,
+    max: f32,
+    sum_w: f32,
+    sum_x: f32,
+}
+
+impl Range {
+    #[inline(always)]
+    fn of(x: &[f32], weights: &[f32]) -> Range {
+        let mut min = x[0];
+        let mut max = x[0];
+        let mut sum_w = weights[0];
+        let mut sum_x = sum_w * x[0];
+        for i in 1..x.len() {
+            if x[i] < min {
+                min = x[i];
+            }
+            if x[i] > max {
+                max = x[i];
+            }
+            let w = weights[i];
+            sum_w += w;
+            sum_x += w * x[i];
+        }
+        Range {
+            min: if min > 0.0 { 0.0 } else { min },
+            max,
+            sum_w,
+            sum_x,
+        }
+    }
+}
+
 /// Candidate scales searched side by side, one per lane: every search has at most 21.
 const LANES: usize = 24;
 
@@ -78,24 +114,12 @@ fn scale_and_min(x: &[f32], weights: &[f32], search: Search, codes: &mut [u8]) -
     const RDELTA: f32 = 0.1;
     let Search { nmax, rmin, steps } = search;
     let n = x.len();
-    let mut min = x[0];
-    let mut max = x[0];
-    let mut sum_w = weights[0];
-    let mut sum_x = sum_w * x[0];
-    for i in 1..n {
-        if x[i] < min {
-            min = x[i];
-        }
-        if x[i] > max {
-            max = x[i];
-        }
-        let w = weights[i];
-        sum_w += w;
-        sum_x += w * x[i];
-    }
-    if min > 0.0 {
-        min = 0.0;
-    }
+    let Range {
+        mut min,
+        max,
+        sum_w,
+        sum_x,
+    } = Range::of(x, weights);
     if max == min {
         codes.fill(0);
         return (0.0, -min);
@@ -197,24 +221,12 @@ fn scale_and_min_reference(
     const RDELTA: f32 = 0.1;
     let Search { nmax, rmin, steps } = search;
     let n = x.len();
-    let mut min = x[0];
-    let mut max = x[0];
-    let mut sum_w = weights[0];
-    let mut sum_x = sum_w * x[0];
-    for i in 1..n {
-        if x[i] < min {
-            min = x[i];
-        }
-        if x[i] > max {
-            max = x[i];
-        }
-        let w = weights[i];
-        sum_w += w;
-        sum_x += w * x[i];
-    }
-    if min > 0.0 {
-        min = 0.0;
-    }
+    let Range {
+        mut min,
+        max,
+        sum_w,
+        sum_x,
+    } = Range::of(x, weights);
     if max == min {
         codes.fill(0);
         return (0.0, -min);
