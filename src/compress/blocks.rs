@@ -107,15 +107,7 @@ impl BlockType {
 /// The value with the largest magnitude, keeping its sign (the first one on ties).
 #[inline(always)]
 pub(crate) fn signed_absmax(x: &[f32]) -> f32 {
-    let mut amax = 0f32;
-    let mut max = 0f32;
-    for &v in x {
-        if amax < v.abs() {
-            amax = v.abs();
-            max = v;
-        }
-    }
-    max
+    kquants::largest_magnitude(x).0
 }
 
 fn inverse(d: f32) -> f32 {

@@ -118,7 +118,7 @@ impl OnePass {
                 }
             };
         }
-        self.run_portable(dtype, group, input, out, codes)
+        run_portable(self, dtype, group, input, out, codes)
     }
 
     /// [`OnePass::run`] by the AVX2 kernels, on BF16 or else F32 input, writing `codes` when
@@ -154,18 +154,6 @@ impl OnePass {
             (OnePass::Q4_0, true) => q4_0_groups::<true, EMIT>(input, out, codes),
             (OnePass::Q4_0, false) => q4_0_groups::<false, EMIT>(input, out, codes),
         }
-    }
-
-    /// [`OnePass::run`] by the portable loops only (the hand-written kernels' scalar twin).
-    fn run_portable(
-        self,
-        dtype: Dtype,
-        group: usize,
-        input: &[u8],
-        out: &mut [u8],
-        codes: Option<&mut CodesOut>,
-    ) -> Sums {
-        run_portable_as(self, dtype, group, input, out, codes)
     }
 }
 
@@ -229,8 +217,9 @@ fn q4_0_blocks(codes: &[u8], steps: &[[f32; 2]], out: &mut [u8]) {
 }
 
 multiversion! {
-    /// The portable loops for `dtype`, compiled for each SIMD level.
-    fn run_portable_as(
+    /// [`OnePass::run`] by the portable loops only (the hand-written kernels' scalar twin),
+    /// compiled for each SIMD level.
+    fn run_portable(
         kernel: OnePass,
         dtype: Dtype,
         group: usize,
@@ -605,7 +594,7 @@ mod tests {
                 let mut portable = vec![0u8; input.len()];
                 let a = kernel.run(dtype, cols, input, &mut dispatched, None);
                 let group = kernel.group_len(cols);
-                let b = kernel.run_portable(dtype, group, input, &mut portable, None);
+                let b = run_portable(kernel, dtype, group, input, &mut portable, None);
                 let name = format!("{dtype} {step:?}");
                 assert!(dispatched == portable, "{name}: bytes differ");
                 assert_eq!(a, b, "{name}: sums differ");
@@ -620,7 +609,7 @@ mod tests {
                     groups: Vec::new(),
                 };
                 let c = kernel.run(dtype, cols, input, &mut dispatched, Some(&mut out_a));
-                let d = kernel.run_portable(dtype, group, input, &mut portable, Some(&mut out_b));
+                let d = run_portable(kernel, dtype, group, input, &mut portable, Some(&mut out_b));
                 assert!(dispatched == portable, "{name}: bytes differ with codes");
                 assert_eq!((a, b), (c, d), "{name}: sums differ with codes");
                 assert_eq!(out_a.groups.len(), rows * cols / group, "{name}");

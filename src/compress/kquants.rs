@@ -441,12 +441,10 @@ fn dequantize_scaled(block: &[u8], nibbles: &[u8], fifth: Option<&[u8]>, out: &m
     }
 }
 
-/// A signed scale for 16 values with codes −nmax..nmax−1 stored as code + nmax, chosen among 19
-/// candidates by the x²-weighted fit (`make_qx_quants` with rmse_type 1). The candidates are
-/// fitted side by side, one per lane, and picked in the reference's order, as in
-/// [`scale_and_min`].
+/// The value of largest magnitude (the first on ties) and that magnitude, as ggml scans for
+/// them (Q4_0 and Q5_0 blocks, Q6_K sub-blocks).
 #[inline(always)]
-fn signed_scale(x: &[f32], nmax: i32, codes: &mut [i8]) -> f32 {
+pub(crate) fn largest_magnitude(x: &[f32]) -> (f32, f32) {
     let mut max = 0f32;
     let mut amax = 0f32;
     for &v in x {
@@ -455,6 +453,16 @@ fn signed_scale(x: &[f32], nmax: i32, codes: &mut [i8]) -> f32 {
             max = v;
         }
     }
+    (max, amax)
+}
+
+/// A signed scale for 16 values with codes −nmax..nmax−1 stored as code + nmax, chosen among 19
+/// candidates by the x²-weighted fit (`make_qx_quants` with rmse_type 1). The candidates are
+/// fitted side by side, one per lane, and picked in the reference's order, as in
+/// [`scale_and_min`].
+#[inline(always)]
+fn signed_scale(x: &[f32], nmax: i32, codes: &mut [i8]) -> f32 {
+    let (max, amax) = largest_magnitude(x);
     if amax < GROUP_MAX_EPS {
         codes.fill(0);
         return 0.0;
@@ -508,14 +516,7 @@ fn signed_scale(x: &[f32], nmax: i32, codes: &mut [i8]) -> f32 {
 /// [`signed_scale`] one candidate after another, as `make_qx_quants` runs: the reference the
 /// candidate lanes are checked against.
 fn signed_scale_reference(x: &[f32], nmax: i32, codes: &mut [i8]) -> f32 {
-    let mut max = 0f32;
-    let mut amax = 0f32;
-    for &v in x {
-        if v.abs() > amax {
-            amax = v.abs();
-            max = v;
-        }
-    }
+    let (max, amax) = largest_magnitude(x);
     if amax < GROUP_MAX_EPS {
         codes.fill(0);
         return 0.0;
