@@ -1,5 +1,6 @@
 """Side by side: `squeeze compress` against the tools a user would run instead, on one input, in
-one run, rounds interleaved so every tool sees the same machine load.
+one run, rounds interleaved so every tool sees the same machine load; with --evaluate, `squeeze
+evaluate` against llama.cpp's `llama-perplexity` on the same tokens and weights.
 
 The input is a synthetic Llama-7B slice (N decoder layers of BF16 weights, rows scaled like
 real weights; 4 layers = 1.6 GB) or a real model folder (--model). Each round times, in
@@ -133,6 +134,60 @@ def make_gguf(folder, out):
     writer.close()
 
 
+def make_f32_gguf(folder, template, out):
+    """The model's float weights as an F32 GGUF for llama-perplexity, with the metadata
+    (tokenizer included) and tensor names of `template`, a GGUF squeeze wrote from the same
+    folder; query and key rows permuted into llama.cpp's rotary order, as its converter does.
+    Runs in its own process (--make-f32-gguf)."""
+    import gguf
+    import numpy as np
+    config = json.loads((folder / "config.json").read_text())
+    heads = config["num_attention_heads"]
+    kv_heads = config.get("num_key_value_heads", heads)
+    reader = gguf.GGUFReader(str(template))
+    writer = gguf.GGUFWriter(str(out), "llama")
+    for field in reader.fields.values():
+        if field.name.startswith("GGUF.") or field.name == "general.architecture":
+            continue
+        kinds = field.types
+        writer.add_key_value(field.name, field.contents(), kinds[0],
+                             sub_type=kinds[1] if len(kinds) > 1 else None)
+    values = {}
+    for path in sorted(folder.glob("*.safetensors")):
+        for name, t, raw in raw_tensors(path):
+            values[gguf_name(name)] = (name, t, raw)
+    if "output.weight" not in values:
+        values["output.weight"] = values["token_embd.weight"]
+    for info in reader.tensors:
+        name, t, raw = values[info.name]
+        w = as_f32(t, raw)
+        for proj, n in (("q_proj", heads), ("k_proj", kv_heads)):
+            if name.endswith(f"self_attn.{proj}.weight"):
+                w = w.reshape(n, 2, w.shape[0] // n // 2, w.shape[1]).swapaxes(1, 2).reshape(w.shape)
+        writer.add_tensor(info.name, np.ascontiguousarray(w, dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+def make_eval_set(folder, text_out, tokens_out, sequences, length):
+    """An evaluation text (CPython's bundled documentation topics: plain English prose and code,
+    on every machine with Python) and the same text as `sequences` windows of `length` tokens
+    of the model's tokenizer, the JSONL squeeze evaluates (llama-perplexity tokenizes the text
+    itself, into the same windows)."""
+    import pydoc_data.topics as topics
+    from tokenizers import Tokenizer
+    text = "\n\n".join(topics.topics[k] for k in sorted(topics.topics))
+    ids = Tokenizer.from_file(str(folder / "tokenizer.json")).encode(text).ids
+    if len(ids) < sequences * length:
+        sys.exit(f"bench-compare: the text has {len(ids)} tokens, fewer than {sequences} × {length}")
+    text_out.write_text(text)
+    with open(tokens_out, "w") as f:
+        for i in range(sequences):
+            f.write(json.dumps({"tokens": ids[i * length:(i + 1) * length]}) + "\n")
+
+
 def raw_tensors(path):
     """Each tensor of a safetensors file: its name, header entry and raw bytes (read by hand,
     as numpy has no BF16)."""
@@ -203,16 +258,23 @@ else:
 '''
 
 
-def run(cmd, cwd=None):
-    """Runs `cmd`; its wall seconds, CPU seconds and peak RSS in MiB (children included)."""
-    started = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    stderr = proc.stderr.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - started
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        sys.exit(f"bench-compare: {' '.join(map(str, cmd))} failed:\n{stderr.decode()[-2000:]}")
+def run(cmd, cwd=None, output=None):
+    """Runs `cmd`; its wall seconds, CPU seconds and peak RSS in MiB (children included). With
+    `output` (a list), its stdout and stderr are appended to it."""
+    import tempfile
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        started = time.perf_counter()
+        proc = subprocess.Popen(cmd, cwd=cwd, stdout=out if output is not None else
+                                subprocess.DEVNULL, stderr=err)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - started
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read().decode(), err.read().decode()
+    if os.waitstatus_to_exitcode(status) != 0:
+        sys.exit(f"bench-compare: {' '.join(map(str, cmd))} failed:\n{stderr[-2000:]}")
+    if output is not None:
+        output.append((stdout, stderr))
     return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
 
 
@@ -230,6 +292,13 @@ def main():
                         default=Path.home() / ".cache/squeeze/peer/build/bin")
     parser.add_argument("--work", type=Path, default=Path("target/bench-compare"))
     parser.add_argument("--json", type=Path, help="also write every sample here")
+    parser.add_argument("--evaluate", action="store_true",
+                        help="time evaluation instead: squeeze evaluate against llama-perplexity "
+                             "on the same tokens, F32 and Q8_0 (needs --model with tokenizer.json)")
+    parser.add_argument("--sequences", type=int, default=64, help="evaluation windows")
+    parser.add_argument("--length", type=int, default=512, help="tokens per evaluation window")
+    parser.add_argument("--make-f32-gguf", type=Path, nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--make-eval-set", type=Path, nargs=3, help=argparse.SUPPRESS)
     parser.add_argument("--make-synthetic", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--make-gguf", type=Path, nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -238,6 +307,15 @@ def main():
         return
     if args.make_synthetic:
         make_synthetic(args.make_synthetic, args.layers)
+        return
+    if args.make_f32_gguf:
+        make_f32_gguf(*args.make_f32_gguf)
+        return
+    if args.make_eval_set:
+        make_eval_set(*args.make_eval_set, args.sequences, args.length)
+        return
+    if args.evaluate:
+        evaluate(args)
         return
     kernels = [k for k in args.kernels.split(",") if k]
     args.work.mkdir(parents=True, exist_ok=True)
@@ -320,6 +398,82 @@ def main():
     if args.json:
         args.json.write_text(json.dumps({"input_bytes": input_bytes, "rounds": args.rounds,
                                          "samples": {f"{k}/{t}": v for (k, t), v in samples.items()}},
+                                        indent=2))
+
+
+def evaluate(args):
+    """Evaluation side by side: llama-perplexity over `sequences` windows of `length` tokens,
+    on the F32 weights and on Q8_0, against `squeeze evaluate` of the same weights on the same
+    windows with the original's outputs kept from a first run (as llama-perplexity's
+    --kl-divergence-base keeps them), and once more without them."""
+    if not args.model or not (args.model / "tokenizer.json").exists():
+        sys.exit("bench-compare: --evaluate needs --model, a decoder folder with tokenizer.json")
+    model, work = args.model, args.work / "evaluate"
+    work.mkdir(parents=True, exist_ok=True)
+    text, tokens = work / "text.txt", work / "tokens.jsonl"
+    me = [sys.executable, __file__, "--sequences", str(args.sequences), "--length", str(args.length)]
+    subprocess.run([*me, "--make-eval-set", model, text, tokens], check=True)
+    q8 = work / "q8_0"
+    if not (q8 / "model.gguf").exists():
+        subprocess.run([args.squeeze, "compress", "--preset", "q8_0", model, "-o", q8], check=True,
+                       stdout=subprocess.DEVNULL)
+    f32 = work / "f32.gguf"
+    if not f32.exists():
+        subprocess.run([*me, "--make-f32-gguf", model, q8 / "model.gguf", f32], check=True)
+    perplexity = args.llama_bin / "llama-perplexity"
+    kept = work / "original.ref"
+    kept.unlink(missing_ok=True)
+    evaluate = [args.squeeze, "evaluate", model]
+    sets = ["--dataset", tokens, "--json"]
+    print("keeping the original's outputs ...", file=sys.stderr)
+    run([*evaluate, model, *sets, "--reference", kept])
+    tasks = []
+    for weights, gguf_file, artifact in (("F32", f32, model), ("Q8_0", q8 / "model.gguf", q8)):
+        if perplexity.exists():
+            tasks.append((weights, "llama-perplexity",
+                          [perplexity, "-m", gguf_file, "-f", text, "-c", str(args.length),
+                           "-b", str(args.length), "--chunks", str(args.sequences),
+                           "-t", str(args.threads)]))
+        tasks.append((weights, "squeeze, original kept", [*evaluate, artifact, *sets, "--reference", kept]))
+    tasks.append(("Q8_0", "squeeze, original run too", [*evaluate, q8, *sets]))
+    samples, figures = {}, {}
+    for r in range(args.rounds):
+        order = tasks[r % len(tasks):] + tasks[:r % len(tasks)]
+        for weights, tool, cmd in order:
+            output = []
+            wall, cpu, rss = run(cmd, output=output)
+            extra = ()
+            if tool.startswith("squeeze"):
+                report = json.loads(output[0][0])
+                extra = (report["accuracy_seconds"], report["latency_seconds"])
+                figures[(weights, tool)] = report["compressed"]["metrics"]["perplexity"]
+            else:
+                final = [line for line in output[0][1].splitlines() if "Final estimate" in line]
+                if final:
+                    figures[(weights, tool)] = float(final[-1].split("PPL = ")[1].split()[0])
+            samples.setdefault((weights, tool), []).append((wall, cpu, rss, *extra))
+            print(f"round {r + 1}: {weights:5} {tool:27} {wall:7.2f} s wall {cpu:7.2f} s CPU "
+                  f"{rss:7.0f} MiB", file=sys.stderr)
+    print(f"\n{model.name}: {args.sequences} × {args.length} tokens, {args.rounds} interleaved "
+          f"rounds, {args.threads} threads; medians. squeeze's wall time includes loading both "
+          f"models and its latency measurements; its accuracy pass is the part that does "
+          f"llama-perplexity's work. Perplexities differ by method: llama-perplexity scores the "
+          f"second half of each window, squeeze every position.")
+    print("| weights | tool | wall s | CPU s | peak RSS MiB | accuracy pass s | perplexity "
+          "| wall ÷ llama-perplexity | accuracy pass ÷ llama-perplexity |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for (weights, tool), v in samples.items():
+        med = [statistics.median(x[i] for x in v) for i in range(len(v[0]))]
+        peer = samples.get((weights, "llama-perplexity"))
+        peer_wall = statistics.median(x[0] for x in peer) if peer else None
+        accuracy = f"{med[3]:.2f}" if len(med) > 3 else ""
+        ratio = f"{med[0] / peer_wall:.2f}×" if peer_wall and tool != "llama-perplexity" else ""
+        ratio_acc = (f"{med[3] / peer_wall:.2f}×" if peer_wall and len(med) > 3 else "")
+        ppl = figures.get((weights, tool))
+        print(f"| {weights} | {tool} | {med[0]:.2f} | {med[1]:.2f} | {med[2]:.0f} | {accuracy} | "
+              f"{'' if ppl is None else f'{ppl:.3f}'} | {ratio} | {ratio_acc} |")
+    if args.json:
+        args.json.write_text(json.dumps({"samples": {f"{w}/{t}": v for (w, t), v in samples.items()}},
                                         indent=2))
 
 

@@ -328,6 +328,11 @@ pub struct EvaluateArgs {
     /// (`original.<name>`, `compressed.<name>`) instead of evaluating.
     #[arg(long)]
     pub outputs: Option<PathBuf>,
+    /// Keep the original decoder's outputs on the set in this file, and use them on later runs
+    /// with the same original, config and set instead of running the original again (as
+    /// llama-perplexity's --kl-divergence-base).
+    #[arg(long)]
+    pub reference: Option<PathBuf>,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,

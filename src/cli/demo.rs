@@ -52,7 +52,10 @@ pub(super) fn demo(json: bool) -> anyhow::Result<()> {
                     &out,
                     &set,
                     &spec,
-                    reuse.clone(),
+                    files::Earlier {
+                        figures: reuse.clone(),
+                        outputs: None,
+                    },
                     &cancel,
                     &|_| {},
                 )

@@ -106,12 +106,30 @@ pub(super) fn evaluate(args: &crate::config::EvaluateArgs) -> anyhow::Result<()>
         } else {
             artifact
         };
+        // The weights' identity for a kept reference: their digests, so a changed file is a
+        // miss (hashing reads the files once, seconds against the minutes the original's
+        // forward passes take).
+        let identity = match &args.reference {
+            Some(_) => weight_files
+                .iter()
+                .map(|p| file_sha256(p))
+                .collect::<std::io::Result<Vec<_>>>()?
+                .join(","),
+            None => String::new(),
+        };
+        let reference = args.reference.as_ref().map(|path| eval::ReferenceCache {
+            path,
+            weights_identity: &identity,
+        });
         let mut report = files::evaluate_artifact(
             &original,
             &artifact,
             &dataset,
             &spec,
-            None,
+            files::Earlier {
+                figures: None,
+                outputs: reference,
+            },
             &crate::numeric::Cancel::new(),
             &show_evaluation_progress,
         )?;

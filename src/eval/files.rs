@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use candle_core::{Device, Tensor};
 
 use super::weights::Weights;
-use super::{Architecture, Dataset, EvalError, EvalReport, EvalSpec, Figures, Inputs, Limits};
+use super::{
+    Architecture, Dataset, EvalError, EvalReport, EvalSpec, Figures, Inputs, Limits, ReferenceCache,
+};
 use crate::numeric::Cancel;
 
 /// The original model as uploaded.
@@ -81,13 +83,22 @@ pub fn load_original(
     Ok((arch, config, weights))
 }
 
+/// What earlier evaluations of the same original on the same set left for this one.
+#[derive(Default)]
+pub struct Earlier<'a> {
+    /// The original's figures.
+    pub figures: Option<Figures>,
+    /// Where the original decoder's outputs are kept.
+    pub outputs: Option<ReferenceCache<'a>>,
+}
+
 /// Evaluates an artifact folder against the original.
 pub fn evaluate_artifact(
     original: &Original<'_>,
     artifact_dir: &Path,
     dataset: &Dataset,
     spec: &EvalSpec,
-    reuse: Option<Figures>,
+    earlier: Earlier<'_>,
     cancel: &Cancel,
     progress: &dyn Fn(&super::EvalProgress),
 ) -> Result<EvalReport, EvalError> {
@@ -109,7 +120,8 @@ pub fn evaluate_artifact(
             dataset,
             original: &original_weights,
             compressed: &compressed,
-            reuse,
+            reuse: earlier.figures,
+            reference: earlier.outputs,
             metric: spec.metric.as_deref(),
             max_drop: spec.max_drop,
             limits: Limits::default(),

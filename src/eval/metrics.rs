@@ -2,9 +2,10 @@
 //! hand-computed values): next-token statistics between two decoders, cosine similarity,
 //! top-1 accuracy, percentiles, and the seeded Gaussian noise of the robustness curve.
 
+use super::reference::{self, Reference};
 use crate::numeric::SplitMix;
 
-/// Running next-token figures of a compressed decoder against the original.
+/// Running next-token figures of a compressed decoder against the original's kept outputs.
 #[derive(Debug, Default, Clone)]
 pub struct NextToken {
     pub scored: u64,
@@ -16,21 +17,43 @@ pub struct NextToken {
 }
 
 impl NextToken {
-    /// Adds one sequence: log-probabilities `[positions, vocab]` of both models; the target of
-    /// position i is token i + 1.
-    pub fn add(&mut self, tokens: &[u32], original: &[Vec<f32>], compressed: &[Vec<f32>]) {
-        for (i, (o, c)) in original.iter().zip(compressed).enumerate() {
-            let Some(&target) = tokens.get(i + 1) else {
-                break;
-            };
+    /// Adds sequence `s` of the reference: the compressed model's logits `[tokens, vocab]`
+    /// (row-major); the target of position i is token i + 1.
+    pub fn add(
+        &mut self,
+        reference: &Reference,
+        s: usize,
+        tokens: &[u32],
+        logits: &[f32],
+        vocab: usize,
+    ) {
+        use rayon::prelude::*;
+        let scored: Vec<(f64, reference::Scored)> = logits
+            .par_chunks_exact(vocab)
+            .take(reference.scored(s))
+            .zip(&tokens[1..])
+            .enumerate()
+            .map(|(i, (row, &target))| {
+                let at = reference.position(s, i);
+                (at.target_logprob as f64, reference::score(row, target, &at))
+            })
+            .collect();
+        for (original, compressed) in scored {
             self.scored += 1;
-            self.nll_original -= o[target as usize] as f64;
-            self.nll_compressed -= c[target as usize] as f64;
-            if argmax(o) == argmax(c) {
-                self.agree += 1;
-            }
-            self.kl.push(kl_divergence(o, c));
+            self.nll_original -= original;
+            self.nll_compressed -= compressed.logprob_compressed;
+            self.agree += compressed.agrees as u64;
+            self.kl.push(compressed.kl);
         }
+    }
+
+    /// Adds the positions another run scored after this one's.
+    pub fn merge(&mut self, other: NextToken) {
+        self.scored += other.scored;
+        self.nll_original += other.nll_original;
+        self.nll_compressed += other.nll_compressed;
+        self.agree += other.agree;
+        self.kl.extend(other.kl);
     }
 
     pub fn perplexity_original(&self) -> f64 {
@@ -48,23 +71,6 @@ impl NextToken {
     pub fn top1_agreement(&self) -> f64 {
         self.agree as f64 / self.scored.max(1) as f64
     }
-}
-
-/// KL(p ‖ q) from log-probabilities; zero where p is zero.
-pub fn kl_divergence(log_p: &[f32], log_q: &[f32]) -> f64 {
-    let kl: f64 = log_p
-        .iter()
-        .zip(log_q)
-        .map(|(&lp, &lq)| {
-            let p = (lp as f64).exp();
-            if p == 0.0 {
-                0.0
-            } else {
-                p * (lp as f64 - lq as f64)
-            }
-        })
-        .sum();
-    kl.max(0.0)
 }
 
 /// Index of the largest value (the first of ties).
@@ -163,35 +169,30 @@ mod tests {
     }
 
     #[test]
-    fn kl_of_identical_rows_is_zero_and_grows_with_difference() {
-        let p = log_softmax(&[1.0, 2.0, 3.0]);
-        assert!(kl_divergence(&p, &p).abs() < 1e-12);
-        let near = log_softmax(&[1.0, 2.0, 3.1]);
-        let far = log_softmax(&[3.0, 2.0, 1.0]);
-        assert!(kl_divergence(&p, &near) < kl_divergence(&p, &far));
-        // Hand computation: p = (0.5, 0.5), q = (0.9, 0.1): 0.5 ln(0.5/0.9) + 0.5 ln(0.5/0.1).
-        let (p2, q2) = ([0.5f32.ln(), 0.5f32.ln()], [0.9f32.ln(), 0.1f32.ln()]);
-        let expected = 0.5 * (0.5f64 / 0.9).ln() + 0.5 * (0.5f64 / 0.1).ln();
-        assert!((kl_divergence(&p2, &q2) - expected).abs() < 1e-6);
-    }
-
-    #[test]
     fn next_token_figures_score_each_position_against_the_following_token() {
-        let a = log_softmax(&[0.0, 5.0, 0.0]);
-        let b = log_softmax(&[5.0, 0.0, 0.0]);
+        let vocab = 3;
+        let a = [0.0f32, 5.0, 0.0];
+        let b = [5.0f32, 0.0, 0.0];
+        let tokens = [0, 1, 1];
+        let mut reference = Reference::default();
+        reference.add_sequence(&tokens, &[a, a, a].concat(), vocab);
         let mut s = NextToken::default();
         // Targets are tokens 1 and 1; the last position has no target.
-        s.add(
-            &[0, 1, 1],
-            &[a.clone(), a.clone(), a.clone()],
-            &[a.clone(), b.clone(), b],
-        );
+        s.add(&reference, 0, &tokens, &[a, b, b].concat(), vocab);
         assert_eq!(s.scored, 2);
         assert_eq!(s.agree, 1);
-        let expected = (-(a[1] as f64)).exp();
-        assert!((s.perplexity_original() - expected).abs() < 1e-9);
+        let expected = (-(log_softmax(&a)[1] as f64)).exp();
+        assert!((s.perplexity_original() - expected).abs() < 1e-5);
         assert!(s.perplexity_compressed() > s.perplexity_original());
-        assert!(s.kl_mean() > 0.0 && s.kl[0] == 0.0);
+        assert!(s.kl_mean() > 0.0 && s.kl[0] < 1e-6);
+        // Hand computation of the second position: KL(softmax(a) ‖ softmax(b)).
+        let (p, q) = (log_softmax(&a), log_softmax(&b));
+        let kl: f64 = p
+            .iter()
+            .zip(&q)
+            .map(|(&lp, &lq)| (lp as f64).exp() * (lp - lq) as f64)
+            .sum();
+        assert!((s.kl[1] - kl).abs() < 1e-5, "{} vs {kl}", s.kl[1]);
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod files;
 pub mod latency;
 pub mod metrics;
 pub mod mlp;
+pub mod reference;
 mod runs;
 pub mod weights;
 
@@ -293,7 +294,9 @@ pub struct Figures {
     /// Every latency measurement.
     pub latency: Vec<Measure>,
     /// `dense` (f32 weights, dequantized where the artifact stores another form) or `native`
-    /// (candle's quantized matmul on the stored GGUF blocks).
+    /// (candle's quantized matmul on the stored GGUF blocks for one token at a time; batches,
+    /// such as prompts and the accuracy pass, on their dequantized copy, which candle's dense
+    /// matmul multiplies faster).
     pub kernel: String,
     /// The GGUF block types multiplied natively.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -344,9 +347,17 @@ pub struct EvalReport {
     #[serde(default)]
     pub speedup_expected: bool,
     pub runtime: Runtime,
-    /// Whether the original's accuracy figures came from an earlier job on the same model, set
-    /// and CPU (its latency is always measured anew, interleaved with the compressed model's).
+    /// Whether the original's accuracy figures came from an earlier evaluation on the same model
+    /// and set (for decoders, its kept next-token outputs: the original is not run again; its
+    /// latency is always measured anew, interleaved with the compressed model's).
     pub original_reused: bool,
+    /// Seconds the accuracy pass took: both models over the set, or the compressed one alone
+    /// when the original's outputs were kept.
+    #[serde(default)]
+    pub accuracy_seconds: f64,
+    /// Seconds the latency measurements took.
+    #[serde(default)]
+    pub latency_seconds: f64,
     /// The budget's metric.
     pub metric: String,
     /// How much `metric` dropped (see `max_drop`).
@@ -406,6 +417,16 @@ pub struct EvalProgress {
     pub seconds_left: Option<f64>,
 }
 
+/// Where a decoder's original outputs are kept (see [`reference`]), and what identifies its
+/// weights: the file is used only when the weights, config and tokens are the ones it was
+/// made from.
+#[derive(Debug, Clone, Copy)]
+pub struct ReferenceCache<'a> {
+    pub path: &'a std::path::Path,
+    /// A digest of the original's weights (the model's content hash).
+    pub weights_identity: &'a str,
+}
+
 /// Everything one evaluation needs.
 pub struct Inputs<'a> {
     pub architecture: &'a Architecture,
@@ -415,6 +436,8 @@ pub struct Inputs<'a> {
     pub compressed: &'a Weights,
     /// The original's figures from an earlier run on this model, set and CPU.
     pub reuse: Option<Figures>,
+    /// Where the original decoder's outputs on the set are kept between evaluations.
+    pub reference: Option<ReferenceCache<'a>>,
     pub metric: Option<&'a str>,
     pub max_drop: Option<f64>,
     pub limits: Limits,
@@ -424,12 +447,14 @@ pub struct Inputs<'a> {
 
 /// Runs both models and compares them.
 pub fn evaluate(inputs: Inputs<'_>, cancel: &Cancel) -> Result<EvalReport, EvalError> {
-    let (mut original, mut compressed, evaluated, latencies) = match inputs.architecture {
-        Architecture::Decoder { .. } => runs::decoder(&inputs, cancel)?,
-        Architecture::Encoder { .. } => runs::encoder(&inputs, cancel)?,
-        Architecture::Mlp { config, .. } => runs::mlp(&inputs, config, cancel)?,
-    };
-    let original_reused = inputs.reuse.is_some();
+    let started = Instant::now();
+    let (mut original, mut compressed, evaluated, latencies, outputs_reused) =
+        match inputs.architecture {
+            Architecture::Decoder { .. } => runs::decoder(&inputs, cancel)?,
+            Architecture::Encoder { .. } => runs::encoder(&inputs, cancel)?,
+            Architecture::Mlp { config, .. } => runs::mlp(&inputs, config, cancel)?,
+        };
+    let original_reused = inputs.reuse.is_some() || outputs_reused;
     if let Some(reused) = inputs.reuse.clone() {
         // Comparative figures (KL, agreement, cosine) are recomputed each time; the original's
         // own accuracy figures come from the first measurement. Latency never does: a figure
@@ -474,6 +499,7 @@ pub fn evaluate(inputs: Inputs<'_>, cancel: &Cancel) -> Result<EvalReport, EvalE
         .first()
         .map_or(f64::NAN, |headline| headline.median);
     let speedup_expected = compressed.kernel == "native";
+    let latency_seconds = latencies.seconds;
     Ok(EvalReport {
         dataset_id: None,
         architecture: inputs.architecture.name().to_owned(),
@@ -485,6 +511,8 @@ pub fn evaluate(inputs: Inputs<'_>, cancel: &Cancel) -> Result<EvalReport, EvalE
         speedup_expected,
         runtime: Runtime::here(),
         original_reused,
+        accuracy_seconds: (started.elapsed().as_secs_f64() - latency_seconds).max(0.0),
+        latency_seconds,
         accepted: inputs.max_drop.map(|max| drop <= max),
         max_drop: inputs.max_drop,
         metric,
@@ -565,5 +593,16 @@ pub fn render_table(report: &EvalReport) -> String {
         }
         _ => out.push('\n'),
     }
+    let _ = writeln!(
+        out,
+        "accuracy pass {:.1} s{}, latency {:.1} s",
+        report.accuracy_seconds,
+        if report.original_reused {
+            " (the original's outputs kept from an earlier run)"
+        } else {
+            ""
+        },
+        report.latency_seconds
+    );
     out
 }

@@ -2,6 +2,8 @@
 //! the set, an encoder's embeddings, a classifier's accuracy under noise; each then times both
 //! models in alternating rounds, and reports its progress with the time left.
 
+use rayon::prelude::*;
+
 use super::*;
 
 /// Turns steps done into [`EvalProgress`] with an estimate of the time left.
@@ -86,6 +88,8 @@ pub(super) struct Latencies {
     pub(super) original: Vec<Measure>,
     pub(super) compressed: Vec<Measure>,
     pub(super) speedups: Vec<Speedup>,
+    /// Seconds spent timing.
+    pub(super) seconds: f64,
 }
 
 impl Latencies {
@@ -97,7 +101,9 @@ impl Latencies {
         original: impl FnMut() -> Result<(), EvalError>,
         compressed: impl FnMut() -> Result<(), EvalError>,
     ) -> Result<(), EvalError> {
+        let started = Instant::now();
         let paired = latency::time_pair(inputs.limits.budget, original, compressed)?;
+        self.seconds += started.elapsed().as_secs_f64();
         for (side, timing) in [
             (&mut self.original, paired.a),
             (&mut self.compressed, paired.b),
@@ -161,7 +167,9 @@ fn cycled_tokens(sequences: &[&[u32]], n: usize) -> Vec<u32> {
         .collect()
 }
 
-pub(super) type Run = (Figures, Figures, u64, Latencies);
+/// Both models' figures, the items evaluated, the timings, and whether the original's outputs
+/// came from an earlier evaluation rather than a run of the original.
+pub(super) type Run = (Figures, Figures, u64, Latencies, bool);
 
 pub(super) fn decoder(inputs: &Inputs<'_>, cancel: &Cancel) -> Result<Run, EvalError> {
     let Architecture::Decoder { model_type, .. } = inputs.architecture else {
@@ -174,14 +182,68 @@ pub(super) fn decoder(inputs: &Inputs<'_>, cancel: &Cancel) -> Result<Run, EvalE
     let original = decoder::Decoder::load(parsed.clone(), inputs.original)?;
     let compressed = decoder::Decoder::load(parsed.clone(), inputs.compressed)?;
     let sequences = token_sequences(inputs);
+    let kept = inputs.reference.as_ref().map(|r| {
+        (
+            r,
+            reference::key(r.weights_identity, inputs.config, &sequences),
+        )
+    });
+    let cached = match &kept {
+        Some((r, key)) => reference::Reference::load(r.path, key)?,
+        None => None,
+    };
+    let reused = cached.is_some();
+    let mut reference = cached.unwrap_or_default();
     let mut tracker = Tracker::new(inputs, sequences.len() as u64, "sequences", 2);
     let mut stats = metrics::NextToken::default();
-    for (i, seq) in sequences.iter().enumerate() {
+    let vocab = parsed.vocab_size;
+    let logits = |model: &decoder::Decoder, seq: &[u32]| -> Result<Vec<f32>, EvalError> {
+        let rows = model.forward(seq, &mut Default::default())?;
+        rows.flatten_all()
+            .and_then(|t| t.to_vec1::<f32>())
+            .map_err(weights::runtime)
+    };
+    // Sequences run side by side, one per thread: candle's element-wise operations between the
+    // matmuls use one thread, so one forward at a time leaves the other cores mostly idle.
+    let threads = rayon::current_num_threads().max(1);
+    for (c, chunk) in sequences.chunks(threads).enumerate() {
         cancel.check()?;
-        let lo = decoder::log_softmax_rows(&original.forward(seq, &mut Default::default())?)?;
-        let lc = decoder::log_softmax_rows(&compressed.forward(seq, &mut Default::default())?)?;
-        stats.add(seq, &lo, &lc);
-        tracker.accuracy(i as u64 + 1);
+        let first = c * threads;
+        let parts: Vec<Result<(Option<reference::Reference>, metrics::NextToken), EvalError>> =
+            chunk
+                .par_iter()
+                .enumerate()
+                .map(|(j, seq)| {
+                    let mut part = metrics::NextToken::default();
+                    if reused {
+                        part.add(
+                            &reference,
+                            first + j,
+                            seq,
+                            &logits(&compressed, seq)?,
+                            vocab,
+                        );
+                        return Ok((None, part));
+                    }
+                    let mut own = reference::Reference::default();
+                    own.add_sequence(seq, &logits(&original, seq)?, vocab);
+                    part.add(&own, 0, seq, &logits(&compressed, seq)?, vocab);
+                    Ok((Some(own), part))
+                })
+                .collect();
+        for part in parts {
+            let (own, scored) = part?;
+            if let Some(own) = own {
+                reference.append(own);
+            }
+            stats.merge(scored);
+        }
+        tracker.accuracy((first + chunk.len()) as u64);
+    }
+    if let (false, Some((r, key))) = (reused, &kept)
+        && let Err(err) = reference.save(r.path, key)
+    {
+        tracing::warn!(path = %r.path.display(), error = %err, "could not keep the original's outputs");
     }
     let mut fo = figures(inputs.original);
     let mut fc = figures(inputs.compressed);
@@ -236,7 +298,7 @@ pub(super) fn decoder(inputs: &Inputs<'_>, cancel: &Cancel) -> Result<Run, EvalE
         || whole(&compressed),
     )?;
     tracker.latency(2);
-    Ok((fo, fc, sequences.len() as u64, latencies))
+    Ok((fo, fc, sequences.len() as u64, latencies, reused))
 }
 
 /// Sizes of the larger batch in batch latency.
@@ -305,7 +367,7 @@ pub(super) fn encoder(inputs: &Inputs<'_>, cancel: &Cancel) -> Result<Run, EvalE
         )?;
     }
     tracker.latency(2);
-    Ok((fo, fc, limited.len() as u64, latencies))
+    Ok((fo, fc, limited.len() as u64, latencies, false))
 }
 
 pub(super) fn mlp(
@@ -370,5 +432,5 @@ pub(super) fn mlp(
         )?;
     }
     tracker.latency(2);
-    Ok((fo, fc, rows as u64, latencies))
+    Ok((fo, fc, rows as u64, latencies, false))
 }

@@ -17,6 +17,9 @@ pub struct Evaluation {
     pub setup: Result<(EvalSpec, PathBuf, Option<serde_json::Value>), String>,
     /// The original's accuracy figures from an earlier job on this model, set and CPU.
     pub reuse: Option<Figures>,
+    /// Where the original decoder's outputs on the set are kept, and the model's content hash
+    /// that identifies its weights.
+    pub reference: Option<(PathBuf, String)>,
 }
 
 impl Evaluation {
@@ -25,6 +28,7 @@ impl Evaluation {
         Evaluation {
             setup: Err(reason),
             reuse: None,
+            reference: None,
         }
     }
 
@@ -48,8 +52,19 @@ impl Evaluation {
             config: config.as_ref(),
             weight_files: &weight_files,
         };
+        let reference =
+            self.reference
+                .as_ref()
+                .map(|(path, identity)| crate::eval::ReferenceCache {
+                    path,
+                    weights_identity: identity,
+                });
+        let earlier = crate::eval::files::Earlier {
+            figures: self.reuse,
+            outputs: reference,
+        };
         crate::eval::files::evaluate_artifact(
-            &original, work_dir, &dataset, &spec, self.reuse, cancel, progress,
+            &original, work_dir, &dataset, &spec, earlier, cancel, progress,
         )
     }
 }

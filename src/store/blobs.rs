@@ -23,7 +23,7 @@ pub struct BlobStore {
 impl BlobStore {
     /// Opens (creating if needed) the tree at `root`, private to the service's user.
     pub fn open(root: &Path) -> io::Result<Self> {
-        for sub in ["tmp", "sha256", "trash"] {
+        for sub in ["tmp", "sha256", "trash", DERIVED] {
             create_private_dir(&root.join(sub))?;
         }
         Ok(Self {
@@ -134,12 +134,61 @@ impl BlobStore {
         })
     }
 
+    /// Where files derived from blobs are kept: recomputable caches that no row refers to,
+    /// named after the models and sets they come from (the original decoder's outputs on an
+    /// evaluation set: `<model id>.<dataset id>.ref`).
+    pub fn derived_dir(&self) -> PathBuf {
+        self.root.join(DERIVED)
+    }
+
+    /// Removes the derived files of a deleted model or set (best effort: a file left behind is
+    /// never read again, as its name holds the deleted id, and the cap evicts it).
+    pub fn forget_derived(&self, id: uuid::Uuid) {
+        let id = id.to_string();
+        let Ok(entries) = std::fs::read_dir(self.derived_dir()) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            if entry
+                .file_name()
+                .to_string_lossy()
+                .split('.')
+                .any(|part| part == id)
+            {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
+
+    /// Removes the least recently written derived files until they hold at most `max_bytes`.
+    pub fn trim_derived(&self, max_bytes: u64) -> io::Result<()> {
+        let mut files: Vec<(SystemTime, u64, PathBuf)> = std::fs::read_dir(self.derived_dir())?
+            .flatten()
+            .filter_map(|e| {
+                let meta = e.metadata().ok().filter(|m| m.is_file())?;
+                Some((meta.modified().ok()?, meta.len(), e.path()))
+            })
+            .collect();
+        files.sort();
+        let mut total: u64 = files.iter().map(|f| f.1).sum();
+        for (_, len, path) in files {
+            if total <= max_bytes {
+                break;
+            }
+            std::fs::remove_file(&path)?;
+            total -= len;
+        }
+        Ok(())
+    }
+
     /// Number of files in `tmp/` (tests assert that failed uploads leave none).
     pub fn temp_file_count(&self) -> io::Result<usize> {
         Ok(std::fs::read_dir(self.temp_dir())?.count())
     }
 }
 
+/// The folder of derived files.
+const DERIVED: &str = "derived";
 /// The file in a job folder whose lock says the folder is in use.
 const OWNER_FILE: &str = ".owner";
 /// How young an unlocked temp entry may be and still be left alone by a sweep.
@@ -466,5 +515,44 @@ mod tests {
         drop(upload);
         drop(work);
         assert_eq!(store.temp_file_count().unwrap(), 0);
+    }
+
+    #[test]
+    fn derived_files_go_with_their_model_or_set_and_beyond_the_cap_oldest_first() {
+        let root = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(root.path()).unwrap();
+        let (model, set, other) = (
+            uuid::Uuid::new_v4(),
+            uuid::Uuid::new_v4(),
+            uuid::Uuid::new_v4(),
+        );
+        let dir = store.derived_dir();
+        let file = |a: uuid::Uuid, b: uuid::Uuid, age: u64| {
+            let path = dir.join(format!("{a}.{b}.ref"));
+            std::fs::write(&path, [0u8; 100]).unwrap();
+            std::fs::File::options()
+                .write(true)
+                .open(&path)
+                .unwrap()
+                .set_modified(SystemTime::now() - Duration::from_secs(age))
+                .unwrap();
+            path
+        };
+        let (of_model, of_set, of_both) = (
+            file(model, other, 30),
+            file(other, set, 20),
+            file(model, set, 10),
+        );
+        let unrelated = file(other, other, 40);
+        store.forget_derived(model);
+        assert!(!of_model.exists() && !of_both.exists());
+        assert!(of_set.exists() && unrelated.exists());
+        store.forget_derived(set);
+        assert!(!of_set.exists() && unrelated.exists());
+        let (older, newer) = (file(model, set, 50), file(set, model, 5));
+        store.trim_derived(250).unwrap();
+        assert!(!older.exists() && unrelated.exists() && newer.exists());
+        store.trim_derived(100).unwrap();
+        assert!(!unrelated.exists() && newer.exists());
     }
 }

@@ -137,6 +137,7 @@ pub async fn delete(
         .await?;
     let released = blobs::release(&mut tx, store, vec![sha]).await?;
     blobs::commit_releasing(tx, released).await?;
+    store.forget_derived(id);
     Ok(Deleted::Yes)
 }
 

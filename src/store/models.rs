@@ -623,6 +623,7 @@ pub async fn delete(
         .await?;
     let released = blobs::release(&mut tx, store, digests).await?;
     blobs::commit_releasing(tx, released).await?;
+    store.forget_derived(id);
     Ok(Deleted::Yes)
 }
 

@@ -253,7 +253,18 @@ impl Worker {
         let work = self.work_dir(job.id, job.attempt)?;
         let work_dir = work.path().to_path_buf();
         let evaluation = match &job.eval {
-            Some(spec) => Some(self.prepare_evaluation(model_id, &spec.0).await?),
+            Some(spec) => {
+                // What identifies the original's weights for its kept outputs: their blobs.
+                let weights_identity: Vec<String> = inputs
+                    .iter()
+                    .filter(|f| f.kind == InputKind::Weights)
+                    .map(|f| format!("{}={}", f.name, f.path.display()))
+                    .collect();
+                Some(
+                    self.prepare_evaluation(model_id, &spec.0, weights_identity.join(","))
+                        .await?,
+                )
+            }
             None => None,
         };
         let runtime_key = evaluation.as_ref().map(|_| baseline_key());
@@ -353,7 +364,6 @@ impl Worker {
         let ending = match result {
             Ok(outcome) => {
                 if let (Some(report), Some(key)) = (&outcome.summary.eval, &runtime_key)
-                    && !report.original_reused
                     && let Some(dataset_id) = report.dataset_id
                     && let Err(err) = datasets::keep_baseline(
                         &self.db,
@@ -365,6 +375,14 @@ impl Worker {
                     .await
                 {
                     tracing::warn!(error = %err, "could not keep the original's figures");
+                }
+                if outcome.summary.eval.is_some() {
+                    let blobs = self.blobs.clone();
+                    let trimmed =
+                        tokio::task::spawn_blocking(move || blobs.trim_derived(DERIVED_CAP)).await;
+                    if let Ok(Err(err)) = trimmed {
+                        tracing::warn!(error = %err, "could not trim the kept evaluation outputs");
+                    }
                 }
                 let mut artifacts = Vec::with_capacity(outcome.files.len());
                 for file in &outcome.files {
@@ -415,6 +433,7 @@ impl Worker {
         &self,
         model_id: Uuid,
         spec: &Result<EvalSpec, String>,
+        weights_identity: String,
     ) -> anyhow::Result<Evaluation> {
         let spec: EvalSpec = match spec {
             Ok(spec) => spec.clone(),
@@ -434,9 +453,14 @@ impl Worker {
             crate::jobs::eval_checks::model_config(&self.db, &self.blobs, model_id).await?;
         let reuse =
             datasets::baseline(&self.db, model_id, spec.dataset_id, &baseline_key()).await?;
+        let kept = self
+            .blobs
+            .derived_dir()
+            .join(format!("{model_id}.{}.ref", spec.dataset_id));
         Ok(Evaluation {
             setup: Ok((spec, self.blobs.path(&sha), config)),
             reuse,
+            reference: Some((kept, weights_identity)),
         })
     }
 
@@ -449,6 +473,10 @@ impl Worker {
             .create_work_dir(&prefix, &format!("{prefix}{attempt}"))
     }
 }
+
+/// The most the kept outputs of original models on evaluation sets may hold on disk; the least
+/// recently made go first.
+const DERIVED_CAP: u64 = 4 << 30;
 
 /// Where the original's figures were measured: another CPU or thread count measures anew.
 fn baseline_key() -> String {

@@ -404,13 +404,24 @@ async fn a_decoder_job_on_gguf_blocks_reports_native_kernels_and_its_budget() {
     let recipe =
         json!({"stages": [{"quantize": {"scheme": "gguf", "type": "Q4_0"}}], "format": "gguf"});
     let mut verdicts = Vec::new();
-    for max_drop in [10.0, 0.000001] {
+    let mut kl_means = Vec::new();
+    let kept = app
+        ._data_dir
+        .path()
+        .join(format!("blobs/derived/{llama}.{dataset}.ref"));
+    for (i, max_drop) in [10.0, 0.000001].into_iter().enumerate() {
         let job = run_job(
             &app,
             json!({"model_id": llama, "recipe": recipe, "eval": {"dataset_id": dataset, "max_drop": max_drop}}),
         )
         .await;
         let eval = &job["result"]["eval"];
+        // The first job runs the original and keeps its outputs; the second reads them back
+        // and runs the compressed model alone, to the same figures.
+        assert_eq!(eval["original_reused"], i == 1, "{eval}");
+        assert!(kept.exists(), "{} was not kept", kept.display());
+        assert!(eval["accuracy_seconds"].as_f64().unwrap() > 0.0);
+        kl_means.push(figure(eval, "compressed", "kl_mean"));
         assert!(job["result"]["eval_seconds"].as_f64().unwrap() > 0.0);
         assert_eq!(eval["compressed"]["kernel"], "native", "{eval}");
         // llama-quantize's rules: the tied embedding, which is also the output, at Q6_K.
@@ -431,6 +442,16 @@ async fn a_decoder_job_on_gguf_blocks_reports_native_kernels_and_its_budget() {
         [true, false],
         "tightening max_drop flips the verdict"
     );
+    assert_eq!(kl_means[0], kl_means[1]);
+    let deleted = app
+        .client
+        .delete(app.url(&format!("/api/v1/datasets/{dataset}")))
+        .header("authorization", app.bearer())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), 204);
+    assert!(!kept.exists(), "the set's kept outputs outlived it");
 }
 
 #[tokio::test]
