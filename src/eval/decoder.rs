@@ -4,7 +4,7 @@
 //! weights. Follows Hugging Face's modelling code: RMSNorm, rotary embeddings (with Llama 3
 //! frequency scaling), grouped-query attention, a SiLU-gated MLP.
 
-use candle_core::{D, DType, Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use serde::Deserialize;
 
 use super::EvalError;
@@ -294,9 +294,16 @@ fn causal_mask(t: usize, offset: usize) -> candle_core::Result<Option<Tensor>> {
     Tensor::from_vec(values, (t, total), &Device::Cpu).map(Some)
 }
 
-/// Log-probabilities `[tokens, vocab]` of logits, as f32 rows.
-pub fn log_softmax_rows(logits: &Tensor) -> Result<Vec<Vec<f32>>, EvalError> {
-    candle_nn::ops::log_softmax(logits, D::Minus1)
-        .and_then(|t| t.to_vec2::<f32>())
-        .map_err(rt)
+/// Hands `read` an f32 tensor's values in row-major order, in place when it is contiguous.
+pub fn with_values(t: &Tensor, read: &mut dyn FnMut(&[f32])) -> Result<(), EvalError> {
+    let t = t.contiguous().map_err(rt)?;
+    let (storage, layout) = t.storage_and_layout();
+    match &*storage {
+        candle_core::Storage::Cpu(cpu) => {
+            let all = cpu.as_slice::<f32>().map_err(rt)?;
+            read(&all[layout.start_offset()..][..t.elem_count()]);
+            Ok(())
+        }
+        _ => Err(EvalError::Runtime("the logits are not on the CPU".into())),
+    }
 }

@@ -5,6 +5,7 @@
 //! user's budget. Pure and synchronous like `compress`: no database, no HTTP; the worker runs
 //! it on the rayon pool (candle's matmuls use the pool they are called from).
 
+pub mod activations;
 pub mod dataset;
 pub mod decoder;
 pub mod encoder;

@@ -197,37 +197,39 @@ pub(super) fn decoder(inputs: &Inputs<'_>, cancel: &Cancel) -> Result<Run, EvalE
     let mut tracker = Tracker::new(inputs, sequences.len() as u64, "sequences", 2);
     let mut stats = metrics::NextToken::default();
     let vocab = parsed.vocab_size;
-    let logits = |model: &decoder::Decoder, seq: &[u32]| -> Result<Vec<f32>, EvalError> {
+    // The logits are read where candle wrote them (a copy would be 100 MB per sequence for a
+    // 49k vocabulary).
+    let logits = |model: &decoder::Decoder, seq: &[u32], read: &mut dyn FnMut(&[f32])| {
         let rows = model.forward(seq, &mut Default::default())?;
-        rows.flatten_all()
-            .and_then(|t| t.to_vec1::<f32>())
-            .map_err(weights::runtime)
+        decoder::with_values(&rows, read)
     };
     // Sequences run side by side, one per thread: candle's element-wise operations between the
-    // matmuls use one thread, so one forward at a time leaves the other cores mostly idle.
-    let threads = rayon::current_num_threads().max(1);
-    for (c, chunk) in sequences.chunks(threads).enumerate() {
-        cancel.check()?;
-        let first = c * threads;
+    // matmuls use one thread, so one forward at a time leaves the other cores mostly idle. A
+    // few per thread at a time, so that a thread done early finds more, with the progress
+    // reported in between.
+    let per_round = 4 * rayon::current_num_threads().max(1);
+    for (c, chunk) in sequences.chunks(per_round).enumerate() {
+        let first = c * per_round;
         let parts: Vec<Result<(Option<reference::Reference>, metrics::NextToken), EvalError>> =
             chunk
                 .par_iter()
                 .enumerate()
                 .map(|(j, seq)| {
+                    cancel.check()?;
                     let mut part = metrics::NextToken::default();
                     if reused {
-                        part.add(
-                            &reference,
-                            first + j,
-                            seq,
-                            &logits(&compressed, seq)?,
-                            vocab,
-                        );
+                        logits(&compressed, seq, &mut |rows| {
+                            part.add(&reference, first + j, seq, rows, vocab)
+                        })?;
                         return Ok((None, part));
                     }
                     let mut own = reference::Reference::default();
-                    own.add_sequence(seq, &logits(&original, seq)?, vocab);
-                    part.add(&own, 0, seq, &logits(&compressed, seq)?, vocab);
+                    logits(&original, seq, &mut |rows| {
+                        own.add_sequence(seq, rows, vocab)
+                    })?;
+                    logits(&compressed, seq, &mut |rows| {
+                        part.add(&own, 0, seq, rows, vocab)
+                    })?;
                     Ok((Some(own), part))
                 })
                 .collect();

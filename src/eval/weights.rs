@@ -69,9 +69,13 @@ impl Linear {
                 let rows = x.elem_count() / x.dims().last().copied().unwrap_or(1).max(1);
                 match activations {
                     _ if rows == 1 => blocks.forward(x)?,
-                    Some(kind) => QTensor::quantize(x, *kind)?
-                        .dequantize(x.device())?
-                        .broadcast_matmul(dequantized)?,
+                    Some(kind) => match super::activations::Rounding::of(*kind) {
+                        Some(rounding) => super::activations::round_tensor(x, rounding)?
+                            .broadcast_matmul(dequantized)?,
+                        None => QTensor::quantize(x, *kind)?
+                            .dequantize(x.device())?
+                            .broadcast_matmul(dequantized)?,
+                    },
                     None => x.broadcast_matmul(dequantized)?,
                 }
             }
