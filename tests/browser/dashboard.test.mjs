@@ -299,7 +299,7 @@ test("on a perplexity axis (lower is better) the frontier joins the best jobs an
   await page.goto(`${server.base}/#/jobs/${ids.int8}`);
   const wall = page.locator("#wall-time");
   await wall.waitFor();
-  assert.match(await wall.innerText(), /in all[\s\S]*compression .* · evaluation /);
+  assert.match(await wall.innerText(), /in all[\s\S]*compression .* · evaluation .* \(accuracy .*, latency .*\)/);
 });
 
 /// Uploads a random Llama folder written by tests/python/tiny_llama.py with `args`.

@@ -181,7 +181,9 @@ async function drawEvaluation(section, job) {
       `${report.architecture} model, ${report.evaluated} ${report.architecture === "mlp" ? "rows" : "sequences"} scored · runtime ${report.runtime.engine} on ${report.runtime.cpu}, ${report.runtime.threads} threads · kernel: original ${kernel(report.original)}, compressed ${kernel(report.compressed)} · weights in the runtime ${fmt.bytes(report.original.weights_bytes)} → ${fmt.bytes(report.compressed.weights_bytes)}`),
     h("p", { class: "muted" }, "Both models are timed in alternating rounds in this job, so they share the machine's load; the speed-up is the median of the per-round ratios, with the 10th–90th percentile of the rounds.",
       report.speedup_expected ? "" : " No speed-up is expected here: the runtime multiplies dense f32 weights for both models, so the ratio only shows the noise between two equal workloads."),
-    report.original_reused ? h("p", { class: "muted" }, "The original's accuracy figures come from an earlier job on the same model, set and CPU.") : null,
+    report.original_reused ? h("p", { class: "muted" }, report.architecture === "mlp" || report.architecture === "bert"
+      ? "The original's accuracy figures come from an earlier job on the same model, set and CPU."
+      : "The original's next-token outputs were kept from an earlier job on the same model and set: only the compressed model ran over the set.") : null,
   ].filter(Boolean);
   section.replaceChildren(...heading, h("div", { class: "scroll" }, figuresTable), h("div", { class: "scroll" }, latencyTable), ...notes);
 }
@@ -191,7 +193,10 @@ async function drawEvaluation(section, job) {
 function wallTimeCard(job, f, summary) {
   const total = job.started_at && job.finished_at ? (Date.parse(job.finished_at) - Date.parse(job.started_at)) / 1000 : null;
   const phases = [`compression ${fmt.seconds(f.wallSeconds)} (${fmt.rate(summary.throughput_bytes_per_s)})`];
-  if (summary.eval_seconds !== undefined && summary.eval_seconds !== null) phases.push(`evaluation ${fmt.seconds(summary.eval_seconds)}`);
+  if (summary.eval_seconds !== undefined && summary.eval_seconds !== null) {
+    const stages = summary.eval && summary.eval.accuracy_seconds ? ` (accuracy ${fmt.seconds(summary.eval.accuracy_seconds)}, latency ${fmt.seconds(summary.eval.latency_seconds)})` : "";
+    phases.push(`evaluation ${fmt.seconds(summary.eval_seconds)}${stages}`);
+  }
   return h("div", { class: "card stat", id: "wall-time" }, h("span", { class: "stat-label" }, "Wall time"),
     h("strong", { class: "stat-value" }, total === null ? fmt.seconds(f.wallSeconds) : `${fmt.seconds(total)} in all`),
     h("span", { class: "muted" }, phases.join(" · ")));
