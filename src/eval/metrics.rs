@@ -31,7 +31,7 @@ impl NextToken {
         let scored: Vec<(f64, reference::Scored)> = logits
             .par_chunks_exact(vocab)
             .take(reference.scored(s))
-            .zip(&tokens[1..])
+            .zip(tokens.get(1..).unwrap_or_default())
             .enumerate()
             .map(|(i, (row, &target))| {
                 let at = reference.position(s, i);

@@ -138,7 +138,7 @@ impl Reference {
         let rows: Vec<Kept> = logits
             .par_chunks_exact(vocab)
             .take(scored)
-            .zip(&tokens[1..])
+            .zip(tokens.get(1..).unwrap_or_default())
             .enumerate()
             .map(|(i, (row, &target))| keep(row, target, i as u64))
             .collect();
@@ -641,6 +641,18 @@ mod tests {
         reference.add_sequence(&[1, 2], &[row.clone(), row.clone()].concat(), vocab);
         let same = score(&row, 2, &reference.position(0, 0));
         assert!(same.kl < 1e-6 && same.agrees, "{same:?}");
+    }
+
+    #[test]
+    fn sequences_too_short_to_score_add_no_positions() {
+        let vocab = 50;
+        let mut reference = Reference::default();
+        reference.add_sequence(&[7], &logits(vocab, 1, 3.0), vocab);
+        reference.add_sequence(&[], &[], vocab);
+        assert_eq!((reference.sequences(), reference.positions()), (2, 0));
+        let mut stats = crate::eval::metrics::NextToken::default();
+        stats.add(&reference, 0, &[7], &logits(vocab, 2, 3.0), vocab);
+        assert_eq!(stats.scored, 0);
     }
 
     #[test]
