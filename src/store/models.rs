@@ -623,7 +623,9 @@ pub async fn delete(
         .await?;
     let released = blobs::release(&mut tx, store, digests).await?;
     blobs::commit_releasing(tx, released).await?;
-    store.forget_derived(id);
+    let store = store.clone();
+    // A directory scan: off the async runtime's threads.
+    let _ = tokio::task::spawn_blocking(move || store.forget_derived(id)).await;
     Ok(Deleted::Yes)
 }
 

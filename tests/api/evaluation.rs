@@ -198,13 +198,7 @@ async fn bad_datasets_are_refused_at_upload_and_good_ones_are_listed_scoped_and_
             .status(),
         404
     );
-    let deleted = app
-        .client
-        .delete(app.url(&format!("/api/v1/datasets/{id}")))
-        .header("authorization", app.bearer())
-        .send()
-        .await
-        .unwrap();
+    let deleted = app.delete(&format!("/api/v1/datasets/{id}")).await;
     assert_eq!(deleted.status(), 204);
     assert_eq!(
         app.get(&format!("/api/v1/datasets/{id}")).await.status(),
@@ -443,13 +437,7 @@ async fn a_decoder_job_on_gguf_blocks_reports_native_kernels_and_its_budget() {
         "tightening max_drop flips the verdict"
     );
     assert_eq!(kl_means[0], kl_means[1]);
-    let deleted = app
-        .client
-        .delete(app.url(&format!("/api/v1/datasets/{dataset}")))
-        .header("authorization", app.bearer())
-        .send()
-        .await
-        .unwrap();
+    let deleted = app.delete(&format!("/api/v1/datasets/{dataset}")).await;
     assert_eq!(deleted.status(), 204);
     assert!(!kept.exists(), "the set's kept outputs outlived it");
 }

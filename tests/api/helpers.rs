@@ -129,6 +129,16 @@ impl TestApp {
             .unwrap()
     }
 
+    /// DELETE `path` (under the server's root) with the admin token.
+    pub async fn delete(&self, path: &str) -> reqwest::Response {
+        self.client
+            .delete(self.url(path))
+            .header("authorization", self.bearer())
+            .send()
+            .await
+            .unwrap()
+    }
+
     pub async fn get(&self, path: &str) -> reqwest::Response {
         self.get_as(&self.token, path).await
     }
