@@ -149,8 +149,15 @@ export async function render(container, { params, signal }) {
   }
   for (const input of [xSelect, ySelect, colour, logScale]) input.addEventListener("change", () => { params.set("y", ySelect.value); drawAll(); });
 
+  // The event stream's opening and other jobs' events reload the figures; a redraw only when
+  // they changed keeps the plot under the pointer (a redrawn chart forgets the hovered point).
+  let drawn = null;
   async function load() {
-    rows = (await getJson(`/compare?model_id=${modelId}`)).items;
+    const items = (await getJson(`/compare?model_id=${modelId}`)).items;
+    const fingerprint = JSON.stringify(items);
+    if (fingerprint === drawn) return;
+    drawn = fingerprint;
+    rows = items;
     if (rows.length === 0) {
       plot.replaceChildren(emptyState("No succeeded jobs for this model yet: start one.", h("a", { class: "button", href: `#/new?model=${modelId}` }, "New job")));
       list.replaceChildren();
@@ -258,8 +265,21 @@ function drawPlot(figure, rows, xAxis, yAxis, withColour, logY) {
   // A click opens the job whose tip is showing (the point nearest the pointer): the tip is
   // drawn over the point, so the circle itself may not get the click.
   chart.style.cursor = "pointer";
-  chart.addEventListener("click", () => {
-    if (chart.value && chart.value.row) location.hash = `#/jobs/${chart.value.row.job_id}`;
+  // Without a tip (the chart drawn under a pointer that has not moved since), the circle
+  // nearest the click within its radius and a margin is the one meant.
+  chart.addEventListener("click", (event) => {
+    if (chart.value && chart.value.row) {
+      location.hash = `#/jobs/${chart.value.row.job_id}`;
+      return;
+    }
+    let nearest = null;
+    let best = 12 * 12;
+    for (const circle of chart.querySelectorAll("circle[data-job]")) {
+      const box = circle.getBoundingClientRect();
+      const distance = (box.x + box.width / 2 - event.clientX) ** 2 + (box.y + box.height / 2 - event.clientY) ** 2;
+      if (distance <= best) [nearest, best] = [circle, distance];
+    }
+    if (nearest) location.hash = `#/jobs/${nearest.dataset.job}`;
   });
   figure.replaceChildren(chart, h("figcaption", { class: "muted" },
     `${front.length} of ${points.length} jobs on the frontier (joined); dominated jobs dimmed; ${showOriginal ? "★ the original" : "the original (0 on this axis) is off the log scale"}.${logY && !log ? " Log scale off: a job's value is 0 or less." : ""} Click a point to open its job.`));

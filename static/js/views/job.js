@@ -37,7 +37,13 @@ export async function render(container, { argument: id, signal }) {
   };
   await draw(await getJson(`/jobs/${id}`));
   if (!["succeeded", "failed", "canceled"].includes(shownState)) {
-    follow(`/jobs/${id}/events`, (kind, data) => draw(parseJson(data)), signal, { reconnect: true });
+    // Draws wait on fetches: one at a time, in the events' order, so a slow earlier state
+    // never paints over a later one.
+    let drawn = Promise.resolve();
+    follow(`/jobs/${id}/events`, (kind, data) => {
+      const job = parseJson(data);
+      drawn = drawn.then(() => draw(job)).catch((error) => console.error(error));
+    }, signal, { reconnect: true });
   }
 }
 

@@ -71,8 +71,18 @@ export async function render(container, { params, signal }) {
       rowAttrs: (job) => ({ dataset: { job: job.id, state: job.state } }),
     })));
   };
+  // Loads overlap (the stream's opening starts one while the first is out) and an event can
+  // land while a load is out: only the latest load is drawn, and a job an event reported
+  // later than the load's snapshot keeps the event's state.
+  let latestLoad = 0;
+  const reported = new Map();
+  const newer = (a, b) => (Date.parse(a.updated_at) >= Date.parse(b.updated_at) ? a : b);
   async function load() {
-    page = await getJson(listPath(params));
+    const ticket = ++latestLoad;
+    const fetched = await getJson(listPath(params));
+    if (ticket !== latestLoad) return;
+    fetched.items = fetched.items.map((job) => (reported.has(job.id) ? newer(reported.get(job.id), job) : job));
+    page = fetched;
     rows.clear();
     for (const job of page.items) rows.set(job.id, job);
     draw();
@@ -89,6 +99,7 @@ export async function render(container, { params, signal }) {
     if (kind === "resync") return load();
     if (kind !== "job") return;
     const job = parseJson(data);
+    reported.set(job.id, job);
     const index = page.items.findIndex((j) => j.id === job.id);
     if (index >= 0) {
       page.items[index] = job;
