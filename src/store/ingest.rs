@@ -136,14 +136,23 @@ pub fn classify(name: &str) -> Result<FileKind, IngestError> {
 pub fn refuse_foreign_name(name: &str) -> Result<(), IngestError> {
     let lower = name.to_ascii_lowercase();
     let ext = lower.rsplit_once('.').map_or("", |(_, ext)| ext);
-    match ext {
-        "bin" | "pt" | "pth" | "ckpt" | "pkl" | "pickle" | "joblib" | "npz" | "npy" | "h5"
-        | "onnx" | "gguf" | "zip" | "tar" | "gz" => Err(IngestError::Unsupported {
-            name: name.to_owned(),
-            reason: format!(".{ext} files are not accepted; {PICKLE_HINT}"),
-        }),
-        _ => Ok(()),
-    }
+    let why = match ext {
+        "bin" | "pt" | "pth" | "ckpt" | "pkl" | "pickle" | "joblib" | "npy" | "npz" => PICKLE_HINT,
+        "gguf" => {
+            "GGUF is what squeeze writes, not what it compresses: its blocks are already \
+             quantized, so upload the model's .safetensors weights (the Hugging Face folder)"
+        }
+        "onnx" | "h5" => {
+            "only safetensors weights are read; save the model's state with \
+             `save_pretrained(..., safe_serialization=True)` and upload the .safetensors files"
+        }
+        "zip" | "tar" | "gz" => "archives are not unpacked; upload the files inside",
+        _ => return Ok(()),
+    };
+    Err(IngestError::Unsupported {
+        name: name.to_owned(),
+        reason: format!(".{ext} files are not accepted; {why}"),
+    })
 }
 
 fn is_bidi_control(c: char) -> bool {
@@ -343,6 +352,23 @@ mod tests {
                 "{bad:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_refused_name_says_why_for_its_own_format() {
+        let reason = |name: &str| match refuse_foreign_name(name) {
+            Err(IngestError::Unsupported { reason, .. }) => reason,
+            other => panic!("{name}: {other:?}"),
+        };
+        assert!(reason("pytorch_model.bin").contains("pickle"));
+        let gguf = reason("model.gguf");
+        assert!(
+            gguf.contains("already") && !gguf.contains("pickle"),
+            "{gguf}"
+        );
+        assert!(!reason("model.onnx").contains("pickle"));
+        assert!(reason("weights.tar").contains("archives"));
+        assert!(refuse_foreign_name("model.safetensors").is_ok());
     }
 
     #[test]
