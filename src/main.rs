@@ -5,6 +5,16 @@ use squeeze::cli;
 use squeeze::config::Cli;
 
 fn main() -> std::process::ExitCode {
+    // candle's element-wise operations hand work to a pool of its own threads that spin while
+    // they wait. The evaluation already runs one sequence per rayon thread, and there the
+    // spinning cost more than the pool gave (SmolLM2-135M: 12 % of the accuracy pass). Its
+    // matmuls keep using rayon, and one token's quantized product is split into row bands on
+    // rayon (eval::weights). The pool reads this variable once, at its first use.
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        // SAFETY: no other thread exists yet: the async runtime and the rayon pools are
+        // started below, and nothing before this line reads or writes the environment.
+        unsafe { std::env::set_var("CANDLE_NUM_THREADS", "1") };
+    }
     let args = Cli::parse();
     cli::init_tracing(args.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()

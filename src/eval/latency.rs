@@ -21,11 +21,14 @@ pub struct Budget {
     pub target: Duration,
 }
 
+/// One warm-up and at least five rounds, as `llama-bench` runs by default; quick operations
+/// get many more from the time target. A 128-token prompt of a 135M model takes about half a
+/// second a side here, so every further round is a second of the job.
 impl Default for Budget {
     fn default() -> Self {
         Budget {
-            warmup: 2,
-            min_repeats: 10,
+            warmup: 1,
+            min_repeats: 5,
             max_repeats: 500,
             target: Duration::from_millis(400),
         }

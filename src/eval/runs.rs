@@ -17,6 +17,8 @@ struct Tracker<'a> {
     /// Seconds per accuracy step, once the accuracy pass is over.
     accuracy_pace: Option<f64>,
     target: f64,
+    warmup: usize,
+    min_repeats: usize,
 }
 
 impl<'a> Tracker<'a> {
@@ -35,6 +37,8 @@ impl<'a> Tracker<'a> {
             latency_started: None,
             accuracy_pace: None,
             target: inputs.limits.budget.target.as_secs_f64(),
+            warmup: inputs.limits.budget.warmup,
+            min_repeats: inputs.limits.budget.min_repeats,
         };
         tracker.accuracy(0);
         tracker
@@ -43,7 +47,8 @@ impl<'a> Tracker<'a> {
     /// A latency measurement's expected seconds before any has run: its target time for both
     /// models, or its minimum rounds at the pace of the accuracy pass, whichever is longer.
     fn latency_guess(&self, pace: Option<f64>) -> f64 {
-        (2.0 * self.target).max(pace.unwrap_or(0.0) * 12.0)
+        let rounds = (self.warmup + self.min_repeats) as f64;
+        (2.0 * self.target).max(pace.unwrap_or(0.0) * rounds)
     }
 
     fn accuracy(&self, done: u64) {
@@ -179,8 +184,11 @@ pub(super) fn decoder(inputs: &Inputs<'_>, cancel: &Cancel) -> Result<Run, EvalE
     config["model_type"] = model_type.as_str().into();
     let parsed: decoder::DecoderConfig = serde_json::from_value(config)
         .map_err(|e| EvalError::Model(format!("config.json: {e}")))?;
-    let original = decoder::Decoder::load(parsed.clone(), inputs.original)?;
-    let compressed = decoder::Decoder::load(parsed.clone(), inputs.compressed)?;
+    let (original, compressed) = rayon::join(
+        || decoder::Decoder::load(parsed.clone(), inputs.original),
+        || decoder::Decoder::load(parsed.clone(), inputs.compressed),
+    );
+    let (original, compressed) = (original?, compressed?);
     let sequences = token_sequences(inputs);
     let kept = inputs.reference.as_ref().map(|r| {
         (

@@ -46,7 +46,7 @@ enum LinearWeight {
     /// faster than its quantized one (SmolLM2-135M Q8_0, candle's kernels on one thread: 229
     /// against 65 prompt tokens/s, and 19 against 35 ms per decoded token for the blocks).
     Blocks {
-        blocks: QMatMul,
+        blocks: RowBands,
         dequantized: Tensor,
         /// The block type the quantized matmul rounds activations to (llama.cpp's and candle's
         /// `vec_dot_type`); the dense path rounds them the same way, so its figures are the
@@ -97,6 +97,57 @@ impl Linear {
     }
 }
 
+/// GGUF blocks cut by output rows into one band per thread, each its own quantized matmul:
+/// one token's product runs the bands side by side. (candle's own threads for it are off: the
+/// binary sets CANDLE_NUM_THREADS=1, because its spinning pool, shared by the sequences that
+/// the accuracy pass runs side by side, cost more than it gave.) Each output is the same dot
+/// product of one row's blocks either way, so the split changes no value.
+struct RowBands(Vec<QMatMul>);
+
+impl RowBands {
+    fn of(q: &Arc<QTensor>) -> candle_core::Result<RowBands> {
+        RowBands::split(q, rayon::current_num_threads())
+    }
+
+    fn split(q: &Arc<QTensor>, bands: usize) -> candle_core::Result<RowBands> {
+        let (rows, columns) = q.shape().dims2()?;
+        let bands = bands.clamp(1, rows.max(1));
+        if bands == 1 || columns % q.dtype().block_size() != 0 {
+            return Ok(RowBands(vec![QMatMul::from_arc(q.clone())?]));
+        }
+        let data = q.data()?;
+        let row_bytes = data.len() / rows;
+        let per_band = rows.div_ceil(bands);
+        (0..rows)
+            .step_by(per_band)
+            .map(|first| {
+                let count = per_band.min(rows - first);
+                let bytes = &data[first * row_bytes..(first + count) * row_bytes];
+                let storage = candle_core::quantized::QStorage::from_data(
+                    std::borrow::Cow::Borrowed(bytes),
+                    &Device::Cpu,
+                    q.dtype(),
+                )?;
+                QMatMul::from_qtensor(QTensor::new(storage, (count, columns))?)
+            })
+            .collect::<candle_core::Result<Vec<_>>>()
+            .map(RowBands)
+    }
+
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        use rayon::prelude::*;
+        if let [one] = self.0.as_slice() {
+            return one.forward(x);
+        }
+        let parts = self
+            .0
+            .par_iter()
+            .map(|band| band.forward(x))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        Tensor::cat(&parts, x.rank() - 1)
+    }
+}
+
 pub(crate) fn runtime(err: candle_core::Error) -> EvalError {
     EvalError::Runtime(candle_message(&err))
 }
@@ -108,26 +159,61 @@ pub fn candle_message(err: &candle_core::Error) -> String {
     text[..end].trim_end().to_owned()
 }
 
-/// A tensor as the map keeps it: matrices transposed.
+/// A tensor as the map keeps it: matrices transposed, f32 ones in tiles on the rayon pool
+/// (candle's strided copy walks one thread down columns: most of a model's loading time).
 fn stored(t: Tensor) -> Result<Tensor, EvalError> {
-    if t.rank() == 2 {
-        t.t().and_then(|t| t.contiguous()).map_err(runtime)
-    } else {
-        Ok(t)
+    if t.rank() != 2 {
+        return Ok(t);
     }
+    if t.dtype() != DType::F32 {
+        return t.t().and_then(|t| t.contiguous()).map_err(runtime);
+    }
+    let (rows, cols) = t.dims2().map_err(runtime)?;
+    let mut values = Vec::new();
+    super::decoder::with_values(&t, &mut |v| values = transpose(v, rows, cols))?;
+    Tensor::from_vec(values, (cols, rows), &Device::Cpu).map_err(runtime)
+}
+
+/// The `rows × cols` row-major matrix `values` as `cols × rows`, bands of output rows in
+/// parallel, each band copied in square tiles so reads and writes both stay in cache.
+fn transpose(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    use rayon::prelude::*;
+    const TILE: usize = 32;
+    let mut out = vec![0f32; rows * cols];
+    if rows == 0 || cols == 0 {
+        return out;
+    }
+    out.par_chunks_mut(TILE * rows)
+        .enumerate()
+        .for_each(|(band, chunk)| {
+            let first_col = band * TILE;
+            let band_cols = chunk.len() / rows;
+            for first_row in (0..rows).step_by(TILE) {
+                let band_rows = TILE.min(rows - first_row);
+                for c in 0..band_cols {
+                    let to = &mut chunk[c * rows + first_row..][..band_rows];
+                    for (r, slot) in to.iter_mut().enumerate() {
+                        *slot = values[(first_row + r) * cols + first_col + c];
+                    }
+                }
+            }
+        });
+    out
 }
 
 impl Weights {
     /// The uploaded model's safetensors files, every tensor widened to f32.
     pub fn from_safetensors(paths: &[PathBuf]) -> Result<Weights, EvalError> {
+        use rayon::prelude::*;
         let mut dense = HashMap::new();
         for path in paths {
             let tensors = candle_core::safetensors::load(path, &Device::Cpu).map_err(runtime)?;
-            for (name, t) in tensors {
-                if t.dtype().is_float() {
-                    dense.insert(name, stored(t.to_dtype(DType::F32).map_err(runtime)?)?);
-                }
-            }
+            let widened: Vec<(String, Tensor)> = tensors
+                .into_par_iter()
+                .filter(|(_, t)| t.dtype().is_float())
+                .map(|(name, t)| Ok((name, stored(t.to_dtype(DType::F32).map_err(runtime)?)?)))
+                .collect::<Result<_, EvalError>>()?;
+            dense.extend(widened);
         }
         Ok(Weights {
             dense,
@@ -297,7 +383,7 @@ impl Weights {
         let name = format!("{prefix}.weight");
         let weight = match self.quantized.get(&name) {
             Some(q) => LinearWeight::Blocks {
-                blocks: QMatMul::from_arc(q.clone()).map_err(runtime)?,
+                blocks: RowBands::of(q).map_err(runtime)?,
                 dequantized: stored(q.dequantize(&Device::Cpu).map_err(runtime)?)?,
                 activations: activation_type(q.dtype()),
             },
@@ -348,6 +434,59 @@ fn is_gguf(path: &Path) -> Result<bool, EvalError> {
 mod tests {
     use super::*;
 
+    /// The tiled transpose puts every value where candle's strided copy puts it, for shapes
+    /// that do and do not divide into tiles.
+    #[test]
+    fn stored_matrices_are_the_transpose() {
+        for (rows, cols) in [(1, 1), (3, 70), (70, 3), (64, 64), (100, 33)] {
+            let values: Vec<f32> = (0..rows * cols).map(|i| i as f32 * 0.5 - 7.0).collect();
+            let t = Tensor::from_vec(values, (rows, cols), &Device::Cpu).unwrap();
+            let want = t
+                .t()
+                .unwrap()
+                .contiguous()
+                .unwrap()
+                .to_vec2::<f32>()
+                .unwrap();
+            let got = stored(t).unwrap();
+            assert_eq!(got.dims(), &[cols, rows]);
+            assert_eq!(got.to_vec2::<f32>().unwrap(), want, "{rows}×{cols}");
+        }
+    }
+
+    /// A token's product over bands of rows is candle's quantized matmul over the whole
+    /// weight, value for value.
+    #[test]
+    fn bands_of_rows_give_the_whole_matmul_exactly() {
+        let (outputs, inputs) = (40, 512);
+        let mut rng = crate::numeric::SplitMix::new(9, 2);
+        let mut values =
+            |n: usize| -> Vec<f32> { (0..n).map(|_| rng.next_unit() as f32 - 0.5).collect() };
+        let w =
+            Tensor::from_vec(values(outputs * inputs), (outputs, inputs), &Device::Cpu).unwrap();
+        let x = Tensor::from_vec(values(inputs), (1, 1, inputs), &Device::Cpu).unwrap();
+        for kind in [
+            GgmlDType::Q4_0,
+            GgmlDType::Q8_0,
+            GgmlDType::Q4K,
+            GgmlDType::Q6K,
+        ] {
+            let q = Arc::new(QTensor::quantize(&w, kind).unwrap());
+            let whole = QMatMul::from_arc(q.clone()).unwrap().forward(&x).unwrap();
+            for bands in [1, 2, 3, 7, 64] {
+                let split = RowBands::split(&q, bands).unwrap();
+                assert_eq!(split.0.len(), bands.min(outputs));
+                let got = split.forward(&x).unwrap();
+                assert_eq!(got.dims(), whole.dims());
+                assert_eq!(
+                    got.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                    whole.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                    "{kind:?} in {bands} bands"
+                );
+            }
+        }
+    }
+
     /// The batched path (dequantized weights, activations rounded as the quantized matmul
     /// rounds them) gives each row what candle's quantized matmul gives it alone.
     #[test]
@@ -367,7 +506,7 @@ mod tests {
             let q = Arc::new(QTensor::quantize(&w, kind).unwrap());
             let linear = Linear {
                 weight: LinearWeight::Blocks {
-                    blocks: QMatMul::from_arc(q.clone()).unwrap(),
+                    blocks: RowBands::of(&q).unwrap(),
                     dequantized: stored(q.dequantize(&Device::Cpu).unwrap()).unwrap(),
                     activations: activation_type(kind),
                 },
