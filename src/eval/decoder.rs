@@ -289,21 +289,17 @@ fn causal_attention(
     let scale = (head_dim as f64).sqrt();
     let block = |start: usize, end: usize| -> candle_core::Result<Tensor> {
         let keys = offset + end;
-        let (q, k, v) = if start == 0 && end == t {
-            (q.clone(), k.clone(), v.clone())
-        } else {
-            (
-                q.narrow(2, start, end - start)?,
-                k.narrow(2, 0, keys)?,
-                v.narrow(2, 0, keys)?,
-            )
-        };
-        let scores = (q.contiguous()?.matmul(&k.contiguous()?.t()?)? / scale)?;
+        let (q, k, v) = (
+            q.narrow(2, start, end - start)?,
+            k.narrow(2, 0, keys)?,
+            v.narrow(2, 0, keys)?,
+        );
+        let scores = (q.matmul(&k.t()?)? / scale)?;
         let scores = match causal_mask(start, end, offset)? {
             Some(m) => scores.broadcast_add(&m)?,
             None => scores,
         };
-        candle_nn::ops::softmax_last_dim(&scores)?.matmul(&v.contiguous()?)
+        candle_nn::ops::softmax_last_dim(&scores)?.matmul(&v)
     };
     if t <= QUERY_BLOCK {
         return block(0, t);
@@ -334,20 +330,6 @@ fn causal_mask(start: usize, end: usize, offset: usize) -> candle_core::Result<O
         })
         .collect();
     Tensor::from_vec(values, (end - start, keys), &Device::Cpu).map(Some)
-}
-
-/// Hands `read` an f32 tensor's values in row-major order, in place when it is contiguous.
-pub fn with_values(t: &Tensor, read: &mut dyn FnMut(&[f32])) -> Result<(), EvalError> {
-    let t = t.contiguous().map_err(rt)?;
-    let (storage, layout) = t.storage_and_layout();
-    match &*storage {
-        candle_core::Storage::Cpu(cpu) => {
-            let all = cpu.as_slice::<f32>().map_err(rt)?;
-            read(&all[layout.start_offset()..][..t.elem_count()]);
-            Ok(())
-        }
-        _ => Err(EvalError::Runtime("the logits are not on the CPU".into())),
-    }
 }
 
 #[cfg(test)]

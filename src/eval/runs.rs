@@ -16,9 +16,7 @@ struct Tracker<'a> {
     latency_started: Option<Instant>,
     /// Seconds per accuracy step, once the accuracy pass is over.
     accuracy_pace: Option<f64>,
-    target: f64,
-    warmup: usize,
-    min_repeats: usize,
+    budget: latency::Budget,
 }
 
 impl<'a> Tracker<'a> {
@@ -36,9 +34,7 @@ impl<'a> Tracker<'a> {
             latency_total,
             latency_started: None,
             accuracy_pace: None,
-            target: inputs.limits.budget.target.as_secs_f64(),
-            warmup: inputs.limits.budget.warmup,
-            min_repeats: inputs.limits.budget.min_repeats,
+            budget: inputs.limits.budget,
         };
         tracker.accuracy(0);
         tracker
@@ -47,8 +43,13 @@ impl<'a> Tracker<'a> {
     /// A latency measurement's expected seconds before any has run: its target time for both
     /// models, or its minimum rounds at the pace of the accuracy pass, whichever is longer.
     fn latency_guess(&self, pace: Option<f64>) -> f64 {
-        let rounds = (self.warmup + self.min_repeats) as f64;
-        (2.0 * self.target).max(pace.unwrap_or(0.0) * rounds)
+        let latency::Budget {
+            warmup,
+            min_repeats,
+            target,
+            ..
+        } = self.budget;
+        (2.0 * target.as_secs_f64()).max(pace.unwrap_or(0.0) * (warmup + min_repeats) as f64)
     }
 
     fn accuracy(&self, done: u64) {
@@ -209,7 +210,7 @@ pub(super) fn decoder(inputs: &Inputs<'_>, cancel: &Cancel) -> Result<Run, EvalE
     // 49k vocabulary).
     let logits = |model: &decoder::Decoder, seq: &[u32], read: &mut dyn FnMut(&[f32])| {
         let rows = model.forward(seq, &mut Default::default())?;
-        decoder::with_values(&rows, read)
+        weights::with_values(&rows, read)
     };
     // Sequences run side by side, one per thread: candle's element-wise operations between the
     // matmuls use one thread, so one forward at a time leaves the other cores mostly idle. A

@@ -112,7 +112,7 @@ impl RowBands {
     fn split(q: &Arc<QTensor>, bands: usize) -> candle_core::Result<RowBands> {
         let (rows, columns) = q.shape().dims2()?;
         let bands = bands.clamp(1, rows.max(1));
-        if bands == 1 || columns % q.dtype().block_size() != 0 {
+        if bands == 1 {
             return Ok(RowBands(vec![QMatMul::from_arc(q.clone())?]));
         }
         let data = q.data()?;
@@ -148,6 +148,20 @@ impl RowBands {
     }
 }
 
+/// Hands `read` an f32 tensor's values in row-major order, in place when it is contiguous.
+pub fn with_values(t: &Tensor, read: &mut dyn FnMut(&[f32])) -> Result<(), EvalError> {
+    let t = t.contiguous().map_err(runtime)?;
+    let (storage, layout) = t.storage_and_layout();
+    match &*storage {
+        candle_core::Storage::Cpu(cpu) => {
+            let all = cpu.as_slice::<f32>().map_err(runtime)?;
+            read(&all[layout.start_offset()..][..t.elem_count()]);
+            Ok(())
+        }
+        _ => Err(EvalError::Runtime("the tensor is not on the CPU".into())),
+    }
+}
+
 pub(crate) fn runtime(err: candle_core::Error) -> EvalError {
     EvalError::Runtime(candle_message(&err))
 }
@@ -170,7 +184,7 @@ fn stored(t: Tensor) -> Result<Tensor, EvalError> {
     }
     let (rows, cols) = t.dims2().map_err(runtime)?;
     let mut values = Vec::new();
-    super::decoder::with_values(&t, &mut |v| values = transpose(v, rows, cols))?;
+    with_values(&t, &mut |v| values = transpose(v, rows, cols))?;
     Tensor::from_vec(values, (cols, rows), &Device::Cpu).map_err(runtime)
 }
 

@@ -142,8 +142,14 @@ impl BlobStore {
     }
 
     /// Removes the derived files of a deleted model or set (best effort: a file left behind is
-    /// never read again, as its name holds the deleted id, and the cap evicts it).
-    pub fn forget_derived(&self, id: uuid::Uuid) {
+    /// never read again, as its name holds the deleted id, and the cap evicts it), off the async
+    /// runtime's threads: it scans a directory.
+    pub async fn forget_derived(&self, id: uuid::Uuid) {
+        let store = self.clone();
+        let _ = tokio::task::spawn_blocking(move || store.remove_derived_of(id)).await;
+    }
+
+    fn remove_derived_of(&self, id: uuid::Uuid) {
         let id = id.to_string();
         let Ok(entries) = std::fs::read_dir(self.derived_dir()) else {
             return;
@@ -544,10 +550,10 @@ mod tests {
             file(model, set, 10),
         );
         let unrelated = file(other, other, 40);
-        store.forget_derived(model);
+        store.remove_derived_of(model);
         assert!(!of_model.exists() && !of_both.exists());
         assert!(of_set.exists() && unrelated.exists());
-        store.forget_derived(set);
+        store.remove_derived_of(set);
         assert!(!of_set.exists() && unrelated.exists());
         let (older, newer) = (file(model, set, 50), file(set, model, 5));
         store.trim_derived(250).unwrap();

@@ -137,9 +137,7 @@ pub async fn delete(
         .await?;
     let released = blobs::release(&mut tx, store, vec![sha]).await?;
     blobs::commit_releasing(tx, released).await?;
-    let store = store.clone();
-    // A directory scan: off the async runtime's threads.
-    let _ = tokio::task::spawn_blocking(move || store.forget_derived(id)).await;
+    store.forget_derived(id).await;
     Ok(Deleted::Yes)
 }
 

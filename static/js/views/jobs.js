@@ -83,6 +83,9 @@ export async function render(container, { params, signal }) {
     if (ticket !== latestLoad) return;
     fetched.items = fetched.items.map((job) => (reported.has(job.id) ? newer(reported.get(job.id), job) : job));
     page = fetched;
+    // Only the jobs on the page can meet a later load: the map stays the page's size.
+    const shown = new Set(page.items.map((job) => job.id));
+    for (const id of reported.keys()) if (!shown.has(id)) reported.delete(id);
     rows.clear();
     for (const job of page.items) rows.set(job.id, job);
     draw();
