@@ -254,6 +254,22 @@ pub enum BenchCommand {
         #[arg(long)]
         only: Option<String>,
     },
+    /// The evaluation's products on GGUF weights (integer with AVX-512 VNNI, dense f32 on the
+    /// dequantized copy, candle's quantized matmul), side by side.
+    Products {
+        /// Activation rows (tokens) per product.
+        #[arg(long, default_value_t = 512)]
+        rows: usize,
+        /// Output features of the weight (SmolLM2-135M's MLP: 1536).
+        #[arg(long, default_value_t = 1536)]
+        outputs: usize,
+        /// Input features of the weight (SmolLM2-135M's hidden size: 576).
+        #[arg(long, default_value_t = 576)]
+        inputs: usize,
+        /// Runs per product; the fastest counts.
+        #[arg(long, default_value_t = 5)]
+        repeats: usize,
+    },
     /// The team event stream's fan-out to many subscribers, against one subscriber.
     Events {
         /// Subscribers on the team stream.

@@ -3,10 +3,12 @@
 //!
 //! `kernels` and `pipeline` measure the compression kernels (in memory) and the whole pipeline
 //! (with file I/O) against memory-copy bandwidth; `queue` measures the job queue and the worker
-//! pool against plain database round trips; `events` measures the team event stream's fan-out
-//! to many subscribers against one.
+//! pool against plain database round trips; `products` measures the evaluation's matrix products on
+//! GGUF weights against the dense one; `events` measures the team event stream's fan-out to many
+//! subscribers against one.
 
 pub mod events;
 pub mod kernels;
 pub mod pipeline;
+pub mod products;
 pub mod queue;

@@ -91,6 +91,17 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             })
             .await?
         }
+        Command::Bench(crate::config::BenchCommand::Products {
+            rows,
+            outputs,
+            inputs,
+            repeats,
+        }) => {
+            tokio::task::spawn_blocking(move || {
+                crate::bench::products::products_bench(rows, outputs, inputs, repeats)
+            })
+            .await?
+        }
         Command::Bench(crate::config::BenchCommand::Events {
             subscribers,
             rounds,

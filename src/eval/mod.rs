@@ -10,6 +10,7 @@ pub mod dataset;
 pub mod decoder;
 pub mod encoder;
 pub mod files;
+pub mod integer_product;
 pub mod latency;
 pub mod metrics;
 pub mod mlp;
@@ -295,9 +296,10 @@ pub struct Figures {
     /// Every latency measurement.
     pub latency: Vec<Measure>,
     /// `dense` (f32 weights, dequantized where the artifact stores another form) or `native`
-    /// (candle's quantized matmul on the stored GGUF blocks for one token at a time; batches,
-    /// such as prompts and the accuracy pass, on their dequantized copy, which candle's dense
-    /// matmul multiplies faster).
+    /// (the stored GGUF blocks: Q8_0, Q4_0 and Q5_0 on CPUs with AVX-512 VNNI through the
+    /// integer product llama.cpp uses there; otherwise candle's quantized matmul for one token
+    /// at a time, and batches, such as prompts and the accuracy pass, on the blocks'
+    /// dequantized copy, which candle's dense matmul multiplies faster).
     pub kernel: String,
     /// The GGUF block types multiplied natively.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

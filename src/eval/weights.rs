@@ -1,5 +1,6 @@
 //! A model's weights as the evaluation runtime holds them: dense f32 tensors by Hugging Face
-//! name, plus GGUF block tensors that candle multiplies natively. Loaded from the uploaded
+//! name, plus GGUF block tensors multiplied natively (by `integer_product` where the CPU has
+//! AVX-512 VNNI and the blocks meet activations as Q8_0, by candle otherwise). Loaded from the uploaded
 //! safetensors (read by candle's own reader, not ours), from an artifact folder (decoded by
 //! `formats::reader`), or from a GGUF file (read by candle's GGUF reader).
 
@@ -11,6 +12,7 @@ use candle_core::quantized::{GgmlDType, QMatMul, QTensor, gguf_file};
 use candle_core::{DType, Device, Module, Tensor};
 
 use super::EvalError;
+use super::integer_product::{self, IntegerWeights};
 use crate::formats::{gguf, reader};
 use crate::numeric::Dtype;
 
@@ -53,6 +55,10 @@ enum LinearWeight {
         /// runtime's, not those of the weights' rounding alone.
         activations: Option<GgmlDType>,
     },
+    /// GGUF blocks that meet activations as Q8_0, repacked for the integer product on CPUs
+    /// with AVX-512 VNNI, for batches and single tokens alike (neither the dequantized copy
+    /// nor row bands are kept).
+    Integer(IntegerWeights),
     /// Dense f32, stored transposed (`[in, out]`, contiguous): the matmul's packing then reads
     /// rows in order rather than striding down columns, several times faster for few tokens.
     Transposed(Tensor),
@@ -79,6 +85,7 @@ impl Linear {
                     None => x.broadcast_matmul(dequantized)?,
                 }
             }
+            LinearWeight::Integer(weights) => weights.forward(x)?,
             LinearWeight::Transposed(wt) => x.broadcast_matmul(wt)?,
         };
         match &self.bias {
@@ -93,6 +100,7 @@ impl Linear {
             LinearWeight::Blocks { dequantized, .. } | LinearWeight::Transposed(dequantized) => {
                 dequantized.dims()[1]
             }
+            LinearWeight::Integer(weights) => weights.outputs(),
         }
     }
 }
@@ -396,6 +404,9 @@ impl Weights {
     pub fn linear(&self, prefix: &str, bias: bool) -> Result<Linear, EvalError> {
         let name = format!("{prefix}.weight");
         let weight = match self.quantized.get(&name) {
+            Some(q) if integer_product::available() && integer_product::packs(q.dtype()) => {
+                LinearWeight::Integer(IntegerWeights::pack(q).map_err(runtime)?)
+            }
             Some(q) => LinearWeight::Blocks {
                 blocks: RowBands::of(q).map_err(runtime)?,
                 dequantized: stored(q.dequantize(&Device::Cpu).map_err(runtime)?)?,
