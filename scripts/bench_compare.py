@@ -295,6 +295,8 @@ def main():
     parser.add_argument("--evaluate", action="store_true",
                         help="time evaluation instead: squeeze evaluate against llama-perplexity "
                              "on the same tokens, F32 and Q8_0 (needs --model with tokenizer.json)")
+    parser.add_argument("--rerun-original", action="store_true",
+                        help="with --evaluate: also time squeeze running the original beside Q8_0")
     parser.add_argument("--sequences", type=int, default=64, help="evaluation windows")
     parser.add_argument("--length", type=int, default=512, help="tokens per evaluation window")
     parser.add_argument("--make-f32-gguf", type=Path, nargs=3, help=argparse.SUPPRESS)
@@ -405,7 +407,7 @@ def evaluate(args):
     """Evaluation side by side: llama-perplexity over `sequences` windows of `length` tokens,
     on the F32 weights and on Q8_0, against `squeeze evaluate` of the same weights on the same
     windows with the original's outputs kept from a first run (as llama-perplexity's
-    --kl-divergence-base keeps them), and once more without them."""
+    --kl-divergence-base keeps them), and with --rerun-original once more without them."""
     if not args.model or not (args.model / "tokenizer.json").exists():
         sys.exit("bench-compare: --evaluate needs --model, a decoder folder with tokenizer.json")
     model, work = args.model, args.work / "evaluate"
@@ -435,7 +437,11 @@ def evaluate(args):
                            "-b", str(args.length), "--chunks", str(args.sequences),
                            "-t", str(args.threads)]))
         tasks.append((weights, "squeeze, original kept", [*evaluate, artifact, *sets, "--reference", kept]))
-    tasks.append(("Q8_0", "squeeze, original run too", [*evaluate, q8, *sets]))
+        if args.baseline:
+            tasks.append((weights, "squeeze baseline, original kept",
+                          [args.baseline, "evaluate", model, artifact, *sets, "--reference", kept]))
+    if args.rerun_original:
+        tasks.append(("Q8_0", "squeeze, original run too", [*evaluate, q8, *sets]))
     samples, figures = {}, {}
     for r in range(args.rounds):
         order = tasks[r % len(tasks):] + tasks[:r % len(tasks)]
