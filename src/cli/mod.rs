@@ -13,9 +13,11 @@ use crate::config::{
 };
 use crate::formats::safetensors;
 use crate::store::db::Database;
+use digests::file_sha256;
 
 mod compress;
 mod demo;
+mod digests;
 mod evaluate;
 mod inspect;
 mod serve;
@@ -167,27 +169,4 @@ fn local_inputs(path: &std::path::Path) -> anyhow::Result<Vec<crate::pipeline::I
     }
     inputs.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(inputs)
-}
-
-fn file_sha256(path: &std::path::Path) -> std::io::Result<String> {
-    use sha2::Digest;
-    /// Bytes mapped at a time: the mapped pages count in the process's resident memory.
-    const WINDOW: u64 = 1 << 24;
-    let file = std::fs::File::open(path)?;
-    let len = file.metadata()?.len();
-    let mut hasher = sha2::Sha256::new();
-    // Hashed from mappings rather than read into a buffer: the file is in the page cache (the
-    // run reads it too), and copying it out would cost a fifth as much as the hashing.
-    for offset in (0..len).step_by(WINDOW as usize) {
-        // SAFETY: the run maps the same file; a file changed under the CLI while it runs gives
-        // a wrong digest (as a read would) or SIGBUS if truncated, as the run's own mapping does.
-        let window = unsafe {
-            memmap2::MmapOptions::new()
-                .offset(offset)
-                .len(WINDOW.min(len - offset) as usize)
-                .map(&file)?
-        };
-        hasher.update(&window[..]);
-    }
-    Ok(hex::encode(hasher.finalize()))
 }
