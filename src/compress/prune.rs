@@ -5,9 +5,11 @@
 //!
 //! The k-th smallest |x| is found by radix selection on the bits of |x| (for non-negative floats
 //! the bit pattern orders like the value): a histogram of the high 16 bits finds the bucket,
-//! a histogram of the low 16 bits inside it finds the exact value T. Values below T are pruned;
-//! values equal to T are pruned in visiting order until exactly k are gone, so the achieved
-//! sparsity is exact whatever the ties (zeros already present count as the smallest values).
+//! a histogram of the low 16 bits inside it finds the exact value T (a pass skipped when no
+//! value has low bits, as when every value is a widened BF16: the bucket is then one value).
+//! Values below T are pruned; values equal to T are pruned in visiting order until exactly k
+//! are gone, so the achieved sparsity is exact whatever the ties (zeros already present count
+//! as the smallest values).
 
 use rayon::prelude::*;
 
@@ -41,36 +43,40 @@ multiversion! {
     }
 }
 
+/// The histogram of `key` over every magnitude, and the OR of the magnitudes' low 16 bits
+/// (zero when every value is a widened BF16, whose low bits are always zero).
 fn histogram<F>(
     chunks: usize,
     visit: &F,
     cancel: &Cancel,
     key: impl Fn(u32) -> Option<usize> + Sync,
-) -> Result<Vec<u64>, Canceled>
+) -> Result<(Vec<u64>, u32), Canceled>
 where
     F: Fn(usize, &mut dyn FnMut(&[f32])) + Sync,
 {
     (0..chunks)
         .into_par_iter()
         .try_fold(
-            || vec![0u64; BUCKETS],
-            |mut h, i| {
+            || (vec![0u64; BUCKETS], 0u32),
+            |(mut h, mut low_bits), i| {
                 cancel.check()?;
                 visit(i, &mut |values: &[f32]| {
                     for &v in values {
-                        if let Some(b) = key(magnitude_bits(v)) {
+                        let bits = magnitude_bits(v);
+                        low_bits |= bits & 0xFFFF;
+                        if let Some(b) = key(bits) {
                             h[b] += 1;
                         }
                     }
                 });
-                Ok(h)
+                Ok((h, low_bits))
             },
         )
         .try_reduce(
-            || vec![0u64; BUCKETS],
-            |mut a, b| {
+            || (vec![0u64; BUCKETS], 0),
+            |(mut a, a_low), (b, b_low)| {
                 a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
-                Ok(a)
+                Ok((a, a_low | b_low))
             },
         )
 }
@@ -208,6 +214,8 @@ pub struct GlobalCut {
     below_bucket: u64,
     threshold_bits: u32,
     ties_left: u64,
+    /// Whether any magnitude seen had low 16 bits; if none had, the low pass is skipped.
+    low_bits_seen: bool,
 }
 
 impl GlobalCut {
@@ -226,6 +234,7 @@ impl GlobalCut {
             below_bucket: 0,
             threshold_bits: 0,
             ties_left: 0,
+            low_bits_seen: false,
         }
     }
 
@@ -254,14 +263,18 @@ impl GlobalCut {
         };
         match pass {
             GlobalPass::High => {
-                let h = histogram(chunks, &visit, cancel, |bits| Some((bits >> 16) as usize))?;
+                let (h, low_bits) =
+                    histogram(chunks, &visit, cancel, |bits| Some((bits >> 16) as usize))?;
                 add(&mut self.high, h);
+                self.low_bits_seen |= low_bits != 0;
                 Ok(0)
             }
             GlobalPass::Low => {
-                if self.k > 0 {
+                // Without low bits (BF16 inputs) the crossing bucket holds one magnitude, and
+                // `finish` knows the low histogram without a pass over the data.
+                if self.k > 0 && self.low_bits_seen {
                     let bucket = self.bucket;
-                    let h = histogram(chunks, &visit, cancel, |bits| {
+                    let (h, _) = histogram(chunks, &visit, cancel, |bits| {
                         ((bits >> 16) as usize == bucket).then_some((bits & 0xFFFF) as usize)
                     })?;
                     add(&mut self.low, h);
@@ -296,6 +309,9 @@ impl GlobalCut {
             }
             GlobalPass::Low => {
                 if self.k > 0 {
+                    if !self.low_bits_seen {
+                        self.low[0] = self.high[self.bucket];
+                    }
                     let (offset, below) = crossing(&self.low, self.k - self.below_bucket);
                     self.threshold_bits = ((self.bucket as u32) << 16) | offset as u32;
                     self.ties_left = self.k - self.below_bucket - below;
@@ -415,6 +431,67 @@ mod tests {
             }
             assert_eq!(got, want, "sparsity {sparsity}");
         }
+    }
+
+    #[test]
+    fn bf16_values_skip_the_low_pass_and_cut_like_a_sort() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let mut state = 7u64;
+        // Widened BF16 values (low 16 bits zero), so many magnitudes tie.
+        let data: Vec<f32> = (0..20_011)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                let x = (state % 2_000_001) as f32 / 1e6 - 1.0;
+                f32::from_bits(x.to_bits() & 0xFFFF_0000)
+            })
+            .collect();
+        let chunks: Vec<&[f32]> = data.chunks(500).collect();
+        for (sparsity, passes) in [(0.3, 2), (0.5, 2), (0.97, 2)] {
+            let k = prune_count(data.len() as u64, sparsity);
+            let visits = AtomicUsize::new(0);
+            let cut = MagnitudeCut::select(
+                chunks.len(),
+                k,
+                |i, sink| {
+                    visits.fetch_add(1, Ordering::Relaxed);
+                    sink(chunks[i])
+                },
+                &Cancel::new(),
+            )
+            .unwrap();
+            assert_eq!(visits.into_inner(), passes * chunks.len(), "{sparsity}");
+            let mut got = Vec::new();
+            for (i, c) in chunks.iter().enumerate() {
+                let mut v = c.to_vec();
+                cut.apply(i, &mut v);
+                got.extend(v);
+            }
+            let mut order: Vec<usize> = (0..data.len()).collect();
+            order.sort_by(|&a, &b| data[a].abs().total_cmp(&data[b].abs()).then(a.cmp(&b)));
+            let mut want = data.clone();
+            for &i in &order[..k as usize] {
+                want[i] = 0.0;
+            }
+            assert_eq!(got, want, "sparsity {sparsity}");
+        }
+        // One value with low bits brings the low pass back.
+        let mut mixed = data.clone();
+        mixed[3] = 0.123_456_79;
+        let visits = AtomicUsize::new(0);
+        let mixed_chunks: Vec<&[f32]> = mixed.chunks(500).collect();
+        MagnitudeCut::select(
+            mixed_chunks.len(),
+            100,
+            |i, sink| {
+                visits.fetch_add(1, Ordering::Relaxed);
+                sink(mixed_chunks[i])
+            },
+            &Cancel::new(),
+        )
+        .unwrap();
+        assert_eq!(visits.into_inner(), 3 * mixed_chunks.len());
     }
 
     #[test]
