@@ -403,6 +403,7 @@ async fn a_decoder_job_on_gguf_blocks_reports_native_kernels_and_its_budget() {
         ._data_dir
         .path()
         .join(format!("blobs/derived/{llama}.{dataset}.ref"));
+    let mut first_kept = None;
     for (i, max_drop) in [10.0, 0.000001].into_iter().enumerate() {
         let job = run_job(
             &app,
@@ -414,6 +415,19 @@ async fn a_decoder_job_on_gguf_blocks_reports_native_kernels_and_its_budget() {
         // and runs the compressed model alone, to the same figures.
         assert_eq!(eval["original_reused"], i == 1, "{eval}");
         assert!(kept.exists(), "{} was not kept", kept.display());
+        // The file itself proves the reuse: a job that ran the original again would have
+        // written it anew.
+        let stamp = (
+            std::fs::metadata(&kept).unwrap().modified().unwrap(),
+            std::fs::read(&kept).unwrap(),
+        );
+        match &first_kept {
+            None => first_kept = Some(stamp),
+            Some(first) => assert!(
+                *first == stamp,
+                "the second job wrote the kept outputs again"
+            ),
+        }
         assert!(eval["accuracy_seconds"].as_f64().unwrap() > 0.0);
         kl_means.push(figure(eval, "compressed", "kl_mean"));
         assert!(job["result"]["eval_seconds"].as_f64().unwrap() > 0.0);
