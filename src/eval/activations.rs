@@ -3,7 +3,8 @@
 //! then widened back, so that a batch multiplied on the blocks' dequantized copy sees the
 //! numbers the quantized matmul sees. One pass compiled for each SIMD level, bit for bit what
 //! candle's `from_float` then `to_float` give (tested), where going through candle takes three
-//! passes, a block buffer and a rounding library call per value.
+//! passes, a block buffer and a rounding library call per value. The same Q8_0 rounding also
+//! yields the integer codes and scales themselves, for `integer_product`.
 
 use candle_core::Tensor;
 use candle_core::quantized::GgmlDType;
@@ -43,13 +44,39 @@ pub fn round(values: &mut [f32], rounding: Rounding) {
     }
 }
 
+/// A Q8_0 block's rounding as ggml's `quantize_row_q8_0`: codes are x × `inverse` (the f32
+/// scale's inverse, 0 for an all-zero block) rounded half away from zero, and they stand for
+/// code × `stored` (the scale max |x| / 127 kept as f16).
+#[inline(always)]
+fn q8_0_scale(block: &[f32]) -> (f32, f32) {
+    let amax = block.iter().fold(0f32, |m, &x| m.max(x.abs()));
+    let d = amax / 127.0;
+    let inverse = if d != 0.0 { 1.0 / d } else { 0.0 };
+    (inverse, half::f16::from_f32(d).to_f32())
+}
+
+multiversion! {
+    /// Q8_0 codes of every block of 32, stored + 128 as unsigned bytes (as AVX-512 VNNI takes
+    /// them), with each block's f16 scale: what [`round`] gives, as integers.
+    pub(crate) fn q8_0_codes(values: &[f32], codes: &mut [u8], scales: &mut [f32]) {
+        for ((block, codes), scale) in values
+            .chunks_exact(32)
+            .zip(codes.chunks_exact_mut(32))
+            .zip(scales.iter_mut())
+        {
+            let (inverse, stored) = q8_0_scale(block);
+            *scale = stored;
+            for (code, &x) in codes.iter_mut().zip(block) {
+                *code = ((x * inverse).round().clamp(-128.0, 127.0) + 128.0) as u8;
+            }
+        }
+    }
+}
+
 multiversion! {
     fn round_q8_0(values: &mut [f32]) {
         for block in values.chunks_exact_mut(32) {
-            let amax = block.iter().fold(0f32, |m, &x| m.max(x.abs()));
-            let d = amax / 127.0;
-            let inverse = if d != 0.0 { 1.0 / d } else { 0.0 };
-            let stored = half::f16::from_f32(d).to_f32();
+            let (inverse, stored) = q8_0_scale(block);
             for x in block.iter_mut() {
                 // As candle's integer codes: `as i8` saturates (within the block's range it
                 // never has to) and has no negative zero (+ 0.0 turns -0 into 0).

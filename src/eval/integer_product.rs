@@ -22,7 +22,8 @@ use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 use rayon::prelude::*;
 
-use crate::numeric::simd::multiversion;
+use super::activations::q8_0_codes;
+use super::weights::values_of;
 
 /// Inputs per block: Q8_0's, Q4_0's and Q5_0's.
 const BLOCK: usize = 32;
@@ -133,11 +134,6 @@ impl IntegerWeights {
         self.outputs
     }
 
-    /// Bytes held (codes, scales and offsets).
-    pub fn bytes(&self) -> usize {
-        self.codes.len() + 4 * (self.scales.len() + self.offsets.len())
-    }
-
     /// `x Wᵀ` for `x` of any rank whose last dimension is the weight's inputs.
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let mut dims = x.dims().to_vec();
@@ -149,7 +145,7 @@ impl IntegerWeights {
                 self.inputs
             ),
         }
-        let rounded = Rounded::of(x, self.inputs)?;
+        let rounded = Rounded::of(x)?;
         let out = self.multiply(&rounded, kernel());
         Tensor::from_vec(out, dims, &Device::Cpu)
     }
@@ -179,9 +175,8 @@ impl IntegerWeights {
         } else {
             let per_task = panels.div_ceil(4 * threads).max(1);
             let parts: Vec<(Range<usize>, Vec<f32>)> = (0..panels)
-                .step_by(per_task)
-                .collect::<Vec<_>>()
                 .into_par_iter()
+                .step_by(per_task)
                 .map(|first| {
                     let band = first..(first + per_task).min(panels);
                     let columns = self.columns(&band);
@@ -326,45 +321,22 @@ fn unpack_block(dtype: GgmlDType, bytes: &[u8]) -> (f32, [i8; BLOCK]) {
 
 impl Rounded {
     /// `x`'s rows rounded as ggml rounds activations to Q8_0.
-    fn of(x: &Tensor, inputs: usize) -> candle_core::Result<Rounded> {
-        let x = x.contiguous()?;
-        let (storage, layout) = x.storage_and_layout();
-        let candle_core::Storage::Cpu(cpu) = &*storage else {
-            candle_core::bail!("integer product: the input is not on the CPU");
-        };
-        let values = &cpu.as_slice::<f32>()?[layout.start_offset()..][..x.elem_count()];
-        let mut rounded = Rounded {
-            codes: vec![0; values.len()],
-            scales: vec![0.0; values.len() / BLOCK],
-        };
-        let per_task = 64 * inputs;
-        values
-            .par_chunks(per_task)
-            .zip(rounded.codes.par_chunks_mut(per_task))
-            .zip(rounded.scales.par_chunks_mut(per_task / BLOCK))
-            .for_each(|((values, codes), scales)| round_q8_0(values, codes, scales));
-        Ok(rounded)
-    }
-}
-
-multiversion! {
-    /// Q8_0 rounding as ggml's `quantize_row_q8_0` (and `activations::round_q8_0`): the scale
-    /// is max |x| / 127, kept as f16; codes are x / scale (with the f32 scale) rounded half
-    /// away from zero. Codes are stored + 128.
-    fn round_q8_0(values: &[f32], codes: &mut [u8], scales: &mut [f32]) {
-        for ((block, codes), scale) in values
-            .chunks_exact(BLOCK)
-            .zip(codes.chunks_exact_mut(BLOCK))
-            .zip(scales.iter_mut())
-        {
-            let amax = block.iter().fold(0f32, |m, &x| m.max(x.abs()));
-            let d = amax / 127.0;
-            let inverse = if d != 0.0 { 1.0 / d } else { 0.0 };
-            *scale = half::f16::from_f32(d).to_f32();
-            for (code, &x) in codes.iter_mut().zip(block) {
-                *code = ((x * inverse).round().clamp(-128.0, 127.0) + 128.0) as u8;
-            }
-        }
+    fn of(x: &Tensor) -> candle_core::Result<Rounded> {
+        values_of(x, |values| {
+            let mut rounded = Rounded {
+                codes: vec![0; values.len()],
+                scales: vec![0.0; values.len() / BLOCK],
+            };
+            // In bands of 4096 blocks side by side (rows are whole blocks, so any multiple of
+            // the block keeps each block in one band).
+            let per_task = 4096 * BLOCK;
+            values
+                .par_chunks(per_task)
+                .zip(rounded.codes.par_chunks_mut(per_task))
+                .zip(rounded.scales.par_chunks_mut(per_task / BLOCK))
+                .for_each(|((values, codes), scales)| q8_0_codes(values, codes, scales));
+            rounded
+        })
     }
 }
 
@@ -528,7 +500,7 @@ mod tests {
                 .unwrap();
             let packed =
                 IntegerWeights::pack(&QTensor::quantize(&w, GgmlDType::Q8_0).unwrap()).unwrap();
-            let rounded = Rounded::of(&x, inputs).unwrap();
+            let rounded = Rounded::of(&x).unwrap();
             let vector = packed.multiply(&rounded, kernel());
             let scalar = packed.multiply(&rounded, Kernel::Scalar);
             assert_eq!(vector.len(), rows * outputs);
@@ -587,7 +559,7 @@ mod tests {
         let mut want = x.clone();
         super::super::activations::round(&mut want, super::super::activations::Rounding::Q8_0);
         let t = Tensor::from_vec(x, (8, 64), &Device::Cpu).unwrap();
-        let rounded = Rounded::of(&t, 64).unwrap();
+        let rounded = Rounded::of(&t).unwrap();
         for (i, &w) in want.iter().enumerate() {
             let got = (rounded.codes[i] as f32 - 128.0) * rounded.scales[i / BLOCK];
             assert_eq!(got.to_bits(), w.to_bits(), "value {i}");

@@ -1,8 +1,8 @@
 //! A model's weights as the evaluation runtime holds them: dense f32 tensors by Hugging Face
 //! name, plus GGUF block tensors multiplied natively (by `integer_product` where the CPU has
-//! AVX-512 VNNI and the blocks meet activations as Q8_0, by candle otherwise). Loaded from the uploaded
-//! safetensors (read by candle's own reader, not ours), from an artifact folder (decoded by
-//! `formats::reader`), or from a GGUF file (read by candle's GGUF reader).
+//! AVX-512 VNNI and the blocks meet activations as Q8_0, by candle otherwise). Loaded from the
+//! uploaded safetensors (read by candle's own reader, not ours), from an artifact folder
+//! (decoded by `formats::reader`), or from a GGUF file (read by candle's GGUF reader).
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -158,15 +158,19 @@ impl RowBands {
 
 /// Hands `read` an f32 tensor's values in row-major order, in place when it is contiguous.
 pub fn with_values(t: &Tensor, read: &mut dyn FnMut(&[f32])) -> Result<(), EvalError> {
-    let t = t.contiguous().map_err(runtime)?;
+    values_of(t, read).map_err(runtime)
+}
+
+/// [`with_values`] for callers inside candle's error type (a layer's forward).
+pub(crate) fn values_of<R>(t: &Tensor, read: impl FnOnce(&[f32]) -> R) -> candle_core::Result<R> {
+    let t = t.contiguous()?;
     let (storage, layout) = t.storage_and_layout();
     match &*storage {
         candle_core::Storage::Cpu(cpu) => {
-            let all = cpu.as_slice::<f32>().map_err(runtime)?;
-            read(&all[layout.start_offset()..][..t.elem_count()]);
-            Ok(())
+            let all = cpu.as_slice::<f32>()?;
+            Ok(read(&all[layout.start_offset()..][..t.elem_count()]))
         }
-        _ => Err(EvalError::Runtime("the tensor is not on the CPU".into())),
+        _ => candle_core::bail!("the tensor is not on the CPU"),
     }
 }
 
