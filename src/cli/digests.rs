@@ -168,12 +168,17 @@ mod tests {
         hex::encode(sha2::Sha256::digest(bytes))
     }
 
+    /// A folder holding a file of `bytes` and the path for a cache beside it.
+    fn setup(bytes: &[u8]) -> (tempfile::TempDir, PathBuf, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let (cache, file) = (dir.path().join("cache"), dir.path().join("model.bin"));
+        std::fs::write(&file, bytes).unwrap();
+        (dir, cache, file)
+    }
+
     #[test]
     fn a_remembered_digest_is_used_until_the_file_changes() {
-        let dir = tempfile::tempdir().unwrap();
-        let cache = dir.path().join("cache");
-        let file = dir.path().join("model.safetensors");
-        std::fs::write(&file, b"first version").unwrap();
+        let (_dir, cache, file) = setup(b"first version");
         let first = file_sha256_in(&file, Some(&cache)).unwrap();
         assert_eq!(first, plain(b"first version"));
         let entry = cache.join(entry_name(&file));
@@ -196,10 +201,7 @@ mod tests {
 
     #[test]
     fn a_damaged_or_foreign_entry_is_ignored() {
-        let dir = tempfile::tempdir().unwrap();
-        let cache = dir.path().join("cache");
-        let file = dir.path().join("m.bin");
-        std::fs::write(&file, b"bytes").unwrap();
+        let (dir, cache, file) = setup(b"bytes");
         std::fs::create_dir_all(&cache).unwrap();
         let entry = cache.join(entry_name(&file));
         let stamp = Stamp::of(&file).unwrap();

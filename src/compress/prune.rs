@@ -395,103 +395,85 @@ mod tests {
     use super::*;
 
     fn cut_and_apply(data: &[f32], chunk: usize, sparsity: f64) -> Vec<f32> {
+        cut_counting_visits(data, chunk, prune_count(data.len() as u64, sparsity)).0
+    }
+
+    /// The cut of the `k` smallest magnitudes, applied chunk by chunk, and how many chunk
+    /// visits the selection made.
+    fn cut_counting_visits(data: &[f32], chunk: usize, k: u64) -> (Vec<f32>, usize) {
+        use std::sync::atomic::{AtomicUsize, Ordering};
         let chunks: Vec<&[f32]> = data.chunks(chunk).collect();
-        let k = prune_count(data.len() as u64, sparsity);
-        let cut = MagnitudeCut::select(chunks.len(), k, |i, sink| sink(chunks[i]), &Cancel::new())
-            .unwrap();
+        let visits = AtomicUsize::new(0);
+        let visit = |i: usize, sink: &mut dyn FnMut(&[f32])| {
+            visits.fetch_add(1, Ordering::Relaxed);
+            sink(chunks[i])
+        };
+        let cut = MagnitudeCut::select(chunks.len(), k, visit, &Cancel::new()).unwrap();
         let mut out = Vec::new();
         for (i, c) in chunks.iter().enumerate() {
             let mut v = c.to_vec();
             cut.apply(i, &mut v);
             out.extend(v);
         }
-        out
+        (out, visits.into_inner())
     }
 
-    #[test]
-    fn prunes_exactly_the_smallest_magnitudes_like_a_sort() {
-        let mut state = 99u64;
-        let data: Vec<f32> = (0..10_007)
+    /// The reference: indices sorted by (|x|, index), the first k zeroed.
+    fn smallest_zeroed(data: &[f32], k: usize) -> Vec<f32> {
+        let mut order: Vec<usize> = (0..data.len()).collect();
+        order.sort_by(|&a, &b| data[a].abs().total_cmp(&data[b].abs()).then(a.cmp(&b)));
+        let mut want = data.to_vec();
+        for &i in &order[..k] {
+            want[i] = 0.0;
+        }
+        want
+    }
+
+    /// `n` values in [-1, 1] from an xorshift generator.
+    fn xorshift_values(mut state: u64, n: usize) -> Vec<f32> {
+        (0..n)
             .map(|_| {
                 state ^= state << 13;
                 state ^= state >> 7;
                 state ^= state << 17;
                 (state % 2_000_001) as f32 / 1e6 - 1.0
             })
-            .collect();
+            .collect()
+    }
+
+    #[test]
+    fn prunes_exactly_the_smallest_magnitudes_like_a_sort() {
+        let data = xorshift_values(99, 10_007);
         for sparsity in [0.0, 0.1, 0.5, 0.9, 0.999] {
             let got = cut_and_apply(&data, 333, sparsity);
             let k = prune_count(data.len() as u64, sparsity) as usize;
-            // Reference: sort indices by (|x|, index) and zero the first k.
-            let mut order: Vec<usize> = (0..data.len()).collect();
-            order.sort_by(|&a, &b| data[a].abs().total_cmp(&data[b].abs()).then(a.cmp(&b)));
-            let mut want = data.clone();
-            for &i in &order[..k] {
-                want[i] = 0.0;
-            }
-            assert_eq!(got, want, "sparsity {sparsity}");
+            assert_eq!(got, smallest_zeroed(&data, k), "sparsity {sparsity}");
         }
     }
 
     #[test]
     fn bf16_values_skip_the_low_pass_and_cut_like_a_sort() {
-        use std::sync::atomic::{AtomicUsize, Ordering};
-        let mut state = 7u64;
         // Widened BF16 values (low 16 bits zero), so many magnitudes tie.
-        let data: Vec<f32> = (0..20_011)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                let x = (state % 2_000_001) as f32 / 1e6 - 1.0;
-                f32::from_bits(x.to_bits() & 0xFFFF_0000)
-            })
+        let data: Vec<f32> = xorshift_values(7, 20_011)
+            .into_iter()
+            .map(|x| f32::from_bits(x.to_bits() & 0xFFFF_0000))
             .collect();
-        let chunks: Vec<&[f32]> = data.chunks(500).collect();
-        for (sparsity, passes) in [(0.3, 2), (0.5, 2), (0.97, 2)] {
+        let chunks = data.len().div_ceil(500);
+        for sparsity in [0.3, 0.5, 0.97] {
             let k = prune_count(data.len() as u64, sparsity);
-            let visits = AtomicUsize::new(0);
-            let cut = MagnitudeCut::select(
-                chunks.len(),
-                k,
-                |i, sink| {
-                    visits.fetch_add(1, Ordering::Relaxed);
-                    sink(chunks[i])
-                },
-                &Cancel::new(),
-            )
-            .unwrap();
-            assert_eq!(visits.into_inner(), passes * chunks.len(), "{sparsity}");
-            let mut got = Vec::new();
-            for (i, c) in chunks.iter().enumerate() {
-                let mut v = c.to_vec();
-                cut.apply(i, &mut v);
-                got.extend(v);
-            }
-            let mut order: Vec<usize> = (0..data.len()).collect();
-            order.sort_by(|&a, &b| data[a].abs().total_cmp(&data[b].abs()).then(a.cmp(&b)));
-            let mut want = data.clone();
-            for &i in &order[..k as usize] {
-                want[i] = 0.0;
-            }
-            assert_eq!(got, want, "sparsity {sparsity}");
+            let (got, visits) = cut_counting_visits(&data, 500, k);
+            // The high histogram and the tie count; no low pass.
+            assert_eq!(visits, 2 * chunks, "{sparsity}");
+            assert_eq!(
+                got,
+                smallest_zeroed(&data, k as usize),
+                "sparsity {sparsity}"
+            );
         }
         // One value with low bits brings the low pass back.
         let mut mixed = data.clone();
         mixed[3] = 0.123_456_79;
-        let visits = AtomicUsize::new(0);
-        let mixed_chunks: Vec<&[f32]> = mixed.chunks(500).collect();
-        MagnitudeCut::select(
-            mixed_chunks.len(),
-            100,
-            |i, sink| {
-                visits.fetch_add(1, Ordering::Relaxed);
-                sink(mixed_chunks[i])
-            },
-            &Cancel::new(),
-        )
-        .unwrap();
-        assert_eq!(visits.into_inner(), 3 * mixed_chunks.len());
+        assert_eq!(cut_counting_visits(&mixed, 500, 100).1, 3 * chunks);
     }
 
     #[test]
