@@ -60,7 +60,12 @@ impl JobEvents {
                     // Jobs queued while the connection was down start now, not at the next poll.
                     queued.notify_waiters();
                     loop {
-                        let note = listener.recv().await?;
+                        // Not `recv`, which reconnects without a word: the jobs queued while
+                        // the connection was down would then wait for the next poll. A lost
+                        // connection ends this session, and the next one resyncs and wakes.
+                        let Some(note) = listener.try_recv().await? else {
+                            return Ok(());
+                        };
                         if note.channel() == QUEUED_CHANNEL {
                             queued.notify_waiters();
                             continue;
@@ -89,8 +94,11 @@ impl JobEvents {
                 if db.is_closed() {
                     return;
                 }
-                if let Err(err) = result {
-                    tracing::warn!(error = %err, "job event listener lost; reconnecting");
+                match result {
+                    Err(err) => {
+                        tracing::warn!(error = %err, "job event listener lost; reconnecting")
+                    }
+                    Ok(()) => tracing::warn!("job event listener's connection lost; reconnecting"),
                 }
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(10));
