@@ -97,6 +97,85 @@ impl Range {
 
 /// Candidate scales searched side by side, one per lane: every search has at most 21.
 const LANES: usize = 24;
+/// Values that share a scale and minimum in Q4_K and Q5_K.
+const SUB_BLOCK: usize = 32;
+
+/// The code of `v` for inverse scale `iscale` from `min`: nearest, clamped to 0..=nmax.
+#[inline(always)]
+fn level(iscale: f32, min: f32, v: f32, nmax: f32) -> f32 {
+    let l = (iscale * (v - min)).round_ties_even();
+    if l < 0.0 {
+        0.0
+    } else if l > nmax {
+        nmax
+    } else {
+        l
+    }
+}
+
+/// Candidates' least-squares fits and their weighted errors, lane k for `iscales[k]`.
+struct Fitted {
+    scale: [f32; LANES],
+    min: [f32; LANES],
+    fits: [bool; LANES],
+    errors: [f32; LANES],
+}
+
+/// The first `L` candidates of `iscales` measured from `min`: codes, the weighted sums that
+/// fit a scale and minimum to them, and the error of that fit, each lane in the reference's
+/// order of operations.
+#[inline(always)]
+fn fit_lanes<const L: usize>(
+    x: &[f32],
+    weights: &[f32],
+    iscales: &[f32; LANES],
+    min: f32,
+    nmax: f32,
+    sum_w: f32,
+    sum_x: f32,
+) -> Fitted {
+    let n = x.len().min(SUB_BLOCK);
+    let (mut sum_l, mut sum_l2, mut sum_xl) = ([0f32; L], [0f32; L], [0f32; L]);
+    // Each candidate's codes, kept for the error pass rather than rounded again.
+    let mut levels = [[0f32; L]; SUB_BLOCK];
+    for i in 0..n {
+        let (w, v) = (weights[i], x[i]);
+        for k in 0..L {
+            let l = level(iscales[k], min, v, nmax);
+            levels[i][k] = l;
+            sum_l[k] += w * l;
+            sum_l2[k] += w * l * l;
+            sum_xl[k] += w * l * v;
+        }
+    }
+    let mut fitted = Fitted {
+        scale: [0f32; LANES],
+        min: [0f32; LANES],
+        fits: [false; LANES],
+        errors: [0f32; LANES],
+    };
+    for k in 0..L {
+        let det = sum_w * sum_l2[k] - sum_l[k] * sum_l[k];
+        fitted.fits[k] = det > 0.0;
+        let this_scale = (sum_w * sum_xl[k] - sum_x * sum_l[k]) / det;
+        let this_min = (sum_l2[k] * sum_x - sum_l[k] * sum_xl[k]) / det;
+        (fitted.scale[k], fitted.min[k]) = if this_min > 0.0 {
+            (sum_xl[k] / sum_l2[k], 0.0)
+        } else {
+            (this_scale, this_min)
+        };
+    }
+    let mut errors = [0f32; L];
+    for i in 0..n {
+        let (w, v) = (weights[i], x[i]);
+        for k in 0..L {
+            let diff = fitted.scale[k] * levels[i][k] + fitted.min[k] - v;
+            errors[k] += w * (diff * diff);
+        }
+    }
+    fitted.errors[..L].copy_from_slice(&errors);
+    fitted
+}
 
 /// A scale and a (non-positive) minimum for `x` with codes 0..=nmax, minimising the weighted
 /// squared error over the search's candidate scales (`make_qkx2_quants`, rdelta 0.1). Writes
@@ -114,6 +193,10 @@ fn scale_and_min(x: &[f32], weights: &[f32], search: Search, codes: &mut [u8]) -
     const RDELTA: f32 = 0.1;
     let Search { nmax, rmin, steps } = search;
     let n = x.len();
+    assert!(
+        n <= SUB_BLOCK,
+        "K-quant sub-blocks hold at most {SUB_BLOCK} values"
+    );
     let Range {
         mut min,
         max,
@@ -125,16 +208,7 @@ fn scale_and_min(x: &[f32], weights: &[f32], search: Search, codes: &mut [u8]) -
         return (0.0, -min);
     }
     let nmax_f = nmax as f32;
-    let code = |iscale: f32, min: f32, v: f32| {
-        let l = (iscale * (v - min)).round_ties_even();
-        if l < 0.0 {
-            0.0
-        } else if l > nmax_f {
-            nmax_f
-        } else {
-            l
-        }
-    };
+    let code = |iscale: f32, min: f32, v: f32| level(iscale, min, v, nmax_f);
     let first_iscale = nmax_f / (max - min);
     let mut scale = 1.0 / first_iscale;
     let mut best_error = 0f32;
@@ -153,37 +227,18 @@ fn scale_and_min(x: &[f32], weights: &[f32], search: Search, codes: &mut [u8]) -
         for (k, iscale) in iscales.iter_mut().enumerate().take(candidates - next) {
             *iscale = (rmin + RDELTA * (next + k) as f32 + nmax_f) / (max - min);
         }
-        let (mut sum_l, mut sum_l2, mut sum_xl) = ([0f32; LANES], [0f32; LANES], [0f32; LANES]);
-        for i in 0..n {
-            let (w, v) = (weights[i], x[i]);
-            for k in 0..LANES {
-                let l = code(iscales[k], min, v);
-                sum_l[k] += w * l;
-                sum_l2[k] += w * l * l;
-                sum_xl[k] += w * l * v;
-            }
-        }
-        let (mut fitted_scale, mut fitted_min, mut fits) =
-            ([0f32; LANES], [0f32; LANES], [false; LANES]);
-        for k in 0..LANES {
-            let det = sum_w * sum_l2[k] - sum_l[k] * sum_l[k];
-            fits[k] = det > 0.0;
-            let this_scale = (sum_w * sum_xl[k] - sum_x * sum_l[k]) / det;
-            let this_min = (sum_l2[k] * sum_x - sum_l[k] * sum_xl[k]) / det;
-            (fitted_scale[k], fitted_min[k]) = if this_min > 0.0 {
-                (sum_xl[k] / sum_l2[k], 0.0)
-            } else {
-                (this_scale, this_min)
-            };
-        }
-        let mut errors = [0f32; LANES];
-        for i in 0..n {
-            let (w, v) = (weights[i], x[i]);
-            for k in 0..LANES {
-                let diff = fitted_scale[k] * code(iscales[k], min, v) + fitted_min[k] - v;
-                errors[k] += w * (diff * diff);
-            }
-        }
+        // Only as many lanes as candidates remain, in steps of eight: a pass after a winner
+        // that moved the minimum has fewer to measure.
+        let Fitted {
+            scale: fitted_scale,
+            min: fitted_min,
+            fits,
+            errors,
+        } = match candidates - next {
+            ..=8 => fit_lanes::<8>(x, weights, &iscales, min, nmax_f, sum_w, sum_x),
+            9..=16 => fit_lanes::<16>(x, weights, &iscales, min, nmax_f, sum_w, sum_x),
+            _ => fit_lanes::<LANES>(x, weights, &iscales, min, nmax_f, sum_w, sum_x),
+        };
         let measured_from = min;
         let mut restart = None;
         for k in 0..candidates - next {
@@ -221,6 +276,10 @@ fn scale_and_min_reference(
     const RDELTA: f32 = 0.1;
     let Search { nmax, rmin, steps } = search;
     let n = x.len();
+    assert!(
+        n <= SUB_BLOCK,
+        "K-quant sub-blocks hold at most {SUB_BLOCK} values"
+    );
     let Range {
         mut min,
         max,

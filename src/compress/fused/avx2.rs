@@ -13,7 +13,7 @@ use super::{CodesOut, Fp8Rule, IntParams, IntRule, Rule, q4_0_signed_absmax};
 use crate::compress::blocks;
 use crate::compress::fp8::E4M3_MAX;
 use crate::compress::measure::{Bf16, Codec, F32, LANES, Lanes, Sums};
-use crate::compress::quantize::min_max_stored;
+use crate::compress::quantize;
 
 /// Bytes per value: BF16's when `BF16` is true, else F32's.
 const fn width<const BF16: bool>() -> usize {
@@ -73,10 +73,14 @@ fn each_group<const BF16: bool, const EMIT: bool, P>(
 #[inline(always)]
 fn group_params<const BF16: bool, R: Rule>(rule: R, group_in: &[u8]) -> R::Params {
     fn with<C: Codec, R: Rule>(rule: R, group_in: &[u8]) -> R::Params {
-        let (lo, hi) = if rule.needs_range() {
-            min_max_stored(group_in, C::WIDTH, C::read)
-        } else {
+        // The dispatched scans, not `min_max_stored` inlined here: this helper is compiled for
+        // the baseline CPU, where the scan of a whole row ran one value at a time.
+        let (lo, hi) = if !rule.needs_range() {
             (0.0, 0.0)
+        } else if C::WIDTH == 2 {
+            quantize::min_max_bf16(group_in)
+        } else {
+            quantize::min_max_f32(group_in)
         };
         rule.params::<C>(lo, hi, group_in)
     }
