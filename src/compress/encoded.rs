@@ -367,17 +367,6 @@ fn shared<T: Copy>(params: &[T], i: usize, per: usize) -> T {
 }
 
 impl Encoded {
-    /// The largest buffer of codes or blocks, for reuse once the codes have been written.
-    pub(crate) fn into_buffer(self) -> Option<Vec<u8>> {
-        match self {
-            // In place: u8 and i8 share size and alignment, so the allocation is kept.
-            Encoded::Int { codes, .. } => Some(codes.into_iter().map(|c| c as u8).collect()),
-            Encoded::Fp8 { codes, .. } => Some(codes),
-            Encoded::Gguf { blocks, .. } => Some(blocks),
-            _ => None,
-        }
-    }
-
     /// Bits the stored form takes at its nominal widths for a tensor of `elements` values
     /// whose dtype has `dtype_bits` (scales at the scheme's precision, nothing for layout).
     pub fn theoretical_bits(&self, elements: u64, dtype_bits: u64) -> f64 {

@@ -533,7 +533,7 @@ pub fn transform_into(
     cancel: &Cancel,
     out: &mut [u8],
 ) -> Result<Fidelity, TransformError> {
-    Ok(transform_choosing(view, steps, cancel, out, Vec::new(), Path::Fastest)?.0)
+    Ok(transform_choosing(view, steps, cancel, out, Path::Fastest)?.0)
 }
 
 /// [`transform_into`], also returning the stored form of the last step (codes, scales,
@@ -544,15 +544,13 @@ pub fn transform_encoded(
     cancel: &Cancel,
     out: &mut [u8],
 ) -> Result<(Fidelity, Encoded), TransformError> {
-    let (fidelity, encoded) =
-        transform_choosing(view, steps, cancel, out, Vec::new(), Path::Encoding)?;
+    let (fidelity, encoded) = transform_choosing(view, steps, cancel, out, Path::Encoding)?;
     Ok((fidelity, encoded.unwrap_or(Encoded::Dense)))
 }
 
 /// [`transform_encoded`] for a writer that stores the codes alone: when the last step has a
 /// stored form, the dense values are computed and measured chunk by chunk but not kept (no
-/// tensor-sized buffer is touched) and `buffer` is left empty, its memory reused for the
-/// codes when a one-pass kernel writes them; otherwise the dense values are
+/// tensor-sized buffer is touched) and `buffer` is left empty; otherwise the dense values are
 /// the stored form, and `buffer` is sized to the tensor and holds them.
 pub fn transform_codes(
     view: &TensorView,
@@ -561,15 +559,11 @@ pub fn transform_codes(
     buffer: &mut Vec<u8>,
 ) -> Result<(Fidelity, Encoded), TransformError> {
     if steps.last().is_some_and(Step::has_stored_form) {
-        // The codes may land in `buffer`'s memory, which then leaves with the `Encoded`.
-        let spare = std::mem::take(buffer);
-        let (fidelity, encoded) =
-            transform_choosing(view, steps, cancel, &mut [], spare, Path::Encoding)?;
-        Ok((fidelity, encoded.unwrap_or(Encoded::Dense)))
+        buffer.clear();
     } else {
         buffer.resize(view.bytes.len(), 0);
-        transform_encoded(view, steps, cancel, buffer)
     }
+    transform_encoded(view, steps, cancel, buffer)
 }
 
 /// Which loop runs a tensor's chunks.
@@ -634,7 +628,6 @@ fn one_pass_encoded(
     kernel: OnePass,
     cancel: &Cancel,
     out: &mut [u8],
-    spare: Vec<u8>,
 ) -> Result<KernelOutput, Canceled> {
     let chunk_values = layout.rows_per_chunk * layout.cols;
     let total = layout.rows * layout.cols;
@@ -643,10 +636,7 @@ fn one_pass_encoded(
         Some(kind) => values / kind.block_len() * kind.block_bytes(),
         None => values,
     };
-    // Every byte is overwritten; reusing `spare` spares fresh memory's page faults.
-    let mut stored = spare;
-    stored.clear();
-    stored.resize(stored_len(total), 0);
+    let mut stored = vec![0u8; stored_len(total)];
     let run_chunk = |c: usize, out_chunk: &mut [u8], stored_chunk: &mut [u8]| {
         cancel.check()?;
         let range = layout.chunk_values(c);
@@ -714,14 +704,8 @@ pub(crate) fn transform_encoded_general(
     steps: &[Step],
 ) -> Result<(Vec<u8>, Fidelity, Encoded), TransformError> {
     let mut out = vec![0u8; view.bytes.len()];
-    let (fidelity, encoded) = transform_choosing(
-        view,
-        steps,
-        &Cancel::new(),
-        &mut out,
-        Vec::new(),
-        Path::EncodingGeneral,
-    )?;
+    let (fidelity, encoded) =
+        transform_choosing(view, steps, &Cancel::new(), &mut out, Path::EncodingGeneral)?;
     Ok((out, fidelity, encoded.unwrap_or(Encoded::Dense)))
 }
 
@@ -733,25 +717,15 @@ pub(crate) fn transform_general(
     steps: &[Step],
 ) -> Result<(Vec<u8>, Fidelity), TransformError> {
     let mut out = vec![0u8; view.bytes.len()];
-    let (fidelity, _) = transform_choosing(
-        view,
-        steps,
-        &Cancel::new(),
-        &mut out,
-        Vec::new(),
-        Path::General,
-    )?;
+    let (fidelity, _) = transform_choosing(view, steps, &Cancel::new(), &mut out, Path::General)?;
     Ok((out, fidelity))
 }
 
-/// `spare`: a buffer the stored codes may be written into (its capacity reused), if a
-/// one-pass kernel writes them.
 fn transform_choosing(
     view: &TensorView,
     steps: &[Step],
     cancel: &Cancel,
     out: &mut [u8],
-    spare: Vec<u8>,
     path: Path,
 ) -> Result<(Fidelity, Option<Encoded>), TransformError> {
     let layout = ChunkLayout::of(view, steps);
@@ -892,7 +866,7 @@ fn transform_choosing(
         "output length"
     );
     if let (Some(kernel), Some(step)) = (one_pass, encoded_step) {
-        let (sums, codes, groups) = one_pass_encoded(view, &layout, kernel, cancel, out, spare)?;
+        let (sums, codes, groups) = one_pass_encoded(view, &layout, kernel, cancel, out)?;
         check_sums(&sums)?;
         let assembly = assembly(Some(step), globals.pop());
         return Ok((

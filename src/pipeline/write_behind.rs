@@ -2,9 +2,8 @@
 //! compresses tensor n + 1, this thread packs, hashes and writes tensor n, so the output's
 //! SHA-256 and the kernel's copy into the page cache no longer stall the cores between tensors.
 //! The hand-off is a rendezvous: at most two tensors' buffers are alive at once (the one being
-//! written and the one being computed), so memory stays at a few tensors. Buffers (dense
-//! values, or the codes a one-pass kernel wrote) come back to be reused, sparing fresh
-//! memory's page faults. A writer error (or panic) stops the thread;
+//! written and the one being computed), so memory stays at a few tensors. Buffers come back
+//! to be reused, sparing fresh memory's page faults. A writer error (or panic) stops the thread;
 //! the pipeline sees it at its next hand-off or at [`WriteBehind::finish`].
 
 use std::sync::mpsc::{Receiver, SyncSender, channel, sync_channel};
@@ -97,12 +96,9 @@ impl WriteBehind {
         }
     }
 
-    /// The largest buffer the writer has finished with (dense values or codes), or a new one.
+    /// A buffer the writer has finished with, or a new one.
     pub(crate) fn buffer(&self) -> Vec<u8> {
-        self.returned
-            .try_iter()
-            .max_by_key(Vec::capacity)
-            .unwrap_or_default()
+        self.returned.try_recv().unwrap_or_default()
     }
 
     pub(crate) fn begin_file(&mut self, name: &str, header: &Header) -> Result<(), PipelineError> {
@@ -198,18 +194,9 @@ fn apply(
             })?;
             let bits = writer.layout_bits().unwrap_or(theoretical_bits);
             written.tensors.push((index, stored, bits));
-            let buffers = [
-                match dense {
-                    Dense::Buffer(buffer) => Some(buffer),
-                    Dense::Mapped(_) => None,
-                },
-                encoded.and_then(Encoded::into_buffer),
-            ];
-            for buffer in buffers.into_iter().flatten() {
-                if buffer.capacity() > 0 {
-                    // The pipeline may have finished; then the buffer is simply dropped.
-                    let _ = give_back.send(buffer);
-                }
+            if let Dense::Buffer(buffer) = dense {
+                // The pipeline may have finished; then the buffer is simply dropped.
+                let _ = give_back.send(buffer);
             }
         }
         Command::EndFile => written.files.extend(writer.end_file()?),
