@@ -7,6 +7,7 @@ pub mod api;
 pub mod app;
 pub mod auth;
 pub mod bench;
+pub mod calibrate;
 pub mod cli;
 pub mod compress;
 pub mod config;

@@ -14,7 +14,9 @@ const LAYERS: &[(&str, u8)] = &[
     ("compress", 1),
     ("formats", 2),
     ("eval", 3),
-    // PostgreSQL and the blob store.
+    // Calibrated compression, which runs the model in candle; beside it, PostgreSQL and the
+    // blob store.
+    ("calibrate", 4),
     ("store", 4),
     // What to do: recipes, the queue, job reports.
     ("jobs", 5),
