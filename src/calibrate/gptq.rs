@@ -8,13 +8,11 @@
 //! and zero-points observed on the original weights, group by group (static groups), so the
 //! result stores as plain integer codes with no `g_idx`, with or without activation order.
 //!
-//! Rows (output channels) never interact: each band of rows runs the whole column sweep on its
-//! own thread against the shared factor U, the block updates being faer matrix products.
+//! The sweep itself is [`super::obs`], shared with SparseGPT; this module gives it the rounding.
 
-use faer::linalg::solvers::DenseSolveCore;
-use faer::{Accum, Mat, MatMut, MatRef, Par, Side};
-use rayon::prelude::*;
+use faer::MatRef;
 
+use super::obs::{self, Band, Hessian, Rule};
 use crate::compress::quantize::{Granularity, IntScheme, QParams};
 use crate::numeric::Cancel;
 
@@ -41,73 +39,6 @@ impl Default for GptqOptions {
     }
 }
 
-/// The sum of outer products of a layer's inputs, from which GPTQ's Hessian is made.
-#[derive(Debug, Clone)]
-pub struct Hessian {
-    /// Σ x xᵀ over the samples (only the lower triangle is read).
-    sum: Mat<f32>,
-    /// Input vectors added.
-    samples: u64,
-}
-
-impl Hessian {
-    /// An empty sum for inputs of `features` values.
-    pub fn new(features: usize) -> Hessian {
-        Hessian {
-            sum: Mat::zeros(features, features),
-            samples: 0,
-        }
-    }
-
-    /// Inputs per row.
-    pub fn features(&self) -> usize {
-        self.sum.nrows()
-    }
-
-    /// Input vectors seen.
-    pub fn samples(&self) -> u64 {
-        self.samples
-    }
-
-    /// Adds `inputs`, row-major vectors of [`Hessian::features`] values each.
-    pub fn add(&mut self, inputs: &[f32]) {
-        let n = self.features();
-        if n == 0 || inputs.is_empty() {
-            return;
-        }
-        assert_eq!(inputs.len() % n, 0, "whole input vectors");
-        let rows = inputs.len() / n;
-        let x = MatRef::from_row_major_slice(inputs, rows, n);
-        faer::linalg::matmul::matmul(
-            self.sum.as_mut(),
-            Accum::Add,
-            x.transpose(),
-            x,
-            1.0,
-            Par::rayon(0),
-        );
-        self.samples += rows as u64;
-    }
-
-    /// H = 2/N · Σ x xᵀ, as GPTQ and SparseGPT define it.
-    fn matrix(&self) -> Mat<f64> {
-        let scale = 2.0 / self.samples.max(1) as f64;
-        let n = self.features();
-        Mat::from_fn(n, n, |i, j| {
-            let (i, j) = if i >= j { (i, j) } else { (j, i) };
-            f64::from(self.sum[(i, j)]) * scale
-        })
-    }
-
-    /// H's diagonal: each input's mean square, times 2.
-    pub fn diagonal(&self) -> Vec<f64> {
-        let scale = 2.0 / self.samples.max(1) as f64;
-        (0..self.features())
-            .map(|i| f64::from(self.sum[(i, i)]) * scale)
-            .collect()
-    }
-}
-
 /// Why GPTQ could not run on a layer.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum GptqError {
@@ -119,6 +50,8 @@ pub enum GptqError {
     NotPositiveDefinite { dampening: f64 },
     #[error("the group of {group} values does not divide rows of {cols}")]
     Group { group: usize, cols: usize },
+    #[error("{0}")]
+    Pattern(String),
     #[error("canceled")]
     Canceled,
 }
@@ -138,39 +71,6 @@ pub struct Quantized {
     pub loss: f64,
 }
 
-/// The inverse Hessian's upper Cholesky factor U (H⁻¹ = UᵀU), with H dampened and dead inputs
-/// given a unit diagonal; `order` permutes H first (activation order). Returns U and the dead
-/// inputs (in `order`'s positions).
-pub fn inverse_factor(
-    hessian: &Hessian,
-    dampening: f64,
-    order: &[usize],
-) -> Result<(Mat<f64>, Vec<bool>), GptqError> {
-    let full = hessian.matrix();
-    let n = full.nrows();
-    let mut h = Mat::from_fn(n, n, |i, j| full[(order[i], order[j])]);
-    let dead: Vec<bool> = (0..n).map(|i| h[(i, i)] == 0.0).collect();
-    for (i, &d) in dead.iter().enumerate() {
-        if d {
-            h[(i, i)] = 1.0;
-        }
-    }
-    let mean_diagonal = (0..n).map(|i| h[(i, i)]).sum::<f64>() / n.max(1) as f64;
-    let damp = dampening * mean_diagonal;
-    for i in 0..n {
-        h[(i, i)] += damp;
-    }
-    let not_definite = || GptqError::NotPositiveDefinite { dampening };
-    let inverse = h.llt(Side::Lower).map_err(|_| not_definite())?.inverse();
-    let lower = inverse.llt(Side::Lower).map_err(|_| not_definite())?;
-    let l = lower.L();
-    // U = Lᵀ: row i of U is column i of L.
-    Ok((
-        Mat::from_fn(n, n, |i, j| if j >= i { l[(j, i)] } else { 0.0 }),
-        dead,
-    ))
-}
-
 /// Quantizes `weights` (row-major, `rows` × `cols`) with `scheme` by GPTQ against `hessian`.
 /// Per-tensor parameters come from the whole tensor's range; others from each group's.
 pub fn quantize(
@@ -181,166 +81,147 @@ pub fn quantize(
     options: GptqOptions,
     cancel: &Cancel,
 ) -> Result<Quantized, GptqError> {
-    if hessian.features() != cols {
-        return Err(GptqError::Shape {
-            cols,
-            features: hessian.features(),
-        });
-    }
-    let rows = weights.len().checked_div(cols).unwrap_or(0);
-    let group = scheme.group_len(cols).max(1);
-    if !cols.is_multiple_of(group) {
-        return Err(GptqError::Group { group, cols });
-    }
-    let groups_per_row = cols / group;
-    // Static groups: parameters observed on the original weights.
-    let params: Vec<QParams> = match scheme.granularity {
-        Granularity::Tensor => {
-            let (lo, hi) = crate::compress::quantize::min_max(weights);
-            vec![scheme.params(lo, hi)]
-        }
-        _ => weights
-            .chunks(group)
-            .map(|g| {
-                let (lo, hi) = crate::compress::quantize::min_max(g);
-                scheme.params(lo, hi)
-            })
-            .collect(),
-    };
+    check_features(hessian, cols)?;
+    let params = static_params(weights, cols, scheme)?;
     let mut order: Vec<usize> = (0..cols).collect();
     if options.act_order {
         let diagonal = hessian.diagonal();
         // Stable: equal diagonals keep their input order.
         order.sort_by(|&a, &b| diagonal[b].total_cmp(&diagonal[a]));
     }
-    let (u, dead) = inverse_factor(hessian, options.dampening, &order)?;
-    cancel.check().map_err(|_| GptqError::Canceled)?;
+    let (u, dead) = factor(hessian, options.dampening, &order)?;
+    let rule = Rounding::new(scheme, &params, cols);
+    let swept = obs::sweep(
+        weights,
+        cols,
+        &order,
+        &dead,
+        u.as_ref(),
+        options.block,
+        &rule,
+        cancel,
+    )
+    .map_err(|_| GptqError::Canceled)?;
+    Ok(rule.codes(&swept.values, swept.loss))
+}
 
-    let mut codes = vec![0i8; weights.len()];
-    let mut values = vec![0f32; weights.len()];
-    let band = rows
-        .div_ceil(rayon::current_num_threads().max(1) * 4)
-        .clamp(1, 64);
-    let losses: Vec<f64> = codes
-        .par_chunks_mut(band * cols.max(1))
-        .zip(values.par_chunks_mut(band * cols.max(1)))
-        .enumerate()
-        .map(|(b, (codes, values))| {
-            if cancel.is_canceled() {
-                return 0.0;
-            }
-            let first = b * band;
-            let band_rows = codes.len() / cols;
-            let band_params = |r: usize, col: usize| match scheme.granularity {
-                Granularity::Tensor => params[0],
-                _ => params[(first + r) * groups_per_row + col / group],
-            };
-            let input = &weights[first * cols..(first + band_rows) * cols];
-            sweep(
-                input,
-                band_rows,
-                cols,
-                &order,
-                &dead,
-                u.as_ref(),
-                options.block,
-                scheme,
-                &band_params,
-                codes,
-                values,
-            )
+/// Refuses statistics of another width than the layer's rows.
+pub(super) fn check_features(hessian: &Hessian, cols: usize) -> Result<(), GptqError> {
+    if hessian.features() == cols {
+        Ok(())
+    } else {
+        Err(GptqError::Shape {
+            cols,
+            features: hessian.features(),
         })
-        .collect();
-    cancel.check().map_err(|_| GptqError::Canceled)?;
-    Ok(Quantized {
-        codes,
-        params,
-        values,
-        loss: losses.iter().sum(),
+    }
+}
+
+/// [`obs::inverse_factor`], its failure said as the dampening to raise.
+pub(super) fn factor(
+    hessian: &Hessian,
+    dampening: f64,
+    order: &[usize],
+) -> Result<(faer::Mat<f64>, Vec<bool>), GptqError> {
+    obs::inverse_factor(hessian, dampening, order)
+        .map_err(|_| GptqError::NotPositiveDefinite { dampening })
+}
+
+/// Static groups: `scheme`'s parameters observed on the original weights, per group of each
+/// row in order (one for per-tensor granularity).
+pub(super) fn static_params(
+    weights: &[f32],
+    cols: usize,
+    scheme: IntScheme,
+) -> Result<Vec<QParams>, GptqError> {
+    let group = scheme.group_len(cols).max(1);
+    if !cols.is_multiple_of(group) {
+        return Err(GptqError::Group { group, cols });
+    }
+    let observe = |values: &[f32]| {
+        let (lo, hi) = crate::compress::quantize::min_max(values);
+        scheme.params(lo, hi)
+    };
+    Ok(match scheme.granularity {
+        Granularity::Tensor => vec![observe(weights)],
+        _ => weights.chunks(group).map(observe).collect(),
     })
 }
 
-/// The column sweep for one band of rows: `input` row-major `rows` × `cols`, columns taken in
-/// `order`; writes codes and dequantized values in the original layout; returns the loss.
-#[allow(clippy::too_many_arguments)]
-fn sweep(
-    input: &[f32],
-    rows: usize,
-    cols: usize,
-    order: &[usize],
-    dead: &[bool],
-    u: MatRef<f64>,
-    block: usize,
+/// Rounds each column to the grid of its static group.
+pub(super) struct Rounding<'a> {
     scheme: IntScheme,
-    params: &dyn Fn(usize, usize) -> QParams,
-    codes: &mut [i8],
-    values: &mut [f32],
-) -> f64 {
-    // Transposed and permuted: position i holds column order[i] of every row, contiguously.
-    let mut w = vec![0f64; cols * rows];
-    for (i, &col) in order.iter().enumerate() {
-        if dead[i] {
-            continue;
-        }
-        for r in 0..rows {
-            w[i * rows + r] = f64::from(input[r * cols + col]);
-        }
-    }
-    let block = block.max(1);
-    let mut errors = vec![0f64; block * rows];
-    let mut loss = 0f64;
-    for start in (0..cols).step_by(block) {
-        let end = (start + block).min(cols);
-        for i in start..end {
-            let d = u[(i, i)];
-            let col = order[i];
-            let (done, rest) = w.split_at_mut((i + 1) * rows);
-            let column = &done[i * rows..];
-            let err = &mut errors[(i - start) * rows..][..rows];
-            for r in 0..rows {
-                let p = params(r, col);
-                let x = column[r];
-                let q = scheme.quantize(x as f32, p);
-                let y = IntScheme::dequantize(q, p);
-                codes[r * cols + col] = q as i8;
-                values[r * cols + col] = y;
-                let e = (x - f64::from(y)) / d;
-                err[r] = e;
-                loss += e * e;
-            }
-            // The error spread over the block's later columns now, one row at a time.
-            for j in i + 1..end {
-                let factor = u[(i, j)];
-                if factor == 0.0 {
-                    continue;
-                }
-                let target = &mut rest[(j - i - 1) * rows..][..rows];
-                for (t, e) in target.iter_mut().zip(err.iter()) {
-                    *t -= e * factor;
-                }
-            }
-        }
-        // And over every column after the block at once: W[end..] −= U[start..end, end..]ᵀ · E.
-        if end < cols {
-            let count = end - start;
-            let e = MatRef::from_row_major_slice(&errors[..count * rows], count, rows);
-            let later = MatMut::from_row_major_slice_mut(&mut w[end * rows..], cols - end, rows);
-            faer::linalg::matmul::matmul(
-                later,
-                Accum::Add,
-                u.submatrix(start, end, count, cols - end).transpose(),
-                e,
-                -1.0,
-                Par::Seq,
-            );
+    params: &'a [QParams],
+    group: usize,
+    groups_per_row: usize,
+}
+
+impl<'a> Rounding<'a> {
+    /// `params` from [`static_params`] for rows of `cols`.
+    pub(super) fn new(scheme: IntScheme, params: &'a [QParams], cols: usize) -> Rounding<'a> {
+        let group = scheme.group_len(cols).max(1);
+        Rounding {
+            scheme,
+            params,
+            group,
+            groups_per_row: cols / group,
         }
     }
-    loss
+
+    /// The codes of swept `values`: they lie on their groups' grids, so rounding them again
+    /// gives back their codes.
+    pub(super) fn codes(&self, values: &[f32], loss: f64) -> Quantized {
+        let cols = self.group * self.groups_per_row;
+        let codes = values
+            .chunks(cols.max(1))
+            .enumerate()
+            .flat_map(|(row, values)| {
+                values
+                    .iter()
+                    .enumerate()
+                    .map(move |(col, &v)| self.scheme.quantize(v, self.params(row, col)) as i8)
+            })
+            .collect();
+        Quantized {
+            codes,
+            params: self.params.to_vec(),
+            values: values.to_vec(),
+            loss,
+        }
+    }
+
+    fn params(&self, row: usize, col: usize) -> QParams {
+        match self.scheme.granularity {
+            Granularity::Tensor => self.params[0],
+            _ => self.params[row * self.groups_per_row + col / self.group],
+        }
+    }
+}
+
+impl Rule for Rounding<'_> {
+    fn replace(
+        &self,
+        band: &mut Band,
+        _: MatRef<f64>,
+        _: usize,
+        col: usize,
+        _: usize,
+        v: &mut [f64],
+    ) {
+        for (r, x) in v.iter_mut().enumerate() {
+            let p = self.params(band.first_row + r, col);
+            *x = f64::from(IntScheme::dequantize(self.scheme.quantize(*x as f32, p), p));
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    use faer::Side;
+    use faer::linalg::solvers::DenseSolveCore;
+
     use super::*;
+    use crate::calibrate::testing::{inputs, noise, output_error};
     use crate::compress::quantize::ScaleDtype;
 
     fn scheme(bits: u8, symmetric: bool, granularity: Granularity) -> IntScheme {
@@ -350,57 +231,6 @@ mod tests {
             granularity,
             scale_dtype: ScaleDtype::F32,
         }
-    }
-
-    /// Deterministic values in [-1, 1).
-    fn noise(seed: u64, n: usize) -> Vec<f32> {
-        let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..n)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                (state >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-            })
-            .collect()
-    }
-
-    /// Correlated inputs: `samples` × `features`, each a mix of a few shared factors plus noise,
-    /// with channel scales that differ tenfold (as real activations' do). The mix is fixed, so
-    /// every seed draws from one distribution.
-    fn inputs(samples: usize, features: usize, seed: u64) -> Vec<f32> {
-        let factors = 4;
-        let mix = noise(1234, factors * features);
-        let latent = noise(seed + 1, samples * factors);
-        let extra = noise(seed + 2, samples * features);
-        let mut x = vec![0f32; samples * features];
-        for s in 0..samples {
-            for f in 0..features {
-                let mut v = 0.3 * extra[s * features + f];
-                for k in 0..factors {
-                    v += latent[s * factors + k] * mix[k * features + f];
-                }
-                let channel = 0.2 + 2.0 * (f % 7) as f32 / 7.0;
-                x[s * features + f] = v * channel;
-            }
-        }
-        x
-    }
-
-    fn output_error(w: &[f32], q: &[f32], x: &[f32], cols: usize) -> f64 {
-        let rows = w.len() / cols;
-        let samples = x.len() / cols;
-        let mut total = 0f64;
-        for s in 0..samples {
-            for r in 0..rows {
-                let mut e = 0f64;
-                for c in 0..cols {
-                    e += f64::from(w[r * cols + c] - q[r * cols + c]) * f64::from(x[s * cols + c]);
-                }
-                total += e * e;
-            }
-        }
-        total
     }
 
     /// The textbook algorithm in f64, one column at a time with the inverse Hessian updated by
