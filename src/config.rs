@@ -270,6 +270,16 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 5)]
         repeats: usize,
     },
+    /// The calibrated methods (GPTQ, SparseGPT, Wanda) per layer against round-to-nearest,
+    /// on SmolLM2-135M's linear shapes with synthetic correlated activations.
+    Calibration {
+        /// Calibration tokens (llm-compressor's 8 samples of 256: 2048).
+        #[arg(long, default_value_t = 2048)]
+        tokens: usize,
+        /// One shape instead of SmolLM2's, as OUTPUTSxINPUTS (e.g. 4096x11008).
+        #[arg(long, value_parser = parse_shape)]
+        shape: Option<(usize, usize)>,
+    },
     /// The team event stream's fan-out to many subscribers, against one subscriber.
     Events {
         /// Subscribers on the team stream.
@@ -388,9 +398,29 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
     Ok(bytes as u64)
 }
 
+/// `OUTPUTSxINPUTS`, both positive.
+fn parse_shape(text: &str) -> Result<(usize, usize), String> {
+    let parse = |v: &str| v.trim().parse::<usize>().ok().filter(|&n| n > 0);
+    match text.split_once(['x', 'X', '×']) {
+        Some((a, b)) => match (parse(a), parse(b)) {
+            (Some(a), Some(b)) => Ok((a, b)),
+            _ => Err(format!("{text:?} is not OUTPUTSxINPUTS with both positive")),
+        },
+        None => Err(format!("{text:?} is not OUTPUTSxINPUTS")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shapes_parse_as_outputs_by_inputs() {
+        assert_eq!(parse_shape("4096x11008"), Ok((4096, 11008)));
+        assert_eq!(parse_shape("576×1536"), Ok((576, 1536)));
+        assert!(parse_shape("0x5").is_err());
+        assert!(parse_shape("4096").is_err());
+    }
 
     #[test]
     fn sizes_accept_decimal_and_binary_units() {

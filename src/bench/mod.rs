@@ -4,9 +4,11 @@
 //! `kernels` and `pipeline` measure the compression kernels (in memory) and the whole pipeline
 //! (with file I/O) against memory-copy bandwidth; `queue` measures the job queue and the worker
 //! pool against plain database round trips; `products` measures the evaluation's matrix products on
-//! GGUF weights against the dense one; `events` measures the team event stream's fan-out to many
+//! GGUF weights against the dense one; `calibration` times GPTQ, SparseGPT and Wanda per layer
+//! against round-to-nearest; `events` measures the team event stream's fan-out to many
 //! subscribers against one.
 
+pub mod calibration;
 pub mod events;
 pub mod kernels;
 pub mod pipeline;

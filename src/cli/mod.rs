@@ -104,6 +104,12 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             })
             .await?
         }
+        Command::Bench(crate::config::BenchCommand::Calibration { tokens, shape }) => {
+            tokio::task::spawn_blocking(move || {
+                crate::bench::calibration::calibration_bench(tokens, shape)
+            })
+            .await?
+        }
         Command::Bench(crate::config::BenchCommand::Events {
             subscribers,
             rounds,
