@@ -2,16 +2,17 @@
 //! on the same weights, for SmolLM2-135M's linear shapes (or one given shape): the Hessian sum
 //! over the calibration tokens, GPTQ int4 group 64 (its factor and sweep), SparseGPT and Wanda
 //! at 50 %, and RTN int4 group 64, with what a whole model of those layers would take. The
-//! activations are synthetic but correlated (a few shared factors per token plus noise, channel
-//! scales tenfold apart), so the factorisation does real work.
+//! activations are `calibrate::synthetic`'s correlated ones (a few shared factors per token plus
+//! noise, channel scales tenfold apart), so the factorisation does real work.
 
 use std::time::Instant;
 
 use crate::calibrate::obs::Hessian;
 use crate::calibrate::sparsegpt::{self, SparseGptOptions};
+use crate::calibrate::synthetic;
 use crate::calibrate::{Pattern, gptq, wanda};
 use crate::compress::quantize::{Granularity, IntScheme, ScaleDtype};
-use crate::numeric::{Cancel, SplitMix};
+use crate::numeric::Cancel;
 
 /// SmolLM2-135M's linear layers per block, as (name, outputs, inputs).
 const SMOLLM2_LAYERS: [(&str, usize, usize); 7] = [
@@ -50,8 +51,11 @@ pub fn calibration_bench(tokens: usize, shape: Option<(usize, usize)>) -> anyhow
     let cancel = Cancel::new();
     let mut totals = [0f64; 5];
     for (name, outputs, inputs) in layers {
-        let weights = noise(outputs * inputs, 3, 0.05);
-        let activations = correlated(tokens, inputs);
+        let weights: Vec<f32> = synthetic::noise(3, outputs * inputs)
+            .iter()
+            .map(|w| w * 0.05)
+            .collect();
+        let activations = synthetic::inputs(tokens, inputs, 1);
         let (hessian, hessian_s) = timed(|| {
             let mut h = Hessian::new(inputs);
             pool.install(|| h.add(&activations));
@@ -124,32 +128,4 @@ fn timed<T>(f: impl FnOnce() -> T) -> (T, f64) {
     let start = Instant::now();
     let out = f();
     (out, start.elapsed().as_secs_f64())
-}
-
-/// `n` values uniform in ±`scale`.
-fn noise(n: usize, seed: u64, scale: f32) -> Vec<f32> {
-    let mut rng = SplitMix::new(seed, 7);
-    (0..n)
-        .map(|_| (rng.next_unit() as f32 * 2.0 - 1.0) * scale)
-        .collect()
-}
-
-/// `tokens` activation vectors of `features` values: eight shared factors mixed per channel,
-/// plus noise, each channel scaled by one of seven factors from 0.2 to 1.9.
-fn correlated(tokens: usize, features: usize) -> Vec<f32> {
-    const FACTORS: usize = 8;
-    let mix = noise(FACTORS * features, 1, 1.0);
-    let latent = noise(tokens * FACTORS, 2, 1.0);
-    let extra = noise(tokens * features, 4, 0.3);
-    let mut x = extra;
-    for t in 0..tokens {
-        for f in 0..features {
-            let mut v = x[t * features + f];
-            for k in 0..FACTORS {
-                v += latent[t * FACTORS + k] * mix[k * features + f];
-            }
-            x[t * features + f] = v * (0.2 + 0.25 * (f % 7) as f32);
-        }
-    }
-    x
 }

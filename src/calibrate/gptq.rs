@@ -12,7 +12,7 @@
 
 use faer::MatRef;
 
-use super::obs::{self, Band, Hessian, Rule};
+use super::obs::{self, At, Band, Hessian, Rule};
 use crate::compress::quantize::{Granularity, IntScheme, QParams};
 use crate::numeric::Cancel;
 
@@ -89,19 +89,16 @@ pub fn quantize(
         // Stable: equal diagonals keep their input order.
         order.sort_by(|&a, &b| diagonal[b].total_cmp(&diagonal[a]));
     }
-    let (u, dead) = factor(hessian, options.dampening, &order)?;
     let rule = Rounding::new(scheme, &params, cols);
-    let swept = obs::sweep(
+    let swept = sweep_layer(
         weights,
-        cols,
+        hessian,
+        options.dampening,
         &order,
-        &dead,
-        u.as_ref(),
         options.block,
         &rule,
         cancel,
-    )
-    .map_err(|_| GptqError::Canceled)?;
+    )?;
     Ok(rule.codes(&swept.values, swept.loss))
 }
 
@@ -117,14 +114,22 @@ pub(super) fn check_features(hessian: &Hessian, cols: usize) -> Result<(), GptqE
     }
 }
 
-/// [`obs::inverse_factor`], its failure said as the dampening to raise.
-pub(super) fn factor(
+/// The inverse factor of `hessian` in `order` (its failure said as the dampening to raise),
+/// then the sweep of `weights` (rows as wide as the Hessian) under `rule`.
+pub(super) fn sweep_layer(
+    weights: &[f32],
     hessian: &Hessian,
     dampening: f64,
     order: &[usize],
-) -> Result<(faer::Mat<f64>, Vec<bool>), GptqError> {
-    obs::inverse_factor(hessian, dampening, order)
-        .map_err(|_| GptqError::NotPositiveDefinite { dampening })
+    block: usize,
+    rule: &dyn Rule,
+    cancel: &Cancel,
+) -> Result<obs::Swept, GptqError> {
+    let (u, dead) = obs::inverse_factor(hessian, dampening, order)
+        .map_err(|_| GptqError::NotPositiveDefinite { dampening })?;
+    let cols = hessian.features();
+    obs::sweep(weights, cols, order, &dead, u.as_ref(), block, rule, cancel)
+        .map_err(|_| GptqError::Canceled)
 }
 
 /// Static groups: `scheme`'s parameters observed on the original weights, per group of each
@@ -199,17 +204,9 @@ impl<'a> Rounding<'a> {
 }
 
 impl Rule for Rounding<'_> {
-    fn replace(
-        &self,
-        band: &mut Band,
-        _: MatRef<f64>,
-        _: usize,
-        col: usize,
-        _: usize,
-        v: &mut [f64],
-    ) {
+    fn replace(&self, band: &mut Band, _: MatRef<f64>, at: At, v: &mut [f64]) {
         for (r, x) in v.iter_mut().enumerate() {
-            let p = self.params(band.first_row + r, col);
+            let p = self.params(band.first_row + r, at.col);
             *x = f64::from(IntScheme::dequantize(self.scheme.quantize(*x as f32, p), p));
         }
     }
@@ -221,17 +218,8 @@ mod tests {
     use faer::linalg::solvers::DenseSolveCore;
 
     use super::*;
-    use crate::calibrate::testing::{inputs, noise, output_error};
-    use crate::compress::quantize::ScaleDtype;
-
-    fn scheme(bits: u8, symmetric: bool, granularity: Granularity) -> IntScheme {
-        IntScheme {
-            bits,
-            symmetric,
-            granularity,
-            scale_dtype: ScaleDtype::F32,
-        }
-    }
+    use crate::calibrate::synthetic::{inputs, noise, output_error};
+    use crate::compress::quantize::scheme;
 
     /// The textbook algorithm in f64, one column at a time with the inverse Hessian updated by
     /// eliminating each quantized column (no Cholesky factor, no blocks): what the blocked,

@@ -14,8 +14,7 @@
 pub mod gptq;
 pub mod obs;
 pub mod sparsegpt;
-#[cfg(test)]
-mod testing;
+pub(crate) mod synthetic;
 pub mod wanda;
 
 /// Which weights a pruning method may zero.

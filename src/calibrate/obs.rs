@@ -166,17 +166,20 @@ pub(crate) trait Rule: Sync {
     /// band's `mask` cleared to the block's length).
     fn begin_block(&self, _bands: &mut [Band], _u: MatRef<f64>, _start: usize, _end: usize) {}
 
-    /// Position `i` (layer column `col`) of `band`: `replaced` holds the current values, to be
-    /// overwritten with what they become. `block_start` is the current block's first position.
-    fn replace(
-        &self,
-        band: &mut Band,
-        u: MatRef<f64>,
-        i: usize,
-        col: usize,
-        block_start: usize,
-        replaced: &mut [f64],
-    );
+    /// Position `at` of `band`: `replaced` holds the current values, to be overwritten with
+    /// what they become.
+    fn replace(&self, band: &mut Band, u: MatRef<f64>, at: At, replaced: &mut [f64]);
+}
+
+/// Where the sweep is.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct At {
+    /// The position (in the sweep's order).
+    pub(crate) i: usize,
+    /// The layer column at that position.
+    pub(crate) col: usize,
+    /// The current block's first position.
+    pub(crate) block_start: usize,
 }
 
 /// Sweeps `weights` (row-major, `cols` wide) in `order` against the factor `u` (from
@@ -260,7 +263,12 @@ fn sweep_block(
         let d = u[(i, i)];
         let col = order[i];
         replaced.copy_from_slice(band.column(i));
-        rule.replace(band, u, i, col, start, &mut replaced);
+        let at = At {
+            i,
+            col,
+            block_start: start,
+        };
+        rule.replace(band, u, at, &mut replaced);
         let (done, rest) = band.values.split_at_mut((i + 1) * rows);
         let column = &done[i * rows..];
         let err = &mut band.errors[(i - start) * rows..][..rows];

@@ -12,7 +12,7 @@ use rayon::prelude::*;
 
 use super::Pattern;
 use super::gptq::{self, GptqError, Rounding};
-use super::obs::{self, Band, Hessian, Rule};
+use super::obs::{At, Band, Hessian, Rule};
 use crate::compress::quantize::IntScheme;
 use crate::numeric::Cancel;
 
@@ -83,40 +83,30 @@ impl Rule for Pruning<'_> {
         }
     }
 
-    fn replace(
-        &self,
-        band: &mut Band,
-        u: MatRef<f64>,
-        i: usize,
-        col: usize,
-        block_start: usize,
-        replaced: &mut [f64],
-    ) {
+    fn replace(&self, band: &mut Band, u: MatRef<f64>, at: At, replaced: &mut [f64]) {
         let rows = band.rows;
+        let offset = at.i - at.block_start;
+        // Groups lie whole in a block: rows and blocks are multiples of the group length.
         if let Pattern::KeepNofM { keep, of } = self.pattern
-            && (i - block_start).is_multiple_of(of)
+            && offset.is_multiple_of(of)
         {
-            let group = of.min(u.nrows() - i);
             for r in 0..rows {
-                let scores: Vec<f64> = (0..group)
-                    .map(|k| loss(band.column(i + k)[r], u, i + k))
+                let scores: Vec<f64> = (0..of)
+                    .map(|k| loss(band.column(at.i + k)[r], u, at.i + k))
                     .collect();
                 for k in super::smallest(&scores, of - keep) {
-                    let at = (i + k - block_start) * rows + r;
-                    if at < band.mask.len() {
-                        band.mask[at] = true;
-                    }
+                    band.mask[(offset + k) * rows + r] = true;
                 }
             }
         }
-        let mask = &band.mask[(i - block_start) * rows..][..rows];
+        let mask = &band.mask[offset * rows..][..rows];
         for (v, &zero) in replaced.iter_mut().zip(mask) {
             if zero {
                 *v = 0.0;
             }
         }
         if let Some(rounding) = &self.then {
-            rounding.replace(band, u, i, col, block_start, replaced);
+            rounding.replace(band, u, at, replaced);
         }
     }
 }
@@ -139,8 +129,6 @@ pub fn prune(
         Pattern::KeepNofM { of, .. } => options.block.max(of).next_multiple_of(of),
         Pattern::Unstructured(_) => options.block,
     };
-    let order: Vec<usize> = (0..cols).collect();
-    let (u, dead) = gptq::factor(hessian, options.dampening, &order)?;
     let params = match quantize {
         Some(scheme) => Some(gptq::static_params(weights, cols, scheme)?),
         None => None,
@@ -151,17 +139,16 @@ pub fn prune(
             .zip(params.as_deref())
             .map(|(scheme, params)| Rounding::new(scheme, params, cols)),
     };
-    let swept = obs::sweep(
+    let order: Vec<usize> = (0..cols).collect();
+    let swept = gptq::sweep_layer(
         weights,
-        cols,
+        hessian,
+        options.dampening,
         &order,
-        &dead,
-        u.as_ref(),
         block,
         &rule,
         cancel,
-    )
-    .map_err(|_| GptqError::Canceled)?;
+    )?;
     let quantized = rule
         .then
         .as_ref()
@@ -176,9 +163,9 @@ pub fn prune(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::calibrate::testing::{inputs, noise, output_error};
+    use crate::calibrate::synthetic::{inputs, noise, output_error};
     use crate::calibrate::wanda;
-    use crate::compress::quantize::{Granularity, ScaleDtype};
+    use crate::compress::quantize::{Granularity, scheme};
 
     #[test]
     fn sparsegpt_prunes_to_the_pattern_and_moves_the_outputs_less_than_wanda() {
@@ -227,12 +214,7 @@ mod tests {
         let w = noise(5, rows * cols);
         let mut hessian = Hessian::new(cols);
         hessian.add(&inputs(256, cols, 6));
-        let scheme = IntScheme {
-            bits: 4,
-            symmetric: true,
-            granularity: Granularity::Group(32),
-            scale_dtype: ScaleDtype::F32,
-        };
+        let scheme = scheme(4, true, Granularity::Group(32));
         let pruned = prune(
             &w,
             cols,

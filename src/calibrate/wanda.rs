@@ -52,7 +52,7 @@ pub fn prune(
 mod tests {
     use super::*;
     use crate::calibrate::obs::Hessian;
-    use crate::calibrate::testing::{inputs, noise, output_error};
+    use crate::calibrate::synthetic::{inputs, noise, output_error};
 
     fn magnitude(weights: &[f32], cols: usize, sparsity: f64) -> Vec<f32> {
         prune(

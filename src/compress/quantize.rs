@@ -286,18 +286,20 @@ pub(crate) fn min_max_stored(
     )
 }
 
+/// An integer scheme with f32 scales, for tests.
+#[cfg(test)]
+pub(crate) fn scheme(bits: u8, symmetric: bool, granularity: Granularity) -> IntScheme {
+    IntScheme {
+        bits,
+        symmetric,
+        granularity,
+        scale_dtype: ScaleDtype::F32,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn scheme(bits: u8, symmetric: bool, granularity: Granularity) -> IntScheme {
-        IntScheme {
-            bits,
-            symmetric,
-            granularity,
-            scale_dtype: ScaleDtype::F32,
-        }
-    }
 
     /// The scalar f64 reference of the convention, written independently of the kernel.
     fn reference(values: &[f64], bits: u8, symmetric: bool) -> Vec<f64> {

@@ -1,5 +1,6 @@
-//! Calibration data for the tests: deterministic noise, correlated inputs from one fixed
-//! distribution, and a layer's output error on them.
+//! Synthetic calibration data for the tests and `squeeze bench calibration`: deterministic
+//! noise, correlated inputs from one fixed distribution, and (tests) a layer's output error
+//! on them.
 
 /// Deterministic values in [-1, 1).
 pub(crate) fn noise(seed: u64, n: usize) -> Vec<f32> {
@@ -36,6 +37,7 @@ pub(crate) fn inputs(samples: usize, features: usize, seed: u64) -> Vec<f32> {
     x
 }
 
+#[cfg(test)]
 pub(crate) fn output_error(w: &[f32], q: &[f32], x: &[f32], cols: usize) -> f64 {
     let rows = w.len() / cols;
     let samples = x.len() / cols;
