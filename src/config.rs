@@ -169,6 +169,10 @@ pub struct CompressArgs {
     /// Print the summary as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Also take each output file's sha256 as it is written, and print it (one more pass over
+    /// the output bytes; the service always takes them).
+    #[arg(long)]
+    pub checksums: bool,
 }
 
 /// `squeeze token ...`.

@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 
+use crate::formats::writer::OutputDir;
 use crate::jobs::recipe;
 use crate::numeric::Cancel;
 use crate::pipeline::{self, InputFile, InputKind};
@@ -88,7 +89,7 @@ pub fn pipeline_bench(size_bytes: u64, preset: &str, work_dir: &Path) -> anyhow:
             &inputs,
             &recipe,
             "bench",
-            &out_dir,
+            &OutputDir::hashed(&out_dir),
             &Cancel::new(),
             &mut |_| {},
         )

@@ -24,6 +24,11 @@ pub(super) async fn compress(args: CompressArgs) -> anyhow::Result<()> {
     let inputs = local_inputs(&args.input)?;
     std::fs::create_dir_all(&args.output)
         .with_context(|| format!("creating {}", args.output.display()))?;
+    let output = if args.checksums {
+        OutputDir::hashed(&args.output)
+    } else {
+        OutputDir::unhashed(&args.output)
+    };
     let outcome = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
         // The input's digest (for the provenance in recipe.json) is computed beside the run, on
         // its own thread: it reads the whole input once more, which need not come first.
@@ -50,7 +55,7 @@ pub(super) async fn compress(args: CompressArgs) -> anyhow::Result<()> {
                     &inputs,
                     &recipe,
                     crate::pipeline::ModelDigest::Computing(digest),
-                    &args.output,
+                    &output,
                     &cancel,
                     &mut |_| {},
                 )
@@ -69,7 +74,10 @@ pub(super) async fn compress(args: CompressArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     for f in &outcome.files {
-        println!("{:<40} {:>14} bytes  sha256 {}", f.name, f.bytes, f.sha256);
+        match &f.sha256 {
+            Some(sha256) => println!("{:<40} {:>14} bytes  sha256 {sha256}", f.name, f.bytes),
+            None => println!("{:<40} {:>14} bytes", f.name, f.bytes),
+        }
     }
     println!(
         "{} of {} tensors compressed; {} -> {} bytes (ratio {:.2}, {:.2} bits/weight on disk, {:.2} in theory); sparsity {:.1}%; relative error mean {:.2e}, worst {:.2e}{}; {:.2} s",

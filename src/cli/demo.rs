@@ -38,7 +38,14 @@ pub(super) fn demo(json: bool) -> anyhow::Result<()> {
             let out = root.join(name.replace(' ', "-"));
             std::fs::create_dir_all(&out)?;
             let outcome = crate::worker::cpu_pool().install(|| {
-                crate::pipeline::run(&inputs, &recipe, sha.as_str(), &out, &cancel, &mut |_| {})
+                crate::pipeline::run(
+                    &inputs,
+                    &recipe,
+                    sha.as_str(),
+                    &OutputDir::unhashed(&out),
+                    &cancel,
+                    &mut |_| {},
+                )
             })?;
             let spec = crate::eval::EvalSpec {
                 dataset_id: uuid::Uuid::nil(),

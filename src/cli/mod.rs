@@ -12,6 +12,7 @@ use crate::config::{
     Command, CompressArgs, DbArgs, InspectArgs, LogFormat, ServeArgs, TokenCommand, WorkerArgs,
 };
 use crate::formats::safetensors;
+use crate::formats::writer::OutputDir;
 use crate::store::db::Database;
 use digests::file_sha256;
 

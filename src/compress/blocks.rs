@@ -378,13 +378,14 @@ impl BlockStep {
 /// scan (which keeps the first on ties) when they have the same magnitude.
 #[inline(always)]
 pub(crate) fn signed_absmax_of_range(lo: f32, hi: f32, block: impl FnOnce() -> f32) -> f32 {
-    if hi > -lo {
-        hi
-    } else if -lo > hi {
-        lo
-    } else {
-        block()
+    let (high_wins, low_wins) = (hi > -lo, -lo > hi);
+    if !(high_wins | low_wins) {
+        return block();
     }
+    // A select on the bits rather than a branch: which end wins is a coin toss per block,
+    // and a mispredicted branch here cost a tenth of the Q4_0 pass.
+    let high = u32::from(high_wins).wrapping_neg();
+    f32::from_bits(hi.to_bits() & high | lo.to_bits() & !high)
 }
 
 /// Q8_0 quantized and decoded in place, without the bytes: the same operations as

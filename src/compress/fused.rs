@@ -85,7 +85,7 @@ impl OnePass {
     }
 
     /// Values that share parameters.
-    fn group_len(&self, cols: usize) -> usize {
+    pub(crate) fn group_len(&self, cols: usize) -> usize {
         match self {
             OnePass::Int { scheme, .. } => match scheme.granularity {
                 Granularity::Group(n) => n,
@@ -97,7 +97,8 @@ impl OnePass {
     }
 
     /// Transforms whole rows of `input` (rows of `cols` values in `dtype`) into `out` and
-    /// returns the metric sums; with `codes`, also writes the stored form there.
+    /// returns the metric sums; with `codes`, also writes the stored form there. An empty `out`
+    /// (for a non-empty input) asks for the sums and codes without the stored values.
     pub(crate) fn run(
         self,
         dtype: Dtype,
@@ -117,6 +118,11 @@ impl OnePass {
                     None => self.run_avx2::<false>(bf16, group, input, out, &mut CodesOut::none()),
                 }
             };
+        }
+        if out.is_empty() && !input.is_empty() {
+            // The portable loops always store; give them somewhere to.
+            let mut dense = vec![0u8; input.len()];
+            return run_portable(self, dtype, group, input, &mut dense, codes);
         }
         run_portable(self, dtype, group, input, out, codes)
     }

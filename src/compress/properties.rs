@@ -763,9 +763,97 @@ fn one_pass_kernels_equal_the_general_path_bit_for_bit() {
                     "{name}: stored forms differ"
                 );
                 assert!(!matches!(codes, Encoded::Dense), "{name}: no stored form");
+                // And with the codes alone kept (the kernels then store no values).
+                let mut buffer = Vec::new();
+                let (fidelity, codes) =
+                    tensor::transform_codes(&view, &[step], &Cancel::new(), &mut buffer)
+                        .expect(&name);
+                assert_eq!(
+                    fidelity, general_fidelity,
+                    "{name}: codes-only metrics differ"
+                );
+                assert_eq!(
+                    format!("{codes:?}"),
+                    format!("{general_codes:?}"),
+                    "{name}: codes-only stored forms differ"
+                );
             }
         }
     }
+}
+
+/// Weights too large for a GGUF block's F16 scale are refused alike whether the one-pass
+/// kernels check each chunk as they reach it or the general path scans the tensor first; and a
+/// non-finite value elsewhere in the tensor still takes precedence, as it does in the scan.
+#[test]
+fn block_scale_limits_refuse_alike_on_every_path() {
+    // Four chunks of rows: the outlier in the first, the infinity (when there is one) in the last.
+    let (rows, cols) = (1024usize, 64usize);
+    let shape = vec![rows as u64, cols as u64];
+    for infinity in [false, true] {
+        let mut values: Vec<f32> = (0..rows * cols).map(|i| (i % 7) as f32 * 0.01).collect();
+        values[10] = -1.0e7;
+        if infinity {
+            values[rows * cols - 5] = f32::INFINITY;
+        }
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let view = TensorView {
+            bytes: &bytes,
+            dtype: Dtype::F32,
+            shape: &shape,
+        };
+        for kind in [
+            blocks::BlockType::Q8_0,
+            blocks::BlockType::Q4_0,
+            blocks::BlockType::Q5_0,
+        ] {
+            let expected = if infinity {
+                TransformError::NonFinite { count: 1 }
+            } else {
+                TransformError::BeyondBlockScale {
+                    largest: 1.0e7,
+                    limit: kind.largest_magnitude(),
+                }
+            };
+            let step = [Step::Gguf(kind)];
+            let codes_only = tensor::transform_codes(&view, &step, &Cancel::new(), &mut Vec::new());
+            let general = tensor::transform_encoded_general(&view, &step);
+            assert_eq!(codes_only.unwrap_err(), expected, "{kind:?}, codes alone");
+            assert_eq!(general.unwrap_err(), expected, "{kind:?}, general path");
+        }
+    }
+}
+
+/// Weights whose squares leave f32's range take the sums' rare settling path, which needs the
+/// stored values: with the codes alone kept, the chunk is run again to give it them.
+#[test]
+fn overflowing_sums_settle_alike_with_and_without_stored_values() {
+    let (rows, cols) = (8usize, 64usize);
+    let values: Vec<f32> = (0..rows * cols)
+        .map(|i| {
+            if i % 9 == 0 {
+                3.0e30
+            } else {
+                (i % 5) as f32 - 2.0
+            }
+        })
+        .collect();
+    let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let shape = vec![rows as u64, cols as u64];
+    let view = TensorView {
+        bytes: &bytes,
+        dtype: Dtype::F32,
+        shape: &shape,
+    };
+    let step = [Step::Int(int(8, true, Granularity::Channel))];
+    let mut dense = vec![0u8; bytes.len()];
+    let (with_values, codes) =
+        tensor::transform_encoded(&view, &step, &Cancel::new(), &mut dense).unwrap();
+    let (alone, codes_alone) =
+        tensor::transform_codes(&view, &step, &Cancel::new(), &mut Vec::new()).unwrap();
+    assert!(with_values.rel_error.is_finite(), "{with_values:?}");
+    assert_eq!(alone, with_values);
+    assert_eq!(format!("{codes_alone:?}"), format!("{codes:?}"));
 }
 
 #[test]

@@ -9,6 +9,7 @@
 //! threshold, a per-tensor range) get it from extra read passes over the chunks first.
 
 use std::cell::RefCell;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use rayon::prelude::*;
 
@@ -619,17 +620,20 @@ thread_local! {
 type KernelOutput = (Sums, Vec<u8>, Vec<[f32; 2]>);
 
 /// Chunks through a one-pass kernel that also writes the stored form: the dense values into
-/// `out` (or, when `out` is empty, into a per-thread chunk that is dropped), and returns the
-/// metric sums, the codes (one byte per value, or whole GGUF blocks) and each group's
-/// parameters (none for GGUF, whose blocks hold them).
+/// `out` (none when `out` is empty), and returns the metric sums, the codes (one byte per value,
+/// or whole GGUF blocks) and each group's parameters (none for GGUF, whose blocks hold them).
+/// With a `block_limit`, each chunk's range is checked against it first, and the tensor refused
+/// as the scan of the whole tensor before the pass would refuse it.
 fn one_pass_encoded(
     view: &TensorView,
     layout: &ChunkLayout,
     kernel: OnePass,
+    block_limit: Option<f32>,
     cancel: &Cancel,
     out: &mut [u8],
-) -> Result<KernelOutput, Canceled> {
+) -> Result<KernelOutput, TransformError> {
     let chunk_values = layout.rows_per_chunk * layout.cols;
+    let chunk_bytes = chunk_values * layout.width;
     let total = layout.rows * layout.cols;
     let block = kernel.block_type();
     let stored_len = |values: usize| match block {
@@ -637,15 +641,30 @@ fn one_pass_encoded(
         None => values,
     };
     let mut stored = vec![0u8; stored_len(total)];
+    let beyond_limit = AtomicBool::new(false);
     let run_chunk = |c: usize, out_chunk: &mut [u8], stored_chunk: &mut [u8]| {
         cancel.check()?;
         let range = layout.chunk_values(c);
         let input = &view.bytes[range.start * layout.width..range.end * layout.width];
-        let (sums, groups) = match block {
+        if let Some(limit) = block_limit {
+            // The same chunks and scans as `stored_range`, so a tensor it would refuse has a
+            // chunk flagged here. Flagged chunks still run: the verdict, and a tensor whose
+            // non-finite values take precedence, are settled after the pass.
+            let (lo, hi) = if view.dtype == Dtype::BF16 {
+                min_max_bf16(input)
+            } else {
+                min_max_f32(input)
+            };
+            let largest = lo.abs().max(hi.abs());
+            if largest.is_finite() && largest > limit {
+                beyond_limit.store(true, Ordering::Relaxed);
+            }
+        }
+        let mut run = |out_chunk: &mut [u8]| match block {
             None => {
                 let mut codes = CodesOut {
-                    codes: stored_chunk,
-                    groups: Vec::new(),
+                    codes: &mut *stored_chunk,
+                    groups: Vec::with_capacity(range.len() / kernel.group_len(layout.cols)),
                 };
                 let sums = kernel.run(view.dtype, layout.cols, input, out_chunk, Some(&mut codes));
                 (sums, codes.groups)
@@ -654,18 +673,25 @@ fn one_pass_encoded(
                 scratch.resize(range.len(), 0);
                 let mut codes = CodesOut {
                     codes: &mut scratch[..],
-                    groups: Vec::new(),
+                    groups: Vec::with_capacity(range.len() / blocks::BLOCK),
                 };
                 let sums = kernel.run(view.dtype, layout.cols, input, out_chunk, Some(&mut codes));
                 let steps = codes.groups;
-                fused::pack_blocks(kind, scratch, &steps, stored_chunk);
+                fused::pack_blocks(kind, scratch, &steps, &mut *stored_chunk);
                 (sums, Vec::new())
             }),
         };
-        let sums = if sums.overflowed() {
-            measure::settle_overflow(view.dtype, input, out_chunk)
-        } else {
+        let (sums, groups) = run(out_chunk);
+        let sums = if !sums.overflowed() {
             sums
+        } else if out_chunk.is_empty() {
+            // Settling needs the stored values, which the pass did not keep: run the chunk
+            // again keeping them (the kernel is deterministic; this is the rare path).
+            let mut dense = vec![0u8; input.len()];
+            run(&mut dense);
+            measure::settle_overflow(view.dtype, input, &mut dense)
+        } else {
+            measure::settle_overflow(view.dtype, input, out_chunk)
         };
         Ok((sums, groups))
     };
@@ -673,20 +699,23 @@ fn one_pass_encoded(
     let chunks: Vec<(Sums, Vec<[f32; 2]>)> = if out.is_empty() {
         stored_chunks
             .enumerate()
-            .map(|(c, stored_chunk)| {
-                CHUNK_DENSE.with_borrow_mut(|dense| {
-                    dense.resize(layout.chunk_values(c).len() * layout.width, 0);
-                    run_chunk(c, dense, stored_chunk)
-                })
-            })
+            .map(|(c, stored_chunk)| run_chunk(c, &mut [], stored_chunk))
             .collect::<Result<_, Canceled>>()?
     } else {
-        out.par_chunks_mut((chunk_values * layout.width).max(1))
+        out.par_chunks_mut(chunk_bytes.max(1))
             .zip(stored_chunks)
             .enumerate()
             .map(|(c, (out_chunk, stored_chunk))| run_chunk(c, out_chunk, stored_chunk))
             .collect::<Result<_, Canceled>>()?
     };
+    if let Some(limit) = block_limit.filter(|_| beyond_limit.into_inner()) {
+        let (min, max) =
+            stored_range(view, 0, chunk_bytes).expect("one-pass kernels read BF16 or F32");
+        let largest = min.abs().max(max.abs());
+        if largest.is_finite() && largest > limit {
+            return Err(TransformError::BeyondBlockScale { largest, limit });
+        }
+    }
     let mut sums = Sums::default();
     let mut groups = Vec::new();
     for (s, g) in chunks {
@@ -733,14 +762,20 @@ fn transform_choosing(
     let mut globals: Vec<Global> = Vec::with_capacity(steps.len());
     let mut low_rank = None;
     let chunk_bytes = layout.rows_per_chunk * layout.cols * layout.width;
-    if let Some(limit) = steps
+    let block_limit = steps
         .iter()
         .filter_map(|s| match s {
             Step::Gguf(kind) => Some(kind.largest_magnitude()),
             _ => None,
         })
-        .reduce(f32::min)
-    {
+        .reduce(f32::min);
+    // The one-pass GGUF kernels look at each chunk's range just before they quantize it, while
+    // it is in cache, rather than in a pass of its own over the whole tensor.
+    let checked_per_chunk = block_limit.is_some()
+        && path == Path::Encoding
+        && OnePass::for_steps(steps, view.dtype, layout.cols, None, None)
+            .is_some_and(|k| k.block_type().is_some());
+    if let Some(limit) = block_limit.filter(|_| !checked_per_chunk) {
         let (min, max) = stored_range(view, 0, chunk_bytes).unwrap_or_else(|| {
             tensor_range(layout.chunks(), &|c, sink: &mut dyn FnMut(&[f32])| {
                 BUFFERS.with_borrow_mut(|(buf, _)| {
@@ -866,7 +901,8 @@ fn transform_choosing(
         "output length"
     );
     if let (Some(kernel), Some(step)) = (one_pass, encoded_step) {
-        let (sums, codes, groups) = one_pass_encoded(view, &layout, kernel, cancel, out)?;
+        let limit = block_limit.filter(|_| checked_per_chunk);
+        let (sums, codes, groups) = one_pass_encoded(view, &layout, kernel, limit, cancel, out)?;
         check_sums(&sums)?;
         let assembly = assembly(Some(step), globals.pop());
         return Ok((

@@ -4,7 +4,6 @@
 //! writer, and the decoder `reader` calls.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 
 use serde_json::json;
 
@@ -12,7 +11,7 @@ use crate::compress::encoded::Encoded;
 use crate::formats::decode::{ArtifactError, ReadPart, bad, decode_dense, parse_dtype, round_to};
 use crate::formats::safetensors::Header;
 use crate::formats::safetensors::write::SpooledFiles;
-use crate::formats::writer::{ArtifactWriter, OutputFile, TensorOut, WriteError};
+use crate::formats::writer::{ArtifactWriter, OutputDir, OutputFile, TensorOut, WriteError};
 use crate::numeric::Dtype;
 
 /// The `__metadata__` key under which compact safetensors describe their substituted tensors
@@ -34,7 +33,7 @@ pub struct CompactWriter {
 }
 
 impl CompactWriter {
-    pub fn new(dir: &Path) -> CompactWriter {
+    pub fn new(dir: &OutputDir) -> CompactWriter {
         CompactWriter {
             files: SpooledFiles::new(dir),
             layouts: BTreeMap::new(),

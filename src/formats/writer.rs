@@ -1,6 +1,7 @@
 //! What every artifact writer shares: the [`ArtifactWriter`] trait the pipeline drives one
-//! tensor at a time, the tensor it hands over ([`TensorOut`]), and the file every output goes
-//! through ([`HashingFile`]: hashed as written, synced, published by rename). Each format's
+//! tensor at a time, the tensor it hands over ([`TensorOut`]), the folder it writes into
+//! ([`OutputDir`]) and the file every output goes through ([`HashingFile`]: hashed as written
+//! when the folder asks for digests, synced, published by rename). Each format's
 //! writer lives with its reader: `safetensors::write` (dense), `compressed_tensors::write`,
 //! `compact`, `gguf::write`.
 
@@ -57,6 +58,41 @@ pub trait ArtifactWriter {
     fn finish(&mut self) -> Result<Vec<OutputFile>, WriteError>;
 }
 
+/// The folder an artifact set is written into, and whether each file's sha256 is taken as it
+/// is written. The service keeps artifacts by digest, so its worker needs them; for a local run
+/// a digest is one more pass over every output byte (a tenth to a sixth of a one-pass run's
+/// CPU), so `squeeze compress` takes them only when asked.
+#[derive(Debug, Clone)]
+pub struct OutputDir {
+    /// Where the files go (it must exist).
+    pub path: PathBuf,
+    /// Whether each [`OutputFile`] carries its sha256.
+    pub digests: bool,
+}
+
+impl OutputDir {
+    /// A folder whose files are hashed as they are written.
+    pub fn hashed(path: &Path) -> OutputDir {
+        OutputDir {
+            path: path.to_owned(),
+            digests: true,
+        }
+    }
+
+    /// A folder whose files are written without digests.
+    pub fn unhashed(path: &Path) -> OutputDir {
+        OutputDir {
+            path: path.to_owned(),
+            digests: false,
+        }
+    }
+
+    /// A new file `name` in the folder.
+    pub fn create(&self, name: &str) -> io::Result<HashingFile> {
+        HashingFile::create(&self.path, name, self.digests)
+    }
+}
+
 /// One file of the artifact set.
 #[derive(Debug, Clone, Serialize)]
 pub struct OutputFile {
@@ -67,14 +103,16 @@ pub struct OutputFile {
     pub path: PathBuf,
     /// Size.
     pub bytes: u64,
-    /// Content digest.
-    pub sha256: String,
+    /// Content digest, when the [`OutputDir`] asked for digests.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
 }
 
-/// A file written through a hasher, published by rename when finished.
+/// A file written through a hasher (when digests are wanted), published by rename when
+/// finished.
 pub struct HashingFile {
     out: BufWriter<File>,
-    hasher: Sha256,
+    hasher: Option<Sha256>,
     bytes: u64,
     temp: PathBuf,
     path: PathBuf,
@@ -87,12 +125,12 @@ pub struct HashingFile {
 const WRITEBACK_EVERY: u64 = 64 << 20;
 
 impl HashingFile {
-    pub fn create(dir: &Path, name: &str) -> io::Result<HashingFile> {
+    fn create(dir: &Path, name: &str, digest: bool) -> io::Result<HashingFile> {
         let path = dir.join(name);
         let temp = dir.join(format!(".{name}.part"));
         Ok(HashingFile {
             out: BufWriter::with_capacity(1 << 20, File::create(&temp)?),
-            hasher: Sha256::new(),
+            hasher: digest.then(Sha256::new),
             bytes: 0,
             temp,
             path,
@@ -101,7 +139,9 @@ impl HashingFile {
     }
 
     pub fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.hasher.update(bytes);
+        if let Some(hasher) = &mut self.hasher {
+            hasher.update(bytes);
+        }
         self.bytes += bytes.len() as u64;
         self.out.write_all(bytes)?;
         if self.bytes - self.flushed >= WRITEBACK_EVERY {
@@ -155,7 +195,7 @@ impl HashingFile {
             name: name.to_owned(),
             path: self.path,
             bytes: self.bytes,
-            sha256: hex::encode(self.hasher.finalize()),
+            sha256: self.hasher.map(|h| hex::encode(h.finalize())),
         })
     }
 }

@@ -24,7 +24,6 @@ pub use files::{
 use std::collections::HashMap;
 use std::fs::File;
 use std::io;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -35,7 +34,7 @@ use crate::compress::tensor::{self, Fidelity, TensorView, TransformError};
 use crate::formats::TensorMeta;
 use crate::formats::hf;
 use crate::formats::safetensors::{self, Header, TensorInfo};
-use crate::formats::writer::HashingFile;
+use crate::formats::writer::OutputDir;
 use crate::jobs::recipe::{OutputFormat, Prune, Recipe, Selection, Stage};
 use crate::jobs::report::{Progress, Summary, TensorReport};
 use crate::numeric::Cancel;
@@ -48,7 +47,7 @@ pub fn run_job(
     inputs: &[InputFile],
     recipe: &Recipe,
     model_sha256: impl Into<ModelDigest>,
-    out_dir: &Path,
+    out_dir: &OutputDir,
     cancel: &Cancel,
     evaluation: Option<eval_step::Evaluation>,
     progress: &dyn Fn(&Progress),
@@ -68,7 +67,7 @@ pub fn run_job(
             evaluation,
             &mut outcome,
             inputs,
-            out_dir,
+            &out_dir.path,
             cancel,
             compressed,
             progress,
@@ -77,12 +76,13 @@ pub fn run_job(
     Ok(outcome)
 }
 
-/// Runs `recipe` over the model and writes the artifact set into `out_dir` (which must exist).
+/// Runs `recipe` over the model and writes the artifact set into `out_dir` (which must exist),
+/// with digests when it asks for them.
 pub fn run(
     inputs: &[InputFile],
     recipe: &Recipe,
     model_sha256: impl Into<ModelDigest>,
-    out_dir: &Path,
+    out_dir: &OutputDir,
     cancel: &Cancel,
     progress: &mut dyn FnMut(&Progress),
 ) -> Result<Outcome, PipelineError> {
@@ -243,7 +243,7 @@ pub fn run(
             None => original,
         };
         if let Some(bytes) = writer.side_file(&input.name, adjusted)? {
-            let mut out = HashingFile::create(out_dir, &input.name)?;
+            let mut out = out_dir.create(&input.name)?;
             out.write(&bytes)?;
             files.push(out.finish(&input.name)?);
         }
@@ -260,7 +260,7 @@ pub fn run(
         "model_sha256": model_sha256.into().wait()?,
         "squeeze_version": env!("CARGO_PKG_VERSION"),
     });
-    let mut out = HashingFile::create(out_dir, "recipe.json")?;
+    let mut out = out_dir.create("recipe.json")?;
     out.write(&serde_json::to_vec_pretty(&provenance).expect("JSON serialises"))?;
     files.push(out.finish("recipe.json")?);
     files.sort_by(|a, b| a.name.cmp(&b.name));

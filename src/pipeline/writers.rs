@@ -3,7 +3,6 @@
 //! weights are laid out, each tensor's GGUF block type) and what the model's side files say.
 
 use std::collections::HashMap;
-use std::path::Path;
 
 use crate::compress::step::Step;
 use crate::formats::compact::CompactWriter;
@@ -12,14 +11,14 @@ use crate::formats::compressed_tensors::{SparseFormat, StoredForm};
 use crate::formats::gguf::write::{GgufModel, GgufWriter};
 use crate::formats::safetensors::Header;
 use crate::formats::safetensors::write::DenseWriter;
-use crate::formats::writer::ArtifactWriter;
+use crate::formats::writer::{ArtifactWriter, OutputDir};
 use crate::jobs::recipe::{OutputFormat, Plan, Prune, Recipe, SparseLayout, Stage};
 use crate::pipeline::files::{InputFile, PipelineError};
 
 /// The writer for a planned recipe's format.
 pub fn writer_for(
     plan: &Plan,
-    out_dir: &Path,
+    out_dir: &OutputDir,
     inputs: &[InputFile],
     headers: &[Header],
 ) -> Result<Box<dyn ArtifactWriter + Send>, PipelineError> {

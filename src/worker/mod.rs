@@ -17,6 +17,7 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::eval::EvalSpec;
+use crate::formats::writer::OutputDir;
 use crate::jobs::queue::{self, Artifact, Claimed, Lease};
 use crate::jobs::recipe::Recipe;
 use crate::jobs::report::Progress;
@@ -300,7 +301,13 @@ impl Worker {
                     *current = Some(p.clone());
                 };
                 let result = pipeline::run_job(
-                    &inputs, &recipe, sha, &work_dir, &cancel, evaluation, &report,
+                    &inputs,
+                    &recipe,
+                    sha,
+                    &OutputDir::hashed(&work_dir),
+                    &cancel,
+                    evaluation,
+                    &report,
                 );
                 let _ = done_tx.send(result);
             });
@@ -386,9 +393,13 @@ impl Worker {
                 }
                 let mut artifacts = Vec::with_capacity(outcome.files.len());
                 for file in &outcome.files {
+                    // The worker's output folder is `OutputDir::hashed`: every file has one.
+                    let sha256 = file.sha256.as_deref().ok_or_else(|| {
+                        std::io::Error::other(format!("{} was written without a digest", file.name))
+                    })?;
                     artifacts.push(Artifact {
                         name: file.name.clone(),
-                        blob: self.blobs.adopt(&file.path, &file.sha256, file.bytes)?,
+                        blob: self.blobs.adopt(&file.path, sha256, file.bytes)?,
                     });
                 }
                 let published = queue::complete(

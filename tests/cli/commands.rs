@@ -145,6 +145,26 @@ fn compress_runs_offline_and_refuses_bad_input_in_one_line() {
         std::fs::read(again.join("model.safetensors")).unwrap(),
         std::fs::read(out.join("model.safetensors")).unwrap()
     );
+    // Output digests only when asked for, and then each file's own.
+    assert!(!stdout.contains("sha256"), "{stdout}");
+    let (status, stdout, stderr) = squeeze(&[
+        "compress",
+        "--preset",
+        "prune-50-int8",
+        "--checksums",
+        model.to_str().unwrap(),
+        "-o",
+        again.to_str().unwrap(),
+    ]);
+    assert!(status.success(), "{stderr}");
+    for name in ["model.safetensors", "recipe.json"] {
+        let digest = crate::common::sha256_hex(&std::fs::read(again.join(name)).unwrap());
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("{name} in {stdout}"));
+        assert!(line.ends_with(&format!("sha256 {digest}")), "{line}");
+    }
 
     let recipe = dir.path().join("bad.json");
     std::fs::write(&recipe, r#"{"stages": [{"quantize": {"scheme": "int", "bits": 4, "granularity": "group", "group_size": 10}}]}"#).unwrap();

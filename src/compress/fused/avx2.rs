@@ -40,25 +40,25 @@ fn each_group<const BF16: bool, const EMIT: bool, P>(
     let group_bytes = group * width;
     let mut sums = Accumulators::new();
     let mut code_bytes = codes.codes.chunks_exact_mut(LANES);
-    for (group_in, group_out) in input
-        .chunks_exact(group_bytes)
-        .zip(out.chunks_exact_mut(group_bytes))
-    {
+    // An empty `out` asks for the codes and sums alone: the stored values are still rounded
+    // to the dtype (the sums measure them) but not written.
+    let dense = !out.is_empty();
+    let mut dense_out = out.chunks_exact_mut(width * LANES);
+    for group_in in input.chunks_exact(group_bytes) {
         let p = params(group_in);
         if EMIT {
             codes.groups.push(stored(&p));
         }
-        for (inp, o) in group_in
-            .chunks_exact(width * LANES)
-            .zip(group_out.chunks_exact_mut(width * LANES))
-        {
+        for inp in group_in.chunks_exact(width * LANES) {
             let x = load::<BF16>(inp);
             let (y, code) = values(&p, x);
             if EMIT {
                 store_low_bytes(code, code_bytes.next().expect("a code per value"));
             }
             let y = if BF16 { bf16_rounded(y) } else { y };
-            store::<BF16>(y, o);
+            if dense {
+                store::<BF16>(y, dense_out.next().expect("a stored value per value"));
+            }
             sums.add(x, y);
         }
     }

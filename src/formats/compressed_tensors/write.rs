@@ -3,8 +3,6 @@
 
 use serde_json::json;
 
-use std::path::Path;
-
 use crate::compress::encoded::Encoded;
 use crate::formats::compressed_tensors::{
     self as ct, QuantFormat, QuantGroup, SparseFormat, SparseGroup, StoredForm,
@@ -12,7 +10,7 @@ use crate::formats::compressed_tensors::{
 use crate::formats::safetensors::Header;
 use crate::formats::safetensors::write::SpooledFiles;
 use crate::formats::writer::{
-    ArtifactWriter, HashingFile, OutputFile, TensorOut, WriteError, pretty_json,
+    ArtifactWriter, OutputDir, OutputFile, TensorOut, WriteError, pretty_json,
 };
 use crate::numeric::Dtype;
 
@@ -49,7 +47,7 @@ impl CompressedTensorsWriter {
     /// A writer; with `form_of`, each weight file whose layout does not depend on the values
     /// (no zeros left out) is written header first, its data once, rather than spooled.
     pub fn new(
-        dir: &Path,
+        dir: &OutputDir,
         sparsity: SparsityLayout,
         form_of: Option<FormOf>,
     ) -> CompressedTensorsWriter {
@@ -204,7 +202,7 @@ impl ArtifactWriter for CompressedTensorsWriter {
         }
         // Weights uploaded without a config: the block alone, where compressed-tensors'
         // `ModelCompressor.from_pretrained` looks for it.
-        let mut out = HashingFile::create(&self.files.dir, "config.json")?;
+        let mut out = self.files.dir.create("config.json")?;
         out.write(&pretty_json(
             &json!({"quantization_config": self.quantization_config()}),
         ))?;

@@ -3,13 +3,13 @@
 //! Llama-family model, llama.cpp's converter's names, metadata, tokenizer and rotary
 //! permutation of the query and key projections.
 
-use std::path::{Path, PathBuf};
-
 use crate::compress::blocks::BlockType;
 use crate::compress::encoded::Encoded;
 use crate::formats::gguf::{self, GgmlType, GgufTensor, Value};
 use crate::formats::safetensors::Header;
-use crate::formats::writer::{ArtifactWriter, HashingFile, OutputFile, TensorOut, WriteError};
+use crate::formats::writer::{
+    ArtifactWriter, HashingFile, OutputDir, OutputFile, TensorOut, WriteError,
+};
 
 /// What the GGUF writer needs to know of the model besides its tensors.
 pub struct GgufModel<'a> {
@@ -23,7 +23,7 @@ pub struct GgufModel<'a> {
 
 /// One GGUF file with every tensor of the model.
 pub struct GgufWriter {
-    dir: PathBuf,
+    dir: OutputDir,
     out: Option<HashingFile>,
     /// Per input tensor in write order: its GGUF entry (None: left out) and, for a permuted
     /// query/key projection, the head count.
@@ -38,7 +38,7 @@ impl GgufWriter {
     /// Lays out the file: every tensor's name, type and offset, and the metadata. `block_of`
     /// gives a tensor's block type by its input name (None: stored dense).
     pub fn new(
-        dir: &Path,
+        dir: &OutputDir,
         model: GgufModel,
         block_of: impl Fn(&str) -> Option<BlockType>,
     ) -> Result<GgufWriter, WriteError> {
@@ -161,7 +161,7 @@ impl GgufWriter {
                 .collect::<Vec<_>>(),
         );
         Ok(GgufWriter {
-            dir: dir.to_owned(),
+            dir: dir.clone(),
             out: None,
             plan,
             next: 0,
@@ -185,7 +185,7 @@ fn permute_rows(bytes: &[u8], order: &[usize]) -> Vec<u8> {
 impl ArtifactWriter for GgufWriter {
     fn begin_file(&mut self, _: &str, _: &Header) -> Result<(), WriteError> {
         if self.out.is_none() {
-            let mut out = HashingFile::create(&self.dir, "model.gguf")?;
+            let mut out = self.dir.create("model.gguf")?;
             out.write(&self.header)?;
             self.out = Some(out);
         }

@@ -6,13 +6,13 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde_json::json;
 
 use crate::formats::safetensors::{Header, TensorInfo};
 use crate::formats::writer::{
-    ArtifactWriter, HashingFile, OutputFile, TensorOut, WriteError, pretty_json,
+    ArtifactWriter, HashingFile, OutputDir, OutputFile, TensorOut, WriteError, pretty_json,
 };
 use crate::numeric::Dtype;
 
@@ -52,14 +52,14 @@ pub fn header_bytes(
 
 /// Dense safetensors: each weight file as the input had it, values replaced.
 pub struct DenseWriter {
-    dir: PathBuf,
+    dir: OutputDir,
     current: Option<(String, HashingFile)>,
 }
 
 impl DenseWriter {
-    pub fn new(dir: &Path) -> DenseWriter {
+    pub fn new(dir: &OutputDir) -> DenseWriter {
         DenseWriter {
-            dir: dir.to_owned(),
+            dir: dir.clone(),
             current: None,
         }
     }
@@ -67,7 +67,7 @@ impl DenseWriter {
 
 impl ArtifactWriter for DenseWriter {
     fn begin_file(&mut self, name: &str, header: &Header) -> Result<(), WriteError> {
-        let mut out = HashingFile::create(&self.dir, name)?;
+        let mut out = self.dir.create(name)?;
         out.write(&header_bytes(header.metadata.as_ref(), &header.tensors))?;
         self.current = Some((name.to_owned(), out));
         Ok(())
@@ -151,16 +151,16 @@ impl Spool {
 
 /// The spooled weight files of a run and the tensor → file map an index needs.
 pub(crate) struct SpooledFiles {
-    pub(crate) dir: PathBuf,
+    pub(crate) dir: OutputDir,
     current: Option<Spool>,
     weight_map: BTreeMap<String, String>,
     total_size: u64,
 }
 
 impl SpooledFiles {
-    pub(crate) fn new(dir: &Path) -> SpooledFiles {
+    pub(crate) fn new(dir: &OutputDir) -> SpooledFiles {
         SpooledFiles {
-            dir: dir.to_owned(),
+            dir: dir.clone(),
             current: None,
             weight_map: BTreeMap::new(),
             total_size: 0,
@@ -169,7 +169,7 @@ impl SpooledFiles {
 
     /// Starts file `name`, spooling its data until its tensors are all known.
     pub(crate) fn begin(&mut self, name: &str) -> io::Result<()> {
-        let path = self.dir.join(format!(".{name}.data"));
+        let path = self.dir.path.join(format!(".{name}.data"));
         self.current = Some(Spool {
             name: name.to_owned(),
             tensors: Vec::new(),
@@ -206,7 +206,7 @@ impl SpooledFiles {
                 info
             })
             .collect();
-        let mut out = HashingFile::create(&self.dir, name)?;
+        let mut out = self.dir.create(name)?;
         out.write(&header_bytes(None, &planned))?;
         self.current = Some(Spool {
             name: name.to_owned(),
@@ -229,7 +229,7 @@ impl SpooledFiles {
         let out = match spool.sink {
             SpoolSink::Spooled { data, path } => {
                 drop(data.into_inner().map_err(|e| e.into_error())?);
-                let mut out = HashingFile::create(&self.dir, &spool.name)?;
+                let mut out = self.dir.create(&spool.name)?;
                 out.write(&header_bytes(metadata, &spool.tensors))?;
                 out.copy_from(&mut File::open(&path)?)?;
                 std::fs::remove_file(&path)?;
