@@ -163,6 +163,26 @@ impl OnePass {
     }
 }
 
+/// `measure::store_and_measure` for BF16 and F32 by the AVX2 kernel, where the CPU has it and
+/// the SIMD cap allows it (None otherwise): the same bytes and sums as the portable loop.
+pub(crate) fn store_and_measure_vector(
+    dtype: Dtype,
+    input: &[u8],
+    values: &[f32],
+    out: &mut [u8],
+) -> Option<Sums> {
+    #[cfg(target_arch = "x86_64")]
+    if simd::level() >= simd::Level::Avx2 {
+        // SAFETY: `level` is Avx2 or above only when the CPU has AVX2, FMA and F16C.
+        return match dtype {
+            Dtype::BF16 => Some(unsafe { avx2::store_and_measure::<true>(input, values, out) }),
+            Dtype::F32 => Some(unsafe { avx2::store_and_measure::<false>(input, values, out) }),
+            _ => None,
+        };
+    }
+    None
+}
+
 /// The stored form a one-pass kernel writes beside the dense values, for the formats that keep
 /// codes rather than values.
 #[derive(Debug, Default)]

@@ -525,6 +525,14 @@ impl Accumulators {
     #[inline]
     #[target_feature(enable = "avx2,fma")]
     fn finish(self, input: &[u8], width: usize, read: impl Fn(&[u8]) -> f32) -> Sums {
+        self.lanes(input, width, read).finish(input.len() / width)
+    }
+
+    /// The lanes as the portable loop holds them after the values of `input` (stored `width`
+    /// bytes each, read by `read`).
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn lanes(self, input: &[u8], width: usize, read: impl Fn(&[u8]) -> f32) -> Lanes {
         let floats = |v: __m256| {
             let mut lanes = [0f32; LANES];
             // SAFETY: `lanes` holds exactly eight f32 for the unaligned store.
@@ -556,14 +564,154 @@ impl Accumulators {
             non_finite: [non_finite, 0, 0, 0, 0, 0, 0, 0],
             padding: 0,
         }
-        .finish(input.len() / width)
     }
+}
+
+/// `measure::store_and_measure` for BF16 (when `BF16`) or F32: `values` rounded to the dtype
+/// (NaNs quieted as `codec::bf16_rounded` does), stored into `out`, and measured against the
+/// original re-read from `input`; the portable loop's sums bit for bit (the last few values of
+/// a chunk that does not fill the lanes go through that loop's own steps).
+#[target_feature(enable = "avx2,fma")]
+pub(super) fn store_and_measure<const BF16: bool>(
+    input: &[u8],
+    values: &[f32],
+    out: &mut [u8],
+) -> Sums {
+    let width = width::<BF16>();
+    let whole = values.len() / LANES * LANES;
+    let mut sums = Accumulators::new();
+    for ((inp, v), o) in input[..whole * width]
+        .chunks_exact(width * LANES)
+        .zip(values[..whole].chunks_exact(LANES))
+        .zip(out[..whole * width].chunks_exact_mut(width * LANES))
+    {
+        let x = load::<BF16>(inp);
+        let v: &[f32; LANES] = v.try_into().expect("eight values");
+        // SAFETY: `v` is eight readable f32; the load is unaligned.
+        let y = unsafe { _mm256_loadu_ps(v.as_ptr()) };
+        let y = if BF16 { bf16_rounded_quieting(y) } else { y };
+        store::<BF16>(y, o);
+        sums.add(x, y);
+    }
+    let (rest_in, rest_out) = (&input[whole * width..], &mut out[whole * width..]);
+    if BF16 {
+        let mut lanes = sums.lanes(&input[..whole * width], width, Bf16::read);
+        partial::<Bf16>(&mut lanes, rest_in, &values[whole..], rest_out);
+        lanes.finish(values.len())
+    } else {
+        let mut lanes = sums.lanes(&input[..whole * width], width, F32::read);
+        partial::<F32>(&mut lanes, rest_in, &values[whole..], rest_out);
+        lanes.finish(values.len())
+    }
+}
+
+/// Fewer than eight values, rounded, stored and added as the portable loop does.
+fn partial<C: Codec>(lanes: &mut Lanes, input: &[u8], values: &[f32], out: &mut [u8]) {
+    let mut original = [0f32; LANES];
+    let mut stored = [0f32; LANES];
+    for (i, o) in out.chunks_exact_mut(C::WIDTH).enumerate() {
+        original[i] = C::read(&input[C::WIDTH * i..]);
+        stored[i] = C::round(values[i]);
+        C::store(stored[i], o);
+    }
+    lanes.add_partial(&original[..values.len()], &stored[..values.len()]);
+}
+
+/// [`bf16_rounded`], with NaNs kept NaN (quiet, their high payload bits kept) as
+/// `codec::bf16_rounded` keeps them: the rounding would carry a NaN's payload into infinity.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn bf16_rounded_quieting(v: __m256) -> __m256 {
+    let bits = _mm256_castps_si256(v);
+    let quiet = _mm256_or_si256(
+        _mm256_and_si256(bits, _mm256_set1_epi32(0xFFFF_0000_u32 as i32)),
+        _mm256_set1_epi32(0x0040_0000),
+    );
+    let nan = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_UNORD_Q>(v, v));
+    _mm256_castsi256_ps(_mm256_blendv_epi8(
+        _mm256_castps_si256(bf16_rounded(v)),
+        quiet,
+        nan,
+    ))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::compress::quantize::{Granularity, IntScheme, ScaleDtype};
+
+    /// Storing and measuring equals the portable loop bit for bit, in bytes and sums, for
+    /// awkward values (NaNs with payloads, infinities, ±0, subnormals, BF16 rounding ties)
+    /// and every length that leaves a partial group of lanes.
+    #[test]
+    fn store_and_measure_equals_the_portable_loop() {
+        use crate::compress::measure::store_and_measure_as;
+        use crate::numeric::Dtype;
+        if !(is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")) {
+            return;
+        }
+        let specials = [
+            f32::from_bits(0x7FC0_1234),
+            f32::from_bits(0xFF81_0001),
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            0.0,
+            -0.0,
+            f32::from_bits(3),
+            f32::from_bits(0x3F80_8000),
+            f32::from_bits(0x3F81_8000),
+            f32::MAX,
+            1.0e30,
+        ];
+        for len in (0..40).chain([1000, 1003]) {
+            let original: Vec<f32> = (0..len)
+                .map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.013)
+                .collect();
+            for spoiled in [false, true] {
+                let values: Vec<f32> = (0..len)
+                    .map(|i| {
+                        if spoiled && i % 5 == 2 {
+                            specials[i % specials.len()]
+                        } else {
+                            original[i] * 0.99 + f32::from_bits(0x3380_0000)
+                        }
+                    })
+                    .collect();
+                let mut input_values = original.clone();
+                if spoiled && len > 3 {
+                    input_values[3] = f32::NAN;
+                    input_values[len - 1] = f32::NEG_INFINITY;
+                }
+                for dtype in [Dtype::F32, Dtype::BF16] {
+                    let width = crate::numeric::float_width(dtype);
+                    let mut input = vec![0u8; len * width];
+                    crate::numeric::codec::encode(dtype, &input_values, &mut input);
+                    let (mut fast, mut plain) = (vec![0u8; input.len()], vec![0u8; input.len()]);
+                    // SAFETY: AVX2 and FMA were detected above.
+                    let (fast_sums, plain_sums) = unsafe {
+                        if dtype == Dtype::BF16 {
+                            (
+                                store_and_measure::<true>(&input, &values, &mut fast),
+                                store_and_measure_as::<Bf16>(&input, &values, &mut plain),
+                            )
+                        } else {
+                            (
+                                store_and_measure::<false>(&input, &values, &mut fast),
+                                store_and_measure_as::<F32>(&input, &values, &mut plain),
+                            )
+                        }
+                    };
+                    let name = format!("len {len} spoiled {spoiled} {dtype}");
+                    assert_eq!(fast, plain, "{name}: bytes");
+                    assert_eq!(
+                        format!("{fast_sums:?}"),
+                        format!("{plain_sums:?}"),
+                        "{name}: sums"
+                    );
+                }
+            }
+        }
+    }
 
     /// Under scales of every magnitude and zero-points of both signs, the corrected
     /// reciprocal's codes equal the division's for values at every rounding tie of the code
