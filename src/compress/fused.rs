@@ -173,12 +173,19 @@ pub(crate) fn store_and_measure_vector(
 ) -> Option<Sums> {
     #[cfg(target_arch = "x86_64")]
     if simd::level() >= simd::Level::Avx2 {
-        // SAFETY: `level` is Avx2 or above only when the CPU has AVX2, FMA and F16C.
-        return match dtype {
-            Dtype::BF16 => Some(unsafe { avx2::store_and_measure::<true>(input, values, out) }),
-            Dtype::F32 => Some(unsafe { avx2::store_and_measure::<false>(input, values, out) }),
-            _ => None,
+        let bf16 = match dtype {
+            Dtype::BF16 => true,
+            Dtype::F32 => false,
+            _ => return None,
         };
+        // SAFETY: `level` is Avx2 or above only when the CPU has AVX2, FMA and F16C.
+        return Some(unsafe {
+            if bf16 {
+                avx2::store_and_measure::<true>(input, values, out)
+            } else {
+                avx2::store_and_measure::<false>(input, values, out)
+            }
+        });
     }
     None
 }
