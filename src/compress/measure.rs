@@ -209,12 +209,6 @@ pub(crate) fn store_and_measure(
     values: &mut [f32],
     out: &mut [u8],
 ) -> Sums {
-    // The hand-written kernel where there is one: the vectoriser's version of the loop below
-    // spent as long moving lanes between registers as computing (1.3 GB/s of BF16).
-    if let Some(sums) = crate::compress::fused::store_and_measure_vector(dtype, input, values, out)
-    {
-        return sums;
-    }
     match dtype {
         Dtype::BF16 => store_bf16_and_measure(input, values, out),
         Dtype::F32 => store_f32_and_measure(input, values, out),

@@ -932,7 +932,12 @@ fn transform_choosing(
             let piece = encoded_step.map(|s| encode_step(s, &globals[plain], c, values, &layout));
             // Measure what is stored, after rounding to the output dtype, against the
             // original re-read from the input (cheaper than keeping a decoded copy).
-            let sums = store_and_measure(view.dtype, input, original, values, out_chunk);
+            // The hand-written kernel where there is one: the vectoriser's version of the
+            // portable loop spent as long moving lanes between registers as computing.
+            let sums = fused::store_and_measure_vector(view.dtype, input, values, out_chunk)
+                .unwrap_or_else(|| {
+                    store_and_measure(view.dtype, input, original, values, out_chunk)
+                });
             (settled(sums, out_chunk), piece)
         }))
     };
