@@ -371,15 +371,33 @@ thread_local! {
 /// BF16 or F32: read from the bytes in parallel pieces, with no decoded copy (the same values
 /// as [`tensor_range`] gives, since both fold with the same selects).
 fn stored_range(view: &TensorView, index: usize, chunk_bytes: usize) -> Option<(f32, f32)> {
-    let range: fn(&[u8]) -> (f32, f32) = match (index, view.dtype) {
-        (0, Dtype::BF16) => min_max_bf16,
-        (0, Dtype::F32) => min_max_f32,
-        _ => return None,
-    };
+    let range = (index == 0).then(|| stored_scan(view.dtype)).flatten()?;
     Some(view.bytes.par_chunks(chunk_bytes.max(1)).map(range).reduce(
         || (f32::INFINITY, f32::NEG_INFINITY),
         |a, b| (a.0.min(b.0), a.1.max(b.1)),
     ))
+}
+
+/// The smallest and largest of values stored as bytes.
+type RangeScan = fn(&[u8]) -> (f32, f32);
+
+/// The vectorised range scan of values stored in `dtype`, for BF16 and F32.
+fn stored_scan(dtype: Dtype) -> Option<RangeScan> {
+    match dtype {
+        Dtype::BF16 => Some(min_max_bf16),
+        Dtype::F32 => Some(min_max_f32),
+        _ => None,
+    }
+}
+
+/// Refuses a range beyond what a GGUF block's F16 scale can store. Infinities and NaNs pass
+/// here: they are refused by name after the pass that counts them.
+fn check_block_scale((min, max): (f32, f32), limit: f32) -> Result<(), TransformError> {
+    let largest = min.abs().max(max.abs());
+    if largest.is_finite() && largest > limit {
+        return Err(TransformError::BeyondBlockScale { largest, limit });
+    }
+    Ok(())
 }
 
 /// The smallest and largest value over all chunks, as `visit` yields them.
@@ -641,22 +659,17 @@ fn one_pass_encoded(
         None => values,
     };
     let mut stored = vec![0u8; stored_len(total)];
+    let groups_per_chunk = chunk_values / kernel.group_len(layout.cols);
     let beyond_limit = AtomicBool::new(false);
     let run_chunk = |c: usize, out_chunk: &mut [u8], stored_chunk: &mut [u8]| {
         cancel.check()?;
         let range = layout.chunk_values(c);
         let input = &view.bytes[range.start * layout.width..range.end * layout.width];
-        if let Some(limit) = block_limit {
+        if let Some((limit, scan)) = block_limit.zip(stored_scan(view.dtype)) {
             // The same chunks and scans as `stored_range`, so a tensor it would refuse has a
             // chunk flagged here. Flagged chunks still run: the verdict, and a tensor whose
             // non-finite values take precedence, are settled after the pass.
-            let (lo, hi) = if view.dtype == Dtype::BF16 {
-                min_max_bf16(input)
-            } else {
-                min_max_f32(input)
-            };
-            let largest = lo.abs().max(hi.abs());
-            if largest.is_finite() && largest > limit {
+            if check_block_scale(scan(input), limit).is_err() {
                 beyond_limit.store(true, Ordering::Relaxed);
             }
         }
@@ -664,7 +677,7 @@ fn one_pass_encoded(
             None => {
                 let mut codes = CodesOut {
                     codes: &mut *stored_chunk,
-                    groups: Vec::with_capacity(range.len() / kernel.group_len(layout.cols)),
+                    groups: Vec::with_capacity(groups_per_chunk),
                 };
                 let sums = kernel.run(view.dtype, layout.cols, input, out_chunk, Some(&mut codes));
                 (sums, codes.groups)
@@ -673,7 +686,7 @@ fn one_pass_encoded(
                 scratch.resize(range.len(), 0);
                 let mut codes = CodesOut {
                     codes: &mut scratch[..],
-                    groups: Vec::with_capacity(range.len() / blocks::BLOCK),
+                    groups: Vec::with_capacity(groups_per_chunk),
                 };
                 let sums = kernel.run(view.dtype, layout.cols, input, out_chunk, Some(&mut codes));
                 let steps = codes.groups;
@@ -709,12 +722,8 @@ fn one_pass_encoded(
             .collect::<Result<_, Canceled>>()?
     };
     if let Some(limit) = block_limit.filter(|_| beyond_limit.into_inner()) {
-        let (min, max) =
-            stored_range(view, 0, chunk_bytes).expect("one-pass kernels read BF16 or F32");
-        let largest = min.abs().max(max.abs());
-        if largest.is_finite() && largest > limit {
-            return Err(TransformError::BeyondBlockScale { largest, limit });
-        }
+        let range = stored_range(view, 0, chunk_bytes).expect("one-pass kernels read BF16 or F32");
+        check_block_scale(range, limit)?;
     }
     let mut sums = Sums::default();
     let mut groups = Vec::new();
@@ -776,7 +785,7 @@ fn transform_choosing(
         && OnePass::for_steps(steps, view.dtype, layout.cols, None, None)
             .is_some_and(|k| k.block_type().is_some());
     if let Some(limit) = block_limit.filter(|_| !checked_per_chunk) {
-        let (min, max) = stored_range(view, 0, chunk_bytes).unwrap_or_else(|| {
+        let range = stored_range(view, 0, chunk_bytes).unwrap_or_else(|| {
             tensor_range(layout.chunks(), &|c, sink: &mut dyn FnMut(&[f32])| {
                 BUFFERS.with_borrow_mut(|(buf, _)| {
                     decode_chunk(c, buf);
@@ -784,11 +793,7 @@ fn transform_choosing(
                 })
             })
         });
-        let largest = min.abs().max(max.abs());
-        // Infinities and NaNs are refused by name after the pass that counts them.
-        if largest.is_finite() && largest > limit {
-            return Err(TransformError::BeyondBlockScale { largest, limit });
-        }
+        check_block_scale(range, limit)?;
     }
     for (i, step) in steps.iter().enumerate() {
         let visit = |c: usize, sink: &mut dyn FnMut(&[f32])| {
