@@ -310,20 +310,32 @@ pub(crate) fn store_and_measure_as<C: Codec>(input: &[u8], values: &[f32], out: 
         store_lanes::<C>(&stored, o);
         lanes.add(&original, &stored);
     }
-    let rest = v_chunks.remainder();
+    store_and_measure_rest::<C>(
+        &mut lanes,
+        i_chunks.remainder(),
+        v_chunks.remainder(),
+        o_chunks.into_remainder(),
+    );
+    lanes.finish(values.len())
+}
+
+/// The last values of a chunk, fewer than [`LANES`]: rounded, stored and added to `lanes`
+/// zero-padded, as [`store_and_measure_as`] ends (the AVX2 kernel ends the same way).
+#[inline(always)]
+pub(crate) fn store_and_measure_rest<C: Codec>(
+    lanes: &mut Lanes,
+    input: &[u8],
+    values: &[f32],
+    out: &mut [u8],
+) {
     let mut original = [0f32; LANES];
     let mut stored = [0f32; LANES];
-    for (i, o) in o_chunks
-        .into_remainder()
-        .chunks_exact_mut(width)
-        .enumerate()
-    {
-        original[i] = C::read(&i_chunks.remainder()[width * i..]);
-        stored[i] = C::round(rest[i]);
+    for (i, o) in out.chunks_exact_mut(C::WIDTH).enumerate() {
+        original[i] = C::read(&input[C::WIDTH * i..]);
+        stored[i] = C::round(values[i]);
         C::store(stored[i], o);
     }
-    lanes.add_partial(&original[..rest.len()], &stored[..rest.len()]);
-    lanes.finish(values.len())
+    lanes.add_partial(&original[..values.len()], &stored[..values.len()]);
 }
 
 multiversion! {

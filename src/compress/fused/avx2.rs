@@ -12,7 +12,7 @@ use std::arch::x86_64::*;
 use super::{CodesOut, Fp8Rule, IntParams, IntRule, Rule, q4_0_signed_absmax};
 use crate::compress::blocks;
 use crate::compress::fp8::E4M3_MAX;
-use crate::compress::measure::{Bf16, Codec, F32, LANES, Lanes, Sums};
+use crate::compress::measure::{Bf16, Codec, F32, LANES, Lanes, Sums, store_and_measure_rest};
 use crate::compress::quantize;
 
 /// Bytes per value: BF16's when `BF16` is true, else F32's.
@@ -596,25 +596,13 @@ pub(super) fn store_and_measure<const BF16: bool>(
     let (rest_in, rest_out) = (&input[whole * width..], &mut out[whole * width..]);
     if BF16 {
         let mut lanes = sums.lanes(&input[..whole * width], width, Bf16::read);
-        partial::<Bf16>(&mut lanes, rest_in, &values[whole..], rest_out);
+        store_and_measure_rest::<Bf16>(&mut lanes, rest_in, &values[whole..], rest_out);
         lanes.finish(values.len())
     } else {
         let mut lanes = sums.lanes(&input[..whole * width], width, F32::read);
-        partial::<F32>(&mut lanes, rest_in, &values[whole..], rest_out);
+        store_and_measure_rest::<F32>(&mut lanes, rest_in, &values[whole..], rest_out);
         lanes.finish(values.len())
     }
-}
-
-/// Fewer than eight values, rounded, stored and added as the portable loop does.
-fn partial<C: Codec>(lanes: &mut Lanes, input: &[u8], values: &[f32], out: &mut [u8]) {
-    let mut original = [0f32; LANES];
-    let mut stored = [0f32; LANES];
-    for (i, o) in out.chunks_exact_mut(C::WIDTH).enumerate() {
-        original[i] = C::read(&input[C::WIDTH * i..]);
-        stored[i] = C::round(values[i]);
-        C::store(stored[i], o);
-    }
-    lanes.add_partial(&original[..values.len()], &stored[..values.len()]);
 }
 
 /// [`bf16_rounded`], with NaNs kept NaN (quiet, their high payload bits kept) as
