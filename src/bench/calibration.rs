@@ -56,11 +56,7 @@ pub fn calibration_bench(tokens: usize, shape: Option<(usize, usize)>) -> anyhow
             .map(|w| w * 0.05)
             .collect();
         let activations = synthetic::inputs(tokens, inputs, 1);
-        let (hessian, hessian_s) = timed(|| {
-            let mut h = Hessian::new(inputs);
-            pool.install(|| h.add(&activations));
-            h
-        });
+        let (hessian, hessian_s) = timed(|| pool.install(|| Hessian::of(inputs, &activations)));
         let (quantized, gptq_s) = timed(|| {
             pool.install(|| {
                 gptq::quantize(

@@ -268,8 +268,7 @@ mod tests {
     fn the_blocked_factored_sweep_equals_the_one_column_elimination_in_f64() {
         let (rows, cols) = (6, 48);
         let w = noise(11, rows * cols);
-        let mut hessian = Hessian::new(cols);
-        hessian.add(&inputs(200, cols, 5));
+        let hessian = Hessian::of(cols, &inputs(200, cols, 5));
         for (granularity, bits, symmetric) in [
             (Granularity::Group(16), 4, true),
             (Granularity::Channel, 3, false),
@@ -295,8 +294,7 @@ mod tests {
         let w = noise(3, rows * cols);
         let calibration = inputs(512, cols, 7);
         let held_out = inputs(512, cols, 8);
-        let mut hessian = Hessian::new(cols);
-        hessian.add(&calibration);
+        let hessian = Hessian::of(cols, &calibration);
         for act_order in [false, true] {
             let s = scheme(4, true, Granularity::Group(32));
             let options = GptqOptions {
@@ -331,8 +329,7 @@ mod tests {
         for s in 0..64 {
             x[s * cols + 3] = 0.0;
         }
-        let mut hessian = Hessian::new(cols);
-        hessian.add(&x);
+        let hessian = Hessian::of(cols, &x);
         let s = scheme(8, true, Granularity::Channel);
         let q = quantize(
             &w,

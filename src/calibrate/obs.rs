@@ -34,6 +34,13 @@ impl Hessian {
         }
     }
 
+    /// The sum over `inputs`, row-major vectors of `features` values each.
+    pub fn of(features: usize, inputs: &[f32]) -> Hessian {
+        let mut hessian = Hessian::new(features);
+        hessian.add(inputs);
+        hessian
+    }
+
     /// Inputs per row.
     pub fn features(&self) -> usize {
         self.sum.nrows()

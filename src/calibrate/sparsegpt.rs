@@ -171,8 +171,7 @@ mod tests {
     fn sparsegpt_prunes_to_the_pattern_and_moves_the_outputs_less_than_wanda() {
         let (rows, cols) = (16, 128);
         let w = noise(21, rows * cols);
-        let mut hessian = Hessian::new(cols);
-        hessian.add(&inputs(512, cols, 3));
+        let hessian = Hessian::of(cols, &inputs(512, cols, 3));
         let held_out = inputs(512, cols, 4);
         for pattern in [
             Pattern::Unstructured(0.5),
@@ -212,8 +211,7 @@ mod tests {
     fn quantized_in_the_same_sweep_the_kept_weights_lie_on_the_grid() {
         let (rows, cols) = (8, 64);
         let w = noise(5, rows * cols);
-        let mut hessian = Hessian::new(cols);
-        hessian.add(&inputs(256, cols, 6));
+        let hessian = Hessian::of(cols, &inputs(256, cols, 6));
         let scheme = scheme(4, true, Granularity::Group(32));
         let pruned = prune(
             &w,

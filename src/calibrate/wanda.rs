@@ -89,8 +89,7 @@ mod tests {
     fn input_norms_keep_the_outputs_nearer_than_magnitude_alone() {
         let (rows, cols) = (16, 96);
         let w = noise(6, rows * cols);
-        let mut hessian = Hessian::new(cols);
-        hessian.add(&inputs(400, cols, 1));
+        let hessian = Hessian::of(cols, &inputs(400, cols, 1));
         let held_out = inputs(400, cols, 2);
         let wanda = prune(&w, cols, &hessian.input_norms(), Pattern::Unstructured(0.5)).unwrap();
         let plain = magnitude(&w, cols, 0.5);

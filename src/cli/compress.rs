@@ -24,10 +24,9 @@ pub(super) async fn compress(args: CompressArgs) -> anyhow::Result<()> {
     let inputs = local_inputs(&args.input)?;
     std::fs::create_dir_all(&args.output)
         .with_context(|| format!("creating {}", args.output.display()))?;
-    let output = if args.checksums {
-        OutputDir::hashed(&args.output)
-    } else {
-        OutputDir::unhashed(&args.output)
+    let output = OutputDir {
+        path: args.output.clone(),
+        digests: args.checksums,
     };
     let outcome = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
         // The input's digest (for the provenance in recipe.json) is computed beside the run, on
