@@ -173,6 +173,11 @@ pub struct CompressArgs {
     /// the output bytes; the service always takes them).
     #[arg(long)]
     pub checksums: bool,
+    /// Flush each output file to the disk (fsync) before it is published, as the service
+    /// always does; like `cp` and `llama-quantize`, a local run otherwise leaves that to the
+    /// operating system.
+    #[arg(long)]
+    pub sync: bool,
 }
 
 /// `squeeze token ...`.

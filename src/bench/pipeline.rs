@@ -89,7 +89,7 @@ pub fn pipeline_bench(size_bytes: u64, preset: &str, work_dir: &Path) -> anyhow:
             &inputs,
             &recipe,
             "bench",
-            &OutputDir::hashed(&out_dir),
+            &OutputDir::durable(&out_dir),
             &Cancel::new(),
             &mut |_| {},
         )

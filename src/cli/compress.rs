@@ -27,6 +27,7 @@ pub(super) async fn compress(args: CompressArgs) -> anyhow::Result<()> {
     let output = OutputDir {
         path: args.output.clone(),
         digests: args.checksums,
+        sync: args.sync,
     };
     let outcome = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
         // The input's digest (for the provenance in recipe.json) is computed beside the run, on

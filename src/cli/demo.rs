@@ -42,7 +42,7 @@ pub(super) fn demo(json: bool) -> anyhow::Result<()> {
                     &inputs,
                     &recipe,
                     sha.as_str(),
-                    &OutputDir::unhashed(&out),
+                    &OutputDir::plain(&out),
                     &cancel,
                     &mut |_| {},
                 )

@@ -304,7 +304,7 @@ impl Worker {
                     &inputs,
                     &recipe,
                     sha,
-                    &OutputDir::hashed(&work_dir),
+                    &OutputDir::durable(&work_dir),
                     &cancel,
                     evaluation,
                     &report,
@@ -393,7 +393,7 @@ impl Worker {
                 }
                 let mut artifacts = Vec::with_capacity(outcome.files.len());
                 for file in &outcome.files {
-                    // The worker's output folder is `OutputDir::hashed`: every file has one.
+                    // The worker's output folder is `OutputDir::durable`: every file has one.
                     let sha256 = file.sha256.as_deref().ok_or_else(|| {
                         std::io::Error::other(format!("{} was written without a digest", file.name))
                     })?;

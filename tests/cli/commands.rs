@@ -145,13 +145,15 @@ fn compress_runs_offline_and_refuses_bad_input_in_one_line() {
         std::fs::read(again.join("model.safetensors")).unwrap(),
         std::fs::read(out.join("model.safetensors")).unwrap()
     );
-    // Output digests only when asked for, and then each file's own.
+    // Output digests only when asked for, and then each file's own (here also synced, as the
+    // service's are).
     assert!(!stdout.contains("sha256"), "{stdout}");
     let (status, stdout, stderr) = squeeze(&[
         "compress",
         "--preset",
         "prune-50-int8",
         "--checksums",
+        "--sync",
         model.to_str().unwrap(),
         "-o",
         again.to_str().unwrap(),
