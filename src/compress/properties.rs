@@ -824,6 +824,48 @@ fn block_scale_limits_refuse_alike_on_every_path() {
     }
 }
 
+/// At the edge of a block scale's reach the one-pass kernels, which flag a tensor by its
+/// blocks' steps, refuse exactly what the general path's scan of the whole tensor refuses.
+#[test]
+fn block_scale_limits_hold_at_the_edge_on_every_path() {
+    let (rows, cols) = (256usize, 64usize);
+    let shape = vec![rows as u64, cols as u64];
+    for kind in [blocks::BlockType::Q8_0, blocks::BlockType::Q4_0] {
+        let limit = kind.largest_magnitude();
+        let edge = [
+            limit,
+            f32::from_bits(limit.to_bits() - 1),
+            f32::from_bits(limit.to_bits() + 1),
+            limit * 0.9995,
+            limit * 1.0005,
+        ];
+        for (outlier, sign) in edge.iter().flat_map(|&v| [(v, 1f32), (v, -1f32)]) {
+            let mut values: Vec<f32> = (0..rows * cols).map(|i| (i % 5) as f32 * 0.1).collect();
+            values[rows * cols / 2 + 3] = sign * outlier;
+            let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+            let view = TensorView {
+                bytes: &bytes,
+                dtype: Dtype::F32,
+                shape: &shape,
+            };
+            let step = [Step::Gguf(kind)];
+            let codes_only = tensor::transform_codes(&view, &step, &Cancel::new(), &mut Vec::new());
+            let general = tensor::transform_encoded_general(&view, &step);
+            let refused = outlier > limit;
+            assert_eq!(codes_only.is_err(), refused, "{kind:?} {}", sign * outlier);
+            assert_eq!(general.is_err(), refused, "{kind:?} {}", sign * outlier);
+            if refused {
+                assert_eq!(codes_only.unwrap_err(), general.unwrap_err());
+            } else {
+                assert!(
+                    codes_only.unwrap().1 == general.unwrap().2,
+                    "{kind:?}: stored forms differ"
+                );
+            }
+        }
+    }
+}
+
 /// Weights whose squares leave f32's range take the sums' rare settling path, which needs the
 /// stored values: with the codes alone kept, the chunk is run again to give it them.
 #[test]

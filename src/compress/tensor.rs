@@ -390,6 +390,11 @@ fn stored_scan(dtype: Dtype) -> Option<RangeScan> {
     }
 }
 
+/// The largest block step the one-pass GGUF kernels pass without a look at the whole tensor:
+/// F16's largest finite value less a margin for the step's rounding (a step from a value at
+/// the limit lands within an ulp of F16_MAX). The scan that follows a flag, not this, decides.
+const STEP_FLAG: f32 = 65504.0 * (1.0 - 1.0 / 1024.0);
+
 /// Refuses a range beyond what a GGUF block's F16 scale can store. Infinities and NaNs pass
 /// here: they are refused by name after the pass that counts them.
 fn check_block_scale((min, max): (f32, f32), limit: f32) -> Result<(), TransformError> {
@@ -640,8 +645,8 @@ type KernelOutput = (Sums, Vec<u8>, Vec<[f32; 2]>);
 /// Chunks through a one-pass kernel that also writes the stored form: the dense values into
 /// `out` (none when `out` is empty), and returns the metric sums, the codes (one byte per value,
 /// or whole GGUF blocks) and each group's parameters (none for GGUF, whose blocks hold them).
-/// With a `block_limit`, each chunk's range is checked against it first, and the tensor refused
-/// as the scan of the whole tensor before the pass would refuse it.
+/// With a `block_limit`, each block's step is checked as it is made, and a tensor with a step
+/// out of reach is refused as the scan of the whole tensor before the pass would refuse it.
 fn one_pass_encoded(
     view: &TensorView,
     layout: &ChunkLayout,
@@ -665,14 +670,6 @@ fn one_pass_encoded(
         cancel.check()?;
         let range = layout.chunk_values(c);
         let input = &view.bytes[range.start * layout.width..range.end * layout.width];
-        if let Some((limit, scan)) = block_limit.zip(stored_scan(view.dtype)) {
-            // The same chunks and scans as `stored_range`, so a tensor it would refuse has a
-            // chunk flagged here. Flagged chunks still run: the verdict, and a tensor whose
-            // non-finite values take precedence, are settled after the pass.
-            if check_block_scale(scan(input), limit).is_err() {
-                beyond_limit.store(true, Ordering::Relaxed);
-            }
-        }
         let mut run = |out_chunk: &mut [u8]| match block {
             None => {
                 let mut codes = CodesOut {
@@ -690,6 +687,13 @@ fn one_pass_encoded(
                 };
                 let sums = kernel.run(view.dtype, layout.cols, input, out_chunk, Some(&mut codes));
                 let steps = codes.groups;
+                // A block whose step is near or past the F16 scale's reach flags the tensor
+                // (a value beyond the limit gives a step beyond F16_MAX less an ulp or two;
+                // a NaN step flags too). The exact verdict, and a tensor whose non-finite
+                // values take precedence, are settled by the scan after the pass.
+                if block_limit.is_some() && !steps.iter().all(|s| s[0].abs() <= STEP_FLAG) {
+                    beyond_limit.store(true, Ordering::Relaxed);
+                }
                 fused::pack_blocks(kind, scratch, &steps, &mut *stored_chunk);
                 (sums, Vec::new())
             }),
