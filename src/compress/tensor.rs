@@ -371,29 +371,21 @@ thread_local! {
 /// BF16 or F32: read from the bytes in parallel pieces, with no decoded copy (the same values
 /// as [`tensor_range`] gives, since both fold with the same selects).
 fn stored_range(view: &TensorView, index: usize, chunk_bytes: usize) -> Option<(f32, f32)> {
-    let range = (index == 0).then(|| stored_scan(view.dtype)).flatten()?;
+    let range: fn(&[u8]) -> (f32, f32) = match (index, view.dtype) {
+        (0, Dtype::BF16) => min_max_bf16,
+        (0, Dtype::F32) => min_max_f32,
+        _ => return None,
+    };
     Some(view.bytes.par_chunks(chunk_bytes.max(1)).map(range).reduce(
         || (f32::INFINITY, f32::NEG_INFINITY),
         |a, b| (a.0.min(b.0), a.1.max(b.1)),
     ))
 }
 
-/// The smallest and largest of values stored as bytes.
-type RangeScan = fn(&[u8]) -> (f32, f32);
-
-/// The vectorised range scan of values stored in `dtype`, for BF16 and F32.
-fn stored_scan(dtype: Dtype) -> Option<RangeScan> {
-    match dtype {
-        Dtype::BF16 => Some(min_max_bf16),
-        Dtype::F32 => Some(min_max_f32),
-        _ => None,
-    }
-}
-
 /// The largest block step the one-pass GGUF kernels pass without a look at the whole tensor:
 /// F16's largest finite value less a margin for the step's rounding (a step from a value at
 /// the limit lands within an ulp of F16_MAX). The scan that follows a flag, not this, decides.
-const STEP_FLAG: f32 = 65504.0 * (1.0 - 1.0 / 1024.0);
+const STEP_FLAG: f32 = half::f16::MAX.to_f32_const() * (1.0 - 1.0 / 1024.0);
 
 /// Refuses a range beyond what a GGUF block's F16 scale can store. Infinities and NaNs pass
 /// here: they are refused by name after the pass that counts them.
