@@ -10,13 +10,31 @@
 //! Values below T are pruned; values equal to T are pruned in visiting order until exactly k
 //! are gone, so the achieved sparsity is exact whatever the ties (zeros already present count
 //! as the smallest values).
+//!
+//! Sharing the ties out in visiting order needs each chunk's number of values on T. A tensor's
+//! selection gets them without a pass of its own: with low bits, the low pass keeps each chunk's
+//! offsets inside the bucket; without, a small sample of chunks estimates the bucket first and
+//! the high pass counts, per chunk, a window of buckets around the estimate. Only when the
+//! estimate misses, or the bucket is too crowded to keep, does a counting pass run.
 
 use rayon::prelude::*;
 
 use crate::numeric::simd::multiversion;
 use crate::numeric::{Cancel, Canceled};
 
+/// Buckets of the low pass: the low 16 bits of |x|.
 const BUCKETS: usize = 1 << 16;
+/// Buckets of the high pass: the high 16 bits of |x|, whose sign bit is always clear.
+const HIGH_BUCKETS: usize = 1 << 15;
+/// Buckets either side of the sampled estimate that the high pass counts per chunk. A BF16
+/// bucket is 1/128 of an octave, so the window spans half an octave of magnitude.
+const WINDOW_RADIUS: usize = 32;
+const WINDOW: usize = 2 * WINDOW_RADIUS + 1;
+/// Tensors of fewer chunks than this are not sampled: their counting pass is cheap.
+const SAMPLED_FROM: usize = 32;
+/// The most values the low pass keeps per chunk in the crossing bucket (as 16-bit offsets), so
+/// that a crowded bucket falls back to the counting pass rather than holding memory.
+const OFFSETS_LIMIT: u64 = 1 << 24;
 
 /// Which values to zero in each chunk.
 #[derive(Debug, Clone)]
@@ -43,42 +61,217 @@ multiversion! {
     }
 }
 
-/// The histogram of `key` over every magnitude, and the OR of the magnitudes' low 16 bits
-/// (zero when every value is a widened BF16, whose low bits are always zero).
-fn histogram<F>(
-    chunks: usize,
+multiversion! {
+    /// Counts each value's magnitude into `counts` by its high 16 bits; the OR of all
+    /// magnitudes' bits.
+    fn count_high(values: &[f32], counts: &mut [u32; HIGH_BUCKETS]) -> u32 {
+        let mut seen = 0u32;
+        for &v in values {
+            let bits = magnitude_bits(v);
+            seen |= bits;
+            counts[(bits >> 16) as usize & (HIGH_BUCKETS - 1)] += 1;
+        }
+        seen
+    }
+}
+
+/// One fold's histogram of the high pass. It counts in u32, a quarter of the cache a u64
+/// histogram of every bucket would take, and spills into u64 totals before a count could wrap.
+struct HighCounts {
+    counts: Box<[u32; HIGH_BUCKETS]>,
+    totals: Vec<u64>,
+    since_spill: u64,
+    low_bits: u32,
+    /// Whether a spill fell inside a chunk, which breaks that chunk's window difference.
+    spilled_inside_chunk: bool,
+}
+
+impl HighCounts {
+    fn new() -> HighCounts {
+        HighCounts {
+            counts: vec![0u32; HIGH_BUCKETS]
+                .into_boxed_slice()
+                .try_into()
+                .expect("length is HIGH_BUCKETS"),
+            totals: Vec::new(),
+            since_spill: 0,
+            low_bits: 0,
+            spilled_inside_chunk: false,
+        }
+    }
+
+    fn spill(&mut self) {
+        if self.since_spill == 0 {
+            return;
+        }
+        self.totals.resize(HIGH_BUCKETS, 0);
+        for (t, c) in self.totals.iter_mut().zip(self.counts.iter_mut()) {
+            *t += u64::from(std::mem::take(c));
+        }
+        self.since_spill = 0;
+    }
+
+    /// Called between chunks: spills early, so a spill rarely falls inside a chunk.
+    fn prepare_chunk(&mut self) {
+        if self.since_spill > u64::from(u32::MAX / 2) {
+            self.spill();
+        }
+    }
+
+    fn add(&mut self, values: &[f32]) {
+        for part in values.chunks(1 << 30) {
+            if self.since_spill + part.len() as u64 > u64::from(u32::MAX) {
+                self.spill();
+                self.spilled_inside_chunk = true;
+            }
+            self.low_bits |= count_high(part, &mut self.counts) & 0xFFFF;
+            self.since_spill += part.len() as u64;
+        }
+    }
+
+    fn window(&self, first: usize) -> [u32; WINDOW] {
+        std::array::from_fn(|j| self.counts[first + j])
+    }
+
+    fn finish(mut self) -> (Vec<u64>, u32, bool) {
+        self.spill();
+        self.totals.resize(HIGH_BUCKETS, 0);
+        (self.totals, self.low_bits, self.spilled_inside_chunk)
+    }
+}
+
+/// The high pass's result: the histogram of the high 16 bits of every magnitude, the OR of
+/// their low 16 bits, and, when a window was asked for, each chunk's counts in it.
+struct HighPass {
+    totals: Vec<u64>,
+    low_bits: u32,
+    window: Option<(usize, Vec<[u32; WINDOW]>)>,
+}
+
+/// Histograms the high 16 bits of the magnitudes of `chunks` (all of `0..n` when None); with
+/// `window_first`, also each chunk's counts in the buckets `window_first..+WINDOW`.
+fn high_pass<F>(
+    n: usize,
+    chunks: Option<&[usize]>,
     visit: &F,
     cancel: &Cancel,
-    key: impl Fn(u32) -> Option<usize> + Sync,
-) -> Result<(Vec<u64>, u32), Canceled>
+    window_first: Option<usize>,
+) -> Result<HighPass, Canceled>
 where
     F: Fn(usize, &mut dyn FnMut(&[f32])) + Sync,
 {
-    (0..chunks)
+    let first = window_first.unwrap_or(0);
+    let fold = |mut acc: HighCounts,
+                (i, slot): (usize, Option<&mut [u32; WINDOW]>)|
+     -> Result<HighCounts, Canceled> {
+        cancel.check()?;
+        acc.prepare_chunk();
+        let before = slot.as_ref().map(|_| acc.window(first));
+        visit(i, &mut |values: &[f32]| acc.add(values));
+        if let (Some(slot), Some(before)) = (slot, before) {
+            let after = acc.window(first);
+            *slot = std::array::from_fn(|j| after[j].wrapping_sub(before[j]));
+        }
+        Ok(acc)
+    };
+    let merge = |a: (Vec<u64>, u32, bool), b: (Vec<u64>, u32, bool)| {
+        let (mut totals, low, broken) = a;
+        if totals.is_empty() {
+            totals = b.0;
+        } else if !b.0.is_empty() {
+            totals.iter_mut().zip(&b.0).for_each(|(x, y)| *x += y);
+        }
+        Ok((totals, low | b.1, broken || b.2))
+    };
+    let identity = || (Vec::new(), 0, false);
+    let mut slots = vec![[0u32; WINDOW]; if window_first.is_some() { n } else { 0 }];
+    let (mut totals, low_bits, broken) = match (window_first, chunks) {
+        (Some(_), _) => (0..n)
+            .into_par_iter()
+            .zip(slots.par_iter_mut())
+            .map(|(i, slot)| (i, Some(slot)))
+            .try_fold(HighCounts::new, fold)
+            .map(|acc| acc.map(HighCounts::finish))
+            .try_reduce(identity, merge)?,
+        (None, Some(chunks)) => chunks
+            .par_iter()
+            .map(|&i| (i, None))
+            .try_fold(HighCounts::new, fold)
+            .map(|acc| acc.map(HighCounts::finish))
+            .try_reduce(identity, merge)?,
+        (None, None) => (0..n)
+            .into_par_iter()
+            .map(|i| (i, None))
+            .try_fold(HighCounts::new, fold)
+            .map(|acc| acc.map(HighCounts::finish))
+            .try_reduce(identity, merge)?,
+    };
+    totals.resize(HIGH_BUCKETS, 0);
+    Ok(HighPass {
+        totals,
+        low_bits,
+        window: window_first.filter(|_| !broken).map(|first| (first, slots)),
+    })
+}
+
+/// The chunks a tensor's sample visits: spread evenly, an eighth of them and at most 64.
+fn sample_chunks(chunks: usize) -> Vec<usize> {
+    let count = (chunks / 8).clamp(16, 64).min(chunks);
+    let stride = chunks / count;
+    (0..count).map(|j| j * stride + stride / 2).collect()
+}
+
+/// Per chunk, the low 16 bits of its magnitudes that fall in the crossing bucket.
+type ChunkOffsets = Vec<Vec<u16>>;
+
+/// The low pass inside `bucket`: its histogram of the low 16 bits, and when `keep_offsets`, each
+/// chunk's low 16 bits of the values in the bucket (to count its ties once T is known).
+fn low_pass<F>(
+    chunks: usize,
+    visit: &F,
+    cancel: &Cancel,
+    bucket: usize,
+    keep_offsets: bool,
+) -> Result<(Vec<u64>, Option<ChunkOffsets>), Canceled>
+where
+    F: Fn(usize, &mut dyn FnMut(&[f32])) + Sync,
+{
+    let offsets_of = |i: usize| -> Result<Vec<u16>, Canceled> {
+        cancel.check()?;
+        let mut offsets = Vec::new();
+        visit(i, &mut |values: &[f32]| {
+            for &v in values {
+                let bits = magnitude_bits(v);
+                if (bits >> 16) as usize == bucket {
+                    offsets.push(bits as u16);
+                }
+            }
+        });
+        Ok(offsets)
+    };
+    let count = |mut h: Vec<u64>, offsets: &[u16]| {
+        offsets.iter().for_each(|&o| h[usize::from(o)] += 1);
+        h
+    };
+    if keep_offsets {
+        let offsets: ChunkOffsets = (0..chunks)
+            .into_par_iter()
+            .map(offsets_of)
+            .collect::<Result<_, _>>()?;
+        let low = offsets.iter().fold(vec![0u64; BUCKETS], |h, o| count(h, o));
+        return Ok((low, Some(offsets)));
+    }
+    let low = (0..chunks)
         .into_par_iter()
-        .try_fold(
-            || (vec![0u64; BUCKETS], 0u32),
-            |(mut h, mut low_bits), i| {
-                cancel.check()?;
-                visit(i, &mut |values: &[f32]| {
-                    for &v in values {
-                        let bits = magnitude_bits(v);
-                        low_bits |= bits & 0xFFFF;
-                        if let Some(b) = key(bits) {
-                            h[b] += 1;
-                        }
-                    }
-                });
-                Ok((h, low_bits))
-            },
-        )
+        .try_fold(|| vec![0u64; BUCKETS], |h, i| Ok(count(h, &offsets_of(i)?)))
         .try_reduce(
-            || (vec![0u64; BUCKETS], 0),
-            |(mut a, a_low), (b, b_low)| {
+            || vec![0u64; BUCKETS],
+            |mut a, b| {
                 a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
-                Ok((a, a_low | b_low))
+                Ok(a)
             },
-        )
+        )?;
+    Ok((low, None))
 }
 
 /// The first bucket where the running count reaches `k`, and the count before it.
@@ -105,26 +298,88 @@ impl MagnitudeCut {
     where
         F: Fn(usize, &mut dyn FnMut(&[f32])) + Sync,
     {
+        Self::select_within(chunks, k, visit, cancel, OFFSETS_LIMIT)
+    }
+
+    fn select_within<F>(
+        chunks: usize,
+        k: u64,
+        visit: F,
+        cancel: &Cancel,
+        offsets_limit: u64,
+    ) -> Result<MagnitudeCut, Canceled>
+    where
+        F: Fn(usize, &mut dyn FnMut(&[f32])) + Sync,
+    {
         if k == 0 {
             return Ok(MagnitudeCut {
                 threshold_bits: 0,
                 tie_quota: vec![0; chunks],
             });
         }
-        // The threshold as for several tensors, with this one alone; the ties are then shared
-        // out per chunk instead of per tensor.
-        let mut cut = GlobalCut::of_count(k);
-        for pass in [GlobalPass::High, GlobalPass::Low] {
-            cut.observe(pass, chunks, &visit, cancel)?;
-            cut.finish(pass);
+        // A sample places the window, unless its first chunk shows low bits: then the low
+        // pass's offsets count the ties and the window is not needed.
+        let mut window_first = None;
+        let sampled = match chunks >= SAMPLED_FROM {
+            true => sample_chunks(chunks),
+            false => Vec::new(),
+        };
+        let probe = match sampled.first() {
+            Some(first) => Some(high_pass(chunks, Some(&[*first]), &visit, cancel, None)?),
+            None => None,
+        };
+        if let Some(probe) = probe.filter(|p| p.low_bits == 0) {
+            let mut sample = high_pass(chunks, Some(&sampled[1..]), &visit, cancel, None)?;
+            if sample.low_bits == 0 {
+                let totals = &mut sample.totals;
+                totals
+                    .iter_mut()
+                    .zip(&probe.totals)
+                    .for_each(|(a, b)| *a += b);
+                let share = (k as f64 * sampled.len() as f64 / chunks as f64).round() as u64;
+                let (estimate, _) = crossing(totals, share.max(1));
+                window_first = Some(
+                    estimate
+                        .saturating_sub(WINDOW_RADIUS)
+                        .min(HIGH_BUCKETS - WINDOW),
+                );
+            }
         }
-        let threshold_bits = cut.threshold_bits;
-        let ties: Vec<u64> = (0..chunks)
-            .into_par_iter()
-            .map(|i| count_around(i, &visit, threshold_bits).1)
-            .collect();
+        let high = high_pass(chunks, None, &visit, cancel, window_first)?;
+        let (bucket, below_bucket) = crossing(&high.totals, k);
+        let (threshold_bits, ties_left, ties) = if high.low_bits == 0 {
+            // Every value of the bucket is T.
+            let ties = high.window.and_then(|(first, slots)| {
+                (first..first + WINDOW)
+                    .contains(&bucket)
+                    .then(|| slots.iter().map(|s| u64::from(s[bucket - first])).collect())
+            });
+            ((bucket as u32) << 16, k - below_bucket, ties)
+        } else {
+            let keep = high.totals[bucket] <= offsets_limit;
+            let (low, offsets) = low_pass(chunks, &visit, cancel, bucket, keep)?;
+            let (offset, below) = crossing(&low, k - below_bucket);
+            let ties = offsets.map(|offsets| {
+                offsets
+                    .iter()
+                    .map(|o| o.iter().filter(|&&x| usize::from(x) == offset).count() as u64)
+                    .collect()
+            });
+            (
+                ((bucket as u32) << 16) | offset as u32,
+                k - below_bucket - below,
+                ties,
+            )
+        };
+        let ties: Vec<u64> = match ties {
+            Some(ties) => ties,
+            None => (0..chunks)
+                .into_par_iter()
+                .map(|i| count_around(i, &visit, threshold_bits).1)
+                .collect(),
+        };
         cancel.check()?;
-        let mut remaining = cut.ties_left;
+        let mut remaining = ties_left;
         let tie_quota = ties
             .iter()
             .map(|&n| {
@@ -227,7 +482,7 @@ impl GlobalCut {
         GlobalCut {
             sparsity,
             count: None,
-            high: vec![0; BUCKETS],
+            high: vec![0; HIGH_BUCKETS],
             low: vec![0; BUCKETS],
             k: 0,
             bucket: 0,
@@ -263,20 +518,16 @@ impl GlobalCut {
         };
         match pass {
             GlobalPass::High => {
-                let (h, low_bits) =
-                    histogram(chunks, &visit, cancel, |bits| Some((bits >> 16) as usize))?;
-                add(&mut self.high, h);
-                self.low_bits_seen |= low_bits != 0;
+                let pass = high_pass(chunks, None, &visit, cancel, None)?;
+                add(&mut self.high, pass.totals);
+                self.low_bits_seen |= pass.low_bits != 0;
                 Ok(0)
             }
             GlobalPass::Low => {
                 // Without low bits (BF16 inputs) the crossing bucket holds one magnitude, and
                 // `finish` knows the low histogram without a pass over the data.
                 if self.k > 0 && self.low_bits_seen {
-                    let bucket = self.bucket;
-                    let (h, _) = histogram(chunks, &visit, cancel, |bits| {
-                        ((bits >> 16) as usize == bucket).then_some((bits & 0xFFFF) as usize)
-                    })?;
+                    let (h, _) = low_pass(chunks, &visit, cancel, self.bucket, false)?;
                     add(&mut self.low, h);
                 }
                 Ok(0)
@@ -459,21 +710,104 @@ mod tests {
             .map(|x| f32::from_bits(x.to_bits() & 0xFFFF_0000))
             .collect();
         let chunks = data.len().div_ceil(500);
+        let sampled = sample_chunks(chunks).len();
+        assert!(chunks >= SAMPLED_FROM && sampled < chunks);
         for sparsity in [0.3, 0.5, 0.97] {
             let k = prune_count(data.len() as u64, sparsity);
             let (got, visits) = cut_counting_visits(&data, 500, k);
-            // The high histogram and the tie count; no low pass.
-            assert_eq!(visits, 2 * chunks, "{sparsity}");
+            // The sample and the high histogram, which counts the ties: no low pass, no
+            // counting pass.
+            assert_eq!(visits, sampled + chunks, "{sparsity}");
             assert_eq!(
                 got,
                 smallest_zeroed(&data, k as usize),
                 "sparsity {sparsity}"
             );
         }
-        // One value with low bits brings the low pass back.
+        // One value with low bits (outside the sample) brings the low pass back, which keeps
+        // the offsets that count the ties.
         let mut mixed = data.clone();
         mixed[3] = 0.123_456_79;
-        assert_eq!(cut_counting_visits(&mixed, 500, 100).1, 3 * chunks);
+        assert!(!sample_chunks(chunks).contains(&0));
+        let (got, visits) = cut_counting_visits(&mixed, 500, 100);
+        assert_eq!(visits, sampled + 2 * chunks);
+        assert_eq!(got, smallest_zeroed(&mixed, 100));
+        // A tensor too small to sample counts its ties in a pass of their own.
+        let small = &data[..(SAMPLED_FROM - 1) * 500];
+        let (got, visits) = cut_counting_visits(small, 500, 4000);
+        assert_eq!(visits, 2 * (SAMPLED_FROM - 1));
+        assert_eq!(got, smallest_zeroed(small, 4000));
+    }
+
+    #[test]
+    fn a_sample_that_misses_the_threshold_falls_back_to_counting() {
+        // The sampled chunks hold magnitudes a thousand times larger than the rest, so the
+        // window sits far above the true crossing bucket.
+        let chunk = 256;
+        let chunks = 80;
+        let sampled = sample_chunks(chunks);
+        let data: Vec<f32> = xorshift_values(11, chunk * chunks)
+            .chunks(chunk)
+            .enumerate()
+            .flat_map(|(c, values)| {
+                let scale = if sampled.contains(&c) { 1000.0 } else { 1.0 };
+                values
+                    .iter()
+                    .map(move |x| f32::from_bits((x * scale).to_bits() & 0xFFFF_0000))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let k = prune_count(data.len() as u64, 0.5);
+        let (got, visits) = cut_counting_visits(&data, chunk, k);
+        assert_eq!(visits, sampled.len() + 2 * chunks);
+        assert_eq!(got, smallest_zeroed(&data, k as usize));
+    }
+
+    #[test]
+    fn a_crowded_bucket_counts_its_ties_in_a_pass_of_their_own() {
+        // Values with low bits, many tied: the offsets are not kept beyond the limit.
+        let mut data = xorshift_values(5, 9_000);
+        data[1000..4000].fill(-0.123_456_79);
+        let chunks: Vec<&[f32]> = data.chunks(100).collect();
+        let k = 3000;
+        for (limit, passes) in [(0, 3), (OFFSETS_LIMIT, 2)] {
+            let visits = std::sync::atomic::AtomicUsize::new(0);
+            let visit = |i: usize, sink: &mut dyn FnMut(&[f32])| {
+                visits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                sink(chunks[i])
+            };
+            let cut =
+                MagnitudeCut::select_within(chunks.len(), k, visit, &Cancel::new(), limit).unwrap();
+            let mut got = Vec::new();
+            for (i, c) in chunks.iter().enumerate() {
+                let mut v = c.to_vec();
+                cut.apply(i, &mut v);
+                got.extend(v);
+            }
+            assert_eq!(got, smallest_zeroed(&data, k as usize), "limit {limit}");
+            // The sample stops at its first chunk, which has low bits.
+            let probe = 1;
+            assert_eq!(
+                visits.into_inner(),
+                probe + passes * chunks.len(),
+                "limit {limit}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_high_histogram_spills_before_a_count_could_wrap() {
+        let mut counts = HighCounts::new();
+        counts.add(&[1.0, -1.0, 2.0]);
+        counts.since_spill = u64::from(u32::MAX) - 1;
+        counts.add(&[1.0, 0.5]);
+        let (totals, low_bits, spilled_inside_chunk) = counts.finish();
+        assert!(spilled_inside_chunk);
+        assert_eq!(low_bits, 0);
+        assert_eq!(totals[(1.0f32.to_bits() >> 16) as usize], 3);
+        assert_eq!(totals[(2.0f32.to_bits() >> 16) as usize], 1);
+        assert_eq!(totals[(0.5f32.to_bits() >> 16) as usize], 1);
+        assert_eq!(totals.iter().sum::<u64>(), 5);
     }
 
     #[test]
