@@ -8,6 +8,9 @@
 
 use half::f16;
 
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+
 /// Values per super-block.
 pub const SUPER_BLOCK: usize = 256;
 /// Bytes of a Q4_K block: f16 d, f16 dmin, 12 bytes of 6-bit scales and mins, 128 of nibbles.
@@ -61,6 +64,7 @@ const Q5_K_SEARCH: Search = Search {
 
 /// What `make_qkx2_quants` reads off a sub-block before its search: the smallest value (at
 /// most 0), the largest, and the weights' sum and weighted sum, folded in the reference's order.
+#[cfg(test)]
 struct Range {
     min: f32,
     max: f32,
@@ -68,8 +72,8 @@ struct Range {
     sum_x: f32,
 }
 
+#[cfg(test)]
 impl Range {
-    #[inline(always)]
     fn of(x: &[f32], weights: &[f32]) -> Range {
         let mut min = x[0];
         let mut max = x[0];
@@ -95,189 +99,161 @@ impl Range {
     }
 }
 
-/// Candidate scales searched side by side, one per lane: every search has at most 21.
-const LANES: usize = 24;
-
-/// Each candidate's code per value of a sub-block, kept from a fit's first pass for its error
-/// pass rather than rounded again. One lives per super-block and every fit overwrites the part
-/// it reads: zeroing a fresh one per fit (3 KiB) was 6 % of a Q4_K run.
-type Levels = [[f32; LANES]; SUB_BLOCK];
 /// Values that share a scale and minimum in Q4_K and Q5_K.
 const SUB_BLOCK: usize = 32;
+/// Sub-blocks per super-block, searched side by side, one per lane.
+const SUB_BLOCKS: usize = SUPER_BLOCK / SUB_BLOCK;
+/// One f32 per sub-block of a super-block.
+type PerSubBlock = [f32; SUB_BLOCKS];
+/// A super-block's values (or weights) transposed: `[i][j]` is value `i` of sub-block `j`.
+type Transposed = [PerSubBlock; SUB_BLOCK];
 
 /// The code of `v` for inverse scale `iscale` from `min`: nearest, clamped to 0..=nmax.
 #[inline(always)]
 fn level(iscale: f32, min: f32, v: f32, nmax: f32) -> f32 {
     let l = (iscale * (v - min)).round_ties_even();
-    if l < 0.0 {
-        0.0
-    } else if l > nmax {
-        nmax
-    } else {
-        l
-    }
+    // Two selects rather than one branching chain, which the vectorizer left scalar; the same
+    // result for every input, NaN included.
+    let l = if l < 0.0 { 0.0 } else { l };
+    if l > nmax { nmax } else { l }
 }
 
-/// Candidates' least-squares fits and their weighted errors, lane k for `iscales[k]`.
-struct Fitted {
-    scale: [f32; LANES],
-    min: [f32; LANES],
-    fits: [bool; LANES],
-    errors: [f32; LANES],
-}
-
-/// The first `L` candidates of `iscales` measured from `min`: codes, the weighted sums that
-/// fit a scale and minimum to them, and the error of that fit, each lane in the reference's
-/// order of operations.
+/// Applies `f` lane by lane.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn fit_lanes<const L: usize>(
-    levels: &mut Levels,
-    x: &[f32],
-    weights: &[f32],
-    iscales: &[f32; LANES],
-    min: f32,
-    nmax: f32,
-    sum_w: f32,
-    sum_x: f32,
-) -> Fitted {
-    let n = x.len().min(SUB_BLOCK);
-    let (mut sum_l, mut sum_l2, mut sum_xl) = ([0f32; L], [0f32; L], [0f32; L]);
-    for i in 0..n {
-        let (w, v) = (weights[i], x[i]);
-        for k in 0..L {
-            let l = level(iscales[k], min, v, nmax);
-            levels[i][k] = l;
-            sum_l[k] += w * l;
-            sum_l2[k] += w * l * l;
-            sum_xl[k] += w * l * v;
-        }
-    }
-    let mut fitted = Fitted {
-        scale: [0f32; LANES],
-        min: [0f32; LANES],
-        fits: [false; LANES],
-        errors: [0f32; LANES],
-    };
-    for k in 0..L {
-        let det = sum_w * sum_l2[k] - sum_l[k] * sum_l[k];
-        fitted.fits[k] = det > 0.0;
-        let this_scale = (sum_w * sum_xl[k] - sum_x * sum_l[k]) / det;
-        let this_min = (sum_l2[k] * sum_x - sum_l[k] * sum_xl[k]) / det;
-        (fitted.scale[k], fitted.min[k]) = if this_min > 0.0 {
-            (sum_xl[k] / sum_l2[k], 0.0)
-        } else {
-            (this_scale, this_min)
-        };
-    }
-    let mut errors = [0f32; L];
-    for i in 0..n {
-        let (w, v) = (weights[i], x[i]);
-        for k in 0..L {
-            let diff = fitted.scale[k] * levels[i][k] + fitted.min[k] - v;
-            errors[k] += w * (diff * diff);
-        }
-    }
-    fitted.errors[..L].copy_from_slice(&errors);
-    fitted
+fn lanes(f: impl Fn(usize) -> f32) -> PerSubBlock {
+    std::array::from_fn(f)
 }
 
-/// A scale and a (non-positive) minimum for `x` with codes 0..=nmax, minimising the weighted
-/// squared error over the search's candidate scales (`make_qkx2_quants`, rdelta 0.1). Writes
-/// the codes into `codes`; returns (scale, −min).
-///
-/// The candidates are tried side by side, one per lane, each lane summing over the values in
-/// the reference's order with the reference's operations (no fused multiply-adds), and the
-/// winner is then picked in the reference's order with its comparisons. The reference moves
-/// the minimum to each winner's, and the candidates after it are measured from there: so the
-/// lanes after a winner that moved it are measured again. The result is the reference's
-/// (`scale_and_min_reference`, which the tests compare), in a few vector passes rather than
-/// one scalar pass per candidate.
+/// [`scales_and_mins`] with AVX2 where the CPU has it.
 #[inline(always)]
-fn scale_and_min(
-    levels: &mut Levels,
-    x: &[f32],
-    weights: &[f32],
+fn search_scales(
+    x: &Transposed,
+    weights: &Transposed,
     search: Search,
-    codes: &mut [u8],
-) -> (f32, f32) {
+    codes: &mut [u8; SUPER_BLOCK],
+) -> (PerSubBlock, PerSubBlock) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::numeric::simd::level() >= crate::numeric::simd::Level::Avx2 {
+        // SAFETY: `level` is at least Avx2 only when the CPU has AVX2.
+        return unsafe { avx2::scales_and_mins(x, weights, search, codes) };
+    }
+    scales_and_mins(x, weights, search, codes)
+}
+
+/// For each of a super-block's eight sub-blocks, a scale and a (non-positive) minimum with codes
+/// 0..=nmax minimising the weighted squared error over the search's candidate scales
+/// (`make_qkx2_quants`, rdelta 0.1). Writes the codes into `codes` (sub-block by sub-block);
+/// returns the scales and the negated minimums.
+///
+/// Each lane runs one sub-block's search exactly as the reference does, candidate after
+/// candidate in its order, with its operations (no fused multiply-adds) and comparisons: the
+/// minimum a winner moves is the one the lane's next candidate is measured from. So the result
+/// is the reference's (`scale_and_min_reference`, which the tests compare), with the eight
+/// searches in the lanes of one vector and no candidate measured twice. (An earlier layout put
+/// the candidates of one sub-block in the lanes; each winner that moved the minimum sent the
+/// candidates after it round again, 3.7 passes and 72 candidate measurements per sub-block
+/// rather than 22.)
+#[inline(always)]
+fn scales_and_mins(
+    x: &Transposed,
+    weights: &Transposed,
+    search: Search,
+    codes: &mut [u8; SUPER_BLOCK],
+) -> (PerSubBlock, PerSubBlock) {
     const RDELTA: f32 = 0.1;
     let Search { nmax, rmin, steps } = search;
-    let n = x.len();
-    assert!(
-        n <= SUB_BLOCK,
-        "K-quant sub-blocks hold at most {SUB_BLOCK} values"
-    );
-    let Range {
-        mut min,
-        max,
-        sum_w,
-        sum_x,
-    } = Range::of(x, weights);
-    if max == min {
-        codes.fill(0);
-        return (0.0, -min);
-    }
     let nmax_f = nmax as f32;
-    let code = |iscale: f32, min: f32, v: f32| level(iscale, min, v, nmax_f);
-    let first_iscale = nmax_f / (max - min);
-    let mut scale = 1.0 / first_iscale;
-    let mut best_error = 0f32;
-    for i in 0..n {
-        let l = code(first_iscale, min, x[i]);
-        let diff = scale * l + min - x[i];
-        best_error += weights[i] * (diff * diff);
-    }
-    // The winning candidate's inverse scale and the minimum its codes were measured from.
-    let mut chosen = (first_iscale, min);
-    let candidates = steps as usize + 1;
-    let mut next = 0;
-    while next < candidates {
-        // Lane k is step next + k, measured from the current minimum.
-        let mut iscales = [0f32; LANES];
-        for (k, iscale) in iscales.iter_mut().enumerate().take(candidates - next) {
-            *iscale = (rmin + RDELTA * (next + k) as f32 + nmax_f) / (max - min);
+    // The sub-blocks' ranges and sums, folded in the reference's order (`Range::of`).
+    let (mut min, mut max) = (x[0], x[0]);
+    let mut sum_w = weights[0];
+    let mut sum_x = lanes(|j| weights[0][j] * x[0][j]);
+    for i in 1..SUB_BLOCK {
+        for j in 0..SUB_BLOCKS {
+            let v = x[i][j];
+            min[j] = if v < min[j] { v } else { min[j] };
+            max[j] = if v > max[j] { v } else { max[j] };
+            let w = weights[i][j];
+            sum_w[j] += w;
+            sum_x[j] += w * v;
         }
-        // Only as many lanes as candidates remain, in steps of eight: a pass after a winner
-        // that moved the minimum has fewer to measure.
-        let Fitted {
-            scale: fitted_scale,
-            min: fitted_min,
-            fits,
-            errors,
-        } = match candidates - next {
-            ..=8 => fit_lanes::<8>(levels, x, weights, &iscales, min, nmax_f, sum_w, sum_x),
-            9..=16 => fit_lanes::<16>(levels, x, weights, &iscales, min, nmax_f, sum_w, sum_x),
-            _ => fit_lanes::<LANES>(levels, x, weights, &iscales, min, nmax_f, sum_w, sum_x),
-        };
-        let measured_from = min;
-        let mut restart = None;
-        for k in 0..candidates - next {
-            if fits[k] && errors[k] < best_error {
-                best_error = errors[k];
-                scale = fitted_scale[k];
-                min = fitted_min[k];
-                chosen = (iscales[k], measured_from);
-                if min != measured_from {
-                    restart = Some(next + k + 1);
-                    break;
-                }
+    }
+    let mut min = lanes(|j| if min[j] > 0.0 { 0.0 } else { min[j] });
+    let flat: [bool; SUB_BLOCKS] = std::array::from_fn(|j| max[j] == min[j]);
+    let first_iscale = lanes(|j| nmax_f / (max[j] - min[j]));
+    let mut scale = lanes(|j| 1.0 / first_iscale[j]);
+    let mut best_error = [0f32; SUB_BLOCKS];
+    for i in 0..SUB_BLOCK {
+        for j in 0..SUB_BLOCKS {
+            let l = level(first_iscale[j], min[j], x[i][j], nmax_f);
+            let diff = scale[j] * l + min[j] - x[i][j];
+            best_error[j] += weights[i][j] * (diff * diff);
+        }
+    }
+    // Each lane's winning inverse scale and the minimum its codes were measured from.
+    let (mut chosen_iscale, mut chosen_min) = (first_iscale, min);
+    let mut trial = [[0f32; SUB_BLOCKS]; SUB_BLOCK];
+    for step in 0..=steps {
+        let iscale = lanes(|j| (rmin + RDELTA * step as f32 + nmax_f) / (max[j] - min[j]));
+        let (mut sum_l, mut sum_l2, mut sum_xl) =
+            ([0f32; SUB_BLOCKS], [0f32; SUB_BLOCKS], [0f32; SUB_BLOCKS]);
+        for i in 0..SUB_BLOCK {
+            for j in 0..SUB_BLOCKS {
+                let (w, v) = (weights[i][j], x[i][j]);
+                let l = level(iscale[j], min[j], v, nmax_f);
+                trial[i][j] = l;
+                sum_l[j] += w * l;
+                sum_l2[j] += w * l * l;
+                sum_xl[j] += w * l * v;
             }
         }
-        match restart {
-            Some(step) => next = step,
-            None => break,
+        let det = lanes(|j| sum_w[j] * sum_l2[j] - sum_l[j] * sum_l[j]);
+        let fitted_scale = lanes(|j| (sum_w[j] * sum_xl[j] - sum_x[j] * sum_l[j]) / det[j]);
+        let fitted_min = lanes(|j| (sum_l2[j] * sum_x[j] - sum_l[j] * sum_xl[j]) / det[j]);
+        let this_scale = lanes(|j| {
+            if fitted_min[j] > 0.0 {
+                sum_xl[j] / sum_l2[j]
+            } else {
+                fitted_scale[j]
+            }
+        });
+        let this_min = lanes(|j| {
+            if fitted_min[j] > 0.0 {
+                0.0
+            } else {
+                fitted_min[j]
+            }
+        });
+        let mut error = [0f32; SUB_BLOCKS];
+        for i in 0..SUB_BLOCK {
+            for j in 0..SUB_BLOCKS {
+                let diff = this_scale[j] * trial[i][j] + this_min[j] - x[i][j];
+                error[j] += weights[i][j] * (diff * diff);
+            }
+        }
+        for j in 0..SUB_BLOCKS {
+            let wins = !flat[j] && det[j] > 0.0 && error[j] < best_error[j];
+            best_error[j] = if wins { error[j] } else { best_error[j] };
+            scale[j] = if wins { this_scale[j] } else { scale[j] };
+            chosen_iscale[j] = if wins { iscale[j] } else { chosen_iscale[j] };
+            chosen_min[j] = if wins { min[j] } else { chosen_min[j] };
+            min[j] = if wins { this_min[j] } else { min[j] };
         }
     }
-    for (q, &v) in codes.iter_mut().zip(x) {
-        *q = code(chosen.0, chosen.1, v) as u8;
+    for (j, sub) in codes.chunks_exact_mut(SUB_BLOCK).enumerate() {
+        for (i, q) in sub.iter_mut().enumerate() {
+            *q = match flat[j] {
+                true => 0,
+                false => level(chosen_iscale[j], chosen_min[j], x[i][j], nmax_f) as u8,
+            };
+        }
     }
-    (scale, -min)
+    let scales = lanes(|j| if flat[j] { 0.0 } else { scale[j] });
+    (scales, lanes(|j| -min[j]))
 }
 
 #[cfg(test)]
-/// [`scale_and_min`] one candidate after another, as `make_qkx2_quants` runs: the reference
-/// the candidate lanes are checked against.
+/// One sub-block's search candidate after candidate, as `make_qkx2_quants` runs: the reference
+/// [`scales_and_mins`] is checked against.
 fn scale_and_min_reference(
     x: &[f32],
     weights: &[f32],
@@ -414,29 +390,25 @@ pub fn quantize_q5_k(x: &[f32], out: &mut [u8]) {
 fn scaled_codes(x: &[f32], search: Search, head: &mut [u8]) -> [u8; SUPER_BLOCK] {
     debug_assert_eq!(x.len(), SUPER_BLOCK);
     let nmax = search.nmax;
+    let mut xt: Transposed = [[0f32; SUB_BLOCKS]; SUB_BLOCK];
+    for (j, sub) in x.chunks_exact(SUB_BLOCK).enumerate() {
+        for (i, &v) in sub.iter().enumerate() {
+            xt[i][j] = v;
+        }
+    }
+    // The reference's weights: each sub-block's RMS plus the value's magnitude.
+    let mut sum_x2 = [0f32; SUB_BLOCKS];
+    for row in &xt {
+        for j in 0..SUB_BLOCKS {
+            sum_x2[j] += row[j] * row[j];
+        }
+    }
+    let av_x = lanes(|j| (sum_x2[j] / 32.0).sqrt());
+    let weights: Transposed = std::array::from_fn(|i| lanes(|j| av_x[j] + xt[i][j].abs()));
     let mut codes = [0u8; SUPER_BLOCK];
-    let mut scales = [0f32; 8];
-    let mut mins = [0f32; 8];
+    let (scales, mins) = search_scales(&xt, &weights, search, &mut codes);
     let (mut max_scale, mut max_min) = (0f32, 0f32);
-    let mut weights = [0f32; 32];
-    let mut levels = [[0f32; LANES]; SUB_BLOCK];
-    for j in 0..8 {
-        let sub = &x[32 * j..32 * (j + 1)];
-        let mut sum_x2 = 0f32;
-        for &v in sub {
-            sum_x2 += v * v;
-        }
-        let av_x = (sum_x2 / 32.0).sqrt();
-        for (w, &v) in weights.iter_mut().zip(sub) {
-            *w = av_x + v.abs();
-        }
-        (scales[j], mins[j]) = scale_and_min(
-            &mut levels,
-            sub,
-            &weights,
-            search,
-            &mut codes[32 * j..32 * (j + 1)],
-        );
+    for j in 0..SUB_BLOCKS {
         if scales[j] > max_scale {
             max_scale = scales[j];
         }
@@ -468,8 +440,13 @@ fn scaled_codes(x: &[f32], search: Search, head: &mut [u8]) -> [u8; SUPER_BLOCK]
             continue;
         }
         let dm = dmin_all * f32::from(m);
+        // `nearest_int(..).clamp(0, nmax)` in f32 selects, which vectorise (NaN and the
+        // saturated ends give the same codes).
+        let nmax_f = nmax as f32;
         for i in 32 * j..32 * (j + 1) {
-            codes[i] = nearest_int((x[i] + dm) / d).clamp(0, nmax) as u8;
+            let q = ((x[i] + dm) / d).round_ties_even();
+            let q = if q < 0.0 { 0.0 } else { q };
+            codes[i] = if q > nmax_f { nmax_f } else { q } as u8;
         }
     }
     codes
@@ -534,8 +511,8 @@ pub(crate) fn largest_magnitude(x: &[f32]) -> (f32, f32) {
 
 /// A signed scale for 16 values with codes −nmax..nmax−1 stored as code + nmax, chosen among 19
 /// candidates by the x²-weighted fit (`make_qx_quants` with rmse_type 1). The candidates are
-/// fitted side by side, one per lane, and picked in the reference's order, as in
-/// [`scale_and_min`].
+/// fitted side by side, one per lane, and picked in the reference's order. (Unlike Q4_K's
+/// search, no candidate here depends on an earlier winner.)
 #[inline(always)]
 fn signed_scale(x: &[f32], nmax: i32, codes: &mut [i8]) -> f32 {
     let (max, amax) = largest_magnitude(x);
@@ -554,7 +531,9 @@ fn signed_scale(x: &[f32], nmax: i32, codes: &mut [i8]) -> f32 {
             l
         }
     };
-    // Lane 0 is the first guess; then the steps −9..=9 without 0, in the reference's order.
+    // Lane 0 is the first guess; then the steps −9..=9 without 0, in the reference's order;
+    // three vectors of eight.
+    const LANES: usize = 24;
     let mut iscales = [-nmax_f / max; LANES];
     for (lane, step) in (-9..=9).filter(|&s| s != 0).enumerate() {
         iscales[lane + 1] = -(nmax_f + 0.1 * step as f32) / max;
@@ -666,8 +645,13 @@ pub fn quantize_q6_k(x: &[f32], out: &mut [u8]) {
         if d == 0.0 {
             continue;
         }
+        // `nearest_int(..).clamp(-32, 31) + 32` in f32 selects, which vectorise; NaN becomes
+        // 0 + 32 as there.
         for i in 16 * j..16 * (j + 1) {
-            codes[i] = (nearest_int(x[i] / d).clamp(-32, 31) + 32) as i8;
+            let q = (x[i] / d).round_ties_even();
+            let q = if q.is_nan() { 0.0 } else { q };
+            let q = if q < -32.0 { -32.0 } else { q };
+            codes[i] = (if q > 31.0 { 31.0 } else { q } + 32.0) as i8;
         }
     }
     let (ql, rest) = out.split_at_mut(128);
@@ -779,11 +763,11 @@ mod tests {
         }
     }
 
-    /// The candidate lanes choose what the reference's one-by-one search chooses, bit for bit,
+    /// The sub-block lanes choose what the reference's one-by-one search chooses, bit for bit,
     /// on random sub-blocks at many magnitudes, with repeated values, a lone non-zero, all
     /// values equal, all positive and all negative.
     #[test]
-    fn candidate_lanes_equal_the_one_by_one_search() {
+    fn sub_block_lanes_equal_the_one_by_one_search() {
         let mut cases: Vec<Vec<f32>> = Vec::new();
         for seed in 1..400u64 {
             let scale = 10f32.powi((seed % 13) as i32 - 8);
@@ -801,19 +785,43 @@ mod tests {
         let mut lone = vec![0f32; 32];
         lone[7] = 0.3;
         cases.extend([lone, vec![0.25; 32], vec![-1e-20; 32]]);
-        for x in &cases {
-            let sum_x2: f32 = x.iter().map(|v| v * v).sum();
-            let av_x = (sum_x2 / 32.0).sqrt();
-            let weights: Vec<f32> = x.iter().map(|v| av_x + v.abs()).collect();
+        // Eight cases at a time, one per lane, as the sub-blocks of a super-block.
+        for group in cases.chunks(SUB_BLOCKS) {
+            let pick = |j: usize| &group[j % group.len()];
+            let xt: Transposed = std::array::from_fn(|i| lanes(|j| pick(j)[i]));
+            let weights: Vec<Vec<f32>> = (0..SUB_BLOCKS)
+                .map(|j| {
+                    let x = pick(j);
+                    let sum_x2: f32 = x.iter().map(|v| v * v).sum();
+                    let av_x = (sum_x2 / 32.0).sqrt();
+                    x.iter().map(|v| av_x + v.abs()).collect()
+                })
+                .collect();
+            let wt: Transposed = std::array::from_fn(|i| lanes(|j| weights[j][i]));
             for search in [Q4_K_SEARCH, Q5_K_SEARCH] {
-                let (mut a, mut b) = ([0u8; 32], [0u8; 32]);
-                let mut levels = [[f32::NAN; LANES]; SUB_BLOCK];
-                let lanes = scale_and_min(&mut levels, x, &weights, search, &mut a);
-                let reference = scale_and_min_reference(x, &weights, search, &mut b);
-                assert_eq!(lanes.0.to_bits(), reference.0.to_bits(), "{x:?}");
-                assert_eq!(lanes.1.to_bits(), reference.1.to_bits(), "{x:?}");
-                assert_eq!(a, b, "{x:?}");
+                let mut codes = [0u8; SUPER_BLOCK];
+                let (scales, mins) = scales_and_mins(&xt, &wt, search, &mut codes);
+                #[cfg(target_arch = "x86_64")]
+                if crate::numeric::simd::level() >= crate::numeric::simd::Level::Avx2 {
+                    let mut vector_codes = [0u8; SUPER_BLOCK];
+                    // SAFETY: the CPU has AVX2.
+                    let (vs, vm) =
+                        unsafe { avx2::scales_and_mins(&xt, &wt, search, &mut vector_codes) };
+                    assert_eq!(vs.map(f32::to_bits), scales.map(f32::to_bits), "{group:?}");
+                    assert_eq!(vm.map(f32::to_bits), mins.map(f32::to_bits), "{group:?}");
+                    assert_eq!(vector_codes, codes, "{group:?}");
+                }
+                for j in 0..SUB_BLOCKS {
+                    let x = pick(j);
+                    let mut want = [0u8; 32];
+                    let reference = scale_and_min_reference(x, &weights[j], search, &mut want);
+                    assert_eq!(scales[j].to_bits(), reference.0.to_bits(), "{x:?}");
+                    assert_eq!(mins[j].to_bits(), reference.1.to_bits(), "{x:?}");
+                    assert_eq!(codes[32 * j..32 * (j + 1)], want, "{x:?}");
+                }
             }
+        }
+        for x in &cases {
             for half in x.chunks(16) {
                 let (mut a, mut b) = ([0i8; 16], [0i8; 16]);
                 let lanes = signed_scale(half, 32, &mut a);
