@@ -34,6 +34,9 @@ pub(crate) enum OnePass {
     Fp8 {
         /// Per-tensor granularity's scale.
         tensor_scale: Option<f32>,
+        /// What each row's own scale is rounded to (compressed-tensors stores scales in the
+        /// weight's dtype).
+        scale_dtype: ScaleDtype,
     },
     Q8_0,
     Q4_0,
@@ -58,15 +61,10 @@ impl OnePass {
                 scheme: *scheme,
                 tensor: tensor_params,
             },
-            [
-                Step::Fp8 {
-                    scale_dtype: ScaleDtype::F32,
-                    ..
-                }
-                | Step::Fp8 {
-                    per_channel: false, ..
-                },
-            ] => OnePass::Fp8 { tensor_scale },
+            [Step::Fp8 { scale_dtype, .. }] => OnePass::Fp8 {
+                tensor_scale,
+                scale_dtype: *scale_dtype,
+            },
             [Step::Gguf(BlockType::Q8_0)] => OnePass::Q8_0,
             [Step::Gguf(BlockType::Q4_0)] => OnePass::Q4_0,
             _ => return None,
@@ -149,11 +147,31 @@ impl OnePass {
                 let rule = IntRule::new(scheme, tensor);
                 int_groups::<false, EMIT>(rule, group, input, out, codes)
             }
-            (OnePass::Fp8 { tensor_scale }, true) => {
-                fp8_groups::<true, EMIT>(Fp8Rule { tensor_scale }, group, input, out, codes)
+            (
+                OnePass::Fp8 {
+                    tensor_scale,
+                    scale_dtype,
+                },
+                true,
+            ) => {
+                let rule = Fp8Rule {
+                    tensor_scale,
+                    scale_dtype,
+                };
+                fp8_groups::<true, EMIT>(rule, group, input, out, codes)
             }
-            (OnePass::Fp8 { tensor_scale }, false) => {
-                fp8_groups::<false, EMIT>(Fp8Rule { tensor_scale }, group, input, out, codes)
+            (
+                OnePass::Fp8 {
+                    tensor_scale,
+                    scale_dtype,
+                },
+                false,
+            ) => {
+                let rule = Fp8Rule {
+                    tensor_scale,
+                    scale_dtype,
+                };
+                fp8_groups::<false, EMIT>(rule, group, input, out, codes)
             }
             (OnePass::Q8_0, true) => q8_0_groups::<true, EMIT>(input, out, codes),
             (OnePass::Q8_0, false) => q8_0_groups::<false, EMIT>(input, out, codes),
@@ -283,8 +301,15 @@ fn run_stored<C: Codec>(
         OnePass::Int { scheme, tensor } => {
             each_group::<C>(group, input, out, IntRule::new(scheme, tensor), codes)
         }
-        OnePass::Fp8 { tensor_scale } => {
-            each_group::<C>(group, input, out, Fp8Rule { tensor_scale }, codes)
+        OnePass::Fp8 {
+            tensor_scale,
+            scale_dtype,
+        } => {
+            let rule = Fp8Rule {
+                tensor_scale,
+                scale_dtype,
+            };
+            each_group::<C>(group, input, out, rule, codes)
         }
         OnePass::Q8_0 => each_group::<C>(group, input, out, Q8Rule, codes),
         OnePass::Q4_0 => each_group::<C>(group, input, out, Q4Rule, codes),
@@ -421,6 +446,7 @@ impl Rule for IntRule {
 #[derive(Clone, Copy)]
 struct Fp8Rule {
     tensor_scale: Option<f32>,
+    scale_dtype: ScaleDtype,
 }
 
 impl Rule for Fp8Rule {
@@ -433,8 +459,10 @@ impl Rule for Fp8Rule {
 
     #[inline(always)]
     fn params<C: Codec>(self, lo: f32, hi: f32, _: &[u8]) -> f32 {
-        self.tensor_scale
-            .unwrap_or_else(|| fp8::scale_for(lo.abs().max(hi.abs())))
+        self.tensor_scale.unwrap_or_else(|| {
+            self.scale_dtype
+                .round(fp8::scale_for(lo.abs().max(hi.abs())))
+        })
     }
 
     #[inline(always)]
@@ -617,6 +645,10 @@ mod tests {
                 Step::Fp8 {
                     per_channel: true,
                     scale_dtype: ScaleDtype::F32,
+                },
+                Step::Fp8 {
+                    per_channel: true,
+                    scale_dtype: ScaleDtype::Bf16,
                 },
                 Step::Gguf(BlockType::Q8_0),
                 Step::Gguf(BlockType::Q4_0),

@@ -728,6 +728,19 @@ fn one_pass_kernels_equal_the_general_path_bit_for_bit() {
             per_channel: false,
             scale_dtype: ScaleDtype::F32,
         },
+        // Row scales rounded as compressed-tensors stores them, in the weight's dtype.
+        Step::Fp8 {
+            per_channel: true,
+            scale_dtype: ScaleDtype::Bf16,
+        },
+        Step::Fp8 {
+            per_channel: true,
+            scale_dtype: ScaleDtype::F16,
+        },
+        Step::Fp8 {
+            per_channel: false,
+            scale_dtype: ScaleDtype::Bf16,
+        },
         Step::Gguf(blocks::BlockType::Q8_0),
         Step::Gguf(blocks::BlockType::Q4_0),
     ];
