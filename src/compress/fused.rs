@@ -31,13 +31,7 @@ pub(crate) enum OnePass {
         /// Per-tensor granularity's parameters, with the tensor's largest magnitude.
         tensor: Option<(QParams, f32)>,
     },
-    Fp8 {
-        /// Per-tensor granularity's scale.
-        tensor_scale: Option<f32>,
-        /// What each row's own scale is rounded to (compressed-tensors stores scales in the
-        /// weight's dtype).
-        scale_dtype: ScaleDtype,
-    },
+    Fp8(Fp8Rule),
     Q8_0,
     Q4_0,
 }
@@ -61,10 +55,10 @@ impl OnePass {
                 scheme: *scheme,
                 tensor: tensor_params,
             },
-            [Step::Fp8 { scale_dtype, .. }] => OnePass::Fp8 {
+            [Step::Fp8 { scale_dtype, .. }] => OnePass::Fp8(Fp8Rule {
                 tensor_scale,
                 scale_dtype: *scale_dtype,
-            },
+            }),
             [Step::Gguf(BlockType::Q8_0)] => OnePass::Q8_0,
             [Step::Gguf(BlockType::Q4_0)] => OnePass::Q4_0,
             _ => return None,
@@ -78,7 +72,7 @@ impl OnePass {
         match self {
             OnePass::Q8_0 => Some(BlockType::Q8_0),
             OnePass::Q4_0 => Some(BlockType::Q4_0),
-            OnePass::Int { .. } | OnePass::Fp8 { .. } => None,
+            OnePass::Int { .. } | OnePass::Fp8(_) => None,
         }
     }
 
@@ -89,7 +83,7 @@ impl OnePass {
                 Granularity::Group(n) => n,
                 Granularity::Tensor | Granularity::Channel => cols,
             },
-            OnePass::Fp8 { .. } => cols,
+            OnePass::Fp8(_) => cols,
             OnePass::Q8_0 | OnePass::Q4_0 => blocks::BLOCK,
         }
     }
@@ -147,30 +141,8 @@ impl OnePass {
                 let rule = IntRule::new(scheme, tensor);
                 int_groups::<false, EMIT>(rule, group, input, out, codes)
             }
-            (
-                OnePass::Fp8 {
-                    tensor_scale,
-                    scale_dtype,
-                },
-                true,
-            ) => {
-                let rule = Fp8Rule {
-                    tensor_scale,
-                    scale_dtype,
-                };
-                fp8_groups::<true, EMIT>(rule, group, input, out, codes)
-            }
-            (
-                OnePass::Fp8 {
-                    tensor_scale,
-                    scale_dtype,
-                },
-                false,
-            ) => {
-                let rule = Fp8Rule {
-                    tensor_scale,
-                    scale_dtype,
-                };
+            (OnePass::Fp8(rule), true) => fp8_groups::<true, EMIT>(rule, group, input, out, codes),
+            (OnePass::Fp8(rule), false) => {
                 fp8_groups::<false, EMIT>(rule, group, input, out, codes)
             }
             (OnePass::Q8_0, true) => q8_0_groups::<true, EMIT>(input, out, codes),
@@ -301,16 +273,7 @@ fn run_stored<C: Codec>(
         OnePass::Int { scheme, tensor } => {
             each_group::<C>(group, input, out, IntRule::new(scheme, tensor), codes)
         }
-        OnePass::Fp8 {
-            tensor_scale,
-            scale_dtype,
-        } => {
-            let rule = Fp8Rule {
-                tensor_scale,
-                scale_dtype,
-            };
-            each_group::<C>(group, input, out, rule, codes)
-        }
+        OnePass::Fp8(rule) => each_group::<C>(group, input, out, rule, codes),
         OnePass::Q8_0 => each_group::<C>(group, input, out, Q8Rule, codes),
         OnePass::Q4_0 => each_group::<C>(group, input, out, Q4Rule, codes),
     }
@@ -443,9 +406,13 @@ impl Rule for IntRule {
     }
 }
 
-#[derive(Clone, Copy)]
-struct Fp8Rule {
+/// FP8 E4M3 with one scale per row, or the tensor's.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Fp8Rule {
+    /// Per-tensor granularity's scale.
     tensor_scale: Option<f32>,
+    /// What each row's own scale is rounded to (compressed-tensors stores scales in the
+    /// weight's dtype).
     scale_dtype: ScaleDtype,
 }
 

@@ -174,37 +174,31 @@ where
         }
         Ok(acc)
     };
-    let merge = |a: (Vec<u64>, u32, bool), b: (Vec<u64>, u32, bool)| {
-        let (mut totals, low, broken) = a;
-        if totals.is_empty() {
-            totals = b.0;
-        } else if !b.0.is_empty() {
-            totals.iter_mut().zip(&b.0).for_each(|(x, y)| *x += y);
+    let all: Vec<usize>;
+    let chunks = match chunks {
+        Some(chunks) => chunks,
+        None => {
+            all = (0..n).collect();
+            &all
         }
-        Ok((totals, low | b.1, broken || b.2))
     };
-    let identity = || (Vec::new(), 0, false);
-    let mut slots = vec![[0u32; WINDOW]; if window_first.is_some() { n } else { 0 }];
-    let (mut totals, low_bits, broken) = match (window_first, chunks) {
-        (Some(_), _) => (0..n)
-            .into_par_iter()
-            .zip(slots.par_iter_mut())
-            .map(|(i, slot)| (i, Some(slot)))
-            .try_fold(HighCounts::new, fold)
-            .map(|acc| acc.map(HighCounts::finish))
-            .try_reduce(identity, merge)?,
-        (None, Some(chunks)) => chunks
-            .par_iter()
-            .map(|&i| (i, None))
-            .try_fold(HighCounts::new, fold)
-            .map(|acc| acc.map(HighCounts::finish))
-            .try_reduce(identity, merge)?,
-        (None, None) => (0..n)
-            .into_par_iter()
-            .map(|i| (i, None))
-            .try_fold(HighCounts::new, fold)
-            .map(|acc| acc.map(HighCounts::finish))
-            .try_reduce(identity, merge)?,
+    let mut slots = vec![
+        [0u32; WINDOW];
+        if window_first.is_some() {
+            chunks.len()
+        } else {
+            0
+        }
+    ];
+    let (mut totals, low_bits, broken) = match window_first {
+        Some(_) => fold_high(
+            chunks
+                .par_iter()
+                .zip(slots.par_iter_mut())
+                .map(|(&i, s)| (i, Some(s))),
+            fold,
+        )?,
+        None => fold_high(chunks.par_iter().map(|&i| (i, None)), fold)?,
     };
     totals.resize(HIGH_BUCKETS, 0);
     Ok(HighPass {
@@ -212,6 +206,31 @@ where
         low_bits,
         window: window_first.filter(|_| !broken).map(|first| (first, slots)),
     })
+}
+
+/// Runs the high pass's `fold` over `items` (a chunk and, with a window, its slot) and merges
+/// the folds' histograms.
+fn fold_high<'a, I>(
+    items: I,
+    fold: impl Fn(HighCounts, I::Item) -> Result<HighCounts, Canceled> + Sync + Send,
+) -> Result<(Vec<u64>, u32, bool), Canceled>
+where
+    I: ParallelIterator<Item = (usize, Option<&'a mut [u32; WINDOW]>)>,
+{
+    items
+        .try_fold(HighCounts::new, fold)
+        .map(|acc| acc.map(HighCounts::finish))
+        .try_reduce(
+            || (Vec::new(), 0, false),
+            |(mut totals, low, broken), (b_totals, b_low, b_broken)| {
+                if totals.is_empty() {
+                    totals = b_totals;
+                } else if !b_totals.is_empty() {
+                    totals.iter_mut().zip(&b_totals).for_each(|(x, y)| *x += y);
+                }
+                Ok((totals, low | b_low, broken || b_broken))
+            },
+        )
 }
 
 /// The chunks a tensor's sample visits: spread evenly, an eighth of them and at most 64.
