@@ -359,6 +359,25 @@ impl BlockStep {
         round_half_away(x * self.inverse)
     }
 
+    /// Q5_0's step, as [`BlockStep::q4_0`]'s with 16 levels either side.
+    #[inline(always)]
+    pub(crate) fn q5_0(signed_absmax: f32) -> BlockStep {
+        BlockStep::of(signed_absmax / -16.0)
+    }
+
+    /// What a Q5_0 block with this step decodes `x` to.
+    #[inline(always)]
+    pub(crate) fn q5_0_value(self, x: f32) -> f32 {
+        (self.q5_0_code(x) - 16.0) * self.stored
+    }
+
+    /// `x`'s Q5_0 level, 0..=31 (as a float).
+    #[inline(always)]
+    pub(crate) fn q5_0_code(self, x: f32) -> f32 {
+        let q = (x * self.inverse + 16.5).trunc();
+        if q > 31.0 { 31.0 } else { q }
+    }
+
     /// What a Q4_0 block with this step decodes `x` to.
     #[inline(always)]
     pub(crate) fn q4_0_value(self, x: f32) -> f32 {
@@ -371,6 +390,50 @@ impl BlockStep {
         // The shifted value lies in [0.5, 16.5]: truncation is the reference's integer cast.
         let q = (x * self.inverse + 8.5).trunc();
         if q > 15.0 { 15.0 } else { q }
+    }
+}
+
+/// A Q4_1 or Q5_1 block's step and minimum: unrounded for quantizing, as the reference uses
+/// them, and f16-rounded for decoding.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct MinStep {
+    min: f32,
+    inverse: f32,
+    stored_step: f32,
+    stored_min: f32,
+}
+
+impl MinStep {
+    /// The block with smallest value `min` and largest `max`, coded in levels 0..=`top`.
+    #[inline(always)]
+    pub(crate) fn new(min: f32, max: f32, top: f32) -> MinStep {
+        let d = (max - min) / top;
+        MinStep {
+            min,
+            inverse: inverse(d),
+            stored_step: f16::from_f32(d).to_f32(),
+            stored_min: f16::from_f32(min).to_f32(),
+        }
+    }
+
+    /// `x`'s level, 0..=`top` (as a float).
+    #[inline(always)]
+    pub(crate) fn code(self, x: f32, top: f32) -> f32 {
+        // At least 0.5: truncation is the reference's integer cast.
+        let q = ((x - self.min) * self.inverse + 0.5).trunc();
+        if q > top { top } else { q }
+    }
+
+    /// What the block decodes `x` to: level × step + minimum, two roundings as the reference.
+    #[inline(always)]
+    pub(crate) fn value(self, x: f32, top: f32) -> f32 {
+        self.code(x, top) * self.stored_step + self.stored_min
+    }
+
+    /// (step, minimum) as the block stores them, widened.
+    #[inline(always)]
+    pub(crate) fn stored(self) -> [f32; 2] {
+        [self.stored_step, self.stored_min]
     }
 }
 

@@ -1,5 +1,5 @@
-//! One pass per chunk for the recipes most jobs run: a single integer, FP8, Q8_0 or Q4_0 step on
-//! BF16 or F32 weights. Each group of values that shares a scale (a row, a quantization group, a
+//! One pass per chunk for the recipes most jobs run: a single integer, FP8 or legacy GGUF block
+//! step (Q8_0, Q4_0, Q5_0, Q4_1, Q5_1) on BF16 or F32 weights. Each group of values that shares a scale (a row, a quantization group, a
 //! GGUF block) is read straight from the input bytes twice, once for its range and once to
 //! quantize, store and measure it while it is still in the L1 cache; the general path's decoded
 //! f32 copy of the chunk and its separate passes are skipped. Values and metric sums are the
@@ -34,6 +34,9 @@ pub(crate) enum OnePass {
     Fp8(Fp8Rule),
     Q8_0,
     Q4_0,
+    Q5_0,
+    /// Q4_1 (`top` 15) or Q5_1 (31): a step and minimum per block.
+    WithMin(MinRule),
 }
 
 impl OnePass {
@@ -61,6 +64,9 @@ impl OnePass {
             }),
             [Step::Gguf(BlockType::Q8_0)] => OnePass::Q8_0,
             [Step::Gguf(BlockType::Q4_0)] => OnePass::Q4_0,
+            [Step::Gguf(BlockType::Q5_0)] => OnePass::Q5_0,
+            [Step::Gguf(BlockType::Q4_1)] => OnePass::WithMin(MinRule::Q4_1),
+            [Step::Gguf(BlockType::Q5_1)] => OnePass::WithMin(MinRule::Q5_1),
             _ => return None,
         };
         let group = kernel.group_len(cols);
@@ -72,6 +78,8 @@ impl OnePass {
         match self {
             OnePass::Q8_0 => Some(BlockType::Q8_0),
             OnePass::Q4_0 => Some(BlockType::Q4_0),
+            OnePass::Q5_0 => Some(BlockType::Q5_0),
+            OnePass::WithMin(rule) => Some(rule.kind),
             OnePass::Int { .. } | OnePass::Fp8(_) => None,
         }
     }
@@ -84,7 +92,7 @@ impl OnePass {
                 Granularity::Tensor | Granularity::Channel => cols,
             },
             OnePass::Fp8(_) => cols,
-            OnePass::Q8_0 | OnePass::Q4_0 => blocks::BLOCK,
+            OnePass::Q8_0 | OnePass::Q4_0 | OnePass::Q5_0 | OnePass::WithMin(_) => blocks::BLOCK,
         }
     }
 
@@ -131,7 +139,9 @@ impl OnePass {
         out: &mut [u8],
         codes: &mut CodesOut,
     ) -> Sums {
-        use avx2::{fp8_groups, int_groups, q4_0_groups, q8_0_groups};
+        use avx2::{
+            fp8_groups, int_groups, q4_0_groups, q5_0_groups, q8_0_groups, with_min_groups,
+        };
         match (self, bf16) {
             (OnePass::Int { scheme, tensor }, true) => {
                 let rule = IntRule::new(scheme, tensor);
@@ -149,6 +159,14 @@ impl OnePass {
             (OnePass::Q8_0, false) => q8_0_groups::<false, EMIT>(input, out, codes),
             (OnePass::Q4_0, true) => q4_0_groups::<true, EMIT>(input, out, codes),
             (OnePass::Q4_0, false) => q4_0_groups::<false, EMIT>(input, out, codes),
+            (OnePass::Q5_0, true) => q5_0_groups::<true, EMIT>(input, out, codes),
+            (OnePass::Q5_0, false) => q5_0_groups::<false, EMIT>(input, out, codes),
+            (OnePass::WithMin(rule), true) => {
+                with_min_groups::<true, EMIT>(rule, input, out, codes)
+            }
+            (OnePass::WithMin(rule), false) => {
+                with_min_groups::<false, EMIT>(rule, input, out, codes)
+            }
         }
     }
 }
@@ -205,7 +223,43 @@ pub(crate) fn pack_blocks(kind: BlockType, codes: &[u8], steps: &[[f32; 2]], out
     match kind {
         BlockType::Q8_0 => q8_0_blocks(codes, steps, out),
         BlockType::Q4_0 => q4_0_blocks(codes, steps, out),
-        _ => unreachable!("one-pass kernels are Q8_0 and Q4_0 among the block types"),
+        BlockType::Q5_0 | BlockType::Q4_1 | BlockType::Q5_1 => {
+            legacy_blocks(kind, codes, steps, out)
+        }
+        _ => unreachable!("the K-quants have no one-pass kernel"),
+    }
+}
+
+/// Q5_0, Q4_1 and Q5_1 blocks from a kernel's levels and (step, minimum) pairs: the f16 step,
+/// the f16 minimum (Q4_1, Q5_1), the fifth bits (Q5_0, Q5_1), then the nibbles as Q4_0's.
+fn legacy_blocks(kind: BlockType, codes: &[u8], steps: &[[f32; 2]], out: &mut [u8]) {
+    let half_block = blocks::BLOCK / 2;
+    let with_min = kind != BlockType::Q5_0;
+    let fifth_bit = kind != BlockType::Q4_1;
+    for ((block, codes), step) in out
+        .chunks_exact_mut(kind.block_bytes())
+        .zip(codes.chunks_exact(blocks::BLOCK))
+        .zip(steps)
+    {
+        let mut at = 0;
+        for (value, wanted) in [(step[0], true), (step[1], with_min)] {
+            if wanted {
+                block[at..at + 2]
+                    .copy_from_slice(&half::f16::from_f32(value).to_bits().to_le_bytes());
+                at += 2;
+            }
+        }
+        if fifth_bit {
+            let high = codes
+                .iter()
+                .enumerate()
+                .fold(0u32, |h, (i, &c)| h | (u32::from(c >> 4) << i));
+            block[at..at + 4].copy_from_slice(&high.to_le_bytes());
+            at += 4;
+        }
+        for j in 0..half_block {
+            block[at + j] = (codes[j] & 0x0F) | ((codes[j + half_block] & 0x0F) << 4);
+        }
     }
 }
 
@@ -276,6 +330,8 @@ fn run_stored<C: Codec>(
         OnePass::Fp8(rule) => each_group::<C>(group, input, out, rule, codes),
         OnePass::Q8_0 => each_group::<C>(group, input, out, Q8Rule, codes),
         OnePass::Q4_0 => each_group::<C>(group, input, out, Q4Rule, codes),
+        OnePass::Q5_0 => each_group::<C>(group, input, out, Q5Rule, codes),
+        OnePass::WithMin(rule) => each_group::<C>(group, input, out, rule, codes),
     }
 }
 
@@ -502,6 +558,100 @@ impl Rule for Q4Rule {
     }
 }
 
+#[derive(Clone, Copy)]
+struct Q5Rule;
+
+impl Rule for Q5Rule {
+    type Params = BlockStep;
+
+    #[inline(always)]
+    fn params<C: Codec>(self, lo: f32, hi: f32, bytes: &[u8]) -> BlockStep {
+        BlockStep::q5_0(q4_0_signed_absmax::<C>(lo, hi, bytes))
+    }
+
+    #[inline(always)]
+    fn value(self, step: BlockStep, x: f32) -> f32 {
+        step.q5_0_value(x)
+    }
+
+    #[inline(always)]
+    fn code(self, step: BlockStep, x: f32) -> u8 {
+        step.q5_0_code(x) as u8
+    }
+
+    #[inline(always)]
+    fn stored_params(self, step: BlockStep) -> [f32; 2] {
+        [step.stored(), 0.0]
+    }
+}
+
+/// Q4_1 and Q5_1: levels 0..=`top` above the block's minimum.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct MinRule {
+    kind: BlockType,
+    top: f32,
+}
+
+impl MinRule {
+    const Q4_1: MinRule = MinRule {
+        kind: BlockType::Q4_1,
+        top: 15.0,
+    };
+    const Q5_1: MinRule = MinRule {
+        kind: BlockType::Q5_1,
+        top: 31.0,
+    };
+
+    /// The highest level.
+    pub(crate) fn top(self) -> f32 {
+        self.top
+    }
+
+    /// The block's range `lo..=hi` (found by lanes), with the reference's signs: it scans in
+    /// order and keeps the first of equal values, so a zero end takes the sign of the block's
+    /// first zero, where the lanes may have met the other zero first.
+    #[inline(always)]
+    pub(crate) fn signed_range<C: Codec>(self, lo: f32, hi: f32, bytes: &[u8]) -> (f32, f32) {
+        if lo != 0.0 && hi != 0.0 {
+            return (lo, hi);
+        }
+        let first_zero = bytes
+            .chunks_exact(C::WIDTH)
+            .map(C::read)
+            .find(|v| *v == 0.0)
+            .unwrap_or(0.0);
+        (
+            if lo == 0.0 { first_zero } else { lo },
+            if hi == 0.0 { first_zero } else { hi },
+        )
+    }
+}
+
+impl Rule for MinRule {
+    type Params = blocks::MinStep;
+
+    #[inline(always)]
+    fn params<C: Codec>(self, lo: f32, hi: f32, bytes: &[u8]) -> blocks::MinStep {
+        let (lo, hi) = self.signed_range::<C>(lo, hi, bytes);
+        blocks::MinStep::new(lo, hi, self.top)
+    }
+
+    #[inline(always)]
+    fn value(self, step: blocks::MinStep, x: f32) -> f32 {
+        step.value(x, self.top)
+    }
+
+    #[inline(always)]
+    fn code(self, step: blocks::MinStep, x: f32) -> u8 {
+        step.code(x, self.top) as u8
+    }
+
+    #[inline(always)]
+    fn stored_params(self, step: blocks::MinStep) -> [f32; 2] {
+        step.stored()
+    }
+}
+
 /// Q4_0's signed absmax of a block stored in `C` with range `lo..=hi` (the block is scanned only
 /// when both ends have the same magnitude).
 #[inline(always)]
@@ -619,6 +769,9 @@ mod tests {
                 },
                 Step::Gguf(BlockType::Q8_0),
                 Step::Gguf(BlockType::Q4_0),
+                Step::Gguf(BlockType::Q5_0),
+                Step::Gguf(BlockType::Q4_1),
+                Step::Gguf(BlockType::Q5_1),
             ] {
                 let kernel = OnePass::for_steps(&[step], dtype, cols, None, None)
                     .expect("a one-pass kernel");

@@ -712,6 +712,36 @@ fn ties() -> Case {
     }
 }
 
+/// Blocks whose smallest or largest value is zero, with +0 and -0 in an order where the first
+/// zero of the block (which the reference keeps) is not the first one a lane-wise scan meets.
+fn signed_zeros() -> Case {
+    let cols = 64;
+    let mut values = Vec::new();
+    for row in 0..8 {
+        for block in 0..2 {
+            let sign = if row % 2 == 0 { 1.0f32 } else { -1.0 };
+            let (first, later) = if (row / 2 + block) % 2 == 0 {
+                (0.0f32, -0.0f32)
+            } else {
+                (-0.0, 0.0)
+            };
+            for i in 0..32 {
+                values.push(match i {
+                    _ if row >= 4 && i != 9 && i != 16 => later,
+                    9 => first,
+                    16 => later,
+                    _ => sign * (0.05 + (i * 7 % 11) as f32 * 0.01),
+                });
+            }
+        }
+    }
+    Case {
+        name: "signed zeros".into(),
+        shape: vec![8, cols as u64],
+        values,
+    }
+}
+
 #[test]
 fn one_pass_kernels_equal_the_general_path_bit_for_bit() {
     let steps = [
@@ -743,9 +773,13 @@ fn one_pass_kernels_equal_the_general_path_bit_for_bit() {
         },
         Step::Gguf(blocks::BlockType::Q8_0),
         Step::Gguf(blocks::BlockType::Q4_0),
+        Step::Gguf(blocks::BlockType::Q5_0),
+        Step::Gguf(blocks::BlockType::Q4_1),
+        Step::Gguf(blocks::BlockType::Q5_1),
     ];
     let mut all = cases(32);
     all.push(ties());
+    all.push(signed_zeros());
     for case in &all {
         for dtype in [Dtype::F32, Dtype::BF16] {
             let bytes = case.stored_as(dtype);

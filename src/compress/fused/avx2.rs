@@ -1,5 +1,5 @@
-//! The one-pass kernels written with AVX2 intrinsics (integer, FP8, Q8_0 and Q4_0), for CPUs
-//! that have AVX2 and FMA (AVX-512 ones included: on the 2-core Zen 4 we measure on, 256-bit
+//! The one-pass kernels written with AVX2 intrinsics (integer, FP8 and the legacy GGUF blocks),
+//! for CPUs that have AVX2 and FMA (AVX-512 ones included: on the 2-core Zen 4 we measure on, 256-bit
 //! code runs as fast as 512-bit). The portable loops in the parent module are their scalar twins
 //! and define the results: values, stored bytes and metric sums here are those loops', bit for
 //! bit (quotients by a corrected reciprocal equal the division; sums fold in the same lanes and
@@ -9,7 +9,7 @@
 
 use std::arch::x86_64::*;
 
-use super::{CodesOut, Fp8Rule, IntParams, IntRule, Rule, q4_0_signed_absmax};
+use super::{CodesOut, Fp8Rule, IntParams, IntRule, MinRule, Rule, q4_0_signed_absmax};
 use crate::compress::blocks;
 use crate::compress::fp8::E4M3_MAX;
 use crate::compress::measure::{Bf16, Codec, F32, LANES, Lanes, Sums, store_and_measure_rest};
@@ -211,6 +211,109 @@ pub(super) fn q4_0_groups<const BF16: bool, const EMIT: bool>(
             (y, _mm256_cvttps_epi32(q))
         },
     )
+}
+
+/// Q5_0, like the portable loop with a `Q5Rule`.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn q5_0_groups<const BF16: bool, const EMIT: bool>(
+    input: &[u8],
+    out: &mut [u8],
+    codes: &mut CodesOut,
+) -> Sums {
+    each_group::<BF16, EMIT, _>(
+        blocks::BLOCK,
+        input,
+        out,
+        codes,
+        |bytes| {
+            let (lo, hi) = block_range::<BF16>(bytes);
+            let signed_absmax = if BF16 {
+                q4_0_signed_absmax::<Bf16>(lo, hi, bytes)
+            } else {
+                q4_0_signed_absmax::<F32>(lo, hi, bytes)
+            };
+            Steps::of(signed_absmax / -16.0)
+        },
+        |steps| [steps.stored_scalar, 0.0],
+        |steps, x| {
+            let shifted = _mm256_add_ps(_mm256_mul_ps(x, steps.inverse), _mm256_set1_ps(16.5));
+            let q = _mm256_round_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(shifted);
+            let q = _mm256_min_ps(_mm256_set1_ps(31.0), q);
+            let y = _mm256_mul_ps(_mm256_sub_ps(q, _mm256_set1_ps(16.0)), steps.stored);
+            (y, _mm256_cvttps_epi32(q))
+        },
+    )
+}
+
+/// Q4_1 and Q5_1, like the portable loop with a [`MinRule`].
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn with_min_groups<const BF16: bool, const EMIT: bool>(
+    rule: MinRule,
+    input: &[u8],
+    out: &mut [u8],
+    codes: &mut CodesOut,
+) -> Sums {
+    let top = rule.top();
+    each_group::<BF16, EMIT, _>(
+        blocks::BLOCK,
+        input,
+        out,
+        codes,
+        |bytes| {
+            let (lo, hi) = block_range::<BF16>(bytes);
+            let (lo, hi) = if BF16 {
+                rule.signed_range::<Bf16>(lo, hi, bytes)
+            } else {
+                rule.signed_range::<F32>(lo, hi, bytes)
+            };
+            MinSteps::of(lo, hi, top)
+        },
+        |steps| steps.stored_scalar,
+        |steps, x| {
+            // Three roundings, as the reference: (x - min), times the inverse, plus a half.
+            let shifted = _mm256_add_ps(
+                _mm256_mul_ps(_mm256_sub_ps(x, steps.min), steps.inverse),
+                _mm256_set1_ps(0.5),
+            );
+            let q = _mm256_round_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(shifted);
+            let q = _mm256_min_ps(_mm256_set1_ps(top), q);
+            let y = _mm256_add_ps(_mm256_mul_ps(q, steps.stored_step), steps.stored_min);
+            (y, _mm256_cvttps_epi32(q))
+        },
+    )
+}
+
+/// A Q4_1 or Q5_1 block's minimum and inverse step as quantizing uses them, and its step and
+/// minimum as stored, in every lane.
+struct MinSteps {
+    min: __m256,
+    inverse: __m256,
+    stored_step: __m256,
+    stored_min: __m256,
+    stored_scalar: [f32; 2],
+}
+
+impl MinSteps {
+    /// `blocks::MinStep::new`, the f16 roundings by F16C.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn of(min: f32, max: f32, top: f32) -> MinSteps {
+        let d = (max - min) / top;
+        let inverse = if d != 0.0 { 1.0 / d } else { 0.0 };
+        let half = _mm_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm_setr_ps(d, min, 0.0, 0.0));
+        let stored = _mm_cvtph_ps(half);
+        let (step, minimum) = (
+            _mm_cvtss_f32(stored),
+            _mm_cvtss_f32(_mm_shuffle_ps::<0b01>(stored, stored)),
+        );
+        MinSteps {
+            min: _mm256_set1_ps(min),
+            inverse: _mm256_set1_ps(inverse),
+            stored_step: _mm256_set1_ps(step),
+            stored_min: _mm256_set1_ps(minimum),
+            stored_scalar: [step, minimum],
+        }
+    }
 }
 
 /// The low byte of each of eight i32 lanes, in order, into `out`.
