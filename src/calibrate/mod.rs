@@ -10,9 +10,13 @@
 //! - [`sparsegpt`]: pruning with the same compensation, unstructured or N:M, optionally
 //!   quantized in the same sweep.
 //! - [`wanda`]: pruning by |w| × ‖x‖₂ within each output row, no update.
+//! - [`sequential`]: the calibration set through a decoder layer by layer, each layer's
+//!   projections observed on its original weights, compressed, and the compressed layer's
+//!   outputs passed on.
 
 pub mod gptq;
 pub mod obs;
+pub mod sequential;
 pub mod sparsegpt;
 pub(crate) mod synthetic;
 pub mod wanda;

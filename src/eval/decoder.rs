@@ -110,7 +110,8 @@ impl DecoderConfig {
     }
 }
 
-struct DecoderLayer {
+/// One decoder layer's norms and projections.
+pub struct DecoderLayer {
     attn_norm: Tensor,
     q: Linear,
     k: Linear,
@@ -122,15 +123,191 @@ struct DecoderLayer {
     down: Linear,
 }
 
+impl DecoderLayer {
+    /// Layer `index` of `weights` (Hugging Face names, `model.layers.{index}.…`).
+    pub fn load(
+        weights: &Weights,
+        index: usize,
+        qkv_bias: bool,
+    ) -> Result<DecoderLayer, EvalError> {
+        let p = format!("model.layers.{index}");
+        Ok(DecoderLayer {
+            attn_norm: weights.tensor(&format!("{p}.input_layernorm.weight"))?,
+            q: weights.linear(&format!("{p}.self_attn.q_proj"), qkv_bias)?,
+            k: weights.linear(&format!("{p}.self_attn.k_proj"), qkv_bias)?,
+            v: weights.linear(&format!("{p}.self_attn.v_proj"), qkv_bias)?,
+            o: weights.linear(&format!("{p}.self_attn.o_proj"), false)?,
+            ffn_norm: weights.tensor(&format!("{p}.post_attention_layernorm.weight"))?,
+            gate: weights.linear(&format!("{p}.mlp.gate_proj"), false)?,
+            up: weights.linear(&format!("{p}.mlp.up_proj"), false)?,
+            down: weights.linear(&format!("{p}.mlp.down_proj"), false)?,
+        })
+    }
+
+    /// The names of the tensors layer `index` reads, norms first.
+    pub fn tensor_names(index: usize) -> Vec<String> {
+        let p = format!("model.layers.{index}");
+        let mut names = vec![
+            format!("{p}.input_layernorm.weight"),
+            format!("{p}.post_attention_layernorm.weight"),
+        ];
+        for tap in Tap::ALL {
+            for projection in tap.projections() {
+                names.push(format!("{p}.{projection}.weight"));
+            }
+        }
+        names
+    }
+}
+
+/// Where a layer's projections read their inputs: what calibration observes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Tap {
+    /// The normalized hidden state that q, k and v read.
+    Attention,
+    /// The attention heads' concatenated outputs, which o reads.
+    AttentionOutput,
+    /// The normalized hidden state that gate and up read.
+    Mlp,
+    /// The gated product that down reads.
+    MlpOutput,
+}
+
+impl Tap {
+    /// In the order the forward reaches them.
+    pub const ALL: [Tap; 4] = [
+        Tap::Attention,
+        Tap::AttentionOutput,
+        Tap::Mlp,
+        Tap::MlpOutput,
+    ];
+
+    /// The projections (relative to `model.layers.{i}.`) reading this input.
+    pub fn projections(self) -> &'static [&'static str] {
+        match self {
+            Tap::Attention => &["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"],
+            Tap::AttentionOutput => &["self_attn.o_proj"],
+            Tap::Mlp => &["mlp.gate_proj", "mlp.up_proj"],
+            Tap::MlpOutput => &["mlp.down_proj"],
+        }
+    }
+
+    /// The input that the projection `name` (any prefix, `.weight` or not) reads.
+    pub fn of(name: &str) -> Option<Tap> {
+        let name = name.strip_suffix(".weight").unwrap_or(name);
+        Tap::ALL
+            .into_iter()
+            .find(|tap| tap.projections().iter().any(|p| name.ends_with(p)))
+    }
+}
+
+/// What every layer of a decoder shares: its configuration and rotary embedding.
+pub struct Frame {
+    config: DecoderConfig,
+    inverse_frequencies: Tensor,
+    interleaved_rope: bool,
+}
+
+/// The rotary embedding's cosines and sines for a run of positions.
+pub struct Rotation {
+    cos: Tensor,
+    sin: Tensor,
+}
+
+impl Frame {
+    pub fn new(config: DecoderConfig, interleaved_rope: bool) -> Result<Frame, EvalError> {
+        config.check()?;
+        let freqs = config.inverse_frequencies();
+        let n = freqs.len();
+        Ok(Frame {
+            inverse_frequencies: Tensor::from_vec(freqs, (1, n), &Device::Cpu).map_err(rt)?,
+            interleaved_rope,
+            config,
+        })
+    }
+
+    pub fn config(&self) -> &DecoderConfig {
+        &self.config
+    }
+
+    /// Whether q/k/v projections carry biases.
+    pub fn qkv_bias(&self) -> bool {
+        self.config.qkv_bias()
+    }
+
+    /// The rotation of positions `offset..offset + t`.
+    pub fn rotation(&self, offset: usize, t: usize) -> candle_core::Result<Rotation> {
+        let positions = Tensor::arange(offset as u32, (offset + t) as u32, &Device::Cpu)?
+            .to_dtype(DType::F32)?
+            .reshape((t, 1))?;
+        let angles = positions.matmul(&self.inverse_frequencies)?;
+        Ok(Rotation {
+            cos: angles.cos()?,
+            sin: angles.sin()?,
+        })
+    }
+
+    /// Hidden states `x` `[1, t, hidden]` through `layer`, the new positions following `offset`
+    /// cached ones in `slot`; `tap` sees each projection input as it is formed.
+    pub fn layer_forward(
+        &self,
+        layer: &DecoderLayer,
+        x: Tensor,
+        rotation: &Rotation,
+        slot: &mut Option<(Tensor, Tensor)>,
+        offset: usize,
+        tap: &mut dyn FnMut(Tap, &Tensor) -> candle_core::Result<()>,
+    ) -> candle_core::Result<Tensor> {
+        let c = &self.config;
+        let t = x.dim(1)?;
+        let (heads, kv_heads, hd) = (c.num_attention_heads, c.kv_heads(), c.head_dim());
+        let eps = c.rms_norm_eps as f32;
+        let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, eps)?;
+        tap(Tap::Attention, &h)?;
+        let split = |y: Tensor, n: usize| -> candle_core::Result<Tensor> {
+            y.reshape((1, t, n, hd))?.transpose(1, 2)?.contiguous()
+        };
+        let q = split(layer.q.forward(&h)?, heads)?;
+        let k = split(layer.k.forward(&h)?, kv_heads)?;
+        let v = split(layer.v.forward(&h)?, kv_heads)?;
+        let (cos, sin) = (&rotation.cos, &rotation.sin);
+        let (q, k) = if self.interleaved_rope {
+            (
+                candle_nn::rotary_emb::rope_i(&q, cos, sin)?,
+                candle_nn::rotary_emb::rope_i(&k, cos, sin)?,
+            )
+        } else {
+            (
+                candle_nn::rotary_emb::rope(&q, cos, sin)?,
+                candle_nn::rotary_emb::rope(&k, cos, sin)?,
+            )
+        };
+        let (k, v) = match slot.take() {
+            Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
+            None => (k, v),
+        };
+        *slot = Some((k.clone(), v.clone()));
+        let repeat = heads / kv_heads;
+        let (k, v) = (repeat_kv(k, repeat)?, repeat_kv(v, repeat)?);
+        let attn = causal_attention(&q, &k, &v, offset, hd)?;
+        let attn = attn.transpose(1, 2)?.reshape((1, t, heads * hd))?;
+        tap(Tap::AttentionOutput, &attn)?;
+        let x = (x + layer.o.forward(&attn)?)?;
+        let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, eps)?;
+        tap(Tap::Mlp, &h)?;
+        let gated = (candle_nn::ops::silu(&layer.gate.forward(&h)?)? * layer.up.forward(&h)?)?;
+        tap(Tap::MlpOutput, &gated)?;
+        x + layer.down.forward(&gated)?
+    }
+}
+
 /// A decoder ready to run.
 pub struct Decoder {
-    config: DecoderConfig,
+    frame: Frame,
     embed: Tensor,
     layers: Vec<DecoderLayer>,
     norm: Tensor,
     head: Linear,
-    inverse_frequencies: Tensor,
-    interleaved_rope: bool,
 }
 
 /// Keys and values of earlier positions, per layer.
@@ -153,49 +330,32 @@ impl Cache {
 
 impl Decoder {
     pub fn load(config: DecoderConfig, weights: &Weights) -> Result<Decoder, EvalError> {
-        config.check()?;
-        let bias = config.qkv_bias();
+        let frame = Frame::new(config, weights.interleaved_rope)?;
+        let bias = frame.qkv_bias();
         // In parallel: a GGUF layer's blocks are dequantized here, one tensor per thread.
-        let layers = (0..config.num_hidden_layers)
+        let layers = (0..frame.config.num_hidden_layers)
             .into_par_iter()
-            .map(|i| {
-                let p = format!("model.layers.{i}");
-                Ok(DecoderLayer {
-                    attn_norm: weights.tensor(&format!("{p}.input_layernorm.weight"))?,
-                    q: weights.linear(&format!("{p}.self_attn.q_proj"), bias)?,
-                    k: weights.linear(&format!("{p}.self_attn.k_proj"), bias)?,
-                    v: weights.linear(&format!("{p}.self_attn.v_proj"), bias)?,
-                    o: weights.linear(&format!("{p}.self_attn.o_proj"), false)?,
-                    ffn_norm: weights.tensor(&format!("{p}.post_attention_layernorm.weight"))?,
-                    gate: weights.linear(&format!("{p}.mlp.gate_proj"), false)?,
-                    up: weights.linear(&format!("{p}.mlp.up_proj"), false)?,
-                    down: weights.linear(&format!("{p}.mlp.down_proj"), false)?,
-                })
-            })
+            .map(|i| DecoderLayer::load(weights, i, bias))
             .collect::<Result<Vec<_>, EvalError>>()?;
         let head = if weights.contains("lm_head.weight") {
             weights.linear("lm_head", false)?
         } else {
             weights.linear("model.embed_tokens", false)?
         };
-        let freqs = config.inverse_frequencies();
-        let n = freqs.len();
         Ok(Decoder {
             embed: weights
                 .tensor("model.embed_tokens.weight")?
                 .contiguous()
                 .map_err(rt)?,
             norm: weights.tensor("model.norm.weight")?,
-            inverse_frequencies: Tensor::from_vec(freqs, (1, n), &Device::Cpu).map_err(rt)?,
-            interleaved_rope: weights.interleaved_rope,
             layers,
             head,
-            config,
+            frame,
         })
     }
 
     pub fn vocab_size(&self) -> usize {
-        self.config.vocab_size
+        self.frame.config.vocab_size
     }
 
     /// Logits `[tokens, vocab]` for `tokens` following the cache's positions (batch 1).
@@ -204,54 +364,19 @@ impl Decoder {
     }
 
     fn forward_inner(&self, tokens: &[u32], cache: &mut Cache) -> candle_core::Result<Tensor> {
-        let c = &self.config;
         let (t, offset) = (tokens.len(), cache.len());
         if cache.kv.len() != self.layers.len() {
             cache.kv = (0..self.layers.len()).map(|_| None).collect();
         }
         let ids = Tensor::new(tokens, &Device::Cpu)?;
         let mut x = self.embed.index_select(&ids, 0)?.unsqueeze(0)?;
-        let positions = Tensor::arange(offset as u32, (offset + t) as u32, &Device::Cpu)?
-            .to_dtype(DType::F32)?
-            .reshape((t, 1))?;
-        let angles = positions.matmul(&self.inverse_frequencies)?;
-        let (cos, sin) = (angles.cos()?, angles.sin()?);
-        let (heads, kv_heads, hd) = (c.num_attention_heads, c.kv_heads(), c.head_dim());
-        let eps = c.rms_norm_eps as f32;
+        let rotation = self.frame.rotation(offset, t)?;
         for (layer, slot) in self.layers.iter().zip(cache.kv.iter_mut()) {
-            let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, eps)?;
-            let split = |y: Tensor, n: usize| -> candle_core::Result<Tensor> {
-                y.reshape((1, t, n, hd))?.transpose(1, 2)?.contiguous()
-            };
-            let q = split(layer.q.forward(&h)?, heads)?;
-            let k = split(layer.k.forward(&h)?, kv_heads)?;
-            let v = split(layer.v.forward(&h)?, kv_heads)?;
-            let (q, k) = if self.interleaved_rope {
-                (
-                    candle_nn::rotary_emb::rope_i(&q, &cos, &sin)?,
-                    candle_nn::rotary_emb::rope_i(&k, &cos, &sin)?,
-                )
-            } else {
-                (
-                    candle_nn::rotary_emb::rope(&q, &cos, &sin)?,
-                    candle_nn::rotary_emb::rope(&k, &cos, &sin)?,
-                )
-            };
-            let (k, v) = match slot.take() {
-                Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
-                None => (k, v),
-            };
-            *slot = Some((k.clone(), v.clone()));
-            let repeat = heads / kv_heads;
-            let (k, v) = (repeat_kv(k, repeat)?, repeat_kv(v, repeat)?);
-            let attn = causal_attention(&q, &k, &v, offset, hd)?;
-            let attn = attn.transpose(1, 2)?.reshape((1, t, heads * hd))?;
-            x = (x + layer.o.forward(&attn)?)?;
-            let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, eps)?;
-            let gated =
-                (candle_nn::ops::silu(&layer.gate.forward(&h)?)? * layer.up.forward(&h)?)?;
-            x = (x + layer.down.forward(&gated)?)?;
+            x = self
+                .frame
+                .layer_forward(layer, x, &rotation, slot, offset, &mut |_, _| Ok(()))?;
         }
+        let eps = self.frame.config.rms_norm_eps as f32;
         let x = candle_nn::ops::rms_norm(&x, &self.norm, eps)?;
         self.head.forward(&x)?.squeeze(0)?.to_dtype(DType::F32)
     }

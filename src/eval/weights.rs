@@ -248,6 +248,21 @@ impl Weights {
         })
     }
 
+    /// Dense f32 tensors given as `(name, shape, row-major values)`: one decoder layer that
+    /// calibration rebuilds after compressing its projections.
+    pub fn from_values(tensors: Vec<(String, Vec<usize>, Vec<f32>)>) -> Result<Weights, EvalError> {
+        let mut dense = HashMap::new();
+        for (name, shape, values) in tensors {
+            let t = Tensor::from_vec(values, shape, &Device::Cpu).map_err(runtime)?;
+            dense.insert(name, stored(t)?);
+        }
+        Ok(Weights {
+            dense,
+            quantized: HashMap::new(),
+            interleaved_rope: false,
+        })
+    }
+
     /// An artifact's weight files. Safetensors-based formats are decoded to dense values; a
     /// GGUF file keeps its block tensors, named back to the original's names through
     /// `hf_names` (the original model's tensor names).
