@@ -327,12 +327,6 @@ impl BlockStep {
         BlockStep::of(amax / 127.0)
     }
 
-    /// Q4_0's step for a block whose largest-magnitude value (with its sign) is `signed_absmax`.
-    #[inline(always)]
-    pub(crate) fn q4_0(signed_absmax: f32) -> BlockStep {
-        BlockStep::of(signed_absmax / -8.0)
-    }
-
     #[inline(always)]
     fn of(d: f32) -> BlockStep {
         BlockStep {
@@ -359,37 +353,28 @@ impl BlockStep {
         round_half_away(x * self.inverse)
     }
 
-    /// Q5_0's step, as [`BlockStep::q4_0`]'s with 16 levels either side.
+    /// Q4_0's (`LEVELS` 8) or Q5_0's (16) step for a block whose largest-magnitude value
+    /// (with its sign) is `signed_absmax`: `LEVELS` levels either side of the centre.
     #[inline(always)]
-    pub(crate) fn q5_0(signed_absmax: f32) -> BlockStep {
-        BlockStep::of(signed_absmax / -16.0)
+    pub(crate) fn centered<const LEVELS: u8>(signed_absmax: f32) -> BlockStep {
+        BlockStep::of(signed_absmax / -f32::from(LEVELS))
     }
 
-    /// What a Q5_0 block with this step decodes `x` to.
+    /// What a Q4_0 / Q5_0 block with this step decodes `x` to.
     #[inline(always)]
-    pub(crate) fn q5_0_value(self, x: f32) -> f32 {
-        (self.q5_0_code(x) - 16.0) * self.stored
+    pub(crate) fn centered_value<const LEVELS: u8>(self, x: f32) -> f32 {
+        (self.centered_code::<LEVELS>(x) - f32::from(LEVELS)) * self.stored
     }
 
-    /// `x`'s Q5_0 level, 0..=31 (as a float).
+    /// `x`'s Q4_0 / Q5_0 level, 0..=2·`LEVELS` − 1 (as a float).
     #[inline(always)]
-    pub(crate) fn q5_0_code(self, x: f32) -> f32 {
-        let q = (x * self.inverse + 16.5).trunc();
-        if q > 31.0 { 31.0 } else { q }
-    }
-
-    /// What a Q4_0 block with this step decodes `x` to.
-    #[inline(always)]
-    pub(crate) fn q4_0_value(self, x: f32) -> f32 {
-        (self.q4_0_code(x) - 8.0) * self.stored
-    }
-
-    /// `x`'s Q4_0 level, 0..=15 (as a float).
-    #[inline(always)]
-    pub(crate) fn q4_0_code(self, x: f32) -> f32 {
-        // The shifted value lies in [0.5, 16.5]: truncation is the reference's integer cast.
-        let q = (x * self.inverse + 8.5).trunc();
-        if q > 15.0 { 15.0 } else { q }
+    pub(crate) fn centered_code<const LEVELS: u8>(self, x: f32) -> f32 {
+        // The shifted value lies in [0.5, 2·LEVELS + 0.5]: truncation is the reference's
+        // integer cast.
+        let levels = f32::from(LEVELS);
+        let top = 2.0 * levels - 1.0;
+        let q = (x * self.inverse + (levels + 0.5)).trunc();
+        if q > top { top } else { q }
     }
 }
 
@@ -476,9 +461,9 @@ fn fake_q8_0(x: &mut [f32]) {
 /// Q4_0 quantized and decoded in place, as [`fake_q8_0`] is for Q8_0.
 #[inline(always)]
 fn fake_q4_0(x: &mut [f32]) {
-    let step = BlockStep::q4_0(signed_absmax(x));
+    let step = BlockStep::centered::<8>(signed_absmax(x));
     for v in x.iter_mut() {
-        *v = step.q4_0_value(*v);
+        *v = step.centered_value::<8>(*v);
     }
 }
 

@@ -139,9 +139,7 @@ impl OnePass {
         out: &mut [u8],
         codes: &mut CodesOut,
     ) -> Sums {
-        use avx2::{
-            fp8_groups, int_groups, q4_0_groups, q5_0_groups, q8_0_groups, with_min_groups,
-        };
+        use avx2::{centered_groups, fp8_groups, int_groups, q8_0_groups, with_min_groups};
         match (self, bf16) {
             (OnePass::Int { scheme, tensor }, true) => {
                 let rule = IntRule::new(scheme, tensor);
@@ -157,10 +155,10 @@ impl OnePass {
             }
             (OnePass::Q8_0, true) => q8_0_groups::<true, EMIT>(input, out, codes),
             (OnePass::Q8_0, false) => q8_0_groups::<false, EMIT>(input, out, codes),
-            (OnePass::Q4_0, true) => q4_0_groups::<true, EMIT>(input, out, codes),
-            (OnePass::Q4_0, false) => q4_0_groups::<false, EMIT>(input, out, codes),
-            (OnePass::Q5_0, true) => q5_0_groups::<true, EMIT>(input, out, codes),
-            (OnePass::Q5_0, false) => q5_0_groups::<false, EMIT>(input, out, codes),
+            (OnePass::Q4_0, true) => centered_groups::<true, EMIT, 8>(input, out, codes),
+            (OnePass::Q4_0, false) => centered_groups::<false, EMIT, 8>(input, out, codes),
+            (OnePass::Q5_0, true) => centered_groups::<true, EMIT, 16>(input, out, codes),
+            (OnePass::Q5_0, false) => centered_groups::<false, EMIT, 16>(input, out, codes),
             (OnePass::WithMin(rule), true) => {
                 with_min_groups::<true, EMIT>(rule, input, out, codes)
             }
@@ -329,8 +327,8 @@ fn run_stored<C: Codec>(
         }
         OnePass::Fp8(rule) => each_group::<C>(group, input, out, rule, codes),
         OnePass::Q8_0 => each_group::<C>(group, input, out, Q8Rule, codes),
-        OnePass::Q4_0 => each_group::<C>(group, input, out, Q4Rule, codes),
-        OnePass::Q5_0 => each_group::<C>(group, input, out, Q5Rule, codes),
+        OnePass::Q4_0 => each_group::<C>(group, input, out, CenteredRule::<8>, codes),
+        OnePass::Q5_0 => each_group::<C>(group, input, out, CenteredRule::<16>, codes),
         OnePass::WithMin(rule) => each_group::<C>(group, input, out, rule, codes),
     }
 }
@@ -531,52 +529,27 @@ impl Rule for Q8Rule {
     }
 }
 
+/// Q4_0 (`LEVELS` 8) and Q5_0 (16): levels either side of a centre, scaled by the block's
+/// signed absmax.
 #[derive(Clone, Copy)]
-struct Q4Rule;
+struct CenteredRule<const LEVELS: u8>;
 
-impl Rule for Q4Rule {
+impl<const LEVELS: u8> Rule for CenteredRule<LEVELS> {
     type Params = BlockStep;
 
     #[inline(always)]
     fn params<C: Codec>(self, lo: f32, hi: f32, bytes: &[u8]) -> BlockStep {
-        BlockStep::q4_0(q4_0_signed_absmax::<C>(lo, hi, bytes))
+        BlockStep::centered::<LEVELS>(q4_0_signed_absmax::<C>(lo, hi, bytes))
     }
 
     #[inline(always)]
     fn value(self, step: BlockStep, x: f32) -> f32 {
-        step.q4_0_value(x)
+        step.centered_value::<LEVELS>(x)
     }
 
     #[inline(always)]
     fn code(self, step: BlockStep, x: f32) -> u8 {
-        step.q4_0_code(x) as u8
-    }
-
-    #[inline(always)]
-    fn stored_params(self, step: BlockStep) -> [f32; 2] {
-        [step.stored(), 0.0]
-    }
-}
-
-#[derive(Clone, Copy)]
-struct Q5Rule;
-
-impl Rule for Q5Rule {
-    type Params = BlockStep;
-
-    #[inline(always)]
-    fn params<C: Codec>(self, lo: f32, hi: f32, bytes: &[u8]) -> BlockStep {
-        BlockStep::q5_0(q4_0_signed_absmax::<C>(lo, hi, bytes))
-    }
-
-    #[inline(always)]
-    fn value(self, step: BlockStep, x: f32) -> f32 {
-        step.q5_0_value(x)
-    }
-
-    #[inline(always)]
-    fn code(self, step: BlockStep, x: f32) -> u8 {
-        step.q5_0_code(x) as u8
+        step.centered_code::<LEVELS>(x) as u8
     }
 
     #[inline(always)]

@@ -180,13 +180,14 @@ pub(super) fn q8_0_groups<const BF16: bool, const EMIT: bool>(
     )
 }
 
-/// Q4_0, like the portable loop with a `Q4Rule`.
+/// Q4_0 (`LEVELS` 8) and Q5_0 (16), like the portable loop with a `CenteredRule`.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) fn q4_0_groups<const BF16: bool, const EMIT: bool>(
+pub(super) fn centered_groups<const BF16: bool, const EMIT: bool, const LEVELS: u8>(
     input: &[u8],
     out: &mut [u8],
     codes: &mut CodesOut,
 ) -> Sums {
+    let levels = f32::from(LEVELS);
     each_group::<BF16, EMIT, _>(
         blocks::BLOCK,
         input,
@@ -199,47 +200,18 @@ pub(super) fn q4_0_groups<const BF16: bool, const EMIT: bool>(
             } else {
                 q4_0_signed_absmax::<F32>(lo, hi, bytes)
             };
-            Steps::of(signed_absmax / -8.0)
+            Steps::of(signed_absmax / -levels)
         },
         |steps| [steps.stored_scalar, 0.0],
         |steps, x| {
-            let shifted = _mm256_add_ps(_mm256_mul_ps(x, steps.inverse), _mm256_set1_ps(8.5));
+            let shifted = _mm256_add_ps(
+                _mm256_mul_ps(x, steps.inverse),
+                _mm256_set1_ps(levels + 0.5),
+            );
             let q = _mm256_round_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(shifted);
-            // min(a, b) is `a < b ? a : b`: with the bound first, exactly `if q > 15 { 15 }`.
-            let q = _mm256_min_ps(_mm256_set1_ps(15.0), q);
-            let y = _mm256_mul_ps(_mm256_sub_ps(q, _mm256_set1_ps(8.0)), steps.stored);
-            (y, _mm256_cvttps_epi32(q))
-        },
-    )
-}
-
-/// Q5_0, like the portable loop with a `Q5Rule`.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) fn q5_0_groups<const BF16: bool, const EMIT: bool>(
-    input: &[u8],
-    out: &mut [u8],
-    codes: &mut CodesOut,
-) -> Sums {
-    each_group::<BF16, EMIT, _>(
-        blocks::BLOCK,
-        input,
-        out,
-        codes,
-        |bytes| {
-            let (lo, hi) = block_range::<BF16>(bytes);
-            let signed_absmax = if BF16 {
-                q4_0_signed_absmax::<Bf16>(lo, hi, bytes)
-            } else {
-                q4_0_signed_absmax::<F32>(lo, hi, bytes)
-            };
-            Steps::of(signed_absmax / -16.0)
-        },
-        |steps| [steps.stored_scalar, 0.0],
-        |steps, x| {
-            let shifted = _mm256_add_ps(_mm256_mul_ps(x, steps.inverse), _mm256_set1_ps(16.5));
-            let q = _mm256_round_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(shifted);
-            let q = _mm256_min_ps(_mm256_set1_ps(31.0), q);
-            let y = _mm256_mul_ps(_mm256_sub_ps(q, _mm256_set1_ps(16.0)), steps.stored);
+            // min(a, b) is `a < b ? a : b`: with the bound first, exactly `if q > top { top }`.
+            let q = _mm256_min_ps(_mm256_set1_ps(2.0 * levels - 1.0), q);
+            let y = _mm256_mul_ps(_mm256_sub_ps(q, _mm256_set1_ps(levels)), steps.stored);
             (y, _mm256_cvttps_epi32(q))
         },
     )
