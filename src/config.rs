@@ -169,8 +169,9 @@ pub struct CompressArgs {
     /// Print the summary as JSON.
     #[arg(long)]
     pub json: bool,
-    /// Also take each output file's sha256 as it is written, and print it (one more pass over
-    /// the output bytes; the service always takes them).
+    /// Also take each output file's sha256 as it is written, and print it, and record the
+    /// input's sha256 in recipe.json beside its BLAKE3 (one more pass over the output bytes, and
+    /// a slower hash of the input; the service always takes both sha256s).
     #[arg(long)]
     pub checksums: bool,
     /// Flush each output file to the disk (fsync) before it is published, as the service

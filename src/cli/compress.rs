@@ -1,6 +1,8 @@
 //! `squeeze compress`: a recipe or preset over a model folder or file, offline.
 
 use super::*;
+use crate::pipeline::InputDigests;
+use digests::{Algorithm, file_digests};
 
 pub(super) async fn compress(args: CompressArgs) -> anyhow::Result<()> {
     use crate::jobs::recipe::{self, Recipe};
@@ -30,23 +32,42 @@ pub(super) async fn compress(args: CompressArgs) -> anyhow::Result<()> {
         sync: args.sync,
     };
     let outcome = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-        // The input's digest (for the provenance in recipe.json) is computed beside the run, on
-        // its own thread: it reads the whole input once more, which need not come first.
+        // The input's digests (for the provenance in recipe.json) are computed beside the run,
+        // on their own thread: that reads the whole input once more, which need not come first.
+        // BLAKE3 always; sha256 too when the user asks for checksums, as it costs as much CPU as
+        // a fast kernel's whole compression.
         let hashed: Vec<_> = inputs
             .iter()
             .map(|i| (i.path.clone(), i.name.clone()))
             .collect();
-        let digest = std::thread::spawn(move || -> std::io::Result<String> {
-            let mut digests = Vec::new();
+        let with_sha256 = args.checksums;
+        let digest = std::thread::spawn(move || -> std::io::Result<InputDigests> {
+            let (mut sha256_lines, mut blake3_lines) = (String::new(), String::new());
             for (path, name) in &hashed {
-                digests.push(format!("{}  {}\n", file_sha256(path)?, name));
+                let [blake3, sha256] = if with_sha256 {
+                    file_digests(path, [Algorithm::Blake3, Algorithm::Sha256])?
+                } else {
+                    let [blake3] = file_digests(path, [Algorithm::Blake3])?;
+                    [blake3, String::new()]
+                };
+                blake3_lines += &format!("{blake3}  {name}\n");
+                sha256_lines += &format!("{sha256}  {name}\n");
             }
-            Ok(if digests.len() == 1 {
-                digests[0][..64].to_owned()
-            } else {
-                use sha2::Digest;
-                hex::encode(sha2::Sha256::digest(digests.concat()))
-            })
+            // One file: its digest. Several: the digest of their listing, as `sha256sum` or
+            // `b3sum` prints it.
+            let single = hashed.len() == 1;
+            let sha256 = with_sha256.then(|| match single {
+                true => sha256_lines[..64].to_owned(),
+                false => {
+                    use sha2::Digest;
+                    hex::encode(sha2::Sha256::digest(&sha256_lines))
+                }
+            });
+            let blake3 = Some(match single {
+                true => blake3_lines[..64].to_owned(),
+                false => blake3::hash(blake3_lines.as_bytes()).to_hex().to_string(),
+            });
+            Ok(InputDigests { sha256, blake3 })
         });
         let cancel = crate::numeric::Cancel::new();
         crate::worker::cpu_pool()

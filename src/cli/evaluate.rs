@@ -112,7 +112,7 @@ pub(super) fn evaluate(args: &crate::config::EvaluateArgs) -> anyhow::Result<()>
         let identity = match &args.reference {
             Some(_) => weight_files
                 .iter()
-                .map(|p| file_sha256(p))
+                .map(|p| digests::file_digests(p, [digests::Algorithm::Blake3]).map(|[d]| d))
                 .collect::<std::io::Result<Vec<_>>>()?
                 .join(","),
             None => String::new(),

@@ -16,6 +16,7 @@ pub mod nf4;
 mod properties;
 pub mod prune;
 pub mod quantize;
+pub(crate) mod spare;
 pub mod step;
 pub mod structure;
 pub mod tensor;

@@ -21,6 +21,7 @@ use crate::compress::lowrank::{self, Factors, LowRankError};
 use crate::compress::measure::{self, Sums, store_and_measure};
 use crate::compress::prune::{self, GlobalCut, GlobalPass, MagnitudeCut, prune_count};
 use crate::compress::quantize::{Granularity, QParams, min_max, min_max_bf16, min_max_f32};
+use crate::compress::spare;
 use crate::compress::step::Step;
 use crate::compress::structure::LineStats;
 use crate::compress::{fp8, nf4};
@@ -655,7 +656,7 @@ fn one_pass_encoded(
         Some(kind) => values / kind.block_len() * kind.block_bytes(),
         None => values,
     };
-    let mut stored = vec![0u8; stored_len(total)];
+    let mut stored = spare::zeroed(stored_len(total));
     let groups_per_chunk = chunk_values / kernel.group_len(layout.cols);
     let beyond_limit = AtomicBool::new(false);
     let run_chunk = |c: usize, out_chunk: &mut [u8], stored_chunk: &mut [u8]| {

@@ -29,18 +29,26 @@ pub struct InputFile {
     pub path: PathBuf,
 }
 
-/// The model's sha256 for the artifact's provenance (written last): known already (a worker's,
-/// from the database), or being computed on another thread while the run compresses
-/// (`squeeze compress`, which would otherwise read the whole input once more before starting).
+/// The model's digests for the artifact's provenance (written last): known already (a
+/// worker's sha256, from the database), or being computed on another thread while the run
+/// compresses (`squeeze compress`, which would otherwise read the whole input once more before
+/// starting).
 pub enum ModelDigest {
-    Known(String),
-    Computing(std::thread::JoinHandle<io::Result<String>>),
+    Known(InputDigests),
+    Computing(std::thread::JoinHandle<io::Result<InputDigests>>),
+}
+
+/// The input's identity as recipe.json records it: each digest that was taken (hex).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct InputDigests {
+    pub sha256: Option<String>,
+    pub blake3: Option<String>,
 }
 
 impl ModelDigest {
-    pub(crate) fn wait(self) -> Result<String, PipelineError> {
+    pub(crate) fn wait(self) -> Result<InputDigests, PipelineError> {
         match self {
-            ModelDigest::Known(digest) => Ok(digest),
+            ModelDigest::Known(digests) => Ok(digests),
             ModelDigest::Computing(thread) => thread
                 .join()
                 .map_err(|payload| {
@@ -55,14 +63,17 @@ impl ModelDigest {
 }
 
 impl From<String> for ModelDigest {
-    fn from(digest: String) -> Self {
-        ModelDigest::Known(digest)
+    fn from(sha256: String) -> Self {
+        ModelDigest::Known(InputDigests {
+            sha256: Some(sha256),
+            blake3: None,
+        })
     }
 }
 
 impl From<&str> for ModelDigest {
-    fn from(digest: &str) -> Self {
-        ModelDigest::Known(digest.to_owned())
+    fn from(sha256: &str) -> Self {
+        sha256.to_owned().into()
     }
 }
 

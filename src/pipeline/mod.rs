@@ -18,7 +18,8 @@ mod write_behind;
 pub mod writers;
 
 pub use files::{
-    InputFile, InputKind, ModelDigest, Outcome, PipelineError, contain_panic, panic_message,
+    InputDigests, InputFile, InputKind, ModelDigest, Outcome, PipelineError, contain_panic,
+    panic_message,
 };
 
 use std::collections::HashMap;
@@ -46,7 +47,7 @@ use write_behind::{Dense, WriteBehind};
 pub fn run_job(
     inputs: &[InputFile],
     recipe: &Recipe,
-    model_sha256: impl Into<ModelDigest>,
+    model_digest: impl Into<ModelDigest>,
     out_dir: &OutputDir,
     cancel: &Cancel,
     evaluation: Option<eval_step::Evaluation>,
@@ -56,7 +57,7 @@ pub fn run_job(
     let mut outcome = contain_panic(
         || "compression".to_owned(),
         || {
-            run(inputs, recipe, model_sha256, out_dir, cancel, &mut |p| {
+            run(inputs, recipe, model_digest, out_dir, cancel, &mut |p| {
                 compressed = p.clone();
                 progress(p);
             })
@@ -81,13 +82,14 @@ pub fn run_job(
 pub fn run(
     inputs: &[InputFile],
     recipe: &Recipe,
-    model_sha256: impl Into<ModelDigest>,
+    model_digest: impl Into<ModelDigest>,
     out_dir: &OutputDir,
     cancel: &Cancel,
     progress: &mut dyn FnMut(&Progress),
 ) -> Result<Outcome, PipelineError> {
     let started = Instant::now();
     let memory = memory::RssPeak::start();
+    let _spares = crate::compress::spare::ReleaseOnDrop;
     let mut weights: Vec<(&InputFile, Header)> = Vec::new();
     for input in inputs.iter().filter(|i| i.kind == InputKind::Weights) {
         let header = safetensors::read_header(&input.path)
@@ -255,11 +257,19 @@ pub fn run(
         .filter(|f| weight_files.contains(&f.name))
         .map(|f| f.bytes)
         .sum();
-    let provenance = serde_json::json!({
+    let digests = model_digest.into().wait()?;
+    let mut provenance = serde_json::json!({
         "recipe": recipe,
-        "model_sha256": model_sha256.into().wait()?,
         "squeeze_version": env!("CARGO_PKG_VERSION"),
     });
+    for (field, digest) in [
+        ("model_sha256", digests.sha256),
+        ("model_blake3", digests.blake3),
+    ] {
+        if let Some(digest) = digest {
+            provenance[field] = digest.into();
+        }
+    }
     let mut out = out_dir.create("recipe.json")?;
     out.write(&serde_json::to_vec_pretty(&provenance).expect("JSON serialises"))?;
     files.push(out.finish("recipe.json")?);

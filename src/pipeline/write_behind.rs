@@ -198,6 +198,9 @@ fn apply(
                 // The pipeline may have finished; then the buffer is simply dropped.
                 let _ = give_back.send(buffer);
             }
+            if let Some(encoded) = encoded {
+                crate::compress::spare::give_back(encoded);
+            }
         }
         Command::EndFile => written.files.extend(writer.end_file()?),
     }

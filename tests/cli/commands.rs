@@ -126,10 +126,13 @@ fn compress_runs_offline_and_refuses_bad_input_in_one_line() {
     assert!(inspected.contains("layers.1.weight"));
     let provenance: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("recipe.json")).unwrap()).unwrap();
+    // The input's identity is its BLAKE3 (b3sum's digest); its sha256 only with --checksums.
+    let model_bytes = std::fs::read(&model).unwrap();
     assert_eq!(
-        provenance["model_sha256"],
-        crate::common::sha256_hex(&std::fs::read(&model).unwrap())
+        provenance["model_blake3"],
+        blake3::hash(&model_bytes).to_hex().as_str()
     );
+    assert!(provenance.get("model_sha256").is_none(), "{provenance}");
     // The artifact's recipe.json, as downloaded, reproduces the job.
     let again = dir.path().join("again");
     let (status, _, stderr) = squeeze(&[
@@ -167,6 +170,16 @@ fn compress_runs_offline_and_refuses_bad_input_in_one_line() {
             .unwrap_or_else(|| panic!("{name} in {stdout}"));
         assert!(line.ends_with(&format!("sha256 {digest}")), "{line}");
     }
+    let provenance: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(again.join("recipe.json")).unwrap()).unwrap();
+    assert_eq!(
+        provenance["model_sha256"],
+        crate::common::sha256_hex(&model_bytes)
+    );
+    assert_eq!(
+        provenance["model_blake3"],
+        blake3::hash(&model_bytes).to_hex().as_str()
+    );
 
     let recipe = dir.path().join("bad.json");
     std::fs::write(&recipe, r#"{"stages": [{"quantize": {"scheme": "int", "bits": 4, "granularity": "group", "group_size": 10}}]}"#).unwrap();
