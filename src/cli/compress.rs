@@ -1,8 +1,10 @@
 //! `squeeze compress`: a recipe or preset over a model folder or file, offline.
 
 use super::*;
-use crate::pipeline::InputDigests;
-use digests::{Algorithm, file_digests};
+use crate::pipeline::feed::Fed;
+use crate::pipeline::{InputDigests, InputKind};
+use digests::{Algorithm, FileDigest};
+use std::path::PathBuf;
 
 pub(super) async fn compress(args: CompressArgs) -> anyhow::Result<()> {
     use crate::jobs::recipe::{self, Recipe};
@@ -32,54 +34,29 @@ pub(super) async fn compress(args: CompressArgs) -> anyhow::Result<()> {
         sync: args.sync,
     };
     let outcome = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-        // The input's digests (for the provenance in recipe.json) are computed beside the run,
-        // on their own thread: that reads the whole input once more, which need not come first.
-        // BLAKE3 always; sha256 too when the user asks for checksums, as it costs as much CPU as
-        // a fast kernel's whole compression.
-        let hashed: Vec<_> = inputs
+        // The input's digests (for the provenance in recipe.json) are taken on their own
+        // thread from the bytes the run maps, as it passes them on: one read of the input.
+        // BLAKE3 always; sha256 too when the user asks for checksums, as it costs as much CPU
+        // as a fast kernel's whole compression.
+        let algorithms = if args.checksums {
+            vec![Algorithm::Blake3, Algorithm::Sha256]
+        } else {
+            vec![Algorithm::Blake3]
+        };
+        let listed: Vec<_> = inputs
             .iter()
-            .map(|i| (i.path.clone(), i.name.clone()))
+            .map(|i| (i.path.clone(), i.name.clone(), i.kind == InputKind::Weights))
             .collect();
-        let with_sha256 = args.checksums;
-        let digest = std::thread::spawn(move || -> std::io::Result<InputDigests> {
-            let (mut sha256_lines, mut blake3_lines) = (String::new(), String::new());
-            for (path, name) in &hashed {
-                let [blake3, sha256] = if with_sha256 {
-                    file_digests(path, [Algorithm::Blake3, Algorithm::Sha256])?
-                } else {
-                    let [blake3] = file_digests(path, [Algorithm::Blake3])?;
-                    [blake3, String::new()]
-                };
-                blake3_lines += &format!("{blake3}  {name}\n");
-                sha256_lines += &format!("{sha256}  {name}\n");
-            }
-            // One file: its digest. Several: the digest of their listing, as `sha256sum` or
-            // `b3sum` prints it.
-            let single = hashed.len() == 1;
-            let sha256 = with_sha256.then(|| match single {
-                true => sha256_lines[..64].to_owned(),
-                false => {
-                    use sha2::Digest;
-                    hex::encode(sha2::Sha256::digest(&sha256_lines))
-                }
-            });
-            let blake3 = Some(match single {
-                true => blake3_lines[..64].to_owned(),
-                false => blake3::hash(blake3_lines.as_bytes()).to_hex().to_string(),
-            });
-            Ok(InputDigests { sha256, blake3 })
-        });
+        let (feed, fed) = crate::pipeline::feed::channel();
+        let thread = std::thread::spawn(move || input_digests(&listed, &algorithms, &fed));
+        let digest = crate::pipeline::ModelDigest::FromRun {
+            thread,
+            feed: Some(feed),
+        };
         let cancel = crate::numeric::Cancel::new();
         crate::worker::cpu_pool()
             .install(|| {
-                crate::pipeline::run(
-                    &inputs,
-                    &recipe,
-                    crate::pipeline::ModelDigest::Computing(digest),
-                    &output,
-                    &cancel,
-                    &mut |_| {},
-                )
+                crate::pipeline::run(&inputs, &recipe, digest, &output, &cancel, &mut |_| {})
             })
             .map_err(anyhow::Error::from)
     })
@@ -119,4 +96,66 @@ pub(super) async fn compress(args: CompressArgs) -> anyhow::Result<()> {
         s.wall_seconds
     );
     Ok(())
+}
+
+/// Each input's digests, the weight files' from the bytes the run passes on (in the order of
+/// its inputs), then the whole input's: one file's own, or for several the digest of their
+/// listing as `b3sum` or `sha256sum` prints it.
+fn input_digests(
+    listed: &[(PathBuf, String, bool)],
+    algorithms: &[Algorithm],
+    fed: &std::sync::mpsc::Receiver<Fed>,
+) -> std::io::Result<InputDigests> {
+    let mut listings = vec![String::new(); algorithms.len()];
+    let mut single = Vec::new();
+    for (path, name, weights) in listed {
+        let mut digest = FileDigest::begin(path, algorithms)?;
+        // A weight file's bytes come from the run; a side file is read here.
+        if *weights {
+            loop {
+                match fed.recv() {
+                    Ok(Fed::Range { offset, bytes }) => {
+                        if let FileDigest::Hashing(hashing) = &mut digest {
+                            hashing.update_at(offset, bytes.bytes())?;
+                        }
+                    }
+                    Ok(Fed::EndFile) => break,
+                    Err(_) => return Err(std::io::Error::other("the run stopped before its end")),
+                }
+            }
+        }
+        let digests = match digest {
+            FileDigest::Remembered(digests) => digests,
+            FileDigest::Hashing(hashing) => hashing.finish()?,
+        };
+        for (listing, digest) in listings.iter_mut().zip(&digests) {
+            *listing += &format!("{digest}  {name}\n");
+        }
+        single = digests;
+    }
+    let whole: Vec<String> = if listed.len() == 1 {
+        single
+    } else {
+        algorithms
+            .iter()
+            .zip(&listings)
+            .map(|(algorithm, listing)| match algorithm {
+                Algorithm::Blake3 => blake3::hash(listing.as_bytes()).to_hex().to_string(),
+                Algorithm::Sha256 => {
+                    use sha2::Digest;
+                    hex::encode(sha2::Sha256::digest(listing))
+                }
+            })
+            .collect()
+    };
+    let of = |wanted: Algorithm| {
+        algorithms
+            .iter()
+            .position(|&a| a == wanted)
+            .map(|i| whole[i].clone())
+    };
+    Ok(InputDigests {
+        sha256: of(Algorithm::Sha256),
+        blake3: of(Algorithm::Blake3),
+    })
 }

@@ -73,28 +73,116 @@ fn file_digests_in<const N: usize>(
     algorithms: [Algorithm; N],
     cache: Option<&Path>,
 ) -> std::io::Result<[String; N]> {
-    let Some(cache) = cache else {
-        return hash(path, algorithms);
-    };
-    let before = Stamp::of(path)?;
-    let entries = algorithms.map(|a| cache.join(entry_name(path, a)));
-    let remembered: [Option<String>; N] = std::array::from_fn(|i| {
-        std::fs::read_to_string(&entries[i])
-            .ok()
-            .and_then(|text| before.digest_in(algorithms[i], &text))
-    });
-    if let Some(all) = remembered.iter().cloned().collect::<Option<Vec<_>>>() {
-        return Ok(all.try_into().expect("one digest per algorithm"));
+    match FileDigest::begin_in(path, &algorithms, cache)? {
+        FileDigest::Remembered(digests) => Ok(into_array(digests)),
+        FileDigest::Hashing(hashing) => Ok(into_array(hashing.finish()?)),
     }
-    let digests = hash(path, algorithms)?;
-    if Stamp::of(path)? == before {
-        for ((algorithm, entry), digest) in algorithms.iter().zip(&entries).zip(&digests) {
-            // Best effort: an entry that cannot be written costs the next run a hash, nothing
-            // more.
-            let _ = write_entry(cache, entry, &before.entry(*algorithm, digest));
+}
+
+fn into_array<const N: usize>(digests: Vec<String>) -> [String; N] {
+    digests.try_into().expect("one digest per algorithm")
+}
+
+/// A file's digests: remembered, or being taken from bytes passed in file order (what a run
+/// maps for itself), the rest read from the file when [`Hashing::finish`] is called.
+pub enum FileDigest {
+    Remembered(Vec<String>),
+    Hashing(Hashing),
+}
+
+impl FileDigest {
+    /// The file's digests under `algorithms` (in that order) if the cache holds them all.
+    pub fn begin(path: &Path, algorithms: &[Algorithm]) -> std::io::Result<FileDigest> {
+        FileDigest::begin_in(path, algorithms, cache_dir().as_deref())
+    }
+
+    fn begin_in(
+        path: &Path,
+        algorithms: &[Algorithm],
+        cache: Option<&Path>,
+    ) -> std::io::Result<FileDigest> {
+        let before = Stamp::of(path)?;
+        let cache = cache.map(|cache| {
+            let entries: Vec<PathBuf> = algorithms
+                .iter()
+                .map(|&a| cache.join(entry_name(path, a)))
+                .collect();
+            (cache.to_owned(), entries)
+        });
+        if let Some((_, entries)) = &cache {
+            let remembered: Option<Vec<String>> = algorithms
+                .iter()
+                .zip(entries)
+                .map(|(&a, entry)| {
+                    let text = std::fs::read_to_string(entry).ok()?;
+                    before.digest_in(a, &text)
+                })
+                .collect();
+            if let Some(digests) = remembered {
+                return Ok(FileDigest::Remembered(digests));
+            }
         }
+        Ok(FileDigest::Hashing(Hashing {
+            file: std::fs::File::open(path)?,
+            path: path.to_owned(),
+            before,
+            algorithms: algorithms.to_vec(),
+            hashers: Hashers::new(algorithms),
+            hashed_to: 0,
+            out_of_order: false,
+            cache,
+        }))
     }
-    Ok(digests)
+}
+
+/// Digests being taken of one file, from its start up to `hashed_to`.
+pub struct Hashing {
+    file: std::fs::File,
+    path: PathBuf,
+    before: Stamp,
+    algorithms: Vec<Algorithm>,
+    hashers: Hashers,
+    hashed_to: u64,
+    /// A range came before one already hashed: [`Hashing::finish`] hashes the file anew.
+    out_of_order: bool,
+    /// The cache folder and this file's entries in it.
+    cache: Option<(PathBuf, Vec<PathBuf>)>,
+}
+
+impl Hashing {
+    /// Takes `bytes`, the file's content at `offset`, after reading any gap before them.
+    pub fn update_at(&mut self, offset: u64, bytes: &[u8]) -> std::io::Result<()> {
+        if self.out_of_order || offset < self.hashed_to {
+            self.out_of_order = true;
+            return Ok(());
+        }
+        hash_range(&self.file, self.hashed_to, offset, &mut self.hashers)?;
+        self.hashers.update(bytes);
+        self.hashed_to = offset + bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Reads what was not passed in and returns the digests, remembering them when the file
+    /// did not change while it was hashed.
+    pub fn finish(mut self) -> std::io::Result<Vec<String>> {
+        let len = self.file.metadata()?.len();
+        if self.out_of_order || self.hashed_to > len {
+            self.hashers = Hashers::new(&self.algorithms);
+            self.hashed_to = 0;
+        }
+        hash_range(&self.file, self.hashed_to, len, &mut self.hashers)?;
+        let digests = self.hashers.finish();
+        if let Some((cache, entries)) = &self.cache
+            && Stamp::of(&self.path)? == self.before
+        {
+            for ((algorithm, entry), digest) in self.algorithms.iter().zip(entries).zip(&digests) {
+                // Best effort: an entry that cannot be written costs the next run a hash,
+                // nothing more.
+                let _ = write_entry(cache, entry, &self.before.entry(*algorithm, digest));
+            }
+        }
+        Ok(digests)
+    }
 }
 
 /// What identifies one version of a file.
@@ -185,34 +273,31 @@ fn prune(cache: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-fn hash<const N: usize>(path: &Path, algorithms: [Algorithm; N]) -> std::io::Result<[String; N]> {
-    /// Bytes mapped at a time: the mapped pages count in the process's resident memory.
-    const WINDOW: u64 = 1 << 24;
-    enum Hasher {
-        Sha256(sha2::Sha256),
-        Blake3(Box<blake3::Hasher>),
+/// Running digests of one byte stream under several algorithms.
+struct Hashers(Vec<Hasher>);
+
+enum Hasher {
+    Sha256(sha2::Sha256),
+    Blake3(Box<blake3::Hasher>),
+}
+
+impl Hashers {
+    fn new(algorithms: &[Algorithm]) -> Hashers {
+        Hashers(
+            algorithms
+                .iter()
+                .map(|a| match a {
+                    Algorithm::Sha256 => Hasher::Sha256(sha2::Sha256::new()),
+                    Algorithm::Blake3 => Hasher::Blake3(Box::new(blake3::Hasher::new())),
+                })
+                .collect(),
+        )
     }
-    let file = std::fs::File::open(path)?;
-    let len = file.metadata()?.len();
-    let mut hashers = algorithms.map(|a| match a {
-        Algorithm::Sha256 => Hasher::Sha256(sha2::Sha256::new()),
-        Algorithm::Blake3 => Hasher::Blake3(Box::new(blake3::Hasher::new())),
-    });
-    // Hashed from mappings rather than read into a buffer: the file is in the page cache (the
-    // run reads it too), and copying it out would cost a fifth as much as sha256's hashing.
-    for offset in (0..len).step_by(WINDOW as usize) {
-        // SAFETY: the run maps the same file; a file changed under the CLI while it runs gives
-        // a wrong digest (as a read would) or SIGBUS if truncated, as the run's own mapping does.
-        let window = unsafe {
-            memmap2::MmapOptions::new()
-                .offset(offset)
-                .len(WINDOW.min(len - offset) as usize)
-                .populate()
-                .map(&file)?
-        };
-        // Each window goes through every hasher while it is still in the cache.
-        for piece in window.chunks(1 << 20) {
-            for hasher in &mut hashers {
+
+    fn update(&mut self, bytes: &[u8]) {
+        // Each piece goes through every hasher while it is still in the cache.
+        for piece in bytes.chunks(1 << 20) {
+            for hasher in &mut self.0 {
                 match hasher {
                     Hasher::Sha256(h) => h.update(piece),
                     Hasher::Blake3(h) => {
@@ -222,10 +307,47 @@ fn hash<const N: usize>(path: &Path, algorithms: [Algorithm; N]) -> std::io::Res
             }
         }
     }
-    Ok(hashers.map(|h| match h {
-        Hasher::Sha256(h) => hex::encode(h.finalize()),
-        Hasher::Blake3(h) => h.finalize().to_hex().to_string(),
-    }))
+
+    fn finish(self) -> Vec<String> {
+        self.0
+            .into_iter()
+            .map(|h| match h {
+                Hasher::Sha256(h) => hex::encode(h.finalize()),
+                Hasher::Blake3(h) => h.finalize().to_hex().to_string(),
+            })
+            .collect()
+    }
+}
+
+/// Hashes the file's bytes in `from..to`.
+fn hash_range(
+    file: &std::fs::File,
+    from: u64,
+    to: u64,
+    hashers: &mut Hashers,
+) -> std::io::Result<()> {
+    /// Bytes mapped at a time: the mapped pages count in the process's resident memory.
+    const WINDOW: u64 = 1 << 24;
+    const PAGE: u64 = 4096;
+    let mut at = from;
+    while at < to {
+        let aligned = at - at % PAGE;
+        let end = to.min(aligned + WINDOW);
+        // Mapped rather than read into a buffer: the file is in the page cache (the run reads
+        // it too), and copying it out costs more than mapping it. SAFETY: the run maps the same
+        // file; a file changed under the CLI while it runs gives a wrong digest (as a read
+        // would) or SIGBUS if truncated, as the run's own mapping does.
+        let window = unsafe {
+            memmap2::MmapOptions::new()
+                .offset(aligned)
+                .len((end - aligned) as usize)
+                .populate()
+                .map(file)?
+        };
+        hashers.update(&window[(at - aligned) as usize..]);
+        at = end;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -355,5 +477,41 @@ mod tests {
             file_digests_in(&big, [Algorithm::Sha256, Algorithm::Blake3], None).unwrap();
         assert_eq!(sha256, plain(&long));
         assert_eq!(blake3, blake3::hash(&long).to_hex().to_string());
+    }
+
+    #[test]
+    fn bytes_passed_in_with_gaps_or_out_of_order_give_the_whole_file_digest() {
+        let long: Vec<u8> = (0..(1usize << 24) + 5_000)
+            .map(|i| (i * 7 % 253) as u8)
+            .collect();
+        let (_dir, cache, file) = setup(&long);
+        let whole = blake3::hash(&long).to_hex().to_string();
+        let algorithms = [Algorithm::Blake3, Algorithm::Sha256];
+        let begin = || match FileDigest::begin_in(&file, &algorithms, Some(&cache)).unwrap() {
+            FileDigest::Hashing(hashing) => hashing,
+            FileDigest::Remembered(_) => panic!("nothing is remembered yet"),
+        };
+        // A header gap, two adjacent ranges, a gap across a window's end, a tail left out.
+        let mut hashing = begin();
+        for range in [100..4_000, 4_000..70_000, (1 << 24) - 10..(1 << 24) + 100] {
+            hashing
+                .update_at(range.start as u64, &long[range.clone()])
+                .unwrap();
+        }
+        let passed_in = hashing.finish().unwrap();
+        assert_eq!(passed_in, [whole.clone(), plain(&long)]);
+        // Remembered now, both digests at once.
+        let Ok(FileDigest::Remembered(remembered)) =
+            FileDigest::begin_in(&file, &algorithms, Some(&cache))
+        else {
+            panic!("the digests are remembered");
+        };
+        assert_eq!(remembered, passed_in);
+        // A range before one already taken: the file is hashed anew at the end.
+        std::fs::remove_dir_all(&cache).unwrap();
+        let mut hashing = begin();
+        hashing.update_at(50_000, &long[50_000..60_000]).unwrap();
+        hashing.update_at(10, &long[10..20]).unwrap();
+        assert_eq!(hashing.finish().unwrap(), passed_in);
     }
 }

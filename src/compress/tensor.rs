@@ -656,7 +656,7 @@ fn one_pass_encoded(
         Some(kind) => values / kind.block_len() * kind.block_bytes(),
         None => values,
     };
-    let mut stored = spare::zeroed(stored_len(total));
+    let mut stored = spare::for_overwrite(stored_len(total));
     let groups_per_chunk = chunk_values / kernel.group_len(layout.cols);
     let beyond_limit = AtomicBool::new(false);
     let run_chunk = |c: usize, out_chunk: &mut [u8], stored_chunk: &mut [u8]| {

@@ -30,12 +30,16 @@ pub struct InputFile {
 }
 
 /// The model's digests for the artifact's provenance (written last): known already (a
-/// worker's sha256, from the database), or being computed on another thread while the run
-/// compresses (`squeeze compress`, which would otherwise read the whole input once more before
-/// starting).
+/// worker's sha256, from the database), or being computed while the run compresses
+/// (`squeeze compress`, which would otherwise read the whole input once more before starting).
 pub enum ModelDigest {
     Known(InputDigests),
-    Computing(std::thread::JoinHandle<io::Result<InputDigests>>),
+    /// Computed on another thread from the bytes the run maps, passed on through `feed`
+    /// (taken by the run; see [`super::feed`]).
+    FromRun {
+        thread: std::thread::JoinHandle<io::Result<InputDigests>>,
+        feed: Option<super::feed::InputFeed>,
+    },
 }
 
 /// The input's identity as recipe.json records it: each digest that was taken (hex).
@@ -49,7 +53,7 @@ impl ModelDigest {
     pub(crate) fn wait(self) -> Result<InputDigests, PipelineError> {
         match self {
             ModelDigest::Known(digests) => Ok(digests),
-            ModelDigest::Computing(thread) => thread
+            ModelDigest::FromRun { thread, .. } => thread
                 .join()
                 .map_err(|payload| {
                     PipelineError::Internal(format!(
@@ -58,6 +62,16 @@ impl ModelDigest {
                     ))
                 })?
                 .map_err(PipelineError::from),
+        }
+    }
+}
+
+impl ModelDigest {
+    /// The feed the run passes its mapped bytes into, when the digest is taken from them.
+    pub(crate) fn take_feed(&mut self) -> Option<super::feed::InputFeed> {
+        match self {
+            ModelDigest::FromRun { feed, .. } => feed.take(),
+            _ => None,
         }
     }
 }

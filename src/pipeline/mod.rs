@@ -12,6 +12,7 @@
 //! flight. Where the writer stores codes alone, no dense copy of the tensor is kept.
 
 pub mod eval_step;
+pub mod feed;
 pub mod files;
 pub mod memory;
 mod write_behind;
@@ -90,6 +91,14 @@ pub fn run(
     let started = Instant::now();
     let memory = memory::RssPeak::start();
     let _spares = crate::compress::spare::ReleaseOnDrop;
+    let mut model_digest = model_digest.into();
+    let feed = model_digest.take_feed();
+    // A digest thread that stopped early says why when it is waited for.
+    let pass_on = |fed: feed::Fed| {
+        if let Some(feed) = &feed {
+            let _ = feed.send(fed);
+        }
+    };
     let mut weights: Vec<(&InputFile, Header)> = Vec::new();
     for input in inputs.iter().filter(|i| i.kind == InputKind::Weights) {
         let header = safetensors::read_header(&input.path)
@@ -152,7 +161,11 @@ pub fn run(
             cancel.check()?;
             let index = reports.len();
             let offset = header.data_start() + t.begin;
-            let data = map_range(&file, offset, t.bytes())?;
+            let data = Arc::new(map_range(&file, offset, t.bytes())?);
+            pass_on(feed::Fed::Range {
+                offset,
+                bytes: feed::InputBytes(Arc::clone(&data)),
+            });
             let shrunk = shrink
                 .as_ref()
                 .and_then(|plan| plan.gather(t, data.bytes()));
@@ -228,7 +241,10 @@ pub fn run(
             progress(&state);
         }
         writer.end_file()?;
+        pass_on(feed::Fed::EndFile);
     }
+    // The digest thread finishes the last file while the writer drains.
+    drop(feed);
     let (mut writer, written) = writer.finish()?;
     let mut theoretical_bits = 0f64;
     for (index, stored, bits) in written.tensors {
@@ -257,7 +273,7 @@ pub fn run(
         .filter(|f| weight_files.contains(&f.name))
         .map(|f| f.bytes)
         .sum();
-    let digests = model_digest.into().wait()?;
+    let digests = model_digest.wait()?;
     let mut provenance = serde_json::json!({
         "recipe": recipe,
         "squeeze_version": env!("CARGO_PKG_VERSION"),

@@ -19,7 +19,7 @@ pub(crate) enum Dense {
     /// A buffer of the pipeline's, returned for reuse once written.
     Buffer(Vec<u8>),
     /// The input's own bytes, mapped (a tensor left as it was).
-    Mapped(super::MappedRange),
+    Mapped(std::sync::Arc<super::MappedRange>),
 }
 
 impl Dense {

@@ -181,6 +181,35 @@ fn compress_runs_offline_and_refuses_bad_input_in_one_line() {
         blake3::hash(&model_bytes).to_hex().as_str()
     );
 
+    // A folder: the digest of its files' listing, as `b3sum` prints it, in name order.
+    let folder = dir.path().join("folder");
+    std::fs::create_dir_all(&folder).unwrap();
+    std::fs::write(folder.join("config.json"), b"{\"model_type\": \"test\"}").unwrap();
+    std::fs::copy(&model, folder.join("model.safetensors")).unwrap();
+    let from_folder = dir.path().join("from-folder");
+    let (status, _, stderr) = squeeze(&[
+        "compress",
+        "--preset",
+        "int8",
+        folder.to_str().unwrap(),
+        "-o",
+        from_folder.to_str().unwrap(),
+    ]);
+    assert!(status.success(), "{stderr}");
+    let listing: String = ["config.json", "model.safetensors"]
+        .iter()
+        .map(|name| {
+            let bytes = std::fs::read(folder.join(name)).unwrap();
+            format!("{}  {name}\n", blake3::hash(&bytes).to_hex())
+        })
+        .collect();
+    let provenance: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(from_folder.join("recipe.json")).unwrap()).unwrap();
+    assert_eq!(
+        provenance["model_blake3"],
+        blake3::hash(listing.as_bytes()).to_hex().as_str()
+    );
+
     let recipe = dir.path().join("bad.json");
     std::fs::write(&recipe, r#"{"stages": [{"quantize": {"scheme": "int", "bits": 4, "granularity": "group", "group_size": 10}}]}"#).unwrap();
     let (status, _, stderr) = squeeze(&[
