@@ -34,8 +34,8 @@ pub(super) async fn compress(args: CompressArgs) -> anyhow::Result<()> {
         sync: args.sync,
     };
     let outcome = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-        // The input's digests (for the provenance in recipe.json) are taken on their own
-        // thread from the bytes the run maps, as it passes them on: one read of the input.
+        // The input's digests (for the provenance in recipe.json) are taken from the bytes
+        // the run maps, as it passes them on: one read of the input.
         // BLAKE3 always; sha256 too when the user asks for checksums, as it costs as much CPU
         // as a fast kernel's whole compression.
         let algorithms = if args.checksums {
@@ -47,12 +47,14 @@ pub(super) async fn compress(args: CompressArgs) -> anyhow::Result<()> {
             .iter()
             .map(|i| (i.path.clone(), i.name.clone(), i.kind == InputKind::Weights))
             .collect();
-        let (feed, fed) = crate::pipeline::feed::channel();
-        let thread = std::thread::spawn(move || input_digests(&listed, &algorithms, &fed));
-        let digest = crate::pipeline::ModelDigest::FromRun {
-            thread,
-            feed: Some(feed),
-        };
+        let digest = crate::pipeline::ModelDigest::FromRun(Box::new(InputHashing {
+            listed,
+            algorithms,
+            next: 0,
+            current: None,
+            per_file: Vec::new(),
+            error: None,
+        }));
         let cancel = crate::numeric::Cancel::new();
         crate::worker::cpu_pool()
             .install(|| {
@@ -101,61 +103,109 @@ pub(super) async fn compress(args: CompressArgs) -> anyhow::Result<()> {
 /// Each input's digests, the weight files' from the bytes the run passes on (in the order of
 /// its inputs), then the whole input's: one file's own, or for several the digest of their
 /// listing as `b3sum` or `sha256sum` prints it.
-fn input_digests(
-    listed: &[(PathBuf, String, bool)],
-    algorithms: &[Algorithm],
-    fed: &std::sync::mpsc::Receiver<Fed>,
-) -> std::io::Result<InputDigests> {
-    let mut listings = vec![String::new(); algorithms.len()];
-    let mut single = Vec::new();
-    for (path, name, weights) in listed {
-        let mut digest = FileDigest::begin(path, algorithms)?;
-        // A weight file's bytes come from the run; a side file is read here.
-        if *weights {
-            loop {
-                match fed.recv() {
-                    Ok(Fed::Range { offset, bytes }) => {
-                        if let FileDigest::Hashing(hashing) = &mut digest {
-                            hashing.update_at(offset, bytes.bytes())?;
-                        }
-                    }
-                    Ok(Fed::EndFile) => break,
-                    Err(_) => return Err(std::io::Error::other("the run stopped before its end")),
+struct InputHashing {
+    /// Each input's path and name, and whether the run reads it (a weight file).
+    listed: Vec<(PathBuf, String, bool)>,
+    algorithms: Vec<Algorithm>,
+    /// The first input not begun.
+    next: usize,
+    /// The weight file being passed on.
+    current: Option<FileDigest>,
+    /// Each finished input's digests, in the order of `listed`.
+    per_file: Vec<Vec<String>>,
+    error: Option<std::io::Error>,
+}
+
+impl InputHashing {
+    /// Hashes side files up to the next weight file, then begins that one.
+    fn begin_weights(&mut self) -> std::io::Result<FileDigest> {
+        while let Some((path, _, weights)) = self.listed.get(self.next) {
+            self.next += 1;
+            let digest = FileDigest::begin(path, &self.algorithms)?;
+            if *weights {
+                return Ok(digest);
+            }
+            self.per_file.push(finished(digest)?);
+        }
+        Err(std::io::Error::other(
+            "the run read more weight files than it was given",
+        ))
+    }
+
+    fn take_or_fail(&mut self, fed: Fed) -> std::io::Result<()> {
+        if self.current.is_none() {
+            self.current = Some(self.begin_weights()?);
+        }
+        match fed {
+            Fed::Range { offset, bytes } => {
+                if let Some(FileDigest::Hashing(hashing)) = &mut self.current {
+                    hashing.update_at(offset, bytes.bytes())?;
                 }
             }
+            Fed::EndFile => {
+                let digest = self.current.take().expect("begun above");
+                self.per_file.push(finished(digest)?);
+            }
         }
-        let digests = match digest {
-            FileDigest::Remembered(digests) => digests,
-            FileDigest::Hashing(hashing) => hashing.finish()?,
-        };
-        for (listing, digest) in listings.iter_mut().zip(&digests) {
-            *listing += &format!("{digest}  {name}\n");
-        }
-        single = digests;
+        Ok(())
     }
-    let whole: Vec<String> = if listed.len() == 1 {
-        single
-    } else {
-        algorithms
-            .iter()
-            .zip(&listings)
-            .map(|(algorithm, listing)| match algorithm {
-                Algorithm::Blake3 => blake3::hash(listing.as_bytes()).to_hex().to_string(),
-                Algorithm::Sha256 => {
-                    use sha2::Digest;
-                    hex::encode(sha2::Sha256::digest(listing))
-                }
-            })
-            .collect()
-    };
-    let of = |wanted: Algorithm| {
-        algorithms
-            .iter()
-            .position(|&a| a == wanted)
-            .map(|i| whole[i].clone())
-    };
-    Ok(InputDigests {
-        sha256: of(Algorithm::Sha256),
-        blake3: of(Algorithm::Blake3),
-    })
+}
+
+fn finished(digest: FileDigest) -> std::io::Result<Vec<String>> {
+    match digest {
+        FileDigest::Remembered(digests) => Ok(digests),
+        FileDigest::Hashing(hashing) => hashing.finish(),
+    }
+}
+
+impl crate::pipeline::feed::InputDigester for InputHashing {
+    fn take(&mut self, fed: Fed) {
+        if self.error.is_none()
+            && let Err(e) = self.take_or_fail(fed)
+        {
+            self.error = Some(e);
+        }
+    }
+
+    fn finish(mut self: Box<Self>) -> std::io::Result<InputDigests> {
+        if let Some(e) = self.error.take() {
+            return Err(e);
+        }
+        if let Some(digest) = self.current.take() {
+            self.per_file.push(finished(digest)?);
+        }
+        for (path, _, _) in &self.listed[self.next..] {
+            self.per_file
+                .push(finished(FileDigest::begin(path, &self.algorithms)?)?);
+        }
+        let whole: Vec<String> = match &self.per_file[..] {
+            [single] => single.clone(),
+            several => (0..self.algorithms.len())
+                .map(|k| {
+                    let listing: String = several
+                        .iter()
+                        .zip(&self.listed)
+                        .map(|(digests, (_, name, _))| format!("{}  {name}\n", digests[k]))
+                        .collect();
+                    match self.algorithms[k] {
+                        Algorithm::Blake3 => blake3::hash(listing.as_bytes()).to_hex().to_string(),
+                        Algorithm::Sha256 => {
+                            use sha2::Digest;
+                            hex::encode(sha2::Sha256::digest(listing))
+                        }
+                    }
+                })
+                .collect(),
+        };
+        let of = |wanted: Algorithm| {
+            self.algorithms
+                .iter()
+                .position(|&a| a == wanted)
+                .map(|i| whole[i].clone())
+        };
+        Ok(InputDigests {
+            sha256: of(Algorithm::Sha256),
+            blake3: of(Algorithm::Blake3),
+        })
+    }
 }

@@ -1,16 +1,17 @@
-//! The bytes a run maps from its weight files, passed on in file order to another thread. The
-//! CLI hashes its input from them for recipe.json's provenance, so each page of the input is
-//! read (and faulted into the process, which on a VM costs about as much as hashing it) once,
-//! not once by the kernels and again by the digest. A tensor is passed on, through a
-//! rendezvous, as the kernels start on it: the consumer reads the pages the kernels are
-//! reading (whichever touches a page first maps it for both), holds no mapping the run does
-//! not hold, and, hashing faster on one core than the kernels compress on the rest, is ready
-//! for the next tensor by the time the run is.
+//! The bytes a run maps from its weight files, passed on in file order to a digester. The CLI
+//! hashes its input from them for recipe.json's provenance, so each page of the input is read
+//! (and faulted into the process, which on a VM costs about as much as hashing it) once, not
+//! once by the kernels and again by the digest. A tensor is passed on as the kernels start on
+//! it, as a task of the run's own pool beside the tensor's chunks: the pool's threads share
+//! the work (a thread of its own would make three busy threads on a two-core machine, the
+//! scheduler slicing them and the kernels' joins waiting), and the digester reads the pages
+//! the kernels are reading, holding no mapping the run does not hold.
 
+use std::io;
 use std::sync::Arc;
-use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 
 use super::MappedRange;
+use super::files::InputDigests;
 
 /// One tensor's bytes as the run mapped them.
 #[derive(Clone)]
@@ -31,10 +32,10 @@ pub enum Fed {
     EndFile,
 }
 
-/// The sending end, given to the run inside its [`super::ModelDigest`].
-pub type InputFeed = SyncSender<Fed>;
-
-/// A feed and its receiving end.
-pub fn channel() -> (InputFeed, Receiver<Fed>) {
-    sync_channel(0)
+/// Takes the run's bytes and gives the input's digests at the end.
+pub trait InputDigester: Send {
+    /// Takes what the run passes on (an error is kept for [`InputDigester::finish`]).
+    fn take(&mut self, fed: Fed);
+    /// Reads whatever was not passed on (side files, headers, gaps) and gives the digests.
+    fn finish(self: Box<Self>) -> io::Result<InputDigests>;
 }

@@ -34,12 +34,8 @@ pub struct InputFile {
 /// (`squeeze compress`, which would otherwise read the whole input once more before starting).
 pub enum ModelDigest {
     Known(InputDigests),
-    /// Computed on another thread from the bytes the run maps, passed on through `feed`
-    /// (taken by the run; see [`super::feed`]).
-    FromRun {
-        thread: std::thread::JoinHandle<io::Result<InputDigests>>,
-        feed: Option<super::feed::InputFeed>,
-    },
+    /// Taken from the bytes the run maps, passed on as it goes (see [`super::feed`]).
+    FromRun(Box<dyn super::feed::InputDigester>),
 }
 
 /// The input's identity as recipe.json records it: each digest that was taken (hex).
@@ -47,33 +43,6 @@ pub enum ModelDigest {
 pub struct InputDigests {
     pub sha256: Option<String>,
     pub blake3: Option<String>,
-}
-
-impl ModelDigest {
-    pub(crate) fn wait(self) -> Result<InputDigests, PipelineError> {
-        match self {
-            ModelDigest::Known(digests) => Ok(digests),
-            ModelDigest::FromRun { thread, .. } => thread
-                .join()
-                .map_err(|payload| {
-                    PipelineError::Internal(format!(
-                        "hashing the input: {}",
-                        panic_message(payload.as_ref())
-                    ))
-                })?
-                .map_err(PipelineError::from),
-        }
-    }
-}
-
-impl ModelDigest {
-    /// The feed the run passes its mapped bytes into, when the digest is taken from them.
-    pub(crate) fn take_feed(&mut self) -> Option<super::feed::InputFeed> {
-        match self {
-            ModelDigest::FromRun { feed, .. } => feed.take(),
-            _ => None,
-        }
-    }
 }
 
 impl From<String> for ModelDigest {

@@ -91,13 +91,9 @@ pub fn run(
     let started = Instant::now();
     let memory = memory::RssPeak::start();
     let _spares = crate::compress::spare::ReleaseOnDrop;
-    let mut model_digest = model_digest.into();
-    let feed = model_digest.take_feed();
-    // A digest thread that stopped early says why when it is waited for.
-    let pass_on = |fed: feed::Fed| {
-        if let Some(feed) = &feed {
-            let _ = feed.send(fed);
-        }
+    let (known_digests, mut digester) = match model_digest.into() {
+        ModelDigest::Known(digests) => (Some(digests), None),
+        ModelDigest::FromRun(digester) => (None, Some(digester)),
     };
     let mut weights: Vec<(&InputFile, Header)> = Vec::new();
     for input in inputs.iter().filter(|i| i.kind == InputKind::Weights) {
@@ -162,10 +158,10 @@ pub fn run(
             let index = reports.len();
             let offset = header.data_start() + t.begin;
             let data = Arc::new(map_range(&file, offset, t.bytes())?);
-            pass_on(feed::Fed::Range {
+            let fed = feed::Fed::Range {
                 offset,
                 bytes: feed::InputBytes(Arc::clone(&data)),
-            });
+            };
             let shrunk = shrink
                 .as_ref()
                 .and_then(|plan| plan.gather(t, data.bytes()));
@@ -173,78 +169,84 @@ pub fn run(
             let selected = planned.is_some();
             let scheme = planned.map_or_else(|| plan.scheme(), |p| p.scheme.clone());
             let note = plan.tensor(&t.name).and_then(|p| p.note.clone());
-            let report = contain_panic(
-                || format!("tensor {:?} ({scheme})", t.name),
-                || -> Result<TensorReport, PipelineError> {
-                    if !selected && shrunk.is_none() {
-                        let bits = (t.elements() * t.dtype.bits()) as f64;
-                        writer.tensor(index, out_info, Dense::Mapped(data), None, bits)?;
-                        let mut r = unchanged(t);
-                        r.note = note;
-                        return Ok(r);
-                    }
-                    let bytes = shrunk.as_ref().map_or(data.bytes(), |(b, _)| &b[..]);
-                    let view = TensorView {
-                        bytes,
-                        dtype: t.dtype,
-                        shape: &out_info.shape,
-                    };
-                    let mut steps = planned.map(|p| p.steps.clone()).unwrap_or_default();
-                    if let Some(counts) = &global_counts {
-                        steps[0] = Step::MagnitudePruneCount {
-                            count: counts[&t.name],
+            let compute = || {
+                contain_panic(
+                    || format!("tensor {:?} ({scheme})", t.name),
+                    || -> Result<TensorReport, PipelineError> {
+                        if !selected && shrunk.is_none() {
+                            let bits = (t.elements() * t.dtype.bits()) as f64;
+                            writer.tensor(index, out_info, Dense::Mapped(data), None, bits)?;
+                            let mut r = unchanged(t);
+                            r.note = note;
+                            return Ok(r);
+                        }
+                        let bytes = shrunk.as_ref().map_or(data.bytes(), |(b, _)| &b[..]);
+                        let view = TensorView {
+                            bytes,
+                            dtype: t.dtype,
+                            shape: &out_info.shape,
                         };
-                    }
-                    // A reused buffer: fresh memory would cost a page fault per 4 KiB.
-                    let mut buffer = writer.buffer();
-                    let (mut fidelity, encoded) = if !encode {
-                        buffer.resize(bytes.len(), 0);
-                        tensor::transform_into(&view, &steps, cancel, &mut buffer)
-                            .map(|f| (f, None))
-                    } else if selected && !writers::reads_dense(recipe, steps.last()) {
-                        tensor::transform_codes(&view, &steps, cancel, &mut buffer)
-                            .map(|(f, e)| (f, Some(e)))
-                    } else {
-                        buffer.resize(bytes.len(), 0);
-                        tensor::transform_encoded(&view, &steps, cancel, &mut buffer)
-                            .map(|(f, e)| (f, Some(e)))
-                    }
-                    .map_err(|e| transform_error(&t.name, e))?;
-                    if let Some((_, removed)) = &shrunk {
-                        fidelity = fidelity.including_removed(removed);
-                    }
-                    let encoded = encoded.filter(|_| selected);
-                    let bits = match &encoded {
-                        Some(e) => e.theoretical_bits(out_info.elements(), t.dtype.bits()),
-                        None => (out_info.elements() * t.dtype.bits()) as f64,
-                    };
-                    let scheme = match fidelity.low_rank {
-                        Some(lr) => format!(
-                            "{scheme} (rank {}, {:.1}% of the parameters)",
-                            lr.rank,
-                            lr.parameter_fraction * 100.0
-                        ),
-                        None => scheme.clone(),
-                    };
-                    drop(data);
-                    writer.tensor(index, out_info, Dense::Buffer(buffer), encoded, bits)?;
-                    // Bytes out are filled in once the writer has stored the tensor.
-                    let mut r = report(t, &scheme, 0, &fidelity);
-                    r.shape = out_info.shape.clone();
-                    r.note = note;
-                    Ok(r)
-                },
-            )?;
+                        let mut steps = planned.map(|p| p.steps.clone()).unwrap_or_default();
+                        if let Some(counts) = &global_counts {
+                            steps[0] = Step::MagnitudePruneCount {
+                                count: counts[&t.name],
+                            };
+                        }
+                        // A reused buffer: fresh memory would cost a page fault per 4 KiB.
+                        let mut buffer = writer.buffer();
+                        let (mut fidelity, encoded) = if !encode {
+                            buffer.resize(bytes.len(), 0);
+                            tensor::transform_into(&view, &steps, cancel, &mut buffer)
+                                .map(|f| (f, None))
+                        } else if selected && !writers::reads_dense(recipe, steps.last()) {
+                            tensor::transform_codes(&view, &steps, cancel, &mut buffer)
+                                .map(|(f, e)| (f, Some(e)))
+                        } else {
+                            buffer.resize(bytes.len(), 0);
+                            tensor::transform_encoded(&view, &steps, cancel, &mut buffer)
+                                .map(|(f, e)| (f, Some(e)))
+                        }
+                        .map_err(|e| transform_error(&t.name, e))?;
+                        if let Some((_, removed)) = &shrunk {
+                            fidelity = fidelity.including_removed(removed);
+                        }
+                        let encoded = encoded.filter(|_| selected);
+                        let bits = match &encoded {
+                            Some(e) => e.theoretical_bits(out_info.elements(), t.dtype.bits()),
+                            None => (out_info.elements() * t.dtype.bits()) as f64,
+                        };
+                        let scheme = match fidelity.low_rank {
+                            Some(lr) => format!(
+                                "{scheme} (rank {}, {:.1}% of the parameters)",
+                                lr.rank,
+                                lr.parameter_fraction * 100.0
+                            ),
+                            None => scheme.clone(),
+                        };
+                        drop(data);
+                        writer.tensor(index, out_info, Dense::Buffer(buffer), encoded, bits)?;
+                        // Bytes out are filled in once the writer has stored the tensor.
+                        let mut r = report(t, &scheme, 0, &fidelity);
+                        r.shape = out_info.shape.clone();
+                        r.note = note;
+                        Ok(r)
+                    },
+                )
+            };
+            let report = match digester.as_deref_mut() {
+                Some(digester) => rayon::join(compute, || digester.take(fed)).0,
+                None => compute(),
+            }?;
             reports.push(report);
             state.tensors_done += 1;
             state.bytes_done += t.bytes();
             progress(&state);
         }
         writer.end_file()?;
-        pass_on(feed::Fed::EndFile);
+        if let Some(digester) = digester.as_deref_mut() {
+            digester.take(feed::Fed::EndFile);
+        }
     }
-    // The digest thread finishes the last file while the writer drains.
-    drop(feed);
     let (mut writer, written) = writer.finish()?;
     let mut theoretical_bits = 0f64;
     for (index, stored, bits) in written.tensors {
@@ -273,7 +275,11 @@ pub fn run(
         .filter(|f| weight_files.contains(&f.name))
         .map(|f| f.bytes)
         .sum();
-    let digests = model_digest.wait()?;
+    let digests = match (known_digests, digester) {
+        (Some(digests), _) => digests,
+        (None, Some(digester)) => digester.finish()?,
+        (None, None) => unreachable!("a digest is known or taken"),
+    };
     let mut provenance = serde_json::json!({
         "recipe": recipe,
         "squeeze_version": env!("CARGO_PKG_VERSION"),
