@@ -179,6 +179,11 @@ pub struct CompressArgs {
     /// operating system.
     #[arg(long)]
     pub sync: bool,
+    /// The calibration set of a calibrated stage (wanda, sparsegpt): token sequences as JSONL,
+    /// one `{"tokens": [ids...]}` per line, or UTF-8 text in a `.txt` file, tokenized with the
+    /// model's tokenizer.json.
+    #[arg(long, value_name = "FILE")]
+    pub calibration: Option<PathBuf>,
 }
 
 /// `squeeze token ...`.

@@ -156,6 +156,7 @@ pub fn kernels_bench(
     for dtype in [Dtype::BF16, Dtype::F32] {
         let bytes = tensor_bytes(rows, cols, dtype);
         let view = TensorView {
+            calibrated: None,
             bytes: &bytes,
             dtype,
             shape: &shape,

@@ -25,7 +25,22 @@ pub(super) async fn compress(args: CompressArgs) -> anyhow::Result<()> {
         (None, Some(name)) => recipe::preset(name)?,
         (None, None) => anyhow::bail!("give --recipe FILE or --preset NAME"),
     };
-    let inputs = local_inputs(&args.input)?;
+    let mut inputs = local_inputs(&args.input)?;
+    if let Some(path) = &args.calibration {
+        anyhow::ensure!(
+            path.is_file(),
+            "calibration set {} is not a file",
+            path.display()
+        );
+        inputs.push(crate::pipeline::InputFile {
+            name: path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            kind: InputKind::Calibration,
+            path: path.clone(),
+        });
+    }
     std::fs::create_dir_all(&args.output)
         .with_context(|| format!("creating {}", args.output.display()))?;
     let output = OutputDir {
@@ -43,8 +58,10 @@ pub(super) async fn compress(args: CompressArgs) -> anyhow::Result<()> {
         } else {
             vec![Algorithm::Blake3]
         };
+        // The calibration set is not the model: its digest is recorded on its own.
         let listed: Vec<_> = inputs
             .iter()
+            .filter(|i| i.kind != InputKind::Calibration)
             .map(|i| (i.path.clone(), i.name.clone(), i.kind == InputKind::Weights))
             .collect();
         let digest = crate::pipeline::ModelDigest::FromRun(Box::new(InputHashing {

@@ -121,6 +121,7 @@ fn cases(row_multiple: usize) -> Vec<Case> {
 fn run(case: &Case, steps: &[Step]) -> Result<(Vec<f32>, tensor::Fidelity), TransformError> {
     let bytes: Vec<u8> = case.values.iter().flat_map(|v| v.to_le_bytes()).collect();
     let view = TensorView {
+        calibrated: None,
         bytes: &bytes,
         dtype: Dtype::F32,
         shape: &case.shape,
@@ -784,6 +785,7 @@ fn one_pass_kernels_equal_the_general_path_bit_for_bit() {
         for dtype in [Dtype::F32, Dtype::BF16] {
             let bytes = case.stored_as(dtype);
             let view = TensorView {
+                calibrated: None,
                 bytes: &bytes,
                 dtype,
                 shape: &case.shape,
@@ -845,6 +847,7 @@ fn block_scale_limits_refuse_alike_on_every_path() {
         }
         let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
         let view = TensorView {
+            calibrated: None,
             bytes: &bytes,
             dtype: Dtype::F32,
             shape: &shape,
@@ -891,6 +894,7 @@ fn block_scale_limits_hold_at_the_edge_on_every_path() {
             values[rows * cols / 2 + 3] = sign * outlier;
             let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
             let view = TensorView {
+                calibrated: None,
                 bytes: &bytes,
                 dtype: Dtype::F32,
                 shape: &shape,
@@ -930,6 +934,7 @@ fn overflowing_sums_settle_alike_with_and_without_stored_values() {
     let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
     let shape = vec![rows as u64, cols as u64];
     let view = TensorView {
+        calibrated: None,
         bytes: &bytes,
         dtype: Dtype::F32,
         shape: &shape,
@@ -995,6 +1000,7 @@ fn stored_forms_decode_to_exactly_the_dense_values() {
         for dtype in [Dtype::F32, Dtype::BF16] {
             let bytes = case.stored_as(dtype);
             let view = TensorView {
+                calibrated: None,
                 bytes: &bytes,
                 dtype,
                 shape: &case.shape,
@@ -1046,4 +1052,86 @@ fn stored_forms_decode_to_exactly_the_dense_values() {
             }
         }
     }
+}
+
+#[test]
+fn calibrated_values_replace_the_stored_ones_and_are_measured_against_them() {
+    let (rows, cols) = (8usize, 64usize);
+    // No zeros among them, so the sparsity is the calibrated values' alone.
+    let original: Vec<f32> = (0..rows * cols)
+        .map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.4999)
+        .collect();
+    // A calibrated method's result: half of each row zeroed, the rest nudged.
+    let calibrated: Vec<f32> = original
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| if i % 2 == 0 { 0.0 } else { v * 1.01 })
+        .collect();
+    let bytes: Vec<u8> = original.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let shape = [rows as u64, cols as u64];
+    let view = TensorView {
+        bytes: &bytes,
+        dtype: Dtype::F32,
+        shape: &shape,
+        calibrated: Some(&calibrated),
+    };
+    let (out, fidelity) = tensor::transform(&view, &[Step::Calibrated], &Cancel::new()).unwrap();
+    let stored: Vec<f32> = out
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect();
+    assert_eq!(stored, calibrated);
+    let error: f64 = original
+        .iter()
+        .zip(&calibrated)
+        .map(|(&a, &b)| (f64::from(a) - f64::from(b)).powi(2))
+        .sum::<f64>()
+        .sqrt();
+    let norm: f64 = original
+        .iter()
+        .map(|&a| f64::from(a).powi(2))
+        .sum::<f64>()
+        .sqrt();
+    assert!(
+        (fidelity.rel_error - error / norm).abs() < 1e-6,
+        "{fidelity:?}"
+    );
+    assert_eq!(fidelity.sparsity, 0.5);
+
+    // A later step runs on the calibrated values: int8 per channel keeps the zeros.
+    let int8 = Step::Int(int(8, true, Granularity::Channel));
+    let mut buffer = Vec::new();
+    let (_, encoded) = tensor::transform_codes(
+        &view,
+        &[Step::Calibrated, int8],
+        &Cancel::new(),
+        &mut buffer,
+    )
+    .unwrap();
+    let Encoded::Int { codes, .. } = encoded else {
+        panic!("int codes")
+    };
+    assert!(codes.iter().step_by(2).all(|&c| c == 0));
+
+    // The step without its values, or values without the step: refused, never guessed.
+    let bare = TensorView {
+        calibrated: None,
+        ..view
+    };
+    assert!(matches!(
+        tensor::transform(&bare, &[Step::Calibrated], &Cancel::new()),
+        Err(TransformError::Calibrated)
+    ));
+    assert!(matches!(
+        tensor::transform(&view, &[int8], &Cancel::new()),
+        Err(TransformError::Calibrated)
+    ));
+    let short = TensorView {
+        calibrated: Some(&calibrated[1..]),
+        ..view
+    };
+    assert!(matches!(
+        tensor::transform(&short, &[Step::Calibrated], &Cancel::new()),
+        Err(TransformError::Calibrated)
+    ));
 }

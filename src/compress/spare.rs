@@ -42,7 +42,7 @@ pub(crate) fn for_overwrite(len: usize) -> Vec<u8> {
         }
         None => vec![0u8; len],
     };
-    if cfg!(debug_assertions) {
+    if cfg!(any(test, debug_assertions)) {
         buffer.fill(UNWRITTEN);
     }
     buffer

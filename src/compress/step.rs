@@ -27,6 +27,10 @@ pub enum Step {
         /// Group length (divides the row).
         m: u8,
     },
+    /// The values a calibrated method (Wanda, SparseGPT) computed for the tensor from the
+    /// calibration set, in place of its own: the pipeline supplies them in the view
+    /// ([`crate::compress::tensor::TensorView::calibrated`]); the first step only.
+    Calibrated,
     /// Zero the fraction `sparsity` of whole rows (output channels) with the smallest norm.
     ChannelPrune {
         /// Fraction of rows in [0, 1).

@@ -42,6 +42,10 @@ pub struct TensorView<'a> {
     pub dtype: Dtype,
     /// Dimensions.
     pub shape: &'a [u64],
+    /// The values a calibrated method computed for the tensor (row-major, as many as it has),
+    /// which a first [`Step::Calibrated`] puts in place of the stored ones; the metrics still
+    /// compare the result with `bytes`, the original.
+    pub calibrated: Option<&'a [f32]>,
 }
 
 /// How the stored result differs from the original values.
@@ -127,6 +131,10 @@ pub enum TransformError {
     /// The cancel flag was set.
     #[error("canceled")]
     Canceled,
+    /// A calibrated step without the calibrated values (or the values without the step, or
+    /// the wrong number of them): the pipeline's mistake, never the input's.
+    #[error("the calibrated values do not match the tensor's steps")]
+    Calibrated,
     /// Compressing NaN or infinite weights would only hide them.
     #[error("{count} values are NaN or infinite")]
     NonFinite {
@@ -200,10 +208,15 @@ impl ChunkLayout {
         first * self.cols..last * self.cols
     }
 
-    /// Decodes chunk `c` of the tensor into `buf`.
+    /// Decodes chunk `c` of the tensor into `buf` (the calibrated values instead, when the
+    /// view has them).
     fn decode(&self, view: &TensorView, c: usize, buf: &mut Vec<f32>) {
         let range = self.chunk_values(c);
         buf.resize(range.len(), 0.0);
+        if let Some(values) = view.calibrated {
+            buf.copy_from_slice(&values[range]);
+            return;
+        }
         codec::decode(
             view.dtype,
             &view.bytes[range.start * self.width..range.end * self.width],
@@ -251,6 +264,8 @@ fn apply_steps(
             (Step::SemiStructured { n, m }, _) => {
                 prune::prune_n_m(values, usize::from(*n), usize::from(*m));
             }
+            // The chunk was decoded from the calibrated values.
+            (Step::Calibrated, _) => {}
             (Step::ChannelPrune { .. }, Global::Rows(mask)) => {
                 let first_row = chunk * layout.rows_per_chunk;
                 for (row, &drop) in values.chunks_mut(cols).zip(&mask[first_row..]) {
@@ -372,6 +387,9 @@ thread_local! {
 /// BF16 or F32: read from the bytes in parallel pieces, with no decoded copy (the same values
 /// as [`tensor_range`] gives, since both fold with the same selects).
 fn stored_range(view: &TensorView, index: usize, chunk_bytes: usize) -> Option<(f32, f32)> {
+    if view.calibrated.is_some() {
+        return None;
+    }
     let range: fn(&[u8]) -> (f32, f32) = match (index, view.dtype) {
         (0, Dtype::BF16) => min_max_bf16,
         (0, Dtype::F32) => min_max_f32,
@@ -763,6 +781,18 @@ fn transform_choosing(
     out: &mut [u8],
     path: Path,
 ) -> Result<(Fidelity, Option<Encoded>), TransformError> {
+    let calibrated_first = steps.first() == Some(&Step::Calibrated);
+    if calibrated_first != view.calibrated.is_some()
+        || steps.iter().skip(1).any(|s| *s == Step::Calibrated)
+    {
+        return Err(TransformError::Calibrated);
+    }
+    if let Some(values) = view.calibrated {
+        let elements: u64 = view.shape.iter().product();
+        if values.len() as u64 != elements {
+            return Err(TransformError::Calibrated);
+        }
+    }
     let layout = ChunkLayout::of(view, steps);
     let decode_chunk = |c: usize, buf: &mut Vec<f32>| layout.decode(view, c, buf);
     let mut globals: Vec<Global> = Vec::with_capacity(steps.len());
@@ -779,6 +809,7 @@ fn transform_choosing(
     // it is in cache, rather than in a pass of its own over the whole tensor.
     let checked_per_chunk = block_limit.is_some()
         && path == Path::Encoding
+        && view.calibrated.is_none()
         && OnePass::for_steps(steps, view.dtype, layout.cols, None, None)
             .is_some_and(|k| k.block_type().is_some());
     if let Some(limit) = block_limit.filter(|_| !checked_per_chunk) {
@@ -873,6 +904,7 @@ fn transform_choosing(
             | Step::Fp8 { .. }
             | Step::Gguf(_)
             | Step::Nf4
+            | Step::Calibrated
             | Step::SemiStructured { .. } => Global::None,
         };
         globals.push(global);
@@ -887,6 +919,8 @@ fn transform_choosing(
         _ => None,
     });
     let one_pass = match path {
+        // The one-pass kernels read the stored values; calibrated ones are not those.
+        _ if view.calibrated.is_some() => None,
         Path::Fastest | Path::Encoding => {
             OnePass::for_steps(steps, view.dtype, layout.cols, tensor_params, tensor_scale)
         }

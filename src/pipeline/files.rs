@@ -16,6 +16,8 @@ pub enum InputKind {
     Weights,
     /// Anything else (config, index, tokenizer): copied.
     Other,
+    /// The calibration set a calibrated stage runs through the model: read, never copied.
+    Calibration,
 }
 
 /// One file of the model.

@@ -10,7 +10,12 @@
 //! (`compress::tensor` does the chunked work), and handed to the writer's thread
 //! (`write_behind`), which writes it while the next one is transformed; no more than two are in
 //! flight. Where the writer stores codes alone, no dense copy of the tensor is kept.
+//!
+//! A calibrated first stage (Wanda, SparseGPT) runs before the tensors (`calibrated`): the
+//! calibration set through the original decoder, layer by layer, the pruned projections spilled
+//! to a scratch file that the tensor loop reads back in place of the stored weights.
 
+mod calibrated;
 pub mod eval_step;
 pub mod feed;
 pub mod files;
@@ -141,6 +146,9 @@ pub fn run(
         _ => None,
     };
 
+    let calibrated =
+        calibrated::prepare(inputs, &weights, recipe, &selection, &out_dir.path, cancel)?;
+
     let out_headers: Vec<Header> = weights
         .iter()
         .map(|(_, header)| match &shrink {
@@ -181,10 +189,15 @@ pub fn run(
                             return Ok(r);
                         }
                         let bytes = shrunk.as_ref().map_or(data.bytes(), |(b, _)| &b[..]);
+                        let calibrated_values = match &calibrated {
+                            Some(c) if selected => c.values(&t.name)?,
+                            _ => None,
+                        };
                         let view = TensorView {
                             bytes,
                             dtype: t.dtype,
                             shape: &out_info.shape,
+                            calibrated: calibrated_values.as_deref(),
                         };
                         let mut steps = planned.map(|p| p.steps.clone()).unwrap_or_default();
                         if let Some(counts) = &global_counts {
@@ -292,6 +305,9 @@ pub fn run(
             provenance[field] = digest.into();
         }
     }
+    if let Some(calibrated) = &calibrated {
+        provenance["calibration"] = calibrated.provenance.clone();
+    }
     let mut out = out_dir.create("recipe.json")?;
     out.write(&serde_json::to_vec_pretty(&provenance).expect("JSON serialises"))?;
     files.push(out.finish("recipe.json")?);
@@ -300,6 +316,7 @@ pub fn run(
 
     let bytes_in: u64 = inputs
         .iter()
+        .filter(|i| i.kind != InputKind::Calibration)
         .map(|i| std::fs::metadata(&i.path).map(|m| m.len()))
         .sum::<io::Result<u64>>()?;
     let mut summary = summarize(
@@ -463,6 +480,7 @@ fn transform_error(tensor: &str, e: TransformError) -> PipelineError {
         | TransformError::OutOfRange { .. }
         | TransformError::BeyondBlockScale { .. }
         | TransformError::LowRank(_) => PipelineError::Input(format!("tensor {tensor:?}: {e}")),
+        TransformError::Calibrated => PipelineError::Internal(format!("tensor {tensor:?}: {e}")),
     }
 }
 
@@ -598,6 +616,7 @@ fn with_mapped<R>(
         bytes: data.bytes(),
         dtype: t.dtype,
         shape: &t.shape,
+        calibrated: None,
     };
     work(&view).map_err(|e| transform_error(&t.name, e))
 }

@@ -3,7 +3,7 @@ vocabulary), generation_config.json and model.safetensors, with the Hugging Face
 Tiny (1.2 M parameters, F16) by default; the sizes can be raised for measurements.
 Usage: tiny_llama.py OUT_DIR [--hidden H --intermediate I --layers L --heads N --kv-heads K
                               --vocab V --dtype f16|bf16 --head-scale S
-                              --no-outliers]"""
+                              --no-outliers --activation-outliers]"""
 
 import argparse
 import json
@@ -18,6 +18,9 @@ HIDDEN, INTERMEDIATE, LAYERS, HEADS, KV_HEADS, VOCAB, DTYPE = 256, 512, 2, 4, 2,
 # have (random ones are near uniform, where any rounding flips the top token).
 HEAD_SCALE = 1.0
 OUTLIERS = True
+# Norm gains with a few large entries: a few input channels of every projection then carry
+# much larger activations than the rest, as in trained LLMs (what Wanda and SparseGPT exploit).
+ACTIVATION_OUTLIERS = False
 
 
 def main(out):
@@ -39,8 +42,11 @@ def main(out):
     }
     for i in range(LAYERS):
         p = f"model.layers.{i}."
-        tensors[p + "input_layernorm.weight"] = np.ones(HIDDEN, DTYPE)
-        tensors[p + "post_attention_layernorm.weight"] = np.ones(HIDDEN, DTYPE)
+        for norm in ["input_layernorm", "post_attention_layernorm"]:
+            gain = np.ones(HIDDEN)
+            if ACTIVATION_OUTLIERS:
+                gain[rng.choice(HIDDEN, max(1, HIDDEN // 32), replace=False)] = 20.0
+            tensors[p + norm + ".weight"] = gain.astype(DTYPE)
         tensors[p + "self_attn.q_proj.weight"] = weight(HEADS * head_dim, HIDDEN)
         tensors[p + "self_attn.k_proj.weight"] = weight(KV_HEADS * head_dim, HIDDEN)
         tensors[p + "self_attn.v_proj.weight"] = weight(KV_HEADS * head_dim, HIDDEN)
@@ -110,8 +116,10 @@ if __name__ == "__main__":
     parser.add_argument("--dtype", choices=["f16", "bf16"], default="f16")
     parser.add_argument("--head-scale", type=float, default=HEAD_SCALE)
     parser.add_argument("--no-outliers", action="store_true")
+    parser.add_argument("--activation-outliers", action="store_true")
     a = parser.parse_args()
     HEAD_SCALE, OUTLIERS = a.head_scale, not a.no_outliers
+    ACTIVATION_OUTLIERS = a.activation_outliers
     HIDDEN, INTERMEDIATE, LAYERS, HEADS, KV_HEADS, VOCAB = (
         a.hidden, a.intermediate, a.layers, a.heads, a.kv_heads, a.vocab)
     DTYPE = np.float16 if a.dtype == "f16" else ml_dtypes.bfloat16

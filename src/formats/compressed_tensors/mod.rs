@@ -646,6 +646,7 @@ mod tests {
             let shape = [rows as u64, cols as u64];
             for step in &steps {
                 let view = TensorView {
+                    calibrated: None,
                     bytes: &bytes,
                     dtype,
                     shape: &shape,

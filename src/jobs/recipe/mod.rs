@@ -48,6 +48,51 @@ pub struct Recipe {
     /// random weights in place of the missing ones).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sparse_layout: Option<SparseLayout>,
+    /// How a calibrated stage (`wanda`, `sparsegpt`) uses the job's calibration set; the
+    /// defaults when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calibration: Option<Calibration>,
+}
+
+/// How much of the calibration set a calibrated stage reads, and its numerical settings.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Calibration {
+    /// Sequences used, at most: the set's first ones (fewer when it has fewer).
+    #[serde(default = "default_calibration_samples")]
+    #[schema(minimum = 1, maximum = 4096)]
+    pub samples: usize,
+    /// Tokens kept of each sequence, at most.
+    #[serde(default = "default_calibration_length")]
+    #[schema(minimum = 2, maximum = 8192)]
+    pub sequence_length: usize,
+    /// SparseGPT's dampening: this fraction of the mean of the inputs' Σ x xᵀ diagonal is
+    /// added to it before it is inverted.
+    #[serde(default = "default_dampening")]
+    #[schema(exclusive_minimum = 0.0, maximum = 1.0)]
+    pub dampening: f64,
+}
+
+impl Default for Calibration {
+    fn default() -> Self {
+        Calibration {
+            samples: default_calibration_samples(),
+            sequence_length: default_calibration_length(),
+            dampening: default_dampening(),
+        }
+    }
+}
+
+fn default_calibration_samples() -> usize {
+    128
+}
+
+fn default_calibration_length() -> usize {
+    512
+}
+
+fn default_dampening() -> f64 {
+    0.01
 }
 
 /// How compressed-tensors stores pruned weights: see [`Recipe::sparse_layout`].
@@ -154,6 +199,34 @@ pub enum Prune {
         #[schema(value_type = String, example = "l2")]
         norm: Norm,
     },
+    /// Wanda (Sun et al., 2023): in each output row, zero the weights of least |w|·‖x‖₂, where
+    /// ‖x‖₂ is the norm of the input the weight multiplies over the calibration set; the rest
+    /// stay as they are. Needs a calibration set; for a Llama-family decoder's layer projections
+    /// (other selected tensors are refused: leave them out with ignore); must be the first stage.
+    Wanda {
+        /// Fraction of each row zeroed, in [0, 1); or give `pattern`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[schema(minimum = 0.0, exclusive_maximum = 1.0)]
+        sparsity: Option<f64>,
+        /// `"N:M"` (e.g. `"2:4"`) instead of a fraction.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[schema(value_type = Option<String>, example = "2:4")]
+        pattern: Option<NmPattern>,
+    },
+    /// SparseGPT (Frantar & Alistarh, 2023): prunes column by column with the inputs'
+    /// Σ x xᵀ over the calibration set, moving each removed weight's contribution onto the
+    /// weights not yet visited (Optimal Brain Surgeon updates). Same inputs and rules as `wanda`.
+    #[serde(rename = "sparsegpt")]
+    SparseGpt {
+        /// Fraction of each row zeroed, in [0, 1); or give `pattern`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[schema(minimum = 0.0, exclusive_maximum = 1.0)]
+        sparsity: Option<f64>,
+        /// `"N:M"` (e.g. `"2:4"`) instead of a fraction.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[schema(value_type = Option<String>, example = "2:4")]
+        pattern: Option<NmPattern>,
+    },
     /// Structured: zero whole output rows (channels) with the smallest L1 or L2 norm.
     Channels {
         /// Fraction of rows in [0, 1).
@@ -164,6 +237,25 @@ pub enum Prune {
         #[schema(value_type = String, example = "l2")]
         norm: Norm,
     },
+}
+
+impl Prune {
+    /// A calibrated method's pattern: exactly one of its sparsity and N:M pattern, as the
+    /// method takes it (None when it gives both or neither, which planning refuses).
+    pub fn calibrated_pattern(&self) -> Option<crate::calibrate::Pattern> {
+        let (Prune::Wanda { sparsity, pattern } | Prune::SparseGpt { sparsity, pattern }) = self
+        else {
+            return None;
+        };
+        match (sparsity, pattern) {
+            (Some(s), None) => Some(crate::calibrate::Pattern::Unstructured(*s)),
+            (None, Some(p)) => Some(crate::calibrate::Pattern::KeepNofM {
+                keep: usize::from(p.n),
+                of: usize::from(p.m),
+            }),
+            _ => None,
+        }
+    }
 }
 
 /// Where a magnitude threshold applies.
@@ -380,6 +472,7 @@ fn describe_step(step: Step) -> String {
         Step::MagnitudePrune { sparsity } => format!("magnitude prune {}", percent(sparsity)),
         Step::MagnitudePruneCount { count } => format!("magnitude prune {count} values"),
         Step::SemiStructured { n, m } => format!("{n}:{m} prune"),
+        Step::Calibrated => "calibrated prune".to_owned(),
         Step::ChannelPrune { sparsity, norm } => {
             format!("channel prune {} by {norm:?}", percent(sparsity))
         }
@@ -440,6 +533,7 @@ impl Stage {
                 norm: *norm,
             },
             Stage::Prune(Prune::MlpChannels { .. }) => return None,
+            Stage::Prune(Prune::Wanda { .. } | Prune::SparseGpt { .. }) => Step::Calibrated,
             Stage::Quantize(q) => q.step(),
             Stage::Cluster(c) => Step::Cluster {
                 bits: c.bits,
@@ -454,6 +548,15 @@ impl Stage {
                 seed: l.seed,
             },
         })
+    }
+
+    /// Whether the stage needs a calibration set (its values come from a pass of the set
+    /// through the model, run by the pipeline before the tensors).
+    pub fn is_calibrated(&self) -> bool {
+        matches!(
+            self,
+            Stage::Prune(Prune::Wanda { .. } | Prune::SparseGpt { .. })
+        )
     }
 
     /// Whether this is a magnitude stage with one threshold across tensors.
@@ -475,6 +578,21 @@ impl Stage {
             }
             (Stage::Prune(Prune::MlpChannels { sparsity, norm }), _) => {
                 format!("MLP channel shrink {:.0}% by {norm:?}", sparsity * 100.0)
+            }
+            (Stage::Prune(prune @ (Prune::Wanda { .. } | Prune::SparseGpt { .. })), _) => {
+                let method = match prune {
+                    Prune::Wanda { .. } => "wanda",
+                    _ => "sparsegpt",
+                };
+                match prune.calibrated_pattern() {
+                    Some(crate::calibrate::Pattern::KeepNofM { keep, of }) => {
+                        format!("{method} {keep}:{of} prune")
+                    }
+                    Some(crate::calibrate::Pattern::Unstructured(s)) => {
+                        format!("{method} prune {:.0}%", s * 100.0)
+                    }
+                    None => format!("{method} prune"),
+                }
             }
             (_, Some(step)) if self.is_global_prune() => {
                 format!("{} (global)", describe_step(step))
@@ -536,6 +654,14 @@ pub enum RecipeError {
         "stage {stage}: global magnitude pruning and MLP channel shrinking work on the original weights, so they must be the first stage"
     )]
     NotFirst { stage: usize },
+    #[error(
+        "stage {stage}: {method} takes exactly one of sparsity (in [0, 1)) and pattern (\"N:M\")"
+    )]
+    CalibratedAmount { stage: usize, method: &'static str },
+    #[error(
+        "stage {stage}: {method} prunes with the calibration set on the original model, so it must be the first stage, and a recipe has at most one calibrated stage"
+    )]
+    CalibratedNotFirst { stage: usize, method: &'static str },
     #[error("MLP channel shrinking: {0}")]
     Mlp(String),
     #[error(
@@ -602,6 +728,8 @@ impl RecipeError {
             | RecipeError::RankGrows { stage, .. }
             | RecipeError::BlockSize { stage, .. }
             | RecipeError::NotFirst { stage }
+            | RecipeError::CalibratedAmount { stage, .. }
+            | RecipeError::CalibratedNotFirst { stage, .. }
             | RecipeError::GroupSize { stage, .. }
             | RecipeError::FormatStage { stage, .. } => Some(*stage),
             _ => None,
@@ -622,7 +750,10 @@ impl RecipeError {
             RecipeError::LowRankChoice { .. } => "bad_rank",
             RecipeError::RankGrows { .. } => "rank_grows_tensor",
             RecipeError::BlockSize { .. } => "row_not_multiple_of_block",
-            RecipeError::NotFirst { .. } => "stage_must_be_first",
+            RecipeError::NotFirst { .. } | RecipeError::CalibratedNotFirst { .. } => {
+                "stage_must_be_first"
+            }
+            RecipeError::CalibratedAmount { .. } => "bad_sparsity",
             RecipeError::Mlp(_) => "no_gated_mlp",
             RecipeError::GroupSize { .. } => "group_size_does_not_divide_row",
             RecipeError::BadPattern { .. } => "bad_pattern",

@@ -232,9 +232,12 @@ impl Recipe {
         }
         match last {
             Stage::Quantize(Quantize::Int { .. } | Quantize::Fp8 { .. })
-            | Stage::Prune(Prune::Magnitude { .. } | Prune::SemiStructured { .. }) => {
-                OutputFormat::CompressedTensors
-            }
+            | Stage::Prune(
+                Prune::Magnitude { .. }
+                | Prune::SemiStructured { .. }
+                | Prune::Wanda { .. }
+                | Prune::SparseGpt { .. },
+            ) => OutputFormat::CompressedTensors,
             Stage::Quantize(Quantize::Gguf { .. }) => OutputFormat::Gguf,
             Stage::Cluster(_) | Stage::LowRank(_) => OutputFormat::CompactSafetensors,
             _ => OutputFormat::Safetensors,
@@ -363,6 +366,35 @@ impl Recipe {
                 }
                 // Checked by parsing; the row rule needs the tensors: below.
                 Stage::Prune(Prune::SemiStructured { .. }) => {}
+                Stage::Prune(prune @ (Prune::Wanda { .. } | Prune::SparseGpt { .. })) => {
+                    let method = match prune {
+                        Prune::Wanda { .. } => "wanda",
+                        _ => "sparsegpt",
+                    };
+                    match prune.calibrated_pattern() {
+                        None => {
+                            return Err(RecipeError::CalibratedAmount {
+                                stage: stage_no,
+                                method,
+                            });
+                        }
+                        Some(crate::calibrate::Pattern::Unstructured(sparsity))
+                            if !(0.0..1.0).contains(&sparsity) =>
+                        {
+                            return Err(RecipeError::Sparsity {
+                                stage: stage_no,
+                                sparsity,
+                            });
+                        }
+                        Some(_) => {}
+                    }
+                    if i > 0 {
+                        return Err(RecipeError::CalibratedNotFirst {
+                            stage: stage_no,
+                            method,
+                        });
+                    }
+                }
                 Stage::Quantize(Quantize::Int {
                     bits,
                     granularity,
@@ -521,7 +553,17 @@ impl Recipe {
                 }
             }
             let row_block = match stage {
-                Stage::Prune(Prune::SemiStructured { pattern }) => Some((
+                Stage::Prune(
+                    Prune::SemiStructured { pattern }
+                    | Prune::Wanda {
+                        pattern: Some(pattern),
+                        ..
+                    }
+                    | Prune::SparseGpt {
+                        pattern: Some(pattern),
+                        ..
+                    },
+                ) => Some((
                     format!("{}:{} pruning", pattern.n, pattern.m),
                     usize::from(pattern.m),
                 )),

@@ -36,6 +36,7 @@ fn recipe(format: OutputFormat, stages: Vec<Stage>) -> Recipe {
         ignore: Vec::new(),
         format,
         sparse_layout: None,
+        calibration: None,
     }
 }
 
@@ -160,6 +161,46 @@ pub fn presets() -> Vec<Preset> {
             recipe: recipe(CT, vec![prune50, int(8, true, GranularityName::Channel, None)]),
         },
     ]);
+    let half = |method: &str| {
+        let (sparsity, pattern) = (Some(0.5), None);
+        match method {
+            "wanda" => Prune::Wanda { sparsity, pattern },
+            _ => Prune::SparseGpt { sparsity, pattern },
+        }
+    };
+    let two_of_four = |method: &str| {
+        let (sparsity, pattern) = (None, Some(NmPattern { n: 2, m: 4 }));
+        match method {
+            "wanda" => Prune::Wanda { sparsity, pattern },
+            _ => Prune::SparseGpt { sparsity, pattern },
+        }
+    };
+    let how = |method: &str| match method {
+        "wanda" => {
+            "by Wanda: in each output row, the weights of least |w| times the norm of their input over the calibration set"
+        }
+        _ => {
+            "by SparseGPT: column by column against the inputs' covariance over the calibration set, the kept weights updated to make up for the removed ones"
+        }
+    };
+    for method in ["wanda", "sparsegpt"] {
+        all.push(Preset {
+            name: format!("sparse50-{method}"),
+            description: format!(
+                "50% of each linear projection of a Llama-family decoder zeroed {}; needs a calibration set; every value stored with a sparsity_config; writes {CT_LOADERS}",
+                how(method)
+            ),
+            recipe: recipe(CT, vec![Stage::Prune(half(method))]),
+        });
+        all.push(Preset {
+            name: format!("2of4-{method}"),
+            description: format!(
+                "2:4 semi-structured sparsity of each linear projection of a Llama-family decoder, the 2 of every 4 weights zeroed chosen {}; needs a calibration set; writes {CT_LOADERS}",
+                how(method)
+            ),
+            recipe: recipe(CT, vec![Stage::Prune(two_of_four(method))]),
+        });
+    }
     all
 }
 

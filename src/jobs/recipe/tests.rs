@@ -331,3 +331,62 @@ fn fp8_and_gguf_stages_parse_and_check_their_rules() {
         .is_err()
     );
 }
+
+#[test]
+fn calibrated_pruning_takes_one_amount_comes_first_and_writes_compressed_tensors() {
+    let wanda = parse(
+        r#"{"stages": [{"prune": {"method": "wanda", "sparsity": 0.5}}], "calibration": {"samples": 16}}"#,
+    );
+    let plan = wanda.plan(&model()).unwrap();
+    assert_eq!(plan.recipe.format, OutputFormat::CompressedTensors);
+    assert_eq!(plan.scheme(), "wanda prune 50%");
+    let settings = wanda.calibration.unwrap();
+    assert_eq!(
+        (
+            settings.samples,
+            settings.sequence_length,
+            settings.dampening
+        ),
+        (16, 512, 0.01)
+    );
+    let again: Recipe = serde_json::from_str(&serde_json::to_string(&wanda).unwrap()).unwrap();
+    assert_eq!(again, wanda);
+    let two_four = parse(r#"{"stages": [{"prune": {"method": "sparsegpt", "pattern": "2:4"}}]}"#);
+    assert_eq!(
+        two_four.plan(&model()).unwrap().scheme(),
+        "sparsegpt 2:4 prune"
+    );
+    let cases = [
+        (
+            r#"{"stages": [{"prune": {"method": "wanda"}}]}"#,
+            "bad_sparsity",
+        ),
+        (
+            r#"{"stages": [{"prune": {"method": "sparsegpt", "sparsity": 0.5, "pattern": "2:4"}}]}"#,
+            "bad_sparsity",
+        ),
+        (
+            r#"{"stages": [{"prune": {"method": "wanda", "sparsity": 1.0}}]}"#,
+            "sparsity_out_of_range",
+        ),
+        (
+            r#"{"stages": [{"quantize": {"scheme": "int", "bits": 8}}, {"prune": {"method": "wanda", "sparsity": 0.5}}]}"#,
+            "stage_must_be_first",
+        ),
+        (
+            r#"{"stages": [{"prune": {"method": "sparsegpt", "pattern": "3:7"}}]}"#,
+            "row_not_multiple_of_block",
+        ),
+    ];
+    for (json, code) in cases {
+        assert_eq!(
+            parse(json).validate(&model()).unwrap_err().code(),
+            code,
+            "{json}"
+        );
+    }
+    assert!(
+        serde_json::from_str::<Recipe>(r#"{"stages": [{"prune": {"method": "wanda", "sparsity": 0.5}}], "calibration": {"rows": 3}}"#)
+            .is_err()
+    );
+}

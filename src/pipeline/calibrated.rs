@@ -1,0 +1,322 @@
+//! The pre-pass of a calibrated first stage (Wanda, SparseGPT): the job's calibration set is
+//! taken through the original decoder layer by layer (`calibrate::sequential`), each selected
+//! projection is pruned by the method from what its inputs looked like, and its new values are
+//! spilled to a scratch file in the output folder. The main pass then reads each tensor's
+//! values back in place of the stored ones (`Step::Calibrated`), so the later stages, the
+//! writers and the metrics (measured against the original weights) run as for any recipe.
+//! Memory stays at one layer's weights and statistics plus the calibration set's activations;
+//! the scratch file is removed when the run ends, however it ends.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use crate::calibrate::sequential::{
+    self, CalibrationError, InputStats, LayerMethod, SafetensorsSource,
+};
+use crate::calibrate::sparsegpt::{self, SparseGptOptions};
+use crate::calibrate::{Pattern, wanda};
+use crate::eval::dataset::{self, Dataset};
+use crate::eval::decoder::{DecoderConfig, Tap};
+use crate::formats::safetensors::Header;
+use crate::jobs::recipe::{Calibration, Prune, Recipe, Selection, Stage};
+use crate::numeric::Cancel;
+
+use super::files::{InputFile, InputKind, PipelineError};
+
+/// Name of the scratch file inside the output folder while a run holds it.
+const SPILL_NAME: &str = ".calibrated-values.scratch";
+
+/// The calibrated values of every projection the first stage pruned, spilled to disk.
+pub(super) struct CalibratedValues {
+    file: File,
+    path: PathBuf,
+    /// Tensor name → (offset, values) in the scratch file.
+    index: HashMap<String, (u64, usize)>,
+    /// What recipe.json records of the calibration: the set's file name and BLAKE3, the
+    /// sequences and tokens used, the method's settings.
+    pub(super) provenance: serde_json::Value,
+}
+
+impl Drop for CalibratedValues {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+impl CalibratedValues {
+    /// The tensor's calibrated values, when the pre-pass made some for it.
+    pub(super) fn values(&self, name: &str) -> io::Result<Option<Vec<f32>>> {
+        let Some(&(offset, count)) = self.index.get(name) else {
+            return Ok(None);
+        };
+        let mut bytes = vec![0u8; count * 4];
+        self.file.read_exact_at(&mut bytes, offset)?;
+        Ok(Some(
+            bytes
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes(b.try_into().expect("four bytes")))
+                .collect(),
+        ))
+    }
+}
+
+/// Which calibrated method the stage names.
+#[derive(Debug, Clone, Copy)]
+enum Method {
+    Wanda,
+    SparseGpt { dampening: f64 },
+}
+
+/// Runs the pre-pass when the recipe's first stage is calibrated (None otherwise): checks
+/// that every selected tensor is a decoder projection and that there is a calibration set,
+/// then prunes layer by layer into a scratch file in `out_dir`.
+pub(super) fn prepare(
+    inputs: &[InputFile],
+    weights: &[(&InputFile, Header)],
+    recipe: &Recipe,
+    selection: &Selection,
+    out_dir: &std::path::Path,
+    cancel: &Cancel,
+) -> Result<Option<CalibratedValues>, PipelineError> {
+    let Some(Stage::Prune(prune)) = recipe.stages.first().filter(|s| s.is_calibrated()) else {
+        return Ok(None);
+    };
+    let settings = recipe.calibration.unwrap_or_default();
+    let (name, method) = match prune {
+        Prune::Wanda { .. } => ("wanda", Method::Wanda),
+        _ => (
+            "sparsegpt",
+            Method::SparseGpt {
+                dampening: settings.dampening,
+            },
+        ),
+    };
+    let pattern = prune
+        .calibrated_pattern()
+        .ok_or_else(|| PipelineError::Input(format!("{name}: no sparsity or pattern")))?;
+    let config = decoder_config(inputs, name)?;
+    let projections: Vec<String> = (0..config.num_hidden_layers)
+        .flat_map(|i| {
+            Tap::ALL
+                .iter()
+                .flat_map(|t| t.projections())
+                .map(move |p| format!("model.layers.{i}.{p}.weight"))
+        })
+        .collect();
+    let mut targets = Vec::new();
+    for t in weights.iter().flat_map(|(_, h)| &h.tensors) {
+        if !selection.selects(&t.name, t.dtype, &t.shape) {
+            continue;
+        }
+        if !projections.contains(&t.name) {
+            return Err(PipelineError::Input(format!(
+                "stage 1: {name} prunes the linear projections of a decoder's layers from their inputs; tensor {:?} is not one of them (leave it out with ignore)",
+                t.name
+            )));
+        }
+        targets.push(t.name.clone());
+    }
+    let (set_name, set_blake3, sequences) = calibration_sequences(inputs, name, &settings)?;
+    let provenance = serde_json::json!({
+        "set": set_name,
+        "set_blake3": set_blake3,
+        "sequences": sequences.len(),
+        "tokens": sequences.iter().map(Vec::len).sum::<usize>(),
+        "settings": settings,
+    });
+
+    let path = out_dir.join(SPILL_NAME);
+    let file = File::options()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)?;
+    let mut values = CalibratedValues {
+        file,
+        path,
+        index: HashMap::new(),
+        provenance,
+    };
+    let pruner = Pruner {
+        method,
+        pattern,
+        targets,
+        spill: Mutex::new(Spill {
+            file: io::BufWriter::new(values.file.try_clone()?),
+            at: 0,
+            index: HashMap::new(),
+        }),
+    };
+    let paths: Vec<PathBuf> = weights.iter().map(|(i, _)| i.path.clone()).collect();
+    let source = SafetensorsSource::open(&paths).map_err(calibration_error)?;
+    sequential::run_decoder(config, &source, &sequences, &pruner, cancel, &mut |_| {})
+        .map_err(calibration_error)?;
+    let mut spill = pruner.spill.into_inner().unwrap_or_else(|e| e.into_inner());
+    spill.file.flush()?;
+    values.index = std::mem::take(&mut spill.index);
+    Ok(Some(values))
+}
+
+fn calibration_error(e: CalibrationError) -> PipelineError {
+    match e {
+        CalibrationError::Canceled => PipelineError::Canceled,
+        CalibrationError::Io(e) => PipelineError::Io(e),
+        CalibrationError::Input(m) => PipelineError::Input(format!("calibration: {m}")),
+        CalibrationError::Method { tensor, message } => {
+            PipelineError::Input(format!("calibration: tensor {tensor:?}: {message}"))
+        }
+    }
+}
+
+/// The model's `config.json` as a decoder the calibration forward runs.
+fn decoder_config(inputs: &[InputFile], method: &str) -> Result<DecoderConfig, PipelineError> {
+    let config = inputs
+        .iter()
+        .find(|i| i.kind == InputKind::Other && i.name == "config.json")
+        .ok_or_else(|| {
+            PipelineError::Input(format!(
+                "stage 1: {method} runs the model on its calibration set and needs its config.json"
+            ))
+        })?;
+    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&config.path)?)
+        .map_err(|e| PipelineError::Input(format!("config.json is not JSON: {e}")))?;
+    let model_type = json["model_type"].as_str().unwrap_or("");
+    if !matches!(model_type, "llama" | "mistral" | "qwen2") {
+        return Err(PipelineError::Input(format!(
+            "stage 1: {method} runs Llama-family decoders (llama, mistral, qwen2); config.json says model_type {model_type:?}"
+        )));
+    }
+    let parsed: DecoderConfig = serde_json::from_value(json)
+        .map_err(|e| PipelineError::Input(format!("config.json: {e}")))?;
+    parsed
+        .check()
+        .map_err(|e| PipelineError::Input(e.to_string()))?;
+    Ok(parsed)
+}
+
+/// The calibration set's first `samples` sequences, each cut to `sequence_length` tokens: a
+/// token JSONL file as evaluation sets are, or UTF-8 text (`.txt`) tokenized with the model's
+/// `tokenizer.json` into windows of that length.
+fn calibration_sequences(
+    inputs: &[InputFile],
+    method: &str,
+    settings: &Calibration,
+) -> Result<(String, String, Vec<Vec<u32>>), PipelineError> {
+    let set = inputs
+        .iter()
+        .find(|i| i.kind == InputKind::Calibration)
+        .ok_or_else(|| {
+            PipelineError::Input(format!(
+                "stage 1: {method} needs a calibration set (squeeze compress --calibration FILE)"
+            ))
+        })?;
+    let mut bytes = std::fs::read(&set.path)?;
+    let digest = blake3::hash(&bytes).to_hex().to_string();
+    if set.name.ends_with(".txt") {
+        let tokenizer = inputs
+            .iter()
+            .find(|i| i.kind == InputKind::Other && i.name == "tokenizer.json")
+            .ok_or_else(|| {
+                PipelineError::Input(
+                    "a text calibration set is tokenized with the model's tokenizer.json, which the model does not have; give token sequences (JSONL) instead".into(),
+                )
+            })?;
+        bytes = dataset::tokenize_text(
+            &std::fs::read(&tokenizer.path)?,
+            &bytes,
+            settings.sequence_length,
+        )
+        .map_err(|e| PipelineError::Input(format!("calibration set: {e}")))?;
+    }
+    let (parsed, _) = dataset::parse(&bytes)
+        .map_err(|e| PipelineError::Input(format!("calibration set: {e}")))?;
+    let Dataset::Tokens(sequences) = parsed else {
+        return Err(PipelineError::Input(
+            "calibration set: a decoder calibrates on token sequences, not tensors".into(),
+        ));
+    };
+    let sequences: Vec<Vec<u32>> = sequences
+        .into_iter()
+        .filter(|s| !s.tokens.is_empty())
+        .take(settings.samples)
+        .map(|s| {
+            let mut tokens = s.tokens;
+            tokens.truncate(settings.sequence_length.max(1));
+            tokens
+        })
+        .collect();
+    if sequences.is_empty() {
+        return Err(PipelineError::Input("calibration set: no tokens".into()));
+    }
+    Ok((set.name.clone(), digest, sequences))
+}
+
+/// Where pruned projections go as the layers are done.
+struct Spill {
+    file: io::BufWriter<File>,
+    at: u64,
+    index: HashMap<String, (u64, usize)>,
+}
+
+/// The method as the sequential pass drives it: prunes each selected projection and spills
+/// the result.
+struct Pruner {
+    method: Method,
+    pattern: Pattern,
+    targets: Vec<String>,
+    spill: Mutex<Spill>,
+}
+
+impl LayerMethod for Pruner {
+    fn targets(&self, name: &str) -> bool {
+        self.targets.iter().any(|t| t == name)
+    }
+
+    fn needs_hessian(&self) -> bool {
+        matches!(self.method, Method::SparseGpt { .. })
+    }
+
+    fn compress(
+        &self,
+        name: &str,
+        weights: &[f32],
+        cols: usize,
+        stats: &InputStats,
+        cancel: &Cancel,
+    ) -> Result<Vec<f32>, CalibrationError> {
+        let failed = |message: String| CalibrationError::Method {
+            tensor: name.to_owned(),
+            message,
+        };
+        let pruned = match self.method {
+            Method::Wanda => {
+                wanda::prune(weights, cols, &stats.input_norms(), self.pattern).map_err(failed)?
+            }
+            Method::SparseGpt { dampening } => {
+                let hessian = stats
+                    .hessian
+                    .as_ref()
+                    .ok_or_else(|| failed("no Σ x xᵀ was gathered".into()))?;
+                let options = SparseGptOptions {
+                    dampening,
+                    ..SparseGptOptions::default()
+                };
+                sparsegpt::prune(weights, cols, hessian, self.pattern, None, options, cancel)
+                    .map_err(|e| failed(e.to_string()))?
+                    .values
+            }
+        };
+        let mut spill = self.spill.lock().unwrap_or_else(|e| e.into_inner());
+        let bytes: Vec<u8> = pruned.iter().flat_map(|v| v.to_le_bytes()).collect();
+        spill.file.write_all(&bytes)?;
+        let at = spill.at;
+        spill.index.insert(name.to_owned(), (at, pruned.len()));
+        spill.at += bytes.len() as u64;
+        Ok(pruned)
+    }
+}
