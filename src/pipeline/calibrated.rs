@@ -154,8 +154,16 @@ pub(super) fn prepare(
     };
     let paths: Vec<PathBuf> = weights.iter().map(|(i, _)| i.path.clone()).collect();
     let source = SafetensorsSource::open(&paths).map_err(calibration_error)?;
-    sequential::run_decoder(config, &source, &sequences, &pruner, cancel, &mut |_| {})
-        .map_err(calibration_error)?;
+    sequential::run_decoder(config, &source, &sequences, &pruner, cancel, &mut |layer| {
+        tracing::info!(
+            method = name,
+            layer = layer.index + 1,
+            layers = layer.layers,
+            seconds = format!("{:.1}", layer.seconds),
+            "calibrated layer done"
+        );
+    })
+    .map_err(calibration_error)?;
     let mut spill = pruner.spill.into_inner().unwrap_or_else(|e| e.into_inner());
     spill.file.flush()?;
     values.index = std::mem::take(&mut spill.index);

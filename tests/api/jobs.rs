@@ -362,6 +362,14 @@ async fn bad_recipes_are_refused_at_submission_naming_the_rule() {
             "unknown_preset",
         ),
         (json!({"model_id": model_id}), "recipe_or_preset"),
+        (
+            json!({"model_id": model_id, "preset": "sparse50-wanda"}),
+            "calibration_unavailable",
+        ),
+        (
+            json!({"model_id": model_id, "recipe": {"stages": [{"prune": {"method": "sparsegpt", "pattern": "2:4"}}]}}),
+            "calibration_unavailable",
+        ),
     ];
     for (body, code) in cases {
         let response = submit(&app, body.clone(), None).await;
