@@ -1,9 +1,10 @@
-//! The pre-pass of a calibrated first stage (Wanda, SparseGPT): the job's calibration set is
-//! taken through the original decoder layer by layer (`calibrate::sequential`), each selected
-//! projection is pruned by the method from what its inputs looked like, and its new values are
-//! spilled to a scratch file in the output folder. The main pass then reads each tensor's
-//! values back in place of the stored ones (`Step::Calibrated`), so the later stages, the
-//! writers and the metrics (measured against the original weights) run as for any recipe.
+//! The pre-pass of a calibrated first stage (Wanda, SparseGPT, GPTQ): the job's calibration
+//! set is taken through the original decoder layer by layer (`calibrate::sequential`), each
+//! selected projection is pruned or quantized by the method from what its inputs looked like,
+//! and its new values (and GPTQ's codes and scales) are spilled to a scratch file in the output
+//! folder. The main pass then reads each tensor's values back in place of the stored ones
+//! (`Step::Calibrated`), so the later stages, the writers and the metrics (measured against the
+//! original weights) run as for any recipe; GPTQ's codes become the tensor's stored form.
 //! Memory stays at one layer's weights and statistics plus the calibration set's activations;
 //! the scratch file is removed when the run ends, however it ends.
 
@@ -14,11 +15,15 @@ use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::Mutex;
 
+use crate::calibrate::gptq::{self, GptqError, GptqOptions};
 use crate::calibrate::sequential::{
     self, CalibrationError, InputStats, LayerMethod, SafetensorsSource,
 };
 use crate::calibrate::sparsegpt::{self, SparseGptOptions};
 use crate::calibrate::{Pattern, wanda};
+use crate::compress::encoded::Encoded;
+use crate::compress::quantize::{IntScheme, QParams};
+use crate::compress::step::Step;
 use crate::eval::dataset::{self, Dataset};
 use crate::eval::decoder::{DecoderConfig, Tap};
 use crate::formats::safetensors::Header;
@@ -34,8 +39,8 @@ const SPILL_NAME: &str = ".calibrated-values.scratch";
 pub(super) struct CalibratedValues {
     file: File,
     path: PathBuf,
-    /// Tensor name → (offset, values) in the scratch file.
-    index: HashMap<String, (u64, usize)>,
+    /// Tensor name → where its values are in the scratch file.
+    index: HashMap<String, Spilled>,
     /// What recipe.json records of the calibration: the set's file name and BLAKE3, the
     /// sequences and tokens used, the method's settings.
     pub(super) provenance: serde_json::Value,
@@ -47,14 +52,47 @@ impl Drop for CalibratedValues {
     }
 }
 
+/// One tensor's share of the scratch file: its values, and for GPTQ its codes (a byte each)
+/// and parameters (scale and zero-point, 4 bytes each).
+#[derive(Debug, Clone, Copy)]
+struct Spilled {
+    at: u64,
+    values: usize,
+    params: usize,
+}
+
 impl CalibratedValues {
-    /// The tensor's calibrated values, when the pre-pass made some for it.
-    pub(super) fn values(&self, name: &str) -> io::Result<Option<Vec<f32>>> {
-        let Some(&(offset, count)) = self.index.get(name) else {
+    /// GPTQ's stored form of the tensor (its codes and each group's parameters under
+    /// `scheme`), when the pre-pass quantized it.
+    pub(super) fn encoded(&self, name: &str, scheme: IntScheme) -> io::Result<Option<Encoded>> {
+        let Some(spilled) = self.index.get(name).filter(|s| s.params > 0) else {
             return Ok(None);
         };
-        let mut bytes = vec![0u8; count * 4];
-        self.file.read_exact_at(&mut bytes, offset)?;
+        let mut bytes = vec![0u8; spilled.values + spilled.params * 8];
+        self.file
+            .read_exact_at(&mut bytes, spilled.at + spilled.values as u64 * 4)?;
+        let (codes, params) = bytes.split_at(spilled.values);
+        let word = |b: &[u8]| <[u8; 4]>::try_from(b).expect("four bytes");
+        Ok(Some(Encoded::Int {
+            scheme,
+            codes: codes.iter().map(|&c| c as i8).collect(),
+            params: params
+                .chunks_exact(8)
+                .map(|p| QParams {
+                    scale: f32::from_le_bytes(word(&p[..4])),
+                    zero_point: i32::from_le_bytes(word(&p[4..])),
+                })
+                .collect(),
+        }))
+    }
+
+    /// The tensor's calibrated values, when the pre-pass made some for it.
+    pub(super) fn values(&self, name: &str) -> io::Result<Option<Vec<f32>>> {
+        let Some(spilled) = self.index.get(name) else {
+            return Ok(None);
+        };
+        let mut bytes = vec![0u8; spilled.values * 4];
+        self.file.read_exact_at(&mut bytes, spilled.at)?;
         Ok(Some(
             bytes
                 .chunks_exact(4)
@@ -67,8 +105,9 @@ impl CalibratedValues {
 /// Which calibrated method the stage names.
 #[derive(Debug, Clone, Copy)]
 enum Method {
-    Wanda,
-    SparseGpt { dampening: f64 },
+    Wanda(Pattern),
+    SparseGpt(Pattern),
+    Gptq,
 }
 
 /// Runs the pre-pass when the recipe's first stage is calibrated (None otherwise): checks
@@ -82,22 +121,22 @@ pub(super) fn prepare(
     out_dir: &std::path::Path,
     cancel: &Cancel,
 ) -> Result<Option<CalibratedValues>, PipelineError> {
-    let Some(Stage::Prune(prune)) = recipe.stages.first().filter(|s| s.is_calibrated()) else {
+    let Some(stage) = recipe.stages.first().filter(|s| s.is_calibrated()) else {
         return Ok(None);
     };
     let settings = recipe.calibration.unwrap_or_default();
-    let (name, method) = match prune {
-        Prune::Wanda { .. } => ("wanda", Method::Wanda),
-        _ => (
-            "sparsegpt",
-            Method::SparseGpt {
-                dampening: settings.dampening,
-            },
-        ),
+    let name = stage.calibrated_method().unwrap_or("calibration");
+    let pattern = || match stage {
+        Stage::Prune(prune) => prune
+            .calibrated_pattern()
+            .ok_or_else(|| PipelineError::Input(format!("{name}: no sparsity or pattern"))),
+        _ => Err(PipelineError::Input(format!("{name}: not a pruning stage"))),
     };
-    let pattern = prune
-        .calibrated_pattern()
-        .ok_or_else(|| PipelineError::Input(format!("{name}: no sparsity or pattern")))?;
+    let method = match stage {
+        Stage::Prune(Prune::Wanda { .. }) => Method::Wanda(pattern()?),
+        Stage::Prune(_) => Method::SparseGpt(pattern()?),
+        _ => Method::Gptq,
+    };
     let config = decoder_config(inputs, name)?;
     let projections: Vec<String> = (0..config.num_hidden_layers)
         .flat_map(|i| {
@@ -107,7 +146,7 @@ pub(super) fn prepare(
                 .map(move |p| format!("model.layers.{i}.{p}.weight"))
         })
         .collect();
-    let mut targets = Vec::new();
+    let mut targets = HashMap::new();
     for t in weights.iter().flat_map(|(_, h)| &h.tensors) {
         if !selection.selects(&t.name, t.dtype, &t.shape) {
             continue;
@@ -118,7 +157,13 @@ pub(super) fn prepare(
                 t.name
             )));
         }
-        targets.push(t.name.clone());
+        // GPTQ's scheme as the plan gives it for this tensor's dtype (compressed-tensors keeps
+        // the scales in the weight's dtype, and GPTQ rounds them as the stored form will).
+        let scheme = recipe.steps_for(t.dtype).into_iter().find_map(|s| match s {
+            Step::Int(scheme) => Some(scheme),
+            _ => None,
+        });
+        targets.insert(t.name.clone(), scheme);
     }
     let (set_name, set_blake3, sequences) = calibration_sequences(inputs, name, &settings)?;
     let provenance = serde_json::json!({
@@ -142,9 +187,9 @@ pub(super) fn prepare(
         index: HashMap::new(),
         provenance,
     };
-    let pruner = Pruner {
+    let pruner = Calibrator {
         method,
-        pattern,
+        dampening: settings.dampening,
         targets,
         spill: Mutex::new(Spill {
             file: io::BufWriter::new(values.file.try_clone()?),
@@ -268,25 +313,26 @@ fn calibration_sequences(
 struct Spill {
     file: io::BufWriter<File>,
     at: u64,
-    index: HashMap<String, (u64, usize)>,
+    index: HashMap<String, Spilled>,
 }
 
-/// The method as the sequential pass drives it: prunes each selected projection and spills
-/// the result.
-struct Pruner {
+/// The method as the sequential pass drives it: prunes or quantizes each selected projection
+/// and spills the result.
+struct Calibrator {
     method: Method,
-    pattern: Pattern,
-    targets: Vec<String>,
+    dampening: f64,
+    /// Each selected projection, with its integer scheme when the method quantizes.
+    targets: HashMap<String, Option<IntScheme>>,
     spill: Mutex<Spill>,
 }
 
-impl LayerMethod for Pruner {
+impl LayerMethod for Calibrator {
     fn targets(&self, name: &str) -> bool {
-        self.targets.iter().any(|t| t == name)
+        self.targets.contains_key(name)
     }
 
     fn needs_hessian(&self) -> bool {
-        matches!(self.method, Method::SparseGpt { .. })
+        !matches!(self.method, Method::Wanda(_))
     }
 
     fn compress(
@@ -301,30 +347,69 @@ impl LayerMethod for Pruner {
             tensor: name.to_owned(),
             message,
         };
-        let pruned = match self.method {
-            Method::Wanda => {
-                wanda::prune(weights, cols, &stats.input_norms(), self.pattern).map_err(failed)?
-            }
-            Method::SparseGpt { dampening } => {
-                let hessian = stats
-                    .hessian
-                    .as_ref()
-                    .ok_or_else(|| failed("no Σ x xᵀ was gathered".into()))?;
+        let hessian = || {
+            stats
+                .hessian
+                .as_ref()
+                .ok_or_else(|| failed("no Σ x xᵀ was gathered".into()))
+        };
+        let method_error = |e: GptqError| match e {
+            GptqError::Canceled => CalibrationError::Canceled,
+            e => failed(e.to_string()),
+        };
+        let (values, codes) = match self.method {
+            Method::Wanda(pattern) => (
+                wanda::prune(weights, cols, &stats.input_norms(), pattern).map_err(failed)?,
+                None,
+            ),
+            Method::SparseGpt(pattern) => {
                 let options = SparseGptOptions {
-                    dampening,
+                    dampening: self.dampening,
                     ..SparseGptOptions::default()
                 };
-                sparsegpt::prune(weights, cols, hessian, self.pattern, None, options, cancel)
-                    .map_err(|e| failed(e.to_string()))?
-                    .values
+                let pruned =
+                    sparsegpt::prune(weights, cols, hessian()?, pattern, None, options, cancel)
+                        .map_err(method_error)?;
+                (pruned.values, None)
+            }
+            Method::Gptq => {
+                let scheme = self
+                    .targets
+                    .get(name)
+                    .copied()
+                    .flatten()
+                    .ok_or_else(|| failed("no integer scheme".into()))?;
+                let options = GptqOptions {
+                    dampening: self.dampening,
+                    ..GptqOptions::default()
+                };
+                let quantized = gptq::quantize(weights, cols, hessian()?, scheme, options, cancel)
+                    .map_err(method_error)?;
+                (quantized.values, Some((quantized.codes, quantized.params)))
             }
         };
+        let mut bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let mut params_count = 0;
+        if let Some((codes, params)) = &codes {
+            bytes.extend(codes.iter().map(|&c| c as u8));
+            for p in params {
+                bytes.extend(p.scale.to_le_bytes());
+                bytes.extend(p.zero_point.to_le_bytes());
+            }
+            params_count = params.len();
+        }
         let mut spill = self.spill.lock().unwrap_or_else(|e| e.into_inner());
-        let bytes: Vec<u8> = pruned.iter().flat_map(|v| v.to_le_bytes()).collect();
         spill.file.write_all(&bytes)?;
         let at = spill.at;
-        spill.index.insert(name.to_owned(), (at, pruned.len()));
+        spill.index.insert(
+            name.to_owned(),
+            Spilled {
+                at,
+                values: values.len(),
+                params: params_count,
+            },
+        );
         spill.at += bytes.len() as u64;
-        Ok(pruned)
+        Ok(values)
     }
 }

@@ -205,6 +205,18 @@ pub fn run(
                                 count: counts[&t.name],
                             };
                         }
+                        // GPTQ's tensors: its values in place of the stored ones, its codes
+                        // and scales as the stored form (the plan's integer step is GPTQ's
+                        // scheme, already run by the pre-pass).
+                        let mut given = None;
+                        if let (Some(c), Some(Step::Int(scheme))) = (&calibrated, steps.first())
+                            && calibrated_values.is_some()
+                        {
+                            given = c.encoded(&t.name, *scheme)?;
+                            if given.is_some() {
+                                steps = vec![Step::Calibrated];
+                            }
+                        }
                         // A reused buffer: fresh memory would cost a page fault per 4 KiB.
                         let mut buffer = writer.buffer();
                         let (mut fidelity, encoded) = if !encode {
@@ -223,7 +235,7 @@ pub fn run(
                         if let Some((_, removed)) = &shrunk {
                             fidelity = fidelity.including_removed(removed);
                         }
-                        let encoded = encoded.filter(|_| selected);
+                        let encoded = given.or(encoded).filter(|_| selected);
                         let bits = match &encoded {
                             Some(e) => e.theoretical_bits(out_info.elements(), t.dtype.bits()),
                             None => (out_info.elements() * t.dtype.bits()) as f64,

@@ -332,6 +332,13 @@ pub enum Quantize {
         /// dtype (as vLLM and transformers load them) and accepts no other.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         scale_dtype: Option<ScaleDtype>,
+        /// `rtn` (round to nearest, the default) or `gptq` (Frantar et al., 2022: columns
+        /// rounded in turn, each one's rounding error moved onto the columns not yet rounded
+        /// through the inputs' Σ x xᵀ over a calibration set; static groups, no activation
+        /// order, so the stored form is the round-to-nearest one's). `gptq` needs a
+        /// calibration set, a Llama-family decoder's layer projections, and is the only stage.
+        #[serde(default, skip_serializing_if = "IntMethod::is_rtn")]
+        method: IntMethod,
     },
     /// FP8 E4M3 values (the `float-quantized` format of compressed-tensors) with a symmetric
     /// scale absmax / 448.
@@ -367,6 +374,23 @@ pub enum Quantize {
 
 fn yes() -> bool {
     true
+}
+
+/// How integer codes are chosen.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum IntMethod {
+    /// Each value rounded to the nearest code on its own.
+    #[default]
+    Rtn,
+    /// GPTQ, from a calibration set.
+    Gptq,
+}
+
+impl IntMethod {
+    fn is_rtn(&self) -> bool {
+        *self == IntMethod::Rtn
+    }
 }
 
 fn is_false(value: &bool) -> bool {
@@ -434,6 +458,7 @@ impl Quantize {
                 granularity,
                 group_size,
                 scale_dtype,
+                ..
             } => Step::Int(IntScheme {
                 bits,
                 symmetric,
@@ -556,7 +581,24 @@ impl Stage {
         matches!(
             self,
             Stage::Prune(Prune::Wanda { .. } | Prune::SparseGpt { .. })
+                | Stage::Quantize(Quantize::Int {
+                    method: IntMethod::Gptq,
+                    ..
+                })
         )
+    }
+
+    /// The calibrated method's name, for messages.
+    pub fn calibrated_method(&self) -> Option<&'static str> {
+        match self {
+            Stage::Prune(Prune::Wanda { .. }) => Some("wanda"),
+            Stage::Prune(Prune::SparseGpt { .. }) => Some("sparsegpt"),
+            Stage::Quantize(Quantize::Int {
+                method: IntMethod::Gptq,
+                ..
+            }) => Some("gptq"),
+            _ => None,
+        }
     }
 
     /// Whether this is a magnitude stage with one threshold across tensors.
@@ -594,6 +636,13 @@ impl Stage {
                     None => format!("{method} prune"),
                 }
             }
+            (
+                Stage::Quantize(Quantize::Int {
+                    method: IntMethod::Gptq,
+                    ..
+                }),
+                Some(step),
+            ) => format!("{} gptq", describe_step(step)),
             (_, Some(step)) if self.is_global_prune() => {
                 format!("{} (global)", describe_step(step))
             }
@@ -659,7 +708,7 @@ pub enum RecipeError {
     )]
     CalibratedAmount { stage: usize, method: &'static str },
     #[error(
-        "stage {stage}: {method} prunes with the calibration set on the original model, so it must be the first stage, and a recipe has at most one calibrated stage"
+        "stage {stage}: {method} works from the calibration set on the original model, so it must be the first stage (gptq the only one), and a recipe has at most one calibrated stage"
     )]
     CalibratedNotFirst { stage: usize, method: &'static str },
     #[error("MLP channel shrinking: {0}")]

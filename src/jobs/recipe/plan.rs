@@ -399,8 +399,15 @@ impl Recipe {
                     bits,
                     granularity,
                     group_size,
+                    method,
                     ..
                 }) => {
+                    if *method == IntMethod::Gptq && (i > 0 || self.stages.len() > 1) {
+                        return Err(RecipeError::CalibratedNotFirst {
+                            stage: if i > 0 { stage_no } else { 2 },
+                            method: "gptq",
+                        });
+                    }
                     if !(2..=8).contains(bits) {
                         return Err(RecipeError::Bits {
                             stage: stage_no,

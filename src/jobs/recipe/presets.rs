@@ -26,6 +26,7 @@ fn int(
         granularity,
         group_size,
         scale_dtype: None,
+        method: IntMethod::Rtn,
     })
 }
 
@@ -183,6 +184,23 @@ pub fn presets() -> Vec<Preset> {
             "by SparseGPT: column by column against the inputs' covariance over the calibration set, the kept weights updated to make up for the removed ones"
         }
     };
+    all.push(Preset {
+        name: "w4-g128-gptq".into(),
+        description: format!(
+            "4-bit integer weights, symmetric, one scale per 128 values (W4A16), the codes chosen by GPTQ from a calibration set: each column's rounding error moved onto the columns not yet rounded; the linear projections of a Llama-family decoder; writes {CT_LOADERS}"
+        ),
+        recipe: recipe(
+            CT,
+            vec![Stage::Quantize(Quantize::Int {
+                bits: 4,
+                symmetric: true,
+                granularity: GranularityName::Group,
+                group_size: Some(128),
+                scale_dtype: None,
+                method: IntMethod::Gptq,
+            })],
+        ),
+    });
     for method in ["wanda", "sparsegpt"] {
         all.push(Preset {
             name: format!("sparse50-{method}"),

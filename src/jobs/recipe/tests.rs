@@ -389,4 +389,22 @@ fn calibrated_pruning_takes_one_amount_comes_first_and_writes_compressed_tensors
         serde_json::from_str::<Recipe>(r#"{"stages": [{"prune": {"method": "wanda", "sparsity": 0.5}}], "calibration": {"rows": 3}}"#)
             .is_err()
     );
+    let gptq = parse(
+        r#"{"stages": [{"quantize": {"scheme": "int", "bits": 4, "granularity": "group", "group_size": 128, "method": "gptq"}}]}"#,
+    );
+    assert!(gptq.stages[0].is_calibrated());
+    assert_eq!(
+        gptq.plan(&model()).unwrap().scheme(),
+        "int4 sym group 128 gptq"
+    );
+    // Round to nearest is the default and is not written out: stored recipes stay as they were.
+    let rtn = parse(r#"{"stages": [{"quantize": {"scheme": "int", "bits": 4}}]}"#);
+    assert!(!serde_json::to_string(&rtn).unwrap().contains("method"));
+    let after = parse(
+        r#"{"stages": [{"quantize": {"scheme": "int", "bits": 4, "method": "gptq"}}, {"quantize": {"scheme": "int", "bits": 8}}]}"#,
+    );
+    assert_eq!(
+        after.validate(&model()).unwrap_err().code(),
+        "stage_must_be_first"
+    );
 }
