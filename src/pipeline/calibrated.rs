@@ -190,6 +190,7 @@ pub(super) fn prepare(
     let pruner = Calibrator {
         method,
         dampening: settings.dampening,
+        act_order: settings.act_order,
         targets,
         spill: Mutex::new(Spill {
             file: io::BufWriter::new(values.file.try_clone()?),
@@ -321,6 +322,7 @@ struct Spill {
 struct Calibrator {
     method: Method,
     dampening: f64,
+    act_order: bool,
     /// Each selected projection, with its integer scheme when the method quantizes.
     targets: HashMap<String, Option<IntScheme>>,
     spill: Mutex<Spill>,
@@ -381,6 +383,7 @@ impl LayerMethod for Calibrator {
                     .ok_or_else(|| failed("no integer scheme".into()))?;
                 let options = GptqOptions {
                     dampening: self.dampening,
+                    act_order: self.act_order,
                     ..GptqOptions::default()
                 };
                 let quantized = gptq::quantize(weights, cols, hessian()?, scheme, options, cancel)

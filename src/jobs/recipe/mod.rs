@@ -71,6 +71,11 @@ pub struct Calibration {
     #[serde(default = "default_dampening")]
     #[schema(exclusive_minimum = 0.0, maximum = 1.0)]
     pub dampening: f64,
+    /// GPTQ's column order: by decreasing input energy (the diagonal of Σ x xᵀ), each group
+    /// keeping the scale the original weights give it ("static" activation order: the stored
+    /// form needs no `g_idx`); false rounds the columns left to right.
+    #[serde(default = "yes")]
+    pub act_order: bool,
 }
 
 impl Default for Calibration {
@@ -79,6 +84,7 @@ impl Default for Calibration {
             samples: default_calibration_samples(),
             sequence_length: default_calibration_length(),
             dampening: default_dampening(),
+            act_order: true,
         }
     }
 }

@@ -345,9 +345,10 @@ fn calibrated_pruning_takes_one_amount_comes_first_and_writes_compressed_tensors
         (
             settings.samples,
             settings.sequence_length,
-            settings.dampening
+            settings.dampening,
+            settings.act_order
         ),
-        (16, 512, 0.01)
+        (16, 512, 0.01, true)
     );
     let again: Recipe = serde_json::from_str(&serde_json::to_string(&wanda).unwrap()).unwrap();
     assert_eq!(again, wanda);
