@@ -112,7 +112,7 @@ enum Method {
 
 /// Runs the pre-pass when the recipe's first stage is calibrated (None otherwise): checks
 /// that every selected tensor is a decoder projection and that there is a calibration set,
-/// then prunes layer by layer into a scratch file in `out_dir`.
+/// then compresses layer by layer into a scratch file in `out_dir`.
 pub(super) fn prepare(
     inputs: &[InputFile],
     weights: &[(&InputFile, Header)],
@@ -153,7 +153,7 @@ pub(super) fn prepare(
         }
         if !projections.contains(&t.name) {
             return Err(PipelineError::Input(format!(
-                "stage 1: {name} prunes the linear projections of a decoder's layers from their inputs; tensor {:?} is not one of them (leave it out with ignore)",
+                "stage 1: {name} compresses the linear projections of a decoder's layers from their inputs; tensor {:?} is not one of them (leave it out with ignore)",
                 t.name
             )));
         }
@@ -187,7 +187,7 @@ pub(super) fn prepare(
         index: HashMap::new(),
         provenance,
     };
-    let pruner = Calibrator {
+    let calibrator = Calibrator {
         method,
         dampening: settings.dampening,
         act_order: settings.act_order,
@@ -200,17 +200,27 @@ pub(super) fn prepare(
     };
     let paths: Vec<PathBuf> = weights.iter().map(|(i, _)| i.path.clone()).collect();
     let source = SafetensorsSource::open(&paths).map_err(calibration_error)?;
-    sequential::run_decoder(config, &source, &sequences, &pruner, cancel, &mut |layer| {
-        tracing::info!(
-            method = name,
-            layer = layer.index + 1,
-            layers = layer.layers,
-            seconds = format!("{:.1}", layer.seconds),
-            "calibrated layer done"
-        );
-    })
+    sequential::run_decoder(
+        config,
+        &source,
+        &sequences,
+        &calibrator,
+        cancel,
+        &mut |layer| {
+            tracing::info!(
+                method = name,
+                layer = layer.index + 1,
+                layers = layer.layers,
+                seconds = format!("{:.1}", layer.seconds),
+                "calibrated layer done"
+            );
+        },
+    )
     .map_err(calibration_error)?;
-    let mut spill = pruner.spill.into_inner().unwrap_or_else(|e| e.into_inner());
+    let mut spill = calibrator
+        .spill
+        .into_inner()
+        .unwrap_or_else(|e| e.into_inner());
     spill.file.flush()?;
     values.index = std::mem::take(&mut spill.index);
     Ok(Some(values))
