@@ -44,12 +44,13 @@ pub fn tiny_llama(dir: &Path) -> PathBuf {
     model
 }
 
-/// `squeeze compress --json` of `recipe` on `model` into `dir/label`; returns the summary.
-fn compress(dir: &Path, model: &Path, label: &str, recipe: &Value) -> Value {
+/// `squeeze compress --json` of `recipe` on `model` into `dir/label`, with `extra` arguments;
+/// returns the summary.
+fn compress(dir: &Path, model: &Path, label: &str, recipe: &Value, extra: &[&str]) -> Value {
     let recipe_path = dir.join(format!("{label}.json"));
     std::fs::write(&recipe_path, recipe.to_string()).unwrap();
     let out = dir.join(label);
-    let (status, stdout, stderr) = squeeze(&[
+    let mut args = vec![
         "compress",
         "--json",
         "--recipe",
@@ -57,7 +58,9 @@ fn compress(dir: &Path, model: &Path, label: &str, recipe: &Value) -> Value {
         model.to_str().unwrap(),
         "-o",
         out.to_str().unwrap(),
-    ]);
+    ];
+    args.extend(extra);
+    let (status, stdout, stderr) = squeeze(&args);
     assert!(status.success(), "{label}: {stderr}");
     serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{label}: {e}: {stdout}"))
 }
@@ -73,7 +76,22 @@ fn check(
     kind: &str,
     expect: Value,
 ) -> (Value, Value) {
-    let summary = compress(dir, model, label, &recipe);
+    check_with(dir, model, label, recipe, dense_ignore, kind, expect, &[])
+}
+
+/// [`check`] with `extra` arguments to both compressions.
+#[allow(clippy::too_many_arguments)]
+fn check_with(
+    dir: &Path,
+    model: &Path,
+    label: &str,
+    recipe: Value,
+    dense_ignore: Option<Value>,
+    kind: &str,
+    expect: Value,
+    extra: &[&str],
+) -> (Value, Value) {
+    let summary = compress(dir, model, label, &recipe, extra);
     let mut dense = recipe.clone();
     dense["format"] = json!("safetensors");
     if let Some(ignore) = dense_ignore {
@@ -85,7 +103,7 @@ fn check(
             stage["quantize"]["scale_dtype"] = json!("f16");
         }
     }
-    compress(dir, model, &format!("{label}-dense"), &dense);
+    compress(dir, model, &format!("{label}-dense"), &dense, extra);
     // squeeze's own reader, checked against the same dense values.
     let artifact_file = ["model.safetensors", "model.gguf"]
         .iter()
@@ -393,5 +411,53 @@ fn compact_safetensors_store_codebooks_and_factors_and_rebuild_the_dense_values(
             real >= theoretical && real < 16.0,
             "{label}: {real} vs {theoretical}"
         );
+    }
+}
+
+/// The calibrated methods' artifacts decode, by the independent reader, to the values squeeze
+/// measured: GPTQ's codes and scales stored as `pack-quantized`, SparseGPT's updated weights
+/// stored whole with their 2:4 sparsity_config. The dense twin runs the same calibration (the
+/// pre-pass is deterministic for a set and thread count).
+#[test]
+fn calibrated_artifacts_decode_to_the_measured_values() {
+    let dir = data_dir();
+    let model = tiny_llama(dir.path());
+    let calibration = dir.path().join("calibration.jsonl");
+    let lines: Vec<String> = (0..6u32)
+        .map(|s| {
+            let ids: Vec<String> = (0..40u32)
+                .map(|i| ((s * 31 + i * 17) % 120 + 3).to_string())
+                .collect();
+            format!("{{\"tokens\": [{}]}}", ids.join(", "))
+        })
+        .collect();
+    std::fs::write(&calibration, lines.join("\n")).unwrap();
+    let ignore: Value = serde_json::from_str(CT_DEFAULT_IGNORE).unwrap();
+    let extra = ["--calibration", calibration.to_str().unwrap()];
+    let cases = [
+        (
+            "w4-g64-gptq",
+            json!({"stages": [{"quantize": {"scheme": "int", "bits": 4, "granularity": "group", "group_size": 64, "method": "gptq"}}]}),
+            json!({"format": "pack-quantized", "num_bits": 4, "group_size": 64}),
+        ),
+        (
+            "2of4-sparsegpt",
+            json!({"stages": [{"prune": {"method": "sparsegpt", "pattern": "2:4"}}]}),
+            json!({"format": "dense", "sparse": "dense"}),
+        ),
+    ];
+    for (label, mut recipe, expect) in cases {
+        recipe["format"] = json!("compressed-tensors");
+        let (_, findings) = check_with(
+            dir.path(),
+            &model,
+            label,
+            recipe,
+            Some(ignore.clone()),
+            "compressed-tensors",
+            expect,
+            &extra,
+        );
+        assert_eq!(findings["modules"], 14, "{label}: {findings}");
     }
 }
