@@ -165,10 +165,14 @@ pub(super) fn prepare(
         });
         targets.insert(t.name.clone(), scheme);
     }
-    let (set_name, set_blake3, sequences) = calibration_sequences(inputs, name, &settings)?;
+    let set = calibration_sequences(inputs, name, &settings)?;
+    let sequences = set.sequences;
+    // Which rows: the first `sequences` of the set's `set_sequences`, each cut to
+    // `sequence_length` tokens.
     let provenance = serde_json::json!({
-        "set": set_name,
-        "set_blake3": set_blake3,
+        "set": set.name,
+        "set_blake3": set.blake3,
+        "set_sequences": set.in_set,
         "sequences": sequences.len(),
         "tokens": sequences.iter().map(Vec::len).sum::<usize>(),
         "settings": settings,
@@ -270,7 +274,7 @@ fn calibration_sequences(
     inputs: &[InputFile],
     method: &str,
     settings: &Calibration,
-) -> Result<(String, String, Vec<Vec<u32>>), PipelineError> {
+) -> Result<CalibrationSet, PipelineError> {
     let set = inputs
         .iter()
         .find(|i| i.kind == InputKind::Calibration)
@@ -304,6 +308,7 @@ fn calibration_sequences(
             "calibration set: a decoder calibrates on token sequences, not tensors".into(),
         ));
     };
+    let in_set = sequences.iter().filter(|s| !s.tokens.is_empty()).count();
     let sequences: Vec<Vec<u32>> = sequences
         .into_iter()
         .filter(|s| !s.tokens.is_empty())
@@ -317,7 +322,23 @@ fn calibration_sequences(
     if sequences.is_empty() {
         return Err(PipelineError::Input("calibration set: no tokens".into()));
     }
-    Ok((set.name.clone(), digest, sequences))
+    Ok(CalibrationSet {
+        name: set.name.clone(),
+        blake3: digest,
+        in_set,
+        sequences,
+    })
+}
+
+/// The sequences a pre-pass runs, and what identifies them.
+struct CalibrationSet {
+    /// The set's file name.
+    name: String,
+    /// BLAKE3 of the file as read.
+    blake3: String,
+    /// Non-empty sequences in the set (the run takes the first of them).
+    in_set: usize,
+    sequences: Vec<Vec<u32>>,
 }
 
 /// Where pruned projections go as the layers are done.

@@ -386,6 +386,7 @@ fn calibrated_pruning_keeps_the_model_closer_than_magnitude() {
         let recorded = &provenance["calibration"];
         assert_eq!(recorded["set"], "calib.jsonl", "{provenance}");
         assert_eq!(recorded["sequences"], 8, "{provenance}");
+        assert_eq!(recorded["set_sequences"], 8, "{provenance}");
         assert_eq!(recorded["tokens"], 8 * 48, "{provenance}");
         assert_eq!(recorded["set_blake3"].as_str().unwrap().len(), 64);
         assert!(
