@@ -126,15 +126,17 @@ pub(super) fn prepare(
     };
     let settings = recipe.calibration.unwrap_or_default();
     let name = stage.calibrated_method().unwrap_or("calibration");
-    let pattern = || match stage {
-        Stage::Prune(prune) => prune
-            .calibrated_pattern()
-            .ok_or_else(|| PipelineError::Input(format!("{name}: no sparsity or pattern"))),
-        _ => Err(PipelineError::Input(format!("{name}: not a pruning stage"))),
-    };
     let method = match stage {
-        Stage::Prune(Prune::Wanda { .. }) => Method::Wanda(pattern()?),
-        Stage::Prune(_) => Method::SparseGpt(pattern()?),
+        Stage::Prune(prune) => {
+            let pattern = prune
+                .calibrated()
+                .and_then(|(_, amount)| amount.pattern())
+                .ok_or_else(|| PipelineError::Input(format!("{name}: no sparsity or pattern")))?;
+            match prune {
+                Prune::Wanda(_) => Method::Wanda(pattern),
+                _ => Method::SparseGpt(pattern),
+            }
+        }
         _ => Method::Gptq,
     };
     let config = decoder_config(inputs, name)?;

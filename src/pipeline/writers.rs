@@ -92,17 +92,9 @@ pub fn reads_dense(recipe: &Recipe, last: Option<&Step>) -> bool {
 /// How compressed-tensors describes the recipe's pruning.
 fn sparsity_layout(recipe: &Recipe) -> SparsityLayout {
     let format = recipe.stages.iter().find_map(|s| match s {
-        Stage::Prune(
-            Prune::SemiStructured { pattern }
-            | Prune::Wanda {
-                pattern: Some(pattern),
-                ..
-            }
-            | Prune::SparseGpt {
-                pattern: Some(pattern),
-                ..
-            },
-        ) if pattern.n == 2 && pattern.m == 4 => Some(SparseFormat::TwoFour),
+        Stage::Prune(prune) if prune.nm_pattern().is_some_and(|p| p.n == 2 && p.m == 4) => {
+            Some(SparseFormat::TwoFour)
+        }
         Stage::Prune(Prune::MlpChannels { .. }) => None,
         Stage::Prune(_) => Some(SparseFormat::Bitmask),
         _ => None,

@@ -209,30 +209,12 @@ pub enum Prune {
     /// ‖x‖₂ is the norm of the input the weight multiplies over the calibration set; the rest
     /// stay as they are. Needs a calibration set; for a Llama-family decoder's layer projections
     /// (other selected tensors are refused: leave them out with ignore); must be the first stage.
-    Wanda {
-        /// Fraction of each row zeroed, in [0, 1); or give `pattern`.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        #[schema(minimum = 0.0, exclusive_maximum = 1.0)]
-        sparsity: Option<f64>,
-        /// `"N:M"` (e.g. `"2:4"`) instead of a fraction.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        #[schema(value_type = Option<String>, example = "2:4")]
-        pattern: Option<NmPattern>,
-    },
+    Wanda(CalibratedAmount),
     /// SparseGPT (Frantar & Alistarh, 2023): prunes column by column with the inputs'
     /// Σ x xᵀ over the calibration set, moving each removed weight's contribution onto the
     /// weights not yet visited (Optimal Brain Surgeon updates). Same inputs and rules as `wanda`.
     #[serde(rename = "sparsegpt")]
-    SparseGpt {
-        /// Fraction of each row zeroed, in [0, 1); or give `pattern`.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        #[schema(minimum = 0.0, exclusive_maximum = 1.0)]
-        sparsity: Option<f64>,
-        /// `"N:M"` (e.g. `"2:4"`) instead of a fraction.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        #[schema(value_type = Option<String>, example = "2:4")]
-        pattern: Option<NmPattern>,
-    },
+    SparseGpt(CalibratedAmount),
     /// Structured: zero whole output rows (channels) with the smallest L1 or L2 norm.
     Channels {
         /// Fraction of rows in [0, 1).
@@ -245,21 +227,50 @@ pub enum Prune {
     },
 }
 
-impl Prune {
-    /// A calibrated method's pattern: exactly one of its sparsity and N:M pattern, as the
-    /// method takes it (None when it gives both or neither, which planning refuses).
-    pub fn calibrated_pattern(&self) -> Option<crate::calibrate::Pattern> {
-        let (Prune::Wanda { sparsity, pattern } | Prune::SparseGpt { sparsity, pattern }) = self
-        else {
-            return None;
-        };
-        match (sparsity, pattern) {
-            (Some(s), None) => Some(crate::calibrate::Pattern::Unstructured(*s)),
+/// How much a calibrated pruning method zeroes: exactly one of a fraction and a pattern.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CalibratedAmount {
+    /// Fraction of each row zeroed, in [0, 1); or give `pattern`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0.0, exclusive_maximum = 1.0)]
+    pub sparsity: Option<f64>,
+    /// `"N:M"` (e.g. `"2:4"`) instead of a fraction.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, example = "2:4")]
+    pub pattern: Option<NmPattern>,
+}
+
+impl CalibratedAmount {
+    /// The pattern as the method takes it; None when the amount gives both or neither, which
+    /// planning refuses.
+    pub fn pattern(&self) -> Option<crate::calibrate::Pattern> {
+        match (self.sparsity, self.pattern) {
+            (Some(s), None) => Some(crate::calibrate::Pattern::Unstructured(s)),
             (None, Some(p)) => Some(crate::calibrate::Pattern::KeepNofM {
                 keep: usize::from(p.n),
                 of: usize::from(p.m),
             }),
             _ => None,
+        }
+    }
+}
+
+impl Prune {
+    /// A calibrated method's name and amount.
+    pub fn calibrated(&self) -> Option<(&'static str, &CalibratedAmount)> {
+        match self {
+            Prune::Wanda(amount) => Some(("wanda", amount)),
+            Prune::SparseGpt(amount) => Some(("sparsegpt", amount)),
+            _ => None,
+        }
+    }
+
+    /// The N:M pattern the stage prunes to, whichever method applies it.
+    pub fn nm_pattern(&self) -> Option<NmPattern> {
+        match self {
+            Prune::SemiStructured { pattern } => Some(*pattern),
+            _ => self.calibrated().and_then(|(_, amount)| amount.pattern),
         }
     }
 }
@@ -564,7 +575,7 @@ impl Stage {
                 norm: *norm,
             },
             Stage::Prune(Prune::MlpChannels { .. }) => return None,
-            Stage::Prune(Prune::Wanda { .. } | Prune::SparseGpt { .. }) => Step::Calibrated,
+            Stage::Prune(Prune::Wanda(_) | Prune::SparseGpt(_)) => Step::Calibrated,
             Stage::Quantize(q) => q.step(),
             Stage::Cluster(c) => Step::Cluster {
                 bits: c.bits,
@@ -584,21 +595,13 @@ impl Stage {
     /// Whether the stage needs a calibration set (its values come from a pass of the set
     /// through the model, run by the pipeline before the tensors).
     pub fn is_calibrated(&self) -> bool {
-        matches!(
-            self,
-            Stage::Prune(Prune::Wanda { .. } | Prune::SparseGpt { .. })
-                | Stage::Quantize(Quantize::Int {
-                    method: IntMethod::Gptq,
-                    ..
-                })
-        )
+        self.calibrated_method().is_some()
     }
 
     /// The calibrated method's name, for messages.
     pub fn calibrated_method(&self) -> Option<&'static str> {
         match self {
-            Stage::Prune(Prune::Wanda { .. }) => Some("wanda"),
-            Stage::Prune(Prune::SparseGpt { .. }) => Some("sparsegpt"),
+            Stage::Prune(prune) => prune.calibrated().map(|(method, _)| method),
             Stage::Quantize(Quantize::Int {
                 method: IntMethod::Gptq,
                 ..
@@ -627,12 +630,8 @@ impl Stage {
             (Stage::Prune(Prune::MlpChannels { sparsity, norm }), _) => {
                 format!("MLP channel shrink {:.0}% by {norm:?}", sparsity * 100.0)
             }
-            (Stage::Prune(prune @ (Prune::Wanda { .. } | Prune::SparseGpt { .. })), _) => {
-                let method = match prune {
-                    Prune::Wanda { .. } => "wanda",
-                    _ => "sparsegpt",
-                };
-                match prune.calibrated_pattern() {
+            (Stage::Prune(prune), _) if let Some((method, amount)) = prune.calibrated() => {
+                match amount.pattern() {
                     Some(crate::calibrate::Pattern::KeepNofM { keep, of }) => {
                         format!("{method} {keep}:{of} prune")
                     }

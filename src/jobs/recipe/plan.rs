@@ -235,8 +235,8 @@ impl Recipe {
             | Stage::Prune(
                 Prune::Magnitude { .. }
                 | Prune::SemiStructured { .. }
-                | Prune::Wanda { .. }
-                | Prune::SparseGpt { .. },
+                | Prune::Wanda(_)
+                | Prune::SparseGpt(_),
             ) => OutputFormat::CompressedTensors,
             Stage::Quantize(Quantize::Gguf { .. }) => OutputFormat::Gguf,
             Stage::Cluster(_) | Stage::LowRank(_) => OutputFormat::CompactSafetensors,
@@ -366,12 +366,9 @@ impl Recipe {
                 }
                 // Checked by parsing; the row rule needs the tensors: below.
                 Stage::Prune(Prune::SemiStructured { .. }) => {}
-                Stage::Prune(prune @ (Prune::Wanda { .. } | Prune::SparseGpt { .. })) => {
-                    let method = match prune {
-                        Prune::Wanda { .. } => "wanda",
-                        _ => "sparsegpt",
-                    };
-                    match prune.calibrated_pattern() {
+                Stage::Prune(Prune::Wanda(amount) | Prune::SparseGpt(amount)) => {
+                    let method = stage.calibrated_method().unwrap_or("calibration");
+                    match amount.pattern() {
                         None => {
                             return Err(RecipeError::CalibratedAmount {
                                 stage: stage_no,
@@ -560,17 +557,7 @@ impl Recipe {
                 }
             }
             let row_block = match stage {
-                Stage::Prune(
-                    Prune::SemiStructured { pattern }
-                    | Prune::Wanda {
-                        pattern: Some(pattern),
-                        ..
-                    }
-                    | Prune::SparseGpt {
-                        pattern: Some(pattern),
-                        ..
-                    },
-                ) => Some((
+                Stage::Prune(prune) if let Some(pattern) = prune.nm_pattern() => Some((
                     format!("{}:{} pruning", pattern.n, pattern.m),
                     usize::from(pattern.m),
                 )),

@@ -162,28 +162,6 @@ pub fn presets() -> Vec<Preset> {
             recipe: recipe(CT, vec![prune50, int(8, true, GranularityName::Channel, None)]),
         },
     ]);
-    let half = |method: &str| {
-        let (sparsity, pattern) = (Some(0.5), None);
-        match method {
-            "wanda" => Prune::Wanda { sparsity, pattern },
-            _ => Prune::SparseGpt { sparsity, pattern },
-        }
-    };
-    let two_of_four = |method: &str| {
-        let (sparsity, pattern) = (None, Some(NmPattern { n: 2, m: 4 }));
-        match method {
-            "wanda" => Prune::Wanda { sparsity, pattern },
-            _ => Prune::SparseGpt { sparsity, pattern },
-        }
-    };
-    let how = |method: &str| match method {
-        "wanda" => {
-            "by Wanda: in each output row, the weights of least |w| times the norm of their input over the calibration set"
-        }
-        _ => {
-            "by SparseGPT: column by column against the inputs' covariance over the calibration set, the kept weights updated to make up for the removed ones"
-        }
-    };
     all.push(Preset {
         name: "w4-g128-gptq".into(),
         description: format!(
@@ -201,22 +179,41 @@ pub fn presets() -> Vec<Preset> {
             })],
         ),
     });
-    for method in ["wanda", "sparsegpt"] {
+    type Method = fn(CalibratedAmount) -> Prune;
+    let calibrated_pruning: [(&str, Method, &str); 2] = [
+        (
+            "wanda",
+            Prune::Wanda,
+            "by Wanda: in each output row, the weights of least |w| times the norm of their input over the calibration set",
+        ),
+        (
+            "sparsegpt",
+            Prune::SparseGpt,
+            "by SparseGPT: column by column against the inputs' covariance over the calibration set, the kept weights updated to make up for the removed ones",
+        ),
+    ];
+    for (method, prune, how) in calibrated_pruning {
+        let half = CalibratedAmount {
+            sparsity: Some(0.5),
+            pattern: None,
+        };
+        let two_of_four = CalibratedAmount {
+            sparsity: None,
+            pattern: Some(NmPattern { n: 2, m: 4 }),
+        };
         all.push(Preset {
             name: format!("sparse50-{method}"),
             description: format!(
-                "50% of each linear projection of a Llama-family decoder zeroed {}; needs a calibration set; every value stored with a sparsity_config; writes {CT_LOADERS}",
-                how(method)
+                "50% of each linear projection of a Llama-family decoder zeroed {how}; needs a calibration set; every value stored with a sparsity_config; writes {CT_LOADERS}"
             ),
-            recipe: recipe(CT, vec![Stage::Prune(half(method))]),
+            recipe: recipe(CT, vec![Stage::Prune(prune(half))]),
         });
         all.push(Preset {
             name: format!("2of4-{method}"),
             description: format!(
-                "2:4 semi-structured sparsity of each linear projection of a Llama-family decoder, the 2 of every 4 weights zeroed chosen {}; needs a calibration set; writes {CT_LOADERS}",
-                how(method)
+                "2:4 semi-structured sparsity of each linear projection of a Llama-family decoder, the 2 of every 4 weights zeroed chosen {how}; needs a calibration set; writes {CT_LOADERS}"
             ),
-            recipe: recipe(CT, vec![Stage::Prune(two_of_four(method))]),
+            recipe: recipe(CT, vec![Stage::Prune(prune(two_of_four))]),
         });
     }
     all
