@@ -423,15 +423,7 @@ fn calibrated_artifacts_decode_to_the_measured_values() {
     let dir = data_dir();
     let model = tiny_llama(dir.path());
     let calibration = dir.path().join("calibration.jsonl");
-    let lines: Vec<String> = (0..6u32)
-        .map(|s| {
-            let ids: Vec<String> = (0..40u32)
-                .map(|i| ((s * 31 + i * 17) % 120 + 3).to_string())
-                .collect();
-            format!("{{\"tokens\": [{}]}}", ids.join(", "))
-        })
-        .collect();
-    std::fs::write(&calibration, lines.join("\n")).unwrap();
+    crate::evaluate::token_set(&calibration, 6, 40, 128);
     let ignore: Value = serde_json::from_str(CT_DEFAULT_IGNORE).unwrap();
     let extra = ["--calibration", calibration.to_str().unwrap()];
     let cases = [

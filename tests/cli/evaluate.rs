@@ -38,7 +38,8 @@ fn script(name: &str) -> String {
 }
 
 /// `count` sequences of `len` token ids in 1..vocab (0 is BERT's padding) (a fixed LCG: the same set every run).
-fn token_set(path: &Path, count: usize, len: usize, vocab: u64) {
+/// `count` sequences of `len` pseudo-random token ids in [1, vocab), as token JSONL.
+pub(crate) fn token_set(path: &Path, count: usize, len: usize, vocab: u64) {
     let mut state = 0x2545_f491_4f6c_dd1du64;
     let mut lines = String::new();
     for _ in 0..count {

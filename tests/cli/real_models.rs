@@ -46,15 +46,7 @@ fn every_preset_shrinks_smollm2_and_says_where_rows_forced_a_fallback() {
     // The calibrated presets get a small set (their accuracy is measured elsewhere: here, that
     // they run on a real model's shapes and write what they say).
     let calibration = work.path().join("calibration.jsonl");
-    let lines: Vec<String> = (0..4u32)
-        .map(|s| {
-            let ids: Vec<String> = (0..32u32)
-                .map(|i| ((s * 7919 + i * 104_729) % 49_000 + 10).to_string())
-                .collect();
-            format!("{{\"tokens\": [{}]}}", ids.join(", "))
-        })
-        .collect();
-    std::fs::write(&calibration, lines.join("\n")).unwrap();
+    crate::evaluate::token_set(&calibration, 4, 32, 49_152);
     let mut table = Vec::new();
     for preset in presets() {
         let out = work.path().join(&preset.name);
